@@ -1,0 +1,70 @@
+//! The event server's configuration (TOML).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use onehop_overlay::daemon::{load_toml, ConfigError};
+use onehop_overlay::net::Timing;
+use onehop_overlay::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+/// The well-known event-server port (UDP, QUIC).
+pub const PORT: u16 = 8000;
+
+/// `onehop-eventserver` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where to listen for QUIC (the event server's own IP, port 8000).
+    pub listen: SocketAddr,
+    /// Where to serve Prometheus metrics over HTTP (optional).
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// Most connections held at once; more are refused at the QUIC level.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Events queued for one subscriber before it is disconnected as too slow.
+    #[serde(default = "default_subscriber_queue")]
+    pub subscriber_queue: usize,
+    /// Certificate, key, CA and CRL.
+    pub tls: TlsFiles,
+    /// QUIC keep-alive and idle timeout.
+    #[serde(default)]
+    pub quic: Timing,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_subscriber_queue() -> usize {
+    4096
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let c: Config = load_toml(path)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: &str| ConfigError::Invalid {
+            path: path.display().to_string(),
+            key: key.into(),
+            problem: problem.into(),
+        };
+        if self.max_connections == 0 {
+            return Err(bad("max_connections", "must be at least 1"));
+        }
+        if self.subscriber_queue < 16 {
+            return Err(bad("subscriber_queue", "must be at least 16"));
+        }
+        if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
+            return Err(bad("quic.idle_timeout_ms", "must be greater than quic.keepalive_ms"));
+        }
+        Ok(())
+    }
+}

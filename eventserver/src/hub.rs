@@ -1,0 +1,357 @@
+//! The publish/subscribe hub: sessions, subscriptions, retained values and permissions.
+//!
+//! The hub holds no sockets: each session gives it a bounded queue of encoded frames and the
+//! connection (so the hub can close a slow subscriber or a replaced session). Every decision is
+//! made under one lock, without awaiting.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use onehop_overlay::client::seq_base;
+use onehop_overlay::crl::CrlStore;
+use onehop_overlay::identity::Identity;
+use onehop_overlay::metrics::{Metric, Metrics};
+use onehop_overlay::status::Kind;
+use onehop_overlay::wire::{
+    encode_frame, Announce, CloseCode, Event, MemberEvent, Payload, ServerMsg, SessionMember,
+    Topic,
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Why a client's message was refused; the session ends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+struct Session {
+    id: Identity,
+    member: Option<SessionMember>,
+    topics: u8,
+    tx: mpsc::Sender<Bytes>,
+    conn: Option<quinn::Connection>,
+    left: bool,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<u64, Session>,
+    by_name: HashMap<String, u64>,
+    network: Option<(Bytes, (u64, u64))>,
+    crl: Option<Bytes>,
+}
+
+struct Counters {
+    sessions: Metric,
+    members: Metric,
+    published: Metric,
+    delivered: Metric,
+    slow: Metric,
+    refused: Metric,
+}
+
+/// The hub. Cheap to share behind an `Arc`.
+pub struct Hub {
+    name: String,
+    seq: AtomicU64,
+    state: Mutex<State>,
+    crl: Arc<CrlStore>,
+    counters: Counters,
+}
+
+/// Which kinds may publish on a topic.
+pub fn may_publish(kind: Kind, topic: Topic) -> Result<(), String> {
+    let ok = match topic {
+        Topic::Members => false,
+        Topic::Network | Topic::Manager => kind == Kind::Manager,
+        Topic::Crl => kind == Kind::Admin,
+        Topic::Stats => kind.is_member(),
+        Topic::Events => kind.is_member() || kind == Kind::Admin,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match topic {
+        Topic::Members => "only event servers publish on members".to_string(),
+        Topic::Network => "only managers may publish network status".to_string(),
+        Topic::Manager => "only managers may publish on manager".to_string(),
+        Topic::Crl => "only admins may publish revocation lists".to_string(),
+        Topic::Stats | Topic::Events => format!("a {kind} may not publish on {topic:?}"),
+    })
+}
+
+impl Hub {
+    /// A hub named after the event server's certificate.
+    pub fn new(name: String, crl: Arc<CrlStore>, metrics: &Metrics) -> Hub {
+        Hub {
+            name,
+            seq: AtomicU64::new(seq_base()),
+            state: Mutex::new(State::default()),
+            crl,
+            counters: Counters {
+                sessions: metrics.gauge("eventserver_sessions", "Sessions held."),
+                members: metrics.gauge("eventserver_members", "Members announced through this event server."),
+                published: metrics.counter("eventserver_published_total", "Publications accepted."),
+                delivered: metrics.counter("eventserver_delivered_total", "Events queued to subscribers."),
+                slow: metrics.counter("eventserver_slow_subscribers_total", "Subscribers disconnected for a full queue."),
+                refused: metrics.counter("eventserver_refused_total", "Sessions ended for a forbidden message."),
+            },
+        }
+    }
+
+    /// The event server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Registers a new session; returns its id.
+    pub fn open(&self, id: Identity, tx: mpsc::Sender<Bytes>, conn: Option<quinn::Connection>) -> u64 {
+        let sid = match &conn {
+            Some(c) => c.stable_id() as u64,
+            None => self.seq.fetch_add(1, Ordering::Relaxed),
+        };
+        let mut st = self.state.lock().expect("hub");
+        st.sessions.insert(
+            sid,
+            Session {
+                id,
+                member: None,
+                topics: 0,
+                tx,
+                conn,
+                left: false,
+            },
+        );
+        self.counters.sessions.set(st.sessions.len() as i64);
+        sid
+    }
+
+    /// The session announces itself as a member.
+    pub fn announce(&self, sid: u64, a: Announce, ip: std::net::IpAddr) -> Result<(), Refusal> {
+        let mut st = self.state.lock().expect("hub");
+        let s = st.sessions.get(&sid).ok_or_else(|| Refusal("no session".into()))?;
+        let id = &s.id;
+        if !id.kind.is_member() {
+            return Err(Refusal(format!(
+                "{} holds a {} certificate and cannot join as a member",
+                id.name, id.kind
+            )));
+        }
+        if let Some(r) = a.roles.iter().find(|r| !id.roles.contains(r)) {
+            return Err(Refusal(format!(
+                "{} announced role {r}, which its certificate does not grant (certificate roles: {})",
+                id.name,
+                if id.roles.is_empty() {
+                    "none".to_string()
+                } else {
+                    id.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+                }
+            )));
+        }
+        if s.member.is_some() {
+            return Err(Refusal(format!("{} announced twice on one session", id.name)));
+        }
+        let mut roles = a.roles.clone();
+        roles.sort();
+        roles.dedup();
+        let member = SessionMember {
+            name: id.name.clone(),
+            kind: id.kind,
+            roles,
+            endpoints: a.endpoints,
+            ip,
+        };
+        let name = member.name.clone();
+        // A newer session of the same member replaces the old one without a loss.
+        if let Some(old) = st.by_name.insert(name.clone(), sid) {
+            if old != sid {
+                if let Some(mut o) = st.sessions.remove(&old) {
+                    o.member = None;
+                    if let Some(c) = &o.conn {
+                        c.close(CloseCode::Replaced.varint(), b"replaced by a newer session");
+                    }
+                    info!(member = %name, "older session replaced");
+                }
+            }
+        }
+        if let Some(s) = st.sessions.get_mut(&sid) {
+            s.member = Some(member.clone());
+        }
+        info!(member = %name, kind = %member.kind, ip = %member.ip, "member joined");
+        self.counters.members.set(st.by_name.len() as i64);
+        self.counters.sessions.set(st.sessions.len() as i64);
+        self.emit_locked(&mut st, Payload::Member(MemberEvent::Joined(member)));
+        Ok(())
+    }
+
+    /// The session subscribes to topics; the member snapshot and the retained `network` and
+    /// `crl` values are queued at once.
+    pub fn subscribe(&self, sid: u64, topics: &[Topic]) {
+        let mut st = self.state.lock().expect("hub");
+        let snapshot: Vec<SessionMember> = st
+            .sessions
+            .values()
+            .filter_map(|s| s.member.clone())
+            .collect();
+        let net = st.network.as_ref().map(|(b, _)| b.clone());
+        let crl = st.crl.clone();
+        let Some(s) = st.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut first = Vec::new();
+        for t in topics {
+            if s.topics & t.bit() != 0 {
+                continue;
+            }
+            s.topics |= t.bit();
+            match t {
+                Topic::Members => {
+                    let ev = Event {
+                        origin: self.name.clone(),
+                        origin_kind: Kind::Eventserver,
+                        seq: self.seq.fetch_add(1, Ordering::Relaxed),
+                        payload: Payload::Member(MemberEvent::Snapshot(snapshot.clone())),
+                    };
+                    first.push(encode_frame(&ServerMsg::Event(ev)));
+                }
+                Topic::Network => first.extend(net.clone()),
+                Topic::Crl => first.extend(crl.clone()),
+                _ => {}
+            }
+        }
+        for f in first {
+            if s.tx.try_send(f).is_err() {
+                warn!(peer = %s.id.name, "subscriber queue full at subscription");
+            }
+        }
+    }
+
+    /// A publication from the session.
+    pub fn publish(&self, sid: u64, seq: u64, payload: Payload) -> Result<(), Refusal> {
+        let mut st = self.state.lock().expect("hub");
+        let s = st.sessions.get(&sid).ok_or_else(|| Refusal("no session".into()))?;
+        let (origin, kind) = (s.id.name.clone(), s.id.kind);
+        let topic = payload.topic();
+        if let Err(why) = may_publish(kind, topic) {
+            self.counters.refused.inc();
+            return Err(Refusal(format!("publication on {topic:?} from {origin} ({kind}) refused: {why}")));
+        }
+        let ev = Event {
+            origin: origin.clone(),
+            origin_kind: kind,
+            seq,
+            payload,
+        };
+        match &ev.payload {
+            Payload::Network(status) => {
+                let key = (status.term, status.version);
+                if let Some((_, held)) = &st.network {
+                    if key < *held {
+                        warn!(%origin, term = key.0, version = key.1, "stale network status dropped");
+                        return Ok(());
+                    }
+                    if key == *held {
+                        // A periodic republication: deliver (late joiners), keep retained.
+                    }
+                }
+                let frame = encode_frame(&ServerMsg::Event(ev.clone()));
+                st.network = Some((frame, key));
+            }
+            Payload::Crl(der) => {
+                match self.crl.apply_der(der) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.counters.refused.inc();
+                        return Err(Refusal(format!("revocation list from {origin} refused: {e}")));
+                    }
+                }
+                st.crl = Some(encode_frame(&ServerMsg::Event(ev.clone())));
+            }
+            _ => {}
+        }
+        self.counters.published.inc();
+        self.broadcast_locked(&mut st, &ev);
+        Ok(())
+    }
+
+    /// The session said goodbye.
+    pub fn leave(&self, sid: u64) {
+        let mut st = self.state.lock().expect("hub");
+        if let Some(s) = st.sessions.get_mut(&sid) {
+            s.left = true;
+        }
+    }
+
+    /// The session ended; its member's departure is published (a leave after a goodbye, a loss
+    /// otherwise).
+    pub fn close(&self, sid: u64, reason: &str) {
+        let mut st = self.state.lock().expect("hub");
+        let Some(s) = st.sessions.remove(&sid) else { return };
+        self.counters.sessions.set(st.sessions.len() as i64);
+        let Some(m) = s.member else { return };
+        if st.by_name.get(&m.name) == Some(&sid) {
+            st.by_name.remove(&m.name);
+        }
+        self.counters.members.set(st.by_name.len() as i64);
+        let ev = if s.left {
+            info!(member = %m.name, "member left");
+            MemberEvent::Left { name: m.name }
+        } else {
+            info!(member = %m.name, %reason, "member lost");
+            MemberEvent::Lost {
+                name: m.name,
+                reason: reason.to_string(),
+            }
+        };
+        self.emit_locked(&mut st, Payload::Member(ev));
+    }
+
+    /// Names of the members announced here.
+    pub fn members(&self) -> Vec<String> {
+        let st = self.state.lock().expect("hub");
+        let mut v: Vec<String> = st.by_name.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn emit_locked(&self, st: &mut State, payload: Payload) {
+        let ev = Event {
+            origin: self.name.clone(),
+            origin_kind: Kind::Eventserver,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            payload,
+        };
+        self.broadcast_locked(st, &ev);
+    }
+
+    fn broadcast_locked(&self, st: &mut State, ev: &Event) {
+        let bit = ev.payload.topic().bit();
+        let frame = encode_frame(&ServerMsg::Event(ev.clone()));
+        let mut slow = Vec::new();
+        for (sid, s) in st.sessions.iter() {
+            if s.topics & bit == 0 {
+                continue;
+            }
+            match s.tx.try_send(frame.clone()) {
+                Ok(()) => self.counters.delivered.inc(),
+                Err(mpsc::error::TrySendError::Full(_)) => slow.push(*sid),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        for sid in slow {
+            if let Some(s) = st.sessions.get(&sid) {
+                self.counters.slow.inc();
+                warn!(peer = %s.id.name, "subscriber too slow: its queue is full; disconnecting it");
+                if let Some(c) = &s.conn {
+                    c.close(
+                        CloseCode::SlowSubscriber.varint(),
+                        b"subscriber too slow: event queue full",
+                    );
+                }
+            }
+        }
+    }
+}
+

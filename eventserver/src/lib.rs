@@ -1,0 +1,211 @@
+//! onehop-eventserver: the publish/subscribe hub every participant connects to.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration.
+//! - [`hub`]: sessions, subscriptions, retained values, permissions (no sockets).
+//! - this file: the QUIC accept loop and one task pair (reader, writer) per session.
+
+pub mod config;
+pub mod hub;
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use onehop_overlay::crl::CrlStore;
+use onehop_overlay::identity::Identity;
+use onehop_overlay::metrics::Metrics;
+use onehop_overlay::net::{self, ConnTable};
+use onehop_overlay::tls::Credentials;
+use onehop_overlay::wire::{
+    encode_frame, read_msg, ClientMsg, CloseCode, ServerMsg, MAX_FRAME,
+};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{info, warn, Instrument};
+
+pub use config::Config;
+use hub::Hub;
+
+/// Runs the event server until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let creds = Arc::new(Credentials::load(&cfg.tls)?);
+    let crl = CrlStore::open(creds.ca.to_vec(), cfg.tls.crl.clone())?;
+    crl.spawn_file_watch(Duration::from_millis(250));
+    let metrics = Metrics::default();
+    let endpoint = net::endpoint(cfg.listen, &creds, &crl.current(), cfg.quic, Some(4))
+        .with_context(|| format!("event server on {}", cfg.listen))?;
+    let conns = ConnTable::default();
+    net::spawn_crl_enforcer(
+        endpoint.clone(),
+        creds.clone(),
+        crl.clone(),
+        conns.clone(),
+        cfg.quic,
+        Some(4),
+    );
+    if let Some(addr) = cfg.metrics {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = onehop_overlay::metrics::serve(addr, m).await {
+                warn!(cause = %e, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+    let hub = Arc::new(Hub::new(creds.identity.name.clone(), crl.clone(), &metrics));
+    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    info!(name = %creds.identity.name, listen = %cfg.listen, "event server ready");
+    let accept = async {
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                warn!(peer = %incoming.remote_address(), "refused connection: connection limit reached");
+                incoming.refuse();
+                continue;
+            };
+            let hub = hub.clone();
+            let conns = conns.clone();
+            let queue = cfg.subscriber_queue;
+            tokio::spawn(async move {
+                let _permit = permit;
+                handle(incoming, hub, conns, queue).await;
+            });
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => info!("shutting down"),
+    }
+    endpoint.close(CloseCode::Shutdown.varint(), b"event server shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+/// Why a handshake failed, in an operator's words.
+pub fn refusal_reason(err: &quinn::ConnectionError) -> String {
+    let text = err.to_string();
+    let why = if text.contains("Revoked") {
+        "certificate revoked"
+    } else if text.contains("Expired") {
+        "certificate expired"
+    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        "certificate not issued by this farm's CA"
+    } else if text.contains("NotValidYet") {
+        "certificate not valid yet"
+    } else {
+        "handshake failed"
+    };
+    format!("{why} ({text})")
+}
+
+async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, conns: ConnTable, queue: usize) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(peer = %remote, "refused connection: {}", refusal_reason(&e));
+            return;
+        }
+    };
+    let id = match net::peer_identity(&conn) {
+        Ok(id) => id,
+        Err(e) => {
+            warn!(peer = %remote, cause = %e, "refused connection: unusable certificate");
+            conn.close(CloseCode::Forbidden.varint(), b"unusable certificate");
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", peer = %id.name, kind = %id.kind, addr = %remote);
+    conns.insert(id.clone(), conn.clone());
+    session(conn.clone(), id, hub, queue).instrument(span).await;
+    conns.remove(&conn);
+}
+
+async fn session(conn: quinn::Connection, id: Identity, hub: Arc<Hub>, queue: usize) {
+    let (mut send, mut recv) = match tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            info!(cause = %e, "connection ended before a session stream");
+            return;
+        }
+        Err(_) => {
+            warn!("no session stream within 5 s; closing");
+            conn.close(CloseCode::Protocol.varint(), b"no session stream");
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(queue);
+    let welcome = encode_frame(&ServerMsg::Welcome {
+        server: hub.name().to_string(),
+    });
+    if send.write_all(&welcome).await.is_err() {
+        return;
+    }
+    let sid = hub.open(id.clone(), tx.clone(), Some(conn.clone()));
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if send.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+    });
+    let ip = conn.remote_address().ip();
+    let reason = loop {
+        let msg = tokio::select! {
+            m = read_msg::<ClientMsg, _>(&mut recv, MAX_FRAME) => m,
+            e = conn.closed() => break onehop_overlay::client::close_reason_of(&e),
+        };
+        let result = match msg {
+            Ok(Some(ClientMsg::Announce(a))) => hub.announce(sid, a, ip),
+            Ok(Some(ClientMsg::Subscribe(topics))) => {
+                hub.subscribe(sid, &topics);
+                Ok(())
+            }
+            Ok(Some(ClientMsg::Publish { seq, payload })) => hub.publish(sid, seq, payload),
+            Ok(Some(ClientMsg::Leave)) => {
+                hub.leave(sid);
+                break "left".to_string();
+            }
+            Ok(None) => break "session stream finished".to_string(),
+            Err(e) => {
+                let code = e.close_code();
+                warn!(cause = %e, "closing stream: bad frame");
+                let _ = recv.stop(code.varint());
+                conn.close(code.varint(), e.to_string().as_bytes());
+                break format!("bad frame: {e}");
+            }
+        };
+        if let Err(refusal) = result {
+            warn!("refused: {refusal}");
+            let _ = tx.try_send(encode_frame(&ServerMsg::Refused {
+                reason: refusal.0.clone(),
+            }));
+            break format!("refused: {refusal}");
+        }
+    };
+    let refused = reason.starts_with("refused");
+    hub.close(sid, &reason);
+    drop(tx);
+    if refused {
+        // Let the refusal reach the client before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
+        conn.close(CloseCode::Forbidden.varint(), reason.as_bytes());
+    } else {
+        conn.close(CloseCode::Normal.varint(), b"session over");
+        writer.abort();
+    }
+}
+
+/// The `onehop-eventserver` program.
+pub fn cli_main(args: Vec<OsString>) -> ExitCode {
+    onehop_overlay::daemon::daemon_main(
+        "onehop-eventserver",
+        "The onehop publish/subscribe hub: every member connects to every event server over QUIC with mutual TLS.",
+        args,
+        Config::load,
+        run,
+    )
+}

@@ -1,0 +1,199 @@
+//! The manager's picture of who is live, built from the event servers' `members` topic.
+//!
+//! A member is live while at least one event server holds a session for it. Each event server's
+//! sessions are tracked apart: its snapshot (sent when the manager subscribes) replaces what was
+//! known of it, joins and departures update it, and when the manager's own session with that
+//! event server ends, what it said is forgotten (the other event servers still vouch for the
+//! members that are really there). The event servers the manager reaches are members too.
+//!
+//! This is a plain state machine: feed it events, read [`MemberView::members`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use onehop_overlay::status::{Endpoint, Kind, Member, NetworkStatus};
+use onehop_overlay::wire::{MemberEvent, SessionMember};
+
+/// Live members as seen through every reachable event server.
+#[derive(Debug, Default)]
+pub struct MemberView {
+    per_server: BTreeMap<String, BTreeMap<String, SessionMember>>,
+    reached: BTreeMap<String, SocketAddr>,
+    since: HashMap<String, u64>,
+}
+
+impl MemberView {
+    /// The manager's session with event server `server` is up.
+    pub fn server_up(&mut self, server: &str, addr: SocketAddr) {
+        self.reached.insert(server.to_string(), addr);
+        self.per_server.entry(server.to_string()).or_default();
+    }
+
+    /// The manager's session with `server` ended: forget what it said.
+    pub fn server_down(&mut self, server: &str) {
+        self.reached.remove(server);
+        self.per_server.remove(server);
+    }
+
+    /// A `members` event published by event server `origin`.
+    pub fn apply(&mut self, origin: &str, ev: &MemberEvent) {
+        if !self.reached.contains_key(origin) {
+            // Only event servers we hold a session with are believed.
+            return;
+        }
+        let sessions = self.per_server.entry(origin.to_string()).or_default();
+        match ev {
+            MemberEvent::Snapshot(all) => {
+                sessions.clear();
+                for m in all {
+                    sessions.insert(m.name.clone(), m.clone());
+                }
+            }
+            MemberEvent::Joined(m) => {
+                sessions.insert(m.name.clone(), m.clone());
+            }
+            MemberEvent::Left { name } | MemberEvent::Lost { name, .. } => {
+                sessions.remove(name);
+            }
+        }
+    }
+
+    /// Takes the `since` figures of a status published by a manager (so a new active manager
+    /// keeps the times its predecessor published).
+    pub fn adopt_since(&mut self, status: &NetworkStatus) {
+        for m in &status.members {
+            self.since.insert(m.name.clone(), m.since);
+        }
+    }
+
+    /// Every live member, sorted by name. `now_ms` stamps members seen for the first time.
+    pub fn members(&mut self, now_ms: u64) -> Vec<Member> {
+        let mut out: BTreeMap<String, Member> = BTreeMap::new();
+        for sessions in self.per_server.values() {
+            for m in sessions.values() {
+                out.entry(m.name.clone()).or_insert_with(|| Member {
+                    name: m.name.clone(),
+                    kind: m.kind,
+                    roles: m.roles.clone(),
+                    endpoints: m.endpoints.clone(),
+                    since: 0,
+                    ip: m.ip,
+                });
+            }
+        }
+        for (name, addr) in &self.reached {
+            out.entry(name.clone()).or_insert_with(|| Member {
+                name: name.clone(),
+                kind: Kind::Eventserver,
+                roles: Vec::new(),
+                endpoints: vec![Endpoint {
+                    service: "eventserver".into(),
+                    addr: *addr,
+                }],
+                since: 0,
+                ip: addr.ip(),
+            });
+        }
+        self.since.retain(|name, _| out.contains_key(name));
+        for m in out.values_mut() {
+            m.since = *self.since.entry(m.name.clone()).or_insert(now_ms);
+        }
+        out.into_values().collect()
+    }
+
+    /// Names of the event servers reached.
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        self.reached.keys().map(|s| s.as_str())
+    }
+}
+
+/// What changed between two member lists, as log lines for the `events` topic.
+pub fn describe_changes(before: &[Member], after: &[Member]) -> Vec<String> {
+    let old: BTreeMap<&str, &Member> = before.iter().map(|m| (m.name.as_str(), m)).collect();
+    let new: BTreeMap<&str, &Member> = after.iter().map(|m| (m.name.as_str(), m)).collect();
+    let mut lines = Vec::new();
+    for (name, m) in &new {
+        if !old.contains_key(name) {
+            let roles: Vec<&str> = m.roles.iter().map(|r| r.as_str()).collect();
+            if roles.is_empty() {
+                lines.push(format!("{name} ({}) joined from {}", m.kind, m.ip));
+            } else {
+                lines.push(format!("{name} ({}: {}) joined from {}", m.kind, roles.join(","), m.ip));
+            }
+        }
+    }
+    for name in old.keys() {
+        if !new.contains_key(name) {
+            lines.push(format!("{name} is gone"));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onehop_overlay::status::Role;
+
+    fn sm(name: &str, ip: &str) -> SessionMember {
+        SessionMember {
+            name: name.into(),
+            kind: Kind::Node,
+            roles: vec![Role::new("registrar").unwrap()],
+            endpoints: vec![],
+            ip: ip.parse().unwrap(),
+        }
+    }
+
+    fn names(v: &mut MemberView) -> Vec<String> {
+        v.members(1).into_iter().map(|m| m.name).collect()
+    }
+
+    #[test]
+    fn live_while_any_event_server_holds_a_session() {
+        let mut v = MemberView::default();
+        v.server_up("es1", "127.0.1.1:8000".parse().unwrap());
+        v.server_up("es2", "127.0.1.2:8000".parse().unwrap());
+        v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
+        v.apply("es2", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
+        assert_eq!(names(&mut v), ["es1", "es2", "node1"]);
+        v.apply("es1", &MemberEvent::Lost { name: "node1".into(), reason: "idle".into() });
+        assert_eq!(names(&mut v), ["es1", "es2", "node1"], "es2 still holds it");
+        v.server_down("es2");
+        assert_eq!(names(&mut v), ["es1"]);
+    }
+
+    #[test]
+    fn snapshot_replaces_and_unreached_servers_are_ignored() {
+        let mut v = MemberView::default();
+        v.apply("es9", &MemberEvent::Joined(sm("ghost", "127.0.1.9")));
+        v.server_up("es1", "127.0.1.1:8000".parse().unwrap());
+        v.apply("es1", &MemberEvent::Joined(sm("old", "127.0.1.8")));
+        v.apply("es1", &MemberEvent::Snapshot(vec![sm("node1", "127.0.1.7")]));
+        assert_eq!(names(&mut v), ["es1", "node1"]);
+    }
+
+    #[test]
+    fn since_is_kept_while_live_and_reset_after() {
+        let mut v = MemberView::default();
+        v.server_up("es1", "127.0.1.1:8000".parse().unwrap());
+        v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
+        assert_eq!(v.members(100)[1].since, 100);
+        assert_eq!(v.members(200)[1].since, 100);
+        v.apply("es1", &MemberEvent::Left { name: "node1".into() });
+        v.members(300);
+        v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
+        assert_eq!(v.members(400)[1].since, 400);
+    }
+
+    #[test]
+    fn changes_are_described() {
+        let mut v = MemberView::default();
+        v.server_up("es1", "127.0.1.1:8000".parse().unwrap());
+        let before = v.members(1);
+        v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
+        let after = v.members(2);
+        assert_eq!(describe_changes(&before, &after), ["node1 (node: registrar) joined from 127.0.1.7"]);
+        assert_eq!(describe_changes(&after, &before), ["node1 is gone"]);
+    }
+}

@@ -1,0 +1,80 @@
+//! The node's configuration (TOML).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use onehop_overlay::daemon::{load_toml, ConfigError};
+use onehop_overlay::net::Timing;
+use onehop_overlay::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+/// The well-known lookup-interface port (TCP).
+pub const LOOKUP_PORT: u16 = 9500;
+
+/// `onehop-node` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The node's own IP address: every socket of the node binds it.
+    pub ip: IpAddr,
+    /// The event servers' QUIC addresses (port 8000).
+    pub eventservers: Vec<SocketAddr>,
+    /// TCP port of the lookup interface.
+    #[serde(default = "default_lookup_port")]
+    pub lookup_port: u16,
+    /// Most lookup-interface connections served at once.
+    #[serde(default = "default_lookup_connections")]
+    pub lookup_connections: usize,
+    /// Points each member places on a role's ring.
+    #[serde(default = "default_points")]
+    pub points: u32,
+    /// Where to serve Prometheus metrics over HTTP (optional).
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// Certificate, key, CA and CRL.
+    pub tls: TlsFiles,
+    /// QUIC keep-alive and idle timeout.
+    #[serde(default)]
+    pub quic: Timing,
+}
+
+fn default_lookup_port() -> u16 {
+    LOOKUP_PORT
+}
+fn default_lookup_connections() -> usize {
+    1024
+}
+fn default_points() -> u32 {
+    onehop_overlay::ring::DEFAULT_POINTS
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let c: Config = load_toml(path)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: &str| ConfigError::Invalid {
+            path: path.display().to_string(),
+            key: key.into(),
+            problem: problem.into(),
+        };
+        if self.eventservers.is_empty() {
+            return Err(bad("eventservers", "list at least one event server address"));
+        }
+        if self.points == 0 || self.points > 10_000 {
+            return Err(bad("points", "must be between 1 and 10000"));
+        }
+        if self.lookup_connections == 0 {
+            return Err(bad("lookup_connections", "must be at least 1"));
+        }
+        if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
+            return Err(bad("quic.idle_timeout_ms", "must be greater than quic.keepalive_ms"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! onehop-node: a role-bearing member of the overlay.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration.
+//! - [`view`]: the status held and the rings built from it.
+//! - [`lookup`]: the lookup interface (TCP 9500).
+//! - [`roles`]: role modules and what they are given.
+//! - this file: joining (announce exactly the certificate's roles), applying statuses, leaving.
+
+pub mod config;
+pub mod lookup;
+pub mod roles;
+pub mod view;
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient};
+use onehop_overlay::crl::CrlStore;
+use onehop_overlay::metrics::Metrics;
+use onehop_overlay::net::{self, ConnTable};
+use onehop_overlay::status::Endpoint;
+use onehop_overlay::tls::Credentials;
+use onehop_overlay::wire::{Announce, Payload, Topic};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::Config;
+use view::View;
+
+/// Runs the node until `shutdown` resolves, then leaves gracefully.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let creds = Arc::new(Credentials::load(&cfg.tls)?);
+    let identity = Arc::new(creds.identity.clone());
+    let crl = CrlStore::open(creds.ca.to_vec(), cfg.tls.crl.clone())?;
+    crl.spawn_file_watch(Duration::from_millis(250));
+    let metrics = Metrics::default();
+    let endpoint = net::endpoint(SocketAddr::new(cfg.ip, 0), &creds, &crl.current(), cfg.quic, None)?;
+    let conns = ConnTable::default();
+    net::spawn_crl_enforcer(endpoint.clone(), creds.clone(), crl.clone(), conns.clone(), cfg.quic, None);
+
+    let lookup_addr = SocketAddr::new(cfg.ip, cfg.lookup_port);
+    let view = Arc::new(ArcSwap::from_pointee(View::default()));
+    let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
+    let listener_view = view.clone();
+    let served = metrics.counter("lookups_total", "Lookup-interface requests answered.");
+    let max = cfg.lookup_connections;
+    let lookup_task = tokio::spawn(async move { lookup::serve(lookup_addr, listener_view, max, served).await });
+    // Fail early if the port is taken.
+    tokio::task::yield_now().await;
+    if lookup_task.is_finished() {
+        return match lookup_task.await {
+            Ok(Err(e)) => Err(e).with_context(|| format!("lookup interface on {lookup_addr}")),
+            _ => Err(anyhow::anyhow!("lookup interface on {lookup_addr} stopped")),
+        };
+    }
+    let mut endpoints = vec![Endpoint { service: "lookup".into(), addr: lookup_addr }];
+    if let Some(addr) = cfg.metrics {
+        endpoints.push(Endpoint { service: "metrics".into(), addr });
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = onehop_overlay::metrics::serve(addr, m).await {
+                warn!(cause = %e, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+    let opts = ClientOptions {
+        eventservers: cfg.eventservers.clone(),
+        announce: Some(Announce { roles: identity.roles.clone(), endpoints }),
+        subscribe: vec![Topic::Network, Topic::Crl],
+        ..Default::default()
+    };
+    let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
+    info!(name = %identity.name, roles = ?identity.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), lookup = %lookup_addr, "node started");
+
+    let cancel = CancellationToken::new();
+    let mut role_tasks = Vec::new();
+    for role in &identity.roles {
+        if let Some(module) = roles::built_in(role.as_str()) {
+            role_tasks.push(module.start(roles::RoleContext {
+                view: view_rx.clone(),
+                overlay: client.clone(),
+                identity: identity.clone(),
+                shutdown: cancel.clone(),
+            }));
+        }
+    }
+
+    let version = metrics.gauge("status_version", "Version of the network status held.");
+    let term = metrics.gauge("status_term", "Term of the network status held.");
+    let members = metrics.gauge("members", "Live members in the status held.");
+    let points = cfg.points;
+    let apply = async {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                ClientEvent::Event(ev) => {
+                    if let Payload::Network(status) = &ev.payload {
+                        let current = view.load_full();
+                        if let Some(next) = current.apply(status.clone(), points) {
+                            info!(term = status.term, version = status.version, members = status.members.len(), manager = %status.manager, "network status applied");
+                            term.set(status.term as i64);
+                            version.set(status.version as i64);
+                            members.set(status.members.len() as i64);
+                            view.store(next.clone());
+                            let _ = view_tx.send(next);
+                        }
+                    }
+                }
+                ClientEvent::Up { server, addr } => info!(%server, %addr, "event server session up"),
+                ClientEvent::Down { server: Some(server), addr, reason } => {
+                    warn!(%server, %addr, %reason, "event server session down")
+                }
+                ClientEvent::Down { .. } => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = apply => {}
+        _ = shutdown => info!("leaving"),
+        r = lookup_task => warn!(result = ?r, "lookup interface stopped"),
+    }
+    cancel.cancel();
+    client.leave(Duration::from_secs(1)).await;
+    for t in role_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    Ok(())
+}
+
+/// The `onehop-node` program.
+pub fn cli_main(args: Vec<OsString>) -> ExitCode {
+    onehop_overlay::daemon::daemon_main(
+        "onehop-node",
+        "A onehop member bearing the roles of its certificate: it joins through the event servers, keeps one hash ring per role and answers the lookup interface (TCP 9500).",
+        args,
+        Config::load,
+        run,
+    )
+}

@@ -1,0 +1,322 @@
+//! The lookup interface: a line protocol on TCP 9500, compatible with SIP Thor's.
+//!
+//! Requests, one per line (CRLF, bare LF accepted), answered in order, so a client may pipeline
+//! many requests on one connection:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `lookup ROLE for KEY` | the owner's IP address, or a line starting with `error` |
+//! | `is_online IP as ROLE` | `Yes` or `No` |
+//! | `status` | `term T version V manager NAME` |
+//! | `replicas ROLE for KEY [N]` | the owner and the next N-1 distinct members' IPs, space-separated (N defaults to 2) |
+//! | `members ROLE` | `NAME=IP` pairs of the role's live members, space-separated (empty line if none) |
+//! | `owner ROLE for KEY` | `NAME IP` of the owner |
+//!
+//! KEY is hashed as given, except that a `sip:`/`sips:` URI is first reduced to its canonical
+//! AOR (`user@host`, host lower-cased), so `lookup registrar for sip:alice@Example.test:5060`
+//! and `lookup registrar for alice@example.test` agree. Blank lines get no answer.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use onehop_overlay::metrics::Metric;
+use onehop_overlay::ring::{lookup_key, position};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::view::View;
+
+/// The longest request line accepted.
+pub const MAX_LINE: usize = 4096;
+
+/// Appends the answer to one request line (without its line end) to `out`, CRLF-terminated.
+/// Returns false for a blank line (no answer).
+pub fn answer(line: &str, view: &View, out: &mut String) -> bool {
+    let line = line.trim();
+    if line.is_empty() {
+        return false;
+    }
+    let mut words = line.splitn(2, ' ');
+    let verb = words.next().unwrap_or("");
+    let rest = words.next().unwrap_or("").trim();
+    match verb {
+        "lookup" => match role_for_key(rest) {
+            Some((role, key)) => match view.rings.get(role) {
+                Some(ring) => match ring.owner_at(position(&lookup_key(key))) {
+                    Some(m) => {
+                        let _ = write!(out, "{}", m.ip);
+                    }
+                    None => {
+                        let _ = write!(out, "error no live member has role {role}");
+                    }
+                },
+                None => no_role(view, role, out),
+            },
+            None => out.push_str("error usage: lookup ROLE for KEY"),
+        },
+        "owner" => match role_for_key(rest) {
+            Some((role, key)) => match view.rings.get(role).and_then(|r| r.owner_at(position(&lookup_key(key)))) {
+                Some(m) => {
+                    let _ = write!(out, "{} {}", m.name, m.ip);
+                }
+                None => no_role(view, role, out),
+            },
+            None => out.push_str("error usage: owner ROLE for KEY"),
+        },
+        "replicas" => {
+            let (spec, n) = match rest.rsplit_once(' ') {
+                Some((head, tail)) if head.contains(" for ") => match tail.parse::<usize>() {
+                    Ok(n) if n >= 1 => (head, n),
+                    _ => (rest, 2),
+                },
+                _ => (rest, 2),
+            };
+            match role_for_key(spec) {
+                Some((role, key)) => match view.rings.get(role) {
+                    Some(ring) => {
+                        let ips: Vec<String> = ring
+                            .replicas_at(position(&lookup_key(key)), n)
+                            .map(|m| m.ip.to_string())
+                            .collect();
+                        out.push_str(&ips.join(" "));
+                    }
+                    None => no_role(view, role, out),
+                },
+                None => out.push_str("error usage: replicas ROLE for KEY [N]"),
+            }
+        }
+        "is_online" => match rest.split_once(" as ") {
+            Some((ip, role)) => match ip.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    let online = view
+                        .rings
+                        .get(role.trim())
+                        .map(|r| r.contains_ip(ip))
+                        .unwrap_or(false);
+                    out.push_str(if online { "Yes" } else { "No" });
+                }
+                Err(_) => {
+                    let _ = write!(out, "error not an IP address: {}", ip.trim());
+                }
+            },
+            None => out.push_str("error usage: is_online IP as ROLE"),
+        },
+        "status" if rest.is_empty() => match &view.status {
+            Some(s) => {
+                let _ = write!(out, "term {} version {} manager {}", s.term, s.version, s.manager);
+            }
+            None => out.push_str("error no network status yet"),
+        },
+        "members" if !rest.is_empty() => {
+            if let Some(ring) = view.rings.get(rest) {
+                let pairs: Vec<String> = ring
+                    .members()
+                    .iter()
+                    .map(|m| format!("{}={}", m.name, m.ip))
+                    .collect();
+                out.push_str(&pairs.join(" "));
+            }
+        }
+        _ => {
+            let shown: String = line.chars().take(64).collect();
+            let _ = write!(
+                out,
+                "error unknown request {shown:?} (verbs: lookup, is_online, status, replicas, members, owner)"
+            );
+        }
+    }
+    out.push_str("\r\n");
+    true
+}
+
+fn role_for_key(rest: &str) -> Option<(&str, &str)> {
+    let (role, key) = rest.split_once(" for ")?;
+    let (role, key) = (role.trim(), key.trim());
+    if role.is_empty() || key.is_empty() || role.contains(' ') {
+        return None;
+    }
+    Some((role, key))
+}
+
+fn no_role(view: &View, role: &str, out: &mut String) {
+    if view.status.is_none() {
+        out.push_str("error no network status yet");
+    } else {
+        let _ = write!(out, "error no live member has role {role}");
+    }
+}
+
+/// Serves the lookup interface on `addr` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    view: Arc<ArcSwap<View>>,
+    max_connections: usize,
+    served: Metric,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    let limit = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(cause = %e, "lookup accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(%peer, "lookup connection refused: too many connections");
+            drop(sock);
+            continue;
+        };
+        let view = view.clone();
+        let served = served.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection(sock, view, served).await {
+                debug!(%peer, cause = %e, "lookup connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(
+    mut sock: TcpStream,
+    view: Arc<ArcSwap<View>>,
+    served: Metric,
+) -> std::io::Result<()> {
+    let _ = sock.set_nodelay(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut filled = 0usize;
+    let mut out = String::with_capacity(64 * 1024);
+    loop {
+        if filled == buf.len() {
+            // A line longer than the buffer cannot be valid.
+            sock.write_all(b"error line too long\r\n").await?;
+            return Ok(());
+        }
+        let n = sock.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+        let snapshot = view.load();
+        let mut start = 0;
+        let mut answered = 0;
+        while let Some(nl) = buf[start..filled].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            if line.len() > MAX_LINE {
+                out.push_str("error line too long\r\n");
+                answered += 1;
+                continue;
+            }
+            match std::str::from_utf8(line) {
+                Ok(text) => {
+                    if answer(text, &snapshot, &mut out) {
+                        answered += 1;
+                    }
+                }
+                Err(_) => {
+                    out.push_str("error request is not UTF-8\r\n");
+                    answered += 1;
+                }
+            }
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        if filled > MAX_LINE {
+            sock.write_all(out.as_bytes()).await?;
+            sock.write_all(b"error line too long\r\n").await?;
+            return Ok(());
+        }
+        if !out.is_empty() {
+            sock.write_all(out.as_bytes()).await?;
+            out.clear();
+            served.add(answered);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};
+
+    fn view(n: usize) -> View {
+        let members = (1..=n)
+            .map(|i| Member {
+                name: format!("node{i}"),
+                kind: Kind::Node,
+                roles: vec![Role::new("registrar").unwrap(), Role::new("sip_proxy").unwrap()],
+                endpoints: vec![],
+                since: 0,
+                ip: format!("127.0.1.{i}").parse().unwrap(),
+            })
+            .collect();
+        let status = NetworkStatus {
+            term: 3,
+            version: 7,
+            manager: "manager1".into(),
+            members,
+        };
+        View::default().apply(status, 100).map(|v| Arc::try_unwrap(v).unwrap()).unwrap()
+    }
+
+    fn ask(v: &View, line: &str) -> String {
+        let mut out = String::new();
+        answer(line, v, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_three_sip_thor_verbs() {
+        let v = view(5);
+        let ip = ask(&v, "lookup registrar for alice@example.test");
+        assert!(ip.starts_with("127.0.1.") && ip.ends_with("\r\n"), "{ip:?}");
+        assert_eq!(ask(&v, "is_online 127.0.1.2 as registrar"), "Yes\r\n");
+        assert_eq!(ask(&v, "is_online 127.0.1.9 as registrar"), "No\r\n");
+        assert_eq!(ask(&v, "is_online 127.0.1.2 as media_relay"), "No\r\n");
+        assert_eq!(ask(&v, "status"), "term 3 version 7 manager manager1\r\n");
+    }
+
+    #[test]
+    fn sip_uris_are_canonicalised_other_keys_are_not() {
+        let v = view(5);
+        assert_eq!(
+            ask(&v, "lookup registrar for sip:alice@Example.TEST:5060;transport=tcp"),
+            ask(&v, "lookup registrar for alice@example.test")
+        );
+        let owner = |k: &str| ask(&v, &format!("owner registrar for {k}"));
+        // Call-IDs are hashed as given; the owners of differently-cased IDs may differ.
+        let _ = owner("a84b4c76e66710@pc33.atlanta.com");
+        let r = ask(&v, "replicas registrar for bob@example.test 3");
+        let ips: Vec<&str> = r.trim_end().split(' ').collect();
+        assert_eq!(ips.len(), 3);
+        assert_eq!(ips[0], ask(&v, "lookup registrar for bob@example.test").trim_end());
+    }
+
+    #[test]
+    fn errors_start_with_error() {
+        let v = view(2);
+        for bad in [
+            "lookup nosuchrole for x",
+            "lookup registrar",
+            "frobnicate",
+            "is_online notanip as registrar",
+            "is_online 127.0.0.1",
+            "status now",
+        ] {
+            assert!(ask(&v, bad).starts_with("error"), "{bad}");
+        }
+        assert!(ask(&View::default(), "status").starts_with("error no network status"));
+        assert!(ask(&View::default(), "lookup registrar for x").starts_with("error"));
+        let mut out = String::new();
+        assert!(!answer("  ", &v, &mut out));
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,436 @@
+//! A participant's sessions with every event server.
+//!
+//! [`EventClient::start`] keeps one session per configured event server: it connects, checks
+//! that the peer's certificate is an `eventserver` one, announces (members only), subscribes,
+//! and reconnects with a capped back-off when the session ends. Publications go to every
+//! connected event server; received events are deduplicated by `(origin, seq)` and delivered on
+//! one bounded channel, together with [`ClientEvent::Up`]/[`ClientEvent::Down`] notices. A CRL
+//! received on the `crl` topic is handed to the CRL store (which verifies it) when one is given.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn};
+
+use crate::crl::CrlStore;
+use crate::net::{peer_identity, ConnTable};
+use crate::status::Kind;
+use crate::wire::{
+    encode_frame, read_msg, Announce, ClientMsg, CloseCode, Event, Payload, ServerMsg, Topic,
+    MAX_FRAME,
+};
+
+/// What the client is to do.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The event servers' QUIC addresses.
+    pub eventservers: Vec<SocketAddr>,
+    /// What to announce (members only; `None` for monitors and admins).
+    pub announce: Option<Announce>,
+    /// Topics to subscribe to.
+    pub subscribe: Vec<Topic>,
+    /// Depth of the channel that delivers events.
+    pub queue: usize,
+    /// Depth of each event server's outgoing queue; publications beyond it are dropped for that
+    /// server (the others still get them).
+    pub out_queue: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            eventservers: Vec::new(),
+            announce: None,
+            subscribe: Vec::new(),
+            queue: 4096,
+            out_queue: 1024,
+        }
+    }
+}
+
+/// What the client delivers.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    /// A session with an event server is established.
+    Up {
+        /// The event server's name (certificate).
+        server: String,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A session ended (or could not be established).
+    Down {
+        /// The event server's name, if the session got that far.
+        server: Option<String>,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A publication, the first time it is seen.
+    Event(Arc<Event>),
+}
+
+enum Outgoing {
+    Frame(Bytes),
+    Leave,
+}
+
+struct Inner {
+    seq: AtomicU64,
+    links: Mutex<HashMap<SocketAddr, (String, mpsc::Sender<Outgoing>)>>,
+    seen: Mutex<HashMap<String, u64>>,
+    stopping: AtomicBool,
+    stop: Notify,
+    conns: ConnTable,
+    crl: Option<Arc<CrlStore>>,
+    live_sessions: AtomicU64,
+    closed: Notify,
+}
+
+/// Handle to the sessions; cheap to clone.
+#[derive(Clone)]
+pub struct EventClient {
+    inner: Arc<Inner>,
+    endpoint: quinn::Endpoint,
+}
+
+/// A sequence number base that increases across restarts: nanoseconds since the epoch.
+pub fn seq_base() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+impl EventClient {
+    /// Starts a session task per event server on `endpoint` (whose default client config
+    /// presents our certificate). Connections are recorded in `conns` so a CRL enforcer can cut
+    /// them. Returns the handle and the channel of events.
+    pub fn start(
+        endpoint: quinn::Endpoint,
+        opts: ClientOptions,
+        conns: ConnTable,
+        crl: Option<Arc<CrlStore>>,
+    ) -> (EventClient, mpsc::Receiver<ClientEvent>) {
+        let (tx, rx) = mpsc::channel(opts.queue.max(16));
+        let inner = Arc::new(Inner {
+            seq: AtomicU64::new(seq_base()),
+            links: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            conns,
+            crl,
+            live_sessions: AtomicU64::new(0),
+            closed: Notify::new(),
+        });
+        let client = EventClient { inner, endpoint };
+        for addr in opts.eventservers.clone() {
+            let c = client.clone();
+            let tx = tx.clone();
+            let opts = opts.clone();
+            tokio::spawn(async move { c.session_loop(addr, opts, tx).await });
+        }
+        (client, rx)
+    }
+
+    /// Publishes to every connected event server; returns to how many it was queued.
+    pub fn publish(&self, payload: Payload) -> usize {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(&ClientMsg::Publish { seq, payload });
+        let links = self.inner.links.lock().expect("links");
+        let mut n = 0;
+        for (addr, (server, tx)) in links.iter() {
+            match tx.try_send(Outgoing::Frame(frame.clone())) {
+                Ok(()) => n += 1,
+                Err(_) => warn!(%addr, %server, "outgoing queue full: publication dropped"),
+            }
+        }
+        n
+    }
+
+    /// Names of the event servers with an established session.
+    pub fn connected(&self) -> Vec<String> {
+        let links = self.inner.links.lock().expect("links");
+        let mut v: Vec<String> = links.values().map(|(s, _)| s.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Says goodbye to every event server (so the departure is a leave, not a loss), waits up
+    /// to `wait` for the sessions to close, then stops reconnecting.
+    pub async fn leave(&self, wait: Duration) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        let senders: Vec<_> = {
+            let links = self.inner.links.lock().expect("links");
+            links.values().map(|(_, tx)| tx.clone()).collect()
+        };
+        for tx in senders {
+            let _ = tx.send(Outgoing::Leave).await;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.inner.live_sessions.load(Ordering::SeqCst) > 0 {
+            let notified = self.inner.closed.notified();
+            if self.inner.live_sessions.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        self.inner.stop.notify_waiters();
+        self.endpoint
+            .close(CloseCode::Shutdown.varint(), b"leaving");
+    }
+
+    /// Stops every session without a goodbye.
+    pub fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.stop.notify_waiters();
+        self.endpoint.close(CloseCode::Shutdown.varint(), b"stopping");
+    }
+
+    fn first_time(&self, ev: &Event) -> bool {
+        let mut seen = self.inner.seen.lock().expect("seen");
+        match seen.get_mut(&ev.origin) {
+            Some(last) if *last >= ev.seq => false,
+            Some(last) => {
+                *last = ev.seq;
+                true
+            }
+            None => {
+                if seen.len() >= 100_000 {
+                    seen.clear();
+                }
+                seen.insert(ev.origin.clone(), ev.seq);
+                true
+            }
+        }
+    }
+
+    async fn session_loop(
+        self,
+        addr: SocketAddr,
+        opts: ClientOptions,
+        tx: mpsc::Sender<ClientEvent>,
+    ) {
+        let mut backoff = Duration::from_millis(50);
+        while !self.inner.stopping.load(Ordering::SeqCst) {
+            let started = tokio::time::Instant::now();
+            let (server, reason) = self.session(addr, &opts, &tx).await;
+            if tx
+                .send(ClientEvent::Down {
+                    server: server.clone(),
+                    addr,
+                    reason: reason.clone(),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if self.inner.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            if server.is_some() {
+                info!(%addr, server = server.as_deref().unwrap_or("?"), %reason, "event server session ended");
+            } else {
+                debug!(%addr, %reason, "cannot reach event server");
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                backoff = Duration::from_millis(50);
+            }
+            let stop = self.inner.stop.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One session; returns the server's name (if it got that far) and why it ended.
+    async fn session(
+        &self,
+        addr: SocketAddr,
+        opts: &ClientOptions,
+        tx: &mpsc::Sender<ClientEvent>,
+    ) -> (Option<String>, String) {
+        let connecting = match self.endpoint.connect(addr, &addr.ip().to_string()) {
+            Ok(c) => c,
+            Err(e) => return (None, format!("connect: {e}")),
+        };
+        let conn = match tokio::time::timeout(Duration::from_secs(2), connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return (None, format!("handshake: {e}")),
+            Err(_) => return (None, "handshake timed out".into()),
+        };
+        let id = match peer_identity(&conn) {
+            Ok(id) => id,
+            Err(e) => {
+                conn.close(CloseCode::Forbidden.varint(), b"bad certificate");
+                return (None, e.to_string());
+            }
+        };
+        if id.kind != Kind::Eventserver {
+            conn.close(CloseCode::Forbidden.varint(), b"not an event server");
+            return (
+                None,
+                format!("refused {}: its certificate is a {} certificate, not an eventserver one", id.name, id.kind),
+            );
+        }
+        let server = id.name.clone();
+        self.inner.conns.insert(id, conn.clone());
+        let result = self.run_session(&conn, &server, addr, opts, tx).await;
+        self.inner.conns.remove(&conn);
+        self.inner.links.lock().expect("links").remove(&addr);
+        conn.close(CloseCode::Normal.varint(), b"bye");
+        (Some(server), result)
+    }
+
+    async fn run_session(
+        &self,
+        conn: &quinn::Connection,
+        server: &str,
+        addr: SocketAddr,
+        opts: &ClientOptions,
+        tx: &mpsc::Sender<ClientEvent>,
+    ) -> String {
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return format!("open stream: {e}"),
+        };
+        let mut hello = Vec::new();
+        if let Some(a) = &opts.announce {
+            hello.extend_from_slice(&encode_frame(&ClientMsg::Announce(a.clone())));
+        }
+        if !opts.subscribe.is_empty() {
+            hello.extend_from_slice(&encode_frame(&ClientMsg::Subscribe(opts.subscribe.clone())));
+        }
+        if hello.is_empty() {
+            hello.extend_from_slice(&encode_frame(&ClientMsg::Subscribe(Vec::new())));
+        }
+        if let Err(e) = send.write_all(&hello).await {
+            return format!("send: {e}");
+        }
+        // The server's refusal of our certificate shows on the first read.
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            read_msg::<ServerMsg, _>(&mut recv, MAX_FRAME),
+        )
+        .await
+        {
+            Ok(Ok(Some(ServerMsg::Welcome { .. }))) => {}
+            Ok(Ok(Some(ServerMsg::Refused { reason }))) => {
+                warn!(%server, %reason, "event server refused the session");
+                return format!("refused: {reason}");
+            }
+            Ok(Ok(Some(other))) => return format!("unexpected first message {other:?}"),
+            Ok(Ok(None)) => return "closed before welcome".into(),
+            Ok(Err(e)) => return format!("no welcome: {e} ({})", close_reason(conn)),
+            Err(_) => return "no welcome in time".into(),
+        }
+        let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(opts.out_queue.max(16));
+        self.inner
+            .links
+            .lock()
+            .expect("links")
+            .insert(addr, (server.to_string(), out_tx));
+        self.inner.live_sessions.fetch_add(1, Ordering::SeqCst);
+        let _guard = SessionGuard(&self.inner);
+        if tx
+            .send(ClientEvent::Up {
+                server: server.to_string(),
+                addr,
+            })
+            .await
+            .is_err()
+        {
+            return "client dropped".into();
+        }
+        let writer = async {
+            while let Some(out) = out_rx.recv().await {
+                let frame = match &out {
+                    Outgoing::Frame(f) => f.clone(),
+                    Outgoing::Leave => encode_frame(&ClientMsg::Leave),
+                };
+                if let Err(e) = send.write_all(&frame).await {
+                    return format!("send: {e}");
+                }
+                if matches!(out, Outgoing::Leave) {
+                    let _ = send.finish();
+                    // Wait for the server to close after our goodbye.
+                    let _ = conn.closed().await;
+                    return "left".to_string();
+                }
+            }
+            "outgoing queue closed".to_string()
+        };
+        let reader = async {
+            loop {
+                match read_msg::<ServerMsg, _>(&mut recv, MAX_FRAME).await {
+                    Ok(Some(ServerMsg::Event(ev))) => {
+                        if !self.first_time(&ev) {
+                            continue;
+                        }
+                        if let (Payload::Crl(der), Some(store)) = (&ev.payload, &self.inner.crl) {
+                            if let Err(e) = store.apply_der(der) {
+                                warn!(origin = %ev.origin, cause = %e, "published CRL refused");
+                            }
+                        }
+                        if tx.send(ClientEvent::Event(Arc::new(ev))).await.is_err() {
+                            return "client dropped".to_string();
+                        }
+                    }
+                    Ok(Some(ServerMsg::Refused { reason })) => {
+                        warn!(%server, %reason, "event server refused");
+                        return format!("refused: {reason}");
+                    }
+                    Ok(Some(ServerMsg::Welcome { .. })) => {}
+                    Ok(None) => return format!("stream ended ({})", close_reason(conn)),
+                    Err(e) => return format!("{e} ({})", close_reason(conn)),
+                }
+            }
+        };
+        let stop = self.inner.stop.notified();
+        tokio::select! {
+            r = writer => r,
+            r = reader => r,
+            _ = stop => "stopped".to_string(),
+        }
+    }
+}
+
+struct SessionGuard<'a>(&'a Inner);
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.live_sessions.fetch_sub(1, Ordering::SeqCst);
+        self.0.closed.notify_waiters();
+    }
+}
+
+/// A readable reason from a connection's close state.
+pub fn close_reason(conn: &quinn::Connection) -> String {
+    match conn.close_reason() {
+        Some(e) => close_reason_of(&e),
+        None => "connection open".to_string(),
+    }
+}
+
+/// A readable reason from a connection error.
+pub fn close_reason_of(err: &quinn::ConnectionError) -> String {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            format!("closed by peer: {}", String::from_utf8_lossy(&a.reason))
+        }
+        quinn::ConnectionError::TimedOut => "idle timeout".to_string(),
+        e => e.to_string(),
+    }
+}

@@ -1,0 +1,23 @@
+//! onehop-overlay: what every onehop daemon shares.
+//!
+//! # Layout
+//! - [`status`]: the shared model: kinds, roles, members, the network status.
+//! - [`ring`]: the hash circle, one ring per role; a pure function of the status.
+//! - [`identity`]: our certificate extension (kind and roles) and the peer identity read back
+//!   from a certificate.
+//! - [`wire`]: the messages and the length-prefixed codec with a size cap.
+//! - [`tls`]: rustls configurations from the CA, a certificate, a key and the CRL.
+//! - [`net`]: quinn endpoints, the only module here that touches sockets.
+//! - [`client`]: a member's (or monitor's) sessions with every event server.
+
+pub mod identity;
+pub mod ring;
+pub mod status;
+pub mod client;
+pub mod crl;
+pub mod net;
+pub mod tls;
+pub mod wire;
+pub mod daemon;
+pub mod metrics;
+pub mod farmfile;

@@ -1,0 +1,223 @@
+//! quinn endpoints: the only module of the overlay that touches sockets.
+//!
+//! Every daemon binds its own IP address. Keep-alives and the idle timeout are set so that a
+//! member that dies without a word (kill -9) is noticed well within the design's 1 s budget.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::crl::{CrlState, CrlStore};
+use crate::identity::{identity_from_der, Identity, Serial};
+use crate::tls::{Credentials, TlsError};
+use crate::wire::CloseCode;
+
+/// QUIC timing knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// Keep-alive interval in milliseconds.
+    pub keepalive_ms: u64,
+    /// A connection with no traffic for this long (milliseconds) is dead: its member is lost.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            keepalive_ms: 100,
+            idle_timeout_ms: 600,
+        }
+    }
+}
+
+/// An endpoint set-up error.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// TLS material or configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Binding the socket failed.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer presented no usable certificate.
+    #[error("peer certificate: {0}")]
+    PeerIdentity(String),
+}
+
+fn transport(timing: Timing, max_bidi: u32) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(timing.keepalive_ms)));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_millis(timing.idle_timeout_ms))
+            .expect("idle timeout in range"),
+    ));
+    t.max_concurrent_bidi_streams(max_bidi.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+/// Server configuration for quinn.
+pub fn quinn_server_config(
+    creds: &Credentials,
+    crl: &CrlState,
+    timing: Timing,
+    max_bidi: u32,
+) -> Result<quinn::ServerConfig, NetError> {
+    let tls = creds.server_config(crl)?;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| NetError::Tls(TlsError::Verifier(e.to_string())))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport(timing, max_bidi));
+    Ok(cfg)
+}
+
+/// Client configuration for quinn.
+pub fn quinn_client_config(
+    creds: &Credentials,
+    crl: &CrlState,
+    timing: Timing,
+) -> Result<quinn::ClientConfig, NetError> {
+    let tls = creds.client_config(crl)?;
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| NetError::Tls(TlsError::Verifier(e.to_string())))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport(timing, 64));
+    Ok(cfg)
+}
+
+/// An endpoint bound to `addr`; a server too when `serve` is set (accepting up to `max_bidi`
+/// streams per connection). Its default client configuration presents our certificate.
+pub fn endpoint(
+    addr: SocketAddr,
+    creds: &Credentials,
+    crl: &CrlState,
+    timing: Timing,
+    serve: Option<u32>,
+) -> Result<quinn::Endpoint, NetError> {
+    let server = match serve {
+        Some(max_bidi) => Some(quinn_server_config(creds, crl, timing, max_bidi)?),
+        None => None,
+    };
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| NetError::PeerIdentity("no async runtime".into()))?;
+    let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(|source| NetError::Bind { addr, source })?;
+    ep.set_default_client_config(quinn_client_config(creds, crl, timing)?);
+    Ok(ep)
+}
+
+/// The identity in the certificate a connected peer presented.
+pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, NetError> {
+    let any = conn
+        .peer_identity()
+        .ok_or_else(|| NetError::PeerIdentity("none presented".into()))?;
+    let certs = any
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .map_err(|_| NetError::PeerIdentity("not an X.509 chain".into()))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| NetError::PeerIdentity("empty chain".into()))?;
+    identity_from_der(first).map_err(|e| NetError::PeerIdentity(e.to_string()))
+}
+
+/// Open connections by peer certificate serial, so revoked peers can be cut off.
+#[derive(Debug, Default, Clone)]
+pub struct ConnTable {
+    inner: Arc<Mutex<HashMap<usize, (Identity, quinn::Connection)>>>,
+}
+
+impl ConnTable {
+    /// Records a connection.
+    pub fn insert(&self, id: Identity, conn: quinn::Connection) {
+        self.inner
+            .lock()
+            .expect("conn table")
+            .insert(conn.stable_id(), (id, conn));
+    }
+
+    /// Forgets a connection.
+    pub fn remove(&self, conn: &quinn::Connection) {
+        self.inner
+            .lock()
+            .expect("conn table")
+            .remove(&conn.stable_id());
+    }
+
+    /// Number of open connections recorded.
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("conn table").len()
+    }
+
+    /// Whether no connection is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every connection whose peer serial is revoked; returns their names.
+    pub fn close_revoked(&self, crl: &CrlState) -> Vec<String> {
+        let mut closed = Vec::new();
+        let mut map = self.inner.lock().expect("conn table");
+        map.retain(|_, (id, conn)| {
+            if crl.is_revoked(&id.serial) {
+                conn.close(CloseCode::Revoked.varint(), b"certificate revoked");
+                closed.push(id.name.clone());
+                false
+            } else {
+                true
+            }
+        });
+        closed
+    }
+
+    /// Whether a peer with this serial is connected.
+    pub fn has_serial(&self, serial: &Serial) -> bool {
+        self.inner
+            .lock()
+            .expect("conn table")
+            .values()
+            .any(|(id, _)| &id.serial == serial)
+    }
+}
+
+/// Watches the CRL store: on every change rebuilds the endpoint's TLS configurations (so new
+/// handshakes see the new CRL) and closes every recorded connection whose peer is revoked.
+pub fn spawn_crl_enforcer(
+    mut endpoint: quinn::Endpoint,
+    creds: Arc<Credentials>,
+    crl: Arc<CrlStore>,
+    conns: ConnTable,
+    timing: Timing,
+    serve: Option<u32>,
+) -> tokio::task::JoinHandle<()> {
+    let mut rx = crl.subscribe();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let state = crl.current();
+            if let Some(max_bidi) = serve {
+                match quinn_server_config(&creds, &state, timing, max_bidi) {
+                    Ok(cfg) => endpoint.set_server_config(Some(cfg)),
+                    Err(e) => warn!(cause = %e, "cannot rebuild server config for new CRL"),
+                }
+            }
+            match quinn_client_config(&creds, &state, timing) {
+                Ok(cfg) => endpoint.set_default_client_config(cfg),
+                Err(e) => warn!(cause = %e, "cannot rebuild client config for new CRL"),
+            }
+            for name in conns.close_revoked(&state) {
+                info!(peer = %name, "closed connection: peer certificate revoked");
+            }
+        }
+    })
+}
