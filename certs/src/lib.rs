@@ -17,6 +17,9 @@
 //! A CA directory has a single writer at a time: two processes issuing or revoking in the same
 //! directory at once may lose an index update.
 
+mod cli;
+pub use cli::cli_main;
+
 use std::fmt;
 use std::fs;
 use std::io::Write;

@@ -83,29 +83,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     Ok(())
 }
 
-/// Why a handshake failed, in an operator's words.
-pub fn refusal_reason(err: &quinn::ConnectionError) -> String {
-    let text = err.to_string();
-    let why = if text.contains("Revoked") {
-        "certificate revoked"
-    } else if text.contains("Expired") {
-        "certificate expired"
-    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        "certificate not issued by this farm's CA"
-    } else if text.contains("NotValidYet") {
-        "certificate not valid yet"
-    } else {
-        "handshake failed"
-    };
-    format!("{why} ({text})")
-}
-
 async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, conns: ConnTable, queue: usize) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            warn!(peer = %remote, "refused connection: {}", refusal_reason(&e));
+            warn!(peer = %remote, "refused connection: {}", net::describe_handshake_error(&e));
             return;
         }
     };

@@ -366,8 +366,11 @@ pub fn crl_serials(crl_der: &[u8]) -> Result<Vec<Serial>, IdentityError> {
         .collect())
 }
 
+/// DER tag of an OBJECT IDENTIFIER.
 const TAG_OID: u8 = 0x06;
+/// DER tag of a UTF8String.
 const TAG_UTF8_STRING: u8 = 0x0c;
+/// DER tag of a (constructed) SEQUENCE.
 const TAG_SEQUENCE: u8 = 0x30;
 
 /// Encodes a DER tag-length-value with a single-octet tag.

@@ -221,3 +221,21 @@ pub fn spawn_crl_enforcer(
         }
     })
 }
+
+/// Why a handshake failed, in an operator's words.
+pub fn describe_handshake_error(err: &quinn::ConnectionError) -> String {
+    let text = err.to_string();
+    let why = if text.contains("Revoked") {
+        "certificate revoked"
+    } else if text.contains("Expired") {
+        "certificate expired"
+    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        "certificate not issued by this farm's CA"
+    } else if text.contains("NotValidYet") {
+        "certificate not valid yet"
+    } else {
+        "handshake failed"
+    };
+    format!("{why} ({text})")
+}
+

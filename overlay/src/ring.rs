@@ -603,6 +603,15 @@ impl PointSet {
     /// The points of the members for which `local[owner]` is not `u32::MAX`, renumbered to
     /// `local[owner]`. `local` must keep the members' order, so ties stay broken by name.
     fn filter(&self, local: &[u32], kept_members: usize) -> PointSet {
+        if kept_members == local.len() {
+            // Every member is kept, so `local` is the identity.
+            return PointSet {
+                positions: self.positions.clone(),
+                owners: self.owners.clone(),
+                index: self.index.clone(),
+                bits: self.bits,
+            };
+        }
         let expected = self.positions.len() / local.len().max(1) * kept_members;
         let mut positions = Vec::with_capacity(expected);
         let mut owners = Vec::with_capacity(expected);
@@ -1082,27 +1091,48 @@ mod tests {
                 member("es1", Kind::Eventserver, &["sip_proxy"], 6),
             ],
         };
+        let check = |status: &NetworkStatus, rings: &Rings| {
+            for role in rings.roles() {
+                let ring = rings.get(role).unwrap();
+                assert_eq!(ring.role(), role);
+                let direct = Ring::new(
+                    role,
+                    status
+                        .with_role(role)
+                        .map(|m| (m.name.clone(), m.ip))
+                        .collect::<Vec<_>>(),
+                    64,
+                );
+                assert_eq!(ring.members(), direct.members());
+                assert_eq!(ring.positions, direct.positions);
+                assert_eq!(ring.owners, direct.owners);
+                assert_eq!(ring.index, direct.index);
+                assert_eq!(ring.shift, direct.shift);
+            }
+        };
         let rings = Rings::from_status(&status, 64);
         let roles: Vec<_> = rings.roles().collect();
         assert_eq!(roles, ["media_relay", "registrar", "sip_proxy", "xcap"]);
         assert!(rings.get("dns").is_none());
-        for role in roles {
-            let ring = rings.get(role).unwrap();
-            assert_eq!(ring.role(), role);
-            let direct = Ring::new(
-                role,
-                status
-                    .with_role(role)
-                    .map(|m| (m.name.clone(), m.ip))
-                    .collect::<Vec<_>>(),
-                64,
-            );
-            assert_eq!(ring.members(), direct.members());
-            assert_eq!(ring.positions, direct.positions);
-            assert_eq!(ring.owners, direct.owners);
-            assert_eq!(ring.index, direct.index);
-            assert_eq!(ring.shift, direct.shift);
-        }
+        check(&status, &rings);
+
+        // Roles borne by every member (built without filtering) beside one that is not.
+        let all = NetworkStatus {
+            members: vec![
+                member("node1", Kind::Node, &["registrar", "sip_proxy"], 1),
+                member(
+                    "node2",
+                    Kind::Node,
+                    &["media_relay", "registrar", "sip_proxy"],
+                    2,
+                ),
+                member("node3", Kind::Node, &["registrar", "sip_proxy"], 3),
+            ],
+            ..status.clone()
+        };
+        let all_rings = Rings::from_status(&all, 64);
+        assert_eq!(all_rings.roles().count(), 3);
+        check(&all, &all_rings);
         let reg = rings.get("registrar").unwrap();
         assert_eq!(reg.len(), 3);
         assert!(reg.contains_ip(ip(2)));

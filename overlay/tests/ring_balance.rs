@@ -53,7 +53,9 @@ fn keyspace_shares_are_balanced() {
         }
     }
     // Not relaxed on purpose: a failure here is a property of the contract's hashing with
-    // these names, to be reported, not hidden.
+    // these names, to be reported, not hidden. KNOWN FAILING: with the contract's hashing,
+    // N = 1000 gives largest / mean = 1.1042 (node789), smallest / mean = 0.9016 (confirmed
+    // by an independent implementation); N = 3, 10, 100 give 1.0266, 1.0721, 1.0772.
     assert!(failures.is_empty(), "balance bound exceeded: {failures:?}");
 }
 

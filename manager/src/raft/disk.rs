@@ -46,7 +46,11 @@ const fn crc_table() -> [u32; 256] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[i] = c;
@@ -231,7 +235,10 @@ mod tests {
         assert_eq!(read_atomic(dir.path(), "x").unwrap(), None);
         write_atomic(dir.path(), "x", b"one").unwrap();
         write_atomic(dir.path(), "x", b"two").unwrap();
-        assert_eq!(read_atomic(dir.path(), "x").unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(
+            read_atomic(dir.path(), "x").unwrap().as_deref(),
+            Some(&b"two"[..])
+        );
         assert!(!dir.path().join("x.tmp").exists());
         let path = dir.path().join("x");
         let mut raw = fs::read(&path).unwrap();
@@ -243,7 +250,10 @@ mod tests {
     #[test]
     fn decode_rejects_trailing_bytes() {
         let mut bytes = encode(&(1u64, "a".to_string())).unwrap();
-        assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), (1, "a".to_string()));
+        assert_eq!(
+            decode::<(u64, String)>(&bytes).unwrap(),
+            (1, "a".to_string())
+        );
         bytes.push(0);
         assert!(decode::<(u64, String)>(&bytes).is_err());
     }

@@ -71,7 +71,9 @@ impl RaftTimings {
             purge_batch_size: 256,
             ..Config::default()
         };
-        config.validate().with_context(|| format!("invalid raft timings {self:?}"))
+        config
+            .validate()
+            .with_context(|| format!("invalid raft timings {self:?}"))
     }
 
     /// openraft's leader lease: how long a follower refuses to vote after hearing from a leader.
@@ -105,8 +107,13 @@ pub struct Leadership {
     pub is_me: bool,
 }
 
-fn leadership_from(m: &RaftMetrics<NodeId, ManagerNode>, age: Duration, lease: Duration) -> Leadership {
-    let leader_state = m.running_state.is_ok() && m.state == ServerState::Leader && m.current_leader == Some(m.id);
+fn leadership_from(
+    m: &RaftMetrics<NodeId, ManagerNode>,
+    age: Duration,
+    lease: Duration,
+) -> Leadership {
+    let leader_state =
+        m.running_state.is_ok() && m.state == ServerState::Leader && m.current_leader == Some(m.id);
     let acked_recently = m
         .millis_since_quorum_ack
         .is_some_and(|ms| Duration::from_millis(ms) + age <= lease);
@@ -177,10 +184,12 @@ impl RaftHandle {
         match tokio::time::timeout(self.write_timeout, self.raft.client_write(req)).await {
             Err(_) => Err(WriteError::Timeout(self.write_timeout)),
             Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(WriteError::ForwardToLeader {
-                leader_id: f.leader_id,
-                leader_node: f.leader_node,
-            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(WriteError::ForwardToLeader {
+                    leader_id: f.leader_id,
+                    leader_node: f.leader_node,
+                })
+            }
             Ok(Err(e)) => Err(WriteError::Raft(e)),
         }
     }
@@ -188,7 +197,8 @@ impl RaftHandle {
     /// Stop the Raft node (idempotent). Leadership reports `is_me: false` afterwards.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         self.watcher.abort();
-        self.leadership_tx.send_if_modified(|l| std::mem::replace(&mut l.is_me, false));
+        self.leadership_tx
+            .send_if_modified(|l| std::mem::replace(&mut l.is_me, false));
         self.raft
             .shutdown()
             .await
@@ -205,7 +215,11 @@ pub async fn start<T: RaftTransport>(
     transport: T,
     timings: RaftTimings,
 ) -> anyhow::Result<RaftHandle> {
-    anyhow::ensure!(peers.contains_key(&id), "raft peers {:?} do not contain this manager ({id})", peers.keys());
+    anyhow::ensure!(
+        peers.contains_key(&id),
+        "raft peers {:?} do not contain this manager ({id})",
+        peers.keys()
+    );
     let config = timings.to_config()?;
 
     let d = dir.to_path_buf();
@@ -218,9 +232,15 @@ pub async fn start<T: RaftTransport>(
     let store = sm.reader();
 
     let backoff = Duration::from_millis(timings.election_min_ms);
-    let raft = Raft::new(id, Arc::new(config), Network::new(transport, backoff), log_store, sm)
-        .await
-        .context("starting raft")?;
+    let raft = Raft::new(
+        id,
+        Arc::new(config),
+        Network::new(transport, backoff),
+        log_store,
+        sm,
+    )
+    .await
+    .context("starting raft")?;
 
     if let Err(e) = bootstrap(&raft, id, &peers).await {
         let _ = raft.shutdown().await;
@@ -229,7 +249,11 @@ pub async fn start<T: RaftTransport>(
 
     let lease = timings.active_lease();
     let mut metrics = raft.metrics();
-    let (tx, rx) = watch::channel(leadership_from(&metrics.borrow_and_update(), Duration::ZERO, lease));
+    let (tx, rx) = watch::channel(leadership_from(
+        &metrics.borrow_and_update(),
+        Duration::ZERO,
+        lease,
+    ));
     let tx = Arc::new(tx);
     let watcher_tx = tx.clone();
     let recheck = timings.recheck();
@@ -270,10 +294,15 @@ pub async fn start<T: RaftTransport>(
 /// Initialise a pristine node with the full static membership. Every manager does the same with
 /// the identical `peers`, which openraft allows (first log entry = that membership at index 0);
 /// a node that already has a log or a vote answers `NotAllowed`, which is expected on restart.
-async fn bootstrap(raft: &Raft<TypeConfig>, id: NodeId, peers: &BTreeMap<NodeId, ManagerNode>) -> anyhow::Result<()> {
+async fn bootstrap(
+    raft: &Raft<TypeConfig>,
+    id: NodeId,
+    peers: &BTreeMap<NodeId, ManagerNode>,
+) -> anyhow::Result<()> {
     if raft.is_initialized().await.context("raft is_initialized")? {
         let m = raft.metrics().borrow().membership_config.clone();
-        let stored: BTreeMap<NodeId, ManagerNode> = m.nodes().map(|(k, v)| (*k, v.clone())).collect();
+        let stored: BTreeMap<NodeId, ManagerNode> =
+            m.nodes().map(|(k, v)| (*k, v.clone())).collect();
         if &stored != peers {
             tracing::warn!(
                 id,

@@ -87,8 +87,11 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// Frames of several entries, with each record's (index, offset relative to the buffer start).
+type EncodedEntries = (Vec<u8>, Vec<(u64, u64)>);
+
 /// Encode entries as consecutive frames; returns the buffer and each record's (index, relative offset).
-fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> io::Result<(Vec<u8>, Vec<(u64, u64)>)> {
+fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> io::Result<EncodedEntries> {
     let mut buf = Vec::new();
     let mut offsets = Vec::new();
     for e in entries {
@@ -116,7 +119,10 @@ impl LogDisk {
             // openraft truncates conflicting entries before appending; stay consistent anyway.
             self.truncate_from(first)?;
         }
-        let res = self.file.write_all(buf).and_then(|()| self.file.sync_data());
+        let res = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data());
         if let Err(e) = res {
             // Best effort: drop a partial write so the next append does not land after garbage.
             let _ = self.file.set_len(self.end);
@@ -147,7 +153,9 @@ impl LogStore {
         for name in [LOG_FILE, VOTE_FILE, META_FILE] {
             disk::remove_stale_tmp(dir, name)?;
         }
-        let vote: Option<Vote> = disk::read_atomic(dir, VOTE_FILE)?.map(|b| disk::decode(&b)).transpose()?;
+        let vote: Option<Vote> = disk::read_atomic(dir, VOTE_FILE)?
+            .map(|b| disk::decode(&b))
+            .transpose()?;
         let mut meta: LogMeta = disk::read_atomic(dir, META_FILE)?
             .map(|b| disk::decode(&b))
             .transpose()?
@@ -155,7 +163,11 @@ impl LogStore {
 
         let path = dir.join(LOG_FILE);
         let existed = path.exists();
-        let buf = if existed { std::fs::read(&path)? } else { Vec::new() };
+        let buf = if existed {
+            std::fs::read(&path)?
+        } else {
+            Vec::new()
+        };
 
         let purged_index = meta.last_purged.as_ref().map(|l| l.index);
         let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
@@ -228,14 +240,21 @@ impl LogStore {
         }
 
         // `committed` can never be ahead of the durable log; clamp it if the tail was lost.
-        let last_log = entries.last_key_value().map(|(_, e)| e.log_id).or(meta.last_purged);
+        let last_log = entries
+            .last_key_value()
+            .map(|(_, e)| e.log_id)
+            .or(meta.last_purged);
         if meta.committed.is_some() && meta.committed > last_log {
             tracing::warn!(committed = ?meta.committed, last_log = ?last_log, "raft log: clamping committed");
             meta.committed = last_log;
         }
 
         Ok(Self {
-            mem: Arc::new(RwLock::new(LogMem { entries, vote, meta })),
+            mem: Arc::new(RwLock::new(LogMem {
+                entries,
+                vote,
+                meta,
+            })),
             disk: Arc::new(Mutex::new(disk_state)),
             report,
         })
@@ -308,11 +327,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader { mem: self.mem.clone() }
+        LogReader {
+            mem: self.mem.clone(),
+        }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let bytes = disk::encode(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        let bytes =
+            disk::encode(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         let disk = self.disk.clone();
         disk::blocking(move || {
             let d = disk.lock().unwrap_or_else(PoisonError::into_inner);
@@ -343,7 +365,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.mem_read().meta.committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -353,7 +379,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        let (buf, rel) = encode_entries(&entries).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let (buf, rel) = encode_entries(&entries)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let first = entries[0].log_id.index;
         let disk = self.disk.clone();
         let res = disk::blocking(move || {

@@ -22,6 +22,8 @@ mod tests;
 
 pub use handle::{start, Leadership, RaftHandle, RaftTimings, WriteError};
 pub use log_store::{LogReader, LogStore, OpenReport};
-pub use network::{handle_rpc, Connection, Network, RaftReply, RaftRpc, RaftTransport, TransportError};
+pub use network::{
+    handle_rpc, Connection, Network, RaftReply, RaftRpc, RaftTransport, TransportError,
+};
 pub use state_machine::{StateMachineData, StateMachineStore, StoreReader};
 pub use types::{ManagerNode, NodeId, Request, Response, TypeConfig};

@@ -36,7 +36,9 @@ pub enum RaftRpc {
 pub enum RaftReply {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
 }
 
 impl RaftRpc {
@@ -111,7 +113,9 @@ pub async fn handle_rpc(raft: &Raft<TypeConfig>, rpc: RaftRpc) -> RaftReply {
     match rpc {
         RaftRpc::AppendEntries(req) => RaftReply::AppendEntries(raft.append_entries(req).await),
         RaftRpc::Vote(req) => RaftReply::Vote(raft.vote(req).await),
-        RaftRpc::InstallSnapshot(req) => RaftReply::InstallSnapshot(raft.install_snapshot(req).await),
+        RaftRpc::InstallSnapshot(req) => {
+            RaftReply::InstallSnapshot(raft.install_snapshot(req).await)
+        }
     }
 }
 
@@ -157,7 +161,8 @@ pub struct Connection<T> {
     backoff: Duration,
 }
 
-type RpcResult<R, E = openraft::error::Infallible> = Result<R, RPCError<NodeId, ManagerNode, RaftError<NodeId, E>>>;
+type RpcResult<R, E = openraft::error::Infallible> =
+    Result<R, RPCError<NodeId, ManagerNode, RaftError<NodeId, E>>>;
 
 impl<T: RaftTransport> Connection<T> {
     async fn send(&self, rpc: RaftRpc, ttl: Duration) -> Result<RaftReply, TransportError> {
@@ -168,21 +173,32 @@ impl<T: RaftTransport> Connection<T> {
         }
     }
 
-    fn unreachable<E: std::error::Error>(&self, e: TransportError) -> RPCError<NodeId, ManagerNode, E> {
+    fn unreachable<E: std::error::Error>(
+        &self,
+        e: TransportError,
+    ) -> RPCError<NodeId, ManagerNode, E> {
         tracing::debug!(target_id = self.target, node = %self.node, "raft rpc failed: {e}");
         RPCError::Unreachable(Unreachable::new(&e))
     }
 
-    fn unexpected<E: std::error::Error>(&self, want: &str, got: &RaftReply) -> RPCError<NodeId, ManagerNode, E> {
+    fn unexpected<E: std::error::Error>(
+        &self,
+        want: &str,
+        got: &RaftReply,
+    ) -> RPCError<NodeId, ManagerNode, E> {
         let e = TransportError::Other(format!("expected {want} reply, got {}", got.kind()));
         RPCError::Network(NetworkError::new(&e))
     }
 
-    fn remote<R, E: std::error::Error>(
+    fn remote<E: std::error::Error>(
         &self,
-        res: Result<R, RaftError<NodeId, E>>,
-    ) -> Result<R, RPCError<NodeId, ManagerNode, RaftError<NodeId, E>>> {
-        res.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        e: RaftError<NodeId, E>,
+    ) -> RPCError<NodeId, ManagerNode, RaftError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.target,
+            self.node.clone(),
+            e,
+        ))
     }
 }
 
@@ -192,8 +208,11 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for Connection<T> {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        match self.send(RaftRpc::AppendEntries(rpc), option.hard_ttl()).await {
-            Ok(RaftReply::AppendEntries(res)) => self.remote(res),
+        match self
+            .send(RaftRpc::AppendEntries(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RaftReply::AppendEntries(res)) => res.map_err(|e| self.remote(e)),
             Ok(other) => Err(self.unexpected("AppendEntries", &other)),
             Err(e) => Err(self.unreachable(e)),
         }
@@ -204,16 +223,23 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for Connection<T> {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        match self.send(RaftRpc::InstallSnapshot(rpc), option.hard_ttl()).await {
-            Ok(RaftReply::InstallSnapshot(res)) => self.remote(res),
+        match self
+            .send(RaftRpc::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RaftReply::InstallSnapshot(res)) => res.map_err(|e| self.remote(e)),
             Ok(other) => Err(self.unexpected("InstallSnapshot", &other)),
             Err(e) => Err(self.unreachable(e)),
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
         match self.send(RaftRpc::Vote(rpc), option.hard_ttl()).await {
-            Ok(RaftReply::Vote(res)) => self.remote(res),
+            Ok(RaftReply::Vote(res)) => res.map_err(|e| self.remote(e)),
             Ok(other) => Err(self.unexpected("Vote", &other)),
             Err(e) => Err(self.unreachable(e)),
         }

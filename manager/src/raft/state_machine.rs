@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::disk;
-use super::types::{Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::types::{
+    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
 
 const SNAPSHOT_FILE: &str = "raft-snapshot";
 
@@ -173,7 +176,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let out = to_snapshot(&snap);
         // Serialises with `install_snapshot`; never replace a newer snapshot with an older one.
         let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|c| c.meta.last_log_id > snap.meta.last_log_id) {
+        if current
+            .as_ref()
+            .is_some_and(|c| c.meta.last_log_id > snap.meta.last_log_id)
+        {
             return Ok(out);
         }
         persist_snapshot(&self.dir, &snap)

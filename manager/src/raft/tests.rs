@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, EntryPayload, Membership, Raft, RaftLogReader, RaftMetrics, RaftSnapshotBuilder, ServerState};
+use openraft::{
+    CommittedLeaderId, EntryPayload, Membership, Raft, RaftLogReader, RaftMetrics,
+    RaftSnapshotBuilder, ServerState,
+};
 use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -34,7 +37,9 @@ fn set_entry(term: u64, index: u64, key: &str, value: &str) -> Entry {
 }
 
 fn entries(term: u64, range: std::ops::Range<u64>) -> Vec<Entry> {
-    range.map(|i| set_entry(term, i, &format!("k{i}"), &format!("v{i}"))).collect()
+    range
+        .map(|i| set_entry(term, i, &format!("k{i}"), &format!("v{i}")))
+        .collect()
 }
 
 async fn all_entries(store: &mut LogStore) -> Vec<Entry> {
@@ -57,7 +62,10 @@ struct MemNet {
 
 impl MemNet {
     fn transport(self: &Arc<Self>, me: NodeId) -> MemTransport {
-        MemTransport { me, net: self.clone() }
+        MemTransport {
+            me,
+            net: self.clone(),
+        }
     }
 
     fn register(&self, id: NodeId, raft: Raft<TypeConfig>) {
@@ -103,7 +111,9 @@ impl RaftTransport for MemTransport {
             let wire = wire.map_err(|e| TransportError::Other(e.to_string()))?;
             let rpc = RaftRpc::decode(&wire).map_err(|e| TransportError::Other(e.to_string()))?;
             let reply = handle_rpc(&raft, rpc).await;
-            let wire = reply.encode().map_err(|e| TransportError::Other(e.to_string()))?;
+            let wire = reply
+                .encode()
+                .map_err(|e| TransportError::Other(e.to_string()))?;
             RaftReply::decode(&wire).map_err(|e| TransportError::Other(e.to_string()))
         }
     }
@@ -121,11 +131,15 @@ async fn wait_metrics<T>(
     let deadline = Instant::now() + timeout;
     let mut rxs: Vec<watch::Receiver<Metrics>> = rafts.iter().map(|r| r.metrics()).collect();
     loop {
-        let snap: Vec<Metrics> = rxs.iter_mut().map(|rx| rx.borrow_and_update().clone()).collect();
+        let snap: Vec<Metrics> = rxs
+            .iter_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .collect();
         if let Some(v) = check(&snap) {
             return v;
         }
-        let any_change = futures::future::select_all(rxs.iter_mut().map(|rx| Box::pin(rx.changed())));
+        let any_change =
+            futures::future::select_all(rxs.iter_mut().map(|rx| Box::pin(rx.changed())));
         match tokio::time::timeout_at(deadline, any_change).await {
             Err(_) => panic!("timed out after {timeout:?} waiting for {what}; metrics: {snap:#?}"),
             Ok((Err(_), i, _)) => panic!("raft {i} shut down while waiting for {what}"),
@@ -150,7 +164,10 @@ async fn wait_watch<T: Clone>(
 
 /// The single leader all given nodes agree on, with its term.
 fn agreed_leader(ms: &[Metrics]) -> Option<(NodeId, u64)> {
-    let leaders: Vec<&Metrics> = ms.iter().filter(|m| m.state == ServerState::Leader).collect();
+    let leaders: Vec<&Metrics> = ms
+        .iter()
+        .filter(|m| m.state == ServerState::Leader)
+        .collect();
     if leaders.len() != 1 {
         return None;
     }
@@ -171,11 +188,19 @@ struct Cluster {
 impl Cluster {
     async fn new(n: u64, timings: RaftTimings) -> Self {
         let peers: BTreeMap<NodeId, ManagerNode> = (1..=n)
-            .map(|i| (i, ManagerNode::new(format!("mgr{i}"), format!("127.0.0.1:{}", 7000 + i))))
+            .map(|i| {
+                (
+                    i,
+                    ManagerNode::new(format!("mgr{i}"), format!("127.0.0.1:{}", 7000 + i)),
+                )
+            })
             .collect();
         let mut c = Cluster {
             net: Arc::new(MemNet::default()),
-            dirs: peers.keys().map(|&i| (i, tempfile::tempdir().unwrap())).collect(),
+            dirs: peers
+                .keys()
+                .map(|&i| (i, tempfile::tempdir().unwrap()))
+                .collect(),
             peers,
             handles: BTreeMap::new(),
             timings,
@@ -229,7 +254,8 @@ impl Cluster {
 
     /// Wait until every running node applied at least what `leader` applied.
     async fn wait_replicated(&self, leader: NodeId) {
-        let applied = self.handles[&leader].raft().metrics().borrow().last_applied;
+        // The state machine's own pointer: metrics may lag behind a just-returned write.
+        let applied = self.handles[&leader].store().last_applied();
         wait_metrics(&self.rafts(), Duration::from_secs(2), "replication", |ms| {
             ms.iter().all(|m| m.last_applied >= applied).then_some(())
         })
@@ -255,7 +281,9 @@ fn set(key: &str, value: &str) -> Request {
 
 struct TempStoreBuilder;
 
-impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for TempStoreBuilder {
+impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir>
+    for TempStoreBuilder
+{
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().unwrap();
         let log = LogStore::open(dir.path()).unwrap();
@@ -309,7 +337,10 @@ async fn log_and_pointers_persist_across_reopen() {
     store.purge(log_id(1, 4)).await.unwrap();
     drop(store);
     let mut store = LogStore::open(dir.path()).unwrap();
-    assert_eq!(indexes(&all_entries(&mut store).await), (5..9).collect::<Vec<_>>());
+    assert_eq!(
+        indexes(&all_entries(&mut store).await),
+        (5..9).collect::<Vec<_>>()
+    );
     let st = store.get_log_state().await.unwrap();
     assert_eq!(st.last_purged_log_id, Some(log_id(1, 4)));
     assert_eq!(st.last_log_id, Some(log_id(2, 8)));
@@ -347,13 +378,29 @@ async fn torn_or_corrupt_last_record_is_dropped() {
         std::fs::metadata(d.path().join("raft-log")).unwrap().len() as usize
     };
     // Cuts inside the last record (crash mid-append) lose exactly that record.
-    for cut in [last_start + 1, last_start + 7, last_start + 8, full.len() - 1] {
+    for cut in [
+        last_start + 1,
+        last_start + 7,
+        last_start + 8,
+        full.len() - 1,
+    ] {
         std::fs::write(&log_path, &full[..cut]).unwrap();
         let mut store = LogStore::open(dir.path()).unwrap();
-        assert_eq!(store.open_report().dropped_bytes as usize, cut - last_start, "cut at {cut}");
-        assert_eq!(indexes(&all_entries(&mut store).await), vec![0, 1, 2, 3], "cut at {cut}");
+        assert_eq!(
+            store.open_report().dropped_bytes as usize,
+            cut - last_start,
+            "cut at {cut}"
+        );
+        assert_eq!(
+            indexes(&all_entries(&mut store).await),
+            vec![0, 1, 2, 3],
+            "cut at {cut}"
+        );
         // The damaged tail is gone from disk too: new appends land after valid data.
-        assert_eq!(std::fs::metadata(&log_path).unwrap().len() as usize, last_start);
+        assert_eq!(
+            std::fs::metadata(&log_path).unwrap().len() as usize,
+            last_start
+        );
     }
 
     // A flipped bit in the last record fails its checksum.
@@ -361,7 +408,12 @@ async fn torn_or_corrupt_last_record_is_dropped() {
     *bad.last_mut().unwrap() ^= 0x40;
     std::fs::write(&log_path, &bad).unwrap();
     let mut store = LogStore::open(dir.path()).unwrap();
-    assert!(store.open_report().dropped_reason.as_deref().unwrap().contains("checksum"));
+    assert!(store
+        .open_report()
+        .dropped_reason
+        .as_deref()
+        .unwrap()
+        .contains("checksum"));
     assert_eq!(indexes(&all_entries(&mut store).await), vec![0, 1, 2, 3]);
     store.blocking_append(entries(2, 4..6)).await.unwrap();
     drop(store);
@@ -373,12 +425,18 @@ async fn torn_or_corrupt_last_record_is_dropped() {
     drop(store);
 
     // Garbage with an absurd length after valid records.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&log_path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .unwrap();
     f.write_all(&[0xff; 13]).unwrap();
     drop(f);
     let mut store = LogStore::open(dir.path()).unwrap();
     assert_eq!(store.open_report().dropped_bytes, 13);
-    assert_eq!(indexes(&all_entries(&mut store).await), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(
+        indexes(&all_entries(&mut store).await),
+        vec![0, 1, 2, 3, 4, 5]
+    );
 }
 
 #[tokio::test]
@@ -399,7 +457,11 @@ async fn snapshot_persists_across_reopen() {
         let out = sm.apply(es).await.unwrap();
         assert_eq!(out.len(), 5);
         assert_eq!(out[4].previous.as_deref(), Some("v2"));
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap()
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
     };
     assert_eq!(built.meta.last_log_id, Some(log_id(1, 4)));
 
@@ -427,10 +489,15 @@ async fn snapshot_persists_across_reopen() {
 
 #[test]
 fn rpc_wire_roundtrip() {
-    let rpc = RaftRpc::Vote(openraft::raft::VoteRequest::new(Vote::new(7, 2), Some(log_id(6, 41))));
+    let rpc = RaftRpc::Vote(openraft::raft::VoteRequest::new(
+        Vote::new(7, 2),
+        Some(log_id(6, 41)),
+    ));
     let back = RaftRpc::decode(&rpc.encode().unwrap()).unwrap();
     assert_eq!(format!("{rpc:?}"), format!("{back:?}"));
-    let reply = RaftReply::Vote(Err(openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped)));
+    let reply = RaftReply::Vote(Err(openraft::error::RaftError::Fatal(
+        openraft::error::Fatal::Stopped,
+    )));
     let back = RaftReply::decode(&reply.encode().unwrap()).unwrap();
     assert_eq!(format!("{reply:?}"), format!("{back:?}"));
 }
@@ -479,20 +546,33 @@ async fn failover_after_leader_stops() {
     for round in 0..3 {
         let (old, old_term) = c.leader(Duration::from_secs(3)).await;
         let mut old_rx = c.handles[&old].leadership();
-        wait_watch(&mut old_rx, Duration::from_secs(1), "old leader is_me", |l| l.is_me).await;
+        wait_watch(
+            &mut old_rx,
+            Duration::from_secs(1),
+            "old leader is_me",
+            |l| l.is_me,
+        )
+        .await;
 
         let t0 = Instant::now();
         c.stop_node(old).await;
         assert!(!old_rx.borrow().is_me, "stopped leader still reports is_me");
 
         let survivors = c.rafts();
-        let (new, new_term) = wait_metrics(&survivors, Duration::from_secs(3), "new leader", |ms| {
-            agreed_leader(ms).filter(|&(_, t)| t > old_term)
-        })
-        .await;
+        let (new, new_term) =
+            wait_metrics(&survivors, Duration::from_secs(3), "new leader", |ms| {
+                agreed_leader(ms).filter(|&(_, t)| t > old_term)
+            })
+            .await;
         let elected = t0.elapsed();
         let mut new_rx = c.handles[&new].leadership();
-        wait_watch(&mut new_rx, Duration::from_secs(1), "new leader is_me", |l| l.is_me).await;
+        wait_watch(
+            &mut new_rx,
+            Duration::from_secs(1),
+            "new leader is_me",
+            |l| l.is_me,
+        )
+        .await;
         let active = t0.elapsed();
         println!(
             "failover round {round}: leader {old} (term {old_term}) stopped; leader {new} (term {new_term}) \
@@ -500,7 +580,10 @@ async fn failover_after_leader_stops() {
         );
         assert_ne!(new, old);
         assert!(new_term > old_term);
-        assert!(elected < Duration::from_secs(1), "failover took {elected:?}");
+        assert!(
+            elected < Duration::from_secs(1),
+            "failover took {elected:?}"
+        );
         times.push(elected);
 
         // Bring the old leader back from its directory; it rejoins as a follower.
@@ -524,12 +607,21 @@ async fn write_on_leader_is_readable_everywhere() {
     let r = lh.write(set("+15551234", "sip:alice@farm2")).await.unwrap();
     assert_eq!(r.previous.as_deref(), Some("sip:alice@farm"));
     lh.write(set("+15559999", "sip:bob@farm")).await.unwrap();
-    let r = lh.write(Request::Delete { key: "+15559999".into() }).await.unwrap();
+    let r = lh
+        .write(Request::Delete {
+            key: "+15559999".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(r.previous.as_deref(), Some("sip:bob@farm"));
 
     c.wait_replicated(leader).await;
     for (id, h) in &c.handles {
-        assert_eq!(h.store().get("+15551234").await.as_deref(), Some("sip:alice@farm2"), "node {id}");
+        assert_eq!(
+            h.store().get("+15551234").await.as_deref(),
+            Some("sip:alice@farm2"),
+            "node {id}"
+        );
         assert_eq!(h.store().get("+15559999").await, None, "node {id}");
         assert_eq!(h.store().snapshot_map().len(), 1, "node {id}");
     }
@@ -537,7 +629,10 @@ async fn write_on_leader_is_readable_everywhere() {
     // Followers refuse writes and name the leader.
     let follower = c.handles.keys().copied().find(|&id| id != leader).unwrap();
     match c.handles[&follower].write(set("x", "y")).await {
-        Err(WriteError::ForwardToLeader { leader_id, leader_node }) => {
+        Err(WriteError::ForwardToLeader {
+            leader_id,
+            leader_node,
+        }) => {
             assert_eq!(leader_id, Some(leader));
             assert_eq!(leader_node.as_ref(), c.peers.get(&leader));
         }
@@ -553,24 +648,45 @@ async fn restarted_node_recovers_vote_log_and_state() {
     c.handles[&leader].write(set("k", "v")).await.unwrap();
     c.wait_replicated(leader).await;
 
-    for victim in [c.handles.keys().copied().find(|&id| id != leader).unwrap(), leader] {
+    for victim in [
+        c.handles.keys().copied().find(|&id| id != leader).unwrap(),
+        leader,
+    ] {
         let before = c.handles[&victim].raft().metrics().borrow().clone();
         c.stop_node(victim).await;
 
         // Restart while still isolated: whatever it knows now came from its directory.
         let h = c.start_isolated(victim).await;
         let after = h.raft().metrics().borrow().clone();
+        // An isolated manager never claims to be active, even if it was the leader before.
+        assert!(!h.current_leadership().is_me);
         println!(
             "node {victim} restarted: term {} -> {}, vote {} -> {}, last log {:?} -> {:?}",
-            before.current_term, after.current_term, before.vote, after.vote, before.last_log_index, after.last_log_index
+            before.current_term,
+            after.current_term,
+            before.vote,
+            after.vote,
+            before.last_log_index,
+            after.last_log_index
         );
         assert!(after.current_term >= before.current_term);
-        assert!(after.vote >= before.vote, "vote went back: {} -> {}", before.vote, after.vote);
+        assert!(
+            after.vote >= before.vote,
+            "vote went back: {} -> {}",
+            before.vote,
+            after.vote
+        );
         assert!(after.last_log_index >= before.last_log_index);
-        assert_eq!(after.membership_config.membership(), before.membership_config.membership());
-        wait_metrics(&[h.raft().clone()], Duration::from_secs(2), "re-applied log", |ms| {
-            (ms[0].last_applied >= before.last_applied).then_some(())
-        })
+        assert_eq!(
+            after.membership_config.membership(),
+            before.membership_config.membership()
+        );
+        wait_metrics(
+            &[h.raft().clone()],
+            Duration::from_secs(2),
+            "re-applied log",
+            |ms| (ms[0].last_applied >= before.last_applied).then_some(()),
+        )
         .await;
         assert_eq!(h.store().get("k").await.as_deref(), Some("v"));
 
@@ -592,7 +708,10 @@ async fn snapshot_and_purge_survive_restart() {
     let mut c = Cluster::new(3, RaftTimings::default()).await;
     let (leader, _) = c.leader(Duration::from_secs(2)).await;
     for i in 0..20 {
-        c.handles[&leader].write(set(&format!("n{i}"), &i.to_string())).await.unwrap();
+        c.handles[&leader]
+            .write(set(&format!("n{i}"), &i.to_string()))
+            .await
+            .unwrap();
     }
     c.wait_replicated(leader).await;
 
@@ -600,15 +719,21 @@ async fn snapshot_and_purge_survive_restart() {
     let raft = c.handles[&victim].raft().clone();
     let applied = raft.metrics().borrow().last_applied;
     raft.trigger().snapshot().await.unwrap();
-    wait_metrics(&[raft.clone()], Duration::from_secs(2), "snapshot", |ms| {
-        (ms[0].snapshot >= applied).then_some(())
-    })
+    wait_metrics(
+        std::slice::from_ref(&raft),
+        Duration::from_secs(2),
+        "snapshot",
+        |ms| (ms[0].snapshot >= applied).then_some(()),
+    )
     .await;
     let upto = applied.unwrap().index;
     raft.trigger().purge_log(upto).await.unwrap();
-    wait_metrics(&[raft.clone()], Duration::from_secs(2), "purge", |ms| {
-        (ms[0].purged.map(|p| p.index) == Some(upto)).then_some(())
-    })
+    wait_metrics(
+        std::slice::from_ref(&raft),
+        Duration::from_secs(2),
+        "purge",
+        |ms| (ms[0].purged.map(|p| p.index) == Some(upto)).then_some(()),
+    )
     .await;
 
     c.stop_node(victim).await;
@@ -616,9 +741,12 @@ async fn snapshot_and_purge_survive_restart() {
     let m = h.raft().metrics().borrow().clone();
     assert_eq!(m.purged.map(|p| p.index), Some(upto));
     assert_eq!(m.snapshot, applied);
-    wait_metrics(&[h.raft().clone()], Duration::from_secs(2), "applied", |ms| {
-        (ms[0].last_applied >= applied).then_some(())
-    })
+    wait_metrics(
+        &[h.raft().clone()],
+        Duration::from_secs(2),
+        "applied",
+        |ms| (ms[0].last_applied >= applied).then_some(()),
+    )
     .await;
     for i in 0..20 {
         assert_eq!(h.store().get(&format!("n{i}")).await, Some(i.to_string()));
@@ -631,16 +759,85 @@ async fn snapshot_and_purge_survive_restart() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_leader_is_inactive_before_a_new_one_is() {
+    let c = Cluster::new(3, RaftTimings::default()).await;
+    let (old, old_term) = c.leader(Duration::from_secs(2)).await;
+    let mut old_rx = c.handles[&old].leadership();
+    wait_watch(&mut old_rx, Duration::from_secs(1), "leader is_me", |l| {
+        l.is_me
+    })
+    .await;
+
+    // Watch every survivor for the first moment one of them becomes active.
+    let mut first_active = Vec::new();
+    for (&id, h) in &c.handles {
+        if id != old {
+            let mut rx = h.leadership();
+            first_active.push(tokio::spawn(async move {
+                wait_watch(&mut rx, Duration::from_secs(5), "new active", |l| l.is_me).await;
+                Instant::now()
+            }));
+        }
+    }
+
+    let t0 = Instant::now();
+    c.net.cut(old); // partition: the old leader keeps running
+    wait_watch(
+        &mut old_rx,
+        Duration::from_secs(2),
+        "old leader inactive",
+        |l| !l.is_me,
+    )
+    .await;
+    let old_inactive = Instant::now();
+    let (new_active, _, others) = futures::future::select_all(first_active).await;
+    let new_active = new_active.unwrap();
+    others.iter().for_each(|t| t.abort());
+    println!(
+        "partition: old leader {old} inactive after {:?}, new leader active after {:?}",
+        old_inactive - t0,
+        new_active - t0
+    );
+    assert!(old_inactive < new_active, "two active managers at once");
+    let survivors: Vec<_> = c
+        .handles
+        .iter()
+        .filter(|(&id, _)| id != old)
+        .map(|(_, h)| h.raft().clone())
+        .collect();
+    let (new, new_term) = wait_metrics(&survivors, Duration::from_secs(1), "new leader", |ms| {
+        agreed_leader(ms).filter(|&(_, t)| t > old_term)
+    })
+    .await;
+
+    // Heal: the old leader learns the higher term and follows.
+    c.connect(old);
+    let (l, t) = c.leader(Duration::from_secs(3)).await;
+    assert_eq!((l, t), (new, new_term));
+    assert!(!c.handles[&old].current_leadership().is_me);
+    c.shutdown().await;
+}
+
 #[tokio::test]
 async fn start_rejects_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let net = Arc::new(MemNet::default());
     let peers: BTreeMap<NodeId, ManagerNode> = [(1, ManagerNode::new("a", "127.0.0.1:1"))].into();
-    let err = start(2, dir.path(), peers.clone(), net.transport(2), RaftTimings::default()).await;
+    let err = start(
+        2,
+        dir.path(),
+        peers.clone(),
+        net.transport(2),
+        RaftTimings::default(),
+    )
+    .await;
     assert!(err.is_err());
     let bad = RaftTimings {
         heartbeat_ms: 200,
         ..RaftTimings::default()
     };
-    assert!(start(1, dir.path(), peers, net.transport(1), bad).await.is_err());
+    assert!(start(1, dir.path(), peers, net.transport(1), bad)
+        .await
+        .is_err());
 }

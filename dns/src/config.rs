@@ -1,0 +1,186 @@
+//! The DNS server's configuration (TOML).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+
+use hickory_proto::rr::Name;
+use onehop_overlay::daemon::{load_toml, ConfigError};
+use onehop_overlay::net::Timing;
+use onehop_overlay::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+/// The well-known DNS port.
+pub const DNS_PORT: u16 = 53;
+
+/// `onehop-dns` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The server's own IP address: the DNS sockets (UDP and TCP) and the QUIC endpoint bind it.
+    pub ip: IpAddr,
+    /// UDP and TCP port DNS is answered on.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The SIP domain this server is authoritative for (the zone apex), e.g. `example.test`.
+    pub domain: String,
+    /// The event servers' QUIC addresses (port 8000).
+    pub eventservers: Vec<SocketAddr>,
+    /// TTL in seconds of every record; also the negative-caching TTL (SOA minimum). Keep it
+    /// short: it bounds how long a resolver may keep sending clients to a member that left.
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// Most SRV records in one answer (K): each answer is a random slice of at most K of the
+    /// live proxies, so load spreads with no load balancer.
+    #[serde(default = "default_srv_slice")]
+    pub srv_slice: usize,
+    /// The SIP transports published through NAPTR and SRV.
+    #[serde(default)]
+    pub transports: Transports,
+    /// Port in SIP SRV records (UDP and TCP) for a proxy that announces no `sip` endpoint.
+    #[serde(default = "default_sip_port")]
+    pub sip_port: u16,
+    /// Port in `_sips._tcp` SRV records for a proxy that announces no `sips` endpoint.
+    #[serde(default = "default_sips_port")]
+    pub sips_port: u16,
+    /// Largest UDP response in bytes, advertised in our EDNS OPT record. A client's smaller
+    /// EDNS size (or 512 without EDNS) is honoured; 1232 avoids IP fragmentation.
+    #[serde(default = "default_max_udp_payload")]
+    pub max_udp_payload: u16,
+    /// Most DNS-over-TCP connections served at once; more are closed at accept.
+    #[serde(default = "default_tcp_connections")]
+    pub tcp_connections: usize,
+    /// A DNS-over-TCP connection idle for this long (milliseconds) is closed.
+    #[serde(default = "default_tcp_idle_timeout_ms")]
+    pub tcp_idle_timeout_ms: u64,
+    /// Where to serve Prometheus metrics over HTTP (optional).
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// Certificate (of kind `dns`), key, CA and CRL.
+    pub tls: TlsFiles,
+    /// QUIC keep-alive and idle timeout of the event-server sessions.
+    #[serde(default)]
+    pub quic: Timing,
+}
+
+/// Which SIP transports are published (RFC 3263 NAPTR services and SRV names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Transports {
+    /// SIP over UDP: NAPTR `SIP+D2U` -> `_sip._udp`.
+    pub udp: bool,
+    /// SIP over TCP: NAPTR `SIP+D2T` -> `_sip._tcp`.
+    pub tcp: bool,
+    /// SIP over TLS: NAPTR `SIPS+D2T` -> `_sips._tcp`. Off unless set: publish it only when
+    /// the proxies really serve TLS.
+    pub tls: bool,
+}
+
+impl Default for Transports {
+    fn default() -> Self {
+        Transports {
+            udp: true,
+            tcp: true,
+            tls: false,
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    DNS_PORT
+}
+fn default_ttl() -> u32 {
+    5
+}
+fn default_srv_slice() -> usize {
+    4
+}
+fn default_sip_port() -> u16 {
+    5060
+}
+fn default_sips_port() -> u16 {
+    5061
+}
+fn default_max_udp_payload() -> u16 {
+    1232
+}
+fn default_tcp_connections() -> usize {
+    256
+}
+fn default_tcp_idle_timeout_ms() -> u64 {
+    5000
+}
+
+/// Parses a domain as an absolute DNS name (a trailing dot is optional).
+pub fn parse_domain(domain: &str) -> Result<Name, String> {
+    let trimmed = domain.trim();
+    if trimmed.is_empty() || trimmed == "." {
+        return Err("must be a domain name such as example.test, not empty or the root".into());
+    }
+    let mut name = Name::from_str(trimmed).map_err(|e| format!("not a domain name: {e}"))?;
+    name.set_fqdn(true);
+    if name.is_root() {
+        return Err("must not be the root".into());
+    }
+    // Member host names are NAME.DOMAIN with NAME up to 63 octets: keep room for them.
+    if name.len() > 255 - 64 {
+        return Err("too long: NAME.DOMAIN must stay within 255 octets".into());
+    }
+    Ok(name.to_lowercase())
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let c: Config = load_toml(path)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: &str| ConfigError::Invalid {
+            path: path.display().to_string(),
+            key: key.into(),
+            problem: problem.into(),
+        };
+        if self.port == 0 {
+            return Err(bad("port", "must be a fixed port (53 unless testing)"));
+        }
+        parse_domain(&self.domain).map_err(|p| bad("domain", &p))?;
+        if self.eventservers.is_empty() {
+            return Err(bad("eventservers", "list at least one event server address"));
+        }
+        if self.ttl > 86_400 {
+            return Err(bad("ttl", "must be at most 86400 seconds (keep it short)"));
+        }
+        if self.srv_slice == 0 || self.srv_slice > 64 {
+            return Err(bad("srv_slice", "must be between 1 and 64"));
+        }
+        if !(self.transports.udp || self.transports.tcp || self.transports.tls) {
+            return Err(bad("transports", "offer at least one of udp, tcp, tls"));
+        }
+        if self.sip_port == 0 {
+            return Err(bad("sip_port", "must not be 0"));
+        }
+        if self.sips_port == 0 {
+            return Err(bad("sips_port", "must not be 0"));
+        }
+        if !(512..=4096).contains(&self.max_udp_payload) {
+            return Err(bad("max_udp_payload", "must be between 512 and 4096"));
+        }
+        if self.tcp_connections == 0 {
+            return Err(bad("tcp_connections", "must be at least 1"));
+        }
+        if self.tcp_idle_timeout_ms < 100 {
+            return Err(bad("tcp_idle_timeout_ms", "must be at least 100"));
+        }
+        if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
+            return Err(bad(
+                "quic.idle_timeout_ms",
+                "must be greater than quic.keepalive_ms",
+            ));
+        }
+        Ok(())
+    }
+}

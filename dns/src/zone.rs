@@ -1,0 +1,381 @@
+//! The zone: every record this server answers with, built from one network status.
+//!
+//! [`Zone::from_status`] is a pure function of the status and a [`ZoneConfig`]; the server
+//! holds the result in an `ArcSwap` and replaces it whole when a newer status arrives, so
+//! readers never block and never see half a zone.
+//!
+//! # Contents (DOMAIN is the configured domain)
+//!
+//! | owner | type | from |
+//! |---|---|---|
+//! | DOMAIN | SOA | serial from the status (see [`serial_of`]) |
+//! | DOMAIN | NS | every live `dns` member, `NAME.DOMAIN` |
+//! | DOMAIN | NAPTR | one per transport offered (`SIPS+D2T` 50, `SIP+D2T` 90, `SIP+D2U` 100, as in RFC 3263's example) |
+//! | `_sip._udp`, `_sip._tcp`, `_sips._tcp` .DOMAIN | SRV | every live `sip_proxy` member (answers carry a random slice of at most K) |
+//! | `_eventserver._udp.DOMAIN` | SRV | every live event server, for bootstrap |
+//! | `NAME.DOMAIN` | A / AAAA | every live member, its address |
+//!
+//! The SRV names of the transports offered always exist (NODATA, not NXDOMAIN, while no proxy
+//! is live), and so do the empty non-terminals `_udp.DOMAIN` and `_tcp.DOMAIN`.
+//!
+//! # ENUM (extension point)
+//!
+//! ENUM (NAPTR `E2U+sip` under an ENUM suffix) is not built yet. It will be a second [`Zone`]
+//! with its own apex and SOA, built by a sibling of [`Zone::from_status`] from the provisioned
+//! numbers, and held next to this one in the server's snapshot; the answering code then picks
+//! the zone whose apex is the longest suffix of the query name (see
+//! `crate::answer::resolve`), and everything else (NODATA/NXDOMAIN, slicing, sizes) is shared.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use hickory_proto::rr::rdata::{A, AAAA, NAPTR, NS, SOA, SRV};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};
+
+use crate::config::{parse_domain, Config, Transports};
+
+/// Port of the event servers' QUIC endpoint when a member announces none.
+pub const EVENTSERVER_PORT: u16 = 8000;
+
+/// SRV priority of every record: one tier; the random slice does the spreading.
+pub const SRV_PRIORITY: u16 = 10;
+/// SRV weight of every record (equal weights; non-zero so RFC 2782 weighted choice works).
+pub const SRV_WEIGHT: u16 = 10;
+
+/// What [`Zone::from_status`] needs besides the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneConfig {
+    /// The apex, an absolute lowercase name.
+    pub domain: Name,
+    /// TTL of every record and the SOA minimum.
+    pub ttl: u32,
+    /// Most SRV records in one answer (K).
+    pub srv_slice: usize,
+    /// Transports published.
+    pub transports: Transports,
+    /// SRV port for `_sip._udp`/`_sip._tcp` when a proxy announces no `sip` endpoint.
+    pub sip_port: u16,
+    /// SRV port for `_sips._tcp` when a proxy announces no `sips` endpoint.
+    pub sips_port: u16,
+}
+
+impl ZoneConfig {
+    /// A zone configuration for `domain` with the defaults of [`Config`].
+    pub fn new(domain: &str) -> Result<ZoneConfig, String> {
+        Ok(ZoneConfig {
+            domain: parse_domain(domain)?,
+            ttl: 5,
+            srv_slice: 4,
+            transports: Transports::default(),
+            sip_port: 5060,
+            sips_port: 5061,
+        })
+    }
+
+    /// The zone configuration of a (validated) daemon configuration.
+    pub fn from_config(cfg: &Config) -> Result<ZoneConfig, String> {
+        Ok(ZoneConfig {
+            domain: parse_domain(&cfg.domain)?,
+            ttl: cfg.ttl,
+            srv_slice: cfg.srv_slice.max(1),
+            transports: cfg.transports,
+            sip_port: cfg.sip_port,
+            sips_port: cfg.sips_port,
+        })
+    }
+}
+
+/// The zone serial for a status: `(term << 20) + version`, modulo 2^32.
+///
+/// Every status a server applies supersedes the one it held (a greater `(term, version)`), so
+/// the serial grows with each one in RFC 1982 serial-number arithmetic as long as one step
+/// advances by less than 2^31 (fewer than 2048 terms at once): a new term always lands above
+/// every version of the previous terms as long as a term publishes fewer than 2^20 statuses.
+/// Secondaries are not used (every server builds its zone from the status itself), so the
+/// serial is for humans and monitoring: equal serials mean equal zones.
+pub fn serial_of(term: u64, version: u64) -> u32 {
+    (term.wrapping_shl(20).wrapping_add(version) & 0xffff_ffff) as u32
+}
+
+/// One RRset and how it is answered.
+#[derive(Debug, Clone)]
+pub(crate) struct RrSet {
+    pub(crate) rtype: RecordType,
+    pub(crate) records: Vec<Record>,
+    /// Answer a random slice of at most K records (SRV of proxies and event servers).
+    pub(crate) sliced: bool,
+}
+
+/// The RRsets at one owner name (empty for an empty non-terminal).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Node {
+    pub(crate) sets: Vec<RrSet>,
+}
+
+impl Node {
+    pub(crate) fn set(&self, rtype: RecordType) -> Option<&RrSet> {
+        self.sets.iter().find(|s| s.rtype == rtype)
+    }
+
+    fn push(&mut self, record: Record, sliced: bool) {
+        let rtype = record.record_type();
+        match self.sets.iter_mut().find(|s| s.rtype == rtype) {
+            Some(set) => set.records.push(record),
+            None => self.sets.push(RrSet {
+                rtype,
+                records: vec![record],
+                sliced,
+            }),
+        }
+    }
+}
+
+/// An immutable snapshot of everything answered for one apex.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    pub(crate) origin: LowerName,
+    pub(crate) soa: Record,
+    pub(crate) nodes: HashMap<LowerName, Node>,
+    pub(crate) srv_slice: usize,
+    term: u64,
+    version: u64,
+    members: usize,
+}
+
+/// The host name of a member: `NAME.DOMAIN`, lowercase.
+pub fn host_name(member: &str, domain: &Name) -> Option<Name> {
+    let label = member.to_ascii_lowercase();
+    Name::from_labels([label.as_bytes()])
+        .and_then(|n| n.append_domain(domain))
+        .ok()
+}
+
+fn under(labels: &[&str], domain: &Name) -> Name {
+    let relative = Name::from_labels(labels.iter().map(|l| l.as_bytes()))
+        .expect("fixed labels are valid");
+    relative
+        .append_domain(domain)
+        .expect("domain length was checked")
+}
+
+struct Builder<'a> {
+    cfg: &'a ZoneConfig,
+    nodes: HashMap<LowerName, Node>,
+}
+
+impl Builder<'_> {
+    fn add(&mut self, name: Name, rdata: RData, sliced: bool) {
+        let record = Record::from_rdata(name.clone(), self.cfg.ttl, rdata);
+        self.touch(&name);
+        self.nodes
+            .entry(LowerName::new(&name))
+            .or_default()
+            .push(record, sliced);
+    }
+
+    /// Makes `name` and every name between it and the apex exist.
+    fn touch(&mut self, name: &Name) {
+        let apex_labels = self.cfg.domain.num_labels();
+        let mut n = name.clone();
+        while n.num_labels() >= apex_labels {
+            self.nodes.entry(LowerName::new(&n)).or_default();
+            if n.num_labels() == apex_labels {
+                break;
+            }
+            n = n.base_name();
+        }
+    }
+
+    fn address(&mut self, host: &Name, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) if !v4.is_unspecified() => {
+                self.add(host.clone(), RData::A(A(v4)), false)
+            }
+            IpAddr::V6(v6) if !v6.is_unspecified() => {
+                self.add(host.clone(), RData::AAAA(AAAA(v6)), false)
+            }
+            _ => {}
+        }
+    }
+}
+
+fn port_of(member: &Member, service: &str, default: u16) -> u16 {
+    member
+        .endpoint(service)
+        .map(|a| a.port())
+        .filter(|p| *p != 0)
+        .unwrap_or(default)
+}
+
+impl Zone {
+    /// Builds the zone for `status`. Pure: the same status and configuration give the same
+    /// zone. Members whose name cannot be a DNS label are left out.
+    pub fn from_status(status: &NetworkStatus, cfg: &ZoneConfig) -> Zone {
+        let domain = &cfg.domain;
+        let mut b = Builder {
+            cfg,
+            nodes: HashMap::new(),
+        };
+        let members: Vec<(&Member, Name)> = status
+            .members
+            .iter()
+            .filter(|m| m.kind.is_member())
+            .filter_map(|m| host_name(&m.name, domain).map(|h| (m, h)))
+            .collect();
+
+        // SOA and NS at the apex.
+        let dns: Vec<&Name> = members
+            .iter()
+            .filter(|(m, _)| m.kind == Kind::Dns)
+            .map(|(_, h)| h)
+            .collect();
+        let mname = dns.first().map(|h| (*h).clone()).unwrap_or_else(|| domain.clone());
+        let rname = under(&["hostmaster"], domain);
+        let soa = Record::from_rdata(
+            domain.clone(),
+            cfg.ttl,
+            RData::SOA(SOA::new(
+                mname,
+                rname,
+                serial_of(status.term, status.version),
+                60,
+                10,
+                3600,
+                cfg.ttl,
+            )),
+        );
+        b.touch(domain);
+        b.nodes
+            .entry(LowerName::new(domain))
+            .or_default()
+            .push(soa.clone(), false);
+        for h in &dns {
+            b.add(domain.clone(), RData::NS(NS((*h).clone())), false);
+        }
+
+        // NAPTR at the apex and the SRV names they point to.
+        let sip_udp = under(&["_sip", "_udp"], domain);
+        let sip_tcp = under(&["_sip", "_tcp"], domain);
+        let sips_tcp = under(&["_sips", "_tcp"], domain);
+        let offered: Vec<(u16, &str, &Name, &str, u16)> = [
+            (cfg.transports.tls, 50, "SIPS+D2T", &sips_tcp, "sips", cfg.sips_port),
+            (cfg.transports.tcp, 90, "SIP+D2T", &sip_tcp, "sip", cfg.sip_port),
+            (cfg.transports.udp, 100, "SIP+D2U", &sip_udp, "sip", cfg.sip_port),
+        ]
+        .into_iter()
+        .filter(|t| t.0)
+        .map(|(_, order, service, name, endpoint, port)| (order, service, name, endpoint, port))
+        .collect();
+        for (order, service, target, _, _) in &offered {
+            let naptr = NAPTR::new(
+                *order,
+                50,
+                b"s".to_vec().into_boxed_slice(),
+                service.as_bytes().to_vec().into_boxed_slice(),
+                Vec::new().into_boxed_slice(),
+                (*target).clone(),
+            );
+            b.add(domain.clone(), RData::NAPTR(naptr), false);
+        }
+        for (_, _, srv_name, endpoint, default_port) in &offered {
+            b.touch(srv_name);
+            for (m, host) in members.iter().filter(|(m, _)| m.has_role(Role::SIP_PROXY)) {
+                let port = port_of(m, endpoint, *default_port);
+                let srv = SRV::new(SRV_PRIORITY, SRV_WEIGHT, port, host.clone());
+                b.add((*srv_name).clone(), RData::SRV(srv), true);
+            }
+        }
+
+        // Event servers, for bootstrap.
+        let es_name = under(&["_eventserver", "_udp"], domain);
+        b.touch(&es_name);
+        for (m, host) in members.iter().filter(|(m, _)| m.kind == Kind::Eventserver) {
+            let port = port_of(m, "eventserver", EVENTSERVER_PORT);
+            let srv = SRV::new(SRV_PRIORITY, SRV_WEIGHT, port, host.clone());
+            b.add(es_name.clone(), RData::SRV(srv), true);
+        }
+
+        // Addresses of every live member.
+        for (m, host) in &members {
+            b.address(host, m.ip);
+        }
+
+        Zone {
+            origin: LowerName::new(domain),
+            soa,
+            nodes: b.nodes,
+            srv_slice: cfg.srv_slice.max(1),
+            term: status.term,
+            version: status.version,
+            members: members.len(),
+        }
+    }
+
+    /// The apex.
+    pub fn origin(&self) -> Name {
+        (*self.origin).clone()
+    }
+
+    /// The zone serial ([`serial_of`] of the status).
+    pub fn serial(&self) -> u32 {
+        match &self.soa.data {
+            RData::SOA(soa) => soa.serial,
+            _ => 0,
+        }
+    }
+
+    /// The SOA record.
+    pub fn soa(&self) -> &Record {
+        &self.soa
+    }
+
+    /// `(term, version)` of the status the zone was built from.
+    pub fn status_key(&self) -> (u64, u64) {
+        (self.term, self.version)
+    }
+
+    /// How many members the status listed (and the zone holds names for).
+    pub fn member_count(&self) -> usize {
+        self.members
+    }
+
+    /// Every record of `rtype` at `name` (the whole RRset, not a slice).
+    pub fn records(&self, name: &Name, rtype: RecordType) -> &[Record] {
+        self.nodes
+            .get(&LowerName::new(name))
+            .and_then(|n| n.set(rtype))
+            .map(|s| s.records.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Whether `name` exists in the zone (possibly as an empty non-terminal).
+    pub fn contains(&self, name: &Name) -> bool {
+        self.nodes.contains_key(&LowerName::new(name))
+    }
+
+    pub(crate) fn node(&self, name: &LowerName) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_grows_with_status() {
+        assert!(serial_of(1, 2) > serial_of(1, 1));
+        assert!(serial_of(2, 0) > serial_of(1, 1000));
+        assert_eq!(serial_of(1, 0), 1 << 20);
+    }
+
+    #[test]
+    fn host_names_are_lowercase_labels() {
+        let d = parse_domain("Example.Test").unwrap();
+        assert_eq!(
+            host_name("Node_1", &d).unwrap().to_string(),
+            "node_1.example.test."
+        );
+    }
+}

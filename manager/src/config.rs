@@ -1,0 +1,119 @@
+//! The manager's configuration (TOML).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use onehop_overlay::daemon::{load_toml, ConfigError};
+use onehop_overlay::net::Timing;
+use onehop_overlay::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+use crate::raft::RaftTimings;
+
+/// The well-known manager Raft port (UDP, QUIC).
+pub const RAFT_PORT: u16 = 8001;
+
+/// A manager of the Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Raft id, unique, from 1.
+    pub id: u64,
+    /// The manager's name (its certificate CN).
+    pub name: String,
+    /// Its Raft address (ip:8001).
+    pub addr: SocketAddr,
+}
+
+/// `onehop-manager` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The manager's own IP address.
+    pub ip: IpAddr,
+    /// UDP port of the Raft listener (QUIC).
+    #[serde(default = "default_raft_port")]
+    pub raft_port: u16,
+    /// This manager's Raft id (must be one of `peers`).
+    pub id: u64,
+    /// Where the Raft vote, log and snapshots are kept.
+    pub data_dir: PathBuf,
+    /// Every manager of the group, this one included; identical on every manager.
+    pub peers: Vec<Peer>,
+    /// The event servers' QUIC addresses (port 8000).
+    pub eventservers: Vec<SocketAddr>,
+    /// Changes within this many milliseconds are published as one status.
+    #[serde(default = "default_batch_ms")]
+    pub batch_ms: u64,
+    /// The status is published again this often (milliseconds) even without changes.
+    #[serde(default = "default_republish_ms")]
+    pub republish_ms: u64,
+    /// Where to serve Prometheus metrics over HTTP (optional).
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// Raft heartbeat and election timeouts.
+    #[serde(default)]
+    pub raft: RaftTimings,
+    /// Certificate, key, CA and CRL.
+    pub tls: TlsFiles,
+    /// QUIC keep-alive and idle timeout.
+    #[serde(default)]
+    pub quic: Timing,
+}
+
+fn default_raft_port() -> u16 {
+    RAFT_PORT
+}
+fn default_batch_ms() -> u64 {
+    20
+}
+fn default_republish_ms() -> u64 {
+    5000
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let c: Config = load_toml(path)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            key: key.into(),
+            problem,
+        };
+        if self.eventservers.is_empty() {
+            return Err(bad("eventservers", "list at least one event server address".into()));
+        }
+        if !self.peers.iter().any(|p| p.id == self.id) {
+            return Err(bad("id", format!("{} is not the id of any [[peers]] entry", self.id)));
+        }
+        let ids: BTreeSet<u64> = self.peers.iter().map(|p| p.id).collect();
+        if ids.len() != self.peers.len() {
+            return Err(bad("peers", "two peers share an id".into()));
+        }
+        if self.batch_ms > 1000 {
+            return Err(bad("batch_ms", "must be at most 1000".into()));
+        }
+        if self.republish_ms < 100 {
+            return Err(bad("republish_ms", "must be at least 100".into()));
+        }
+        if self.raft.election_min_ms <= self.raft.heartbeat_ms
+            || self.raft.election_max_ms <= self.raft.election_min_ms
+        {
+            return Err(bad(
+                "raft",
+                "need heartbeat_ms < election_min_ms < election_max_ms".into(),
+            ));
+        }
+        if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
+            return Err(bad("quic.idle_timeout_ms", "must be greater than quic.keepalive_ms".into()));
+        }
+        Ok(())
+    }
+}

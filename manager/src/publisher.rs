@@ -1,0 +1,158 @@
+//! What the active manager publishes, and when.
+//!
+//! Only the Raft leader publishes, with its Raft term as the status's `term` and a `version`
+//! that starts at 1 in each term and grows with every change. A manager that is not the leader
+//! keeps its member picture current (it follows the `members` topic all along) so it can take
+//! over at once.
+
+use onehop_overlay::client::EventClient;
+use onehop_overlay::daemon::now_ms;
+use onehop_overlay::metrics::{Metric, Metrics};
+use onehop_overlay::status::NetworkStatus;
+use onehop_overlay::wire::{Event, Level, LogEvent, Payload};
+use tracing::info;
+
+use crate::members::{describe_changes, MemberView};
+
+/// The publishing state of one manager.
+pub struct Publisher {
+    name: String,
+    /// The live-member picture.
+    pub view: MemberView,
+    active: bool,
+    term: u64,
+    version: u64,
+    last: Option<NetworkStatus>,
+    m_active: Metric,
+    m_term: Metric,
+    m_version: Metric,
+    m_members: Metric,
+    m_published: Metric,
+}
+
+impl Publisher {
+    /// A publisher for the manager `name`.
+    pub fn new(name: String, metrics: &Metrics) -> Publisher {
+        Publisher {
+            name,
+            view: MemberView::default(),
+            active: false,
+            term: 0,
+            version: 0,
+            last: None,
+            m_active: metrics.gauge("manager_active", "1 while this manager is the active one."),
+            m_term: metrics.gauge("status_term", "Term of the last status published or seen."),
+            m_version: metrics.gauge("status_version", "Version of the last status published or seen."),
+            m_members: metrics.gauge("members", "Live members in the last status."),
+            m_published: metrics.counter("status_published_total", "Statuses published."),
+        }
+    }
+
+    /// Whether this manager is the active one.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Takes a leadership update. Returns true when this manager has just become active (in a
+    /// new term), so the caller publishes at once.
+    pub fn leadership(&mut self, is_me: bool, term: u64) -> bool {
+        let became = is_me && (!self.active || term != self.term);
+        if is_me && term != self.term {
+            self.term = term;
+            self.version = 0;
+        }
+        self.active = is_me;
+        self.m_active.set(is_me as i64);
+        became
+    }
+
+    /// Takes an event from the event servers; returns whether the member picture changed.
+    pub fn on_event(&mut self, ev: &Event) -> bool {
+        match &ev.payload {
+            Payload::Member(m) => {
+                self.view.apply(&ev.origin, m);
+                true
+            }
+            Payload::Network(s) if s.manager != self.name => {
+                self.view.adopt_since(s);
+                self.m_term.set(s.term as i64);
+                self.m_version.set(s.version as i64);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Publishes the current picture if this manager is active and it changed (or `force`).
+    pub fn publish(&mut self, client: &EventClient, force: bool) {
+        if !self.active {
+            return;
+        }
+        let members = self.view.members(now_ms());
+        if let Some(last) = &self.last {
+            if !force && last.term == self.term && last.members == members {
+                return;
+            }
+        }
+        self.version += 1;
+        let status = NetworkStatus {
+            term: self.term,
+            version: self.version,
+            manager: self.name.clone(),
+            members,
+        };
+        let before = self.last.as_ref().map(|s| s.members.as_slice()).unwrap_or(&[]);
+        let mut lines = describe_changes(before, &status.members);
+        if force {
+            lines.insert(0, format!("{} is the active manager (term {})", self.name, self.term));
+        }
+        info!(term = status.term, version = status.version, members = status.members.len(), "publishing network status");
+        client.publish(Payload::Network(status.clone()));
+        for text in lines {
+            client.publish(Payload::Log(LogEvent {
+                time_ms: now_ms(),
+                level: Level::Info,
+                text,
+            }));
+        }
+        self.m_term.set(status.term as i64);
+        self.m_version.set(status.version as i64);
+        self.m_members.set(status.members.len() as i64);
+        self.m_published.inc();
+        self.last = Some(status);
+    }
+
+    /// The periodic publication: the last status again, unchanged (receivers that hold it
+    /// ignore it; one that missed it catches up).
+    pub fn republish(&mut self, client: &EventClient) {
+        if !self.active {
+            return;
+        }
+        match &self.last {
+            Some(s) if s.term == self.term => {
+                client.publish(Payload::Network(s.clone()));
+            }
+            _ => self.publish(client, true),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_restarts_in_each_new_term_only() {
+        let m = Metrics::default();
+        let mut p = Publisher::new("manager1".into(), &m);
+        assert!(p.leadership(true, 3));
+        p.version = 5;
+        assert!(!p.leadership(true, 3), "same term, still active: nothing new");
+        assert_eq!(p.version, 5);
+        assert!(!p.leadership(false, 3));
+        assert!(p.leadership(true, 3), "active again in the same term");
+        assert_eq!(p.version, 5, "a term's versions keep growing");
+        assert!(p.leadership(true, 4));
+        assert_eq!(p.version, 0);
+    }
+}
