@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::anyhow;
-use clap::{Parser, Subcommand};
 use crate::{
     format_list, format_time, list_json, parse_ip, parse_kind, parse_roles, parse_time, show, Ca,
     IssueRequest, PublishOptions,
 };
+use anyhow::anyhow;
+use clap::{Parser, Subcommand};
 
 /// The onehop certificate authority.
 ///
@@ -268,16 +268,15 @@ fn publish_crl(opts: PublishOptions) -> anyhow::Result<()> {
     let (cert, key, mut eventservers) = match &opts.farm {
         Some(dir) => {
             let farm = FarmFile::load(dir)?;
-            let admin = farm
-                .admin
-                .clone()
-                .ok_or_else(|| anyhow!("{}: farm.json names no admin certificate", dir.display()))?;
+            let admin = farm.admin.clone().ok_or_else(|| {
+                anyhow!("{}: farm.json names no admin certificate", dir.display())
+            })?;
             (admin.cert, admin.key, farm.eventservers())
         }
         None => (
-            opts.cert
-                .clone()
-                .ok_or_else(|| anyhow!("--publish needs --farm DIR, or --cert and --key of an admin certificate"))?,
+            opts.cert.clone().ok_or_else(|| {
+                anyhow!("--publish needs --farm DIR, or --cert and --key of an admin certificate")
+            })?,
             opts.key
                 .clone()
                 .ok_or_else(|| anyhow!("--publish needs --key with --cert"))?,
@@ -291,7 +290,9 @@ fn publish_crl(opts: PublishOptions) -> anyhow::Result<()> {
         );
     }
     if eventservers.is_empty() {
-        return Err(anyhow!("--publish needs at least one --eventserver ADDR (or --farm DIR)"));
+        return Err(anyhow!(
+            "--publish needs at least one --eventserver ADDR (or --farm DIR)"
+        ));
     }
     let tls = TlsFiles {
         ca: opts.ca_dir.join("ca.pem"),
@@ -314,7 +315,8 @@ fn publish_crl(opts: PublishOptions) -> anyhow::Result<()> {
             eventservers,
             ..Default::default()
         };
-        let (client, mut events) = EventClient::start(endpoint, options, ConnTable::default(), None);
+        let (client, mut events) =
+            EventClient::start(endpoint, options, ConnTable::default(), None);
         let mut up = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while up < total {

@@ -149,7 +149,10 @@ impl Config {
         }
         parse_domain(&self.domain).map_err(|p| bad("domain", &p))?;
         if self.eventservers.is_empty() {
-            return Err(bad("eventservers", "list at least one event server address"));
+            return Err(bad(
+                "eventservers",
+                "list at least one event server address",
+            ));
         }
         if self.ttl > 86_400 {
             return Err(bad("ttl", "must be at most 86400 seconds (keep it short)"));

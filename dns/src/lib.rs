@@ -1,8 +1,199 @@
-//! onehop-dns: authoritative DNS for the overlay (work in progress).
+//! onehop-dns: the authoritative DNS server of the SIP domain, kept in sync with the live
+//! members through the network status.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration.
+//! - [`zone`]: [`Zone::from_status`], every record answered, a pure function of the status.
+//! - [`answer`]: [`answer_bytes`]/[`answer()`], the DNS behaviour, a pure function of a zone
+//!   and a request.
+//! - [`server`]: [`DnsHandler`] (the zone snapshot in an `ArcSwap`, metrics, hickory's
+//!   `RequestHandler`) and [`DnsServer`] (the UDP and TCP sockets, bounded).
+//! - [`resolve`]: [`resolve_eventservers`], finding the event servers from the domain alone.
+//! - this file: joining as a `dns` member, applying statuses, staleness, leaving.
+//!
+//! The server answers SERVFAIL until the first network status arrives. When every event
+//! server is unreachable it keeps answering from the last status it applied, logs that once,
+//! and sets the `dns_stale` gauge to 1 until a session is back: DNS never goes dark because
+//! the control plane is down.
 
-/// Command-line entry point of the `onehop-dns` daemon.
-pub fn cli_main(args: Vec<std::ffi::OsString>) -> std::process::ExitCode {
-    let _ = args;
-    eprintln!("onehop-dns: not implemented yet");
-    std::process::ExitCode::FAILURE
+pub mod answer;
+pub mod config;
+pub mod resolve;
+pub mod server;
+pub mod zone;
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient};
+use onehop_overlay::crl::CrlStore;
+use onehop_overlay::metrics::Metrics;
+use onehop_overlay::net::{self, ConnTable};
+use onehop_overlay::status::{Endpoint, Kind};
+use onehop_overlay::tls::Credentials;
+use onehop_overlay::wire::{Announce, Payload, Topic};
+use tracing::{info, warn};
+
+pub use answer::{answer, answer_bytes, AnswerOptions, Outcome, Transport};
+pub use config::{Config, Transports};
+pub use resolve::resolve_eventservers;
+pub use server::{DnsHandler, DnsMetrics, DnsServer, Limits};
+pub use zone::{serial_of, Zone, ZoneConfig};
+
+/// Runs the DNS server until `shutdown` resolves, then leaves gracefully.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let creds = Arc::new(Credentials::load(&cfg.tls)?);
+    let identity = creds.identity.clone();
+    if identity.kind != Kind::Dns {
+        bail!(
+            "{}: the certificate of {} is a {} certificate; onehop-dns needs a dns one",
+            cfg.tls.cert.display(),
+            identity.name,
+            identity.kind
+        );
+    }
+    let crl = CrlStore::open(creds.ca.to_vec(), cfg.tls.crl.clone())?;
+    crl.spawn_file_watch(Duration::from_millis(250));
+    let metrics = Metrics::default();
+
+    let zone_config = ZoneConfig::from_config(&cfg).map_err(|e| anyhow!("domain: {e}"))?;
+    let opts = AnswerOptions {
+        max_udp_payload: cfg.max_udp_payload,
+    };
+    let handler = Arc::new(DnsHandler::new(zone_config, opts, &metrics));
+    handler.set_stale(true);
+    let limits = Limits {
+        tcp_connections: cfg.tcp_connections,
+        tcp_idle_timeout: Duration::from_millis(cfg.tcp_idle_timeout_ms),
+        ..Limits::default()
+    };
+    let dns_addr = SocketAddr::new(cfg.ip, cfg.port);
+    let server = DnsServer::start(dns_addr, handler.clone(), limits)
+        .await
+        .with_context(|| format!("DNS on {dns_addr} (UDP and TCP)"))?;
+
+    let endpoint = net::endpoint(
+        SocketAddr::new(cfg.ip, 0),
+        &creds,
+        &crl.current(),
+        cfg.quic,
+        None,
+    )?;
+    let conns = ConnTable::default();
+    net::spawn_crl_enforcer(
+        endpoint.clone(),
+        creds.clone(),
+        crl.clone(),
+        conns.clone(),
+        cfg.quic,
+        None,
+    );
+
+    let mut endpoints = vec![Endpoint {
+        service: "dns".into(),
+        addr: dns_addr,
+    }];
+    if let Some(addr) = cfg.metrics {
+        endpoints.push(Endpoint {
+            service: "metrics".into(),
+            addr,
+        });
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = onehop_overlay::metrics::serve(addr, m).await {
+                warn!(cause = %e, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+    let opts = ClientOptions {
+        eventservers: cfg.eventservers.clone(),
+        announce: Some(Announce {
+            roles: Vec::new(),
+            endpoints,
+        }),
+        subscribe: vec![Topic::Network, Topic::Crl],
+        ..Default::default()
+    };
+    let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
+    info!(name = %identity.name, domain = %cfg.domain, dns = %dns_addr, "dns server started; SERVFAIL until the first network status");
+
+    let apply = async {
+        let mut up: HashSet<SocketAddr> = HashSet::new();
+        let mut stale = true;
+        while let Some(ev) = events.recv().await {
+            match ev {
+                ClientEvent::Event(ev) => {
+                    if let Payload::Network(status) = &ev.payload {
+                        if handler.apply_status(status) {
+                            let zone = handler.zone();
+                            info!(
+                                term = status.term,
+                                version = status.version,
+                                members = status.members.len(),
+                                serial = zone.as_ref().map(|z| z.serial()).unwrap_or(0),
+                                manager = %status.manager,
+                                "network status applied to the zone"
+                            );
+                        }
+                    }
+                }
+                ClientEvent::Up { server, addr } => {
+                    info!(%server, %addr, "event server session up");
+                    up.insert(addr);
+                    if stale {
+                        stale = false;
+                        handler.set_stale(false);
+                        if handler.zone().is_some() {
+                            info!("an event server is reachable again: the zone follows the network status");
+                        }
+                    }
+                }
+                ClientEvent::Down {
+                    server,
+                    addr,
+                    reason,
+                } => {
+                    if let Some(server) = server {
+                        warn!(%server, %addr, %reason, "event server session down");
+                    }
+                    up.remove(&addr);
+                    if up.is_empty() && !stale {
+                        stale = true;
+                        handler.set_stale(true);
+                        match handler.zone() {
+                            Some(z) => {
+                                let (term, version) = z.status_key();
+                                warn!(term, version, serial = z.serial(), "every event server is unreachable: answering from the last network status held (stale)");
+                            }
+                            None => warn!("every event server is unreachable and no network status was ever received: answering SERVFAIL"),
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = apply => {}
+        _ = shutdown => info!("leaving"),
+    }
+    client.leave(Duration::from_secs(1)).await;
+    server.shutdown();
+    Ok(())
+}
+
+/// The `onehop-dns` program.
+pub fn cli_main(args: Vec<OsString>) -> ExitCode {
+    onehop_overlay::daemon::daemon_main(
+        "onehop-dns",
+        "The authoritative DNS server of the SIP domain: NAPTR, SRV (a random slice of the live proxies per answer), A/AAAA, SOA and NS, built from the network status it follows through the event servers.",
+        args,
+        Config::load,
+        run,
+    )
 }

@@ -152,8 +152,8 @@ pub fn host_name(member: &str, domain: &Name) -> Option<Name> {
 }
 
 fn under(labels: &[&str], domain: &Name) -> Name {
-    let relative = Name::from_labels(labels.iter().map(|l| l.as_bytes()))
-        .expect("fixed labels are valid");
+    let relative =
+        Name::from_labels(labels.iter().map(|l| l.as_bytes())).expect("fixed labels are valid");
     relative
         .append_domain(domain)
         .expect("domain length was checked")
@@ -230,7 +230,10 @@ impl Zone {
             .filter(|(m, _)| m.kind == Kind::Dns)
             .map(|(_, h)| h)
             .collect();
-        let mname = dns.first().map(|h| (*h).clone()).unwrap_or_else(|| domain.clone());
+        let mname = dns
+            .first()
+            .map(|h| (*h).clone())
+            .unwrap_or_else(|| domain.clone());
         let rname = under(&["hostmaster"], domain);
         let soa = Record::from_rdata(
             domain.clone(),
@@ -259,9 +262,30 @@ impl Zone {
         let sip_tcp = under(&["_sip", "_tcp"], domain);
         let sips_tcp = under(&["_sips", "_tcp"], domain);
         let offered: Vec<(u16, &str, &Name, &str, u16)> = [
-            (cfg.transports.tls, 50, "SIPS+D2T", &sips_tcp, "sips", cfg.sips_port),
-            (cfg.transports.tcp, 90, "SIP+D2T", &sip_tcp, "sip", cfg.sip_port),
-            (cfg.transports.udp, 100, "SIP+D2U", &sip_udp, "sip", cfg.sip_port),
+            (
+                cfg.transports.tls,
+                50,
+                "SIPS+D2T",
+                &sips_tcp,
+                "sips",
+                cfg.sips_port,
+            ),
+            (
+                cfg.transports.tcp,
+                90,
+                "SIP+D2T",
+                &sip_tcp,
+                "sip",
+                cfg.sip_port,
+            ),
+            (
+                cfg.transports.udp,
+                100,
+                "SIP+D2U",
+                &sip_udp,
+                "sip",
+                cfg.sip_port,
+            ),
         ]
         .into_iter()
         .filter(|t| t.0)

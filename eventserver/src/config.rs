@@ -63,7 +63,10 @@ impl Config {
             return Err(bad("subscriber_queue", "must be at least 16"));
         }
         if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
-            return Err(bad("quic.idle_timeout_ms", "must be greater than quic.keepalive_ms"));
+            return Err(bad(
+                "quic.idle_timeout_ms",
+                "must be greater than quic.keepalive_ms",
+            ));
         }
         Ok(())
     }

@@ -15,8 +15,7 @@ use onehop_overlay::identity::Identity;
 use onehop_overlay::metrics::{Metric, Metrics};
 use onehop_overlay::status::Kind;
 use onehop_overlay::wire::{
-    encode_frame, Announce, CloseCode, Event, MemberEvent, Payload, ServerMsg, SessionMember,
-    Topic,
+    encode_frame, Announce, CloseCode, Event, MemberEvent, Payload, ServerMsg, SessionMember, Topic,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -92,11 +91,23 @@ impl Hub {
             crl,
             counters: Counters {
                 sessions: metrics.gauge("eventserver_sessions", "Sessions held."),
-                members: metrics.gauge("eventserver_members", "Members announced through this event server."),
+                members: metrics.gauge(
+                    "eventserver_members",
+                    "Members announced through this event server.",
+                ),
                 published: metrics.counter("eventserver_published_total", "Publications accepted."),
-                delivered: metrics.counter("eventserver_delivered_total", "Events queued to subscribers."),
-                slow: metrics.counter("eventserver_slow_subscribers_total", "Subscribers disconnected for a full queue."),
-                refused: metrics.counter("eventserver_refused_total", "Sessions ended for a forbidden message."),
+                delivered: metrics.counter(
+                    "eventserver_delivered_total",
+                    "Events queued to subscribers.",
+                ),
+                slow: metrics.counter(
+                    "eventserver_slow_subscribers_total",
+                    "Subscribers disconnected for a full queue.",
+                ),
+                refused: metrics.counter(
+                    "eventserver_refused_total",
+                    "Sessions ended for a forbidden message.",
+                ),
             },
         }
     }
@@ -107,7 +118,12 @@ impl Hub {
     }
 
     /// Registers a new session; returns its id.
-    pub fn open(&self, id: Identity, tx: mpsc::Sender<Bytes>, conn: Option<quinn::Connection>) -> u64 {
+    pub fn open(
+        &self,
+        id: Identity,
+        tx: mpsc::Sender<Bytes>,
+        conn: Option<quinn::Connection>,
+    ) -> u64 {
         let sid = match &conn {
             Some(c) => c.stable_id() as u64,
             None => self.seq.fetch_add(1, Ordering::Relaxed),
@@ -131,7 +147,10 @@ impl Hub {
     /// The session announces itself as a member.
     pub fn announce(&self, sid: u64, a: Announce, ip: std::net::IpAddr) -> Result<(), Refusal> {
         let mut st = self.state.lock().expect("hub");
-        let s = st.sessions.get(&sid).ok_or_else(|| Refusal("no session".into()))?;
+        let s = st
+            .sessions
+            .get(&sid)
+            .ok_or_else(|| Refusal("no session".into()))?;
         let id = &s.id;
         if !id.kind.is_member() {
             return Err(Refusal(format!(
@@ -151,7 +170,10 @@ impl Hub {
             )));
         }
         if s.member.is_some() {
-            return Err(Refusal(format!("{} announced twice on one session", id.name)));
+            return Err(Refusal(format!(
+                "{} announced twice on one session",
+                id.name
+            )));
         }
         let mut roles = a.roles.clone();
         roles.sort();
@@ -231,12 +253,17 @@ impl Hub {
     /// A publication from the session.
     pub fn publish(&self, sid: u64, seq: u64, payload: Payload) -> Result<(), Refusal> {
         let mut st = self.state.lock().expect("hub");
-        let s = st.sessions.get(&sid).ok_or_else(|| Refusal("no session".into()))?;
+        let s = st
+            .sessions
+            .get(&sid)
+            .ok_or_else(|| Refusal("no session".into()))?;
         let (origin, kind) = (s.id.name.clone(), s.id.kind);
         let topic = payload.topic();
         if let Err(why) = may_publish(kind, topic) {
             self.counters.refused.inc();
-            return Err(Refusal(format!("publication on {topic:?} from {origin} ({kind}) refused: {why}")));
+            return Err(Refusal(format!(
+                "publication on {topic:?} from {origin} ({kind}) refused: {why}"
+            )));
         }
         let ev = Event {
             origin: origin.clone(),
@@ -264,7 +291,9 @@ impl Hub {
                     Ok(_) => {}
                     Err(e) => {
                         self.counters.refused.inc();
-                        return Err(Refusal(format!("revocation list from {origin} refused: {e}")));
+                        return Err(Refusal(format!(
+                            "revocation list from {origin} refused: {e}"
+                        )));
                     }
                 }
                 st.crl = Some(encode_frame(&ServerMsg::Event(ev.clone())));
@@ -288,7 +317,9 @@ impl Hub {
     /// otherwise).
     pub fn close(&self, sid: u64, reason: &str) {
         let mut st = self.state.lock().expect("hub");
-        let Some(s) = st.sessions.remove(&sid) else { return };
+        let Some(s) = st.sessions.remove(&sid) else {
+            return;
+        };
         self.counters.sessions.set(st.sessions.len() as i64);
         let Some(m) = s.member else { return };
         if st.by_name.get(&m.name) == Some(&sid) {
@@ -354,4 +385,3 @@ impl Hub {
         }
     }
 }
-

@@ -21,9 +21,7 @@ use onehop_overlay::identity::Identity;
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable};
 use onehop_overlay::tls::Credentials;
-use onehop_overlay::wire::{
-    encode_frame, read_msg, ClientMsg, CloseCode, ServerMsg, MAX_FRAME,
-};
+use onehop_overlay::wire::{encode_frame, read_msg, ClientMsg, CloseCode, ServerMsg, MAX_FRAME};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{info, warn, Instrument};
 
@@ -107,18 +105,19 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, conns: ConnTable, queu
 }
 
 async fn session(conn: quinn::Connection, id: Identity, hub: Arc<Hub>, queue: usize) {
-    let (mut send, mut recv) = match tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            info!(cause = %e, "connection ended before a session stream");
-            return;
-        }
-        Err(_) => {
-            warn!("no session stream within 5 s; closing");
-            conn.close(CloseCode::Protocol.varint(), b"no session stream");
-            return;
-        }
-    };
+    let (mut send, mut recv) =
+        match tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                info!(cause = %e, "connection ended before a session stream");
+                return;
+            }
+            Err(_) => {
+                warn!("no session stream within 5 s; closing");
+                conn.close(CloseCode::Protocol.varint(), b"no session stream");
+                return;
+            }
+        };
     let (tx, mut rx) = mpsc::channel::<Bytes>(queue);
     let welcome = encode_frame(&ServerMsg::Welcome {
         server: hub.name().to_string(),

@@ -85,7 +85,11 @@ pub struct UpArgs {
     #[arg(long)]
     pub detach: bool,
     /// Roles every node gets.
-    #[arg(long, value_delimiter = ',', default_value = "sip_proxy,registrar,media_relay")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sip_proxy,registrar,media_relay"
+    )]
     pub roles: Vec<String>,
     /// UDP/TCP port of the DNS servers (53 needs root or CAP_NET_BIND_SERVICE).
     #[arg(long, default_value_t = 53)]
@@ -222,7 +226,11 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         });
     }
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
-    let ready = rt.block_on(wait_ready(&farm, &mut children, Duration::from_secs(args.timeout)));
+    let ready = rt.block_on(wait_ready(
+        &farm,
+        &mut children,
+        Duration::from_secs(args.timeout),
+    ));
     if let Err(e) = ready {
         children.stop_all(Duration::from_secs(3));
         return Err(e);
@@ -288,7 +296,10 @@ async fn wait_ready(
     let mut last_report = Instant::now();
     let result = loop {
         if let Some((name, status)) = children.first_exited() {
-            let log = farm.member(&name).map(|m| m.log.clone()).unwrap_or_default();
+            let log = farm
+                .member(&name)
+                .map(|m| m.log.clone())
+                .unwrap_or_default();
             break Err(anyhow::anyhow!(
                 "{name} exited during start-up ({status}); last lines of {}:\n{}",
                 log.display(),
@@ -299,11 +310,7 @@ async fn wait_ready(
             let held = watch.status.borrow();
             expected
                 .iter()
-                .filter(|n| {
-                    held.as_ref()
-                        .map(|s| s.member(n).is_none())
-                        .unwrap_or(true)
-                })
+                .filter(|n| held.as_ref().map(|s| s.member(n).is_none()).unwrap_or(true))
                 .map(|s| s.as_str())
                 .collect()
         };
@@ -319,7 +326,11 @@ async fn wait_ready(
             ));
         }
         if last_report.elapsed() > Duration::from_secs(3) {
-            println!("  waiting for {} member(s): {}", missing.len(), missing.join(", "));
+            println!(
+                "  waiting for {} member(s): {}",
+                missing.len(),
+                missing.join(", ")
+            );
             last_report = Instant::now();
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), watch.status.changed()).await;
@@ -329,26 +340,50 @@ async fn wait_ready(
 }
 
 fn print_ready(farm: &FarmFile, took: Duration, dns_port: u16) {
-    println!("onehop-farm: ready in {:.1} s; {}/farm.json written", took.as_secs_f64(), farm.dir.display());
+    println!(
+        "onehop-farm: ready in {:.1} s; {}/farm.json written",
+        took.as_secs_f64(),
+        farm.dir.display()
+    );
     for m in &farm.members {
         let roles = if m.roles.is_empty() {
             String::new()
         } else {
             format!(" [{}]", m.roles.join(","))
         };
-        println!("  {:<10} {:<12} {:<12} pid {}{}", m.name, m.kind, m.ip, m.pid, roles);
+        println!(
+            "  {:<10} {:<12} {:<12} pid {}{}",
+            m.name, m.kind, m.ip, m.pid, roles
+        );
     }
     let node = farm.members.iter().find(|m| m.kind == "node");
     let dns = farm.members.iter().find(|m| m.kind == "dns");
     println!();
     if let Some(n) = node {
-        println!("  SIP clients:  register as sip:alice@{} via proxy {}:{}", farm.domain, n.ip, ports::SIP);
-        println!("  Lookups:      printf 'lookup registrar for alice@{}\\r\\n' | nc {} {}", farm.domain, n.ip, ports::LOOKUP);
+        println!(
+            "  SIP clients:  register as sip:alice@{} via proxy {}:{}",
+            farm.domain,
+            n.ip,
+            ports::SIP
+        );
+        println!(
+            "  Lookups:      printf 'lookup registrar for alice@{}\\r\\n' | nc {} {}",
+            farm.domain,
+            n.ip,
+            ports::LOOKUP
+        );
     }
     if let Some(d) = dns {
-        println!("  DNS:          dig @{} -p {} NAPTR {}", d.ip, dns_port, farm.domain);
+        println!(
+            "  DNS:          dig @{} -p {} NAPTR {}",
+            d.ip, dns_port, farm.domain
+        );
     }
-    println!("  Monitor:      onehop-monitor --farm {} --json   (or {}/bin/onehop-monitor)", farm.dir.display(), farm.dir.display());
+    println!(
+        "  Monitor:      onehop-monitor --farm {} --json   (or {}/bin/onehop-monitor)",
+        farm.dir.display(),
+        farm.dir.display()
+    );
 }
 
 fn down(dir: &Path) -> anyhow::Result<()> {
@@ -382,7 +417,10 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     if stopped == 0 {
         println!("onehop-farm: nothing was running in {}", dir.display());
     } else {
-        println!("onehop-farm: stopped {stopped} member(s) in {}", dir.display());
+        println!(
+            "onehop-farm: stopped {stopped} member(s) in {}",
+            dir.display()
+        );
     }
     Ok(())
 }

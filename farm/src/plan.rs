@@ -35,11 +35,19 @@ pub fn plan(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
     }
     let total = args.eventservers + args.managers + args.dns + args.nodes;
     let base = u32::from(args.base_ip);
-    if base.checked_add(total as u32).is_none() || Ipv4Addr::from(base + total as u32).octets()[0] != args.base_ip.octets()[0] {
-        bail!("--base-ip {} leaves no room for {total} members", args.base_ip);
+    if base.checked_add(total as u32).is_none()
+        || Ipv4Addr::from(base + total as u32).octets()[0] != args.base_ip.octets()[0]
+    {
+        bail!(
+            "--base-ip {} leaves no room for {total} members",
+            args.base_ip
+        );
     }
     if !args.base_ip.is_loopback() {
-        bail!("--base-ip {} is not a loopback address (use 127.x.y.z)", args.base_ip);
+        bail!(
+            "--base-ip {} is not a loopback address (use 127.x.y.z)",
+            args.base_ip
+        );
     }
     let mut out = Vec::with_capacity(total);
     let mut next = base;
@@ -124,7 +132,10 @@ pub fn ensure_certs(dir: &Path, domain: &str, members: &[Planned]) -> anyhow::Re
             ca.revoke(&name)?;
             println!("  revoked the old certificate of {name} (it no longer fits)");
         }
-        let roles: Vec<Role> = roles.iter().map(|r| Role::new(r)).collect::<Result<_, _>>()?;
+        let roles: Vec<Role> = roles
+            .iter()
+            .map(|r| Role::new(r))
+            .collect::<Result<_, _>>()?;
         let req = IssueRequest::new(name.clone(), kind)
             .roles(roles)
             .ips(ips.into_iter().map(Into::into));
@@ -155,7 +166,9 @@ fn fits(paths: &ClientCert, kind: Kind, roles: &[String], ips: &[Ipv4Addr]) -> b
     let cert_ips = x509_ips(&pem);
     id.kind == kind
         && want == have
-        && ips.iter().all(|ip| cert_ips.contains(&std::net::IpAddr::V4(*ip)))
+        && ips
+            .iter()
+            .all(|ip| cert_ips.contains(&std::net::IpAddr::V4(*ip)))
         && id.not_after > now_secs() + 86_400
 }
 
@@ -251,15 +264,24 @@ pub fn write_config(
     let mine = cert_paths(dir, &m.name);
     let metrics = toml_str(&format!("{}:{}", m.ip, ports::METRICS));
     let mut t = String::new();
-    let _ = writeln!(t, "# Written by onehop-farm up for {} ({}); rewritten at every start.", m.name, m.kind);
+    let _ = writeln!(
+        t,
+        "# Written by onehop-farm up for {} ({}); rewritten at every start.",
+        m.name, m.kind
+    );
     match m.kind {
         Kind::Eventserver => {
-            let _ = writeln!(t, "listen = {}", toml_str(&format!("{}:{}", m.ip, ports::EVENTSERVER)));
+            let _ = writeln!(
+                t,
+                "listen = {}",
+                toml_str(&format!("{}:{}", m.ip, ports::EVENTSERVER))
+            );
             let _ = writeln!(t, "metrics = {metrics}");
         }
         Kind::Manager => {
             let data = dir.join("data").join(&m.name);
-            std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("cannot create {}", data.display()))?;
             let _ = writeln!(t, "ip = {}", toml_str(&m.ip.to_string()));
             let _ = writeln!(t, "raft_port = {}", ports::RAFT);
             let _ = writeln!(t, "id = {}", m.raft_id.unwrap_or(1));
@@ -270,7 +292,11 @@ pub fn write_config(
                 let _ = writeln!(t, "\n[[peers]]");
                 let _ = writeln!(t, "id = {}", p.raft_id.unwrap_or(1));
                 let _ = writeln!(t, "name = {}", toml_str(&p.name));
-                let _ = writeln!(t, "addr = {}", toml_str(&format!("{}:{}", p.ip, ports::RAFT)));
+                let _ = writeln!(
+                    t,
+                    "addr = {}",
+                    toml_str(&format!("{}:{}", p.ip, ports::RAFT))
+                );
             }
         }
         Kind::Dns => {
@@ -293,7 +319,8 @@ pub fn write_config(
     let _ = writeln!(t, "key = {}", q(&mine.key));
     let _ = writeln!(t, "crl = {}", q(&certs.crl));
     let cfg_dir = dir.join("config");
-    std::fs::create_dir_all(&cfg_dir).with_context(|| format!("cannot create {}", cfg_dir.display()))?;
+    std::fs::create_dir_all(&cfg_dir)
+        .with_context(|| format!("cannot create {}", cfg_dir.display()))?;
     let path = cfg_dir.join(format!("{}.toml", m.name));
     std::fs::write(&path, t).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)

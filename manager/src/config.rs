@@ -88,10 +88,16 @@ impl Config {
             problem,
         };
         if self.eventservers.is_empty() {
-            return Err(bad("eventservers", "list at least one event server address".into()));
+            return Err(bad(
+                "eventservers",
+                "list at least one event server address".into(),
+            ));
         }
         if !self.peers.iter().any(|p| p.id == self.id) {
-            return Err(bad("id", format!("{} is not the id of any [[peers]] entry", self.id)));
+            return Err(bad(
+                "id",
+                format!("{} is not the id of any [[peers]] entry", self.id),
+            ));
         }
         let ids: BTreeSet<u64> = self.peers.iter().map(|p| p.id).collect();
         if ids.len() != self.peers.len() {
@@ -112,7 +118,10 @@ impl Config {
             ));
         }
         if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
-            return Err(bad("quic.idle_timeout_ms", "must be greater than quic.keepalive_ms".into()));
+            return Err(bad(
+                "quic.idle_timeout_ms",
+                "must be greater than quic.keepalive_ms".into(),
+            ));
         }
         Ok(())
     }

@@ -49,7 +49,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let endpoint = net::endpoint(raft_addr, &creds, &crl.current(), cfg.quic, Some(256))
         .with_context(|| format!("raft listener on {raft_addr}"))?;
     let conns = ConnTable::default();
-    net::spawn_crl_enforcer(endpoint.clone(), creds.clone(), crl.clone(), conns.clone(), cfg.quic, Some(256));
+    net::spawn_crl_enforcer(
+        endpoint.clone(),
+        creds.clone(),
+        crl.clone(),
+        conns.clone(),
+        cfg.quic,
+        Some(256),
+    );
     if let Some(addr) = cfg.metrics {
         let m = metrics.clone();
         tokio::spawn(async move {
@@ -63,21 +70,42 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let peers: BTreeMap<u64, ManagerNode> = cfg
         .peers
         .iter()
-        .map(|p| (p.id, ManagerNode { name: p.name.clone(), addr: p.addr.to_string() }))
+        .map(|p| {
+            (
+                p.id,
+                ManagerNode {
+                    name: p.name.clone(),
+                    addr: p.addr.to_string(),
+                },
+            )
+        })
         .collect();
     let transport = transport::QuicTransport::new(endpoint.clone(), conns.clone());
     let raft = raft::start(cfg.id, &cfg.data_dir, peers, transport, cfg.raft)
         .await
         .context("starting raft")?;
-    tokio::spawn(transport::serve(endpoint.clone(), raft.raft().clone(), conns.clone()));
+    tokio::spawn(transport::serve(
+        endpoint.clone(),
+        raft.raft().clone(),
+        conns.clone(),
+    ));
 
-    let mut endpoints = vec![Endpoint { service: "raft".into(), addr: raft_addr }];
+    let mut endpoints = vec![Endpoint {
+        service: "raft".into(),
+        addr: raft_addr,
+    }];
     if let Some(addr) = cfg.metrics {
-        endpoints.push(Endpoint { service: "metrics".into(), addr });
+        endpoints.push(Endpoint {
+            service: "metrics".into(),
+            addr,
+        });
     }
     let opts = ClientOptions {
         eventservers: cfg.eventservers.clone(),
-        announce: Some(Announce { roles: Vec::new(), endpoints }),
+        announce: Some(Announce {
+            roles: Vec::new(),
+            endpoints,
+        }),
         subscribe: vec![Topic::Members, Topic::Network, Topic::Crl, Topic::Manager],
         ..Default::default()
     };
@@ -96,7 +124,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         publisher.leadership(l.is_me, l.term);
     }
     loop {
-        let sleep_until = due.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let sleep_until =
+            due.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
@@ -142,7 +171,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     if let Err(e) = raft.shutdown().await {
         warn!(cause = %e, "raft shutdown");
     }
-    endpoint.close(onehop_overlay::wire::CloseCode::Shutdown.varint(), b"manager shutting down");
+    endpoint.close(
+        onehop_overlay::wire::CloseCode::Shutdown.varint(),
+        b"manager shutting down",
+    );
     Ok(())
 }
 

@@ -118,7 +118,12 @@ pub fn describe_changes(before: &[Member], after: &[Member]) -> Vec<String> {
             if roles.is_empty() {
                 lines.push(format!("{name} ({}) joined from {}", m.kind, m.ip));
             } else {
-                lines.push(format!("{name} ({}: {}) joined from {}", m.kind, roles.join(","), m.ip));
+                lines.push(format!(
+                    "{name} ({}: {}) joined from {}",
+                    m.kind,
+                    roles.join(","),
+                    m.ip
+                ));
             }
         }
     }
@@ -157,7 +162,13 @@ mod tests {
         v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
         v.apply("es2", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
         assert_eq!(names(&mut v), ["es1", "es2", "node1"]);
-        v.apply("es1", &MemberEvent::Lost { name: "node1".into(), reason: "idle".into() });
+        v.apply(
+            "es1",
+            &MemberEvent::Lost {
+                name: "node1".into(),
+                reason: "idle".into(),
+            },
+        );
         assert_eq!(names(&mut v), ["es1", "es2", "node1"], "es2 still holds it");
         v.server_down("es2");
         assert_eq!(names(&mut v), ["es1"]);
@@ -169,7 +180,10 @@ mod tests {
         v.apply("es9", &MemberEvent::Joined(sm("ghost", "127.0.1.9")));
         v.server_up("es1", "127.0.1.1:8000".parse().unwrap());
         v.apply("es1", &MemberEvent::Joined(sm("old", "127.0.1.8")));
-        v.apply("es1", &MemberEvent::Snapshot(vec![sm("node1", "127.0.1.7")]));
+        v.apply(
+            "es1",
+            &MemberEvent::Snapshot(vec![sm("node1", "127.0.1.7")]),
+        );
         assert_eq!(names(&mut v), ["es1", "node1"]);
     }
 
@@ -180,7 +194,12 @@ mod tests {
         v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
         assert_eq!(v.members(100)[1].since, 100);
         assert_eq!(v.members(200)[1].since, 100);
-        v.apply("es1", &MemberEvent::Left { name: "node1".into() });
+        v.apply(
+            "es1",
+            &MemberEvent::Left {
+                name: "node1".into(),
+            },
+        );
         v.members(300);
         v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
         assert_eq!(v.members(400)[1].since, 400);
@@ -193,7 +212,10 @@ mod tests {
         let before = v.members(1);
         v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
         let after = v.members(2);
-        assert_eq!(describe_changes(&before, &after), ["node1 (node: registrar) joined from 127.0.1.7"]);
+        assert_eq!(
+            describe_changes(&before, &after),
+            ["node1 (node: registrar) joined from 127.0.1.7"]
+        );
         assert_eq!(describe_changes(&after, &before), ["node1 is gone"]);
     }
 }

@@ -42,7 +42,10 @@ impl Publisher {
             last: None,
             m_active: metrics.gauge("manager_active", "1 while this manager is the active one."),
             m_term: metrics.gauge("status_term", "Term of the last status published or seen."),
-            m_version: metrics.gauge("status_version", "Version of the last status published or seen."),
+            m_version: metrics.gauge(
+                "status_version",
+                "Version of the last status published or seen.",
+            ),
             m_members: metrics.gauge("members", "Live members in the last status."),
             m_published: metrics.counter("status_published_total", "Statuses published."),
         }
@@ -101,12 +104,24 @@ impl Publisher {
             manager: self.name.clone(),
             members,
         };
-        let before = self.last.as_ref().map(|s| s.members.as_slice()).unwrap_or(&[]);
+        let before = self
+            .last
+            .as_ref()
+            .map(|s| s.members.as_slice())
+            .unwrap_or(&[]);
         let mut lines = describe_changes(before, &status.members);
         if force {
-            lines.insert(0, format!("{} is the active manager (term {})", self.name, self.term));
+            lines.insert(
+                0,
+                format!("{} is the active manager (term {})", self.name, self.term),
+            );
         }
-        info!(term = status.term, version = status.version, members = status.members.len(), "publishing network status");
+        info!(
+            term = status.term,
+            version = status.version,
+            members = status.members.len(),
+            "publishing network status"
+        );
         client.publish(Payload::Network(status.clone()));
         for text in lines {
             client.publish(Payload::Log(LogEvent {
@@ -147,7 +162,10 @@ mod tests {
         let mut p = Publisher::new("manager1".into(), &m);
         assert!(p.leadership(true, 3));
         p.version = 5;
-        assert!(!p.leadership(true, 3), "same term, still active: nothing new");
+        assert!(
+            !p.leadership(true, 3),
+            "same term, still active: nothing new"
+        );
         assert_eq!(p.version, 5);
         assert!(!p.leadership(false, 3));
         assert!(p.leadership(true, 3), "active again in the same term");

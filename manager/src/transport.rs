@@ -13,7 +13,9 @@ use onehop_overlay::wire::{read_frame, CloseCode};
 use openraft::Raft;
 use tracing::{debug, warn};
 
-use crate::raft::{handle_rpc, ManagerNode, NodeId, RaftReply, RaftRpc, RaftTransport, TransportError, TypeConfig};
+use crate::raft::{
+    handle_rpc, ManagerNode, NodeId, RaftReply, RaftRpc, RaftTransport, TransportError, TypeConfig,
+};
 
 /// Largest Raft frame (snapshots of the provisioning store travel whole).
 pub const MAX_RAFT_FRAME: usize = 16 << 20;
@@ -35,7 +37,11 @@ impl QuicTransport {
         }
     }
 
-    async fn connection(&self, target: NodeId, node: &ManagerNode) -> Result<quinn::Connection, TransportError> {
+    async fn connection(
+        &self,
+        target: NodeId,
+        node: &ManagerNode,
+    ) -> Result<quinn::Connection, TransportError> {
         if let Some(c) = self.conns.lock().expect("conns").get(&target) {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
@@ -62,7 +68,10 @@ impl QuicTransport {
             )));
         }
         self.table.insert(id, conn.clone());
-        self.conns.lock().expect("conns").insert(target, conn.clone());
+        self.conns
+            .lock()
+            .expect("conns")
+            .insert(target, conn.clone());
         Ok(conn)
     }
 
@@ -74,14 +83,21 @@ impl QuicTransport {
 }
 
 impl RaftTransport for QuicTransport {
-    async fn call(&self, target: NodeId, node: &ManagerNode, rpc: RaftRpc) -> Result<RaftReply, TransportError> {
+    async fn call(
+        &self,
+        target: NodeId,
+        node: &ManagerNode,
+        rpc: RaftRpc,
+    ) -> Result<RaftReply, TransportError> {
         let conn = self.connection(target, node).await?;
         let result = async {
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
                 .map_err(|e| TransportError::Unreachable(e.to_string()))?;
-            let body = rpc.encode().map_err(|e| TransportError::Other(e.to_string()))?;
+            let body = rpc
+                .encode()
+                .map_err(|e| TransportError::Other(e.to_string()))?;
             let mut frame = Vec::with_capacity(body.len() + 4);
             frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
             frame.extend_from_slice(&body);

@@ -120,7 +120,11 @@ fn setup(cli: &Cli) -> anyhow::Result<(TlsFiles, Vec<SocketAddr>)> {
             .ok_or_else(|| anyhow!("{}: farm.json names no monitor certificate", dir.display()))?;
         let mut tls = farm.client_tls(&mon);
         tls.crl = None;
-        let es = if cli.eventservers.is_empty() { farm.eventservers() } else { cli.eventservers.clone() };
+        let es = if cli.eventservers.is_empty() {
+            farm.eventservers()
+        } else {
+            cli.eventservers.clone()
+        };
         return Ok((tls, es));
     }
     let (Some(ca), Some(cert), Some(key)) = (&cli.ca, &cli.cert, &cli.key) else {
@@ -130,7 +134,12 @@ fn setup(cli: &Cli) -> anyhow::Result<(TlsFiles, Vec<SocketAddr>)> {
         bail!("give at least one --eventserver ADDR (or --farm DIR)");
     }
     Ok((
-        TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone(), crl: None },
+        TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            crl: None,
+        },
         cli.eventservers.clone(),
     ))
 }
@@ -140,16 +149,31 @@ async fn snapshot(cli: Cli) -> anyhow::Result<()> {
     let mut w = watch_status(&tls, es.clone()).context("monitor session")?;
     let status = wait_for(&mut w, Duration::from_secs(cli.timeout), |_| true)
         .await
-        .ok_or_else(|| anyhow!("no network status within {} s from event servers {:?}", cli.timeout, es))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "no network status within {} s from event servers {:?}",
+                cli.timeout,
+                es
+            )
+        })?;
     w.client.stop();
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&*status)?);
     } else {
-        println!("term {} version {} manager {}", status.term, status.version, status.manager);
+        println!(
+            "term {} version {} manager {}",
+            status.term, status.version, status.manager
+        );
         println!("{:<16} {:<12} {:<16} roles", "name", "kind", "ip");
         for m in &status.members {
             let roles: Vec<&str> = m.roles.iter().map(|r| r.as_str()).collect();
-            println!("{:<16} {:<12} {:<16} {}", m.name, m.kind, m.ip, roles.join(","));
+            println!(
+                "{:<16} {:<12} {:<16} {}",
+                m.name,
+                m.kind,
+                m.ip,
+                roles.join(",")
+            );
         }
     }
     Ok(())
@@ -161,7 +185,11 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let rt = match tokio::runtime::Runtime::new() {

@@ -64,7 +64,10 @@ impl Config {
             problem: problem.into(),
         };
         if self.eventservers.is_empty() {
-            return Err(bad("eventservers", "list at least one event server address"));
+            return Err(bad(
+                "eventservers",
+                "list at least one event server address",
+            ));
         }
         if self.points == 0 || self.points > 10_000 {
             return Err(bad("points", "must be between 1 and 10000"));
@@ -73,7 +76,10 @@ impl Config {
             return Err(bad("lookup_connections", "must be at least 1"));
         }
         if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
-            return Err(bad("quic.idle_timeout_ms", "must be greater than quic.keepalive_ms"));
+            return Err(bad(
+                "quic.idle_timeout_ms",
+                "must be greater than quic.keepalive_ms",
+            ));
         }
         Ok(())
     }

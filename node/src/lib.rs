@@ -42,9 +42,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let crl = CrlStore::open(creds.ca.to_vec(), cfg.tls.crl.clone())?;
     crl.spawn_file_watch(Duration::from_millis(250));
     let metrics = Metrics::default();
-    let endpoint = net::endpoint(SocketAddr::new(cfg.ip, 0), &creds, &crl.current(), cfg.quic, None)?;
+    let endpoint = net::endpoint(
+        SocketAddr::new(cfg.ip, 0),
+        &creds,
+        &crl.current(),
+        cfg.quic,
+        None,
+    )?;
     let conns = ConnTable::default();
-    net::spawn_crl_enforcer(endpoint.clone(), creds.clone(), crl.clone(), conns.clone(), cfg.quic, None);
+    net::spawn_crl_enforcer(
+        endpoint.clone(),
+        creds.clone(),
+        crl.clone(),
+        conns.clone(),
+        cfg.quic,
+        None,
+    );
 
     let lookup_addr = SocketAddr::new(cfg.ip, cfg.lookup_port);
     let view = Arc::new(ArcSwap::from_pointee(View::default()));
@@ -52,7 +65,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let listener_view = view.clone();
     let served = metrics.counter("lookups_total", "Lookup-interface requests answered.");
     let max = cfg.lookup_connections;
-    let lookup_task = tokio::spawn(async move { lookup::serve(lookup_addr, listener_view, max, served).await });
+    let lookup_task =
+        tokio::spawn(async move { lookup::serve(lookup_addr, listener_view, max, served).await });
     // Fail early if the port is taken.
     tokio::task::yield_now().await;
     if lookup_task.is_finished() {
@@ -61,9 +75,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             _ => Err(anyhow::anyhow!("lookup interface on {lookup_addr} stopped")),
         };
     }
-    let mut endpoints = vec![Endpoint { service: "lookup".into(), addr: lookup_addr }];
+    let mut endpoints = vec![Endpoint {
+        service: "lookup".into(),
+        addr: lookup_addr,
+    }];
     if let Some(addr) = cfg.metrics {
-        endpoints.push(Endpoint { service: "metrics".into(), addr });
+        endpoints.push(Endpoint {
+            service: "metrics".into(),
+            addr,
+        });
         let m = metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = onehop_overlay::metrics::serve(addr, m).await {
@@ -73,7 +93,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     let opts = ClientOptions {
         eventservers: cfg.eventservers.clone(),
-        announce: Some(Announce { roles: identity.roles.clone(), endpoints }),
+        announce: Some(Announce {
+            roles: identity.roles.clone(),
+            endpoints,
+        }),
         subscribe: vec![Topic::Network, Topic::Crl],
         ..Default::default()
     };
@@ -113,8 +136,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                         }
                     }
                 }
-                ClientEvent::Up { server, addr } => info!(%server, %addr, "event server session up"),
-                ClientEvent::Down { server: Some(server), addr, reason } => {
+                ClientEvent::Up { server, addr } => {
+                    info!(%server, %addr, "event server session up")
+                }
+                ClientEvent::Down {
+                    server: Some(server),
+                    addr,
+                    reason,
+                } => {
                     warn!(%server, %addr, %reason, "event server session down")
                 }
                 ClientEvent::Down { .. } => {}

@@ -59,7 +59,11 @@ pub fn answer(line: &str, view: &View, out: &mut String) -> bool {
             None => out.push_str("error usage: lookup ROLE for KEY"),
         },
         "owner" => match role_for_key(rest) {
-            Some((role, key)) => match view.rings.get(role).and_then(|r| r.owner_at(position(&lookup_key(key)))) {
+            Some((role, key)) => match view
+                .rings
+                .get(role)
+                .and_then(|r| r.owner_at(position(&lookup_key(key))))
+            {
                 Some(m) => {
                     let _ = write!(out, "{} {}", m.name, m.ip);
                 }
@@ -107,7 +111,11 @@ pub fn answer(line: &str, view: &View, out: &mut String) -> bool {
         },
         "status" if rest.is_empty() => match &view.status {
             Some(s) => {
-                let _ = write!(out, "term {} version {} manager {}", s.term, s.version, s.manager);
+                let _ = write!(
+                    out,
+                    "term {} version {} manager {}",
+                    s.term, s.version, s.manager
+                );
             }
             None => out.push_str("error no network status yet"),
         },
@@ -252,7 +260,10 @@ mod tests {
             .map(|i| Member {
                 name: format!("node{i}"),
                 kind: Kind::Node,
-                roles: vec![Role::new("registrar").unwrap(), Role::new("sip_proxy").unwrap()],
+                roles: vec![
+                    Role::new("registrar").unwrap(),
+                    Role::new("sip_proxy").unwrap(),
+                ],
                 endpoints: vec![],
                 since: 0,
                 ip: format!("127.0.1.{i}").parse().unwrap(),
@@ -264,7 +275,10 @@ mod tests {
             manager: "manager1".into(),
             members,
         };
-        View::default().apply(status, 100).map(|v| Arc::try_unwrap(v).unwrap()).unwrap()
+        View::default()
+            .apply(status, 100)
+            .map(|v| Arc::try_unwrap(v).unwrap())
+            .unwrap()
     }
 
     fn ask(v: &View, line: &str) -> String {
@@ -288,7 +302,10 @@ mod tests {
     fn sip_uris_are_canonicalised_other_keys_are_not() {
         let v = view(5);
         assert_eq!(
-            ask(&v, "lookup registrar for sip:alice@Example.TEST:5060;transport=tcp"),
+            ask(
+                &v,
+                "lookup registrar for sip:alice@Example.TEST:5060;transport=tcp"
+            ),
             ask(&v, "lookup registrar for alice@example.test")
         );
         let owner = |k: &str| ask(&v, &format!("owner registrar for {k}"));
@@ -297,7 +314,10 @@ mod tests {
         let r = ask(&v, "replicas registrar for bob@example.test 3");
         let ips: Vec<&str> = r.trim_end().split(' ').collect();
         assert_eq!(ips.len(), 3);
-        assert_eq!(ips[0], ask(&v, "lookup registrar for bob@example.test").trim_end());
+        assert_eq!(
+            ips[0],
+            ask(&v, "lookup registrar for bob@example.test").trim_end()
+        );
     }
 
     #[test]

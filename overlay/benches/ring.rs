@@ -2,7 +2,8 @@
 //! of building rings.
 //!
 //! `cargo bench -p onehop-overlay --bench ring`; lookup groups report elements (lookups) per
-//! second.
+//! second. `lookup_1000x1000` repeats 1,024 keys, so the points they hit stay in cache;
+//! `lookup_1000x1000_cold` spreads 256 Ki keys over the whole ring.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,6 +16,8 @@ use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};
 const MEMBERS: usize = 1000;
 /// Lookups per benchmark iteration.
 const BATCH: usize = 1024;
+/// Lookups per iteration of the cold-cache benchmark.
+const COLD_BATCH: usize = 1 << 18;
 
 fn ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8))
@@ -82,6 +85,30 @@ fn lookups(c: &mut Criterion) {
             acc
         })
     });
+    g.finish();
+
+    // The same with 256 Ki distinct positions per batch: they touch far more of the 12 MB of
+    // points than the caches hold, as a busy lookup server would.
+    let many: Vec<u64> = (0..COLD_BATCH).map(|_| splitmix(&mut state)).collect();
+    let mut g = c.benchmark_group("lookup_1000x1000_cold");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .throughput(Throughput::Elements(COLD_BATCH as u64));
+    g.bench_function("owner_at(pre-hashed position)", |b| {
+        b.iter(|| {
+            let mut acc = 0usize;
+            for &pos in black_box(&many) {
+                acc += ring.owner_at(pos).unwrap().name.len();
+            }
+            acc
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("lookup_1000x1000");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("replicas_at(position, 3)", |b| {
         b.iter(|| {
             let mut acc = 0usize;

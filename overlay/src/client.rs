@@ -193,7 +193,8 @@ impl EventClient {
     pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.stop.notify_waiters();
-        self.endpoint.close(CloseCode::Shutdown.varint(), b"stopping");
+        self.endpoint
+            .close(CloseCode::Shutdown.varint(), b"stopping");
     }
 
     fn first_time(&self, ev: &Event) -> bool {
@@ -282,7 +283,10 @@ impl EventClient {
             conn.close(CloseCode::Forbidden.varint(), b"not an event server");
             return (
                 None,
-                format!("refused {}: its certificate is a {} certificate, not an eventserver one", id.name, id.kind),
+                format!(
+                    "refused {}: its certificate is a {} certificate, not an eventserver one",
+                    id.name, id.kind
+                ),
             );
         }
         let server = id.name.clone();

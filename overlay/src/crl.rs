@@ -145,7 +145,10 @@ impl CrlStore {
 
     /// Polls the CRL file every `every` and takes it when it changed and is newer. Runs until
     /// the store is dropped by everyone else.
-    pub fn spawn_file_watch(self: &Arc<Self>, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+    pub fn spawn_file_watch(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let path = self.path.clone()?;
         let weak = Arc::downgrade(self);
         Some(tokio::spawn(async move {
@@ -204,8 +207,8 @@ pub fn write_crl_file(p: &Path, der: &[u8]) -> Result<(), CrlError> {
 /// Checks that `crl_der` is a CRL signed by the CA; returns its order key.
 pub fn verify(ca_der: &[u8], crl_der: &[u8]) -> Result<(u64, i64), CrlError> {
     let (_, ca) = X509Certificate::from_der(ca_der).map_err(|e| CrlError::Ca(e.to_string()))?;
-    let (_, crl) = CertificateRevocationList::from_der(crl_der)
-        .map_err(|e| CrlError::Parse(e.to_string()))?;
+    let (_, crl) =
+        CertificateRevocationList::from_der(crl_der).map_err(|e| CrlError::Parse(e.to_string()))?;
     crl.verify_signature(ca.public_key())
         .map_err(|e| CrlError::Signature(e.to_string()))?;
     if crl.issuer() != ca.subject() {

@@ -76,7 +76,9 @@ pub struct FarmMember {
 impl FarmMember {
     /// The address of a service, if the member has it.
     pub fn addr(&self, service: &str) -> Option<SocketAddr> {
-        self.ports.get(service).map(|p| SocketAddr::new(self.ip, *p))
+        self.ports
+            .get(service)
+            .map(|p| SocketAddr::new(self.ip, *p))
     }
 }
 

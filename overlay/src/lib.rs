@@ -10,14 +10,14 @@
 //! - [`net`]: quinn endpoints, the only module here that touches sockets.
 //! - [`client`]: a member's (or monitor's) sessions with every event server.
 
-pub mod identity;
-pub mod ring;
-pub mod status;
 pub mod client;
 pub mod crl;
+pub mod daemon;
+pub mod farmfile;
+pub mod identity;
+pub mod metrics;
 pub mod net;
+pub mod ring;
+pub mod status;
 pub mod tls;
 pub mod wire;
-pub mod daemon;
-pub mod metrics;
-pub mod farmfile;

@@ -122,7 +122,8 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
         tokio::spawn(async move {
             let _permit = permit;
             let mut buf = [0u8; 2048];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
             let body = m.render();
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -143,8 +144,10 @@ mod tests {
     fn renders_help_type_and_labels() {
         let m = Metrics::default();
         m.counter("lookups_total", "Lookups answered.").add(3);
-        m.counter("sip_responses_total{code=\"200\"}", "SIP responses.").inc();
-        m.counter("sip_responses_total{code=\"404\"}", "SIP responses.").inc();
+        m.counter("sip_responses_total{code=\"200\"}", "SIP responses.")
+            .inc();
+        m.counter("sip_responses_total{code=\"404\"}", "SIP responses.")
+            .inc();
         let text = m.render();
         assert!(text.contains("# TYPE onehop_lookups_total counter\nonehop_lookups_total 3\n"));
         assert_eq!(text.matches("# HELP onehop_sip_responses_total").count(), 1);

@@ -109,7 +109,8 @@ pub fn endpoint(
         Some(max_bidi) => Some(quinn_server_config(creds, crl, timing, max_bidi)?),
         None => None,
     };
-    let socket = std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| NetError::PeerIdentity("no async runtime".into()))?;
     let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
@@ -225,17 +226,19 @@ pub fn spawn_crl_enforcer(
 /// Why a handshake failed, in an operator's words.
 pub fn describe_handshake_error(err: &quinn::ConnectionError) -> String {
     let text = err.to_string();
-    let why = if text.contains("Revoked") {
+    let t = text.to_lowercase().replace(' ', "");
+    let why = if t.contains("revoked") {
         "certificate revoked"
-    } else if text.contains("Expired") {
-        "certificate expired"
-    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        "certificate not issued by this farm's CA"
-    } else if text.contains("NotValidYet") {
+    } else if t.contains("notvalidyet") {
         "certificate not valid yet"
+    } else if t.contains("expired") {
+        "certificate expired"
+    } else if t.contains("unknownissuer") || t.contains("badsignature") {
+        "certificate not issued by this farm's CA"
+    } else if t.contains("nocertificate") || t.contains("certificaterequired") {
+        "no client certificate"
     } else {
         "handshake failed"
     };
     format!("{why} ({text})")
 }
-

@@ -71,7 +71,9 @@ impl fmt::Display for Kind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// Not one of the kinds.
-    #[error("unknown kind {0:?} (expected one of eventserver, manager, dns, node, monitor, admin)")]
+    #[error(
+        "unknown kind {0:?} (expected one of eventserver, manager, dns, node, monitor, admin)"
+    )]
     UnknownKind(String),
     /// A role name with characters outside `[a-z0-9_-]` or of a bad length.
     #[error("invalid role {0:?}: a role is 1-32 characters of a-z, 0-9, '_' or '-'")]

@@ -132,11 +132,10 @@ impl Credentials {
     /// A server configuration that requires a client certificate from our CA, not revoked.
     pub fn server_config(&self, crl: &CrlState) -> Result<rustls::ServerConfig, TlsError> {
         let provider = provider();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
-                .with_crls(crl.rustls_crls())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
+            .with_crls(crl.rustls_crls())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)

@@ -1,1 +1,13 @@
+//! Integration tests: every test starts a farm of real processes (each member on its own
+//! loopback address) with `onehop-farm up --detach` and talks to it as a client would.
+//! Farms are started one at a time (see `harness::Farm`), so timings are measured on a machine
+//! not busy with another farm.
 
+mod harness;
+
+mod eventserver_loss;
+mod failover;
+mod farm;
+mod frames;
+mod security;
+mod timing;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,6 +125,31 @@ fn leadership_from(
     }
 }
 
+/// Sending side of the leadership watch. Once stopped, `is_me` stays false even if a
+/// concurrently running watcher publishes afterwards.
+struct LeadershipTx {
+    tx: watch::Sender<Leadership>,
+    stopped: AtomicBool,
+}
+
+impl LeadershipTx {
+    fn publish(&self, mut l: Leadership) {
+        self.tx.send_if_modified(|cur| {
+            // Read under the watch lock: ordered with `stop()`'s update.
+            l.is_me &= !self.stopped.load(Ordering::SeqCst);
+            let changed = *cur != l;
+            *cur = l;
+            changed
+        });
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.tx
+            .send_if_modified(|l| std::mem::replace(&mut l.is_me, false));
+    }
+}
+
 /// Error of [`RaftHandle::write`].
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -147,7 +173,7 @@ pub struct RaftHandle {
     id: NodeId,
     raft: Raft<TypeConfig>,
     store: StoreReader,
-    leadership_tx: Arc<watch::Sender<Leadership>>,
+    leadership_tx: Arc<LeadershipTx>,
     leadership_rx: watch::Receiver<Leadership>,
     watcher: AbortHandle,
     write_timeout: Duration,
@@ -196,9 +222,8 @@ impl RaftHandle {
 
     /// Stop the Raft node (idempotent). Leadership reports `is_me: false` afterwards.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
+        self.leadership_tx.stop();
         self.watcher.abort();
-        self.leadership_tx
-            .send_if_modified(|l| std::mem::replace(&mut l.is_me, false));
         self.raft
             .shutdown()
             .await
@@ -254,7 +279,10 @@ pub async fn start<T: RaftTransport>(
         Duration::ZERO,
         lease,
     ));
-    let tx = Arc::new(tx);
+    let tx = Arc::new(LeadershipTx {
+        tx,
+        stopped: AtomicBool::new(false),
+    });
     let watcher_tx = tx.clone();
     let recheck = timings.recheck();
     let watcher = tokio::spawn(async move {
@@ -270,14 +298,13 @@ pub async fn start<T: RaftTransport>(
                 // Re-evaluate the lease even if the core stops publishing metrics.
                 _ = tokio::time::sleep(recheck) => {}
             }
-            let l = leadership_from(&metrics.borrow(), received.elapsed(), lease);
-            watcher_tx.send_if_modified(|cur| {
-                let changed = *cur != l;
-                *cur = l;
-                changed
-            });
+            watcher_tx.publish(leadership_from(
+                &metrics.borrow(),
+                received.elapsed(),
+                lease,
+            ));
         }
-        watcher_tx.send_if_modified(|l| std::mem::replace(&mut l.is_me, false));
+        watcher_tx.stop();
     });
 
     Ok(RaftHandle {

@@ -262,6 +262,22 @@ impl Cluster {
         .await;
     }
 
+    /// Wait until all running nodes hold the same log (so no survivor of a crash lags).
+    async fn wait_logs_in_sync(&self) {
+        wait_metrics(
+            &self.rafts(),
+            Duration::from_secs(3),
+            "logs in sync",
+            |ms| {
+                let first = (ms[0].last_log_index, ms[0].last_applied);
+                ms.iter()
+                    .all(|m| (m.last_log_index, m.last_applied) == first)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     async fn shutdown(self) {
         for h in self.handles.values() {
             h.shutdown().await.unwrap();
@@ -553,6 +569,9 @@ async fn failover_after_leader_stops() {
             |l| l.is_me,
         )
         .await;
+
+        // A survivor with a shorter log cannot win; that case (slower) is not what we time here.
+        c.wait_logs_in_sync().await;
 
         let t0 = Instant::now();
         c.stop_node(old).await;

@@ -1,0 +1,478 @@
+//! The request handler (zone snapshot, metrics) and the thin socket layer around it.
+//!
+//! [`DnsHandler`] holds the current [`Zone`] in an `ArcSwapOption`: answering loads it without
+//! blocking, a newer network status swaps a whole new zone in. It implements hickory-server's
+//! [`RequestHandler`], so it can be hosted by `hickory_server::Server` (for DoT or DoH later),
+//! and offers [`DnsHandler::respond`] for raw datagrams.
+//!
+//! [`DnsServer`] is what the daemon runs: UDP and TCP on one address, with bounded work. A
+//! fixed number of UDP workers share the socket (the kernel's receive buffer is the queue),
+//! and at most `tcp_connections` TCP connections are served at once, each closed after
+//! `tcp_idle_timeout` of silence. We serve the sockets ourselves rather than through
+//! `hickory_server::Server` because that one spawns a task per datagram and per connection
+//! with no limit, answers malformed requests before any handler could count them, and logs
+//! every query at `info`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hickory_proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_proto::rr::RecordType;
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use onehop_overlay::metrics::{Metric, Metrics};
+use onehop_overlay::status::NetworkStatus;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, warn};
+
+use crate::answer::{answer_bytes, fit, resolve, size_limit, AnswerOptions, Outcome, Transport};
+use crate::zone::{Zone, ZoneConfig};
+
+/// Query types counted under their own label; the rest count as `OTHER`.
+const QTYPES: [(RecordType, &str); 16] = [
+    (RecordType::A, "A"),
+    (RecordType::AAAA, "AAAA"),
+    (RecordType::NS, "NS"),
+    (RecordType::SOA, "SOA"),
+    (RecordType::SRV, "SRV"),
+    (RecordType::NAPTR, "NAPTR"),
+    (RecordType::ANY, "ANY"),
+    (RecordType::CNAME, "CNAME"),
+    (RecordType::MX, "MX"),
+    (RecordType::TXT, "TXT"),
+    (RecordType::PTR, "PTR"),
+    (RecordType::HTTPS, "HTTPS"),
+    (RecordType::SVCB, "SVCB"),
+    (RecordType::CAA, "CAA"),
+    (RecordType::AXFR, "AXFR"),
+    (RecordType::IXFR, "IXFR"),
+];
+
+/// Response codes counted under their own label; the rest count as `OTHER`.
+const RCODES: [(ResponseCode, &str); 7] = [
+    (ResponseCode::NoError, "NOERROR"),
+    (ResponseCode::FormErr, "FORMERR"),
+    (ResponseCode::ServFail, "SERVFAIL"),
+    (ResponseCode::NXDomain, "NXDOMAIN"),
+    (ResponseCode::NotImp, "NOTIMP"),
+    (ResponseCode::Refused, "REFUSED"),
+    (ResponseCode::BADVERS, "BADVERS"),
+];
+
+/// The DNS server's figures, registered once in the daemon's [`Metrics`].
+#[derive(Debug, Clone)]
+pub struct DnsMetrics {
+    /// `dns_queries_total{qtype=..}`, in [`QTYPES`] order, then `OTHER`, then `NONE` (no
+    /// single readable question).
+    queries: Vec<Metric>,
+    /// `dns_responses_total{rcode=..}`, in [`RCODES`] order, then `OTHER`.
+    responses: Vec<Metric>,
+    truncated: Metric,
+    dropped: Metric,
+    tcp_refused: Metric,
+    serial: Metric,
+    stale: Metric,
+    members: Metric,
+}
+
+impl DnsMetrics {
+    /// Registers the figures in `m`.
+    pub fn new(m: &Metrics) -> DnsMetrics {
+        const QHELP: &str = "DNS queries received, by query type.";
+        const RHELP: &str = "DNS responses sent, by response code.";
+        let mut queries: Vec<Metric> = QTYPES
+            .iter()
+            .map(|(_, l)| m.counter(&format!("dns_queries_total{{qtype=\"{l}\"}}"), QHELP))
+            .collect();
+        queries.push(m.counter("dns_queries_total{qtype=\"OTHER\"}", QHELP));
+        queries.push(m.counter("dns_queries_total{qtype=\"NONE\"}", QHELP));
+        let mut responses: Vec<Metric> = RCODES
+            .iter()
+            .map(|(_, l)| m.counter(&format!("dns_responses_total{{rcode=\"{l}\"}}"), RHELP))
+            .collect();
+        responses.push(m.counter("dns_responses_total{rcode=\"OTHER\"}", RHELP));
+        DnsMetrics {
+            queries,
+            responses,
+            truncated: m.counter("dns_truncated_total", "UDP responses sent with TC set."),
+            dropped: m.counter(
+                "dns_dropped_total",
+                "Datagrams or TCP messages left unanswered: shorter than a header, or responses.",
+            ),
+            tcp_refused: m.counter(
+                "dns_tcp_refused_total",
+                "TCP connections closed at accept because tcp_connections were in use.",
+            ),
+            serial: m.gauge(
+                "dns_zone_serial",
+                "Serial of the zone served (0 before the first status).",
+            ),
+            stale: m.gauge(
+                "dns_stale",
+                "1 while no event server is reachable: answers come from the last status held.",
+            ),
+            members: m.gauge(
+                "dns_zone_members",
+                "Members in the status the zone was built from.",
+            ),
+        }
+    }
+
+    fn record(&self, qtype: Option<RecordType>, rcode: ResponseCode, truncated: bool) {
+        let q = match qtype {
+            Some(t) => QTYPES
+                .iter()
+                .position(|(x, _)| *x == t)
+                .unwrap_or(QTYPES.len()),
+            None => QTYPES.len() + 1,
+        };
+        self.queries[q].inc();
+        let r = RCODES
+            .iter()
+            .position(|(x, _)| *x == rcode)
+            .unwrap_or(RCODES.len());
+        self.responses[r].inc();
+        if truncated {
+            self.truncated.inc();
+        }
+    }
+}
+
+/// The request handler: the current zone, how to answer, and the figures.
+#[derive(Debug)]
+pub struct DnsHandler {
+    zone: ArcSwapOption<Zone>,
+    zone_config: ZoneConfig,
+    opts: AnswerOptions,
+    metrics: DnsMetrics,
+}
+
+impl DnsHandler {
+    /// A handler with no zone yet (it answers SERVFAIL until one is set).
+    pub fn new(zone_config: ZoneConfig, opts: AnswerOptions, metrics: &Metrics) -> DnsHandler {
+        DnsHandler {
+            zone: ArcSwapOption::empty(),
+            zone_config,
+            opts,
+            metrics: DnsMetrics::new(metrics),
+        }
+    }
+
+    /// The zone served now, if any.
+    pub fn zone(&self) -> Option<Arc<Zone>> {
+        self.zone.load_full()
+    }
+
+    /// The zone configuration statuses are turned into zones with.
+    pub fn zone_config(&self) -> &ZoneConfig {
+        &self.zone_config
+    }
+
+    /// Serves `zone` from now on (whatever was held before).
+    pub fn set_zone(&self, zone: Zone) {
+        self.metrics.serial.set(zone.serial() as i64);
+        self.metrics.members.set(zone.member_count() as i64);
+        self.zone.store(Some(Arc::new(zone)));
+    }
+
+    /// Builds and serves the zone of `status` if it supersedes the one held; returns whether
+    /// it did.
+    pub fn apply_status(&self, status: &NetworkStatus) -> bool {
+        if let Some(held) = self.zone.load().as_ref() {
+            if (status.term, status.version) <= held.status_key() {
+                return false;
+            }
+        }
+        self.set_zone(Zone::from_status(status, &self.zone_config));
+        true
+    }
+
+    /// Records whether the answers come from a status that may be out of date.
+    pub fn set_stale(&self, stale: bool) {
+        self.metrics.stale.set(stale as i64);
+    }
+
+    /// Answers one raw request; `None` when no response may be sent.
+    pub fn respond(&self, raw: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let zone = self.zone.load();
+        let outcome = answer_bytes(
+            zone.as_deref(),
+            raw,
+            transport,
+            &self.opts,
+            &mut rand::thread_rng(),
+        );
+        match outcome {
+            Some(Outcome {
+                bytes,
+                qtype,
+                rcode,
+                truncated,
+            }) => {
+                self.metrics.record(qtype, rcode, truncated);
+                Some(bytes)
+            }
+            None => {
+                self.metrics.dropped.inc();
+                None
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let transport = match request.protocol() {
+            Protocol::Udp => Transport::Udp,
+            _ => Transport::Tcp,
+        };
+        let zone = self.zone.load_full();
+        let mut reply = {
+            let mut rng = rand::thread_rng();
+            resolve(zone.as_deref(), request, &self.opts, &mut rng)
+        };
+        let limit = size_limit(request, transport, &self.opts);
+        if fit(request, &mut reply, limit).is_err() {
+            reply.answers.clear();
+            reply.authorities.clear();
+            reply.additionals.clear();
+            reply.metadata.response_code = ResponseCode::ServFail;
+        }
+        self.metrics.record(
+            reply.qtype,
+            reply.metadata.response_code,
+            reply.metadata.truncation,
+        );
+        let response = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref()).build(
+            reply.metadata,
+            reply.answers.iter().copied(),
+            reply.authorities.iter().copied(),
+            std::iter::empty(),
+            reply.additionals.iter().copied(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                debug!(cause = %e, "cannot send DNS response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}
+
+/// Bounds on the work the sockets take on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Tasks answering UDP, each one datagram at a time.
+    pub udp_workers: usize,
+    /// Most TCP connections served at once.
+    pub tcp_connections: usize,
+    /// A TCP connection silent (or stalled mid-message) this long is closed.
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Limits {
+            udp_workers: cores.clamp(2, 8),
+            tcp_connections: 256,
+            tcp_idle_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// UDP and TCP DNS service on one address. Dropping it stops the service.
+#[derive(Debug)]
+pub struct DnsServer {
+    addr: SocketAddr,
+    handler: Arc<DnsHandler>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `addr` (port 0: a free port, the same for both) and serves.
+    pub async fn start(
+        addr: SocketAddr,
+        handler: Arc<DnsHandler>,
+        limits: Limits,
+    ) -> io::Result<DnsServer> {
+        let (udp, tcp) = bind_pair(addr).await?;
+        let addr = udp.local_addr()?;
+        let udp = Arc::new(udp);
+        let mut tasks = Vec::new();
+        for _ in 0..limits.udp_workers.max(1) {
+            tasks.push(tokio::spawn(udp_worker(udp.clone(), handler.clone())));
+        }
+        tasks.push(tokio::spawn(tcp_accept(tcp, handler.clone(), limits)));
+        Ok(DnsServer {
+            addr,
+            handler,
+            tasks,
+        })
+    }
+
+    /// Test hook: serves `zone` on `addr` with default options and limits, no event server
+    /// needed. Swap other zones in through [`DnsServer::handler`].
+    pub async fn with_zone(addr: SocketAddr, zone: Zone) -> io::Result<DnsServer> {
+        let cfg = ZoneConfig::new(&zone.origin().to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let handler = Arc::new(DnsHandler::new(
+            cfg,
+            AnswerOptions::default(),
+            &Metrics::default(),
+        ));
+        handler.set_zone(zone);
+        DnsServer::start(addr, handler, Limits::default()).await
+    }
+
+    /// Where it answers (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The handler: swap zones, read the zone.
+    pub fn handler(&self) -> &Arc<DnsHandler> {
+        &self.handler
+    }
+
+    /// Stops serving.
+    pub fn shutdown(self) {
+        drop(self)
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        let udp = UdpSocket::bind(addr).await?;
+        let bound = udp.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            // With port 0 the UDP port may be taken on TCP: try another.
+            Err(e) if addr.port() == 0 && attempts < 20 => {
+                attempts += 1;
+                debug!(cause = %e, port = bound.port(), "TCP port taken, trying another");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn udp_worker(socket: Arc<UdpSocket>, handler: Arc<DnsHandler>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, src) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(cause = %e, "UDP receive failed");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        };
+        if src.port() == 0 {
+            continue;
+        }
+        if let Some(response) = handler.respond(&buf[..n], Transport::Udp) {
+            if let Err(e) = socket.send_to(&response, src).await {
+                debug!(cause = %e, %src, "UDP send failed");
+            }
+        }
+    }
+}
+
+async fn tcp_accept(listener: TcpListener, handler: Arc<DnsHandler>, limits: Limits) {
+    let permits = Arc::new(Semaphore::new(limits.tcp_connections.max(1)));
+    let mut conns = JoinSet::new();
+    let mut warned = false;
+    loop {
+        while conns.try_join_next().is_some() {}
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors and the like: back off a little, do not spin.
+                warn!(cause = %e, "DNS TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            handler.metrics.tcp_refused.inc();
+            if !warned {
+                warn!(
+                    limit = limits.tcp_connections,
+                    "DNS TCP connections at their limit: closing new ones"
+                );
+                warned = true;
+            }
+            drop(stream);
+            continue;
+        };
+        warned = false;
+        let handler = handler.clone();
+        let idle = limits.tcp_idle_timeout;
+        conns.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = tcp_conn(stream, &handler, idle).await {
+                debug!(cause = %e, %peer, "DNS TCP connection ended");
+            }
+        });
+    }
+}
+
+async fn tcp_conn(mut stream: TcpStream, handler: &DnsHandler, idle: Duration) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "idle");
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(timed_out()),
+        }
+        let len = u16::from_be_bytes(len) as usize;
+        let mut msg = vec![0u8; len];
+        tokio::time::timeout(idle, stream.read_exact(&mut msg))
+            .await
+            .map_err(|_| timed_out())??;
+        let Some(response) = handler.respond(&msg, Transport::Tcp) else {
+            // Nothing sensible can follow a message we cannot answer.
+            return Ok(());
+        };
+        let mut out = Vec::with_capacity(response.len() + 2);
+        out.extend_from_slice(&(response.len() as u16).to_be_bytes());
+        out.extend_from_slice(&response);
+        tokio::time::timeout(idle, stream.write_all(&out))
+            .await
+            .map_err(|_| timed_out())??;
+    }
+}

@@ -1,0 +1,486 @@
+//! Starting farms of real processes and talking to them.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use onehop_overlay::farmfile::FarmFile;
+
+/// Farms start many processes on a 2-core machine: one at a time keeps timings honest.
+static FARM_LOCK: Mutex<()> = Mutex::new(());
+
+/// The farm launcher (which also runs every daemon through its links).
+pub fn farm_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_onehop-farm"))
+}
+
+/// A farm started with `--detach`, stopped on drop.
+pub struct Farm {
+    pub dir: tempfile::TempDir,
+    pub file: FarmFile,
+    extra: Vec<Child>,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl Farm {
+    /// Starts a farm on addresses from `base_ip` up with the extra `up` arguments.
+    pub fn up(base_ip: &str, args: &[&str]) -> Farm {
+        let lock = FARM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::Builder::new()
+            .prefix("onehop-it-")
+            .tempdir()
+            .expect("tempdir");
+        let started = Instant::now();
+        let out = Command::new(farm_bin())
+            .args([
+                "up",
+                "--detach",
+                "--timeout",
+                "60",
+                "--base-ip",
+                base_ip,
+                "--dir",
+            ])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run onehop-farm up");
+        assert!(
+            out.status.success(),
+            "onehop-farm up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = FarmFile::load(dir.path()).expect("farm.json");
+        println!(
+            "farm of {} members at {base_ip} ready in {:?}",
+            file.members.len(),
+            started.elapsed()
+        );
+        Farm {
+            dir,
+            file,
+            extra: Vec::new(),
+            _lock: lock,
+        }
+    }
+
+    /// The farm directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Names of members of a kind.
+    pub fn names(&self, kind: &str) -> Vec<String> {
+        self.file
+            .members
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// A member's pid.
+    pub fn pid(&self, name: &str) -> u32 {
+        self.file.member(name).expect("member").pid
+    }
+
+    /// A member's address.
+    pub fn ip(&self, name: &str) -> IpAddr {
+        self.file.member(name).expect("member").ip
+    }
+
+    /// Sends a signal to a member.
+    pub fn signal(&self, name: &str, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.pid(name).to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {sig} {name}");
+    }
+
+    /// Restarts a member with its exact command line from farm.json; the new process is
+    /// stopped with the farm.
+    pub fn restart(&mut self, name: &str) {
+        let m = self.file.member(name).expect("member").clone();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&m.log)
+            .expect("log");
+        let child = Command::new(&m.cmd[0])
+            .args(&m.cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restart");
+        let pid = child.id();
+        self.extra.push(child);
+        for mm in &mut self.file.members {
+            if mm.name == name {
+                mm.pid = pid;
+            }
+        }
+    }
+
+    /// Runs one of the farm's programs (`onehop-certs`, `onehop-monitor`, ...).
+    pub fn tool(&self, prog: &str, args: &[&str]) -> std::process::Output {
+        Command::new(self.path().join("bin").join(prog))
+            .args(args)
+            .output()
+            .expect("run tool")
+    }
+
+    /// Issues a certificate from the farm's CA (extra `onehop-certs issue` arguments allowed).
+    pub fn issue(&self, name: &str, kind: &str, extra: &[&str]) {
+        let ca = self.path().join("ca");
+        let certs = self.path().join("certs");
+        let mut args = vec![
+            "issue",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--name",
+            name,
+            "--kind",
+            kind,
+            "--out",
+            certs.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = self.tool("onehop-certs", &args);
+        assert!(
+            out.status.success(),
+            "issue {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts an extra node `name` on `ip` with a fresh certificate for `roles`; returns when
+    /// the process is spawned (not when it has joined).
+    pub fn add_node(&mut self, name: &str, ip: &str, roles: &str) -> Instant {
+        self.issue(name, "node", &["--roles", roles, "--ip", ip]);
+        let template = self
+            .file
+            .members
+            .iter()
+            .find(|m| m.kind == "node")
+            .expect("a node")
+            .clone();
+        let text = std::fs::read_to_string(&template.config).expect("node config");
+        let mut cfg: toml::Table = toml::from_str(&text).expect("toml");
+        cfg.insert("ip".into(), toml::Value::String(ip.into()));
+        cfg.remove("metrics");
+        let tls = cfg
+            .get_mut("tls")
+            .and_then(|t| t.as_table_mut())
+            .expect("tls");
+        let certs = self.path().join("certs");
+        tls.insert(
+            "cert".into(),
+            certs
+                .join(format!("{name}.pem"))
+                .display()
+                .to_string()
+                .into(),
+        );
+        tls.insert(
+            "key".into(),
+            certs
+                .join(format!("{name}.key"))
+                .display()
+                .to_string()
+                .into(),
+        );
+        let path = self.path().join("config").join(format!("{name}.toml"));
+        std::fs::write(&path, toml::to_string(&cfg).unwrap()).expect("write config");
+        let log = std::fs::File::create(self.path().join("logs").join(format!("{name}.log")))
+            .expect("log");
+        let started = Instant::now();
+        let child = Command::new(&template.cmd[0])
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn node");
+        let mut member = template.clone();
+        member.name = name.into();
+        member.pid = child.id();
+        member.ip = ip.parse().unwrap();
+        member.config = path;
+        member.log = self.path().join("logs").join(format!("{name}.log"));
+        self.file.members.push(member);
+        self.extra.push(child);
+        started
+    }
+
+    /// A member's log so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
+    /// A lookup-interface client for a node.
+    pub fn lookup(&self, node: &str) -> Lookup {
+        Lookup::connect(SocketAddr::new(self.ip(node), 9500))
+    }
+
+    /// Lookup clients for every node of the farm file.
+    pub fn lookups(&self) -> Vec<(String, Lookup)> {
+        self.names("node")
+            .into_iter()
+            .map(|n| {
+                let l = self.lookup(&n);
+                (n, l)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(farm_bin())
+            .args(["down", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .status();
+        if std::thread::panicking() {
+            // Keep the logs of a failed test where a person can read them.
+            let keep = std::env::temp_dir().join(format!(
+                "onehop-failed-{}",
+                self.dir.path().file_name().unwrap().to_string_lossy()
+            ));
+            let _ = Command::new("cp")
+                .arg("-r")
+                .arg(self.dir.path().join("logs"))
+                .arg(&keep)
+                .status();
+            eprintln!("logs of the failed farm kept in {}", keep.display());
+        }
+    }
+}
+
+/// A pipelining client of the lookup interface.
+pub struct Lookup {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Lookup {
+    /// Connects (retrying for up to 5 s).
+    pub fn connect(addr: SocketAddr) -> Lookup {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(s) => {
+                    s.set_nodelay(true).ok();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                    let r = BufReader::new(s.try_clone().unwrap());
+                    return Lookup { w: s, r };
+                }
+                Err(e) if Instant::now() > deadline => panic!("connect {addr}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Sends every request, then reads one answer per request.
+    pub fn ask_many(&mut self, requests: &[String]) -> Vec<String> {
+        let mut buf = String::new();
+        for r in requests {
+            buf.push_str(r);
+            buf.push_str("\r\n");
+        }
+        self.w.write_all(buf.as_bytes()).expect("write");
+        (0..requests.len())
+            .map(|_| {
+                let mut line = String::new();
+                self.r.read_line(&mut line).expect("read");
+                assert!(
+                    line.ends_with("\r\n"),
+                    "answer not CRLF-terminated: {line:?}"
+                );
+                line.trim_end().to_string()
+            })
+            .collect()
+    }
+
+    /// One request, one answer.
+    pub fn ask(&mut self, request: &str) -> String {
+        self.ask_many(&[request.to_string()]).remove(0)
+    }
+
+    /// `(term, version, manager)` from `status`.
+    pub fn status(&mut self) -> Option<(u64, u64, String)> {
+        parse_status(&self.ask("status"))
+    }
+}
+
+/// Parses `term T version V manager NAME`.
+pub fn parse_status(line: &str) -> Option<(u64, u64, String)> {
+    let w: Vec<&str> = line.split(' ').collect();
+    match w.as_slice() {
+        ["term", t, "version", v, "manager", m] => {
+            Some((t.parse().ok()?, v.parse().ok()?, m.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Polls every node's `members ROLE` until `pred` holds on all of them; returns the time it
+/// took from `since`.
+pub fn until_all_nodes(
+    lookups: &mut [(String, Lookup)],
+    role: &str,
+    since: Instant,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Option<Duration> {
+    let q = format!("members {role}");
+    wait_for(timeout, || {
+        lookups
+            .iter_mut()
+            .all(|(_, l)| pred(&l.ask(&q)))
+            .then(|| since.elapsed())
+    })
+}
+
+/// A test-side budget check: prints the figure, asserts it against `budget` times `slack`.
+pub fn within_budget(
+    what: &str,
+    measured: Option<Duration>,
+    budget: Duration,
+    slack: f64,
+) -> Duration {
+    let limit = budget.mul_f64(slack);
+    match measured {
+        Some(d) => {
+            println!(
+                "BUDGET {what}: {:.1} ms (design budget {} ms, asserted <= {} ms)",
+                d.as_secs_f64() * 1e3,
+                budget.as_millis(),
+                limit.as_millis()
+            );
+            assert!(d <= limit, "{what} took {d:?}, over {limit:?}");
+            d
+        }
+        None => panic!("{what} did not happen at all"),
+    }
+}
+
+impl Farm {
+    /// Member names in the status a fresh `onehop-monitor --json` prints.
+    pub fn monitor_names(&self) -> Option<Vec<String>> {
+        let out = self.tool(
+            "onehop-monitor",
+            &[
+                "--farm",
+                self.path().to_str().unwrap(),
+                "--json",
+                "--timeout",
+                "3",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(
+            v["members"]
+                .as_array()?
+                .iter()
+                .filter_map(|m| m["name"].as_str().map(String::from))
+                .collect(),
+        )
+    }
+
+    /// Waits until `name`'s log contains `text`.
+    pub fn log_shows(&self, name: &str, text: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || self.log(name).contains(text).then_some(())).is_some()
+    }
+}
+
+/// A QUIC client that trusts the farm's CA for the server but presents any certificate (so a
+/// test can show the server refusing it), with no checks of its own on what it presents.
+pub async fn raw_connect(
+    ca_pem: &Path,
+    cert_pem: &Path,
+    key_pem: &Path,
+    server: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca_pem).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let cert = CertificateDer::from_pem_file(cert_pem).map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| e.to_string())?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(|e| e.to_string())?;
+    tls.alpn_protocols = vec![b"onehop/1".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut ep =
+        quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+    let conn = ep
+        .connect(server, &server.ip().to_string())
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// Opens the session stream and sends `bytes`; returns what happened when reading the answer:
+/// `Ok(first frame)` or `Err(why the stream or connection ended)`.
+pub async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(bytes).await.map_err(|e| e.to_string())?;
+    // Read frames until something other than the welcome arrives or the stream ends.
+    let mut frames = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            onehop_overlay::wire::read_frame(&mut recv, 1 << 20),
+        )
+        .await
+        {
+            Ok(Ok(Some(f))) => {
+                let msg: Result<onehop_overlay::wire::ServerMsg, _> =
+                    onehop_overlay::wire::decode_body(&f);
+                match msg {
+                    Ok(onehop_overlay::wire::ServerMsg::Welcome { .. }) => frames.push(f),
+                    _ => return Ok(f),
+                }
+            }
+            Ok(Ok(None)) => return Err("stream finished".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("no answer in 3 s".into()),
+        }
+    }
+}
