@@ -9,6 +9,11 @@
 //! - [`tls`]: rustls configurations from the CA, a certificate, a key and the CRL.
 //! - [`net`]: quinn endpoints, the only module here that touches sockets.
 //! - [`client`]: a member's (or monitor's) sessions with every event server.
+//! - [`crl`]: the revocation list in force, verified, persisted and hot-swapped.
+//! - [`daemon`], [`metrics`], [`farmfile`]: config loading and logging, Prometheus metrics,
+//!   and the `farm.json` contract.
+
+#![deny(missing_docs)]
 
 pub mod client;
 pub mod crl;

@@ -15,7 +15,7 @@ fn killing_an_event_server_keeps_every_member() {
         "registrar",
         Instant::now(),
         Duration::from_secs(5),
-        &everyone,
+        everyone,
     )
     .expect("settled");
     let (t0, v0, _) = lookups[0].1.status().unwrap();

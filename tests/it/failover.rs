@@ -12,11 +12,11 @@ use onehop_overlay::wire::{Payload, Topic};
 
 use crate::harness::{wait_for, within_budget, Farm};
 
+/// Every `(term, version, manager)` received, in arrival order.
+type Recorded = Arc<Mutex<Vec<(u64, u64, String)>>>;
+
 /// Records every network status published, as a monitor sees it.
-fn record_statuses(
-    farm: &Farm,
-    rt: &tokio::runtime::Runtime,
-) -> (EventClient, Arc<Mutex<Vec<(u64, u64, String)>>>) {
+fn record_statuses(farm: &Farm, rt: &tokio::runtime::Runtime) -> (EventClient, Recorded) {
     let mon = farm.file.monitor.clone().unwrap();
     let tls = TlsFiles {
         crl: None,

@@ -1,7 +1,7 @@
 //! Certificates gate everything: each refusal is checked from the client's side and by the
 //! refusing daemon's log line naming why.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient};
@@ -21,7 +21,7 @@ fn certs(farm: &Farm, name: &str) -> (PathBuf, PathBuf) {
 fn try_session(
     rt: &tokio::runtime::Runtime,
     farm: &Farm,
-    ca: &PathBuf,
+    ca: &Path,
     name_or_paths: (PathBuf, PathBuf),
 ) -> Result<(), String> {
     let es = farm

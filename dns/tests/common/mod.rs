@@ -13,7 +13,13 @@ pub fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap()
 }
 
-pub fn member(name: &str, kind: Kind, roles: &[&str], ip: &str, endpoints: &[(&str, u16)]) -> Member {
+pub fn member(
+    name: &str,
+    kind: Kind,
+    roles: &[&str],
+    ip: &str,
+    endpoints: &[(&str, u16)],
+) -> Member {
     let ip: IpAddr = ip.parse().unwrap();
     Member {
         name: name.into(),
@@ -36,10 +42,28 @@ pub fn member(name: &str, kind: Kind, roles: &[&str], ip: &str, endpoints: &[(&s
 pub fn status(term: u64, version: u64, proxies: usize, v6: bool) -> NetworkStatus {
     let mut members = vec![
         member("dns1", Kind::Dns, &[], "10.0.0.53", &[("dns", 53)]),
-        member("es1", Kind::Eventserver, &[], "10.0.0.1", &[("eventserver", 8000)]),
-        member("es2", Kind::Eventserver, &[], "10.0.0.2", &[("eventserver", 8001)]),
+        member(
+            "es1",
+            Kind::Eventserver,
+            &[],
+            "10.0.0.1",
+            &[("eventserver", 8000)],
+        ),
+        member(
+            "es2",
+            Kind::Eventserver,
+            &[],
+            "10.0.0.2",
+            &[("eventserver", 8001)],
+        ),
         member("mgr1", Kind::Manager, &[], "10.0.0.10", &[("raft", 7000)]),
-        member("reg1", Kind::Node, &["registrar"], "10.0.2.1", &[("lookup", 9500)]),
+        member(
+            "reg1",
+            Kind::Node,
+            &["registrar"],
+            "10.0.2.1",
+            &[("lookup", 9500)],
+        ),
     ];
     for i in 1..=proxies {
         let ip = format!("10.1.{}.{}", i / 250, i % 250 + 1);
@@ -53,7 +77,13 @@ pub fn status(term: u64, version: u64, proxies: usize, v6: bool) -> NetworkStatu
         ));
     }
     if v6 {
-        members.push(member("node6", Kind::Node, &["sip_proxy"], "fd00::6", &[("sip", 5060)]));
+        members.push(member(
+            "node6",
+            Kind::Node,
+            &["sip_proxy"],
+            "fd00::6",
+            &[("sip", 5060)],
+        ));
     }
     members.sort_by(|a, b| a.name.cmp(&b.name));
     NetworkStatus {

@@ -1,0 +1,87 @@
+//! `dig` against the server: what a real client sees. Fails (does not skip) without dig.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use common::*;
+use onehop_dns::{DnsServer, Zone, ZoneConfig};
+
+fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .arg("-p")
+        .arg(server.port().to_string())
+        .args(["+norecurse", "+time=2", "+tries=2"])
+        .args(args)
+        .output()
+        .expect("run dig");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "dig {args:?} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Lines of the answer section of a full dig output.
+fn answer_section(text: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|l| !l.starts_with(";; ANSWER SECTION"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_sees_naptr_srv_and_a() {
+    let have_dig = Command::new("sh")
+        .args(["-c", "command -v dig"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        have_dig,
+        "dig is not installed: run `apt-get install bind9-dnsutils` (this test needs it and does not skip)"
+    );
+
+    let zone = Zone::from_status(&status(2, 5, 8, false), &ZoneConfig::new(DOMAIN).unwrap());
+    let server = DnsServer::with_zone("127.0.0.1:0".parse().unwrap(), zone).await.unwrap();
+    let addr = server.local_addr();
+
+    let out = tokio::task::spawn_blocking(move || {
+        let naptr = dig(addr, &[DOMAIN, "NAPTR"]);
+        let srv = dig(addr, &["_sip._udp.example.test", "SRV"]);
+        let srv_tcp = dig(addr, &["+tcp", "_sip._tcp.example.test", "SRV"]);
+        let a = dig(addr, &["node004.example.test", "A"]);
+        let nx = dig(addr, &["missing.example.test", "A"]);
+        let refused = dig(addr, &["example.com", "A"]);
+        (naptr, srv, srv_tcp, a, nx, refused)
+    })
+    .await
+    .unwrap();
+    let (naptr, srv, srv_tcp, a, nx, refused) = out;
+    println!("{naptr}\n{srv}\n{srv_tcp}\n{a}");
+
+    assert!(naptr.contains("status: NOERROR"), "{naptr}");
+    assert!(naptr.contains("flags: qr aa;"), "authoritative, no RA: {naptr}");
+    let answers = answer_section(&naptr);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(answers.contains(&"example.test. 5 IN NAPTR 100 50 \"s\" \"SIP+D2U\" \"\" _sip._udp.example.test.".to_string()), "{answers:?}");
+    assert!(answers.contains(&"example.test. 5 IN NAPTR 90 50 \"s\" \"SIP+D2T\" \"\" _sip._tcp.example.test.".to_string()), "{answers:?}");
+
+    for text in [&srv, &srv_tcp] {
+        assert!(text.contains("status: NOERROR"), "{text}");
+        let answers = answer_section(text);
+        assert_eq!(answers.len(), 4, "K = 4: {answers:?}");
+        for line in &answers {
+            assert!(line.contains(" 5 IN SRV 10 10 50"), "{line}");
+            assert!(line.ends_with(".example.test."), "{line}");
+        }
+        assert!(text.contains(";; ADDITIONAL SECTION"), "{text}");
+    }
+
+    assert_eq!(answer_section(&a), vec!["node004.example.test. 5 IN A 10.1.0.5".to_string()]);
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+    assert!(nx.contains(";; AUTHORITY SECTION") && nx.contains("SOA"), "{nx}");
+    assert!(refused.contains("status: REFUSED"), "{refused}");
+}
