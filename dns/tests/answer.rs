@@ -188,7 +188,7 @@ fn addresses_of_members() {
     // Case-insensitive, and the question comes back as asked (0x20 randomisation).
     let m = ask(&z, "NoDe002.ExAmple.TEST", RecordType::A);
     assert_eq!(m.answers.len(), 1);
-    assert_eq!(m.queries[0].name().to_string(), "NoDe002.ExAmple.TEST");
+    assert_eq!(m.queries[0].name().to_string(), "NoDe002.ExAmple.TEST.");
 }
 
 #[test]
@@ -258,7 +258,7 @@ fn nxdomain_and_nodata_carry_the_soa() {
         );
     }
     // SRV names of offered transports exist even with no proxy live.
-    let z = zone(0);
+    let z = Zone::from_status(&status(1, 1, 0, false), &cfg());
     let m = ask(&z, "_sip._udp.example.test", RecordType::SRV);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty());
@@ -401,7 +401,8 @@ fn opcodes_and_edns_versions() {
     q.edns.as_mut().unwrap().set_version(1);
     let (out, m) = ask_with(Some(&z), &q.to_vec().unwrap(), Transport::Udp);
     assert_eq!(out.rcode, ResponseCode::BADVERS);
-    assert_eq!(m.metadata.response_code, ResponseCode::BADVERS);
+    // 16 is BADVERS in an OPT context (BADSIG in a TSIG one): the decoder picks the name.
+    assert_eq!(u16::from(m.metadata.response_code), 16);
     assert!(m.edns.is_some());
 
     // Without EDNS no OPT comes back; with it, ours (1232).
@@ -479,7 +480,7 @@ fn truncation_on_small_udp_sizes() {
     assert_eq!(m.answers.len(), 60);
     assert_eq!(of_type(&m.additionals, RecordType::A).len(), 60);
 
-    // Additional records go first, without TC: K = 4 answers fit, their 4 addresses may not.
+    // The default K = 4 answers with their addresses fit in 512 bytes: no TC.
     let z = zone(100);
     let (out, m) = ask_with(Some(&z), &query(q, RecordType::SRV, None), Transport::Udp);
     assert!(!out.truncated);

@@ -70,9 +70,13 @@ fn refusals_name_the_key() {
         let err = with(&format!("{line}{MINIMAL}")).unwrap_err().to_string();
         assert!(err.contains(key), "{line}: {err}");
     }
-    let err = with(&MINIMAL.replace("example.test", "bad..name")).unwrap_err().to_string();
+    let err = with(&MINIMAL.replace("example.test", "bad..name"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("domain"), "{err}");
-    let err = with(&MINIMAL.replace("[\"127.0.0.1:8000\"]", "[]")).unwrap_err().to_string();
+    let err = with(&MINIMAL.replace("[\"127.0.0.1:8000\"]", "[]"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("eventservers"), "{err}");
     let none = format!("{MINIMAL}[transports]\nudp = false\ntcp = false\n");
     let err = with(&none).unwrap_err().to_string();

@@ -18,7 +18,11 @@ fn dig(server: SocketAddr, args: &[&str]) -> String {
         .output()
         .expect("run dig");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "dig {args:?} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dig {args:?} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
@@ -45,7 +49,9 @@ async fn dig_sees_naptr_srv_and_a() {
     );
 
     let zone = Zone::from_status(&status(2, 5, 8, false), &ZoneConfig::new(DOMAIN).unwrap());
-    let server = DnsServer::with_zone("127.0.0.1:0".parse().unwrap(), zone).await.unwrap();
+    let server = DnsServer::with_zone("127.0.0.1:0".parse().unwrap(), zone)
+        .await
+        .unwrap();
     let addr = server.local_addr();
 
     let out = tokio::task::spawn_blocking(move || {
@@ -63,11 +69,26 @@ async fn dig_sees_naptr_srv_and_a() {
     println!("{naptr}\n{srv}\n{srv_tcp}\n{a}");
 
     assert!(naptr.contains("status: NOERROR"), "{naptr}");
-    assert!(naptr.contains("flags: qr aa;"), "authoritative, no RA: {naptr}");
+    assert!(
+        naptr.contains("flags: qr aa;"),
+        "authoritative, no RA: {naptr}"
+    );
     let answers = answer_section(&naptr);
     assert_eq!(answers.len(), 2, "{answers:?}");
-    assert!(answers.contains(&"example.test. 5 IN NAPTR 100 50 \"s\" \"SIP+D2U\" \"\" _sip._udp.example.test.".to_string()), "{answers:?}");
-    assert!(answers.contains(&"example.test. 5 IN NAPTR 90 50 \"s\" \"SIP+D2T\" \"\" _sip._tcp.example.test.".to_string()), "{answers:?}");
+    assert!(
+        answers.contains(
+            &"example.test. 5 IN NAPTR 100 50 \"s\" \"SIP+D2U\" \"\" _sip._udp.example.test."
+                .to_string()
+        ),
+        "{answers:?}"
+    );
+    assert!(
+        answers.contains(
+            &"example.test. 5 IN NAPTR 90 50 \"s\" \"SIP+D2T\" \"\" _sip._tcp.example.test."
+                .to_string()
+        ),
+        "{answers:?}"
+    );
 
     for text in [&srv, &srv_tcp] {
         assert!(text.contains("status: NOERROR"), "{text}");
@@ -80,8 +101,14 @@ async fn dig_sees_naptr_srv_and_a() {
         assert!(text.contains(";; ADDITIONAL SECTION"), "{text}");
     }
 
-    assert_eq!(answer_section(&a), vec!["node004.example.test. 5 IN A 10.1.0.5".to_string()]);
+    assert_eq!(
+        answer_section(&a),
+        vec!["node004.example.test. 5 IN A 10.1.0.5".to_string()]
+    );
     assert!(nx.contains("status: NXDOMAIN"), "{nx}");
-    assert!(nx.contains(";; AUTHORITY SECTION") && nx.contains("SOA"), "{nx}");
+    assert!(
+        nx.contains(";; AUTHORITY SECTION") && nx.contains("SOA"),
+        "{nx}"
+    );
     assert!(refused.contains("status: REFUSED"), "{refused}");
 }

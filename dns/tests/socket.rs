@@ -59,11 +59,19 @@ async fn check_answers(server: SocketAddr) {
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.metadata.authoritative);
     assert_eq!(m.answers.len(), 2);
-    let m = udp(server, &query("_sip._udp.example.test", RecordType::SRV, Some(1232))).await;
+    let m = udp(
+        server,
+        &query("_sip._udp.example.test", RecordType::SRV, Some(1232)),
+    )
+    .await;
     assert_eq!(srv_targets(&m.answers).len(), 4);
     let m = udp(server, &query("node003.example.test", RecordType::A, None)).await;
     assert_eq!(m.answers.len(), 1);
-    let m = tcp(server, &query("_sip._tcp.example.test", RecordType::SRV, None)).await;
+    let m = tcp(
+        server,
+        &query("_sip._tcp.example.test", RecordType::SRV, None),
+    )
+    .await;
     assert_eq!(srv_targets(&m.answers).len(), 4);
     let m = tcp(server, &query("nope.example.test", RecordType::A, None)).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
@@ -82,7 +90,11 @@ async fn answers_over_udp_and_tcp() {
     // Several questions on one TCP connection.
     let mut s = TcpStream::connect(addr).await.unwrap();
     for i in 1..=5 {
-        let m = tcp_exchange(&mut s, &query(&format!("node{i:03}.example.test"), RecordType::A, None)).await;
+        let m = tcp_exchange(
+            &mut s,
+            &query(&format!("node{i:03}.example.test"), RecordType::A, None),
+        )
+        .await;
         assert_eq!(m.answers.len(), 1);
     }
 
@@ -92,9 +104,17 @@ async fn answers_over_udp_and_tcp() {
     server
         .handler()
         .set_zone(Zone::from_status(&status(1, 2, 200, false), &cfg));
-    let m = udp(addr, &query("_sip._udp.example.test", RecordType::SRV, None)).await;
+    let m = udp(
+        addr,
+        &query("_sip._udp.example.test", RecordType::SRV, None),
+    )
+    .await;
     assert!(m.metadata.truncation);
-    let m = tcp(addr, &query("_sip._udp.example.test", RecordType::SRV, None)).await;
+    let m = tcp(
+        addr,
+        &query("_sip._udp.example.test", RecordType::SRV, None),
+    )
+    .await;
     assert!(!m.metadata.truncation);
     assert_eq!(m.answers.len(), 64);
 }
@@ -102,13 +122,21 @@ async fn answers_over_udp_and_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_swaps_take_effect_at_once() {
     let cfg = ZoneConfig::new(DOMAIN).unwrap();
-    let handler = Arc::new(DnsHandler::new(cfg, AnswerOptions::default(), &Metrics::default()));
+    let handler = Arc::new(DnsHandler::new(
+        cfg,
+        AnswerOptions::default(),
+        &Metrics::default(),
+    ));
     let server = DnsServer::start(loopback(), handler.clone(), Default::default())
         .await
         .unwrap();
     let addr = server.local_addr();
     let m = udp(addr, &query(DOMAIN, RecordType::SOA, None)).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "no status yet");
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::ServFail,
+        "no status yet"
+    );
 
     assert!(handler.apply_status(&status(5, 1, 3, false)));
     let m = udp(addr, &query(DOMAIN, RecordType::SOA, None)).await;
@@ -202,7 +230,9 @@ async fn tcp_connections_are_bounded() {
     // A fifth is closed at once.
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 2];
-    let r = tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("closed in time");
+    let r = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("closed in time");
     assert!(matches!(r, Ok(0) | Err(_)), "closed, got {r:?}");
     assert!(metrics.render().contains("onehop_dns_tcp_refused_total 1"));
     // The idle ones time out and make room again.
@@ -213,7 +243,10 @@ async fn tcp_connections_are_bounded() {
     println!("{text}");
     assert!(text.contains("onehop_dns_queries_total{qtype=\"NAPTR\"} 1"));
     assert!(text.contains("onehop_dns_responses_total{rcode=\"NOERROR\"} 1"));
-    assert!(text.contains(&format!("onehop_dns_zone_serial {}", onehop_dns::serial_of(1, 1))));
+    assert!(text.contains(&format!(
+        "onehop_dns_zone_serial {}",
+        onehop_dns::serial_of(1, 1)
+    )));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,13 +257,24 @@ async fn metrics_count_types_and_rcodes() {
         AnswerOptions::default(),
         &metrics,
     ));
-    handler.set_zone(Zone::from_status(&status(1, 1, 3, false), &ZoneConfig::new(DOMAIN).unwrap()));
+    handler.set_zone(Zone::from_status(
+        &status(1, 1, 3, false),
+        &ZoneConfig::new(DOMAIN).unwrap(),
+    ));
     let server = DnsServer::start(loopback(), handler.clone(), Default::default())
         .await
         .unwrap();
     let addr = server.local_addr();
-    udp(addr, &query("_sip._udp.example.test", RecordType::SRV, None)).await;
-    udp(addr, &query("_sip._tcp.example.test", RecordType::SRV, None)).await;
+    udp(
+        addr,
+        &query("_sip._udp.example.test", RecordType::SRV, None),
+    )
+    .await;
+    udp(
+        addr,
+        &query("_sip._tcp.example.test", RecordType::SRV, None),
+    )
+    .await;
     udp(addr, &query("gone.example.test", RecordType::A, None)).await;
     udp(addr, &query("example.net", RecordType::MX, None)).await;
     udp(addr, &[0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 9]).await;
@@ -256,7 +300,9 @@ async fn metrics_count_types_and_rcodes() {
 async fn event_servers_from_the_domain_alone() {
     let zone = Zone::from_status(&status(1, 1, 3, true), &ZoneConfig::new(DOMAIN).unwrap());
     let server = DnsServer::with_zone(loopback(), zone).await.unwrap();
-    let mut found = resolve_eventservers(server.local_addr(), DOMAIN).await.unwrap();
+    let mut found = resolve_eventservers(server.local_addr(), DOMAIN)
+        .await
+        .unwrap();
     found.sort();
     assert_eq!(
         found,
@@ -267,28 +313,51 @@ async fn event_servers_from_the_domain_alone() {
     );
     // The trailing dot and case do not matter.
     assert_eq!(
-        resolve_eventservers(server.local_addr(), "Example.Test.").await.unwrap().len(),
+        resolve_eventservers(server.local_addr(), "Example.Test.")
+            .await
+            .unwrap()
+            .len(),
         2
     );
     // A domain it does not serve is refused: an error, not an empty list.
-    let err = resolve_eventservers(server.local_addr(), "other.test").await.unwrap_err();
-    assert!(err.to_string().contains("REFUSED") || err.to_string().contains("Refused"), "{err:#}");
+    let err = resolve_eventservers(server.local_addr(), "other.test")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("REFUSED") || err.to_string().contains("Refused"),
+        "{err:#}"
+    );
     // Nobody there: an error in bounded time.
     let dead = UdpSocket::bind(loopback()).await.unwrap();
     let dead_addr = dead.local_addr().unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(10), resolve_eventservers(dead_addr, DOMAIN)).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        resolve_eventservers(dead_addr, DOMAIN),
+    )
+    .await;
     assert!(r.expect("gives up in time").is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosted_by_hickory_server() {
-    let handler = DnsHandler::new(ZoneConfig::new(DOMAIN).unwrap(), AnswerOptions::default(), &Metrics::default());
-    handler.set_zone(Zone::from_status(&status(1, 1, 6, false), &ZoneConfig::new(DOMAIN).unwrap()));
+    let handler = DnsHandler::new(
+        ZoneConfig::new(DOMAIN).unwrap(),
+        AnswerOptions::default(),
+        &Metrics::default(),
+    );
+    handler.set_zone(Zone::from_status(
+        &status(1, 1, 6, false),
+        &ZoneConfig::new(DOMAIN).unwrap(),
+    ));
     let mut server = hickory_server::Server::new(handler);
     let sock = UdpSocket::bind(loopback()).await.unwrap();
     let addr = sock.local_addr().unwrap();
     server.register_socket(sock);
-    let m = udp(addr, &query("_sip._udp.example.test", RecordType::SRV, None)).await;
+    let m = udp(
+        addr,
+        &query("_sip._udp.example.test", RecordType::SRV, None),
+    )
+    .await;
     assert!(m.metadata.authoritative);
     assert_eq!(srv_targets(&m.answers).len(), 4);
     let m = udp(addr, &query("nope.example.test", RecordType::A, None)).await;

@@ -109,12 +109,13 @@ impl Config {
         if self.republish_ms < 100 {
             return Err(bad("republish_ms", "must be at least 100".into()));
         }
-        if self.raft.election_min_ms <= self.raft.heartbeat_ms
+        if self.raft.election_min_ms / 2 <= self.raft.heartbeat_ms
             || self.raft.election_max_ms <= self.raft.election_min_ms
         {
             return Err(bad(
                 "raft",
-                "need heartbeat_ms < election_min_ms < election_max_ms".into(),
+                "need heartbeat_ms < election_min_ms / 2 and election_min_ms < election_max_ms"
+                    .into(),
             ));
         }
         if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
