@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`config`]: the TOML configuration.
 //! - [`zone`]: [`Zone::from_status`], every record answered, a pure function of the status.
-//! - [`answer`]: [`answer_bytes`]/[`answer()`], the DNS behaviour, a pure function of a zone
+//! - [`answer`](mod@answer): [`answer_bytes`]/[`answer()`], the DNS behaviour, a pure function of a zone
 //!   and a request.
 //! - [`server`]: [`DnsHandler`] (the zone snapshot in an `ArcSwap`, metrics, hickory's
 //!   `RequestHandler`) and [`DnsServer`] (the UDP and TCP sockets, bounded).

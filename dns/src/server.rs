@@ -15,6 +15,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::answer::{answer_bytes, fit, resolve, size_limit, AnswerOptions, Outcome, Transport};
 use crate::zone::{Zone, ZoneConfig};
@@ -203,13 +204,21 @@ impl DnsHandler {
     /// Answers one raw request; `None` when no response may be sent.
     pub fn respond(&self, raw: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let zone = self.zone.load();
-        let outcome = answer_bytes(
-            zone.as_deref(),
-            raw,
-            transport,
-            &self.opts,
-            &mut rand::thread_rng(),
-        );
+        // Belt and braces: a panic deep in parsing or encoding must cost one answer, not a
+        // worker.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            answer_bytes(
+                zone.as_deref(),
+                raw,
+                transport,
+                &self.opts,
+                &mut rand::thread_rng(),
+            )
+        }))
+        .unwrap_or_else(|_| {
+            error!(len = raw.len(), "answering panicked: request dropped");
+            None
+        });
         match outcome {
             Some(Outcome {
                 bytes,

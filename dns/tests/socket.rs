@@ -236,7 +236,7 @@ async fn tcp_connections_are_bounded() {
     assert!(matches!(r, Ok(0) | Err(_)), "closed, got {r:?}");
     assert!(metrics.render().contains("onehop_dns_tcp_refused_total 1"));
     // The idle ones time out and make room again.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let m = tcp(addr, &query(DOMAIN, RecordType::NAPTR, None)).await;
     assert_eq!(m.answers.len(), 2);
     let text = metrics.render();

@@ -641,10 +641,10 @@ impl PointSet {
     }
 }
 
-/// Every role's ring, built from a network status.
+/// Every role's ring, built from a network status. Cloning shares the rings.
 #[derive(Debug, Clone, Default)]
 pub struct Rings {
-    rings: BTreeMap<String, Ring>,
+    rings: BTreeMap<String, std::sync::Arc<Ring>>,
 }
 
 impl Rings {
@@ -695,7 +695,7 @@ impl Rings {
             let points = all.filter(&local, idxs.len());
             rings.insert(
                 role.to_string(),
-                Ring::from_parts(role.to_string(), members, points),
+                std::sync::Arc::new(Ring::from_parts(role.to_string(), members, points)),
             );
         }
         Rings { rings }
@@ -703,7 +703,7 @@ impl Rings {
 
     /// The ring of `role`, if any member bears it.
     pub fn get(&self, role: &str) -> Option<&Ring> {
-        self.rings.get(role)
+        self.rings.get(role).map(|r| r.as_ref())
     }
 
     /// The roles that have a ring, in ascending order.
