@@ -385,3 +385,119 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onehop_overlay::identity::Serial;
+    use onehop_overlay::status::Role;
+
+    fn id(name: &str, kind: Kind, roles: &[&str]) -> Identity {
+        Identity {
+            name: name.into(),
+            kind,
+            roles: roles.iter().map(|r| Role::new(r).unwrap()).collect(),
+            serial: Serial(vec![1]),
+            not_before: 0,
+            not_after: i64::MAX,
+        }
+    }
+
+    fn hub() -> (Hub, Metrics) {
+        let ca = rcgen_ca();
+        let crl = CrlStore::open(ca, None).unwrap();
+        let m = Metrics::default();
+        (Hub::new("es1".into(), crl, &m), m)
+    }
+
+    fn rcgen_ca() -> Vec<u8> {
+        let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn announce(roles: &[&str]) -> Announce {
+        Announce {
+            roles: roles.iter().map(|r| Role::new(r).unwrap()).collect(),
+            endpoints: vec![],
+        }
+    }
+
+    fn metric(m: &Metrics, name: &str) -> i64 {
+        m.render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("onehop_{name} "))
+                    .map(|v| v.parse().unwrap())
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_slow_subscriber_is_cut_off_and_its_queue_stays_bounded() {
+        let (hub, m) = hub();
+        let (tx, rx) = mpsc::channel(16);
+        let slow = hub.open(id("watcher", Kind::Monitor, &[]), tx, None);
+        hub.subscribe(slow, &[Topic::Members]);
+        for i in 0..100 {
+            let (t, _r) = mpsc::channel(16);
+            let s = hub.open(id(&format!("node{i}"), Kind::Node, &["registrar"]), t, None);
+            hub.announce(s, announce(&["registrar"]), "127.0.0.1".parse().unwrap())
+                .unwrap();
+        }
+        assert_eq!(rx.len(), 16, "the queue never grows past its bound");
+        assert!(metric(&m, "eventserver_slow_subscribers_total") > 0);
+    }
+
+    #[test]
+    fn roles_outside_the_certificate_and_forbidden_topics_are_refused() {
+        let (hub, _) = hub();
+        let (tx, _rx) = mpsc::channel(16);
+        let s = hub.open(id("node1", Kind::Node, &["registrar"]), tx, None);
+        let err = hub.announce(
+            s,
+            announce(&["registrar", "sip_proxy"]),
+            "127.0.0.1".parse().unwrap(),
+        );
+        assert!(err.unwrap_err().0.contains("sip_proxy"));
+        let status = onehop_overlay::status::NetworkStatus::default();
+        let err = hub.publish(s, 1, Payload::Network(status)).unwrap_err();
+        assert!(err.0.contains("only managers may publish network status"));
+        let (tx, _rx) = mpsc::channel(16);
+        let mon = hub.open(id("mon", Kind::Monitor, &[]), tx, None);
+        assert!(hub
+            .announce(mon, announce(&[]), "127.0.0.1".parse().unwrap())
+            .is_err());
+        assert!(hub.publish(mon, 1, Payload::Crl(vec![1])).is_err());
+    }
+
+    #[test]
+    fn retained_network_status_only_moves_forward() {
+        let (hub, _) = hub();
+        let (tx, _rx) = mpsc::channel(64);
+        let mgr = hub.open(id("manager1", Kind::Manager, &[]), tx, None);
+        let st = |term, version| {
+            Payload::Network(onehop_overlay::status::NetworkStatus {
+                term,
+                version,
+                manager: "manager1".into(),
+                members: vec![],
+            })
+        };
+        hub.publish(mgr, 1, st(2, 5)).unwrap();
+        hub.publish(mgr, 2, st(1, 9)).unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let late = hub.open(id("node1", Kind::Node, &[]), tx, None);
+        hub.subscribe(late, &[Topic::Network]);
+        let frame = rx.try_recv().unwrap();
+        let msg: ServerMsg = onehop_overlay::wire::decode_body(&frame[4..]).unwrap();
+        match msg {
+            ServerMsg::Event(Event {
+                payload: Payload::Network(s),
+                ..
+            }) => assert_eq!((s.term, s.version), (2, 5)),
+            other => panic!("{other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "only the retained value");
+    }
+}

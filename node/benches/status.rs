@@ -12,7 +12,10 @@ use onehop_overlay::status::{Endpoint, Kind, Member, NetworkStatus, Role};
 use onehop_overlay::wire::{decode_body, encode_frame, Event, Payload, ServerMsg};
 
 fn status(n: usize, version: u64) -> NetworkStatus {
-    let roles: Vec<Role> = Role::BUILT_IN.iter().map(|r| Role::new(r).unwrap()).collect();
+    let roles: Vec<Role> = Role::BUILT_IN
+        .iter()
+        .map(|r| Role::new(r).unwrap())
+        .collect();
     let members = (1..=n)
         .map(|i| {
             let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8));
@@ -21,16 +24,30 @@ fn status(n: usize, version: u64) -> NetworkStatus {
                 kind: Kind::Node,
                 roles: roles.clone(),
                 endpoints: vec![
-                    Endpoint { service: "lookup".into(), addr: (ip, 9500).into() },
-                    Endpoint { service: "sip".into(), addr: (ip, 5060).into() },
-                    Endpoint { service: "metrics".into(), addr: (ip, 9100).into() },
+                    Endpoint {
+                        service: "lookup".into(),
+                        addr: (ip, 9500).into(),
+                    },
+                    Endpoint {
+                        service: "sip".into(),
+                        addr: (ip, 5060).into(),
+                    },
+                    Endpoint {
+                        service: "metrics".into(),
+                        addr: (ip, 9100).into(),
+                    },
                 ],
                 since: 1_795_000_000_000 + i as u64,
                 ip,
             }
         })
         .collect();
-    NetworkStatus { term: 7, version, manager: "manager1".into(), members }
+    NetworkStatus {
+        term: 7,
+        version,
+        manager: "manager1".into(),
+        members,
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -58,9 +75,10 @@ fn bench(c: &mut Criterion) {
     });
     let held = empty.apply(s.clone(), 1000).unwrap();
     let same_members = status(1000, 2);
-    g.bench_function("apply a newer version with the same members (no rebuild)", |b| {
-        b.iter(|| black_box(held.apply(black_box(same_members.clone()), 1000).unwrap()))
-    });
+    g.bench_function(
+        "apply a newer version with the same members (no rebuild)",
+        |b| b.iter(|| black_box(held.apply(black_box(same_members.clone()), 1000).unwrap())),
+    );
     g.finish();
 }
 

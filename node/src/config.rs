@@ -17,8 +17,18 @@ pub const LOOKUP_PORT: u16 = 9500;
 pub struct Config {
     /// The node's own IP address: every socket of the node binds it.
     pub ip: IpAddr,
-    /// The event servers' QUIC addresses (port 8000).
+    /// The event servers' QUIC addresses (port 8000). May be left out (or empty) when
+    /// `domain` is set: the node then finds them through DNS.
+    #[serde(default)]
     pub eventservers: Vec<SocketAddr>,
+    /// The SIP domain whose SRV records `_eventserver._udp.DOMAIN` list the event servers;
+    /// used only when `eventservers` is empty.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// The DNS servers asked for `_eventserver._udp.DOMAIN`, in order (address and port).
+    /// Default: the `nameserver` lines of /etc/resolv.conf, port 53.
+    #[serde(default)]
+    pub dns_servers: Vec<SocketAddr>,
     /// TCP port of the lookup interface.
     #[serde(default = "default_lookup_port")]
     pub lookup_port: u16,
@@ -63,11 +73,18 @@ impl Config {
             key: key.into(),
             problem: problem.into(),
         };
-        if self.eventservers.is_empty() {
-            return Err(bad(
-                "eventservers",
-                "list at least one event server address",
-            ));
+        match &self.domain {
+            None if self.eventservers.is_empty() => {
+                return Err(bad(
+                    "eventservers",
+                    "list at least one event server address, or set `domain` to find them \
+                     through DNS (SRV _eventserver._udp.DOMAIN)",
+                ));
+            }
+            Some(d) if d.trim().is_empty() || d.trim() == "." => {
+                return Err(bad("domain", "must be a domain name such as example.test"));
+            }
+            _ => {}
         }
         if self.points == 0 || self.points > 10_000 {
             return Err(bad("points", "must be between 1 and 10000"));

@@ -126,7 +126,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 ClientEvent::Event(ev) => {
                     if let Payload::Network(status) = &ev.payload {
                         let current = view.load_full();
-                        if let Some(next) = current.apply(status.clone(), points) {
+                        if !status.supersedes(current.status.as_ref()) {
+                            continue;
+                        }
+                        // Rebuilding the rings of a large farm takes tens of milliseconds:
+                        // keep it off the threads that answer lookups.
+                        let s = status.clone();
+                        let next = tokio::task::spawn_blocking(move || current.apply(s, points))
+                            .await
+                            .ok()
+                            .flatten();
+                        if let Some(next) = next {
                             info!(term = status.term, version = status.version, members = status.members.len(), manager = %status.manager, "network status applied");
                             term.set(status.term as i64);
                             version.set(status.version as i64);
