@@ -81,10 +81,10 @@ impl Config {
                      through DNS (SRV _eventserver._udp.DOMAIN)",
                 ));
             }
-            Some(d) if d.trim().is_empty() || d.trim() == "." => {
-                return Err(bad("domain", "must be a domain name such as example.test"));
+            Some(d) => {
+                onehop_dns::config::parse_domain(d).map_err(|p| bad("domain", &p))?;
             }
-            _ => {}
+            None => {}
         }
         if self.points == 0 || self.points > 10_000 {
             return Err(bad("points", "must be between 1 and 10000"));
