@@ -123,7 +123,7 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn configured_eventservers_are_used_as_they_are() {
         let cfg: Config = toml::from_str(
             "ip = \"127.0.0.1\"\neventservers = [\"127.0.0.1:8000\"]\n\
@@ -133,6 +133,59 @@ mod tests {
         assert_eq!(
             discover_eventservers(&cfg).await,
             vec!["127.0.0.1:8000".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    /// A DNS server that does not answer is skipped; the next one's SRV records are used.
+    #[tokio::test]
+    async fn event_servers_from_the_second_dns_server() {
+        use onehop_overlay::status::{Endpoint, Kind, Member, NetworkStatus};
+        let es = |name: &str, ip: &str| Member {
+            name: name.into(),
+            kind: Kind::Eventserver,
+            roles: Vec::new(),
+            endpoints: vec![Endpoint {
+                service: "eventserver".into(),
+                addr: SocketAddr::new(ip.parse().unwrap(), 8000),
+            }],
+            since: 1,
+            ip: ip.parse().unwrap(),
+        };
+        let status = NetworkStatus {
+            term: 1,
+            version: 1,
+            manager: "manager1".into(),
+            members: vec![es("es1", "127.0.0.11"), es("es2", "127.0.0.12")],
+        };
+        let zone = onehop_dns::Zone::from_status(
+            &status,
+            &onehop_dns::ZoneConfig::new("example.test").unwrap(),
+        );
+        let server = onehop_dns::DnsServer::with_zone("127.0.0.1:0".parse().unwrap(), zone)
+            .await
+            .unwrap();
+        // A port nobody answers on: bound, then closed.
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let cfg: Config = toml::from_str(&format!(
+            "ip = \"127.0.0.1\"\ndomain = \"example.test\"\n\
+             dns_servers = [\"{dead}\", \"{}\"]\n\
+             [tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+            server.local_addr()
+        ))
+        .unwrap();
+        let mut found = tokio::time::timeout(Duration::from_secs(20), discover_eventservers(&cfg))
+            .await
+            .expect("found within 20 s");
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                "127.0.0.11:8000".parse::<SocketAddr>().unwrap(),
+                "127.0.0.12:8000".parse().unwrap()
+            ]
         );
     }
 }

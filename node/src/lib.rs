@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration.
+//! - [`discovery`]: finding the event servers through DNS when none are configured.
 //! - [`view`]: the status held and the rings built from it.
 //! - [`lookup`]: the lookup interface (TCP 9500).
 //! - [`roles`]: role modules and what they are given.
 //! - this file: joining (announce exactly the certificate's roles), applying statuses, leaving.
 
 pub mod config;
+pub mod discovery;
 pub mod lookup;
 pub mod roles;
 pub mod view;
@@ -36,8 +38,18 @@ pub use config::Config;
 use view::View;
 
 /// Runs the node until `shutdown` resolves, then leaves gracefully.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let creds = Arc::new(Credentials::load(&cfg.tls)?);
+    let mut shutdown = std::pin::pin!(shutdown);
+    if cfg.eventservers.is_empty() {
+        tokio::select! {
+            found = discovery::discover_eventservers(&cfg) => cfg.eventservers = found,
+            _ = &mut shutdown => {
+                info!("stopped before any event server was found");
+                return Ok(());
+            }
+        }
+    }
     let identity = Arc::new(creds.identity.clone());
     let crl = CrlStore::open(creds.ca.to_vec(), cfg.tls.crl.clone())?;
     crl.spawn_file_watch(Duration::from_millis(250));

@@ -1,0 +1,1 @@
+//! Node-to-node requests over QUIC with mutual TLS.

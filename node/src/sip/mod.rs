@@ -1,0 +1,1 @@
+//! SIP: messages, transactions, the registrar's binding rules and the proxy core.

@@ -1,0 +1,1 @@
+//! The replicated store on the ring (put / get / remove / put-or-get with expiry).
