@@ -11,7 +11,10 @@
 pub mod config;
 pub mod discovery;
 pub mod lookup;
+pub mod peer;
 pub mod roles;
+pub mod sip;
+pub mod store;
 pub mod view;
 
 use std::ffi::OsString;
