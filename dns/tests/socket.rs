@@ -219,6 +219,7 @@ async fn tcp_connections_are_bounded() {
         udp_workers: 1,
         tcp_connections: 4,
         tcp_idle_timeout: Duration::from_millis(300),
+        ..onehop_dns::Limits::default()
     };
     let server = DnsServer::start(loopback(), handler, limits).await.unwrap();
     let addr = server.local_addr();

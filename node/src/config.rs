@@ -101,3 +101,33 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        toml::from_str(&format!(
+            "ip = \"127.0.0.1\"\n{text}\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn event_servers_or_a_domain() {
+        let p = Path::new("node.toml");
+        let err = parse("").validate(p).unwrap_err().to_string();
+        assert!(
+            err.contains("eventservers") && err.contains("domain"),
+            "{err}"
+        );
+        parse("eventservers = [\"127.0.0.1:8000\"]")
+            .validate(p)
+            .unwrap();
+        let dns = parse("domain = \"example.test\"\ndns_servers = [\"127.0.0.1:53\"]");
+        dns.validate(p).unwrap();
+        assert!(dns.eventservers.is_empty());
+        let err = parse("domain = \"\"").validate(p).unwrap_err().to_string();
+        assert!(err.contains("domain"), "{err}");
+    }
+}

@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod lookup;
 pub mod peer;
+pub mod proxy;
 pub mod roles;
 pub mod sip;
 pub mod store;

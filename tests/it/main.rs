@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod dns;
 mod eventserver_loss;
 mod failover;
 mod farm;

@@ -1,0 +1,107 @@
+//! The SIP proxy and registrar of a node: sockets, transactions and routing around the pure
+//! SIP logic of [`crate::sip`].
+//!
+//! # Layout
+//! - [`transport`]: UDP and TCP sockets on port 5060; TCP connections are flows.
+//! - [`core`]: one task that owns every transaction and decides where each message goes.
+//! - this file: what the core needs from the rest of the node ([`Locator`] for bindings,
+//!   [`PeerLink`] for SIP between nodes) and its settings.
+//!
+//! # Where messages go
+//! A REGISTER is answered by the node that received it, after the AOR's registrar owner (one
+//! overlay hop) applied it and its replicas hold it. Any other request for an AOR of our
+//! domain is routed to the AOR's contacts; a contact registered through another node (its
+//! *flow*) is reached through that node, over the overlay's QUIC connection, so a call's
+//! messages cross at most two nodes: the caller's and the callee's. Both record-route, so
+//! in-dialog requests follow the same path.
+
+pub mod core;
+pub mod transport;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sip::registrar::{Binding, Flow, RegisterInfo, RegistrarPolicy};
+
+/// A boxed future, for the object-safe traits below.
+pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Why a registration or a lookup failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocateError {
+    /// The REGISTER breaks a binding rule: answer with this status and reason.
+    Rejected {
+        /// SIP status.
+        status: u16,
+        /// Reason phrase.
+        reason: String,
+        /// Min-Expires to add (423).
+        min_expires: Option<u32>,
+    },
+    /// The registrar ring cannot be reached now: answer 503 (or 500).
+    Unavailable(String),
+}
+
+/// Where the bindings live: the replicated store on the `registrar` ring.
+pub trait Locator: Send + Sync + 'static {
+    /// Applies a REGISTER at the AOR's owner; returns the current contacts once min(R, live
+    /// registrars) hold them.
+    fn register(&self, info: RegisterInfo, policy: RegistrarPolicy) -> BoxFut<Result<Vec<Binding>, LocateError>>;
+    /// The live contacts of an AOR (empty when unregistered).
+    fn lookup(&self, aor: String) -> BoxFut<Result<Vec<Binding>, LocateError>>;
+}
+
+/// A SIP message carried between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SipEnvelope {
+    /// The message as sent.
+    pub bytes: Vec<u8>,
+    /// For a request: deliver it to this client flow (which the receiving node holds).
+    pub deliver: Option<Flow>,
+    /// The sending node's SIP address.
+    pub from: SocketAddr,
+}
+
+/// Sends SIP messages to other nodes.
+pub trait PeerLink: Send + Sync + 'static {
+    /// Sends `env` to the node `node`.
+    fn send(&self, node: String, env: SipEnvelope) -> BoxFut<Result<(), String>>;
+}
+
+/// Settings of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The SIP domain served (requests for it are routed by registration).
+    pub domain: String,
+    /// Where SIP listens (the node's address, port 5060).
+    pub listen: SocketAddr,
+    /// The registrar's expiry limits.
+    pub policy: RegistrarPolicy,
+    /// Most requests waiting for the registrar or a lookup at once; beyond, 503.
+    pub max_pending: usize,
+    /// Most live transactions; beyond, new requests get 503.
+    pub max_transactions: usize,
+    /// Timer C: an INVITE proxied without a final response for this long is cancelled (408).
+    pub timer_c: Duration,
+    /// Largest SIP message accepted (513 beyond).
+    pub max_message: usize,
+}
+
+impl ProxyConfig {
+    /// Defaults for `domain` on `listen`.
+    pub fn new(domain: &str, listen: SocketAddr) -> ProxyConfig {
+        ProxyConfig {
+            domain: domain.to_ascii_lowercase(),
+            listen,
+            policy: RegistrarPolicy::default(),
+            max_pending: 10_000,
+            max_transactions: 200_000,
+            timer_c: Duration::from_secs(180),
+            max_message: 65_535,
+        }
+    }
+}

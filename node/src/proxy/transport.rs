@@ -1,0 +1,341 @@
+//! SIP transports of a node: UDP and TCP on the node's own address (port 5060), byte-level.
+//!
+//! Inbound datagrams and stream messages arrive on one bounded channel as [`Inbound`], each
+//! with the [`Source`] it came from. A TCP connection is a *flow*: it gets an id, and the node
+//! can send on it later (reverse outbound: a client behind NAT stays reachable through the
+//! connection it opened). Outbound messages go through [`Transports::send`]: UDP from the
+//! listening socket (so replies reach NATed clients on their source port), TCP on the flow
+//! named, or on a connection to the destination opened on demand.
+//!
+//! Framing of TCP streams is done by the caller-supplied framer function, so this module
+//! knows nothing of SIP parsing. Every queue is bounded: when the inbound channel is full,
+//! UDP datagrams are dropped (UDP clients retransmit) and TCP readers wait (backpressure).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Largest UDP datagram accepted.
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Proto {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// Protocol.
+    pub proto: Proto,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Our address it arrived on.
+    pub local: SocketAddr,
+    /// The TCP connection (flow) id; 0 for UDP.
+    pub conn: u64,
+}
+
+/// One inbound SIP message (bytes of exactly one message).
+#[derive(Debug)]
+pub struct Inbound {
+    /// The message.
+    pub bytes: Bytes,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Splits complete messages off the front of a stream buffer: `Ok(Some(n))` when the first
+/// `n` bytes are one message, `Ok(None)` when more bytes are needed, `Err` when the stream is
+/// broken (it is closed).
+pub type Framer = fn(&[u8]) -> Result<Option<usize>, String>;
+
+/// Settings of the transports.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Address to listen on (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Most TCP connections at once (inbound and outbound).
+    pub max_connections: usize,
+    /// A TCP connection idle this long is closed.
+    pub idle: Duration,
+    /// Largest buffered, incomplete stream message.
+    pub max_message: usize,
+    /// Depth of the inbound channel.
+    pub queue: usize,
+}
+
+struct Flow {
+    tx: mpsc::Sender<Bytes>,
+    remote: SocketAddr,
+}
+
+/// The node's SIP sockets.
+pub struct Transports {
+    udp: Arc<UdpSocket>,
+    local: SocketAddr,
+    flows: Mutex<HashMap<u64, Flow>>,
+    by_remote: Mutex<HashMap<SocketAddr, u64>>,
+    next_id: AtomicU64,
+    limit: Arc<Semaphore>,
+    cfg: TransportConfig,
+    inbound: mpsc::Sender<Inbound>,
+    framer: Framer,
+    cancel: CancellationToken,
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The flow named is gone.
+    #[error("flow {0} is closed")]
+    FlowGone(u64),
+    /// Socket error.
+    #[error("send to {0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+    /// Too many connections.
+    #[error("connection limit reached")]
+    Busy,
+}
+
+impl Transports {
+    /// Binds UDP and TCP on `cfg.listen` and starts receiving. Returns the transports and the
+    /// inbound channel.
+    pub async fn bind(
+        cfg: TransportConfig,
+        framer: Framer,
+        cancel: CancellationToken,
+    ) -> std::io::Result<(Arc<Transports>, mpsc::Receiver<Inbound>)> {
+        let udp = Arc::new(UdpSocket::bind(cfg.listen).await?);
+        let tcp = TcpListener::bind(cfg.listen).await?;
+        let local = udp.local_addr()?;
+        let (tx, rx) = mpsc::channel(cfg.queue.max(16));
+        let t = Arc::new(Transports {
+            udp,
+            local,
+            flows: Mutex::new(HashMap::new()),
+            by_remote: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            cfg,
+            inbound: tx,
+            framer,
+            cancel,
+        });
+        tokio::spawn(t.clone().udp_loop());
+        tokio::spawn(t.clone().accept_loop(tcp));
+        Ok((t, rx))
+    }
+
+    /// Our listening address.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Number of open TCP flows.
+    pub fn flows(&self) -> usize {
+        self.flows.lock().expect("flows").len()
+    }
+
+    /// Whether flow `conn` is open.
+    pub fn has_flow(&self, conn: u64) -> bool {
+        self.flows.lock().expect("flows").contains_key(&conn)
+    }
+
+    async fn udp_loop(self: Arc<Self>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let r = tokio::select! {
+                r = self.udp.recv_from(&mut buf) => r,
+                _ = self.cancel.cancelled() => return,
+            };
+            match r {
+                Ok((n, remote)) => {
+                    let data = &buf[..n];
+                    // Keep-alives (CRLF) and empty datagrams carry no message.
+                    if data.iter().all(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
+                        continue;
+                    }
+                    let msg = Inbound {
+                        bytes: Bytes::copy_from_slice(data),
+                        source: Source {
+                            proto: Proto::Udp,
+                            remote,
+                            local: self.local,
+                            conn: 0,
+                        },
+                    };
+                    if self.inbound.try_send(msg).is_err() {
+                        debug!(%remote, "inbound queue full: datagram dropped");
+                    }
+                }
+                Err(e) => debug!(cause = %e, "udp receive"),
+            }
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let r = tokio::select! {
+                r = listener.accept() => r,
+                _ = self.cancel.cancelled() => return,
+            };
+            match r {
+                Ok((sock, remote)) => {
+                    let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                        warn!(%remote, "SIP TCP connection refused: connection limit reached");
+                        continue;
+                    };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.run_flow(sock, remote).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    warn!(cause = %e, "SIP TCP accept");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn register_flow(&self, remote: SocketAddr, tx: mpsc::Sender<Bytes>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.flows.lock().expect("flows").insert(id, Flow { tx, remote });
+        self.by_remote.lock().expect("flows").insert(remote, id);
+        id
+    }
+
+    fn drop_flow(&self, id: u64) {
+        if let Some(f) = self.flows.lock().expect("flows").remove(&id) {
+            let mut by = self.by_remote.lock().expect("flows");
+            if by.get(&f.remote) == Some(&id) {
+                by.remove(&f.remote);
+            }
+        }
+    }
+
+    /// Runs one inbound TCP connection until either side ends or it idles out.
+    async fn run_flow(self: Arc<Self>, sock: TcpStream, remote: SocketAddr) {
+        let _ = sock.set_nodelay(true);
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let id = self.register_flow(remote, tx);
+        self.flow_io(id, sock, remote, rx).await;
+        self.drop_flow(id);
+    }
+
+    async fn flow_io(&self, id: u64, sock: TcpStream, remote: SocketAddr, mut rx: mpsc::Receiver<Bytes>) {
+        let local = sock.local_addr().unwrap_or(self.local);
+        let (mut rd, mut wr) = sock.into_split();
+        let writer = async {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let reader = async {
+            let mut buf = BytesMut::with_capacity(8192);
+            loop {
+                match tokio::time::timeout(self.cfg.idle, rd.read_buf(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                    Ok(Ok(_)) => {}
+                }
+                loop {
+                    // Skip keep-alive CRLFs between messages.
+                    let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                    let _ = buf.split_to(skip);
+                    match (self.framer)(&buf) {
+                        Ok(Some(len)) => {
+                            let msg = buf.split_to(len).freeze();
+                            let inbound = Inbound {
+                                bytes: msg,
+                                source: Source {
+                                    proto: Proto::Tcp,
+                                    remote,
+                                    local,
+                                    conn: id,
+                                },
+                            };
+                            if self.inbound.send(inbound).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!(%remote, cause = %e, "closing SIP TCP connection");
+                            return;
+                        }
+                    }
+                }
+                if buf.len() > self.cfg.max_message {
+                    debug!(%remote, "closing SIP TCP connection: message over the size cap");
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = writer => {}
+            _ = reader => {}
+            _ = self.cancel.cancelled() => {}
+        }
+    }
+
+    /// Sends a message: on flow `conn` when given and open, else by `proto` to `dest` (over
+    /// an existing connection to `dest`, or a new one, for TCP).
+    pub async fn send(
+        self: &Arc<Self>,
+        proto: Proto, dest: SocketAddr, conn: u64, bytes: Bytes) -> Result<(), SendError> {
+        if conn != 0 {
+            let tx = self.flows.lock().expect("flows").get(&conn).map(|f| f.tx.clone());
+            match tx {
+                Some(tx) => return tx.send(bytes).await.map_err(|_| SendError::FlowGone(conn)),
+                None if proto == Proto::Tcp => {}
+                None => return Err(SendError::FlowGone(conn)),
+            }
+        }
+        match proto {
+            Proto::Udp => self
+                .udp
+                .send_to(&bytes, dest)
+                .await
+                .map(|_| ())
+                .map_err(|e| SendError::Io(dest, e)),
+            Proto::Tcp => {
+                let existing = self.by_remote.lock().expect("flows").get(&dest).copied();
+                let tx = existing.and_then(|id| self.flows.lock().expect("flows").get(&id).map(|f| f.tx.clone()));
+                if let Some(tx) = tx {
+                    return tx.send(bytes).await.map_err(|_| SendError::FlowGone(existing.unwrap_or(0)));
+                }
+                let permit = self.limit.clone().try_acquire_owned().map_err(|_| SendError::Busy)?;
+                let sock = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(dest))
+                    .await
+                    .map_err(|_| SendError::Io(dest, std::io::ErrorKind::TimedOut.into()))?
+                    .map_err(|e| SendError::Io(dest, e))?;
+                let (tx, rx) = mpsc::channel::<Bytes>(256);
+                let id = self.register_flow(dest, tx.clone());
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    me.flow_io(id, sock, dest, rx).await;
+                    me.drop_flow(id);
+                });
+                tx.send(bytes).await.map_err(|_| SendError::FlowGone(id))
+            }
+        }
+    }
+}

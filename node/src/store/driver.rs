@@ -1,0 +1,574 @@
+//! The async side of the store: serves requests from peers, replicates writes, routes the
+//! node's own requests to owners and carries out the [`Machine`]'s actions over
+//! [`PeerNet`]. All decisions about what to send, merge and drop are the machine's.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::{join_all, BoxFuture};
+use onehop_overlay::identity::Identity;
+use onehop_overlay::wire::{decode_body, encode_frame};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::entry::{Item, StoreKey};
+use super::machine::{Action, Batch, Input, Machine, Write};
+use super::messages::{Failure, Push, Request, Response, WriteOp};
+use super::{Acks, StoreConfig, StoreError, Updater};
+use crate::peer::{PeerAddr, PeerError, PeerHandler, PeerNet, Service};
+use crate::view::View;
+
+/// How often the machine is ticked (retries after back-off).
+const TICK: Duration = Duration::from_millis(50);
+/// Pause before retrying a request or a replication when the view did not change.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Longest wait for a hand-off fetch.
+const FETCH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Milliseconds since the Unix epoch: the store's one clock.
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn encode<T: Serialize>(msg: &T) -> Bytes {
+    encode_frame(msg).slice(4..)
+}
+
+/// What may be retried after the request may have reached the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// A read: retried, and other replicas are asked when the owner cannot be reached.
+    Read,
+    /// A write that may be applied twice.
+    Idempotent,
+    /// A write that must not be applied twice (retried only when surely not delivered).
+    Once,
+}
+
+pub(super) struct State {
+    pub machine: Machine,
+    /// The view last fed to the machine.
+    pub view: Option<Arc<View>>,
+}
+
+pub(super) struct Inner {
+    pub cfg: StoreConfig,
+    pub me: Arc<Identity>,
+    pub peer: Arc<PeerNet>,
+    pub view: watch::Receiver<Arc<View>>,
+    pub state: Mutex<State>,
+    pub updaters: RwLock<HashMap<String, Arc<dyn Updater>>>,
+    pub shutdown: CancellationToken,
+}
+
+/// The [`PeerHandler`] of [`Service::Store`].
+pub(super) struct StoreHandler {
+    inner: Weak<Inner>,
+}
+
+impl StoreHandler {
+    pub fn new(inner: &Arc<Inner>) -> StoreHandler {
+        StoreHandler {
+            inner: Arc::downgrade(inner),
+        }
+    }
+}
+
+impl PeerHandler for StoreHandler {
+    fn handle(&self, from: &Identity, body: Bytes) -> BoxFuture<'_, Bytes> {
+        let from = from.name.clone();
+        Box::pin(async move {
+            let Some(inner) = self.inner.upgrade() else {
+                return encode(&Response::Failed(Failure::Stopped));
+            };
+            let response = match decode_body::<Request>(&body) {
+                Ok(req) => inner.serve(&from, req).await,
+                Err(e) => {
+                    warn!(peer = %from, cause = %e, "malformed store request");
+                    Response::Failed(Failure::Malformed(e.to_string()))
+                }
+            };
+            encode(&response)
+        })
+    }
+}
+
+impl Inner {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // An updater that panicked leaves the machine consistent (it runs before any change).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds the latest view to the machine if it has not seen it yet.
+    pub fn sync(self: &Arc<Self>) {
+        let view = self.view.borrow().clone();
+        let actions = {
+            let mut st = self.lock();
+            if st.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, &view)) {
+                return;
+            }
+            st.view = Some(view.clone());
+            st.machine.handle(Input::Rings(view.rings.clone()), now_ms())
+        };
+        self.execute(actions);
+    }
+
+    fn handle(self: &Arc<Self>, input: Input) {
+        let actions = self.lock().machine.handle(input, now_ms());
+        self.execute(actions);
+    }
+
+    fn execute(self: &Arc<Self>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send(batch) => {
+                    if !self.shutdown.is_cancelled() {
+                        tokio::spawn(self.clone().send_batch(batch));
+                    }
+                }
+                Action::Dropped { keys } => debug!(keys, "handed over and dropped"),
+                Action::Purged { entries } => debug!(entries, "purged expired entries"),
+                Action::Settled { epoch } => {
+                    let held = self.lock().machine.stored();
+                    info!(epoch, held, "store hand-off settled");
+                }
+            }
+        }
+    }
+
+    /// Runs until shutdown: follows the view, ticks the machine, purges.
+    pub async fn run(self: Arc<Self>, mut view: watch::Receiver<Arc<View>>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_purge = Instant::now();
+        let mut view_open = true;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                r = view.changed(), if view_open => match r {
+                    Ok(()) => self.sync(),
+                    Err(_) => view_open = false,
+                },
+                _ = tick.tick() => {
+                    self.handle(Input::Tick);
+                    if last_purge.elapsed() >= self.cfg.purge_interval {
+                        last_purge = Instant::now();
+                        self.handle(Input::Purge);
+                    }
+                }
+            }
+        }
+        debug!("store stopped");
+    }
+
+    async fn send_batch(self: Arc<Self>, batch: Batch) {
+        let Batch {
+            peer,
+            id,
+            epoch,
+            seq,
+            last,
+            pushes,
+        } = batch;
+        let n = pushes.len();
+        let req = Request::Transfer {
+            epoch,
+            seq,
+            pushes,
+            last,
+        };
+        let input = match self
+            .call(&peer, encode(&req), self.cfg.transfer_timeout)
+            .await
+        {
+            Ok(Response::Held { missing }) => Input::Acked {
+                peer,
+                batch: id,
+                missing,
+            },
+            Ok(other) => {
+                warn!(%peer, epoch, seq, answer = ?other, "transfer batch not taken");
+                Input::Failed { peer, batch: id }
+            }
+            Err(e) => {
+                debug!(%peer, epoch, seq, entries = n, cause = %e, "transfer batch failed");
+                Input::Failed { peer, batch: id }
+            }
+        };
+        self.handle(input);
+    }
+
+    /// The peer address of member `name` in the current view.
+    fn peer_addr(&self, name: &str) -> Option<PeerAddr> {
+        let view = self.view.borrow();
+        view.status
+            .as_ref()?
+            .member(name)
+            .map(PeerAddr::of_member)
+    }
+
+    /// Calls the store of member `name`.
+    async fn call(&self, name: &str, body: Bytes, timeout: Duration) -> Result<Response, PeerError> {
+        let Some(addr) = self.peer_addr(name) else {
+            return Err(PeerError::Unreachable(format!(
+                "{name} is not in the network status"
+            )));
+        };
+        self.call_addr(&addr, body, timeout).await
+    }
+
+    async fn call_addr(
+        &self,
+        addr: &PeerAddr,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Response, PeerError> {
+        let answer = self.peer.call(addr, Service::Store, body, timeout).await?;
+        decode_body::<Response>(&answer)
+            .map_err(|e| PeerError::Remote(format!("bad store answer from {addr}: {e}")))
+    }
+
+    // ---- serving ----
+
+    /// Answers one request (from a peer, or from this node for a key it owns).
+    pub async fn serve(self: &Arc<Self>, from: &str, req: Request) -> Response {
+        if self.shutdown.is_cancelled() {
+            return Response::Failed(Failure::Stopped);
+        }
+        self.sync();
+        match req {
+            Request::Get { key, replica } => {
+                if !replica {
+                    if let Err(r) = self.check_owner(&key) {
+                        return r;
+                    }
+                    self.handoff(&key).await;
+                }
+                Response::Value(self.lock().machine.read(&key, now_ms()).cloned())
+            }
+            Request::Write { key, op } => self.serve_write(key, op).await,
+            Request::Replicate { items } => {
+                self.receive(from, items.into_iter().map(Push::Full).collect())
+            }
+            Request::Transfer {
+                epoch,
+                seq,
+                pushes,
+                last,
+            } => {
+                let r = self.receive(from, pushes);
+                if last {
+                    debug!(peer = %from, epoch, batches = seq + 1, "transfer received");
+                }
+                r
+            }
+            Request::Fetch { key } => Response::Entry(self.lock().machine.entry(&key).cloned()),
+        }
+    }
+
+    fn receive(self: &Arc<Self>, from: &str, pushes: Vec<Push>) -> Response {
+        let (missing, actions) = self.lock().machine.receive(from, pushes, now_ms());
+        self.execute(actions);
+        Response::Held { missing }
+    }
+
+    /// `Ok` when this node owns `key` under its ring, else the answer to give.
+    fn check_owner(&self, key: &StoreKey) -> Result<(), Response> {
+        let placement = self.lock().machine.placement(key);
+        match placement.owner() {
+            None => Err(Response::Failed(Failure::NoMember)),
+            Some(o) if o == self.me.name => Ok(()),
+            Some(o) => Err(Response::NotOwner {
+                owner: o.to_string(),
+                addr: self.peer_addr(o).map(|p| p.addr),
+            }),
+        }
+    }
+
+    /// During a hand-off, fetches a key this node lacks from its previous holders.
+    async fn handoff(self: &Arc<Self>, key: &StoreKey) {
+        let sources = self.lock().machine.handoff_sources(key, now_ms());
+        let Some(sources) = sources else {
+            return;
+        };
+        let body = encode(&Request::Fetch { key: key.clone() });
+        let timeout = self.cfg.call_timeout.min(FETCH_TIMEOUT);
+        let answers = join_all(
+            sources
+                .iter()
+                .map(|s| self.call(s, body.clone(), timeout)),
+        )
+        .await;
+        let mut st = self.lock();
+        for answer in answers {
+            if let Ok(Response::Entry(Some(entry))) = answer {
+                st.machine.merge(key.clone(), entry);
+            }
+        }
+    }
+
+    async fn serve_write(self: &Arc<Self>, key: StoreKey, op: WriteOp) -> Response {
+        let max = self.cfg.max_value;
+        if op.len() > max {
+            return Response::Failed(Failure::TooLarge { len: op.len(), max });
+        }
+        if let Err(r) = self.check_owner(&key) {
+            return r;
+        }
+        self.handoff(&key).await;
+        let updater = match &op {
+            WriteOp::Update { .. } => {
+                let found = self
+                    .updaters
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key.role)
+                    .cloned();
+                match found {
+                    Some(u) => Some(u),
+                    None => return Response::Failed(Failure::NoUpdater),
+                }
+            }
+            _ => None,
+        };
+        let applied = {
+            let write = match &op {
+                WriteOp::Put { value, ttl_ms } => Write::Put {
+                    value: value.clone(),
+                    ttl_ms: *ttl_ms,
+                },
+                WriteOp::PutOrGet { value, ttl_ms } => Write::PutOrGet {
+                    value: value.clone(),
+                    ttl_ms: *ttl_ms,
+                },
+                WriteOp::Remove => Write::Remove,
+                WriteOp::Update { op } => Write::Update {
+                    updater: updater.as_deref().expect("looked up above"),
+                    op,
+                },
+            };
+            self.lock().machine.write(&key, write, now_ms())
+        };
+        let applied = match applied {
+            Ok(a) => a,
+            Err(f) => return Response::Failed(f),
+        };
+        let Some(item) = applied.item else {
+            // Put-or-get found a value: nothing written, nothing to replicate.
+            return Response::Written {
+                outcome: applied.outcome,
+                acks: Acks { held: 0, wanted: 0 },
+            };
+        };
+        match self.replicate(item).await {
+            Ok(acks) => Response::Written {
+                outcome: applied.outcome,
+                acks,
+            },
+            Err(f) => Response::Failed(f),
+        }
+    }
+
+    /// Sends a written entry to the rest of its replica set until all of it holds the entry
+    /// (following view changes) or the request timeout passes.
+    async fn replicate(self: &Arc<Self>, item: Item) -> Result<Acks, Failure> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let mut view = self.view.clone();
+        view.borrow_and_update();
+        let body = encode(&Request::Replicate {
+            items: vec![item.clone()],
+        });
+        let mut acked: HashSet<String> = HashSet::from([self.me.name.clone()]);
+        loop {
+            self.sync();
+            let set = self.lock().machine.placement(&item.key).set;
+            let wanted = set.len();
+            let pending: Vec<&String> = set.iter().filter(|m| !acked.contains(*m)).collect();
+            if pending.is_empty() {
+                return Ok(Acks {
+                    held: wanted,
+                    wanted,
+                });
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                let held = set.iter().filter(|m| acked.contains(*m)).count();
+                return Err(Failure::NotReplicated { held, wanted });
+            }
+            let timeout = self.cfg.call_timeout.min(remaining);
+            let answers = join_all(pending.iter().map(|p| self.call(p, body.clone(), timeout))).await;
+            let mut failed = false;
+            for (p, answer) in pending.into_iter().zip(answers) {
+                match answer {
+                    Ok(Response::Held { .. }) => {
+                        acked.insert(p.clone());
+                    }
+                    other => {
+                        failed = true;
+                        debug!(peer = %p, key = %item.key, answer = ?other, "replica did not confirm");
+                        self.handle(Input::Missing {
+                            peer: p.clone(),
+                            key: item.key.clone(),
+                        });
+                    }
+                }
+            }
+            if failed {
+                pause(&mut view, deadline).await;
+            }
+        }
+    }
+
+    // ---- the node's own requests ----
+
+    /// The key's replica set under this node's current view, owner first.
+    fn placement(&self, key: &StoreKey) -> Vec<PeerAddr> {
+        let view = self.view.borrow();
+        let (Some(status), Some(ring)) = (view.status.as_ref(), view.rings.get(&key.role)) else {
+            return Vec::new();
+        };
+        ring.replicas_at(key.position(), self.cfg.replicas.max(1))
+            .filter_map(|m| status.member(&m.name).map(PeerAddr::of_member))
+            .collect()
+    }
+
+    /// Sends `req` for `key` to its owner, following redirects and view changes, until the
+    /// request timeout. See the module documentation of [`super`] for the retry rules.
+    pub async fn to_owner(
+        self: &Arc<Self>,
+        key: &StoreKey,
+        req: Request,
+        retry: Retry,
+    ) -> Result<Response, StoreError> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let mut view = self.view.clone();
+        view.borrow_and_update();
+        let body = encode(&req);
+        let mut hint: Option<PeerAddr> = None;
+        let mut redirects = 0;
+        let mut last;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Err(StoreError::Stopped);
+            }
+            let set = self.placement(key);
+            let target = match hint.take().or_else(|| set.first().cloned()) {
+                Some(t) => t,
+                None => {
+                    return Err(StoreError::NoMember {
+                        role: key.role.clone(),
+                    })
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let answer = if target.name == self.me.name {
+                Ok(self.serve(&self.me.name, req.clone()).await)
+            } else {
+                let timeout = if retry == Retry::Read {
+                    self.cfg.call_timeout.min(remaining)
+                } else {
+                    // The owner replicates before answering: give it the whole request time.
+                    remaining.max(Duration::from_millis(1))
+                };
+                self.call_addr(&target, body.clone(), timeout).await
+            };
+            match answer {
+                Ok(Response::NotOwner { owner, addr }) => {
+                    last = format!("{} says {owner} owns {key}", target.name);
+                    redirects += 1;
+                    if redirects <= 2 && owner != target.name {
+                        hint = self.peer_addr(&owner).or(addr.map(|addr| PeerAddr {
+                            name: owner,
+                            addr,
+                        }));
+                        if hint.is_some() {
+                            continue;
+                        }
+                    }
+                }
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    if retry == Retry::Read {
+                        if let Some(found) = self.read_replicas(key, &set, &target, deadline).await
+                        {
+                            return Ok(found);
+                        }
+                    }
+                    let again = match &e {
+                        PeerError::Unreachable(_) | PeerError::Refused(_) => true,
+                        PeerError::Timeout | PeerError::Lost(_) => retry != Retry::Once,
+                        PeerError::Remote(_) => false,
+                    };
+                    if !again {
+                        return Err(match e {
+                            PeerError::Timeout | PeerError::Lost(_) => {
+                                StoreError::Uncertain(format!("{}: {e}", target.name))
+                            }
+                            e => StoreError::Peer(e),
+                        });
+                    }
+                    last = format!("{}: {e}", target.name);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(last));
+            }
+            pause(&mut view, deadline).await;
+            redirects = 0;
+        }
+    }
+
+    /// Asks the other replicas for a key whose owner could not be reached.
+    async fn read_replicas(
+        &self,
+        key: &StoreKey,
+        set: &[PeerAddr],
+        owner: &PeerAddr,
+        deadline: Instant,
+    ) -> Option<Response> {
+        let body = encode(&Request::Get {
+            key: key.clone(),
+            replica: true,
+        });
+        for r in set.iter().filter(|r| r.name != owner.name) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return None;
+            }
+            let answer = if r.name == self.me.name {
+                Ok(Response::Value(
+                    self.lock().machine.read(key, now_ms()).cloned(),
+                ))
+            } else {
+                self.call_addr(r, body.clone(), self.cfg.call_timeout.min(remaining))
+                    .await
+            };
+            if let Ok(found @ Response::Value(_)) = answer {
+                return Some(found);
+            }
+        }
+        None
+    }
+}
+
+/// Waits for the view to change or a short pause, whichever comes first, but not past
+/// `deadline`.
+async fn pause(view: &mut watch::Receiver<Arc<View>>, deadline: Instant) {
+    let wait = RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
+    tokio::select! {
+        r = view.changed() => {
+            if r.is_err() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        _ = tokio::time::sleep(wait) => {}
+    }
+}

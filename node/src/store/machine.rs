@@ -1,0 +1,887 @@
+//! The store's state machine: what a node holds, how writes and incoming entries merge, and
+//! what it sends and drops when the rings change. No sockets, no clock: every call takes
+//! `now` (milliseconds since the Unix epoch) and returns [`Action`]s for the driver
+//! ([`super::Store`]) to carry out.
+//!
+//! # Call order
+//!
+//! 1. [`Machine::new`], then [`Input::Rings`] with the first rings (and again with every new
+//!    view; rings whose members did not change are ignored).
+//! 2. Requests answered at once, under the caller's lock: [`Machine::write`] (at the owner,
+//!    after [`Machine::placement`] said it is the owner and [`Machine::handoff_sources`] were
+//!    fetched and [`Machine::merge`]d), [`Machine::read`], [`Machine::entry`] and
+//!    [`Machine::receive`] (replication and transfer batches from other nodes).
+//! 3. Outcomes of what the driver did: [`Input::Acked`] / [`Input::Failed`] for each
+//!    [`Action::Send`], [`Input::Missing`] for a replica that did not confirm a write.
+//! 4. [`Input::Tick`] often (a few times a second: retries after back-off), [`Input::Purge`]
+//!    every purge interval.
+//!
+//! # Transfers after a ring change
+//!
+//! For every key held, with `new` the replica set under the new ring (owner and the next
+//! R-1 distinct members) and `old` the set under the ring it replaces:
+//!
+//! - if this node is in `new`, it pushes the entry to each member of `new` that was not in
+//!   `old` (a newcomer, or the next member after one that left), and to each member it still
+//!   owed the key from a transfer that a newer ring change cancelled (or from a replication
+//!   that failed);
+//! - if it is not in `new`, it must hand the key over: it pushes the entry to every member of
+//!   `new` that was not in `old`, asks those that were whether they hold it (a
+//!   [`Push::Check`], answered "missing" if not, and then the entry follows), and drops the
+//!   key only once every member of `new` has confirmed holding it.
+//!
+//! Every holder does this, so a key reaches a new member from each holder that stays (R-1
+//! copies at most); merging by version makes the copies harmless. Pushes to one peer travel
+//! in batches of at most `batch_entries` entries and about `batch_bytes` bytes; a peer has at
+//! most one batch in flight (the next waits for the acknowledgement of the previous), at most
+//! `max_parallel` peers have one, and the last batch of a transfer carries the end marker. A
+//! failed batch is retried after a back-off. A newer ring change starts a new epoch: the plan
+//! is rebuilt from what is held, keeping what was still owed, and the transfers of the old
+//! epoch end without their end marker.
+//!
+//! An entry received for a key whose new replica set does not include this node (sent by a
+//! node with an older or newer view) is handed on the same way.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use onehop_overlay::ring::{position, Ring, Rings};
+
+use super::entry::{Entry, Item, StoreKey, Version};
+use super::messages::{Failure, Outcome, Push};
+use super::Updater;
+
+/// The machine's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MachineConfig {
+    /// Members holding each key (owner included).
+    pub replicas: usize,
+    /// Most entries in a transfer batch.
+    pub batch_entries: usize,
+    /// A batch is closed once it reaches this many bytes.
+    pub batch_bytes: usize,
+    /// Most peers with a batch in flight.
+    pub max_parallel: usize,
+    /// Most entries purged per [`Input::Purge`].
+    pub purge_batch: usize,
+    /// A tombstone is kept at least this long.
+    pub tombstone_ttl_ms: u64,
+    /// After a ring change, how long a new owner fetches keys it lacks from their previous
+    /// holders before answering.
+    pub handoff_ms: u64,
+    /// First retry delay of a failed batch (doubled on each failure).
+    pub retry_base_ms: u64,
+    /// Longest retry delay.
+    pub retry_max_ms: u64,
+    /// Largest value accepted from a write (the updater's result included).
+    pub max_value: usize,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            replicas: 2,
+            batch_entries: 256,
+            batch_bytes: 256 << 10,
+            max_parallel: 4,
+            purge_batch: 10_000,
+            tombstone_ttl_ms: 600_000,
+            handoff_ms: 10_000,
+            retry_base_ms: 100,
+            retry_max_ms: 2_000,
+            max_value: 256 << 10,
+        }
+    }
+}
+
+/// What happened, for the machine.
+#[derive(Debug, Clone)]
+pub(crate) enum Input {
+    /// The node's rings (from a new view).
+    Rings(Rings),
+    /// `peer` answered batch `batch`: it holds every entry but the checks at `missing`.
+    Acked {
+        /// The peer.
+        peer: String,
+        /// The batch id.
+        batch: u64,
+        /// Indexes of [`Push::Check`]s the peer lacks.
+        missing: Vec<u32>,
+    },
+    /// Batch `batch` to `peer` failed (unreachable, timeout, refused).
+    Failed {
+        /// The peer.
+        peer: String,
+        /// The batch id.
+        batch: u64,
+    },
+    /// `peer` did not confirm a replicated write of `key`: push it again later.
+    Missing {
+        /// The peer.
+        peer: String,
+        /// The key.
+        key: StoreKey,
+    },
+    /// Time passed: retry what is due.
+    Tick,
+    /// Purge expired entries (bounded).
+    Purge,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Action {
+    /// Send a transfer batch and report [`Input::Acked`] or [`Input::Failed`].
+    Send(Batch),
+    /// Keys handed over and dropped.
+    Dropped {
+        /// How many.
+        keys: usize,
+    },
+    /// Expired entries purged.
+    Purged {
+        /// How many.
+        entries: usize,
+    },
+    /// Nothing is left to send or drop for ring change `epoch`.
+    Settled {
+        /// The ring-change number.
+        epoch: u64,
+    },
+}
+
+/// One transfer batch.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Batch {
+    /// To whom.
+    pub peer: String,
+    /// Unique per machine; echoed in [`Input::Acked`] / [`Input::Failed`].
+    pub id: u64,
+    /// The ring-change number.
+    pub epoch: u64,
+    /// The batch's number within this epoch's transfer to `peer`.
+    pub seq: u64,
+    /// The end marker.
+    pub last: bool,
+    /// The entries and checks.
+    pub pushes: Vec<Push>,
+}
+
+/// A write at the owner.
+pub(crate) enum Write<'a> {
+    /// Store `value` for `ttl_ms`.
+    Put { value: Bytes, ttl_ms: u64 },
+    /// Store `value` unless a live value is held.
+    PutOrGet { value: Bytes, ttl_ms: u64 },
+    /// Write a tombstone.
+    Remove,
+    /// Apply `op` with `updater`.
+    Update {
+        updater: &'a dyn Updater,
+        op: &'a [u8],
+    },
+}
+
+/// What a write did, and the entry to replicate (none when nothing was written).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Applied {
+    pub outcome: Outcome,
+    pub item: Option<Item>,
+}
+
+/// Where a key belongs under the current ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The replica set, owner first; empty when no member bears the role.
+    pub set: Vec<String>,
+}
+
+impl Placement {
+    /// The owner, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.set.first().map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Check,
+    Full,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    sent: Vec<(StoreKey, Mode, Version)>,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    /// Keys to push, in order; may hold stale keys (not in `queued`), skipped when popped.
+    queue: VecDeque<StoreKey>,
+    /// The keys owed, and how.
+    queued: HashMap<StoreKey, Mode>,
+    inflight: Option<InFlight>,
+    retry_at: u64,
+    failures: u32,
+    /// Batches sent in this epoch.
+    seq: u64,
+    /// A transfer of this epoch was started and its end marker not sent yet.
+    open: bool,
+}
+
+impl PeerState {
+    fn enqueue(&mut self, key: StoreKey, mode: Mode) {
+        match self.queued.get_mut(&key) {
+            Some(m) => {
+                if mode == Mode::Full {
+                    *m = Mode::Full;
+                }
+            }
+            None => {
+                self.queue.push_back(key.clone());
+                self.queued.insert(key, mode);
+            }
+        }
+    }
+
+    fn requeue_front(&mut self, key: StoreKey, mode: Mode) {
+        match self.queued.get_mut(&key) {
+            Some(m) => {
+                if mode == Mode::Full {
+                    *m = Mode::Full;
+                }
+            }
+            None => {
+                self.queue.push_front(key.clone());
+                self.queued.insert(key, mode);
+            }
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.queued.is_empty() && self.inflight.is_none() && !self.open
+    }
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    epoch: u64,
+    peers: BTreeMap<String, PeerState>,
+    /// Keys to hand over: the members that have not confirmed holding them yet.
+    waiting: HashMap<StoreKey, BTreeSet<String>>,
+    /// Work was added since the last [`Action::Settled`].
+    busy: bool,
+}
+
+impl Plan {
+    fn peer(&mut self, name: &str) -> &mut PeerState {
+        if !self.peers.contains_key(name) {
+            self.peers.insert(name.to_string(), PeerState::default());
+        }
+        self.peers.get_mut(name).expect("just inserted")
+    }
+}
+
+/// The state machine. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Machine {
+    me: String,
+    origin: u64,
+    cfg: MachineConfig,
+    data: BTreeMap<String, BTreeMap<String, Entry>>,
+    expiry: BTreeSet<(u64, StoreKey)>,
+    rings: Rings,
+    /// Per role: the rings before its last change, and when it changed.
+    prev: HashMap<String, (Rings, u64)>,
+    plan: Plan,
+    next_batch: u64,
+    dropped: usize,
+}
+
+fn names(ring: Option<&Ring>, pos: u64, n: usize) -> Vec<&str> {
+    match ring {
+        Some(r) => r.replicas_at(pos, n).map(|m| m.name.as_str()).collect(),
+        None => Vec::new(),
+    }
+}
+
+fn same_members(a: Option<&Ring>, b: Option<&Ring>) -> bool {
+    let names = |r: Option<&Ring>| -> Vec<String> {
+        r.filter(|r| r.points() > 0)
+            .map(|r| r.members().iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    names(a) == names(b)
+}
+
+impl Machine {
+    /// A machine for the member `me`, holding nothing, with no ring.
+    pub fn new(me: &str, cfg: MachineConfig) -> Machine {
+        Machine {
+            me: me.to_string(),
+            origin: position(me),
+            cfg,
+            data: BTreeMap::new(),
+            expiry: BTreeSet::new(),
+            rings: Rings::default(),
+            prev: HashMap::new(),
+            plan: Plan::default(),
+            next_batch: 0,
+            dropped: 0,
+        }
+    }
+
+    /// The current ring-change number.
+    #[cfg(test)]
+    pub fn epoch(&self) -> u64 {
+        self.plan.epoch
+    }
+
+    /// Feeds an input; returns what to do.
+    pub fn handle(&mut self, input: Input, now: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Rings(rings) => self.on_rings(rings, now),
+            Input::Acked {
+                peer,
+                batch,
+                missing,
+            } => self.on_acked(&peer, batch, &missing),
+            Input::Failed { peer, batch } => self.on_failed(&peer, batch, now),
+            Input::Missing { peer, key } => {
+                if self.entry(&key).is_some() && self.in_set(&key, &peer) && peer != self.me {
+                    self.plan.peer(&peer).enqueue(key, Mode::Full);
+                    self.plan.busy = true;
+                }
+            }
+            Input::Tick => {}
+            Input::Purge => self.purge(now, &mut out),
+        }
+        self.finish(now, &mut out);
+        out
+    }
+
+    /// Where `key` belongs under the current ring.
+    pub fn placement(&self, key: &StoreKey) -> Placement {
+        let ring = self.ring(&key.role);
+        Placement {
+            set: names(ring, key.position(), self.cfg.replicas)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+
+    /// The entry held for `key`, tombstones and expired entries included.
+    pub fn entry(&self, key: &StoreKey) -> Option<&Entry> {
+        self.data.get(&key.role)?.get(&key.key)
+    }
+
+    /// The live entry held for `key` (a value that has not expired).
+    pub fn read(&self, key: &StoreKey, now: u64) -> Option<&Entry> {
+        self.entry(key).filter(|e| e.live_value(now).is_some())
+    }
+
+    /// The members to fetch `key` from before answering for it as its owner, when this node
+    /// lacks it and became one of its holders in a ring change less than `handoff_ms` ago
+    /// (its transfer may still be on its way). `None` when no fetch is needed.
+    pub fn handoff_sources(&self, key: &StoreKey, now: u64) -> Option<Vec<String>> {
+        if self.entry(key).is_some() {
+            return None;
+        }
+        let (prev, at) = self.prev.get(&key.role)?;
+        if now >= at.saturating_add(self.cfg.handoff_ms) {
+            return None;
+        }
+        let pos = key.position();
+        let old = names(prev.get(&key.role), pos, self.cfg.replicas);
+        if old.contains(&self.me.as_str()) {
+            return None;
+        }
+        let new = names(self.ring(&key.role), pos, self.cfg.replicas);
+        let mut sources: Vec<String> = Vec::new();
+        for m in old.into_iter().chain(new) {
+            if m != self.me && !sources.iter().any(|s| s == m) {
+                sources.push(m.to_string());
+            }
+        }
+        (!sources.is_empty()).then_some(sources)
+    }
+
+    /// Applies a write as the owner: assigns the next version, stores the entry and returns
+    /// what to replicate. Writes to one key are serialised by the caller's lock on the
+    /// machine, so none is lost.
+    pub fn write(&mut self, key: &StoreKey, op: Write<'_>, now: u64) -> Result<Applied, Failure> {
+        let held = self.entry(key);
+        let version = Version::next(held.map(|e| e.version), now, self.origin);
+        let tombstone = |held: Option<&Entry>| Entry {
+            value: None,
+            expires_at_ms: held
+                .map_or(0, |e| e.expires_at_ms)
+                .max(now.saturating_add(self.cfg.tombstone_ttl_ms)),
+            version,
+        };
+        let (entry, outcome) = match op {
+            Write::Put { value, ttl_ms } => (
+                Entry {
+                    value: Some(value),
+                    expires_at_ms: now.saturating_add(ttl_ms),
+                    version,
+                },
+                Outcome::Stored,
+            ),
+            Write::PutOrGet { value, ttl_ms } => {
+                if let Some(v) = held.and_then(|e| e.live_value(now)) {
+                    return Ok(Applied {
+                        outcome: Outcome::Existing(v.clone()),
+                        item: None,
+                    });
+                }
+                (
+                    Entry {
+                        value: Some(value),
+                        expires_at_ms: now.saturating_add(ttl_ms),
+                        version,
+                    },
+                    Outcome::Stored,
+                )
+            }
+            Write::Remove => (tombstone(held), Outcome::Removed),
+            Write::Update { updater, op } => {
+                let current = held.and_then(|e| e.live_value(now));
+                let (value, expires_at_ms, reply) = updater
+                    .apply(&key.key, current, op, now)
+                    .map_err(Failure::Rejected)?;
+                let entry = match value {
+                    Some(v) => Entry {
+                        value: Some(v),
+                        expires_at_ms,
+                        version,
+                    },
+                    None => tombstone(held),
+                };
+                (entry, Outcome::Updated(reply))
+            }
+        };
+        let len = entry.value.as_ref().map_or(0, Bytes::len);
+        if len > self.cfg.max_value {
+            return Err(Failure::TooLarge {
+                len,
+                max: self.cfg.max_value,
+            });
+        }
+        self.merge(key.clone(), entry.clone());
+        Ok(Applied {
+            outcome,
+            item: Some(Item {
+                key: key.clone(),
+                entry,
+            }),
+        })
+    }
+
+    /// Keeps `entry` for `key` if it is newer than what is held; returns whether it was.
+    pub fn merge(&mut self, key: StoreKey, entry: Entry) -> bool {
+        let slot = self.data.entry(key.role.clone()).or_default();
+        if let Some(held) = slot.get(&key.key) {
+            if held.version >= entry.version {
+                return false;
+            }
+        }
+        let expires = entry.expires_at_ms;
+        if let Some(old) = slot.insert(key.key.clone(), entry) {
+            self.expiry.remove(&(old.expires_at_ms, key.clone()));
+        }
+        self.expiry.insert((expires, key));
+        true
+    }
+
+    /// Takes a batch of entries and checks from `_from` (replication or transfer). Returns
+    /// the indexes of the checks for keys not held at that version, and what to do (entries
+    /// for keys this node should not hold are handed on).
+    pub fn receive(&mut self, _from: &str, pushes: Vec<Push>, now: u64) -> (Vec<u32>, Vec<Action>) {
+        let mut missing = Vec::new();
+        for (i, push) in pushes.into_iter().enumerate() {
+            match push {
+                Push::Full(item) => {
+                    let changed = self.merge(item.key.clone(), item.entry);
+                    self.hand_on_stray(&item.key, changed, now);
+                }
+                Push::Check { key, version } => {
+                    if self.entry(&key).is_none_or(|e| e.version < version) {
+                        missing.push(i as u32);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        self.finish(now, &mut out);
+        (missing, out)
+    }
+
+    /// Live entries held.
+    pub fn local_len(&self, now: u64) -> usize {
+        self.data
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|e| e.live_value(now).is_some())
+            .count()
+    }
+
+    /// Keys of `role` with a live entry here, sorted.
+    pub fn local_keys(&self, role: &str, now: u64) -> Vec<String> {
+        self.data
+            .get(role)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, e)| e.live_value(now).is_some())
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Entries held, tombstones and expired entries included.
+    pub fn stored(&self) -> usize {
+        self.data.values().map(BTreeMap::len).sum()
+    }
+
+    fn ring(&self, role: &str) -> Option<&Ring> {
+        self.rings.get(role).filter(|r| r.points() > 0)
+    }
+
+    fn in_set(&self, key: &StoreKey, member: &str) -> bool {
+        names(self.ring(&key.role), key.position(), self.cfg.replicas).contains(&member)
+    }
+
+    fn on_rings(&mut self, rings: Rings, now: u64) {
+        let old = std::mem::replace(&mut self.rings, rings);
+        let roles: BTreeSet<String> = old
+            .roles()
+            .chain(self.rings.roles())
+            .map(str::to_string)
+            .collect();
+        let changed: BTreeSet<String> = roles
+            .into_iter()
+            .filter(|r| !same_members(old.get(r), self.rings.get(r)))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        for role in &changed {
+            self.prev.insert(role.clone(), (old.clone(), now));
+        }
+        self.replan(&changed, now);
+    }
+
+    /// Rebuilds the transfer plan after a ring change (a new epoch).
+    fn replan(&mut self, changed: &BTreeSet<String>, now: u64) {
+        let Machine {
+            me,
+            cfg,
+            data,
+            rings,
+            prev,
+            plan,
+            ..
+        } = self;
+        plan.epoch += 1;
+        plan.busy = true;
+        // What the cancelled plan still owed is owed under the new one too.
+        let mut owed: HashMap<StoreKey, Vec<String>> = HashMap::new();
+        for (name, p) in plan.peers.iter_mut() {
+            for (k, _) in p.queued.drain() {
+                owed.entry(k).or_default().push(name.clone());
+            }
+            p.queue.clear();
+            if let Some(f) = &p.inflight {
+                for (k, _, _) in &f.sent {
+                    owed.entry(k.clone()).or_default().push(name.clone());
+                }
+            }
+            p.seq = 0;
+            p.open = false;
+            p.retry_at = 0;
+            p.failures = 0;
+        }
+        plan.waiting.clear();
+        let me = me.as_str();
+        for (role, keys) in data.iter() {
+            let Some(ring) = rings.get(role).filter(|r| r.points() > 0) else {
+                continue;
+            };
+            let before = if changed.contains(role) {
+                prev.get(role).and_then(|(r, _)| r.get(role))
+            } else {
+                Some(ring)
+            };
+            for (key, entry) in keys {
+                if entry.is_expired(now) {
+                    continue;
+                }
+                let pos = position(key);
+                let new = names(Some(ring), pos, cfg.replicas);
+                let old = names(before, pos, cfg.replicas);
+                let k = StoreKey::new(role.as_str(), key.as_str());
+                let owed_to = |p: &str| owed.get(&k).is_some_and(|o| o.iter().any(|n| n == p));
+                if new.contains(&me) {
+                    for p in new.iter().filter(|p| **p != me) {
+                        if !old.contains(p) || owed_to(p) {
+                            plan.peer(p).enqueue(k.clone(), Mode::Full);
+                        }
+                    }
+                } else {
+                    let mut waiting = BTreeSet::new();
+                    for p in &new {
+                        let mode = if old.contains(p) && !owed_to(p) {
+                            Mode::Check
+                        } else {
+                            Mode::Full
+                        };
+                        plan.peer(p).enqueue(k.clone(), mode);
+                        waiting.insert(p.to_string());
+                    }
+                    plan.waiting.insert(k, waiting);
+                }
+            }
+        }
+        plan.peers.retain(|_, p| !p.idle());
+    }
+
+    /// An entry for a key whose replica set does not include this node is handed on to that
+    /// set (and dropped once all of it confirmed).
+    fn hand_on_stray(&mut self, key: &StoreKey, changed: bool, now: u64) {
+        let Some(ring) = self.ring(&key.role) else {
+            return;
+        };
+        let set = names(Some(ring), key.position(), self.cfg.replicas);
+        if set.contains(&self.me.as_str()) || self.entry(key).is_none_or(|e| e.is_expired(now)) {
+            return;
+        }
+        if !changed && self.plan.waiting.contains_key(key) {
+            return;
+        }
+        let set: Vec<String> = set.into_iter().map(str::to_string).collect();
+        for p in &set {
+            self.plan.peer(p).enqueue(key.clone(), Mode::Full);
+        }
+        self.plan
+            .waiting
+            .insert(key.clone(), set.into_iter().collect());
+        self.plan.busy = true;
+    }
+
+    fn on_acked(&mut self, peer: &str, batch: u64, missing: &[u32]) {
+        let Some(p) = self.plan.peers.get_mut(peer) else {
+            return;
+        };
+        if p.inflight.as_ref().map(|f| f.id) != Some(batch) {
+            return;
+        }
+        let sent = p.inflight.take().expect("checked").sent;
+        p.failures = 0;
+        p.retry_at = 0;
+        let missing: HashSet<u32> = missing.iter().copied().collect();
+        let mut done = Vec::new();
+        for (i, (key, mode, version)) in sent.into_iter().enumerate() {
+            if mode == Mode::Check && missing.contains(&(i as u32)) {
+                self.plan.peer(peer).enqueue(key, Mode::Full);
+                continue;
+            }
+            let newer = self.entry(&key).is_some_and(|e| e.version > version);
+            if newer {
+                // Changed since it was sent: what the peer acknowledged is not enough.
+                if self.in_set(&key, peer) {
+                    self.plan.peer(peer).enqueue(key, Mode::Full);
+                }
+            } else {
+                done.push(key);
+            }
+        }
+        for key in done {
+            self.mark_done(&key, peer);
+        }
+    }
+
+    fn on_failed(&mut self, peer: &str, batch: u64, now: u64) {
+        let Some(p) = self.plan.peers.get_mut(peer) else {
+            return;
+        };
+        if p.inflight.as_ref().map(|f| f.id) != Some(batch) {
+            return;
+        }
+        let sent = p.inflight.take().expect("checked").sent;
+        p.failures = p.failures.saturating_add(1);
+        let shift = (p.failures - 1).min(16);
+        let delay = self
+            .cfg
+            .retry_base_ms
+            .saturating_mul(1 << shift)
+            .min(self.cfg.retry_max_ms);
+        p.retry_at = now.saturating_add(delay);
+        for (key, mode, _) in sent.into_iter().rev() {
+            p.requeue_front(key, mode);
+        }
+    }
+
+    /// `peer` holds `key` (or there is nothing left to hold).
+    fn mark_done(&mut self, key: &StoreKey, peer: &str) {
+        if let Some(p) = self.plan.peers.get_mut(peer) {
+            p.queued.remove(key);
+        }
+        let Some(w) = self.plan.waiting.get_mut(key) else {
+            return;
+        };
+        w.remove(peer);
+        if !w.is_empty() {
+            return;
+        }
+        self.plan.waiting.remove(key);
+        let placed = self.ring(&key.role).is_some();
+        if placed && !self.in_set(key, &self.me) {
+            if let Some(m) = self.data.get_mut(&key.role) {
+                if let Some(e) = m.remove(&key.key) {
+                    self.expiry.remove(&(e.expires_at_ms, key.clone()));
+                    self.dropped += 1;
+                }
+            }
+        }
+    }
+
+    fn purge(&mut self, now: u64, out: &mut Vec<Action>) {
+        let mut purged = 0;
+        while purged < self.cfg.purge_batch {
+            match self.expiry.first() {
+                Some((exp, _)) if *exp <= now => {}
+                _ => break,
+            }
+            let (exp, key) = self.expiry.pop_first().expect("checked");
+            if let Some(m) = self.data.get_mut(&key.role) {
+                if m.get(&key.key).is_some_and(|e| e.expires_at_ms == exp) {
+                    m.remove(&key.key);
+                    purged += 1;
+                }
+            }
+            self.plan.waiting.remove(&key);
+        }
+        if purged > 0 {
+            out.push(Action::Purged { entries: purged });
+        }
+    }
+
+    /// Starts the batches that may start, then reports drops and settling.
+    fn finish(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.pump(now, out);
+        if self.dropped > 0 {
+            out.push(Action::Dropped { keys: self.dropped });
+            self.dropped = 0;
+        }
+        if self.plan.busy
+            && self.plan.waiting.is_empty()
+            && self.plan.peers.values().all(PeerState::idle)
+        {
+            self.plan.busy = false;
+            self.plan.peers.clear();
+            out.push(Action::Settled {
+                epoch: self.plan.epoch,
+            });
+        }
+    }
+
+    fn pump(&mut self, now: u64, out: &mut Vec<Action>) {
+        let mut active = self
+            .plan
+            .peers
+            .values()
+            .filter(|p| p.inflight.is_some())
+            .count();
+        let ready: Vec<String> = self
+            .plan
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.inflight.is_none() && p.retry_at <= now && (!p.queued.is_empty() || p.open)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut gone = Vec::new();
+        for name in ready {
+            if active >= self.cfg.max_parallel {
+                break;
+            }
+            let Machine {
+                cfg,
+                data,
+                plan,
+                next_batch,
+                ..
+            } = self;
+            let p = plan.peers.get_mut(&name).expect("listed");
+            let mut pushes = Vec::new();
+            let mut sent = Vec::new();
+            let mut bytes = 0;
+            while pushes.len() < cfg.batch_entries && bytes < cfg.batch_bytes {
+                let Some(key) = p.queue.pop_front() else {
+                    break;
+                };
+                let Some(mode) = p.queued.remove(&key) else {
+                    continue;
+                };
+                let entry = data.get(&key.role).and_then(|m| m.get(&key.key));
+                match entry {
+                    Some(e) if !e.is_expired(now) => {
+                        bytes += key.key.len() + key.role.len();
+                        match mode {
+                            Mode::Full => {
+                                bytes += e.wire_size();
+                                pushes.push(Push::Full(Item {
+                                    key: key.clone(),
+                                    entry: e.clone(),
+                                }));
+                            }
+                            Mode::Check => {
+                                bytes += 24;
+                                pushes.push(Push::Check {
+                                    key: key.clone(),
+                                    version: e.version,
+                                });
+                            }
+                        }
+                        sent.push((key, mode, e.version));
+                    }
+                    // Gone or expired: nothing left to hold.
+                    _ => gone.push((key, name.clone())),
+                }
+            }
+            while p.queue.front().is_some_and(|k| !p.queued.contains_key(k)) {
+                p.queue.pop_front();
+            }
+            let last = p.queued.is_empty();
+            if pushes.is_empty() && !p.open {
+                continue;
+            }
+            *next_batch += 1;
+            let id = *next_batch;
+            out.push(Action::Send(Batch {
+                peer: name.clone(),
+                id,
+                epoch: plan.epoch,
+                seq: p.seq,
+                last,
+                pushes,
+            }));
+            p.seq += 1;
+            p.open = !last;
+            p.inflight = Some(InFlight { id, sent });
+            active += 1;
+        }
+        for (key, peer) in gone {
+            self.mark_done(&key, &peer);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

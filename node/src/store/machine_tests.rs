@@ -1,0 +1,950 @@
+//! Unit tests of the store's state machine: assertions on the actions it emits, and a small
+//! in-memory network of machines (every batch delivered at once, in order).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+
+use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};
+
+use super::*;
+
+const ROLE: &str = "registrar";
+const NOW: u64 = 1_700_000_000_000;
+const HOUR: u64 = 3_600_000;
+
+fn rings(names: &[&str]) -> Rings {
+    let members = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Member {
+            name: n.to_string(),
+            kind: Kind::Node,
+            roles: vec![Role::new(ROLE).unwrap()],
+            endpoints: vec![],
+            since: 0,
+            ip: IpAddr::from([127, 0, 0, i as u8 + 1]),
+        })
+        .collect();
+    let status = NetworkStatus {
+        term: 1,
+        version: 1,
+        manager: "m1".into(),
+        members,
+    };
+    Rings::from_status(&status, 100)
+}
+
+fn key(i: usize) -> StoreKey {
+    StoreKey::new(ROLE, format!("user{i}@example.test"))
+}
+
+fn value(stamp: u64, v: &str) -> Entry {
+    Entry {
+        value: Some(Bytes::from(v.to_string())),
+        expires_at_ms: NOW + HOUR,
+        version: Version { stamp, origin: 0 },
+    }
+}
+
+fn set(r: &Rings, k: &StoreKey) -> Vec<String> {
+    names(r.get(ROLE), k.position(), 2)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+fn cfg() -> MachineConfig {
+    MachineConfig {
+        batch_entries: 64,
+        ..MachineConfig::default()
+    }
+}
+
+/// A machine for `me` on ring `r` holding the keys `0..n` it should hold under `r`.
+fn loaded(me: &str, r: &Rings, n: usize, cfg: MachineConfig) -> Machine {
+    let mut m = Machine::new(me, cfg);
+    let actions = m.handle(Input::Rings(r.clone()), NOW);
+    assert!(
+        actions.iter().all(|a| !matches!(a, Action::Send(_))),
+        "{actions:?}"
+    );
+    for i in 0..n {
+        let k = key(i);
+        if set(r, &k).iter().any(|s| s == me) {
+            m.merge(k, value(NOW, "v"));
+        }
+    }
+    m
+}
+
+fn sends(actions: &[Action]) -> Vec<&Batch> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(b) => Some(b),
+            _ => None,
+        })
+        .collect()
+}
+
+fn dropped(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::Dropped { keys } => *keys,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Acknowledges every batch of one machine (as if every peer held everything), until it has
+/// nothing left to send. Returns every push with its recipient, and the keys dropped.
+fn drain(m: &mut Machine, mut actions: Vec<Action>) -> (Vec<(String, Push)>, usize) {
+    let mut pushed = Vec::new();
+    let mut drops = dropped(&actions);
+    loop {
+        let batches: Vec<Batch> = sends(&actions).into_iter().cloned().collect();
+        if batches.is_empty() {
+            return (pushed, drops);
+        }
+        actions = Vec::new();
+        for b in batches {
+            for p in &b.pushes {
+                pushed.push((b.peer.clone(), p.clone()));
+            }
+            let more = m.handle(
+                Input::Acked {
+                    peer: b.peer.clone(),
+                    batch: b.id,
+                    missing: vec![],
+                },
+                NOW,
+            );
+            drops += dropped(&more);
+            actions.extend(more);
+        }
+    }
+}
+
+/// Machines on an in-memory network: batches are delivered at once, in order.
+struct Sim {
+    nodes: BTreeMap<String, Machine>,
+    queue: VecDeque<(String, Action)>,
+    /// Full pushes delivered, per recipient.
+    full: BTreeMap<String, usize>,
+}
+
+impl Sim {
+    fn new(names: &[&str], r: &Rings, n: usize) -> Sim {
+        Sim {
+            nodes: names
+                .iter()
+                .map(|m| (m.to_string(), loaded(m, r, n, cfg())))
+                .collect(),
+            queue: VecDeque::new(),
+            full: BTreeMap::new(),
+        }
+    }
+
+    fn rings(&mut self, r: &Rings) {
+        for (name, m) in self.nodes.iter_mut() {
+            for a in m.handle(Input::Rings(r.clone()), NOW) {
+                self.queue.push_back((name.clone(), a));
+            }
+        }
+    }
+
+    /// Delivers one queued action; false when nothing is queued.
+    fn step(&mut self) -> bool {
+        let Some((from, action)) = self.queue.pop_front() else {
+            return false;
+        };
+        let Action::Send(b) = action else {
+            return true;
+        };
+        let answer = match self.nodes.get_mut(&b.peer) {
+            Some(to) => {
+                *self.full.entry(b.peer.clone()).or_default() += b
+                    .pushes
+                    .iter()
+                    .filter(|p| matches!(p, Push::Full(_)))
+                    .count();
+                let (missing, acts) = to.receive(&from, b.pushes, NOW);
+                for a in acts {
+                    self.queue.push_back((b.peer.clone(), a));
+                }
+                Input::Acked {
+                    peer: b.peer.clone(),
+                    batch: b.id,
+                    missing,
+                }
+            }
+            None => Input::Failed {
+                peer: b.peer.clone(),
+                batch: b.id,
+            },
+        };
+        let acts = self.nodes.get_mut(&from).unwrap().handle(answer, NOW);
+        for a in acts {
+            self.queue.push_back((from.clone(), a));
+        }
+        true
+    }
+
+    fn run(&mut self) {
+        let mut steps = 0;
+        while self.step() {
+            steps += 1;
+            assert!(steps < 1_000_000, "no quiescence");
+        }
+    }
+
+    fn holders(&self, k: &StoreKey) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, m)| m.read(k, NOW).is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Every key `0..n` is held by exactly its replica set under `r`.
+    fn assert_placed(&self, r: &Rings, n: usize) {
+        for i in 0..n {
+            let k = key(i);
+            let mut want = set(r, &k);
+            want.sort();
+            assert_eq!(self.holders(&k), want, "{k}");
+        }
+    }
+}
+
+#[test]
+fn unchanged_members_send_nothing() {
+    let r = rings(&["a", "b", "c"]);
+    let mut m = loaded("a", &r, 500, cfg());
+    assert!(m.handle(Input::Rings(rings(&["c", "b", "a"])), NOW).is_empty());
+    assert!(m.handle(Input::Tick, NOW).is_empty());
+}
+
+#[test]
+fn join_moves_keys_to_the_newcomer_and_nowhere_else() {
+    let old = rings(&["a", "b", "c"]);
+    let new = rings(&["a", "b", "c", "d"]);
+    let n = 3000;
+    let mut m = loaded("a", &old, n, cfg());
+    let actions = m.handle(Input::Rings(new.clone()), NOW);
+    assert_eq!(m.epoch(), 2);
+    let (pushed, drops) = drain(&mut m, actions);
+
+    let held: Vec<StoreKey> = (0..n)
+        .map(key)
+        .filter(|k| set(&old, k).contains(&"a".to_string()))
+        .collect();
+    let mut full_to_d = BTreeSet::new();
+    for (peer, push) in &pushed {
+        match push {
+            Push::Full(item) => {
+                assert_eq!(peer, "d", "a full copy went to {peer}");
+                full_to_d.insert(item.key.clone());
+            }
+            Push::Check { key, .. } => {
+                // Only asked of members that held the key already, for a key a hands over.
+                assert!(set(&old, key).contains(peer), "{key} checked at {peer}");
+                assert!(!set(&new, key).contains(&"a".to_string()));
+            }
+        }
+    }
+    let want: BTreeSet<StoreKey> = held
+        .iter()
+        .filter(|k| set(&new, k).contains(&"d".to_string()))
+        .cloned()
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(full_to_d, want);
+    // a keeps exactly what it still should hold.
+    let kept: Vec<&StoreKey> = held
+        .iter()
+        .filter(|k| set(&new, k).contains(&"a".to_string()))
+        .collect();
+    assert_eq!(drops, held.len() - kept.len());
+    assert!(drops > 0);
+    for k in &held {
+        assert_eq!(
+            m.read(k, NOW).is_some(),
+            set(&new, k).contains(&"a".to_string())
+        );
+    }
+}
+
+#[test]
+fn join_places_every_key_on_its_new_replica_set() {
+    let old = rings(&["a", "b", "c"]);
+    let new = rings(&["a", "b", "c", "d"]);
+    let n = 3000;
+    let mut sim = Sim::new(&["a", "b", "c"], &old, n);
+    sim.assert_placed(&old, n);
+    sim.nodes
+        .insert("d".into(), Machine::new("d", cfg()));
+    sim.rings(&new);
+    sim.run();
+    sim.assert_placed(&new, n);
+    // Full copies only went to the newcomer.
+    let got: Vec<&String> = sim.full.iter().filter(|(_, n)| **n > 0).map(|(k, _)| k).collect();
+    assert_eq!(got, vec!["d"]);
+}
+
+#[test]
+fn crash_restores_lost_replicas_on_the_next_member() {
+    let old = rings(&["a", "b", "c", "d"]);
+    let new = rings(&["a", "b", "d"]);
+    let n = 3000;
+    let mut m = loaded("a", &old, n, cfg());
+    let actions = m.handle(Input::Rings(new.clone()), NOW);
+    let (pushed, drops) = drain(&mut m, actions);
+    assert_eq!(drops, 0, "a member that stays drops nothing on a crash");
+    let mut got: BTreeMap<String, BTreeSet<StoreKey>> = BTreeMap::new();
+    for (peer, push) in pushed {
+        let Push::Full(item) = push else {
+            panic!("no checks when nothing is handed over")
+        };
+        assert_ne!(peer, "c");
+        got.entry(peer).or_default().insert(item.key);
+    }
+    // Every key a held with c among its replicas now has a new replica, and got it from a.
+    let mut restored = 0;
+    for k in (0..n).map(key) {
+        let before = set(&old, &k);
+        if !before.contains(&"a".to_string()) || !before.contains(&"c".to_string()) {
+            continue;
+        }
+        for member in set(&new, &k).into_iter().filter(|m| !before.contains(m)) {
+            assert!(got[&member].contains(&k), "{k} not restored on {member}");
+            restored += 1;
+        }
+    }
+    assert!(restored > 0);
+
+    // And over the whole network: every key back on two members.
+    let mut sim = Sim::new(&["a", "b", "c", "d"], &old, n);
+    sim.nodes.remove("c");
+    sim.rings(&new);
+    sim.run();
+    sim.assert_placed(&new, n);
+}
+
+#[test]
+fn rejoin_after_crash_moves_keys_back() {
+    let full = rings(&["a", "b", "c", "d"]);
+    let without = rings(&["a", "b", "d"]);
+    let n = 2000;
+    let mut sim = Sim::new(&["a", "b", "c", "d"], &full, n);
+    sim.nodes.remove("c");
+    sim.rings(&without);
+    sim.run();
+    sim.assert_placed(&without, n);
+    sim.nodes.insert("c".into(), Machine::new("c", cfg()));
+    sim.rings(&full);
+    sim.run();
+    sim.assert_placed(&full, n);
+}
+
+#[test]
+fn tombstones_win_over_older_values() {
+    let r = rings(&["a", "b"]);
+    let mut m = loaded("a", &r, 0, cfg());
+    let k = key(1);
+    assert!(m.merge(k.clone(), value(10, "old")));
+    let tomb = Entry {
+        value: None,
+        expires_at_ms: NOW + HOUR,
+        version: Version {
+            stamp: 11,
+            origin: 0,
+        },
+    };
+    assert!(m.merge(k.clone(), tomb.clone()));
+    // A late transfer of the removed value (or an older one) changes nothing.
+    assert!(!m.merge(k.clone(), value(10, "old")));
+    assert!(!m.merge(k.clone(), value(9, "older")));
+    let (missing, _) = m.receive("b", vec![Push::Full(Item { key: k.clone(), entry: value(10, "old") })], NOW);
+    assert!(missing.is_empty());
+    assert_eq!(m.entry(&k), Some(&tomb));
+    assert!(m.read(&k, NOW).is_none());
+    // A newer value beats the tombstone.
+    assert!(m.merge(k.clone(), value(12, "new")));
+    assert_eq!(
+        m.read(&k, NOW).and_then(|e| e.value.clone()),
+        Some(Bytes::from("new"))
+    );
+}
+
+#[test]
+fn a_remove_outlives_the_value_it_removed() {
+    let r = rings(&["a"]);
+    let mut m = loaded("a", &r, 0, cfg());
+    let k = key(7);
+    let put = m
+        .write(
+            &k,
+            Write::Put {
+                value: Bytes::from("x"),
+                ttl_ms: 10 * HOUR,
+            },
+            NOW,
+        )
+        .unwrap();
+    let v1 = put.item.unwrap().entry;
+    let removed = m.write(&k, Write::Remove, NOW).unwrap();
+    assert_eq!(removed.outcome, Outcome::Removed);
+    let tomb = removed.item.unwrap().entry;
+    assert!(tomb.value.is_none());
+    assert!(tomb.version > v1.version);
+    assert!(tomb.expires_at_ms >= v1.expires_at_ms);
+    assert!(!m.merge(k.clone(), v1));
+}
+
+#[test]
+fn versions_grow_even_when_the_clock_does_not() {
+    let r = rings(&["a"]);
+    let mut m = loaded("a", &r, 0, cfg());
+    let k = key(3);
+    let mut last = Version::default();
+    for (i, now) in [NOW, NOW, NOW - 5_000, NOW + 1].into_iter().enumerate() {
+        let a = m
+            .write(
+                &k,
+                Write::Put {
+                    value: Bytes::from(format!("{i}")),
+                    ttl_ms: HOUR,
+                },
+                now,
+            )
+            .unwrap();
+        let v = a.item.unwrap().entry.version;
+        assert!(v > last, "{v:?} after {last:?}");
+        last = v;
+    }
+}
+
+#[test]
+fn put_or_get_keeps_the_live_value() {
+    let r = rings(&["a"]);
+    let mut m = loaded("a", &r, 0, cfg());
+    let k = key(4);
+    let put = |v: &str| Write::PutOrGet {
+        value: Bytes::from(v.to_string()),
+        ttl_ms: 1_000,
+    };
+    let first = m.write(&k, put("first"), NOW).unwrap();
+    assert_eq!(first.outcome, Outcome::Stored);
+    let second = m.write(&k, put("second"), NOW + 10).unwrap();
+    assert_eq!(second.outcome, Outcome::Existing(Bytes::from("first")));
+    assert!(second.item.is_none());
+    // Once the first has expired, the next one is stored.
+    let third = m.write(&k, put("third"), NOW + 1_000).unwrap();
+    assert_eq!(third.outcome, Outcome::Stored);
+}
+
+struct Counter;
+
+impl Updater for Counter {
+    fn apply(
+        &self,
+        _key: &str,
+        current: Option<&Bytes>,
+        op: &[u8],
+        now_ms: u64,
+    ) -> Result<(Option<Bytes>, u64, Bytes), String> {
+        if op == b"refuse" {
+            return Err("refused".into());
+        }
+        let n = current.map_or(0, |b| u64::from_be_bytes(b[..8].try_into().unwrap())) + 1;
+        let v = Bytes::copy_from_slice(&n.to_be_bytes());
+        Ok((Some(v.clone()), now_ms + HOUR, v))
+    }
+}
+
+#[test]
+fn updates_apply_to_the_value_held() {
+    let r = rings(&["a"]);
+    let mut m = loaded("a", &r, 0, cfg());
+    let k = key(5);
+    for want in 1..=5u64 {
+        let a = m
+            .write(
+                &k,
+                Write::Update {
+                    updater: &Counter,
+                    op: b"inc",
+                },
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(a.outcome, Outcome::Updated(Bytes::copy_from_slice(&want.to_be_bytes())));
+    }
+    let before = m.entry(&k).cloned();
+    let refused = m.write(
+        &k,
+        Write::Update {
+            updater: &Counter,
+            op: b"refuse",
+        },
+        NOW,
+    );
+    assert_eq!(refused, Err(Failure::Rejected("refused".into())));
+    assert_eq!(m.entry(&k).cloned(), before);
+}
+
+#[test]
+fn flow_control_sends_the_next_batch_only_after_the_ack() {
+    let old = rings(&["a", "b", "c"]);
+    let new = rings(&["a", "b", "c", "d"]);
+    let cfg = MachineConfig {
+        batch_entries: 10,
+        ..MachineConfig::default()
+    };
+    let mut m = loaded("a", &old, 2000, cfg);
+    let mut actions = m.handle(Input::Rings(new), NOW);
+    let mut seq = 0;
+    let mut total = 0;
+    loop {
+        let to_d: Vec<Batch> = sends(&actions)
+            .into_iter()
+            .filter(|b| b.peer == "d")
+            .cloned()
+            .collect();
+        assert_eq!(to_d.len(), 1, "one batch in flight per peer: {actions:?}");
+        let b = &to_d[0];
+        assert!(b.pushes.len() <= 10);
+        assert_eq!(b.seq, seq);
+        assert_eq!(b.epoch, 2);
+        total += b.pushes.len();
+        // Time passing does not release another batch.
+        let idle = m.handle(Input::Tick, NOW + 10_000);
+        assert!(sends(&idle).iter().all(|x| x.peer != "d"), "{idle:?}");
+        // Others are acked so that only d's flow is observed.
+        let mut next = Vec::new();
+        for other in sends(&actions).into_iter().filter(|x| x.peer != "d") {
+            next.extend(m.handle(
+                Input::Acked {
+                    peer: other.peer.clone(),
+                    batch: other.id,
+                    missing: vec![],
+                },
+                NOW,
+            ));
+        }
+        for other in sends(&idle) {
+            next.extend(m.handle(
+                Input::Acked {
+                    peer: other.peer.clone(),
+                    batch: other.id,
+                    missing: vec![],
+                },
+                NOW,
+            ));
+        }
+        if b.last {
+            next.extend(m.handle(
+                Input::Acked {
+                    peer: "d".into(),
+                    batch: b.id,
+                    missing: vec![],
+                },
+                NOW,
+            ));
+            assert!(sends(&next).iter().all(|x| x.peer != "d"));
+            break;
+        }
+        next.extend(m.handle(
+            Input::Acked {
+                peer: "d".into(),
+                batch: b.id,
+                missing: vec![],
+            },
+            NOW,
+        ));
+        actions = next;
+        seq += 1;
+    }
+    assert!(seq > 2, "several batches");
+    assert!(total > 20);
+}
+
+#[test]
+fn batches_close_on_bytes() {
+    let old = rings(&["a", "b"]);
+    let new = rings(&["a", "b", "c"]);
+    let cfg = MachineConfig {
+        batch_entries: 1000,
+        batch_bytes: 10_000,
+        ..MachineConfig::default()
+    };
+    let mut m = Machine::new("a", cfg);
+    m.handle(Input::Rings(old.clone()), NOW);
+    let big = Bytes::from(vec![7u8; 3_000]);
+    for i in 0..200 {
+        m.merge(
+            key(i),
+            Entry {
+                value: Some(big.clone()),
+                expires_at_ms: NOW + HOUR,
+                version: Version { stamp: 1, origin: 0 },
+            },
+        );
+    }
+    let actions = m.handle(Input::Rings(new), NOW);
+    let to_c = sends(&actions)
+        .into_iter()
+        .find(|b| b.peer == "c")
+        .expect("a batch to c");
+    assert!(to_c.pushes.len() >= 3 && to_c.pushes.len() <= 4, "{}", to_c.pushes.len());
+}
+
+#[test]
+fn a_newer_ring_change_supersedes_the_transfer() {
+    let r1 = rings(&["a", "b", "c"]);
+    let r2 = rings(&["a", "b", "c", "d"]);
+    let r3 = rings(&["a", "b", "c", "d", "e"]);
+    let cfg = MachineConfig {
+        batch_entries: 16,
+        ..MachineConfig::default()
+    };
+    let n = 3000;
+    let mut m = loaded("a", &r1, n, cfg.clone());
+    let a2 = m.handle(Input::Rings(r2), NOW);
+    let first = sends(&a2)
+        .into_iter()
+        .find(|b| b.peer == "d")
+        .cloned()
+        .expect("a batch to d");
+    assert_eq!(first.epoch, 2);
+    // e joins before d's first batch is acknowledged.
+    let a3 = m.handle(Input::Rings(r3.clone()), NOW);
+    assert_eq!(m.epoch(), 3);
+    for b in sends(&a3) {
+        assert_ne!(b.peer, "d", "d still has a batch in flight");
+        assert_eq!(b.epoch, 3);
+        assert_eq!(b.seq, 0);
+    }
+    assert!(sends(&a3).iter().any(|b| b.peer == "e"));
+    // The old batch's acknowledgement still counts; d's next batch belongs to epoch 3 and
+    // does not repeat what d acknowledged.
+    let after = m.handle(
+        Input::Acked {
+            peer: "d".into(),
+            batch: first.id,
+            missing: vec![],
+        },
+        NOW,
+    );
+    let next = sends(&after)
+        .into_iter()
+        .find(|b| b.peer == "d")
+        .cloned();
+    let acked: BTreeSet<StoreKey> = first
+        .pushes
+        .iter()
+        .filter_map(|p| match p {
+            Push::Full(i) => Some(i.key.clone()),
+            Push::Check { .. } => None,
+        })
+        .collect();
+    if let Some(next) = &next {
+        assert_eq!((next.epoch, next.seq), (3, 0));
+        for p in &next.pushes {
+            if let Push::Full(i) = p {
+                assert!(!acked.contains(&i.key), "{} sent again", i.key);
+            }
+        }
+    }
+
+    // Over the whole network the result is the placement of the last ring.
+    let mut sim = Sim::new(&["a", "b", "c"], &r1, n);
+    sim.nodes.insert("d".into(), Machine::new("d", cfg.clone()));
+    sim.rings(&rings(&["a", "b", "c", "d"]));
+    // Deliver only part of the first transfer, then the second change.
+    for _ in 0..3 {
+        sim.step();
+    }
+    assert!(!sim.queue.is_empty());
+    sim.nodes.insert("e".into(), Machine::new("e", cfg));
+    sim.rings(&r3);
+    sim.run();
+    sim.assert_placed(&r3, n);
+}
+
+#[test]
+fn a_key_is_dropped_only_after_every_new_replica_confirmed() {
+    let old = rings(&["a", "b", "c"]);
+    let new = rings(&["b", "c", "d"]);
+    let mut m = loaded("a", &old, 200, cfg());
+    let held = m.local_len(NOW);
+    assert!(held > 0);
+    let actions = m.handle(Input::Rings(new), NOW);
+    let batches: Vec<Batch> = sends(&actions).into_iter().cloned().collect();
+    assert!(batches.len() >= 2);
+    // All but one acknowledge: nothing may be dropped yet for the keys the last one lacks.
+    let (last, rest) = batches.split_last().unwrap();
+    let mut outstanding = Vec::new();
+    for b in rest {
+        outstanding.extend(m.handle(
+            Input::Acked {
+                peer: b.peer.clone(),
+                batch: b.id,
+                missing: vec![],
+            },
+            NOW,
+        ));
+    }
+    for p in &last.pushes {
+        let k = match p {
+            Push::Full(i) => &i.key,
+            Push::Check { key, .. } => key,
+        };
+        assert!(m.entry(k).is_some(), "{k} dropped before {} confirmed", last.peer);
+    }
+    // The last one fails: retried only after the back-off.
+    let failed = m.handle(
+        Input::Failed {
+            peer: last.peer.clone(),
+            batch: last.id,
+        },
+        NOW,
+    );
+    assert!(sends(&failed).iter().all(|b| b.peer != last.peer));
+    outstanding.extend(failed);
+    let early = m.handle(Input::Tick, NOW + 50);
+    assert!(sends(&early).iter().all(|b| b.peer != last.peer));
+    outstanding.extend(early);
+    let retry = m.handle(Input::Tick, NOW + 100);
+    let again = sends(&retry)
+        .into_iter()
+        .find(|b| b.peer == last.peer)
+        .cloned()
+        .expect("retried after the back-off");
+    assert_eq!(again.pushes, last.pushes);
+    outstanding.extend(retry);
+    // (`drain` counts the drops in what it is given too.)
+    let (_, drops) = drain(&mut m, outstanding);
+    assert_eq!(drops, held);
+    assert_eq!(m.local_len(NOW), 0);
+}
+
+#[test]
+fn a_check_answered_missing_is_followed_by_the_entry() {
+    let old = rings(&["a", "b", "c"]);
+    let new = rings(&["b", "c", "d"]);
+    let mut m = loaded("a", &old, 300, cfg());
+    let actions = m.handle(Input::Rings(new), NOW);
+    let b = sends(&actions)
+        .into_iter()
+        .find(|b| b.pushes.iter().any(|p| matches!(p, Push::Check { .. })))
+        .cloned()
+        .expect("a batch with checks");
+    let (i, checked) = b
+        .pushes
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| match p {
+            Push::Check { key, .. } => Some((i, key.clone())),
+            _ => None,
+        })
+        .unwrap();
+    let mut next = m.handle(
+        Input::Acked {
+            peer: b.peer.clone(),
+            batch: b.id,
+            missing: vec![i as u32],
+        },
+        NOW,
+    );
+    let mut found = false;
+    for _ in 0..100 {
+        let Some(nb) = sends(&next).into_iter().find(|x| x.peer == b.peer).cloned() else {
+            break;
+        };
+        found |= nb
+            .pushes
+            .iter()
+            .any(|p| matches!(p, Push::Full(item) if item.key == checked));
+        next = m.handle(
+            Input::Acked {
+                peer: nb.peer.clone(),
+                batch: nb.id,
+                missing: vec![],
+            },
+            NOW,
+        );
+    }
+    assert!(found, "{checked} was never sent in full to {}", b.peer);
+}
+
+#[test]
+fn receivers_answer_checks_by_version() {
+    let r = rings(&["a", "b"]);
+    let mut m = loaded("a", &r, 0, cfg());
+    let k = key(1);
+    m.merge(k.clone(), value(10, "x"));
+    let check = |stamp| Push::Check {
+        key: k.clone(),
+        version: Version { stamp, origin: 0 },
+    };
+    let other = Push::Check {
+        key: key(2),
+        version: Version { stamp: 1, origin: 0 },
+    };
+    let (missing, _) = m.receive("b", vec![check(9), check(10), check(11), other], NOW);
+    assert_eq!(missing, vec![2, 3]);
+}
+
+#[test]
+fn stray_entries_are_handed_on_and_dropped() {
+    let r = rings(&["a", "b", "c"]);
+    let mut m = loaded("a", &r, 0, cfg());
+    let stray = (0..1000)
+        .map(key)
+        .find(|k| !set(&r, k).contains(&"a".to_string()))
+        .unwrap();
+    let (missing, actions) = m.receive(
+        "x",
+        vec![Push::Full(Item {
+            key: stray.clone(),
+            entry: value(5, "s"),
+        })],
+        NOW,
+    );
+    assert!(missing.is_empty());
+    let targets: BTreeSet<String> = sends(&actions).iter().map(|b| b.peer.clone()).collect();
+    assert_eq!(targets, set(&r, &stray).into_iter().collect());
+    let (_, drops) = drain(&mut m, actions);
+    assert_eq!(drops, 1);
+    assert!(m.entry(&stray).is_none());
+}
+
+#[test]
+fn a_failed_replication_is_pushed_again() {
+    let r = rings(&["a", "b", "c"]);
+    let mut m = loaded("a", &r, 0, cfg());
+    let k = (0..1000)
+        .map(key)
+        .find(|k| set(&r, k)[0] == "a")
+        .unwrap();
+    let applied = m
+        .write(
+            &k,
+            Write::Put {
+                value: Bytes::from("v"),
+                ttl_ms: HOUR,
+            },
+            NOW,
+        )
+        .unwrap();
+    let replica = set(&r, &k)[1].clone();
+    let actions = m.handle(
+        Input::Missing {
+            peer: replica.clone(),
+            key: k.clone(),
+        },
+        NOW,
+    );
+    let b = sends(&actions)[0];
+    assert_eq!(b.peer, replica);
+    assert_eq!(b.pushes, vec![Push::Full(applied.item.unwrap())]);
+    assert!(b.last);
+}
+
+#[test]
+fn expired_entries_are_hidden_then_purged_in_bounded_passes() {
+    let r = rings(&["a"]);
+    let cfg = MachineConfig {
+        purge_batch: 10,
+        ..MachineConfig::default()
+    };
+    let mut m = loaded("a", &r, 0, cfg);
+    for i in 0..25 {
+        m.merge(
+            key(i),
+            Entry {
+                value: Some(Bytes::from("v")),
+                expires_at_ms: NOW + 100,
+                version: Version { stamp: 1, origin: 0 },
+            },
+        );
+    }
+    m.merge(key(99), value(1, "stays"));
+    assert_eq!(m.local_len(NOW), 26);
+    assert_eq!(m.local_len(NOW + 100), 1);
+    assert!(m.read(&key(0), NOW + 100).is_none());
+    assert_eq!(m.stored(), 26);
+    let purged = |a: Vec<Action>| -> usize {
+        a.iter()
+            .map(|x| match x {
+                Action::Purged { entries } => *entries,
+                _ => 0,
+            })
+            .sum()
+    };
+    assert_eq!(purged(m.handle(Input::Purge, NOW + 99)), 0);
+    assert_eq!(purged(m.handle(Input::Purge, NOW + 100)), 10);
+    assert_eq!(purged(m.handle(Input::Purge, NOW + 100)), 10);
+    assert_eq!(purged(m.handle(Input::Purge, NOW + 100)), 5);
+    assert_eq!(purged(m.handle(Input::Purge, NOW + 100)), 0);
+    assert_eq!(m.stored(), 1);
+}
+
+#[test]
+fn a_new_owner_fetches_what_it_lacks_during_the_handoff() {
+    let old = rings(&["a", "b", "c"]);
+    let new = rings(&["a", "b", "c", "d"]);
+    let mut d = Machine::new("d", cfg());
+    d.handle(Input::Rings(old.clone()), NOW);
+    d.handle(Input::Rings(new.clone()), NOW);
+    let k = (0..1000)
+        .map(key)
+        .find(|k| set(&new, k)[0] == "d")
+        .unwrap();
+    let sources = d.handoff_sources(&k, NOW + 10).expect("fetch during the hand-off");
+    for s in set(&old, &k) {
+        assert!(sources.contains(&s));
+    }
+    assert!(!sources.contains(&"d".to_string()));
+    assert!(d.handoff_sources(&k, NOW + 10_000).is_none(), "window over");
+    d.merge(k.clone(), value(1, "v"));
+    assert!(d.handoff_sources(&k, NOW + 10).is_none(), "held already");
+    // A member that held the key before never fetches.
+    let mut a = loaded("a", &old, 1000, cfg());
+    a.handle(Input::Rings(new.clone()), NOW);
+    for k in (0..1000).map(key) {
+        if set(&old, &k).contains(&"a".to_string()) {
+            assert!(a.handoff_sources(&k, NOW).is_none());
+        }
+    }
+}
+
+#[test]
+fn settles_once_the_handoff_is_done() {
+    let old = rings(&["a", "b"]);
+    let new = rings(&["a", "b", "c"]);
+    let mut m = loaded("a", &old, 100, cfg());
+    let actions = m.handle(Input::Rings(new), NOW);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Settled { .. })));
+    let mut all = Vec::new();
+    let mut pending = actions;
+    while !pending.is_empty() {
+        let mut next = Vec::new();
+        for b in sends(&pending) {
+            next.extend(m.handle(
+                Input::Acked {
+                    peer: b.peer.clone(),
+                    batch: b.id,
+                    missing: vec![],
+                },
+                NOW,
+            ));
+        }
+        all.extend(next.clone());
+        pending = next.into_iter().filter(|a| matches!(a, Action::Send(_))).collect();
+    }
+    assert!(all.contains(&Action::Settled { epoch: 2 }), "{all:?}");
+}
