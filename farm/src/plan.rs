@@ -308,6 +308,7 @@ pub fn write_config(
         }
         Kind::Node => {
             let _ = writeln!(t, "ip = {}", toml_str(&m.ip.to_string()));
+            let _ = writeln!(t, "domain = {}", toml_str(&args.domain));
             let _ = writeln!(t, "eventservers = {es}");
             let _ = writeln!(t, "metrics = {metrics}");
         }

@@ -38,6 +38,25 @@ pub struct Config {
     /// Points each member places on a role's ring.
     #[serde(default = "default_points")]
     pub points: u32,
+    /// UDP and TCP port of SIP (nodes with the `sip_proxy` role).
+    #[serde(default = "default_sip_port")]
+    pub sip_port: u16,
+    /// UDP port of node-to-node requests (QUIC with mutual TLS): the replicated store and SIP
+    /// between nodes.
+    #[serde(default = "default_peer_port")]
+    pub peer_port: u16,
+    /// Members holding each key of the replicated store (R), the owner included.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Shortest registration accepted, in seconds (shorter ones get 423 Interval Too Brief).
+    #[serde(default = "default_min_expires")]
+    pub min_expires: u32,
+    /// Longest registration granted, in seconds (longer ones are shortened).
+    #[serde(default = "default_max_expires")]
+    pub max_expires: u32,
+    /// Most SIP requests waiting for the registrar or a lookup at once; beyond, 503.
+    #[serde(default = "default_sip_pending")]
+    pub sip_pending: usize,
     /// Where to serve Prometheus metrics over HTTP (optional).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -53,6 +72,24 @@ fn default_lookup_port() -> u16 {
 }
 fn default_lookup_connections() -> usize {
     1024
+}
+fn default_sip_port() -> u16 {
+    5060
+}
+fn default_peer_port() -> u16 {
+    crate::peer::PEER_PORT
+}
+fn default_replicas() -> usize {
+    2
+}
+fn default_min_expires() -> u32 {
+    60
+}
+fn default_max_expires() -> u32 {
+    7200
+}
+fn default_sip_pending() -> usize {
+    10_000
 }
 fn default_points() -> u32 {
     onehop_overlay::ring::DEFAULT_POINTS
@@ -88,6 +125,12 @@ impl Config {
         }
         if self.points == 0 || self.points > 10_000 {
             return Err(bad("points", "must be between 1 and 10000"));
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err(bad("replicas", "must be between 1 and 5"));
+        }
+        if self.min_expires > self.max_expires {
+            return Err(bad("min_expires", "must not exceed max_expires"));
         }
         if self.lookup_connections == 0 {
             return Err(bad("lookup_connections", "must be at least 1"));

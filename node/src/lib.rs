@@ -14,6 +14,7 @@ pub mod lookup;
 pub mod peer;
 pub mod proxy;
 pub mod roles;
+pub mod services;
 pub mod sip;
 pub mod store;
 pub mod view;
@@ -107,6 +108,32 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
             }
         });
     }
+    let cancel = CancellationToken::new();
+    let (more, services) = services::start(
+        &cfg,
+        &creds,
+        &crl,
+        &identity,
+        view_rx.clone(),
+        &metrics,
+        cancel.clone(),
+    )
+    .await?;
+    endpoints.extend(more);
+    {
+        let stored = metrics.gauge("store_entries", "Entries held in the replicated store.");
+        let store = services.store.clone();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => stored.set(store.local_len() as i64),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
     let opts = ClientOptions {
         eventservers: cfg.eventservers.clone(),
         announce: Some(Announce {
@@ -119,7 +146,6 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
     info!(name = %identity.name, roles = ?identity.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), lookup = %lookup_addr, "node started");
 
-    let cancel = CancellationToken::new();
     let mut role_tasks = Vec::new();
     for role in &identity.roles {
         if let Some(module) = roles::built_in(role.as_str()) {

@@ -560,7 +560,9 @@ fn parse_response(frame: Vec<u8>, max: usize) -> Result<Bytes, PeerError> {
         STATUS_REFUSED => Err(PeerError::Refused(
             String::from_utf8_lossy(&body).into_owned(),
         )),
-        STATUS_ERROR => Err(PeerError::Remote(String::from_utf8_lossy(&body).into_owned())),
+        STATUS_ERROR => Err(PeerError::Remote(
+            String::from_utf8_lossy(&body).into_owned(),
+        )),
         other => Err(PeerError::Remote(format!("unknown answer status {other}"))),
     }
 }
@@ -710,10 +712,7 @@ async fn serve_stream(
         return;
     };
     let answer = match Service::from_u8(id) {
-        None => response_frame(
-            STATUS_REFUSED,
-            format!("unknown service {id}").as_bytes(),
-        ),
+        None => response_frame(STATUS_REFUSED, format!("unknown service {id}").as_bytes()),
         Some(service) => match handlers.get(service) {
             None => response_frame(
                 STATUS_REFUSED,

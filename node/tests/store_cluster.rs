@@ -213,9 +213,7 @@ fn lcg(state: &mut u64) -> u64 {
 }
 
 async fn read_all(nodes: &[&Node], keys: &[String]) {
-    let jobs = nodes
-        .iter()
-        .flat_map(|n| keys.iter().map(move |k| (*n, k)));
+    let jobs = nodes.iter().flat_map(|n| keys.iter().map(move |k| (*n, k)));
     let missing: Vec<String> = stream::iter(jobs)
         .map(|(n, k)| async move {
             let got = n.store.get(ROLE, k).await;
@@ -289,7 +287,10 @@ async fn ten_thousand_keys_survive_a_crash_and_move_back_after_a_rejoin() {
     assert!(placed(&all, &v1, &keys, R), "placement after the puts");
     let started = Instant::now();
     read_all(&all, &keys).await;
-    eprintln!("50000 reads (every key from every node): {:?}", started.elapsed());
+    eprintln!(
+        "50000 reads (every key from every node): {:?}",
+        started.elapsed()
+    );
 
     // node3 crashes: out of the view, its transport closed.
     let mut nodes = nodes;
@@ -299,9 +300,11 @@ async fn ten_thousand_keys_survive_a_crash_and_move_back_after_a_rejoin() {
     crashed.crash();
     let live: Vec<&Node> = nodes.iter().collect();
     let v2 = set_view(&live, &live, 2);
-    let restore = wait_for("replicas restored after the crash", Duration::from_secs(60), || {
-        placed(&live, &v2, &keys, R)
-    })
+    let restore = wait_for(
+        "replicas restored after the crash",
+        Duration::from_secs(60),
+        || placed(&live, &v2, &keys, R),
+    )
     .await;
     eprintln!("crash of {crashed_name}: every key back on {R} of 4 nodes in {restore:?}");
     read_all(&live, &keys).await;
@@ -313,9 +316,11 @@ async fn ten_thousand_keys_survive_a_crash_and_move_back_after_a_rejoin() {
     nodes.push(back);
     let all: Vec<&Node> = nodes.iter().collect();
     let v3 = set_view(&all, &all, 3);
-    let rejoin = wait_for("keys moved back after the rejoin", Duration::from_secs(60), || {
-        placed(&all, &v3, &keys, R)
-    })
+    let rejoin = wait_for(
+        "keys moved back after the rejoin",
+        Duration::from_secs(60),
+        || placed(&all, &v3, &keys, R),
+    )
     .await;
     let back = nodes.last().unwrap();
     eprintln!(
@@ -485,14 +490,27 @@ async fn expiry_put_or_get_and_remove() {
     let key = "session-42";
     let first = nodes[0]
         .store
-        .put_or_get(ROLE, key, Bytes::from_static(b"first"), Duration::from_secs(60))
+        .put_or_get(
+            ROLE,
+            key,
+            Bytes::from_static(b"first"),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
-    assert!(matches!(first, PutOrGet::Stored(a) if a.held == 2), "{first:?}");
+    assert!(
+        matches!(first, PutOrGet::Stored(a) if a.held == 2),
+        "{first:?}"
+    );
     for n in &nodes {
         let again = n
             .store
-            .put_or_get(ROLE, key, Bytes::from_static(b"second"), Duration::from_secs(60))
+            .put_or_get(
+                ROLE,
+                key,
+                Bytes::from_static(b"second"),
+                Duration::from_secs(60),
+            )
             .await
             .unwrap();
         assert_eq!(again, PutOrGet::Existing(Bytes::from_static(b"first")));
@@ -506,7 +524,12 @@ async fn expiry_put_or_get_and_remove() {
     }
     let third = nodes[1]
         .store
-        .put_or_get(ROLE, key, Bytes::from_static(b"third"), Duration::from_secs(60))
+        .put_or_get(
+            ROLE,
+            key,
+            Bytes::from_static(b"third"),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     assert!(matches!(third, PutOrGet::Stored(_)));
@@ -539,7 +562,12 @@ async fn a_single_node_holds_everything_and_hands_over_to_a_joiner() {
     for k in &keys {
         let acks = n1
             .store
-            .put(ROLE, k, Bytes::from(format!("binding of {k}")), Duration::from_secs(600))
+            .put(
+                ROLE,
+                k,
+                Bytes::from(format!("binding of {k}")),
+                Duration::from_secs(600),
+            )
             .await
             .unwrap();
         // min(R, live members) = 1.

@@ -134,23 +134,38 @@ async fn calls_errors_and_bad_frames() {
                 .await
         }
     });
-    for (i, r) in futures::future::join_all(calls).await.into_iter().enumerate() {
+    for (i, r) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         assert_eq!(r.unwrap(), Bytes::from(format!("node-b:{i}")));
     }
 
     // Typed errors.
     let r = b
-        .call(&a_addr, Service::Sip, Bytes::new(), Duration::from_millis(300))
+        .call(
+            &a_addr,
+            Service::Sip,
+            Bytes::new(),
+            Duration::from_millis(300),
+        )
         .await;
     assert_eq!(r, Err(PeerError::Timeout));
     let r = a
         .call(&addr_of("node-b", ip(2)), Service::Store, Bytes::new(), T)
         .await;
-    assert!(matches!(r, Err(PeerError::Refused(ref why)) if why.contains("not served")), "{r:?}");
+    assert!(
+        matches!(r, Err(PeerError::Refused(ref why)) if why.contains("not served")),
+        "{r:?}"
+    );
     let r = b
         .call(&addr_of("node-x", ip(1)), Service::Store, Bytes::new(), T)
         .await;
-    assert!(matches!(r, Err(PeerError::Refused(ref why)) if why.contains("node-a")), "{r:?}");
+    assert!(
+        matches!(r, Err(PeerError::Refused(ref why)) if why.contains("node-a")),
+        "{r:?}"
+    );
     let r = b
         .call(&addr_of("node-c", ip(9)), Service::Store, Bytes::new(), T)
         .await;

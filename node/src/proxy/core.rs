@@ -25,7 +25,9 @@ use crate::sip::proxy::{
     ViaParams,
 };
 use crate::sip::registrar::{Binding, Flow, RegisterError, RegisterInfo, Transport};
-use crate::sip::transaction::{build_cancel, Action, Actions, ClientTransaction, ServerTransaction, TransactionKey};
+use crate::sip::transaction::{
+    build_cancel, Action, Actions, ClientTransaction, ServerTransaction, TransactionKey,
+};
 use crate::sip::{parse_with, reply, Limits, Message, Method, Request, Response, Uri};
 use crate::view::View;
 
@@ -52,7 +54,13 @@ pub enum Hop {
 
 impl Hop {
     fn reliable(&self) -> bool {
-        !matches!(self, Hop::Net { proto: Proto::Udp, .. })
+        !matches!(
+            self,
+            Hop::Net {
+                proto: Proto::Udp,
+                ..
+            }
+        )
     }
 }
 
@@ -184,7 +192,10 @@ pub fn start(
             requests: metrics.counter("sip_requests_total", "SIP requests received."),
             responses_sent: metrics.clone(),
             registered: metrics.counter("sip_registrations_total", "REGISTERs answered 200."),
-            overload: metrics.counter("sip_overload_total", "Requests refused with 503 for overload."),
+            overload: metrics.counter(
+                "sip_overload_total",
+                "Requests refused with 503 for overload.",
+            ),
             bad: metrics.counter("sip_malformed_total", "Malformed SIP messages received."),
             transactions: metrics.gauge("sip_transactions", "Live SIP transactions."),
         },
@@ -212,7 +223,12 @@ fn now_ms() -> u64 {
 }
 
 impl Core {
-    async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut events: mpsc::Receiver<Event>, cancel: CancellationToken) {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut events: mpsc::Receiver<Event>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let next = self.timers.peek().map(|Reverse((t, _, _))| *t);
             let sleep = async {
@@ -233,7 +249,9 @@ impl Core {
                 _ = sleep => self.fire_timers(Instant::now()),
                 _ = cancel.cancelled() => return,
             }
-            self.counters.transactions.set((self.servers.len() + self.clients.len()) as i64);
+            self.counters
+                .transactions
+                .set((self.servers.len() + self.clients.len()) as i64);
         }
     }
 
@@ -265,7 +283,13 @@ impl Core {
         }
     }
 
-    fn on_message(&mut self, bytes: &[u8], from: Hop, source: Option<SocketAddr>, deliver: Option<Flow>) {
+    fn on_message(
+        &mut self,
+        bytes: &[u8],
+        from: Hop,
+        source: Option<SocketAddr>,
+        deliver: Option<Flow>,
+    ) {
         match parse_with(bytes, &self.limits) {
             Ok(Message::Request(req)) => {
                 self.counters.requests.inc();
@@ -284,7 +308,13 @@ impl Core {
 
     // ----- requests -----
 
-    fn on_request(&mut self, mut req: Request, from: Hop, source: Option<SocketAddr>, deliver: Option<Flow>) {
+    fn on_request(
+        &mut self,
+        mut req: Request,
+        from: Hop,
+        source: Option<SocketAddr>,
+        deliver: Option<Flow>,
+    ) {
         if let Some(src) = source {
             crate::sip::proxy::stamp_received(&mut req, src);
         }
@@ -327,7 +357,8 @@ impl Core {
         if req.method == Method::Invite {
             first = txn.trying(now);
         }
-        let dialog_creating = req.method == Method::Invite && req.headers.to().and_then(|t| t.tag().map(|_| ())).is_none();
+        let dialog_creating = req.method == Method::Invite
+            && req.headers.to().and_then(|t| t.tag().map(|_| ())).is_none();
         self.servers.insert(
             key.clone(),
             ServerEntry {
@@ -380,17 +411,30 @@ impl Core {
     }
 
     fn me_tag(&self) -> String {
-        format!("oh{:x}", onehop_overlay::ring::position(&self.me) & 0xffff_ffff)
+        format!(
+            "oh{:x}",
+            onehop_overlay::ring::position(&self.me) & 0xffff_ffff
+        )
     }
 
-    fn start_register(&mut self, key: TransactionKey, req: Request, from: &Hop, source: Option<SocketAddr>) {
+    fn start_register(
+        &mut self,
+        key: TransactionKey,
+        req: Request,
+        from: &Hop,
+        source: Option<SocketAddr>,
+    ) {
         if self.pending >= self.cfg.max_pending {
             self.counters.overload.inc();
             self.respond_status(&key, 503, "Service Unavailable");
             return;
         }
         let flow = match from {
-            Hop::Net { proto, remote, conn } => Some(Flow {
+            Hop::Net {
+                proto,
+                remote,
+                conn,
+            } => Some(Flow {
                 node: self.me.clone(),
                 transport: match proto {
                     Proto::Udp => Transport::Udp,
@@ -431,7 +475,10 @@ impl Core {
                 let now = now_ms();
                 let mut resp = reply(&req, 200, None, Some(&self.me_tag()));
                 for b in &bindings {
-                    resp = resp.with_header("Contact", &format!("<{}>;expires={}", b.uri, b.remaining_secs(now)));
+                    resp = resp.with_header(
+                        "Contact",
+                        &format!("<{}>;expires={}", b.uri, b.remaining_secs(now)),
+                    );
                 }
                 self.counters.registered.inc();
                 self.respond(&key, resp);
@@ -442,7 +489,11 @@ impl Core {
 
     fn respond_error(&mut self, key: &TransactionKey, req: &Request, e: LocateError) {
         match e {
-            LocateError::Rejected { status, reason, min_expires } => {
+            LocateError::Rejected {
+                status,
+                reason,
+                min_expires,
+            } => {
                 let mut resp = reply(req, status, Some(&reason), Some(&self.me_tag()));
                 if let Some(m) = min_expires {
                     resp = resp.with_header("Min-Expires", &m.to_string());
@@ -451,7 +502,8 @@ impl Core {
             }
             LocateError::Unavailable(why) => {
                 warn!(%why, "registrar unavailable");
-                let resp = reply(req, 503, Some("Service Unavailable"), Some(&self.me_tag())).with_header("Retry-After", "5");
+                let resp = reply(req, 503, Some("Service Unavailable"), Some(&self.me_tag()))
+                    .with_header("Retry-After", "5");
                 self.respond(key, resp);
             }
         }
@@ -480,7 +532,12 @@ impl Core {
     }
 
     fn on_located(&mut self, key: TransactionKey, result: Result<Vec<Binding>, LocateError>) {
-        let Some(req) = self.servers.get(&key).filter(|e| !e.done).and_then(|e| e.request.clone()) else {
+        let Some(req) = self
+            .servers
+            .get(&key)
+            .filter(|e| !e.done)
+            .and_then(|e| e.request.clone())
+        else {
             return;
         };
         match result {
@@ -488,7 +545,9 @@ impl Core {
                 bindings.sort_by(|a, b| b.q.unwrap_or(1000).cmp(&a.q.unwrap_or(1000)));
                 let mut targets = Vec::new();
                 for b in bindings {
-                    let Ok(uri) = Uri::parse(&b.uri) else { continue };
+                    let Ok(uri) = Uri::parse(&b.uri) else {
+                        continue;
+                    };
                     if let Some(hop) = self.binding_hop(&b, &uri) {
                         targets.push((uri, hop));
                     }
@@ -526,12 +585,24 @@ impl Core {
             },
         };
         let remote = b.received.or_else(|| uri_addr(uri))?;
-        Some(Hop::Net { proto, remote, conn: 0 })
+        Some(Hop::Net {
+            proto,
+            remote,
+            conn: 0,
+        })
     }
 
     fn flow_hop(&self, flow: &Flow) -> Hop {
-        let proto = if flow.transport == Transport::Udp { Proto::Udp } else { Proto::Tcp };
-        let conn = if proto == Proto::Tcp && self.transports.has_flow(flow.conn_id) { flow.conn_id } else { 0 };
+        let proto = if flow.transport == Transport::Udp {
+            Proto::Udp
+        } else {
+            Proto::Tcp
+        };
+        let conn = if proto == Proto::Tcp && self.transports.has_flow(flow.conn_id) {
+            flow.conn_id
+        } else {
+            0
+        };
         Hop::Net {
             proto,
             remote: flow.remote,
@@ -558,7 +629,11 @@ impl Core {
         status
             .members
             .iter()
-            .find(|m| m.ip == ip && m.has_role(onehop_overlay::status::Role::SIP_PROXY) && m.name != self.me)
+            .find(|m| {
+                m.ip == ip
+                    && m.has_role(onehop_overlay::status::Role::SIP_PROXY)
+                    && m.name != self.me
+            })
             .map(|m| m.name.clone())
     }
 
@@ -568,17 +643,26 @@ impl Core {
             return None;
         }
         if let Some(node) = self.node_at(addr.ip(), addr.port()) {
-            return Some(Hop::Peer { node, deliver: None });
+            return Some(Hop::Peer {
+                node,
+                deliver: None,
+            });
         }
         let proto = match uri.transport_param().as_deref() {
             Some("tcp") => Proto::Tcp,
             _ => Proto::Udp,
         };
-        Some(Hop::Net { proto, remote: addr, conn: 0 })
+        Some(Hop::Net {
+            proto,
+            remote: addr,
+            conn: 0,
+        })
     }
 
     fn start_targets(&mut self, key: &TransactionKey, req: Request, targets: Vec<(Uri, Hop)>) {
-        let Some(entry) = self.servers.get_mut(key) else { return };
+        let Some(entry) = self.servers.get_mut(key) else {
+            return;
+        };
         entry.targets = targets.into();
         entry.request = Some(req);
         self.try_next_target(key);
@@ -588,7 +672,9 @@ impl Core {
     /// is left.
     fn try_next_target(&mut self, key: &TransactionKey) {
         let now = Instant::now();
-        let Some(entry) = self.servers.get_mut(key) else { return };
+        let Some(entry) = self.servers.get_mut(key) else {
+            return;
+        };
         let Some((target, hop)) = entry.targets.pop_front() else {
             let best = entry.best.take();
             match best {
@@ -597,7 +683,9 @@ impl Core {
             }
             return;
         };
-        let Some(req) = entry.request.clone() else { return };
+        let Some(req) = entry.request.clone() else {
+            return;
+        };
         let record_route = entry.record_route;
         let inbound_proto = match &entry.reply_to {
             Hop::Net { proto, .. } => Some(*proto),
@@ -635,7 +723,9 @@ impl Core {
 
     fn via_for(&self, hop: &Hop) -> ViaParams {
         let transport = match hop {
-            Hop::Net { proto: Proto::Udp, .. } => Transport::Udp,
+            Hop::Net {
+                proto: Proto::Udp, ..
+            } => Transport::Udp,
             _ => Transport::Tcp,
         };
         ViaParams {
@@ -680,17 +770,30 @@ impl Core {
     }
 
     fn cancel_client(&mut self, ck: &TransactionKey, now: Instant) {
-        let Some(c) = self.clients.get(ck) else { return };
+        let Some(c) = self.clients.get(ck) else {
+            return;
+        };
         if c.txn.is_terminated() {
             return;
         }
-        let Some(cancel) = c.txn.cancel_request().or_else(|| Some(build_cancel(c.txn.request()))) else {
+        let Some(cancel) = c
+            .txn
+            .cancel_request()
+            .or_else(|| Some(build_cancel(c.txn.request())))
+        else {
             return;
         };
         let hop = c.hop.clone();
         let (txn, actions) = ClientTransaction::new(cancel, hop.reliable(), now);
         let k = txn.key().clone();
-        self.clients.insert(k.clone(), ClientEntry { txn, server: None, hop });
+        self.clients.insert(
+            k.clone(),
+            ClientEntry {
+                txn,
+                server: None,
+                hop,
+            },
+        );
         self.client_actions(&k, actions);
     }
 
@@ -738,11 +841,22 @@ impl Core {
     fn response_hop(&self, resp: &Response) -> Option<Hop> {
         let via = resp.headers.via_top()?;
         let (host, port) = via.response_target();
-        let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+        let ip: IpAddr = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?;
         if let Some(node) = self.node_at(ip, port) {
-            return Some(Hop::Peer { node, deliver: None });
+            return Some(Hop::Peer {
+                node,
+                deliver: None,
+            });
         }
-        let proto = if via.is_reliable() { Proto::Tcp } else { Proto::Udp };
+        let proto = if via.is_reliable() {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        };
         Some(Hop::Net {
             proto,
             remote: SocketAddr::new(ip, port),
@@ -751,9 +865,13 @@ impl Core {
     }
 
     fn upstream(&mut self, server: &TransactionKey, client: &TransactionKey, resp: Response) {
-        let Some(mut up) = forward_response(&resp) else { return };
+        let Some(mut up) = forward_response(&resp) else {
+            return;
+        };
         let code = up.status;
-        let Some(entry) = self.servers.get_mut(server) else { return };
+        let Some(entry) = self.servers.get_mut(server) else {
+            return;
+        };
         if entry.done {
             // A 2xx after the transaction ended (forking race): pass it on statelessly.
             if (200..300).contains(&code) {
@@ -794,7 +912,9 @@ impl Core {
     // ----- transactions -----
 
     fn respond_status(&mut self, key: &TransactionKey, status: u16, reason: &str) {
-        let Some(req) = self.servers.get(key).map(|e| e.txn.request().clone()) else { return };
+        let Some(req) = self.servers.get(key).map(|e| e.txn.request().clone()) else {
+            return;
+        };
         let tag = (status > 100).then(|| self.me_tag());
         let resp = reply(&req, status, Some(reason), tag.as_deref());
         self.respond(key, resp);
@@ -803,7 +923,9 @@ impl Core {
     fn respond(&mut self, key: &TransactionKey, resp: Response) {
         let final_ = resp.status >= 200;
         let code = resp.status;
-        let Some(entry) = self.servers.get_mut(key) else { return };
+        let Some(entry) = self.servers.get_mut(key) else {
+            return;
+        };
         if entry.done {
             return;
         }
@@ -820,7 +942,10 @@ impl Core {
     fn count_response(&self, code: u16) {
         self.counters
             .responses_sent
-            .counter(&format!("sip_responses_total{{code=\"{code}\"}}"), "SIP responses sent, by code.")
+            .counter(
+                &format!("sip_responses_total{{code=\"{code}\"}}"),
+                "SIP responses sent, by code.",
+            )
             .inc();
     }
 
@@ -858,7 +983,11 @@ impl Core {
                     }
                 }
                 Action::Timeout | Action::TransportError => {
-                    let code = if matches!(a, Action::Timeout) { 408 } else { 503 };
+                    let code = if matches!(a, Action::Timeout) {
+                        408
+                    } else {
+                        503
+                    };
                     if let Some((server, req)) = self
                         .clients
                         .get(key)
@@ -890,24 +1019,46 @@ impl Core {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, _, r))) = self.timers.pop() else { break };
+            let Some(Reverse((_, _, r))) = self.timers.pop() else {
+                break;
+            };
             match r {
                 TimerRef::Server(Key(k)) => {
-                    let due = self.servers.get(&k).and_then(|e| e.txn.next_timer()).is_some_and(|t| t <= now);
+                    let due = self
+                        .servers
+                        .get(&k)
+                        .and_then(|e| e.txn.next_timer())
+                        .is_some_and(|t| t <= now);
                     if due {
-                        let actions = self.servers.get_mut(&k).map(|e| e.txn.on_timer(now)).unwrap_or_default();
+                        let actions = self
+                            .servers
+                            .get_mut(&k)
+                            .map(|e| e.txn.on_timer(now))
+                            .unwrap_or_default();
                         self.server_actions(&k, actions);
                     }
                 }
                 TimerRef::Client(Key(k)) => {
-                    let due = self.clients.get(&k).and_then(|c| c.txn.next_timer()).is_some_and(|t| t <= now);
+                    let due = self
+                        .clients
+                        .get(&k)
+                        .and_then(|c| c.txn.next_timer())
+                        .is_some_and(|t| t <= now);
                     if due {
-                        let actions = self.clients.get_mut(&k).map(|c| c.txn.on_timer(now)).unwrap_or_default();
+                        let actions = self
+                            .clients
+                            .get_mut(&k)
+                            .map(|c| c.txn.on_timer(now))
+                            .unwrap_or_default();
                         self.client_actions(&k, actions);
                     }
                 }
                 TimerRef::TimerC(Key(k)) => {
-                    let clients = self.servers.get(&k).filter(|e| !e.done).map(|e| e.clients.clone());
+                    let clients = self
+                        .servers
+                        .get(&k)
+                        .filter(|e| !e.done)
+                        .map(|e| e.clients.clone());
                     if let Some(clients) = clients {
                         for ck in clients {
                             self.cancel_client(&ck, now);
@@ -935,7 +1086,11 @@ impl Core {
     fn send_to(&self, hop: &Hop, msg: Message) {
         let bytes: Bytes = msg.to_bytes();
         match hop {
-            Hop::Net { proto, remote, conn } => {
+            Hop::Net {
+                proto,
+                remote,
+                conn,
+            } => {
                 let t = self.transports.clone();
                 let (proto, remote, conn) = (*proto, *remote, *conn);
                 tokio::spawn(async move {
@@ -969,7 +1124,11 @@ fn clients_empty(servers: &HashMap<TransactionKey, ServerEntry>, key: &Transacti
 /// The address of a URI whose host is an IP address.
 pub fn uri_addr(uri: &Uri) -> Option<SocketAddr> {
     let host = uri.maddr_or_host();
-    let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let ip: IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
     Some(SocketAddr::new(ip, uri.port_or_default()))
 }
 
@@ -980,7 +1139,9 @@ impl From<RegisterError> for LocateError {
             RegisterError::BadRequest(why) => why.clone(),
             RegisterError::OutOfOrder => "Out Of Order Register".to_string(),
             RegisterError::TooManyContacts { .. } => "Too Many Registered Contacts".to_string(),
-            RegisterError::IntervalTooBrief { .. } => crate::sip::response::reason_phrase(status).to_string(),
+            RegisterError::IntervalTooBrief { .. } => {
+                crate::sip::response::reason_phrase(status).to_string()
+            }
         };
         let min_expires = match e {
             RegisterError::IntervalTooBrief { min_expires } => Some(min_expires),

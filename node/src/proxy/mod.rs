@@ -16,6 +16,7 @@
 //! in-dialog requests follow the same path.
 
 pub mod core;
+pub mod glue;
 pub mod transport;
 
 use std::future::Future;
@@ -50,7 +51,11 @@ pub enum LocateError {
 pub trait Locator: Send + Sync + 'static {
     /// Applies a REGISTER at the AOR's owner; returns the current contacts once min(R, live
     /// registrars) hold them.
-    fn register(&self, info: RegisterInfo, policy: RegistrarPolicy) -> BoxFut<Result<Vec<Binding>, LocateError>>;
+    fn register(
+        &self,
+        info: RegisterInfo,
+        policy: RegistrarPolicy,
+    ) -> BoxFut<Result<Vec<Binding>, LocateError>>;
     /// The live contacts of an AOR (empty when unregistered).
     fn lookup(&self, aor: String) -> BoxFut<Result<Vec<Binding>, LocateError>>;
 }

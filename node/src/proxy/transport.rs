@@ -215,7 +215,10 @@ impl Transports {
 
     fn register_flow(&self, remote: SocketAddr, tx: mpsc::Sender<Bytes>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.flows.lock().expect("flows").insert(id, Flow { tx, remote });
+        self.flows
+            .lock()
+            .expect("flows")
+            .insert(id, Flow { tx, remote });
         self.by_remote.lock().expect("flows").insert(remote, id);
         id
     }
@@ -238,7 +241,13 @@ impl Transports {
         self.drop_flow(id);
     }
 
-    async fn flow_io(&self, id: u64, sock: TcpStream, remote: SocketAddr, mut rx: mpsc::Receiver<Bytes>) {
+    async fn flow_io(
+        &self,
+        id: u64,
+        sock: TcpStream,
+        remote: SocketAddr,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) {
         let local = sock.local_addr().unwrap_or(self.local);
         let (mut rd, mut wr) = sock.into_split();
         let writer = async {
@@ -257,7 +266,10 @@ impl Transports {
                 }
                 loop {
                     // Skip keep-alive CRLFs between messages.
-                    let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                    let skip = buf
+                        .iter()
+                        .take_while(|b| **b == b'\r' || **b == b'\n')
+                        .count();
                     let _ = buf.split_to(skip);
                     match (self.framer)(&buf) {
                         Ok(Some(len)) => {
@@ -299,9 +311,18 @@ impl Transports {
     /// an existing connection to `dest`, or a new one, for TCP).
     pub async fn send(
         self: &Arc<Self>,
-        proto: Proto, dest: SocketAddr, conn: u64, bytes: Bytes) -> Result<(), SendError> {
+        proto: Proto,
+        dest: SocketAddr,
+        conn: u64,
+        bytes: Bytes,
+    ) -> Result<(), SendError> {
         if conn != 0 {
-            let tx = self.flows.lock().expect("flows").get(&conn).map(|f| f.tx.clone());
+            let tx = self
+                .flows
+                .lock()
+                .expect("flows")
+                .get(&conn)
+                .map(|f| f.tx.clone());
             match tx {
                 Some(tx) => return tx.send(bytes).await.map_err(|_| SendError::FlowGone(conn)),
                 None if proto == Proto::Tcp => {}
@@ -317,11 +338,24 @@ impl Transports {
                 .map_err(|e| SendError::Io(dest, e)),
             Proto::Tcp => {
                 let existing = self.by_remote.lock().expect("flows").get(&dest).copied();
-                let tx = existing.and_then(|id| self.flows.lock().expect("flows").get(&id).map(|f| f.tx.clone()));
+                let tx = existing.and_then(|id| {
+                    self.flows
+                        .lock()
+                        .expect("flows")
+                        .get(&id)
+                        .map(|f| f.tx.clone())
+                });
                 if let Some(tx) = tx {
-                    return tx.send(bytes).await.map_err(|_| SendError::FlowGone(existing.unwrap_or(0)));
+                    return tx
+                        .send(bytes)
+                        .await
+                        .map_err(|_| SendError::FlowGone(existing.unwrap_or(0)));
                 }
-                let permit = self.limit.clone().try_acquire_owned().map_err(|_| SendError::Busy)?;
+                let permit = self
+                    .limit
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| SendError::Busy)?;
                 let sock = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(dest))
                     .await
                     .map_err(|_| SendError::Io(dest, std::io::ErrorKind::TimedOut.into()))?
@@ -337,5 +371,60 @@ impl Transports {
                 tx.send(bytes).await.map_err(|_| SendError::FlowGone(id))
             }
         }
+    }
+}
+
+/// Frames SIP messages on a stream (RFC 3261 section 18.3): the header ends at the first
+/// blank line and `Content-Length` (or `l`) gives the body's length; it is mandatory on
+/// streams.
+pub fn sip_frame(buf: &[u8]) -> Result<Option<usize>, String> {
+    const MAX_HEAD: usize = 65_535;
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > MAX_HEAD {
+            Err("header over 64 KiB".into())
+        } else {
+            Ok(None)
+        };
+    };
+    let head = &buf[..end];
+    let mut length = None;
+    for line in head.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = std::str::from_utf8(&line[..colon]).unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
+            let value = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
+            length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad Content-Length {value:?}"))?,
+            );
+        }
+    }
+    let length = length.ok_or("no Content-Length on a stream")?;
+    if length > MAX_DATAGRAM {
+        return Err(format!("Content-Length {length} too large"));
+    }
+    let total = end + 4 + length;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sip_frame;
+
+    #[test]
+    fn frames_by_content_length() {
+        let m = b"OPTIONS sip:a@b SIP/2.0\r\nl: 3\r\n\r\nabcREGISTER";
+        assert_eq!(sip_frame(m), Ok(Some(m.len() - 8)));
+        assert_eq!(sip_frame(&m[..20]), Ok(None));
+        assert_eq!(
+            sip_frame(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 5\r\n\r\nab"),
+            Ok(None)
+        );
+        assert!(sip_frame(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n").is_err());
+        assert!(sip_frame(b"X\r\nContent-Length: zz\r\n\r\n").is_err());
     }
 }

@@ -145,7 +145,8 @@ fn content_length(head: &[u8]) -> Result<usize, FrameError> {
         if HeaderName::from_name(name.trim_end()) != HeaderName::ContentLength {
             continue;
         }
-        let value = std::str::from_utf8(&line[colon + 1..]).map_err(|_| FrameError::BadContentLength)?;
+        let value =
+            std::str::from_utf8(&line[colon + 1..]).map_err(|_| FrameError::BadContentLength)?;
         let v = value.trim();
         if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
             return Err(FrameError::BadContentLength);

@@ -118,17 +118,62 @@ impl HeaderName {
     /// Resolves a name as spelled in a message (long or compact form, any case).
     pub fn from_name(name: &str) -> HeaderName {
         let b = name.as_bytes();
+        let Some(first) = b.first().map(u8::to_ascii_lowercase) else {
+            return HeaderName::Other;
+        };
         if b.len() == 1 {
-            let c = b[0].to_ascii_lowercase();
             return NAMES
                 .iter()
-                .find(|(_, compact, _)| *compact == Some(c))
+                .find(|(_, compact, _)| *compact == Some(first))
                 .map_or(HeaderName::Other, |(_, _, h)| *h);
         }
-        NAMES
+        use HeaderName as H;
+        // Candidates by first letter; then one comparison per candidate of equal length.
+        let candidates: &[(&str, HeaderName)] = match first {
+            b'a' => &[("Allow", H::Allow)],
+            b'c' => &[
+                ("CSeq", H::CSeq),
+                ("Call-ID", H::CallId),
+                ("Contact", H::Contact),
+                ("Content-Type", H::ContentType),
+                ("Content-Length", H::ContentLength),
+                ("Content-Encoding", H::ContentEncoding),
+            ],
+            b'e' => &[("Event", H::Event), ("Expires", H::Expires)],
+            b'f' => &[("From", H::From)],
+            b'm' => &[
+                ("Min-Expires", H::MinExpires),
+                ("Max-Forwards", H::MaxForwards),
+            ],
+            b'p' => &[
+                ("Path", H::Path),
+                ("Proxy-Require", H::ProxyRequire),
+                ("Proxy-Authorization", H::ProxyAuthorization),
+            ],
+            b'r' => &[
+                ("Route", H::Route),
+                ("Require", H::Require),
+                ("Refer-To", H::ReferTo),
+                ("Retry-After", H::RetryAfter),
+                ("Record-Route", H::RecordRoute),
+            ],
+            b's' => &[
+                ("Server", H::Server),
+                ("Subject", H::Subject),
+                ("Supported", H::Supported),
+            ],
+            b't' => &[("To", H::To), ("Timestamp", H::Timestamp)],
+            b'u' => &[
+                ("User-Agent", H::UserAgent),
+                ("Unsupported", H::Unsupported),
+            ],
+            b'v' => &[("Via", H::Via)],
+            _ => &[],
+        };
+        candidates
             .iter()
-            .find(|(long, _, _)| long.len() == b.len() && long.as_bytes().eq_ignore_ascii_case(b))
-            .map_or(HeaderName::Other, |(_, _, h)| *h)
+            .find(|(long, _)| long.len() == b.len() && long.as_bytes().eq_ignore_ascii_case(b))
+            .map_or(H::Other, |(_, h)| *h)
     }
 
     /// The canonical long name (`Call-ID`, `CSeq`, ...); empty for [`HeaderName::Other`].
@@ -309,7 +354,10 @@ impl Headers {
     /// The value of the first field named `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         let key = Key::new(name);
-        self.list.iter().find(|h| h.matches(&key)).map(Header::value)
+        self.list
+            .iter()
+            .find(|h| h.matches(&key))
+            .map(Header::value)
     }
 
     /// The value of the first field of a known kind.
@@ -458,7 +506,10 @@ mod tests {
 
     fn sample() -> Headers {
         let mut h = Headers::new();
-        h.push("v", "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2");
+        h.push(
+            "v",
+            "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2",
+        );
         h.push("Via", "SIP/2.0/TCP c;branch=z9hG4bK3");
         h.push("call-id", "abc@x");
         h.push("X-Custom", "1");
@@ -475,10 +526,21 @@ mod tests {
         assert_eq!(h.values("via").count(), 3);
         assert_eq!(h.all("V").count(), 2);
         assert!(!h.contains("Route"));
-        assert_eq!(HeaderName::from_name("CONTENT-length"), HeaderName::ContentLength);
+        assert_eq!(
+            HeaderName::from_name("CONTENT-length"),
+            HeaderName::ContentLength
+        );
         assert_eq!(HeaderName::from_name("L"), HeaderName::ContentLength);
         assert_eq!(HeaderName::CallId.as_str(), "Call-ID");
         assert_eq!(HeaderName::from_name("x"), HeaderName::Other);
+        assert_eq!(HeaderName::from_name(""), HeaderName::Other);
+        for (long, compact, kind) in NAMES {
+            assert_eq!(HeaderName::from_name(long), *kind);
+            assert_eq!(HeaderName::from_name(&long.to_ascii_uppercase()), *kind);
+            if let Some(c) = compact {
+                assert_eq!(HeaderName::from_name(&(*c as char).to_string()), *kind);
+            }
+        }
     }
 
     #[test]
@@ -488,11 +550,17 @@ mod tests {
             h.remove_first_value("Via").as_deref(),
             Some("SIP/2.0/UDP a;branch=z9hG4bK1")
         );
-        assert_eq!(h.iter().next().unwrap().raw(), "v: SIP/2.0/UDP b;branch=z9hG4bK2");
+        assert_eq!(
+            h.iter().next().unwrap().raw(),
+            "v: SIP/2.0/UDP b;branch=z9hG4bK2"
+        );
         h.replace_first_value("via", "SIP/2.0/UDP z");
         assert_eq!(h.iter().next().unwrap().raw(), "v: SIP/2.0/UDP z");
         assert!(h.remove_first_value("Via").is_some());
-        assert_eq!(h.values("Via").collect::<Vec<_>>(), ["SIP/2.0/TCP c;branch=z9hG4bK3"]);
+        assert_eq!(
+            h.values("Via").collect::<Vec<_>>(),
+            ["SIP/2.0/TCP c;branch=z9hG4bK3"]
+        );
         assert!(h.remove_first_value("Via").is_some());
         assert!(h.remove_first_value("Via").is_none());
     }
@@ -503,12 +571,18 @@ mod tests {
         h.prepend("Record-Route", "<sip:p;lr>");
         assert_eq!(h.iter().nth(2).unwrap().raw(), "Record-Route: <sip:p;lr>");
         h.prepend("Record-Route", "<sip:q;lr>");
-        assert_eq!(h.values("Record-Route").collect::<Vec<_>>(), ["<sip:q;lr>", "<sip:p;lr>"]);
+        assert_eq!(
+            h.values("Record-Route").collect::<Vec<_>>(),
+            ["<sip:q;lr>", "<sip:p;lr>"]
+        );
         h.prepend("Via", "SIP/2.0/UDP me");
         assert_eq!(h.iter().next().unwrap().raw(), "Via: SIP/2.0/UDP me");
         h.push("x-custom", "2");
         h.set("X-CUSTOM", "3");
-        assert_eq!(h.all("x-custom").map(|h| h.raw()).collect::<Vec<_>>(), ["X-Custom: 3"]);
+        assert_eq!(
+            h.all("x-custom").map(|h| h.raw()).collect::<Vec<_>>(),
+            ["X-Custom: 3"]
+        );
         h.set("Max-Forwards", "70");
         assert_eq!(h.get("max-forwards"), Some("70"));
         assert_eq!(h.remove_all("x-custom"), 1);

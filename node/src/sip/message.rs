@@ -555,7 +555,10 @@ mod tests {
         r.headers.remove_all("Max-Forwards");
         assert_eq!(r.headers.decrement_max_forwards(), Some(70));
         assert!(r.headers.add_to_tag("abc"));
-        assert_eq!(r.headers.get("To"), Some("Bob <sip:bob@biloxi.com>;tag=abc"));
+        assert_eq!(
+            r.headers.get("To"),
+            Some("Bob <sip:bob@biloxi.com>;tag=abc")
+        );
         assert!(!r.headers.add_to_tag("def"));
         r.headers.set("To", "<sip:bob@biloxi.com>;tag=;x=1");
         assert!(r.headers.add_to_tag("q"));

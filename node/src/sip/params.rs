@@ -160,10 +160,7 @@ pub fn top_level_comma(s: &str) -> Option<usize> {
 /// Removes surrounding double quotes and `\` escapes from a quoted string; returns other text
 /// unchanged.
 pub fn unquote(s: &str) -> std::borrow::Cow<'_, str> {
-    let Some(inner) = s
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-    else {
+    let Some(inner) = s.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) else {
         return s.into();
     };
     if !inner.contains('\\') {
@@ -184,16 +181,25 @@ pub fn unquote(s: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// The bytes allowed in an RFC 3261 `token`.
+const TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
 /// Whether `s` is a non-empty RFC 3261 `token`.
 pub fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-                )
-        })
+    !s.is_empty() && s.bytes().all(|b| TOKEN[b as usize])
 }
 
 #[cfg(test)]
@@ -219,7 +225,11 @@ mod tests {
             split_commas("\"Doe, John\" <sip:a@b;x=1,2>;q=0.5 , <sip:c@d>,, sip:e@f").collect();
         assert_eq!(
             v,
-            ["\"Doe, John\" <sip:a@b;x=1,2>;q=0.5", "<sip:c@d>", "sip:e@f"]
+            [
+                "\"Doe, John\" <sip:a@b;x=1,2>;q=0.5",
+                "<sip:c@d>",
+                "sip:e@f"
+            ]
         );
         let v: Vec<_> = split_commas("\"a\\\",b\" <sip:x@y>").collect();
         assert_eq!(v.len(), 1);

@@ -121,7 +121,7 @@ pub fn parse_bytes(data: &Bytes, limits: &Limits) -> Result<Message, ParseError>
 /// of its last line. Accepts CRLF CRLF and LF LF (and mixes).
 pub(crate) fn find_head_end(data: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
-    while let Some(off) = data[i..].iter().position(|&b| b == b'\n') {
+    while let Some(off) = memchr::memchr(b'\n', &data[i..]) {
         let nl = i + off;
         match data.get(nl + 1) {
             Some(b'\n') => return Some((trim_cr(data, nl), nl + 2)),
@@ -150,11 +150,22 @@ pub(crate) fn skip_leading_crlf(data: &[u8]) -> usize {
 }
 
 enum StartLine {
-    Request { method: Method, uri: Result<Uri, String>, version_ok: bool },
-    Response { status: u16, reason: String },
+    Request {
+        method: Method,
+        uri: Result<Uri, String>,
+        version_ok: bool,
+    },
+    Response {
+        status: u16,
+        reason: String,
+    },
 }
 
-fn parse_inner(data: &[u8], shared: Option<&Bytes>, limits: &Limits) -> Result<Message, ParseError> {
+fn parse_inner(
+    data: &[u8],
+    shared: Option<&Bytes>,
+    limits: &Limits,
+) -> Result<Message, ParseError> {
     let start = skip_leading_crlf(data);
     let msg = &data[start..];
     if msg.is_empty() {
@@ -189,12 +200,20 @@ fn parse_inner(data: &[u8], shared: Option<&Bytes>, limits: &Limits) -> Result<M
 
     // Header fields.
     let mut headers = Headers::with_capacity(16);
-    let mut pos = if first_end < src.len() { first_end + 1 } else { src.len() };
+    let mut pos = if first_end < src.len() {
+        first_end + 1
+    } else {
+        src.len()
+    };
     let mut field: Option<FieldAcc> = None;
     let mut count = 0usize;
     while pos < src.len() {
         let nl = src[pos..].find('\n').map_or(src.len(), |o| pos + o);
-        let line_end = if nl > pos && src.as_bytes()[nl - 1] == b'\r' { nl - 1 } else { nl };
+        let line_end = if nl > pos && src.as_bytes()[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
         let line = &src[pos..line_end];
         if line.starts_with([' ', '\t']) {
             match field.as_mut() {
@@ -392,9 +411,8 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         return Err(ParseError::Unanswerable("malformed method".into()));
     }
     let version_ok = version.eq_ignore_ascii_case("SIP/2.0");
-    if !version_ok
-        && !(version.len() > 4 && version.as_bytes()[..4].eq_ignore_ascii_case(b"SIP/"))
-    {
+    let sip_version = version.len() > 4 && version.as_bytes()[..4].eq_ignore_ascii_case(b"SIP/");
+    if !sip_version {
         return Err(ParseError::Unanswerable("malformed start line".into()));
     }
     Ok(StartLine::Request {

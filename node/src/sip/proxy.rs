@@ -17,15 +17,15 @@
 //!
 //! # Branches and loop detection
 //!
-//! Our branch is `z9hG4bKoh` + 16 hex digits (a hash of the received request's transaction
-//! identity: top Via branch and sent-by, Call-ID, CSeq number, From tag, and the target)
-//! + `.` + 16 hex digits (a hash of the fields section 16.6 step 8 lists for loop detection:
-//! the Request-URI as received, To tag, From tag, Call-ID, CSeq number, Proxy-Require and
-//! Proxy-Authorization). A retransmission, and the CANCEL or non-2xx ACK of an INVITE
-//! forwarded statelessly, get the same branch as the original; a different target gets a
-//! different branch. A request that comes back carrying one of our Vias whose loop part
-//! equals the loop hash of the request as now received has looped (482); otherwise it is
-//! spiralling (for example, retargeted by another proxy) and is processed again.
+//! Our branch is `z9hG4bKoh`, then 16 hex digits hashing the received request's transaction
+//! identity (top Via branch and sent-by, Call-ID, CSeq number, From tag, and the target),
+//! then `.` and 16 hex digits hashing the fields section 16.6 step 8 lists for loop
+//! detection (the Request-URI as received, To tag, From tag, Call-ID, CSeq number,
+//! Proxy-Require and Proxy-Authorization). A retransmission, and the CANCEL or non-2xx ACK
+//! of an INVITE forwarded statelessly, get the same branch as the original; a different
+//! target gets a different branch. A request that comes back carrying one of our Vias whose
+//! loop part equals the loop hash of the request as now received has looped (482); otherwise
+//! it is spiralling (for example, retargeted by another proxy) and is processed again.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -89,17 +89,16 @@ impl LocalAddrs {
 
     /// Whether a SIP URI points at this node (its host and port are ours).
     pub fn is_local_uri(&self, uri: &Uri) -> bool {
-        uri.is_sip()
-            && self.is_local(
-                uri.maddr_or_host(),
-                uri.port(),
-                uri.port_or_default(),
-            )
+        uri.is_sip() && self.is_local(uri.maddr_or_host(), uri.port(), uri.port_or_default())
     }
 
     /// Whether a URI's host is one of our domains.
     pub fn is_our_domain(&self, uri: &Uri) -> bool {
-        uri.is_sip() && self.domains.iter().any(|d| d.eq_ignore_ascii_case(uri.host()))
+        uri.is_sip()
+            && self
+                .domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(uri.host()))
     }
 }
 
@@ -159,9 +158,11 @@ pub fn is_loop(req: &Request, local: &LocalAddrs) -> bool {
         return false;
     };
     let want = format!("{:016x}", loop_hash(req));
-    std::iter::once(first)
-        .chain(ours)
-        .any(|v| v.branch().and_then(|b| b.rsplit_once('.')).is_some_and(|(_, l)| l == want))
+    std::iter::once(first).chain(ours).any(|v| {
+        v.branch()
+            .and_then(|b| b.rsplit_once('.'))
+            .is_some_and(|(_, l)| l == want)
+    })
 }
 
 fn default_port(transport: &str) -> u16 {
@@ -227,7 +228,11 @@ pub fn stamp_received(req: &mut Request, source: SocketAddr) -> bool {
 /// - then, while the top Route points at us, it is removed.
 pub fn preprocess_route(req: &mut Request, local: &LocalAddrs) {
     if local.is_local_uri(&req.uri) && req.headers.contains("Route") {
-        let last = req.headers.values_kind(HeaderName::Route).last().map(str::to_owned);
+        let last = req
+            .headers
+            .values_kind(HeaderName::Route)
+            .last()
+            .map(str::to_owned);
         if let Some(uri) = last
             .as_deref()
             .and_then(|v| NameAddr::parse(v).ok())
@@ -469,11 +474,7 @@ impl SerialFork {
         if self.done {
             return ForkStep::Absorb;
         }
-        if self.best.is_none()
-            && self
-                .generated
-                .is_none_or(|g| rank(status) < rank(g))
-        {
+        if self.best.is_none() && self.generated.is_none_or(|g| rank(status) < rank(g)) {
             self.generated = Some(status);
         }
         self.next_or_finish()

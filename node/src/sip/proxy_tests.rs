@@ -56,7 +56,13 @@ fn forward_builds_16_6() {
     let mut inv = req(&sipp_invite());
     stamp_received(&mut inv, "192.0.2.77:5061".parse().unwrap());
     let target = uri("sip:2000@127.0.0.1:5090;transport=UDP");
-    let out = forward_request(&inv, &target, &our_via(None), Some("<sip:127.0.1.7;lr>"), &l);
+    let out = forward_request(
+        &inv,
+        &target,
+        &our_via(None),
+        Some("<sip:127.0.1.7;lr>"),
+        &l,
+    );
     assert_eq!(out.uri, target);
     assert_eq!(out.headers.max_forwards(), Some(69));
     let vias: Vec<_> = out.headers.vias().collect();
@@ -71,7 +77,15 @@ fn forward_builds_16_6() {
         "sip:127.0.1.7;lr"
     );
     // Everything else is as received.
-    for name in ["From", "To", "Call-ID", "CSeq", "Contact", "Subject", "Content-Type"] {
+    for name in [
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Subject",
+        "Content-Type",
+    ] {
         assert_eq!(out.headers.get(name), inv.headers.get(name), "{name}");
     }
     assert_eq!(out.body, inv.body);
@@ -82,9 +96,15 @@ fn forward_builds_16_6() {
     // A retransmission gets the same branch; another target another branch; a given branch
     // is used as is; the CANCEL forwarded statelessly gets the INVITE's branch.
     assert_eq!(compute_branch(&inv, &target), branch);
-    assert_ne!(compute_branch(&inv, &uri("sip:2000@127.0.0.1:5091")), branch);
+    assert_ne!(
+        compute_branch(&inv, &uri("sip:2000@127.0.0.1:5091")),
+        branch
+    );
     let given = forward_request(&inv, &target, &our_via(Some("z9hG4bKgiven")), None, &l);
-    assert_eq!(given.headers.via_top().unwrap().branch(), Some("z9hG4bKgiven"));
+    assert_eq!(
+        given.headers.via_top().unwrap().branch(),
+        Some("z9hG4bKgiven")
+    );
     let cancel = crate::sip::transaction::build_cancel(&inv);
     assert_eq!(compute_branch(&cancel, &target), branch);
     // Max-Forwards is inserted when missing; rport asked for when wanted.
@@ -141,29 +161,43 @@ fn rfc3581_stamping() {
         Some("SIP/2.0/UDP 10.1.1.1:4540;rport=9988;branch=z9hG4bKkjshdyff;received=192.0.2.1")
     );
     let resp = reply(&r, 200, None, None);
-    assert_eq!(resp.headers.via_top().unwrap().response_target(), ("192.0.2.1", 9988));
+    assert_eq!(
+        resp.headers.via_top().unwrap().response_target(),
+        ("192.0.2.1", 9988)
+    );
 }
 
 #[test]
 fn route_preprocessing_and_next_hop() {
     let l = local();
     let mut inv = req(&sipp_invite());
-    inv.headers.push("Route", "<sip:127.0.1.7;lr>, <sip:node1.example.test;lr>");
+    inv.headers
+        .push("Route", "<sip:127.0.1.7;lr>, <sip:node1.example.test;lr>");
     inv.headers.push("Route", "<sip:proxy.other.test;lr>");
     assert!(is_for_us(&inv, &l));
     preprocess_route(&mut inv, &l);
-    let routes: Vec<_> = inv.headers.routes().map(|r| r.uri_str().to_owned()).collect();
+    let routes: Vec<_> = inv
+        .headers
+        .routes()
+        .map(|r| r.uri_str().to_owned())
+        .collect();
     assert_eq!(routes, ["sip:proxy.other.test;lr"]);
     assert_eq!(next_hop(&inv).as_str(), "sip:proxy.other.test;lr");
     // Strict routing from the previous hop: the Request-URI is ours; the last Route is the
     // real target.
     let mut strict = req(&sipp_invite());
     strict.uri = uri("sip:127.0.1.7");
-    strict.headers.push("Route", "<sip:next.other.test;lr>, <sip:2000@client.test>");
+    strict
+        .headers
+        .push("Route", "<sip:next.other.test;lr>, <sip:2000@client.test>");
     preprocess_route(&mut strict, &l);
     assert_eq!(strict.uri.as_str(), "sip:2000@client.test");
     assert_eq!(
-        strict.headers.routes().map(|r| r.uri_str().to_owned()).collect::<Vec<_>>(),
+        strict
+            .headers
+            .routes()
+            .map(|r| r.uri_str().to_owned())
+            .collect::<Vec<_>>(),
         ["sip:next.other.test;lr"]
     );
     // No Route: the Request-URI is the next hop.
@@ -183,7 +217,10 @@ fn forward_pops_our_route_and_handles_strict_next_hop() {
     // Request-URI goes last in the Route set.
     assert_eq!(out.uri.as_str(), "sip:strict.other.test");
     assert_eq!(
-        out.headers.routes().map(|r| r.uri_str().to_owned()).collect::<Vec<_>>(),
+        out.headers
+            .routes()
+            .map(|r| r.uri_str().to_owned())
+            .collect::<Vec<_>>(),
         ["sip:2000@example.test"]
     );
 }
@@ -237,7 +274,10 @@ fn serial_fork() {
         ForkStep::Forward(r) => assert_eq!((r.status, r.headers.vias().count()), (180, 1)),
         other => panic!("{other:?}"),
     }
-    assert_eq!(fork.on_response(response_via(&inv, 486)), ForkStep::TryNext(t2));
+    assert_eq!(
+        fork.on_response(response_via(&inv, 486)),
+        ForkStep::TryNext(t2)
+    );
     match fork.on_response(response_via(&inv, 404)) {
         // 404 and 486 are both 4xx; the lower code is kept.
         ForkStep::Final(r) => assert_eq!(r.status, 404),
@@ -248,14 +288,22 @@ fn serial_fork() {
     // A 2xx ends the fork at once; a late 2xx is still forwarded.
     let mut fork = SerialFork::new([uri("sip:a@1.1.1.1"), uri("sip:a@2.2.2.2")]);
     fork.start();
-    assert!(matches!(fork.on_response(response_via(&inv, 200)), ForkStep::Forward(_)));
-    assert!(matches!(fork.on_response(response_via(&inv, 200)), ForkStep::Forward(_)));
+    assert!(matches!(
+        fork.on_response(response_via(&inv, 200)),
+        ForkStep::Forward(_)
+    ));
+    assert!(matches!(
+        fork.on_response(response_via(&inv, 200)),
+        ForkStep::Forward(_)
+    ));
     assert_eq!(fork.on_response(response_via(&inv, 486)), ForkStep::Absorb);
 
     // A 6xx ends it without trying the rest.
     let mut fork = SerialFork::new([uri("sip:a@1.1.1.1"), uri("sip:a@2.2.2.2")]);
     fork.start();
-    assert!(matches!(fork.on_response(response_via(&inv, 603)), ForkStep::Final(r) if r.status == 603));
+    assert!(
+        matches!(fork.on_response(response_via(&inv, 603)), ForkStep::Final(r) if r.status == 603)
+    );
 
     // Timeouts and 503s are answered by us: 408, and 500 for a 503.
     let mut fork = SerialFork::new([uri("sip:a@1.1.1.1"), uri("sip:a@2.2.2.2")]);
@@ -264,17 +312,24 @@ fn serial_fork() {
     assert_eq!(fork.on_failure(408), ForkStep::Generate(408));
     let mut fork = SerialFork::new([uri("sip:a@1.1.1.1")]);
     fork.start();
-    assert_eq!(fork.on_response(response_via(&inv, 503)), ForkStep::Generate(500));
+    assert_eq!(
+        fork.on_response(response_via(&inv, 503)),
+        ForkStep::Generate(500)
+    );
     // A real response beats a generated timeout.
     let mut fork = SerialFork::new([uri("sip:a@1.1.1.1"), uri("sip:a@2.2.2.2")]);
     fork.start();
     fork.on_failure(408);
-    assert!(matches!(fork.on_response(response_via(&inv, 480)), ForkStep::Final(r) if r.status == 480));
+    assert!(
+        matches!(fork.on_response(response_via(&inv, 480)), ForkStep::Final(r) if r.status == 480)
+    );
     // 401/407 are preferred within 4xx.
     let mut fork = SerialFork::new([uri("sip:a@1.1.1.1"), uri("sip:a@2.2.2.2")]);
     fork.start();
     fork.on_response(response_via(&inv, 407));
-    assert!(matches!(fork.on_response(response_via(&inv, 404)), ForkStep::Final(r) if r.status == 407));
+    assert!(
+        matches!(fork.on_response(response_via(&inv, 404)), ForkStep::Final(r) if r.status == 407)
+    );
     // No targets at all.
     assert_eq!(SerialFork::new([]).start(), None);
 }

@@ -129,7 +129,12 @@ impl Binding {
 
     /// The merge order: greater wins.
     fn merge_cmp(&self, other: &Binding) -> Ordering {
-        (self.updated_at_ms, self.cseq, &self.call_id, self.expires_at_ms)
+        (
+            self.updated_at_ms,
+            self.cseq,
+            &self.call_id,
+            self.expires_at_ms,
+        )
             .cmp(&(
                 other.updated_at_ms,
                 other.cseq,
@@ -232,8 +237,13 @@ impl RegisterInfo {
         if req.method != Method::Register {
             return Err(bad("Not a REGISTER"));
         }
-        let aor = req.to_aor().ok_or_else(|| bad("To is not a SIP address of record"))?;
-        let call_id = req.headers.call_id().ok_or_else(|| bad("Missing Call-ID"))?;
+        let aor = req
+            .to_aor()
+            .ok_or_else(|| bad("To is not a SIP address of record"))?;
+        let call_id = req
+            .headers
+            .call_id()
+            .ok_or_else(|| bad("Missing Call-ID"))?;
         let cseq = req.headers.cseq().ok_or_else(|| bad("Missing CSeq"))?;
         let contacts = req
             .headers
@@ -391,10 +401,7 @@ impl Bindings {
             RegisterContacts::Set(list) => {
                 let mut work = self.contacts.clone();
                 for c in list {
-                    let requested = c
-                        .expires
-                        .or(req.expires)
-                        .unwrap_or(policy.default_expires);
+                    let requested = c.expires.or(req.expires).unwrap_or(policy.default_expires);
                     if requested > 0 && requested < 3600 && requested < policy.min_expires {
                         return Err(RegisterError::IntervalTooBrief {
                             min_expires: policy.min_expires,
@@ -411,7 +418,8 @@ impl Bindings {
                         }
                     }
                     // Any expired binding or tombstone for this contact is replaced.
-                    let slot = existing.or_else(|| work.iter().position(|b| b.same_contact(&c.uri)));
+                    let slot =
+                        existing.or_else(|| work.iter().position(|b| b.same_contact(&c.uri)));
                     if expires == 0 {
                         if let Some(i) = existing {
                             tombstone(&mut work[i], req, now_ms);
@@ -480,7 +488,11 @@ impl Bindings {
     /// wins (see the module documentation). Commutative, associative and idempotent.
     pub fn merge(&mut self, other: &Bindings) {
         for theirs in &other.contacts {
-            match self.contacts.iter().position(|b| b.same_contact(&theirs.uri)) {
+            match self
+                .contacts
+                .iter()
+                .position(|b| b.same_contact(&theirs.uri))
+            {
                 Some(i) => {
                     if theirs.merge_cmp(&self.contacts[i]) == Ordering::Greater {
                         self.contacts[i] = theirs.clone();

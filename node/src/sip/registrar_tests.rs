@@ -54,10 +54,23 @@ fn apply(b: &mut Bindings, i: &RegisterInfo, now: u64) -> Result<Vec<Binding>, R
 
 #[test]
 fn extracts_the_register() {
-    let i = info("c1", 7, &["Contact: <sip:1000@10.0.0.1:5070;transport=UDP>;expires=60;q=0.5", "Expires: 300"]);
+    let i = info(
+        "c1",
+        7,
+        &[
+            "Contact: <sip:1000@10.0.0.1:5070;transport=UDP>;expires=60;q=0.5",
+            "Expires: 300",
+        ],
+    );
     assert_eq!(i.aor, "1000@example.test");
-    assert_eq!(i.aor, onehop_overlay::ring::canonical_aor("sip:1000@Example.TEST").unwrap());
-    assert_eq!((i.call_id.as_str(), i.cseq, i.expires), ("c1", 7, Some(300)));
+    assert_eq!(
+        i.aor,
+        onehop_overlay::ring::canonical_aor("sip:1000@Example.TEST").unwrap()
+    );
+    assert_eq!(
+        (i.call_id.as_str(), i.cseq, i.expires),
+        ("c1", 7, Some(300))
+    );
     assert_eq!(
         i.contacts,
         RegisterContacts::Set(vec![ContactInfo {
@@ -67,8 +80,15 @@ fn extracts_the_register() {
         }])
     );
     assert_eq!(info("c1", 1, &[]).contacts, RegisterContacts::Fetch);
-    assert_eq!(info("c1", 1, &["Contact: *", "Expires: 0"]).contacts, RegisterContacts::Wildcard);
-    let err = RegisterInfo::from_request(&register("c", 1, &["Contact: *, <sip:a@b>", "Expires: 0"]), None, None);
+    assert_eq!(
+        info("c1", 1, &["Contact: *", "Expires: 0"]).contacts,
+        RegisterContacts::Wildcard
+    );
+    let err = RegisterInfo::from_request(
+        &register("c", 1, &["Contact: *, <sip:a@b>", "Expires: 0"]),
+        None,
+        None,
+    );
     assert_eq!(err.unwrap_err().status(), 400);
     let err = RegisterInfo::from_request(&register("c", 1, &["Contact: <sip:a@b"]), None, None);
     assert_eq!(err.unwrap_err().status(), 400);
@@ -96,7 +116,10 @@ fn add_refresh_and_fetch() {
     assert_eq!(cur[0].cseq, 2);
     // A fetch changes nothing.
     let before = b.clone();
-    assert_eq!(apply(&mut b, &info("c1", 3, &[]), NOW + 20_000).unwrap(), cur);
+    assert_eq!(
+        apply(&mut b, &info("c1", 3, &[]), NOW + 20_000).unwrap(),
+        cur
+    );
     assert_eq!(b, before);
 }
 
@@ -105,7 +128,12 @@ fn default_and_maximum_expiry() {
     let mut b = Bindings::new();
     let cur = apply(&mut b, &info("c1", 1, &["Contact: <sip:a@10.0.0.1>"]), NOW).unwrap();
     assert_eq!(cur[0].remaining_secs(NOW), 3600);
-    let cur = apply(&mut b, &info("c1", 2, &["Contact: <sip:a@10.0.0.1>;expires=999999"]), NOW).unwrap();
+    let cur = apply(
+        &mut b,
+        &info("c1", 2, &["Contact: <sip:a@10.0.0.1>;expires=999999"]),
+        NOW,
+    )
+    .unwrap();
     assert_eq!(cur[0].remaining_secs(NOW), 7200);
 }
 
@@ -131,14 +159,29 @@ fn out_of_order_cseq_is_refused_without_change() {
 #[test]
 fn remove_with_expires_zero_leaves_a_tombstone() {
     let mut b = Bindings::new();
-    apply(&mut b, &info("c1", 1, &["Contact: <sip:a@10.0.0.1>, <sip:a@10.0.0.2>"]), NOW).unwrap();
-    let cur = apply(&mut b, &info("c1", 2, &["Contact: <sip:a@10.0.0.1>;expires=0"]), NOW + 1000).unwrap();
+    apply(
+        &mut b,
+        &info("c1", 1, &["Contact: <sip:a@10.0.0.1>, <sip:a@10.0.0.2>"]),
+        NOW,
+    )
+    .unwrap();
+    let cur = apply(
+        &mut b,
+        &info("c1", 2, &["Contact: <sip:a@10.0.0.1>;expires=0"]),
+        NOW + 1000,
+    )
+    .unwrap();
     assert_eq!(cur.len(), 1);
     assert_eq!(cur[0].uri, "sip:a@10.0.0.2");
     assert_eq!(b.contacts.len(), 2, "the tombstone stays");
     assert!(b.contacts.iter().any(Binding::is_tombstone));
     // Removing a contact that is not bound is fine.
-    apply(&mut b, &info("c1", 3, &["Contact: <sip:zzz@10.0.0.9>", "Expires: 0"]), NOW + 1000).unwrap();
+    apply(
+        &mut b,
+        &info("c1", 3, &["Contact: <sip:zzz@10.0.0.9>", "Expires: 0"]),
+        NOW + 1000,
+    )
+    .unwrap();
     assert!(!b.purge(NOW + 2000));
     assert!(b.purge(NOW + 1000 + TOMBSTONE_KEEP_MS));
     assert_eq!(b.contacts.len(), 1);
@@ -147,7 +190,12 @@ fn remove_with_expires_zero_leaves_a_tombstone() {
 #[test]
 fn wildcard_removes_everything_only_with_expires_zero() {
     let mut b = Bindings::new();
-    apply(&mut b, &info("c1", 1, &["Contact: <sip:a@10.0.0.1>, <sip:a@10.0.0.2>"]), NOW).unwrap();
+    apply(
+        &mut b,
+        &info("c1", 1, &["Contact: <sip:a@10.0.0.1>, <sip:a@10.0.0.2>"]),
+        NOW,
+    )
+    .unwrap();
     let err = apply(&mut b, &info("c1", 2, &["Contact: *"]), NOW).unwrap_err();
     assert_eq!(err.status(), 400);
     let err = apply(&mut b, &info("c1", 2, &["Contact: *", "Expires: 60"]), NOW).unwrap_err();
@@ -155,7 +203,13 @@ fn wildcard_removes_everything_only_with_expires_zero() {
     // Same Call-ID, CSeq not higher: refused.
     let err = apply(&mut b, &info("c1", 1, &["Contact: *", "Expires: 0"]), NOW).unwrap_err();
     assert_eq!(err, RegisterError::OutOfOrder);
-    assert!(apply(&mut b, &info("c9", 1, &["Contact: *", "Expires: 0"]), NOW + 5).unwrap().is_empty());
+    assert!(apply(
+        &mut b,
+        &info("c9", 1, &["Contact: *", "Expires: 0"]),
+        NOW + 5
+    )
+    .unwrap()
+    .is_empty());
     assert!(b.current(NOW + 5).is_empty());
     assert!(b.contacts.iter().all(Binding::is_tombstone));
 }
@@ -163,15 +217,30 @@ fn wildcard_removes_everything_only_with_expires_zero() {
 #[test]
 fn interval_too_brief() {
     let mut b = Bindings::new();
-    let err = apply(&mut b, &info("c1", 1, &["Contact: <sip:a@10.0.0.1>;expires=30"]), NOW).unwrap_err();
+    let err = apply(
+        &mut b,
+        &info("c1", 1, &["Contact: <sip:a@10.0.0.1>;expires=30"]),
+        NOW,
+    )
+    .unwrap_err();
     assert_eq!(err, RegisterError::IntervalTooBrief { min_expires: 60 });
     let resp = err.response(&register("c1", 1, &[]));
     assert_eq!((resp.status, resp.headers.min_expires()), (423, Some(60)));
-    let err = apply(&mut b, &info("c1", 1, &["Contact: <sip:a@10.0.0.1>", "Expires: 59"]), NOW).unwrap_err();
+    let err = apply(
+        &mut b,
+        &info("c1", 1, &["Contact: <sip:a@10.0.0.1>", "Expires: 59"]),
+        NOW,
+    )
+    .unwrap_err();
     assert_eq!(err.status(), 423);
     assert!(b.is_empty());
     // Zero is a removal, never too brief.
-    apply(&mut b, &info("c1", 1, &["Contact: <sip:a@10.0.0.1>;expires=0"]), NOW).unwrap();
+    apply(
+        &mut b,
+        &info("c1", 1, &["Contact: <sip:a@10.0.0.1>;expires=0"]),
+        NOW,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -181,19 +250,38 @@ fn too_many_contacts_is_atomic() {
         max_contacts: 2,
         ..RegistrarPolicy::default()
     };
-    b.apply_register(&info("c1", 1, &["Contact: <sip:a@10.0.0.1>, <sip:a@10.0.0.2>"]), NOW, &policy)
-        .unwrap();
+    b.apply_register(
+        &info("c1", 1, &["Contact: <sip:a@10.0.0.1>, <sip:a@10.0.0.2>"]),
+        NOW,
+        &policy,
+    )
+    .unwrap();
     let before = b.clone();
     let err = b
-        .apply_register(&info("c1", 2, &["Contact: <sip:a@10.0.0.1>;expires=100, <sip:a@10.0.0.3>"]), NOW, &policy)
+        .apply_register(
+            &info(
+                "c1",
+                2,
+                &["Contact: <sip:a@10.0.0.1>;expires=100, <sip:a@10.0.0.3>"],
+            ),
+            NOW,
+            &policy,
+        )
         .unwrap_err();
     assert_eq!(err, RegisterError::TooManyContacts { max: 2 });
     assert_eq!(err.status(), 503);
-    assert_eq!(b, before, "the refresh of the first contact was rolled back");
+    assert_eq!(
+        b, before,
+        "the refresh of the first contact was rolled back"
+    );
     // Replacing one contact by another in one request fits.
     let cur = b
         .apply_register(
-            &info("c1", 3, &["Contact: <sip:a@10.0.0.1>;expires=0, <sip:a@10.0.0.3>"]),
+            &info(
+                "c1",
+                3,
+                &["Contact: <sip:a@10.0.0.1>;expires=0, <sip:a@10.0.0.3>"],
+            ),
             NOW,
             &policy,
         )
@@ -211,7 +299,10 @@ fn expiry_and_q_ordering() {
     )
     .unwrap();
     let order: Vec<_> = b.current(NOW).into_iter().map(|c| c.uri).collect();
-    assert_eq!(order, ["sip:a@10.0.0.2", "sip:a@10.0.0.3", "sip:a@10.0.0.1"]);
+    assert_eq!(
+        order,
+        ["sip:a@10.0.0.2", "sip:a@10.0.0.3", "sip:a@10.0.0.1"]
+    );
     assert_eq!(
         b.to_contact_headers(NOW + 50_500),
         [
@@ -230,7 +321,12 @@ fn expiry_and_q_ordering() {
 #[test]
 fn serde_round_trip() {
     let mut b = Bindings::new();
-    apply(&mut b, &info("c1", 1, &["Contact: <sip:a@10.0.0.1>;q=0.5"]), NOW).unwrap();
+    apply(
+        &mut b,
+        &info("c1", 1, &["Contact: <sip:a@10.0.0.1>;q=0.5"]),
+        NOW,
+    )
+    .unwrap();
     let json = serde_json::to_string(&b).unwrap();
     assert_eq!(serde_json::from_str::<Bindings>(&json).unwrap(), b);
 }
@@ -242,7 +338,12 @@ fn merge_newer_wins_and_tombstones_hold() {
     apply(&mut a, &info("c1", 1, &[c]), NOW).unwrap();
     // A stale copy still holds the binding; the other removed it later.
     let stale = a.clone();
-    apply(&mut a, &info("c1", 2, &["Contact: <sip:a@10.0.0.1>;expires=0"]), NOW + 10).unwrap();
+    apply(
+        &mut a,
+        &info("c1", 2, &["Contact: <sip:a@10.0.0.1>;expires=0"]),
+        NOW + 10,
+    )
+    .unwrap();
     let mut m1 = stale.clone();
     m1.merge(&a);
     let mut m2 = a.clone();
@@ -251,15 +352,27 @@ fn merge_newer_wins_and_tombstones_hold() {
     assert!(m1.current(NOW + 20).is_empty(), "the removal wins");
     // A newer registration elsewhere wins over both.
     let mut other = stale.clone();
-    apply(&mut other, &info("c2", 1, &["Contact: <sip:a@10.0.0.1>;expires=500"]), NOW + 20).unwrap();
+    apply(
+        &mut other,
+        &info("c2", 1, &["Contact: <sip:a@10.0.0.1>;expires=500"]),
+        NOW + 20,
+    )
+    .unwrap();
     m1.merge(&other);
     assert_eq!(m1.current(NOW + 30).len(), 1);
     assert_eq!(m1.current(NOW + 30)[0].call_id, "c2");
 }
 
 fn arb_binding() -> impl Strategy<Value = Binding> {
-    (0u8..4, 0u64..50, 0u64..50, 0u32..4, 0u8..3, proptest::option::of(0u16..1001)).prop_map(
-        |(host, updated, life, cseq, call, q)| Binding {
+    (
+        0u8..4,
+        0u64..50,
+        0u64..50,
+        0u32..4,
+        0u8..3,
+        proptest::option::of(0u16..1001),
+    )
+        .prop_map(|(host, updated, life, cseq, call, q)| Binding {
             uri: format!("sip:a@10.0.0.{host}"),
             expires_at_ms: NOW + updated + life,
             q,
@@ -268,8 +381,7 @@ fn arb_binding() -> impl Strategy<Value = Binding> {
             flow: None,
             received: None,
             updated_at_ms: NOW + updated,
-        },
-    )
+        })
 }
 
 fn arb_bindings() -> impl Strategy<Value = Bindings> {

@@ -59,7 +59,18 @@ pub mod status {
 /// The standard reason phrase for a status code (RFC 3261 section 21), or a generic one
 /// for the code's class.
 pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
+    known_reason(status).unwrap_or(match status / 100 {
+        1 => "Session Progress",
+        2 => "OK",
+        3 => "Redirection",
+        4 => "Client Error",
+        5 => "Server Error",
+        _ => "Global Failure",
+    })
+}
+
+fn known_reason(status: u16) -> Option<&'static str> {
+    Some(match status {
         100 => "Trying",
         180 => "Ringing",
         181 => "Call Is Being Forwarded",
@@ -111,13 +122,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
         603 => "Decline",
         604 => "Does Not Exist Anywhere",
         606 => "Not Acceptable",
-        100..=199 => "Session Progress",
-        200..=299 => "OK",
-        300..=399 => "Redirection",
-        400..=499 => "Client Error",
-        500..=599 => "Server Error",
-        _ => "Global Failure",
-    }
+        _ => return None,
+    })
 }
 
 /// Builds a response to `req` per RFC 3261 section 8.2.6: the Via fields (all, in order),

@@ -302,10 +302,7 @@ fn torture_invite_is_read_correctly() {
     assert_eq!(m.param("newparam"), Some("newvalue"));
     assert_eq!(m.q(), Some(330));
     assert_eq!(&r.body[..], TORTURE_SDP.as_bytes());
-    assert_eq!(
-        r.to_aor().as_deref(),
-        Some("vivekg@chair-dnrc.example.com")
-    );
+    assert_eq!(r.to_aor().as_deref(), Some("vivekg@chair-dnrc.example.com"));
 }
 
 #[test]
@@ -314,7 +311,8 @@ fn proxy_edits_touch_only_the_edited_fields() {
     let original = String::from_utf8(data.clone()).unwrap();
     let mut r = request(&data);
     r.headers.stamp_received("192.0.2.9:5099".parse().unwrap());
-    r.headers.prepend_via("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKoh1");
+    r.headers
+        .prepend_via("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKoh1");
     r.headers.prepend_record_route("<sip:10.0.0.1;lr>");
     assert_eq!(r.headers.decrement_max_forwards(), Some(67));
     assert!(r.headers.pop_route().is_some());
@@ -337,7 +335,10 @@ fn proxy_edits_touch_only_the_edited_fields() {
     assert!(out.contains(
         "cseq: 0009\r\n  INVITE\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKoh1\r\nVia: SIP  /   2.0 /UDP 192.0.2.2;branch=390skdjuw;received=192.0.2.9\r\ns :\r\n"
     ), "{out}");
-    assert!(out.contains(" z9hG4bK30239\r\nRecord-Route: <sip:10.0.0.1;lr>\r\nm:"), "{out}");
+    assert!(
+        out.contains(" z9hG4bK30239\r\nRecord-Route: <sip:10.0.0.1;lr>\r\nm:"),
+        "{out}"
+    );
     // The edited message parses back to the same fields.
     let again = request(out.as_bytes());
     assert_eq!(again.headers.vias().count(), 4);
@@ -369,7 +370,9 @@ fn leading_crlf_and_extra_bytes() {
     assert!(r.body.is_empty());
     // A datagram without Content-Length takes the rest as its body.
     let mut nocl = rfc3665_register();
-    let s = String::from_utf8(nocl.clone()).unwrap().replace("Content-Length: 0\r\n", "");
+    let s = String::from_utf8(nocl.clone())
+        .unwrap()
+        .replace("Content-Length: 0\r\n", "");
     nocl = s.into_bytes();
     nocl.extend(b"abc");
     assert_eq!(&request(&nocl).body[..], b"abc");
@@ -426,18 +429,66 @@ fn missing_mandatory_headers_get_400_with_reason() {
 #[test]
 fn bad_headers_get_400() {
     let cases = [
-        ("CSeq: 1 REGISTER", "CSeq: 1 INVITE", "CSeq method does not match request method"),
-        ("CSeq: 1 REGISTER", "CSeq: one REGISTER", "Malformed CSeq header"),
-        ("CSeq: 1 REGISTER", "CSeq: 4294967296 REGISTER", "Malformed CSeq header"),
-        ("Max-Forwards: 70", "Max-Forwards: seventy", "Malformed Max-Forwards header"),
-        ("Content-Length: 0", "Content-Length: zero", "Malformed Content-Length header"),
-        ("Content-Length: 0", "Content-Length: 10", "Body shorter than Content-Length"),
-        ("To: <sip:1000@example.test>", "To: <sip:1000@example.test", "Malformed To header (malformed address: unterminated <)"),
-        ("From: <sip:1000@example.test>", "From: \"x <sip:a@b>", "Malformed From header (malformed address: unterminated display name)"),
-        ("Via: SIP/2.0/UDP 127.0.0.1:5070", "Via: SIP/2.0/UDP 127.0.0.1:70000", "Malformed Via header (malformed via: bad sent-by)"),
-        ("Call-ID: 1-4242@127.0.0.1", "Call-ID: a b", "Malformed Call-ID header"),
-        ("User-Agent: SIPp-bench", "User-Agent SIPp-bench", "Malformed header line"),
-        ("REGISTER sip:example.test SIP/2.0", "REGISTER sip: SIP/2.0", "Bad Request-URI (sip uri has no host)"),
+        (
+            "CSeq: 1 REGISTER",
+            "CSeq: 1 INVITE",
+            "CSeq method does not match request method",
+        ),
+        (
+            "CSeq: 1 REGISTER",
+            "CSeq: one REGISTER",
+            "Malformed CSeq header",
+        ),
+        (
+            "CSeq: 1 REGISTER",
+            "CSeq: 4294967296 REGISTER",
+            "Malformed CSeq header",
+        ),
+        (
+            "Max-Forwards: 70",
+            "Max-Forwards: seventy",
+            "Malformed Max-Forwards header",
+        ),
+        (
+            "Content-Length: 0",
+            "Content-Length: zero",
+            "Malformed Content-Length header",
+        ),
+        (
+            "Content-Length: 0",
+            "Content-Length: 10",
+            "Body shorter than Content-Length",
+        ),
+        (
+            "To: <sip:1000@example.test>",
+            "To: <sip:1000@example.test",
+            "Malformed To header (malformed address: unterminated <)",
+        ),
+        (
+            "From: <sip:1000@example.test>",
+            "From: \"x <sip:a@b>",
+            "Malformed From header (malformed address: unterminated display name)",
+        ),
+        (
+            "Via: SIP/2.0/UDP 127.0.0.1:5070",
+            "Via: SIP/2.0/UDP 127.0.0.1:70000",
+            "Malformed Via header (malformed via: bad sent-by)",
+        ),
+        (
+            "Call-ID: 1-4242@127.0.0.1",
+            "Call-ID: a b",
+            "Malformed Call-ID header",
+        ),
+        (
+            "User-Agent: SIPp-bench",
+            "User-Agent SIPp-bench",
+            "Malformed header line",
+        ),
+        (
+            "REGISTER sip:example.test SIP/2.0",
+            "REGISTER sip: SIP/2.0",
+            "Bad Request-URI (sip uri has no host)",
+        ),
     ];
     for (from, to, reason) in cases {
         let (status, why, _) = reject(&replace(sipp_register(), from, to));
@@ -450,7 +501,10 @@ fn bad_headers_get_400() {
         .map(|b| if b == 1 { 0xff } else { b })
         .collect::<Vec<_>>();
     let (status, why, _) = reject(&bad_utf8);
-    assert_eq!((status, why.as_str()), (400, "Header section is not valid UTF-8"));
+    assert_eq!(
+        (status, why.as_str()),
+        (400, "Header section is not valid UTF-8")
+    );
 }
 
 #[test]
@@ -520,7 +574,10 @@ fn oversized_request_gets_513() {
         max_message: 128,
         ..Limits::default()
     };
-    assert_eq!(parse_with(&sipp_register(), &small).unwrap_err().status(), Some(513));
+    assert_eq!(
+        parse_with(&sipp_register(), &small).unwrap_err().status(),
+        Some(513)
+    );
     assert!(matches!(
         parse_with(&rfc3261_ok(), &small),
         Err(ParseError::Unanswerable(_))
@@ -541,21 +598,35 @@ fn reply_follows_8_2_6() {
     assert!(busy.headers.get("Timestamp").is_none());
     let tag = busy.headers.to().unwrap().tag().unwrap().to_owned();
     // The same tag for a retransmission; the given tag when one is given.
-    assert_eq!(reply(&inv, 486, None, None).headers.to().unwrap().tag(), Some(&*tag));
     assert_eq!(
-        reply(&inv, 404, None, Some("abc")).headers.to().unwrap().tag(),
+        reply(&inv, 486, None, None).headers.to().unwrap().tag(),
+        Some(&*tag)
+    );
+    assert_eq!(
+        reply(&inv, 404, None, Some("abc"))
+            .headers
+            .to()
+            .unwrap()
+            .tag(),
         Some("abc")
     );
     let text = text(&busy.to_bytes());
     let expected_prefix = "SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-4242-1-0\r\nFrom: <sip:caller@example.test>;tag=4242SIPpTag001\r\nTo: <sip:2000@example.test>;tag=";
     assert!(text.starts_with(expected_prefix), "{text}");
-    assert!(text.ends_with("Call-ID: 1-4242@127.0.0.1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"));
+    assert!(
+        text.ends_with("Call-ID: 1-4242@127.0.0.1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    );
     // A To tag already present is kept.
     let ok = response(&rfc3261_ok());
     let mut req = inv.clone();
     req.headers.set("To", ok.headers.get("To").unwrap());
-    assert_eq!(reply(&req, 200, None, None).headers.to().unwrap().tag(), Some("a6c85cf"));
-    for code in [100, 200, 400, 403, 404, 408, 423, 480, 482, 483, 486, 487, 500, 503, 513] {
+    assert_eq!(
+        reply(&req, 200, None, None).headers.to().unwrap().tag(),
+        Some("a6c85cf")
+    );
+    for code in [
+        100, 200, 400, 403, 404, 408, 423, 480, 482, 483, 486, 487, 500, 503, 513,
+    ] {
         assert!(!response::reason_phrase(code).is_empty());
     }
 }
@@ -596,11 +667,13 @@ fn framer_splits_a_stream() {
 #[test]
 fn framer_errors() {
     let mut f = StreamFramer::new(&Limits::default());
-    f.feed(&without(sipp_register(), "Content-Length:")).unwrap();
+    f.feed(&without(sipp_register(), "Content-Length:"))
+        .unwrap();
     assert_eq!(f.next_frame(), Err(FrameError::MissingContentLength));
 
     let mut f = StreamFramer::new(&Limits::default());
-    f.feed(&replace(sipp_register(), "Content-Length: 0", "l: -1")).unwrap();
+    f.feed(&replace(sipp_register(), "Content-Length: 0", "l: -1"))
+        .unwrap();
     assert_eq!(f.next_frame(), Err(FrameError::BadContentLength));
 
     let small = Limits {
@@ -618,11 +691,15 @@ fn framer_errors() {
 
     // The buffer itself is bounded.
     let mut f = StreamFramer::new(&small);
-    assert_eq!(f.feed(&[b'a'; 401]), Err(FrameError::TooLarge { limit: 400 }));
+    assert_eq!(
+        f.feed(&[b'a'; 401]),
+        Err(FrameError::TooLarge { limit: 400 })
+    );
 
     // A body larger than the cap is refused before it is buffered.
     let mut f = StreamFramer::new(&small);
-    f.feed(b"MESSAGE sip:a@b SIP/2.0\r\nl: 100000\r\n\r\n").unwrap();
+    f.feed(b"MESSAGE sip:a@b SIP/2.0\r\nl: 100000\r\n\r\n")
+        .unwrap();
     assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 200 }));
 }
 

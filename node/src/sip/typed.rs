@@ -169,9 +169,9 @@ pub(crate) fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
     };
     let host_ok = !host.is_empty()
         && host != "[]"
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':'));
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+        });
     if !host_ok {
         return None;
     }
@@ -325,7 +325,10 @@ pub fn parse_delta_seconds(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(s.parse::<u64>().map_or(u32::MAX, |v| v.min(u32::MAX as u64) as u32))
+    Some(
+        s.parse::<u64>()
+            .map_or(u32::MAX, |v| v.min(u32::MAX as u64) as u32),
+    )
 }
 
 /// Parses a qvalue (`0`, `0.5`, `1.000`) into thousandths.
@@ -577,8 +580,19 @@ mod tests {
     fn cseq_and_numbers() {
         let c = CSeq::parse("314159 INVITE").unwrap();
         assert_eq!((c.number, c.method), (314159, Method::Invite));
-        assert_eq!(CSeq::parse("1\tFOO").unwrap().method, Method::Other("FOO".into()));
-        for bad in ["", "INVITE", "1", "x INVITE", "2147483648 INVITE", "-1 INVITE", "1 IN VITE"] {
+        assert_eq!(
+            CSeq::parse("1\tFOO").unwrap().method,
+            Method::Other("FOO".into())
+        );
+        for bad in [
+            "",
+            "INVITE",
+            "1",
+            "x INVITE",
+            "2147483648 INVITE",
+            "-1 INVITE",
+            "1 IN VITE",
+        ] {
             assert!(CSeq::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse_delta_seconds("99999999999"), Some(u32::MAX));
@@ -596,6 +610,9 @@ mod tests {
     #[test]
     fn contact_wildcard() {
         assert_eq!(Contact::parse(" * ").unwrap(), Contact::Wildcard);
-        assert!(matches!(Contact::parse("<sip:a@b>").unwrap(), Contact::Addr(_)));
+        assert!(matches!(
+            Contact::parse("<sip:a@b>").unwrap(),
+            Contact::Addr(_)
+        ));
     }
 }

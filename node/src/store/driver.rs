@@ -116,7 +116,8 @@ impl Inner {
                 return;
             }
             st.view = Some(view.clone());
-            st.machine.handle(Input::Rings(view.rings.clone()), now_ms())
+            st.machine
+                .handle(Input::Rings(view.rings.clone()), now_ms())
         };
         self.execute(actions);
     }
@@ -209,14 +210,16 @@ impl Inner {
     /// The peer address of member `name` in the current view.
     fn peer_addr(&self, name: &str) -> Option<PeerAddr> {
         let view = self.view.borrow();
-        view.status
-            .as_ref()?
-            .member(name)
-            .map(PeerAddr::of_member)
+        view.status.as_ref()?.member(name).map(PeerAddr::of_member)
     }
 
     /// Calls the store of member `name`.
-    async fn call(&self, name: &str, body: Bytes, timeout: Duration) -> Result<Response, PeerError> {
+    async fn call(
+        &self,
+        name: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Response, PeerError> {
         let Some(addr) = self.peer_addr(name) else {
             return Err(PeerError::Unreachable(format!(
                 "{name} is not in the network status"
@@ -301,12 +304,7 @@ impl Inner {
         };
         let body = encode(&Request::Fetch { key: key.clone() });
         let timeout = self.cfg.call_timeout.min(FETCH_TIMEOUT);
-        let answers = join_all(
-            sources
-                .iter()
-                .map(|s| self.call(s, body.clone(), timeout)),
-        )
-        .await;
+        let answers = join_all(sources.iter().map(|s| self.call(s, body.clone(), timeout))).await;
         let mut st = self.lock();
         for answer in answers {
             if let Ok(Response::Entry(Some(entry))) = answer {
@@ -404,7 +402,8 @@ impl Inner {
                 return Err(Failure::NotReplicated { held, wanted });
             }
             let timeout = self.cfg.call_timeout.min(remaining);
-            let answers = join_all(pending.iter().map(|p| self.call(p, body.clone(), timeout))).await;
+            let answers =
+                join_all(pending.iter().map(|p| self.call(p, body.clone(), timeout))).await;
             let mut failed = false;
             for (p, answer) in pending.into_iter().zip(answers) {
                 match answer {
@@ -485,10 +484,9 @@ impl Inner {
                     last = format!("{} says {owner} owns {key}", target.name);
                     redirects += 1;
                     if redirects <= 2 && owner != target.name {
-                        hint = self.peer_addr(&owner).or(addr.map(|addr| PeerAddr {
-                            name: owner,
-                            addr,
-                        }));
+                        hint = self
+                            .peer_addr(&owner)
+                            .or(addr.map(|addr| PeerAddr { name: owner, addr }));
                         if hint.is_some() {
                             continue;
                         }

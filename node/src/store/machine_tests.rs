@@ -222,7 +222,9 @@ impl Sim {
 fn unchanged_members_send_nothing() {
     let r = rings(&["a", "b", "c"]);
     let mut m = loaded("a", &r, 500, cfg());
-    assert!(m.handle(Input::Rings(rings(&["c", "b", "a"])), NOW).is_empty());
+    assert!(m
+        .handle(Input::Rings(rings(&["c", "b", "a"])), NOW)
+        .is_empty());
     assert!(m.handle(Input::Tick, NOW).is_empty());
 }
 
@@ -283,13 +285,17 @@ fn join_places_every_key_on_its_new_replica_set() {
     let n = 3000;
     let mut sim = Sim::new(&["a", "b", "c"], &old, n);
     sim.assert_placed(&old, n);
-    sim.nodes
-        .insert("d".into(), Machine::new("d", cfg()));
+    sim.nodes.insert("d".into(), Machine::new("d", cfg()));
     sim.rings(&new);
     sim.run();
     sim.assert_placed(&new, n);
     // Full copies only went to the newcomer.
-    let got: Vec<&String> = sim.full.iter().filter(|(_, n)| **n > 0).map(|(k, _)| k).collect();
+    let got: Vec<&String> = sim
+        .full
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(got, vec!["d"]);
 }
 
@@ -366,7 +372,14 @@ fn tombstones_win_over_older_values() {
     // A late transfer of the removed value (or an older one) changes nothing.
     assert!(!m.merge(k.clone(), value(10, "old")));
     assert!(!m.merge(k.clone(), value(9, "older")));
-    let (missing, _) = m.receive("b", vec![Push::Full(Item { key: k.clone(), entry: value(10, "old") })], NOW);
+    let (missing, _) = m.receive(
+        "b",
+        vec![Push::Full(Item {
+            key: k.clone(),
+            entry: value(10, "old"),
+        })],
+        NOW,
+    );
     assert!(missing.is_empty());
     assert_eq!(m.entry(&k), Some(&tomb));
     assert!(m.read(&k, NOW).is_none());
@@ -480,7 +493,10 @@ fn updates_apply_to_the_value_held() {
                 NOW,
             )
             .unwrap();
-        assert_eq!(a.outcome, Outcome::Updated(Bytes::copy_from_slice(&want.to_be_bytes())));
+        assert_eq!(
+            a.outcome,
+            Outcome::Updated(Bytes::copy_from_slice(&want.to_be_bytes()))
+        );
     }
     let before = m.entry(&k).cloned();
     let refused = m.write(
@@ -589,7 +605,10 @@ fn batches_close_on_bytes() {
             Entry {
                 value: Some(big.clone()),
                 expires_at_ms: NOW + HOUR,
-                version: Version { stamp: 1, origin: 0 },
+                version: Version {
+                    stamp: 1,
+                    origin: 0,
+                },
             },
         );
     }
@@ -598,7 +617,11 @@ fn batches_close_on_bytes() {
         .into_iter()
         .find(|b| b.peer == "c")
         .expect("a batch to c");
-    assert!(to_c.pushes.len() >= 3 && to_c.pushes.len() <= 4, "{}", to_c.pushes.len());
+    assert!(
+        to_c.pushes.len() >= 3 && to_c.pushes.len() <= 4,
+        "{}",
+        to_c.pushes.len()
+    );
 }
 
 #[test]
@@ -638,10 +661,7 @@ fn a_newer_ring_change_supersedes_the_transfer() {
         },
         NOW,
     );
-    let next = sends(&after)
-        .into_iter()
-        .find(|b| b.peer == "d")
-        .cloned();
+    let next = sends(&after).into_iter().find(|b| b.peer == "d").cloned();
     let acked: BTreeSet<StoreKey> = first
         .pushes
         .iter()
@@ -702,7 +722,11 @@ fn a_key_is_dropped_only_after_every_new_replica_confirmed() {
             Push::Full(i) => &i.key,
             Push::Check { key, .. } => key,
         };
-        assert!(m.entry(k).is_some(), "{k} dropped before {} confirmed", last.peer);
+        assert!(
+            m.entry(k).is_some(),
+            "{k} dropped before {} confirmed",
+            last.peer
+        );
     }
     // The last one fails: retried only after the back-off.
     let failed = m.handle(
@@ -792,7 +816,10 @@ fn receivers_answer_checks_by_version() {
     };
     let other = Push::Check {
         key: key(2),
-        version: Version { stamp: 1, origin: 0 },
+        version: Version {
+            stamp: 1,
+            origin: 0,
+        },
     };
     let (missing, _) = m.receive("b", vec![check(9), check(10), check(11), other], NOW);
     assert_eq!(missing, vec![2, 3]);
@@ -826,10 +853,7 @@ fn stray_entries_are_handed_on_and_dropped() {
 fn a_failed_replication_is_pushed_again() {
     let r = rings(&["a", "b", "c"]);
     let mut m = loaded("a", &r, 0, cfg());
-    let k = (0..1000)
-        .map(key)
-        .find(|k| set(&r, k)[0] == "a")
-        .unwrap();
+    let k = (0..1000).map(key).find(|k| set(&r, k)[0] == "a").unwrap();
     let applied = m
         .write(
             &k,
@@ -868,7 +892,10 @@ fn expired_entries_are_hidden_then_purged_in_bounded_passes() {
             Entry {
                 value: Some(Bytes::from("v")),
                 expires_at_ms: NOW + 100,
-                version: Version { stamp: 1, origin: 0 },
+                version: Version {
+                    stamp: 1,
+                    origin: 0,
+                },
             },
         );
     }
@@ -900,11 +927,10 @@ fn a_new_owner_fetches_what_it_lacks_during_the_handoff() {
     let mut d = Machine::new("d", cfg());
     d.handle(Input::Rings(old.clone()), NOW);
     d.handle(Input::Rings(new.clone()), NOW);
-    let k = (0..1000)
-        .map(key)
-        .find(|k| set(&new, k)[0] == "d")
-        .unwrap();
-    let sources = d.handoff_sources(&k, NOW + 10).expect("fetch during the hand-off");
+    let k = (0..1000).map(key).find(|k| set(&new, k)[0] == "d").unwrap();
+    let sources = d
+        .handoff_sources(&k, NOW + 10)
+        .expect("fetch during the hand-off");
     for s in set(&old, &k) {
         assert!(sources.contains(&s));
     }
@@ -944,7 +970,10 @@ fn settles_once_the_handoff_is_done() {
             ));
         }
         all.extend(next.clone());
-        pending = next.into_iter().filter(|a| matches!(a, Action::Send(_))).collect();
+        pending = next
+            .into_iter()
+            .filter(|a| matches!(a, Action::Send(_)))
+            .collect();
     }
     assert!(all.contains(&Action::Settled { epoch: 2 }), "{all:?}");
 }

@@ -153,14 +153,13 @@ impl ClientTransaction {
                         let ack = build_ack(&self.request, &resp);
                         self.ack = Some(ack.clone());
                         self.state = ClientState::Completed;
-                        let mut actions = vec![
-                            Action::Deliver(resp),
-                            Action::Send(Message::Request(ack)),
-                        ];
+                        let mut actions =
+                            vec![Action::Deliver(resp), Action::Send(Message::Request(ack))];
                         if self.reliable {
                             actions.extend(self.terminate());
                         } else {
-                            self.d = Some(now + Duration::from_secs(32).max(self.cfg.timeout() / 2));
+                            self.d =
+                                Some(now + Duration::from_secs(32).max(self.cfg.timeout() / 2));
                         }
                         actions
                     }

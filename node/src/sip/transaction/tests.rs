@@ -115,14 +115,25 @@ fn client_invite_2xx_passes_through_and_retransmissions_are_delivered() {
     let t0 = Instant::now();
     let inv = invite();
     let (mut tx, _) = ClientTransaction::new(inv.clone(), false, t0);
-    assert!(tx.cancel_request().is_none(), "no CANCEL before a provisional");
+    assert!(
+        tx.cancel_request().is_none(),
+        "no CANCEL before a provisional"
+    );
     let ok = reply(&inv, 200, None, Some("b"));
-    assert_eq!(tx.on_response(ok.clone(), t0 + ms(50)), [Action::Deliver(ok.clone())]);
+    assert_eq!(
+        tx.on_response(ok.clone(), t0 + ms(50)),
+        [Action::Deliver(ok.clone())]
+    );
     assert_eq!(tx.state(), ClientState::Accepted);
     // No ACK from the transaction for a 2xx: that is the UAC core's, end to end.
-    assert_eq!(tx.on_response(ok.clone(), t0 + ms(60)), [Action::Deliver(ok)]);
+    assert_eq!(
+        tx.on_response(ok.clone(), t0 + ms(60)),
+        [Action::Deliver(ok)]
+    );
     // Provisional or error responses after the 2xx are absorbed.
-    assert!(tx.on_response(reply(&inv, 486, None, None), t0 + ms(70)).is_empty());
+    assert!(tx
+        .on_response(reply(&inv, 486, None, None), t0 + ms(70))
+        .is_empty());
     // Timer M ends it.
     assert_eq!(tx.next_timer(), Some(t0 + ms(50) + ms(32_000)));
     assert_eq!(tx.on_timer(t0 + ms(32_050)), [Action::Terminated]);
@@ -190,12 +201,18 @@ fn client_non_invite_proceeding_retransmits_every_t2() {
     let reg = register();
     let (mut tx, _) = ClientTransaction::new(reg.clone(), false, t0);
     let trying = reply(&reg, 100, None, None);
-    assert_eq!(tx.on_response(trying.clone(), t0 + ms(100)), [Action::Deliver(trying)]);
+    assert_eq!(
+        tx.on_response(trying.clone(), t0 + ms(100)),
+        [Action::Deliver(trying)]
+    );
     assert_eq!(tx.state(), ClientState::Proceeding);
     let (sends, _) = drive_client(&mut tx, t0, 12_000);
     assert_eq!(sends, [500, 4500, 8500]);
     let ok = reply(&reg, 200, None, None);
-    assert_eq!(tx.on_response(ok.clone(), t0 + ms(9000)), [Action::Deliver(ok.clone())]);
+    assert_eq!(
+        tx.on_response(ok.clone(), t0 + ms(9000)),
+        [Action::Deliver(ok.clone())]
+    );
     assert_eq!(tx.state(), ClientState::Completed);
     // Retransmitted 200: absorbed. Timer K = T4 = 5 s ends it.
     assert!(tx.on_response(ok, t0 + ms(9100)).is_empty());
@@ -220,7 +237,10 @@ fn client_non_invite_tcp_final_terminates() {
 fn client_transport_error() {
     let t0 = Instant::now();
     let (mut tx, _) = ClientTransaction::new(register(), true, t0);
-    assert_eq!(tx.on_transport_error(), [Action::TransportError, Action::Terminated]);
+    assert_eq!(
+        tx.on_transport_error(),
+        [Action::TransportError, Action::Terminated]
+    );
     assert!(tx.on_transport_error().is_empty());
 }
 
@@ -257,7 +277,9 @@ fn server_invite_non_2xx_retransmits_until_ack() {
     // The INVITE retransmitted now gets the final response.
     assert_eq!(sent_status(&tx.on_request(&inv, t0 + ms(9000))), [486]);
     // A second final response from the TU is refused.
-    assert!(tx.send_response(reply(&inv, 500, None, None), t0 + ms(9000)).is_empty());
+    assert!(tx
+        .send_response(reply(&inv, 500, None, None), t0 + ms(9000))
+        .is_empty());
     // The ACK stops G and H; Timer I (T4) ends it.
     let mut ack = inv.clone();
     ack.method = Method::Ack;
@@ -265,8 +287,14 @@ fn server_invite_non_2xx_retransmits_until_ack() {
     assert!(tx.on_request(&ack, t0 + ms(9500)).is_empty());
     assert_eq!(tx.state(), ServerState::Confirmed);
     assert_eq!(tx.next_timer(), Some(t0 + ms(14_500)));
-    assert!(tx.on_request(&ack, t0 + ms(9600)).is_empty(), "ACK retransmission absorbed");
-    assert!(tx.on_request(&inv, t0 + ms(9700)).is_empty(), "INVITE absorbed");
+    assert!(
+        tx.on_request(&ack, t0 + ms(9600)).is_empty(),
+        "ACK retransmission absorbed"
+    );
+    assert!(
+        tx.on_request(&inv, t0 + ms(9700)).is_empty(),
+        "INVITE absorbed"
+    );
     assert_eq!(tx.on_timer(t0 + ms(14_500)), [Action::Terminated]);
 }
 
@@ -314,7 +342,9 @@ fn server_invite_2xx_enters_accepted() {
     assert!(tx.on_request(&inv, t0 + ms(500)).is_empty());
     // Further 2xx from the TU (retransmission or another fork) are sent.
     assert_eq!(sent_status(&tx.send_response(ok, t0 + ms(500))), [200]);
-    assert!(tx.send_response(reply(&inv, 486, None, None), t0 + ms(600)).is_empty());
+    assert!(tx
+        .send_response(reply(&inv, 486, None, None), t0 + ms(600))
+        .is_empty());
     assert_eq!(tx.on_timer(t0 + ms(32_000)), [Action::Terminated]);
 }
 
@@ -324,11 +354,20 @@ fn server_non_invite_absorbs_and_resends() {
     let reg = register();
     let mut tx = ServerTransaction::new(reg.clone(), false, t0);
     assert_eq!(tx.state(), ServerState::Trying);
-    assert!(tx.on_request(&reg, t0 + ms(500)).is_empty(), "absorbed while trying");
-    assert_eq!(sent_status(&tx.send_response(reply(&reg, 100, None, None), t0 + ms(600))), [100]);
+    assert!(
+        tx.on_request(&reg, t0 + ms(500)).is_empty(),
+        "absorbed while trying"
+    );
+    assert_eq!(
+        sent_status(&tx.send_response(reply(&reg, 100, None, None), t0 + ms(600))),
+        [100]
+    );
     assert_eq!(tx.state(), ServerState::Proceeding);
     assert_eq!(sent_status(&tx.on_request(&reg, t0 + ms(700))), [100]);
-    assert_eq!(sent_status(&tx.send_response(reply(&reg, 200, None, None), t0 + ms(800))), [200]);
+    assert_eq!(
+        sent_status(&tx.send_response(reply(&reg, 200, None, None), t0 + ms(800))),
+        [200]
+    );
     assert_eq!(tx.final_response().map(|r| r.status), Some(200));
     assert_eq!(sent_status(&tx.on_request(&reg, t0 + ms(900))), [200]);
     // No retransmission by timer for non-INVITE responses; Timer J = 64*T1.
@@ -351,7 +390,10 @@ fn server_non_invite_reliable_terminates_with_final() {
 fn server_transport_error() {
     let t0 = Instant::now();
     let mut tx = ServerTransaction::new(register(), true, t0);
-    assert_eq!(tx.on_transport_error(), [Action::TransportError, Action::Terminated]);
+    assert_eq!(
+        tx.on_transport_error(),
+        [Action::TransportError, Action::Terminated]
+    );
 }
 
 #[test]
@@ -374,16 +416,21 @@ fn keys_match_per_17_1_3_and_17_2_3() {
     assert_eq!(cancel.headers.get("To"), inv.headers.get("To"));
     // A different sent-by is a different transaction.
     let mut other = inv.clone();
-    other.headers.set("Via", "SIP/2.0/UDP other.example.com;branch=z9hG4bKnashds8");
+    other
+        .headers
+        .set("Via", "SIP/2.0/UDP other.example.com;branch=z9hG4bKnashds8");
     assert_ne!(TransactionKey::server(&other).unwrap(), server);
     // RFC 2543 peers: a synthetic branch, shared by the INVITE and its ACK.
     let mut old = inv.clone();
-    old.headers.set("Via", "SIP/2.0/UDP pc33.atlanta.com;branch=1234");
+    old.headers
+        .set("Via", "SIP/2.0/UDP pc33.atlanta.com;branch=1234");
     let old_key = TransactionKey::server(&old).unwrap();
     assert!(old_key.branch.starts_with("rfc2543-"));
     let mut old_ack = old.clone();
     old_ack.method = Method::Ack;
-    old_ack.headers.set("To", "Bob <sip:bob@biloxi.com>;tag=xyz");
+    old_ack
+        .headers
+        .set("To", "Bob <sip:bob@biloxi.com>;tag=xyz");
     old_ack.headers.set("CSeq", "314159 ACK");
     assert_eq!(TransactionKey::server(&old_ack).unwrap(), old_key);
 }

@@ -1,0 +1,132 @@
+//! The node's own services beside the lookup interface: node-to-node requests (QUIC, port
+//! 8002), the replicated store on the rings, and, for `sip_proxy` nodes, SIP on port 5060.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use onehop_overlay::crl::CrlStore;
+use onehop_overlay::identity::Identity;
+use onehop_overlay::metrics::Metrics;
+use onehop_overlay::net::{self, ConnTable};
+use onehop_overlay::status::{Endpoint, Role};
+use onehop_overlay::tls::Credentials;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::peer::{PeerConfig, PeerNet, Service};
+use crate::proxy::glue::{PeerSip, RegistrarUpdater, SipHandler, StoreLocator, REGISTRAR};
+use crate::proxy::transport::{sip_frame, TransportConfig, Transports};
+use crate::proxy::ProxyConfig;
+use crate::sip::registrar::RegistrarPolicy;
+use crate::store::{Store, StoreConfig};
+use crate::view::View;
+
+/// What is running.
+pub struct Services {
+    /// The replicated store.
+    pub store: Store,
+    /// SIP sockets, when this node is a `sip_proxy`.
+    pub sip: Option<Arc<Transports>>,
+}
+
+/// Starts the peer transport, the store and SIP; returns the endpoints to announce.
+pub async fn start(
+    cfg: &Config,
+    creds: &Arc<Credentials>,
+    crl: &Arc<CrlStore>,
+    identity: &Arc<Identity>,
+    view: watch::Receiver<Arc<View>>,
+    metrics: &Metrics,
+    cancel: CancellationToken,
+) -> anyhow::Result<(Vec<Endpoint>, Services)> {
+    let mut endpoints = Vec::new();
+    let peer_addr = SocketAddr::new(cfg.ip, cfg.peer_port);
+    let peer_cfg = PeerConfig::default();
+    let peer_ep = net::endpoint(
+        peer_addr,
+        creds,
+        &crl.current(),
+        cfg.quic,
+        Some(peer_cfg.max_streams as u32),
+    )
+    .with_context(|| format!("peer transport on {peer_addr}"))?;
+    let peer_conns = ConnTable::default();
+    net::spawn_crl_enforcer(
+        peer_ep.clone(),
+        creds.clone(),
+        crl.clone(),
+        peer_conns.clone(),
+        cfg.quic,
+        Some(peer_cfg.max_streams as u32),
+    );
+    let peer = PeerNet::new(peer_ep, peer_conns, peer_cfg);
+    peer.spawn_server(cancel.clone());
+    endpoints.push(Endpoint {
+        service: "peer".into(),
+        addr: peer_addr,
+    });
+
+    let store = Store::start(
+        StoreConfig {
+            replicas: cfg.replicas,
+            ..StoreConfig::default()
+        },
+        peer.clone(),
+        identity.clone(),
+        view.clone(),
+        cancel.clone(),
+    );
+    if identity.roles.iter().any(|r| r.as_str() == REGISTRAR) {
+        store.register_updater(REGISTRAR, Arc::new(RegistrarUpdater));
+    }
+
+    let mut sip = None;
+    if identity.roles.iter().any(|r| r.as_str() == Role::SIP_PROXY) {
+        let domain = cfg.domain.clone().context(
+            "a sip_proxy node needs `domain` (the SIP domain it serves) in its configuration",
+        )?;
+        let listen = SocketAddr::new(cfg.ip, cfg.sip_port);
+        let tcfg = TransportConfig {
+            listen,
+            max_connections: 10_000,
+            idle: Duration::from_secs(3600),
+            max_message: 65_535,
+            queue: 8192,
+        };
+        let (transports, inbound) = Transports::bind(tcfg, sip_frame, cancel.clone())
+            .await
+            .with_context(|| format!("SIP on {listen}"))?;
+        let mut pcfg = ProxyConfig::new(&domain, listen);
+        pcfg.policy = RegistrarPolicy {
+            min_expires: cfg.min_expires,
+            max_expires: cfg.max_expires,
+            ..RegistrarPolicy::default()
+        };
+        pcfg.max_pending = cfg.sip_pending;
+        let locator = Arc::new(StoreLocator::new(store.clone()));
+        let link = Arc::new(PeerSip::new(peer.clone(), view.clone()));
+        let core = crate::proxy::core::start(
+            pcfg,
+            identity.name.clone(),
+            transports.clone(),
+            inbound,
+            locator,
+            link,
+            view,
+            metrics,
+            cancel,
+        );
+        peer.register(Service::Sip, Arc::new(SipHandler::new(core)));
+        endpoints.push(Endpoint {
+            service: "sip".into(),
+            addr: listen,
+        });
+        info!(%listen, %domain, "SIP proxy and registrar listening (UDP, TCP)");
+        sip = Some(transports);
+    }
+    Ok((endpoints, Services { store, sip }))
+}
