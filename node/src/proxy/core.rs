@@ -118,7 +118,22 @@ enum TimerRef {
     Server(Key),
     Client(Key),
     TimerC(Key),
+    Completed(Key),
 }
+
+/// A non-INVITE server transaction over UDP after its final response: only the response is
+/// kept, to answer retransmissions until Timer J (64*T1) ends it. At 10,000 REGISTERs a
+/// second that is 320,000 of them, so they are kept lean.
+struct Completed {
+    bytes: Bytes,
+    hop: Hop,
+}
+
+/// Most completed transactions remembered; beyond, a retransmission is processed again.
+const MAX_COMPLETED: usize = 1_000_000;
+
+/// Timer J for UDP (64*T1).
+const TIMER_J: std::time::Duration = std::time::Duration::from_secs(32);
 
 /// `TransactionKey` with an order, for the timer heap.
 #[derive(Clone, PartialEq, Eq)]
@@ -161,6 +176,7 @@ pub struct Core {
     tx: mpsc::Sender<Event>,
     servers: HashMap<TransactionKey, ServerEntry>,
     clients: HashMap<TransactionKey, ClientEntry>,
+    completed: HashMap<TransactionKey, Completed>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerRef)>>,
     seq: u64,
     pending: usize,
@@ -210,6 +226,7 @@ pub fn start(
         tx: tx.clone(),
         servers: HashMap::new(),
         clients: HashMap::new(),
+        completed: HashMap::new(),
         timers: BinaryHeap::new(),
         seq: 0,
         pending: 0,
@@ -331,6 +348,11 @@ impl Core {
                 // The ACK of a 2xx: end to end, forwarded without a transaction.
                 self.forward_stateless(req, &from, deliver);
             }
+            return;
+        }
+        if let Some(c) = self.completed.get(&key) {
+            let (hop, bytes) = (c.hop.clone(), c.bytes.clone());
+            self.send_bytes(&hop, bytes);
             return;
         }
         if let Some(entry) = self.servers.get_mut(&key) {
@@ -933,6 +955,19 @@ impl Core {
             entry.done = true;
             entry.request = None;
             entry.targets.clear();
+            if entry.txn.request().method != Method::Invite && !entry.reply_to.reliable() {
+                let hop = entry.reply_to.clone();
+                let bytes = resp.to_bytes();
+                self.servers.remove(key);
+                self.count_response(code);
+                self.send_bytes(&hop, bytes.clone());
+                if self.completed.len() < MAX_COMPLETED {
+                    self.completed.insert(key.clone(), Completed { bytes, hop });
+                    let at = Instant::now() + TIMER_J;
+                    self.push_timer(at, TimerRef::Completed(Key(key.clone())));
+                }
+                return;
+            }
         }
         let actions = entry.txn.send_response(resp, Instant::now());
         self.count_response(code);
@@ -1053,6 +1088,9 @@ impl Core {
                         self.client_actions(&k, actions);
                     }
                 }
+                TimerRef::Completed(Key(k)) => {
+                    self.completed.remove(&k);
+                }
                 TimerRef::TimerC(Key(k)) => {
                     let clients = self
                         .servers
@@ -1084,8 +1122,16 @@ impl Core {
     }
 
     fn send_to(&self, hop: &Hop, msg: Message) {
-        let bytes: Bytes = msg.to_bytes();
+        self.send_bytes(hop, msg.to_bytes());
+    }
+
+    fn send_bytes(&self, hop: &Hop, bytes: Bytes) {
         match hop {
+            Hop::Net {
+                proto: Proto::Udp,
+                remote,
+                conn: 0,
+            } if self.transports.try_send_udp(*remote, &bytes).is_ok() => {}
             Hop::Net {
                 proto,
                 remote,

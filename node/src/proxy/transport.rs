@@ -145,6 +145,11 @@ impl Transports {
         self.local
     }
 
+    /// Sends a datagram without waiting; `Err(WouldBlock)` when the socket buffer is full.
+    pub fn try_send_udp(&self, dest: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
+        self.udp.try_send_to(bytes, dest).map(|_| ())
+    }
+
     /// Number of open TCP flows.
     pub fn flows(&self) -> usize {
         self.flows.lock().expect("flows").len()

@@ -12,7 +12,7 @@
 //!   [`Headers`].
 //! - [`message`]: [`Request`], [`Response`], [`Message`], serialisation, proxy edits
 //!   (Via, Record-Route, Route, Max-Forwards, To tag, RFC 3581 stamping).
-//! - [`parse`]: [`parse`](parse::parse) with [`ParseError`] saying whether and how to answer.
+//! - [`mod@parse`]: [`parse()`] with [`ParseError`] saying whether and how to answer.
 //! - [`framer`]: Content-Length framing on TCP/TLS streams.
 //! - [`response`]: responses built from requests (8.2.6), status codes.
 //! - [`transaction`]: the four transaction state machines, keys, ACK and CANCEL builders.

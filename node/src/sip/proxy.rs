@@ -13,7 +13,20 @@
 //!    [`forward_request`] builds the request to send (section 16.6), its branch computed by
 //!    [`compute_branch`]; send it in a client transaction to [`next_hop`].
 //! 7. Each response the client transaction delivers goes to [`SerialFork::on_response`]
-//!    (or, with a single target and no fork bookkeeping, to [`forward_response`]).
+//!    (or, with a single target and no fork bookkeeping, to [`forward_response`]); a client
+//!    transaction's `Timeout` or `TransportError` goes to [`SerialFork::on_failure`]. The
+//!    caller's own Timer C (section 16.6 step 11, more than 3 minutes after the last
+//!    provisional response) is also an `on_failure(408)` after cancelling the branch.
+//!
+//! # CANCEL (section 16.10)
+//!
+//! A CANCEL gets its own server transaction and is answered 200 at once when
+//! [`TransactionKey::cancelled_invite`](super::transaction::TransactionKey::cancelled_invite)
+//! finds the INVITE's server transaction (481 otherwise); that INVITE is answered 487, and
+//! each of its pending client transactions sends the request from
+//! [`ClientTransaction::cancel_request`](super::transaction::ClientTransaction::cancel_request)
+//! in a new non-INVITE client transaction (or, when no provisional response has arrived yet,
+//! once one does).
 //!
 //! # Branches and loop detection
 //!

@@ -665,6 +665,42 @@ fn framer_splits_a_stream() {
 }
 
 #[test]
+fn framer_ping_split_across_reads() {
+    let mut f = StreamFramer::new(&Limits::default());
+    f.feed(b"\r\n").unwrap();
+    assert_eq!(f.next_frame(), Ok(None));
+    f.feed(b"\r\n").unwrap();
+    assert_eq!(f.next_frame(), Ok(Some(Frame::Ping)));
+    assert_eq!(f.next_frame(), Ok(None));
+    // A lone CRLF before a message is skipped.
+    f.feed(b"\r\n").unwrap();
+    f.feed(&sipp_register()).unwrap();
+    assert_eq!(
+        f.next_frame(),
+        Ok(Some(Frame::Message(Bytes::from(sipp_register()))))
+    );
+}
+
+#[test]
+fn list_headers_split_at_top_level_commas() {
+    let data = replace(
+        sipp_register(),
+        "Contact: <sip:1000@127.0.0.1:5070;transport=UDP>",
+        "Contact: \"Doe, John\" <sip:a@10.0.0.1>;expires=60, <sip:a@10.0.0.2>;x=\"1,2\"\r\nm: sip:a@10.0.0.3;q=0.1",
+    );
+    let r = request(&data);
+    let uris: Vec<_> = r
+        .headers
+        .contacts()
+        .map(|c| match c {
+            Contact::Addr(a) => a.uri_str().to_owned(),
+            Contact::Wildcard => "*".into(),
+        })
+        .collect();
+    assert_eq!(uris, ["sip:a@10.0.0.1", "sip:a@10.0.0.2", "sip:a@10.0.0.3"]);
+}
+
+#[test]
 fn framer_errors() {
     let mut f = StreamFramer::new(&Limits::default());
     f.feed(&without(sipp_register(), "Content-Length:"))

@@ -2,7 +2,7 @@
 //! `Contact`, `Route`, `Record-Route`), `CSeq`, and the numeric headers.
 //!
 //! The views borrow the header text ([`Via<'a>`], [`NameAddr<'a>`]) and are parsed on each
-//! access, which is cheap: a few scans of a short string. The parser ([`super::parse`])
+//! access, which is cheap: a few scans of a short string. The parser ([`super::parse()`])
 //! checks at the edge that the headers a request cannot do without are well formed, so the
 //! accessors on a parsed message return `None` only for absent headers.
 
