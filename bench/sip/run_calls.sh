@@ -3,7 +3,8 @@
 #
 #   run_calls.sh TARGET_HOST TARGET_PORT [RATE] [SECONDS]
 #
-# 1. registers the UAS as CALLEE@DOMAIN (sipp/reg_one.xml from UAS_PORT),
+# 1. registers the UAS as CALLEE@DOMAIN (sipp/reg_one.xml from UAS_PORT) via the
+#    target, or via REG_HOST:REG_PORT when set (another proxy of the same farm),
 # 2. starts a SIPp UAS (sipp/uas.xml) on UAS_PORT in the background,
 # 3. runs a SIPp UAC (sipp/uac.xml): INVITE sip:CALLEE@DOMAIN via the target,
 #    200 -> ACK -> BYE immediately -> 200,
@@ -14,6 +15,8 @@
 # COUNT calls (default 20000); SECONDS is then only a safety timeout, default 20+30 s), MODE=ramp (RATES steps of STEP_SECS, BISECT refinements; MAXRATE line).
 # env: CALLEE=uas DOMAIN=example.test UAS_PORT=5090 UAC_PORT=5091 UAS_CPU UAC_CPU
 #      LIMIT=200 MAX_R=50000 RATES STEP_SECS=10 BISECT=2 OUTDIR
+#      SIPP_IP=127.0.0.1 (the address SIPp's UAC and UAS bind)
+#      REG_HOST REG_PORT (where the UAS registers; default the target)
 set -uo pipefail
 . "$(dirname "$0")/lib/common.sh"
 
@@ -22,6 +25,8 @@ PORT="${2:?target port}"
 RATE="${3:-500}"
 SECS="${4:-20}"
 require_loopback "$HOST"
+SIPP_IP="${SIPP_IP:-127.0.0.1}"; require_loopback "$SIPP_IP"
+REG_HOST="${REG_HOST:-$HOST}"; REG_PORT="${REG_PORT:-$PORT}"; require_loopback "$REG_HOST"
 MODE="${MODE:-fixed}"
 CALLEE="${CALLEE:-uas}"
 DOMAIN="${DOMAIN:-example.test}"
@@ -35,10 +40,10 @@ OUTDIR="${OUTDIR:-${BENCH_STATE:-/tmp/onehop-bench-sip}/results/calls-$(ts)}"
 mkdir -p "$OUTDIR"
 
 # --- 1. register the UAS contact -------------------------------------------
-run_sipp "$OUTDIR/uas-register" 20 "" "$HOST:$PORT" -sf "$SIPP_DIR/reg_one.xml" -i "$SIPP_IP" \
+run_sipp "$OUTDIR/uas-register" 20 "" "$REG_HOST:$REG_PORT" -sf "$SIPP_DIR/reg_one.xml" -i "$SIPP_IP" \
   -p "$UAS_PORT" -t u1 -s "$CALLEE" -set domain "$DOMAIN" -m 1 -timeout 15s
 if ! grep -q '^OK=1$' <(summarize "$OUTDIR/uas-register" "uas-register" >/dev/null; cat "$OUTDIR/uas-register/summary.env"); then
-  echo "UAS registration of $CALLEE@$DOMAIN via $HOST:$PORT failed; see $OUTDIR/uas-register" >&2; exit 1
+  echo "UAS registration of $CALLEE@$DOMAIN via $REG_HOST:$REG_PORT failed; see $OUTDIR/uas-register" >&2; exit 1
 fi
 
 # --- 2. start the UAS (bounded by -timeout and by 'timeout') ------------------
@@ -73,7 +78,7 @@ fixed_step() {  # RATE DIR [SECONDS]
   summarize "$d" "calls fixed target=$HOST:$PORT uac_cpu=${UAC_CPU:-all} uas_cpu=${UAS_CPU:-all}" "$r"
 }
 
-echo "# run_calls mode=$MODE target=$HOST:$PORT callee=$CALLEE@$DOMAIN uas=$SIPP_IP:$UAS_PORT out=$OUTDIR"
+echo "# run_calls mode=$MODE target=$HOST:$PORT registrar=$REG_HOST:$REG_PORT callee=$CALLEE@$DOMAIN uas=$SIPP_IP:$UAS_PORT out=$OUTDIR"
 case "$MODE" in
   fixed) fixed_step "$RATE" "$OUTDIR/fixed-$RATE" "$SECS" ;;
   max)

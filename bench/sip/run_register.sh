@@ -13,7 +13,7 @@
 #     (0.1) % and ok/s >= MIN_ACHIEVED (0.95) x offered.  Prints MAXRATE line.
 #
 # env: N=150000 DOMAIN=example.test SIPP_CPU=(taskset list, empty=unpinned)
-#      LOCAL_PORT=5070 LIMIT=200 MAX_R=100000 COUNT RATES STEP_SECS=10 BISECT=2
+#      SIPP_IP=127.0.0.1 (the address SIPp binds) LOCAL_PORT=5070 LIMIT=200 MAX_R=100000 COUNT RATES STEP_SECS=10 BISECT=2
 #      OUTDIR=results/register-<timestamp>
 # Output: one "RESULT ..." line per run (ok/s, failures, retrans, rtt pctl in ms)
 # and per-run files (stat.csv, *_rtt.csv, screen.txt, summary.env) under OUTDIR.
@@ -25,6 +25,7 @@ PORT="${2:?target port}"
 RATE="${3:-1000}"
 SECS="${4:-}"
 require_loopback "$HOST"
+SIPP_IP="${SIPP_IP:-127.0.0.1}"; require_loopback "$SIPP_IP"
 MODE="${MODE:-fixed}"
 N="${N:-150000}"
 DOMAIN="${DOMAIN:-example.test}"

@@ -107,6 +107,7 @@ pub async fn start(
             ..RegistrarPolicy::default()
         };
         pcfg.max_pending = cfg.sip_pending;
+        pcfg.dns_servers = cfg.dns_servers.clone();
         let locator = Arc::new(StoreLocator::new(store.clone()));
         let link = Arc::new(PeerSip::new(peer.clone(), view.clone()));
         let core = crate::proxy::core::start(

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::resolve::SipResolver;
 use super::transport::{Inbound, Proto, Transports};
 use super::{LocateError, Locator, PeerLink, ProxyConfig, SipEnvelope};
 use crate::sip::proxy::{
@@ -79,6 +80,8 @@ pub enum Event {
     Registered(TransactionKey, Result<Vec<Binding>, LocateError>),
     /// A lookup answered.
     Located(TransactionKey, Result<Vec<Binding>, LocateError>),
+    /// An RFC 3263 resolution answered.
+    Resolved(TransactionKey, Result<Vec<(Proto, SocketAddr)>, String>),
 }
 
 /// A handle to give the core messages from other nodes.
@@ -172,6 +175,7 @@ pub struct Core {
     transports: Arc<Transports>,
     locator: Arc<dyn Locator>,
     peers: Arc<dyn PeerLink>,
+    resolver: Option<SipResolver>,
     view: watch::Receiver<Arc<View>>,
     tx: mpsc::Sender<Event>,
     servers: HashMap<TransactionKey, ServerEntry>,
@@ -203,6 +207,13 @@ pub fn start(
         max_message: cfg.max_message,
         ..Limits::default()
     };
+    let resolver = match SipResolver::new(&cfg.dns_servers) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn!(cause = %e, "no DNS resolver: requests for other domains get 404");
+            None
+        }
+    };
     let core = Core {
         counters: Counters {
             requests: metrics.counter("sip_requests_total", "SIP requests received."),
@@ -222,6 +233,7 @@ pub fn start(
         transports,
         locator,
         peers,
+        resolver,
         view,
         tx: tx.clone(),
         servers: HashMap::new(),
@@ -296,6 +308,10 @@ impl Core {
             Event::Located(key, result) => {
                 self.pending = self.pending.saturating_sub(1);
                 self.on_located(key, result);
+            }
+            Event::Resolved(key, result) => {
+                self.pending = self.pending.saturating_sub(1);
+                self.on_resolved(key, result);
             }
         }
     }
@@ -428,8 +444,67 @@ impl Core {
                 let target = req.uri.clone();
                 self.start_targets(&key, req, vec![(target, hop)]);
             }
+            None if uri_addr(&next).is_none() => self.start_resolve(key, req, next),
             None => self.respond_status(&key, 404, "Not Found"),
         }
+    }
+
+    /// Another domain: locate its servers by RFC 3263, then forward.
+    fn start_resolve(&mut self, key: TransactionKey, req: Request, next: Uri) {
+        let Some(resolver) = self.resolver.clone() else {
+            self.respond_status(&key, 404, "Not Found");
+            return;
+        };
+        if self.pending >= self.cfg.max_pending {
+            self.counters.overload.inc();
+            self.respond_status(&key, 503, "Service Unavailable");
+            return;
+        }
+        if let Some(entry) = self.servers.get_mut(&key) {
+            entry.request = Some(req);
+        }
+        self.pending += 1;
+        let host = next.host().to_string();
+        let port = next.port();
+        let transport = match next.transport_param().as_deref() {
+            Some("tcp") => Some(Proto::Tcp),
+            Some("udp") => Some(Proto::Udp),
+            _ => None,
+        };
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let r = resolver.locate(&host, port, transport).await;
+            let _ = tx.send(Event::Resolved(key, r)).await;
+        });
+    }
+
+    fn on_resolved(&mut self, key: TransactionKey, result: Result<Vec<(Proto, SocketAddr)>, String>) {
+        let Some(req) = self
+            .servers
+            .get(&key)
+            .filter(|e| !e.done)
+            .and_then(|e| e.request.clone())
+        else {
+            return;
+        };
+        let servers = match result {
+            Ok(s) if !s.is_empty() => s,
+            Ok(_) | Err(_) => {
+                self.respond_status(&key, 404, "Not Found");
+                return;
+            }
+        };
+        let targets = servers
+            .into_iter()
+            .map(|(proto, addr)| {
+                let hop = match self.node_at(addr.ip(), addr.port()) {
+                    Some(node) => Hop::Peer { node, deliver: None },
+                    None => Hop::Net { proto, remote: addr, conn: 0 },
+                };
+                (req.uri.clone(), hop)
+            })
+            .collect();
+        self.start_targets(&key, req, targets);
     }
 
     fn me_tag(&self) -> String {

@@ -17,6 +17,7 @@
 
 pub mod core;
 pub mod glue;
+pub mod resolve;
 pub mod transport;
 
 use std::future::Future;
@@ -94,6 +95,8 @@ pub struct ProxyConfig {
     pub timer_c: Duration,
     /// Largest SIP message accepted (513 beyond).
     pub max_message: usize,
+    /// DNS servers for RFC 3263 lookups of other domains (none: the system's).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 impl ProxyConfig {
@@ -107,6 +110,7 @@ impl ProxyConfig {
             max_transactions: 200_000,
             timer_c: Duration::from_secs(180),
             max_message: 65_535,
+            dns_servers: Vec::new(),
         }
     }
 }

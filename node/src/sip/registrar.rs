@@ -459,14 +459,7 @@ impl Bindings {
     pub fn to_contact_headers(&self, now_ms: u64) -> Vec<String> {
         self.current(now_ms)
             .iter()
-            .map(|b| {
-                let mut s = format!("<{}>;expires={}", b.uri, b.remaining_secs(now_ms));
-                if let Some(q) = b.q {
-                    s.push_str(";q=");
-                    s.push_str(&format_qvalue(q));
-                }
-                s
-            })
+            .map(|b| contact_value(b, now_ms))
             .collect()
     }
 
@@ -505,6 +498,27 @@ impl Bindings {
         self.contacts
             .sort_by(|a, b| a.uri.cmp(&b.uri).then_with(|| a.merge_cmp(b)));
     }
+}
+
+/// One binding as a Contact value for a 200: `<uri>;expires=SECONDS[;q=Q]`.
+pub fn contact_value(b: &Binding, now_ms: u64) -> String {
+    let mut s = format!("<{}>;expires={}", b.uri, b.remaining_secs(now_ms));
+    if let Some(q) = b.q {
+        s.push_str(";q=");
+        s.push_str(&format_qvalue(q));
+    }
+    s
+}
+
+/// The 200 to a REGISTER (RFC 3261 section 10.3 step 8): the request's Via, From, To (with
+/// a tag), Call-ID and CSeq, and one Contact per current binding (as returned by
+/// [`Bindings::apply_register`]) with its remaining time.
+pub fn ok_response(req: &Request, current: &[Binding], now_ms: u64) -> Response {
+    let mut resp = reply(req, 200, None, None);
+    for b in current {
+        resp.headers.push("Contact", &contact_value(b, now_ms));
+    }
+    resp
 }
 
 fn tombstone(b: &mut Binding, req: &RegisterInfo, now_ms: u64) {

@@ -108,6 +108,13 @@ fn add_refresh_and_fetch() {
         b.to_contact_headers(NOW + 1000),
         ["<sip:1000@127.0.0.1:5070;transport=UDP>;expires=3599"]
     );
+    let ok = ok_response(&register("c1", 1, &[contact]), &cur, NOW + 1000);
+    assert_eq!(ok.status, 200);
+    assert!(ok.headers.to().unwrap().tag().is_some());
+    assert_eq!(
+        ok.headers.get("Contact"),
+        Some("<sip:1000@127.0.0.1:5070;transport=UDP>;expires=3599")
+    );
     // Refresh from the same Call-ID with a higher CSeq; the URI compares per 19.1.4.
     let refreshed = "Contact: <sip:1000@127.0.0.1:5070;transport=udp>;expires=600";
     let cur = apply(&mut b, &info("c1", 2, &[refreshed]), NOW + 10_000).unwrap();

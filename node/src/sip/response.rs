@@ -132,7 +132,8 @@ fn known_reason(status: u16) -> Option<&'static str> {
 /// `reason` defaults to [`reason_phrase`]. When the request's To has no tag, a tag is added
 /// for every status but 100: `to_tag` when given, else [`stable_tag`] (the same for
 /// retransmissions of the request, as stateless answers need). The response has no body
-/// (`Content-Length: 0`); add headers such as `Min-Expires` with [`Response::with_header`].
+/// (serialisation adds `Content-Length: 0` after the last field); add headers such as
+/// `Min-Expires` with [`Response::with_header`].
 pub fn reply(req: &Request, status: u16, reason: Option<&str>, to_tag: Option<&str>) -> Response {
     let mut resp = Response::new(status, reason.unwrap_or_else(|| reason_phrase(status)));
     for h in &req.headers {
@@ -159,7 +160,6 @@ pub fn reply(req: &Request, status: u16, reason: Option<&str>, to_tag: Option<&s
             resp.headers.add_to_tag(&tag);
         }
     }
-    resp.headers.push("Content-Length", "0");
     resp
 }
 

@@ -1,0 +1,411 @@
+#!/usr/bin/env bash
+# SIPp against a 3-node onehop farm (R = 2) and against Kamailio as a registrar/proxy, side by
+# side in one run, with the same scenarios and the same settings (issue #4).
+#
+# usage: bench/sip.sh [--pinned | --both] [--reps N] [--ramp] [--only "reg calls calls2"]
+#   (default)   unpinned: the kernel places the servers and SIPp on the CPUs
+#   --pinned    the server under test on CPU 1 (Kamailio via taskset; every process of the
+#               farm and all their threads via taskset -a -p), SIPp (UAC and UAS) on CPU 0
+#   --both      unpinned, then pinned
+#   --reps      runs per server, benchmark and mode (default 3); the table shows the median
+#   --ramp      also run the fixed-rate ramps (max sustained rate with <0.1% failures)
+#   --only      a subset of: reg calls calls2 (default all three)
+#
+# Benchmarks (the peer-baseline harness of shared/bench, copied to bench/sip/):
+#   reg     REGISTER closed loop: 150,000 distinct AORs, 200 in flight
+#           (MODE=max LIMIT=200 bench/sip/run_register.sh HOST PORT)
+#   calls   basic calls INVITE/200/ACK/BYE/200, closed loop, 200 concurrent, 15,000 calls; the
+#           UAS registers and the UAC calls through the same proxy
+#           (MODE=max LIMIT=200 COUNT=15000 bench/sip/run_calls.sh HOST PORT)
+#   calls2  onehop only: the same calls, the UAS registered via node2, the UAC calling via
+#           node1 (two nodes in the path); its Kamailio column repeats Kamailio's `calls`
+# Each repetition starts a fresh server (farm or Kamailio), runs reg, calls, calls2 against
+# it (so the calls run with the 150,000 bindings in place) and stops it; the two servers
+# alternate which goes first. Before each server's runs the script waits (at most
+# LOAD_WAIT_EACH s) for the 1-minute load average to fall below LOAD_MAX, and it records the
+# load average next to every figure.
+#
+# What it does: installs SIPp and Kamailio if missing (bench/sip/install.sh: apt-get,
+# idempotent, never starts distro services); builds onehop-farm in release mode; waits (at
+# most LOAD_WAIT s) for a quieter machine; runs the matrix; prints one table; stops the farm and
+# the Kamailio it started (nothing else). Every step is bounded in time.
+# env: BASE_IP=127.0.90.1 (farm; node1 = BASE_IP+6), SIPP_IP=127.0.91.1 (SIPp's address),
+#      KAM_HOST=127.0.0.1 KAM_PORT=5060 (the next free even port is taken if busy),
+#      KAM_CHILDREN=4, N=150000, LIMIT=200, COUNT=15000, REG_SECS=300 CALL_SECS=120 (safety
+#      timeouts only), LOAD_MAX=1.5 LOAD_WAIT=900 LOAD_WAIT_EACH=60,
+#      WORK=/tmp/onehop-bench-sip (farm, Kamailio state, raw SIPp output), SKIP_BUILD=1,
+#      SKIP_INSTALL=1, FARM_BIN (an onehop-farm built elsewhere), PERF=1 (perf record 10 s on
+#      each node during the onehop REGISTER run, if perf works here)
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HERE="$ROOT/bench/sip"
+REPS=3
+MODES="unpinned"
+RAMP=0
+ONLY="reg calls calls2"
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --pinned) MODES="pinned" ;;
+    --both) MODES="unpinned pinned" ;;
+    --reps) REPS=$2; shift ;;
+    --ramp) RAMP=1 ;;
+    --only) ONLY=$2; shift ;;
+    -h | --help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "sip.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+BASE_IP=${BASE_IP:-127.0.90.1}
+SIPP_IP=${SIPP_IP:-127.0.91.1}
+KAM_HOST=${KAM_HOST:-127.0.0.1}
+KAM_PORT=${KAM_PORT:-5060}
+KAM_CHILDREN=${KAM_CHILDREN:-4}
+N=${N:-150000}
+LIMIT=${LIMIT:-200}
+COUNT=${COUNT:-15000}
+REG_SECS=${REG_SECS:-300}
+CALL_SECS=${CALL_SECS:-120}
+LOAD_MAX=${LOAD_MAX:-1.5}
+LOAD_WAIT=${LOAD_WAIT:-900}
+LOAD_WAIT_EACH=${LOAD_WAIT_EACH:-60}
+WORK=${WORK:-/tmp/onehop-bench-sip}
+export BENCH_STATE="$WORK"
+for a in "$BASE_IP" "$SIPP_IP" "$KAM_HOST"; do
+    case "$a" in 127.*) ;; *) echo "sip.sh: refusing non-loopback address $a" >&2; exit 2 ;; esac
+done
+
+# --- install, build --------------------------------------------------------------------------
+if [ -z "${SKIP_INSTALL:-}" ]; then
+    timeout 900 "$HERE/install.sh" || { echo "sip.sh: install failed" >&2; exit 1; }
+fi
+for b in sipp kamailio taskset python3 curl; do
+    command -v "$b" >/dev/null || { echo "sip.sh: $b is missing" >&2; exit 1; }
+done
+if [ -z "${SKIP_BUILD:-}" ]; then
+    (cd "$ROOT" && timeout 3600 cargo build --release -p onehop-farm) || { echo "sip.sh: build failed" >&2; exit 1; }
+fi
+FARM_BIN=${FARM_BIN:-$ROOT/target/release/onehop-farm}
+[ -x "$FARM_BIN" ] || { echo "sip.sh: no $FARM_BIN" >&2; exit 1; }
+
+FARM="$WORK/farm"
+OUT="$WORK/results-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+ALL="$OUT/runs.tsv"
+: >"$ALL"
+NCPU=$(nproc)
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+# wait_quiet SECS: poll the 1-minute load average every 15 s until it is below LOAD_MAX
+wait_quiet() {
+    local until=$((SECONDS + $1))
+    while awk -v l="$(load1)" -v m="$LOAD_MAX" 'BEGIN{exit !(l >= m)}' && [ $SECONDS -lt $until ]; do
+        echo "  load average $(cut -d' ' -f1-3 /proc/loadavg) >= $LOAD_MAX, waiting ($((until - SECONDS)) s left)"
+        sleep 15
+    done
+}
+
+udp_port_busy() {  # udp_port_busy ADDR PORT
+    ss -Hlun 2>/dev/null | awk -v a="$1:$2" -v w="0.0.0.0:$2" -v w6="*:$2" \
+        '$4 == a || $4 == w || $4 == w6 || $4 == "[::]:" substr(w, 9) {f=1} END{exit !f}'
+}
+
+# --- Kamailio --------------------------------------------------------------------------------
+KAM_STARTED=""
+kam_start() {  # kam_start CPUSET
+    local p=$KAM_PORT
+    while udp_port_busy "$KAM_HOST" "$p"; do
+        echo "  $KAM_HOST:$p is taken, trying $((p + 2))"
+        p=$((p + 2))
+        [ "$p" -gt $((KAM_PORT + 40)) ] && { echo "sip.sh: no free port for Kamailio" >&2; return 1; }
+    done
+    KAM_USE_PORT=$p
+    HOST="$KAM_HOST" timeout 30 "$HERE/kamailio/start.sh" "$p" "$KAM_CHILDREN" "$1" || return 1
+    KAM_STARTED=$p
+}
+kam_stop() {
+    if [ -n "$KAM_STARTED" ]; then
+        timeout 30 "$HERE/kamailio/stop.sh" "$KAM_STARTED" >/dev/null
+        KAM_STARTED=""
+    fi
+}
+
+# --- the farm --------------------------------------------------------------------------------
+FARM_UP=""
+farm_down() {
+    if [ -n "$FARM_UP" ] || [ -f "$FARM/farm.json" ]; then
+        timeout 60 "$FARM_BIN" down --dir "$FARM" >/dev/null 2>&1 || true
+        FARM_UP=""
+    fi
+}
+farm_field() {  # farm_field NAME FIELD  (ip | pid | sip | metrics)
+    python3 - "$FARM/farm.json" "$1" "$2" <<'PY'
+import json, sys
+m = [x for x in json.load(open(sys.argv[1]))["members"] if x["name"] == sys.argv[2]][0]
+f = sys.argv[3]
+if f in ("sip", "metrics"):
+    p = m.get("ports", {}).get(f)
+    print(p if p is not None else (5060 if f == "sip" else 9100))
+else:
+    print(m[f])
+PY
+}
+farm_pids() {
+    python3 - "$FARM/farm.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+pids = [m["pid"] for m in j["members"] if m.get("pid")]
+if j.get("supervisor_pid"):
+    pids.append(j["supervisor_pid"])
+print(" ".join(str(p) for p in pids))
+PY
+}
+farm_start() {  # farm_start CPUSET
+    farm_down
+    local log="$1"
+    timeout 180 "$FARM_BIN" up --detach --dir "$FARM" --base-ip "$BASE_IP" --nodes 3 --dns 0 \
+        >"$log" 2>&1 || { cat "$log" >&2; return 1; }
+    FARM_UP=1
+    NODE1_IP=$(farm_field node1 ip); NODE1_SIP=$(farm_field node1 sip)
+    NODE2_IP=$(farm_field node2 ip); NODE2_SIP=$(farm_field node2 sip)
+    # ready for SIP: one REGISTER through each node answered with 200 (at most ~20 s)
+    local n ip port ok
+    for n in node1 node2 node3; do
+        ip=$(farm_field $n ip); port=$(farm_field $n sip); ok=0
+        for _ in $(seq 10); do
+            rm -rf "$OUT/probe"
+            (cd "$ROOT" && . "$HERE/lib/common.sh" && run_sipp "$OUT/probe" 10 "" "$ip:$port" \
+                -sf "$HERE/sipp/reg_one.xml" -i "$SIPP_IP" -p 5099 -t u1 -s "probe-$n" \
+                -set domain example.test -m 1 -timeout 8s) >/dev/null 2>&1
+            if python3 "$HERE/lib/sipp_summary.py" "$OUT/probe" probe 2>/dev/null | grep -q ' ok=1 '; then
+                ok=1; break
+            fi
+            sleep 2
+        done
+        [ $ok = 1 ] || { echo "sip.sh: $n ($ip:$port) does not answer REGISTER with 200" >&2; return 1; }
+    done
+    rm -rf "$OUT/probe"
+}
+pin_farm() {  # pin_farm CPULIST: every thread of every process of the farm
+    local p
+    for p in $(farm_pids); do taskset -a -p -c "$1" "$p" >/dev/null 2>&1 || true; done
+}
+farm_metrics() {  # farm_metrics FILE: the sip_/store_ lines of every node's metrics
+    local n ip port
+    for n in node1 node2 node3; do
+        ip=$(farm_field $n ip); port=$(farm_field $n metrics)
+        echo "### $n $ip:$port"
+        timeout 5 curl -s "http://$ip:$port/metrics" | grep -v '^#' || true
+    done >"$1"
+}
+farm_cpu() {  # farm_cpu: "name=utime+stime seconds" of each member process
+    python3 - "$FARM/farm.json" <<'PY'
+import json, os, sys
+hz = os.sysconf("SC_CLK_TCK")
+out = []
+for m in json.load(open(sys.argv[1]))["members"]:
+    try:
+        f = open("/proc/%d/stat" % m["pid"]).read().rsplit(")", 1)[1].split()
+        out.append("%s=%.1f" % (m["name"], (int(f[11]) + int(f[12])) / hz))
+    except Exception:
+        out.append("%s=?" % m["name"])
+print(" ".join(out))
+PY
+}
+
+cleanup() {
+    kam_stop
+    farm_down
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- one benchmark ---------------------------------------------------------------------------
+# record MODE SERVER BENCH REP DIR LOAD_BEFORE: append one row from DIR/summary.env to runs.tsv
+record() {
+    local mode=$1 server=$2 bench=$3 rep=$4 d=$5 lb=$6 la
+    la=$(load1)
+    if [ ! -f "$d/summary.env" ]; then
+        printf '%s\t%s\t%s\t%s\tmissing\t\t\t\t\t\t\t\t\t\t\t%s\t%s\n' "$mode" "$server" "$bench" "$rep" "$lb" "$la" >>"$ALL"
+        return
+    fi
+    (
+        . "$d/summary.env"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$server" "$bench" "$rep" \
+            "$OK_PER_S" "$OK" "$FAILED" "$CREATED" "$RETRANS" \
+            "${RTD1_P50_MS:-}" "${RTD1_P95_MS:-}" "${RTD1_P99_MS:-}" \
+            "${RTD2_P50_MS:-}" "${RTD2_P95_MS:-}" "${RTD2_P99_MS:-}" "$lb" "$la"
+    ) >>"$ALL"
+}
+
+# run_one MODE SERVER BENCH REP HOST PORT [REG_HOST REG_PORT]
+run_one() {
+    local mode=$1 server=$2 bench=$3 rep=$4 host=$5 port=$6 rh=${7:-} rp=${8:-}
+    local d="$OUT/$mode-$server-$bench-$rep" lb
+    lb=$(load1)
+    echo "== $bench $server $mode rep $rep  ($host:$port${rh:+, UAS registered via $rh:$rp}; load $(cut -d' ' -f1-3 /proc/loadavg))"
+    case "$bench" in
+    reg)
+        SIPP_IP="$SIPP_IP" SIPP_CPU="$GEN_CPU" MODE=max LIMIT="$LIMIT" N="$N" OUTDIR="$d" \
+            timeout $((REG_SECS + 60)) "$HERE/run_register.sh" "$host" "$port" 0 "$REG_SECS" |
+            grep -E '^(RESULT|MAXRATE)'
+        record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb"
+        ;;
+    calls | calls2)
+        SIPP_IP="$SIPP_IP" UAC_CPU="$GEN_CPU" UAS_CPU="$GEN_CPU" MODE=max LIMIT="$LIMIT" COUNT="$COUNT" \
+            REG_HOST="$rh" REG_PORT="$rp" OUTDIR="$d" \
+            timeout $((CALL_SECS + 150)) "$HERE/run_calls.sh" "$host" "$port" 0 "$CALL_SECS" |
+            grep -E '^(RESULT|MAXRATE)'
+        record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb"
+        ;;
+    reg-ramp)
+        SIPP_IP="$SIPP_IP" SIPP_CPU="$GEN_CPU" MODE=ramp STEP_SECS=5 BISECT=2 \
+            RATES="${REG_RATES:-1000 2000 4000 8000 12000 16000 20000 24000 28000}" OUTDIR="$d" \
+            timeout 900 "$HERE/run_register.sh" "$host" "$port" | grep -E '^(RESULT|MAXRATE)' | tee "$d.maxrate"
+        ;;
+    calls-ramp)
+        SIPP_IP="$SIPP_IP" UAC_CPU="$GEN_CPU" UAS_CPU="$GEN_CPU" MODE=ramp STEP_SECS=5 BISECT=2 \
+            RATES="${CALL_RATES:-250 500 1000 1500 2000 2500 3000 3500}" OUTDIR="$d" \
+            timeout 900 "$HERE/run_calls.sh" "$host" "$port" | grep -E '^(RESULT|MAXRATE)' | tee "$d.maxrate"
+        ;;
+    esac
+    if [ "$server" = onehop ]; then
+        farm_metrics "$d.metrics"
+        echo "  farm CPU seconds so far: $(farm_cpu)" | tee -a "$d.metrics"
+        grep -hE '^sip_[a-z_]*(fail|timeout|drop|reject|error|overload|503|500)[a-z_]*' "$d.metrics" 2>/dev/null |
+            awk '$2 != 0' | sed 's/^/  /' | head -20
+    fi
+}
+
+perf_nodes() {  # perf_nodes DIR: 10 s of perf record on each node (background)
+    [ "${PERF:-0}" = 1 ] || return 0
+    perf stat -e instructions true >/dev/null 2>&1 || { echo "  perf does not work here"; return 0; }
+    local n pid
+    mkdir -p "$1"
+    for n in node1 node2 node3; do
+        pid=$(farm_field $n pid)
+        (sleep 5; timeout 30 perf record -F 499 -g -p "$pid" -o "$1/perf-$n.data" -- sleep 10 >/dev/null 2>&1) &
+    done
+}
+
+# --- the matrix ------------------------------------------------------------------------------
+echo "sip.sh: results in $OUT"
+echo "load average now: $(cut -d' ' -f1-3 /proc/loadavg); waiting at most $LOAD_WAIT s for < $LOAD_MAX"
+wait_quiet "$LOAD_WAIT"
+BENCHES=()
+for b in reg calls; do [[ " $ONLY " == *" $b "* ]] && BENCHES+=("$b"); done
+[ $RAMP = 1 ] && BENCHES+=(reg-ramp calls-ramp)
+
+for mode in $MODES; do
+    if [ "$mode" = pinned ]; then SRV_CPU=1; GEN_CPU=0; else SRV_CPU=""; GEN_CPU=""; fi
+    for rep in $(seq "$REPS"); do
+        if [ $((rep % 2)) = 1 ]; then order="onehop kamailio"; else order="kamailio onehop"; fi
+        for server in $order; do
+            wait_quiet "$LOAD_WAIT_EACH"
+            if [ "$server" = onehop ]; then
+                farm_start "$OUT/farm-up-$mode-$rep.log" || exit 1
+                pin_farm "${SRV_CPU:-0-$((NCPU - 1))}"
+                echo "farm up: node1 $NODE1_IP:$NODE1_SIP, node2 $NODE2_IP:$NODE2_SIP (pids $(farm_pids); cpus ${SRV_CPU:-all})"
+                for b in "${BENCHES[@]}"; do
+                    [ "$b" = reg ] && [ "$rep" = 1 ] && perf_nodes "$OUT/$mode"
+                    run_one "$mode" onehop "$b" "$rep" "$NODE1_IP" "$NODE1_SIP"
+                    [ "$b" = reg-ramp ] && { farm_start "$OUT/farm-up-$mode-$rep-b.log" || exit 1; pin_farm "${SRV_CPU:-0-$((NCPU - 1))}"; }
+                done
+                if [[ " $ONLY " == *" calls2 "* ]]; then
+                    run_one "$mode" onehop calls2 "$rep" "$NODE1_IP" "$NODE1_SIP" "$NODE2_IP" "$NODE2_SIP"
+                fi
+                cp -r "$FARM/logs" "$OUT/farm-logs-$mode-$rep" 2>/dev/null || true
+                farm_down
+            else
+                kam_start "$SRV_CPU" || exit 1
+                for b in "${BENCHES[@]}"; do
+                    run_one "$mode" kamailio "$b" "$rep" "$KAM_HOST" "$KAM_USE_PORT"
+                    [ "$b" = reg-ramp ] && { kam_stop; kam_start "$SRV_CPU" || exit 1; }
+                done
+                kam_stop
+            fi
+        done
+    done
+done
+
+# --- the table -------------------------------------------------------------------------------
+python3 - "$ALL" "$N" "$LIMIT" "$COUNT" "$OUT" <<'PY' | tee "$OUT/summary.md"
+import glob, os, re, statistics, sys
+path, n, limit, count, out = sys.argv[1:6]
+rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+by = {}
+for r in rows:
+    mode, server, bench, rep = r[:4]
+    if r[4] == "missing":
+        by.setdefault((mode, bench, server), []).append(None)
+        continue
+    f = lambda x: float(x) if x not in ("", "nan") else float("nan")
+    by.setdefault((mode, bench, server), []).append(dict(
+        okps=f(r[4]), ok=int(r[5]), failed=int(r[6]), created=int(r[7]), retrans=int(r[8]),
+        p50=f(r[9]), p95=f(r[10]), p99=f(r[11]), b50=f(r[12]), b95=f(r[13]), b99=f(r[14]),
+        lb=r[15], la=r[16]))
+names = {
+    "reg": f"REGISTER/s, closed loop, {int(n):,} distinct AORs, {limit} in flight",
+    "calls": f"calls/s (INVITE/200/ACK/BYE/200), closed loop, {limit} concurrent, {int(count):,} calls; UAS and UAC via one proxy",
+    "calls2": f"calls/s, same, UAS registered via node2, UAC via node1 (Kamailio column: its one-proxy calls)",
+}
+def med(v, k):
+    xs = [x[k] for x in v if x and x[k] == x[k]]
+    return statistics.median(xs) if xs else float("nan")
+def fig(v):
+    ok = [x for x in v if x]
+    if not ok:
+        return "no result", float("nan")
+    xs = [x["okps"] for x in ok]
+    m = statistics.median(xs)
+    s = f"**{m:,.0f}**"
+    if len(xs) > 1:
+        s += f" [{min(xs):,.0f}-{max(xs):,.0f}]"
+    return s, m
+def fails(v):
+    ok = [x for x in v if x]
+    f = sum(x["failed"] for x in ok); a = sum(x["ok"] + x["failed"] for x in ok)
+    missing = len(v) - len(ok)
+    s = f"{f:,} / {a:,}"
+    if a and f:
+        s += f" ({100.0 * f / a:.2f}%)"
+    r = sum(x["retrans"] for x in ok)
+    s += f", retrans {r:,}"
+    if missing:
+        s += f", {missing} run(s) without result"
+    return s
+def lat(v, call):
+    s = "%.0f/%.0f/%.0f" % (med(v, "p50"), med(v, "p95"), med(v, "p99"))
+    if call:
+        s += " (BYE %.0f/%.0f/%.0f)" % (med(v, "b50"), med(v, "b95"), med(v, "b99"))
+    return s
+def loads(v):
+    return ", ".join(f"{x['lb']}→{x['la']}" for x in v if x) or "-"
+print(f"SIPp closed loop; each figure: median of the runs [min-max]; rtd = SIPp -trace_rtt "
+      f"percentiles p50/p95/p99 in ms (median over runs; rtd1 = REGISTER->200 or INVITE->200); "
+      f"load = 1-min load average before→after each run")
+print()
+print("| mode | benchmark | onehop (3 nodes, R=2) | Kamailio (4 workers) | onehop / Kamailio | failures onehop (failed / attempts) | failures Kamailio | rtd ms onehop | rtd ms Kamailio | load onehop runs | load Kamailio runs |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for mode in ("unpinned", "pinned"):
+    for bench in ("reg", "calls", "calls2"):
+        o = by.get((mode, bench, "onehop"))
+        k = by.get((mode, "calls" if bench == "calls2" else bench, "kamailio"))
+        if not o and not k:
+            continue
+        o = o or []; k = k or []
+        fo, mo = fig(o); fk, mk = fig(k)
+        ratio = f"{mo / mk:.2f}" if mk == mk and mo == mo and mk else "-"
+        call = bench != "reg"
+        print(f"| {mode} | {names[bench]} | {fo} | {fk} | {ratio} | {fails(o)} | {fails(k)} | "
+              f"{lat(o, call)} | {lat(k, call)} | {loads(o)} | {loads(k)} |")
+ramps = sorted(glob.glob(os.path.join(out, "*-ramp-*.maxrate")))
+if ramps:
+    print()
+    print("Ramps (highest fixed rate with <0.1% failures and >=95% of offered achieved):")
+    for f in ramps:
+        for line in open(f):
+            if line.startswith("MAXRATE"):
+                print(f"- {os.path.basename(f)[:-8]}: {line.strip()}")
+PY
+echo "raw SIPp output, node metrics and farm logs: $OUT"
