@@ -639,7 +639,7 @@ impl Core {
         };
         match result {
             Ok(mut bindings) if !bindings.is_empty() => {
-                bindings.sort_by(|a, b| b.q.unwrap_or(1000).cmp(&a.q.unwrap_or(1000)));
+                bindings.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
                 let mut targets = Vec::new();
                 for b in bindings {
                     let Ok(uri) = Uri::parse(&b.uri) else {

@@ -400,10 +400,8 @@ impl Headers {
         if !need_received && !wants_rport {
             return false;
         }
-        let ip_text = match ip {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        };
+        // RFC 3261 grammar: `received` holds an IPv6address, without brackets.
+        let ip_text = ip.to_string();
         let new = rewrite_params(via.as_str(), via.params, |name, value, out| {
             if name.eq_ignore_ascii_case("rport") && value.is_none() {
                 out.push_str(";rport=");
@@ -542,7 +540,7 @@ mod tests {
         assert!(h.stamp_received("[2001:db8::1]:5060".parse().unwrap()));
         assert_eq!(
             h.get("via"),
-            Some("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;received=[2001:db8::1]")
+            Some("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;received=2001:db8::1")
         );
     }
 

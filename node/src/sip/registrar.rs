@@ -400,6 +400,9 @@ impl Bindings {
             }
             RegisterContacts::Set(list) => {
                 let mut work = self.contacts.clone();
+                // Bindings written by this request: a contact listed twice is not "out of
+                // order" against itself.
+                let mut touched: Vec<usize> = Vec::new();
                 for c in list {
                     let requested = c.expires.or(req.expires).unwrap_or(policy.default_expires);
                     if requested > 0 && requested < 3600 && requested < policy.min_expires {
@@ -411,7 +414,7 @@ impl Bindings {
                     let existing = work
                         .iter()
                         .position(|b| b.is_live(now_ms) && b.same_contact(&c.uri));
-                    if let Some(i) = existing {
+                    if let Some(i) = existing.filter(|i| !touched.contains(i)) {
                         let b = &work[i];
                         if b.call_id == req.call_id && req.cseq <= b.cseq {
                             return Err(RegisterError::OutOfOrder);
@@ -423,6 +426,7 @@ impl Bindings {
                     if expires == 0 {
                         if let Some(i) = existing {
                             tombstone(&mut work[i], req, now_ms);
+                            touched.push(i);
                         }
                         continue;
                     }
@@ -437,8 +441,14 @@ impl Bindings {
                         updated_at_ms: now_ms,
                     };
                     match slot {
-                        Some(i) => work[i] = binding,
-                        None => work.push(binding),
+                        Some(i) => {
+                            work[i] = binding;
+                            touched.push(i);
+                        }
+                        None => {
+                            work.push(binding);
+                            touched.push(work.len() - 1);
+                        }
                     }
                 }
                 let live = work.iter().filter(|b| b.is_live(now_ms)).count();

@@ -131,6 +131,23 @@ fn add_refresh_and_fetch() {
 }
 
 #[test]
+fn a_contact_listed_twice_is_not_out_of_order() {
+    let mut b = Bindings::new();
+    let cur = apply(
+        &mut b,
+        &info(
+            "c1",
+            1,
+            &["Contact: <sip:a@10.0.0.1>;expires=60, <sip:a@10.0.0.1>;expires=120"],
+        ),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(cur.len(), 1);
+    assert_eq!(cur[0].remaining_secs(NOW), 120);
+}
+
+#[test]
 fn default_and_maximum_expiry() {
     let mut b = Bindings::new();
     let cur = apply(&mut b, &info("c1", 1, &["Contact: <sip:a@10.0.0.1>"]), NOW).unwrap();

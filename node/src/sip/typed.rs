@@ -128,11 +128,17 @@ impl<'a> Via<'a> {
     }
 
     /// Where a response to this Via goes (RFC 3261 section 18.2.2 with RFC 3581): the
-    /// `received` address if present (else the sent-by host), and the `rport` value if
-    /// filled in (else the sent-by port, else 5060, or 5061 for TLS). The host may be a name
-    /// that still needs resolving (RFC 3263) when there is no `received`.
+    /// `maddr`, else the `received` address, else the sent-by host (IPv6 addresses without
+    /// brackets), and the `rport` value if filled in (else the sent-by port, else 5060, or
+    /// 5061 for TLS). The host may be a name that still needs resolving (RFC 3263) when there
+    /// is no `received`.
     pub fn response_target(&self) -> (&'a str, u16) {
-        let host = self.maddr().or(self.received()).unwrap_or(self.host);
+        let host = self
+            .maddr()
+            .or(self.received())
+            .unwrap_or(self.host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let default = if self.transport.eq_ignore_ascii_case("TLS") {
             5061
         } else {
@@ -524,7 +530,7 @@ mod tests {
         assert_eq!(v.host, "[2001:db8::9]");
         assert_eq!(v.port, None);
         assert_eq!(v.rport(), Some(None));
-        assert_eq!(v.response_target(), ("[2001:db8::9]", 5061));
+        assert_eq!(v.response_target(), ("2001:db8::9", 5061));
 
         for bad in [
             "",
