@@ -676,10 +676,17 @@ async fn serve_connection(
         };
         let id = id.clone();
         let handlers = handlers.clone();
+        let conn = conn.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(
             async move {
                 let _permit = permit;
-                serve_stream(send, recv, &id, &handlers, config.max_frame).await;
+                // A call ends with its connection or the server: its handler is dropped.
+                tokio::select! {
+                    _ = serve_stream(send, recv, &id, &handlers, config.max_frame) => {}
+                    _ = conn.closed() => {}
+                    _ = shutdown.cancelled() => {}
+                }
             }
             .in_current_span(),
         );

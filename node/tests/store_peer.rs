@@ -242,8 +242,13 @@ async fn calls_errors_and_bad_frames() {
         .call(&a_addr, Service::Store, Bytes::from_static(b"gone"), T)
         .await;
     assert!(r.is_err());
+    let rebind = std::time::Instant::now();
     let (a2, a2_stop) = loop {
         // The old socket may still be closing.
+        assert!(
+            rebind.elapsed() < Duration::from_secs(10),
+            "cannot bind the peer port again"
+        );
         match net::endpoint(
             a_addr.addr,
             &a_creds,
@@ -268,4 +273,98 @@ async fn calls_errors_and_bad_frames() {
     assert_eq!(answer, Bytes::from_static(b"node-b:back"));
     a2_stop.cancel();
     b_stop.cancel();
+}
+
+/// Counts the calls being handled at once, and the most seen.
+#[derive(Default)]
+struct Gauge {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+impl PeerHandler for Gauge {
+    fn handle(&self, _from: &Identity, body: Bytes) -> BoxFuture<'_, Bytes> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let n = self.now.fetch_add(1, SeqCst) + 1;
+            self.max.fetch_max(n, SeqCst);
+            // Hold the call a moment so that concurrent calls would overlap.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.now.fetch_sub(1, SeqCst);
+            body
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_calls_are_bounded() {
+    let mut pki = Pki::new();
+    let server_creds = pki.issue("node-s", Kind::Node, ip(10));
+    let c1_creds = pki.issue("node-c1", Kind::Node, ip(11));
+    let c2_creds = pki.issue("node-c2", Kind::Node, ip(12));
+    let endpoint = net::endpoint(
+        SocketAddr::new(ip(10), PEER_PORT),
+        &server_creds,
+        &CrlState::default(),
+        Timing::default(),
+        Some(16),
+    )
+    .unwrap();
+    let limits = PeerConfig {
+        max_connections: 1,
+        max_streams: 1,
+        ..config()
+    };
+    let server = PeerNet::new(endpoint, ConnTable::default(), limits);
+    let gauge = Arc::new(Gauge::default());
+    server.register(Service::Store, gauge.clone());
+    let stop = CancellationToken::new();
+    server.spawn_server(stop.clone());
+    let s_addr = addr_of("node-s", ip(10));
+
+    // One connection: many concurrent calls on it are all answered, one at a time.
+    let (c1, _c1_stop) = start(&c1_creds, ip(11), false);
+    let calls = (0..10).map(|i| {
+        let c1 = c1.clone();
+        let s_addr = s_addr.clone();
+        async move {
+            c1.call(&s_addr, Service::Store, Bytes::from(format!("{i}")), T)
+                .await
+        }
+    });
+    for (i, r) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(r.unwrap(), Bytes::from(format!("{i}")));
+    }
+    assert_eq!(gauge.max.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A second connection is refused while the first is open.
+    let (c2, _c2_stop) = start(&c2_creds, ip(12), false);
+    let r = c2
+        .call(&s_addr, Service::Store, Bytes::from_static(b"x"), T)
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(PeerError::Refused(_)) | Err(PeerError::Unreachable(_))
+        ),
+        "{r:?}"
+    );
+    // Once the first goes away, the second gets in.
+    c1.close();
+    let started = std::time::Instant::now();
+    loop {
+        let r = c2
+            .call(&s_addr, Service::Store, Bytes::from_static(b"y"), T)
+            .await;
+        if r.is_ok() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
 }

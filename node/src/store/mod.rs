@@ -41,12 +41,28 @@
 //! # Membership changes
 //!
 //! When the node's view brings a ring whose members changed, the node hands over what it
-//! holds: see [`machine`](self::machine) for the rules (push to new replicas, drop only after
-//! the whole new replica set confirmed, flow-controlled batches with an end marker, a newer
-//! ring change superseding the transfers of the older one). During the hand-off (up to
-//! [`StoreConfig::handoff_window`] after a change), a new owner that lacks a key fetches it
-//! from the key's previous holders before answering for it, so a read or a read-modify-write
-//! right after a join sees the value that is still on its way.
+//! holds. For every key held, with `new` its replica set under the new ring and `old` the one
+//! under the ring replaced:
+//!
+//! - a node in `new` pushes the entry to the members of `new` that were not in `old` (the
+//!   newcomer, or the member after one that left), and to any member it still owed the key
+//!   (a transfer cancelled by a newer change, a replication that failed);
+//! - a node not in `new` pushes the entry to the members of `new` that were not in `old`, asks
+//!   the others whether they hold it (and sends it if not), and drops the key only once every
+//!   member of `new` has confirmed holding it.
+//!
+//! Pushes travel in batches (at most [`StoreConfig::batch_entries`] entries, about
+//! [`StoreConfig::batch_bytes`] bytes), one batch in flight per peer (the next waits for the
+//! acknowledgement), at most [`StoreConfig::transfer_peers`] peers at once, the last batch of
+//! a transfer carrying an end marker; failed batches are retried after a back-off. A newer
+//! ring change starts a new epoch: the plan is rebuilt from what is held (keeping what was
+//! still owed) and the older transfers end. These rules are a pure state machine (the
+//! `machine` module: `handle(input, now) -> actions`, unit-tested on its actions); the
+//! `driver` carries its actions out over [`PeerNet`].
+//!
+//! During the hand-off (up to [`StoreConfig::handoff_window`] after a change), a new owner
+//! that lacks a key fetches it from the key's previous holders before answering for it, so a
+//! read or a read-modify-write right after a join sees the value that is still on its way.
 //!
 //! # Use (for the node's `run`)
 //!
@@ -61,8 +77,8 @@
 //!
 //! # Layout
 //!
-//! - [`entry`](self::entry): keys, versions, entries.
-//! - [`machine`](self::machine): the pure state machine (merge, plan, batches, drops, purge).
+//! - [`entry`]: keys, versions, entries.
+//! - `machine`: the pure state machine (merge, plan, batches, drops, purge).
 //! - `messages`: the requests and responses on the peer port.
 //! - `driver`: the async side: serving requests, replicating, routing to the owner, carrying
 //!   out the machine's actions.
