@@ -82,8 +82,15 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let listener_view = view.clone();
     let served = metrics.counter("lookups_total", "Lookup-interface requests answered.");
     let max = cfg.lookup_connections;
-    let lookup_task =
-        tokio::spawn(async move { lookup::serve(lookup_addr, listener_view, max, served).await });
+    // The store starts after the lookup interface (which must bind first); `holds` sees it once
+    // it is there.
+    let store_slot: Arc<std::sync::OnceLock<store::Store>> = Arc::new(std::sync::OnceLock::new());
+    let slot = store_slot.clone();
+    let holds: lookup::Holds =
+        Arc::new(move |role: &str, key: &str| slot.get().is_some_and(|s| s.holds(role, key)));
+    let lookup_task = tokio::spawn(async move {
+        lookup::serve(lookup_addr, listener_view, max, served, Some(holds)).await
+    });
     // Fail early if the port is taken.
     tokio::task::yield_now().await;
     if lookup_task.is_finished() {
@@ -120,6 +127,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
     )
     .await?;
     endpoints.extend(more);
+    let _ = store_slot.set(services.store.clone());
     {
         let stored = metrics.gauge("store_entries", "Entries held in the replicated store.");
         let store = services.store.clone();

@@ -11,6 +11,7 @@
 //! | `replicas ROLE for KEY [N]` | the owner and the next N-1 distinct members' IPs, space-separated (N defaults to 2) |
 //! | `members ROLE` | `NAME=IP` pairs of the role's live members, space-separated (empty line if none) |
 //! | `owner ROLE for KEY` | `NAME IP` of the owner |
+//! | `holds ROLE for KEY` | `Yes` when this node holds a live value for KEY in ROLE's replicated store, else `No` |
 //!
 //! KEY is hashed as given, except that a `sip:`/`sips:` URI is first reduced to its canonical
 //! AOR (`user@host`, host lower-cased), so `lookup registrar for sip:alice@Example.test:5060`
@@ -33,9 +34,17 @@ use crate::view::View;
 /// The longest request line accepted.
 pub const MAX_LINE: usize = 4096;
 
+/// What the lookup interface can see of this node's replicated store.
+pub type Holds = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// Appends the answer to one request line (without its line end) to `out`, CRLF-terminated.
 /// Returns false for a blank line (no answer).
 pub fn answer(line: &str, view: &View, out: &mut String) -> bool {
+    answer_with(line, view, None, out)
+}
+
+/// [`answer`], with this node's store for `holds`.
+pub fn answer_with(line: &str, view: &View, holds: Option<&Holds>, out: &mut String) -> bool {
     let line = line.trim();
     if line.is_empty() {
         return false;
@@ -93,6 +102,15 @@ pub fn answer(line: &str, view: &View, out: &mut String) -> bool {
                 None => out.push_str("error usage: replicas ROLE for KEY [N]"),
             }
         }
+        "holds" => match (role_for_key(rest), holds) {
+            (Some((role, key)), Some(h)) => out.push_str(if h(role, &lookup_key(key)) {
+                "Yes"
+            } else {
+                "No"
+            }),
+            (Some(_), None) => out.push_str("error this node keeps no store"),
+            (None, _) => out.push_str("error usage: holds ROLE for KEY"),
+        },
         "is_online" => match rest.split_once(" as ") {
             Some((ip, role)) => match ip.trim().parse::<IpAddr>() {
                 Ok(ip) => {
@@ -133,7 +151,7 @@ pub fn answer(line: &str, view: &View, out: &mut String) -> bool {
             let shown: String = line.chars().take(64).collect();
             let _ = write!(
                 out,
-                "error unknown request {shown:?} (verbs: lookup, is_online, status, replicas, members, owner)"
+                "error unknown request {shown:?} (verbs: lookup, is_online, status, replicas, members, owner, holds)"
             );
         }
     }
@@ -164,6 +182,7 @@ pub async fn serve(
     view: Arc<ArcSwap<View>>,
     max_connections: usize,
     served: Metric,
+    holds: Option<Holds>,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     let limit = Arc::new(Semaphore::new(max_connections));
@@ -183,9 +202,10 @@ pub async fn serve(
         };
         let view = view.clone();
         let served = served.clone();
+        let holds = holds.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(sock, view, served).await {
+            if let Err(e) = connection(sock, view, served, holds).await {
                 debug!(%peer, cause = %e, "lookup connection ended");
             }
         });
@@ -196,6 +216,7 @@ async fn connection(
     mut sock: TcpStream,
     view: Arc<ArcSwap<View>>,
     served: Metric,
+    holds: Option<Holds>,
 ) -> std::io::Result<()> {
     let _ = sock.set_nodelay(true);
     let mut buf = vec![0u8; 64 * 1024];
@@ -225,7 +246,7 @@ async fn connection(
             }
             match std::str::from_utf8(line) {
                 Ok(text) => {
-                    if answer(text, &snapshot, &mut out) {
+                    if answer_with(text, &snapshot, holds.as_ref(), &mut out) {
                         answered += 1;
                     }
                 }

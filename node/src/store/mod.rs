@@ -426,6 +426,16 @@ impl Store {
         self.inner.lock().machine.local_keys(role, driver::now_ms())
     }
 
+    /// Whether this node holds a live value for `key` of `role`.
+    pub fn holds(&self, role: &str, key: &str) -> bool {
+        let key = StoreKey::new(role, key);
+        self.inner
+            .lock()
+            .machine
+            .read(&key, driver::now_ms())
+            .is_some()
+    }
+
     /// Entries held by this node, tombstones and expired entries not yet purged included.
     pub fn local_stored(&self) -> usize {
         self.inner.lock().machine.stored()
