@@ -1,26 +1,86 @@
 //! onehop-monitor: watches the network as a `monitor` (subscribe only, never a member).
 //!
 //! # Layout
-//! - [`watch_status`]: a client session that keeps the newest network status.
-//! - [`cli_main`]: `--json` prints one snapshot; without it, a plain summary.
+//! - [`watch_status`], [`wait_for`], [`start_session`]: client sessions with the event
+//!   servers (a `monitor` certificate may subscribe, never publish).
+//! - [`state`]: the terminal UI's state, a plain struct updated by [`state::App::apply`].
+//! - [`ui`]: [`ui::draw`] renders that state on a ratatui frame (pure, tested on
+//!   `TestBackend`).
+//! - [`tui`]: the thin event loop: keys (crossterm `EventStream`), client events, a tick.
+//! - [`follow`]: `--follow`, the network's changes as timestamped lines for scripts.
+//! - [`format`](mod@format): clocks, durations, figures, padding and wrapping.
+//! - [`cli`]: the command line: `--json` (one snapshot), `--follow`, or the terminal UI.
+//!
+//! # The terminal UI
+//! `onehop-monitor --farm DIR` (on a terminal) subscribes to `network`, `members`, `stats`,
+//! `events` and `crl` and shows, live: the active manager with `term`/`version`; each event
+//! server and whether our session with it is up; the members (name, kind, roles, address,
+//! uptime from `since`, state, latest `stats` figures); each role's ring with every member's
+//! share of the keyspace; a log (the active manager's lines, departures as the event servers
+//! report them, new revocation lists, our own sessions); and a lookup box (`/`) giving a key's
+//! owner and replicas on every ring, computed from the status exactly as the nodes do (the
+//! same [`onehop_overlay::ring`] code, `--points` as configured on the nodes). Keys are listed
+//! in [`ui::KEYS`] and on screen (`?`). Times are UTC.
+//!
+//! The monitor never derives join/leave lines from status differences: the active manager
+//! already publishes them on `events`, and doubling them would only add noise. `--follow`
+//! does list the names that joined or left on each `status` line, for scripts.
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
-use clap::Parser;
 use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient};
 use onehop_overlay::crl::CrlStore;
-use onehop_overlay::farmfile::FarmFile;
 use onehop_overlay::net::{self, ConnTable, Timing};
 use onehop_overlay::status::NetworkStatus;
 use onehop_overlay::tls::{Credentials, TlsFiles};
 use onehop_overlay::wire::{Payload, Topic};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+pub mod cli;
+pub mod follow;
+pub mod format;
+pub mod state;
+pub mod tui;
+pub mod ui;
+
+pub use cli::{cli_main, Cli};
+
+/// The topics the terminal UI and `--follow` subscribe to.
+pub const WATCH_TOPICS: [Topic; 5] = [
+    Topic::Network,
+    Topic::Members,
+    Topic::Stats,
+    Topic::Events,
+    Topic::Crl,
+];
+
+/// Starts a monitor session with every event server in `eventservers`, subscribed to
+/// `topics`: the client (for `stop`) and the channel of what it delivers (publications,
+/// event-server up/down).
+pub fn start_session(
+    tls: &TlsFiles,
+    eventservers: Vec<SocketAddr>,
+    topics: Vec<Topic>,
+) -> anyhow::Result<(EventClient, mpsc::Receiver<ClientEvent>)> {
+    let creds = Arc::new(Credentials::load(tls)?);
+    let crl = CrlStore::open(creds.ca.to_vec(), None)?;
+    let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+    let endpoint = net::endpoint(bind, &creds, &crl.current(), Timing::default(), None)?;
+    let opts = ClientOptions {
+        eventservers,
+        announce: None,
+        subscribe: topics,
+        ..Default::default()
+    };
+    Ok(EventClient::start(
+        endpoint,
+        opts,
+        ConnTable::default(),
+        Some(crl),
+    ))
+}
 
 /// A monitor session: the newest status seen, and which event servers are reachable.
 pub struct StatusWatch {
@@ -32,17 +92,7 @@ pub struct StatusWatch {
 
 /// Connects to `eventservers` with the certificate in `tls` and keeps the newest status.
 pub fn watch_status(tls: &TlsFiles, eventservers: Vec<SocketAddr>) -> anyhow::Result<StatusWatch> {
-    let creds = Arc::new(Credentials::load(tls)?);
-    let crl = CrlStore::open(creds.ca.to_vec(), None)?;
-    let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");
-    let endpoint = net::endpoint(bind, &creds, &crl.current(), Timing::default(), None)?;
-    let opts = ClientOptions {
-        eventservers,
-        announce: None,
-        subscribe: vec![Topic::Network],
-        ..Default::default()
-    };
-    let (client, mut events) = EventClient::start(endpoint, opts, ConnTable::default(), Some(crl));
+    let (client, mut events) = start_session(tls, eventservers, vec![Topic::Network])?;
     let (tx, rx) = watch::channel(None::<Arc<NetworkStatus>>);
     tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
@@ -75,135 +125,6 @@ pub async fn wait_for(
         match tokio::time::timeout_at(deadline, w.status.changed()).await {
             Ok(Ok(())) => {}
             _ => return None,
-        }
-    }
-}
-
-/// Command-line options of `onehop-monitor`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "onehop-monitor",
-    version,
-    about = "Watch a onehop network as a monitor (subscribe only).",
-    long_about = "Watch a onehop network as a monitor: connects to the event servers with a `monitor` certificate (which may subscribe, never publish) and shows the network status published by the active manager.\n\nWith --farm DIR everything is read from DIR/farm.json; otherwise give --ca, --cert, --key and one --eventserver per event server."
-)]
-pub struct Cli {
-    /// A farm directory made by `onehop-farm up` (reads farm.json and the monitor certificate).
-    #[arg(long)]
-    pub farm: Option<PathBuf>,
-    /// The CA certificate (PEM).
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// A `monitor` certificate (PEM).
-    #[arg(long)]
-    pub cert: Option<PathBuf>,
-    /// Its key (PEM).
-    #[arg(long)]
-    pub key: Option<PathBuf>,
-    /// An event server's address, ip:port (repeat for each).
-    #[arg(long = "eventserver")]
-    pub eventservers: Vec<SocketAddr>,
-    /// Print the current network status once as JSON and exit.
-    #[arg(long)]
-    pub json: bool,
-    /// How long to wait for a status, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub timeout: u64,
-}
-
-fn setup(cli: &Cli) -> anyhow::Result<(TlsFiles, Vec<SocketAddr>)> {
-    if let Some(dir) = &cli.farm {
-        let farm = FarmFile::load(dir)?;
-        let mon = farm
-            .monitor
-            .clone()
-            .ok_or_else(|| anyhow!("{}: farm.json names no monitor certificate", dir.display()))?;
-        let mut tls = farm.client_tls(&mon);
-        tls.crl = None;
-        let es = if cli.eventservers.is_empty() {
-            farm.eventservers()
-        } else {
-            cli.eventservers.clone()
-        };
-        return Ok((tls, es));
-    }
-    let (Some(ca), Some(cert), Some(key)) = (&cli.ca, &cli.cert, &cli.key) else {
-        bail!("give --farm DIR, or all of --ca, --cert and --key");
-    };
-    if cli.eventservers.is_empty() {
-        bail!("give at least one --eventserver ADDR (or --farm DIR)");
-    }
-    Ok((
-        TlsFiles {
-            ca: ca.clone(),
-            cert: cert.clone(),
-            key: key.clone(),
-            crl: None,
-        },
-        cli.eventservers.clone(),
-    ))
-}
-
-async fn snapshot(cli: Cli) -> anyhow::Result<()> {
-    let (tls, es) = setup(&cli)?;
-    let mut w = watch_status(&tls, es.clone()).context("monitor session")?;
-    let status = wait_for(&mut w, Duration::from_secs(cli.timeout), |_| true)
-        .await
-        .ok_or_else(|| {
-            anyhow!(
-                "no network status within {} s from event servers {:?}",
-                cli.timeout,
-                es
-            )
-        })?;
-    w.client.stop();
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(&*status)?);
-    } else {
-        println!(
-            "term {} version {} manager {}",
-            status.term, status.version, status.manager
-        );
-        println!("{:<16} {:<12} {:<16} roles", "name", "kind", "ip");
-        for m in &status.members {
-            let roles: Vec<&str> = m.roles.iter().map(|r| r.as_str()).collect();
-            println!(
-                "{:<16} {:<12} {:<16} {}",
-                m.name,
-                m.kind,
-                m.ip,
-                roles.join(",")
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The `onehop-monitor` program.
-pub fn cli_main(args: Vec<OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("onehop-monitor: error: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(snapshot(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("onehop-monitor: error: {e:#}");
-            ExitCode::FAILURE
         }
     }
 }
