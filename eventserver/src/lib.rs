@@ -152,6 +152,9 @@ async fn session(conn: quinn::Connection, id: Identity, hub: Arc<Hub>, queue: us
                 break "left".to_string();
             }
             Ok(None) => break "session stream finished".to_string(),
+            Err(onehop_overlay::wire::WireError::Io(_)) if conn.close_reason().is_some() => {
+                break onehop_overlay::client::close_reason(&conn);
+            }
             Err(e) => {
                 let code = e.close_code();
                 warn!(cause = %e, "closing stream: bad frame");
