@@ -380,7 +380,7 @@ fn print_ready(farm: &FarmFile, took: Duration, dns_port: u16) {
         );
     }
     println!(
-        "  Monitor:      onehop-monitor --farm {} --json   (or {}/bin/onehop-monitor)",
+        "  Monitor:      {}/bin/onehop-monitor --farm {}   (terminal UI; --json for a snapshot)",
         farm.dir.display(),
         farm.dir.display()
     );
