@@ -22,13 +22,22 @@ pub struct Farm {
     pub dir: tempfile::TempDir,
     pub file: FarmFile,
     extra: Vec<Child>,
-    _lock: MutexGuard<'static, ()>,
+    _lock: Option<MutexGuard<'static, ()>>,
 }
 
 impl Farm {
     /// Starts a farm on addresses from `base_ip` up with the extra `up` arguments.
     pub fn up(base_ip: &str, args: &[&str]) -> Farm {
         let lock = FARM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        Farm::start(base_ip, args, Some(lock))
+    }
+
+    /// A second farm beside this one (for tests that need two), started under this one's turn.
+    pub fn beside(&self, base_ip: &str, args: &[&str]) -> Farm {
+        Farm::start(base_ip, args, None)
+    }
+
+    fn start(base_ip: &str, args: &[&str], lock: Option<MutexGuard<'static, ()>>) -> Farm {
         let dir = tempfile::Builder::new()
             .prefix("onehop-it-")
             .tempdir()

@@ -10,6 +10,7 @@ mod eventserver_loss;
 mod failover;
 mod farm;
 mod frames;
+mod interdomain;
 mod monitor;
 mod registrar_crash;
 mod security;
