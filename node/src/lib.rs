@@ -128,20 +128,6 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
     .await?;
     endpoints.extend(more);
     let _ = store_slot.set(services.store.clone());
-    {
-        let stored = metrics.gauge("store_entries", "Entries held in the replicated store.");
-        let store = services.store.clone();
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => stored.set(store.local_len() as i64),
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
-    }
     let opts = ClientOptions {
         eventservers: cfg.eventservers.clone(),
         announce: Some(Announce {
@@ -152,6 +138,12 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
         ..Default::default()
     };
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
+    spawn_stats(
+        client.clone(),
+        services.store.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    );
     info!(name = %identity.name, roles = ?identity.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), lookup = %lookup_addr, "node started");
 
     let mut role_tasks = Vec::new();
@@ -232,4 +224,37 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
         Config::load,
         run,
     )
+}
+
+/// Every 2 s: refreshes the store gauge and publishes the node's load figures on `stats`
+/// (store entries, lookups, SIP requests and registrations, live SIP transactions).
+fn spawn_stats(
+    client: EventClient,
+    store: store::Store,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let stored = metrics.gauge("store_entries", "Entries held in the replicated store.");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            stored.set(store.local_len() as i64);
+            let mut figures = vec![("store_entries".to_string(), store.local_len() as f64)];
+            for name in [
+                "lookups_total",
+                "sip_requests_total",
+                "sip_registrations_total",
+                "sip_transactions",
+            ] {
+                if let Some(v) = metrics.value(name) {
+                    figures.push((name.to_string(), v as f64));
+                }
+            }
+            client.publish(Payload::Stats(onehop_overlay::wire::Stats { figures }));
+        }
+    });
 }

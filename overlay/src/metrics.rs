@@ -81,6 +81,12 @@ impl Metrics {
         self.register(name, help, MetricType::Gauge)
     }
 
+    /// The current value of a figure (by its full name, labels included), if registered.
+    pub fn value(&self, name: &str) -> Option<i64> {
+        let map = self.entries.lock().expect("metrics");
+        map.get(name).map(|e| e.value.load(Ordering::Relaxed))
+    }
+
     /// The text exposition of every figure, names prefixed with `onehop_`.
     pub fn render(&self) -> String {
         let map = self.entries.lock().expect("metrics");
