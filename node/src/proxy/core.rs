@@ -478,7 +478,11 @@ impl Core {
         });
     }
 
-    fn on_resolved(&mut self, key: TransactionKey, result: Result<Vec<(Proto, SocketAddr)>, String>) {
+    fn on_resolved(
+        &mut self,
+        key: TransactionKey,
+        result: Result<Vec<(Proto, SocketAddr)>, String>,
+    ) {
         let Some(req) = self
             .servers
             .get(&key)
@@ -498,8 +502,15 @@ impl Core {
             .into_iter()
             .map(|(proto, addr)| {
                 let hop = match self.node_at(addr.ip(), addr.port()) {
-                    Some(node) => Hop::Peer { node, deliver: None },
-                    None => Hop::Net { proto, remote: addr, conn: 0 },
+                    Some(node) => Hop::Peer {
+                        node,
+                        deliver: None,
+                    },
+                    None => Hop::Net {
+                        proto,
+                        remote: addr,
+                        conn: 0,
+                    },
                 };
                 (req.uri.clone(), hop)
             })
@@ -1212,6 +1223,16 @@ impl Core {
                 remote,
                 conn,
             } => {
+                // On an open TCP connection, queued now so that messages keep their order (a
+                // 180 must not overtake the 200 sent right after it).
+                let bytes = if *proto == Proto::Tcp {
+                    match self.transports.try_send_stream(*conn, *remote, bytes) {
+                        Ok(()) => return,
+                        Err(bytes) => bytes,
+                    }
+                } else {
+                    bytes
+                };
                 let t = self.transports.clone();
                 let (proto, remote, conn) = (*proto, *remote, *conn);
                 tokio::spawn(async move {

@@ -1,13 +1,15 @@
 //! The proxy's links to the rest of the node: bindings in the replicated store (the
 //! `registrar` ring), and SIP between nodes over the peer transport.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
 
 use super::core::CoreHandle;
 use super::{BoxFut, LocateError, Locator, PeerLink, SipEnvelope};
@@ -245,36 +247,125 @@ impl Locator for StoreLocator {
     }
 }
 
-/// SIP between nodes over the peer transport.
+/// SIP between nodes over the peer transport, in order.
+///
+/// Each destination node has one queue and one task that sends what is queued, a batch per
+/// peer call (`Vec<SipEnvelope>`, bincode), one call at a time. Messages to a node therefore
+/// arrive in the order the core sent them: a 180 cannot overtake the 200 that follows it, nor
+/// a CANCEL its INVITE (with a call and a task per message they could, and did). The queue is
+/// bounded; when it is full the message is dropped, as a congested UDP hop would drop it.
 pub struct PeerSip {
     net: Arc<PeerNet>,
     view: watch::Receiver<Arc<View>>,
+    queues: std::sync::Mutex<HashMap<String, mpsc::Sender<SipEnvelope>>>,
 }
+
+/// Envelopes waiting for one node.
+const PEER_QUEUE: usize = 8192;
+/// Most envelopes in one call.
+const MAX_BATCH: usize = 256;
+/// Most bytes of SIP in one call (under the peer transport's 1 MiB frame cap).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// A node's sending task ends after this long with nothing to send.
+const PEER_IDLE: Duration = Duration::from_secs(60);
 
 impl PeerSip {
     /// SIP over `net`, finding nodes in `view`.
     pub fn new(net: Arc<PeerNet>, view: watch::Receiver<Arc<View>>) -> PeerSip {
-        PeerSip { net, view }
+        PeerSip {
+            net,
+            view,
+            queues: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn enqueue(&self, node: String, env: SipEnvelope) -> Result<(), String> {
+        let mut queues = self.queues.lock().expect("peer queues");
+        let mut env = env;
+        // Twice at most: a queue whose task ended (idle) is replaced once.
+        for _ in 0..2 {
+            let tx = match queues.get(&node) {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                    tokio::spawn(send_loop(
+                        self.net.clone(),
+                        self.view.clone(),
+                        node.clone(),
+                        rx,
+                    ));
+                    queues.insert(node.clone(), tx.clone());
+                    tx
+                }
+            };
+            match tx.try_send(env) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(format!("queue to {node} full: message dropped"))
+                }
+                Err(mpsc::error::TrySendError::Closed(e)) => {
+                    queues.remove(&node);
+                    env = e;
+                }
+            }
+        }
+        Err(format!("no queue to {node}"))
     }
 }
 
-impl PeerLink for PeerSip {
-    fn send(&self, node: String, env: SipEnvelope) -> BoxFut<Result<(), String>> {
-        let addr = self
-            .view
+/// Sends what is queued for `node`, in order, one batch per call.
+async fn send_loop(
+    net: Arc<PeerNet>,
+    view: watch::Receiver<Arc<View>>,
+    node: String,
+    mut rx: mpsc::Receiver<SipEnvelope>,
+) {
+    let mut batch: Vec<SipEnvelope> = Vec::new();
+    loop {
+        match tokio::time::timeout(PEER_IDLE, rx.recv()).await {
+            Ok(Some(env)) => batch.push(env),
+            Ok(None) | Err(_) => return,
+        }
+        let mut bytes = batch[0].bytes.len();
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(env) => {
+                    bytes += env.bytes.len();
+                    batch.push(env);
+                }
+                Err(_) => break,
+            }
+        }
+        let addr = view
             .borrow()
             .status
             .as_ref()
             .and_then(|s| s.member(&node))
             .map(PeerAddr::of_member);
-        let net = self.net.clone();
-        Box::pin(async move {
-            let addr = addr.ok_or_else(|| format!("{node} is not in the network status"))?;
-            net.call(&addr, Service::Sip, encode(&env), Duration::from_secs(2))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
+        match addr {
+            None => debug!(%node, n = batch.len(), "SIP to a node not in the status dropped"),
+            Some(addr) => {
+                let r = net
+                    .call(&addr, Service::Sip, encode(&batch), Duration::from_secs(2))
+                    .await;
+                match r {
+                    Ok(answer) if answer.is_empty() => {}
+                    Ok(answer) => {
+                        debug!(%node, answer = %String::from_utf8_lossy(&answer), "SIP to peer")
+                    }
+                    Err(e) => debug!(%node, cause = %e, n = batch.len(), "SIP to peer failed"),
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+impl PeerLink for PeerSip {
+    fn send(&self, node: String, env: SipEnvelope) -> BoxFut<Result<(), String>> {
+        // Queued now, not when the future runs: the order of calls is the order on the wire.
+        let r = self.enqueue(node, env);
+        Box::pin(async move { r })
     }
 }
 
@@ -298,12 +389,18 @@ impl PeerHandler for SipHandler {
     ) -> futures::future::BoxFuture<'_, Bytes> {
         let node = from.name.clone();
         Box::pin(async move {
-            match decode::<SipEnvelope>(&body) {
-                Ok(env) => {
-                    if self.core.from_peer(node, env) {
+            match decode::<Vec<SipEnvelope>>(&body) {
+                Ok(batch) => {
+                    let n = batch.len();
+                    let dropped = batch
+                        .into_iter()
+                        .map(|env| self.core.from_peer(node.clone(), env))
+                        .filter(|queued| !queued)
+                        .count();
+                    if dropped == 0 {
                         Bytes::new()
                     } else {
-                        Bytes::from_static(b"busy")
+                        Bytes::from(format!("busy: {dropped} of {n} dropped"))
                     }
                 }
                 Err(e) => Bytes::from(format!("bad envelope: {e}")),

@@ -74,7 +74,8 @@ pub struct SipEnvelope {
 
 /// Sends SIP messages to other nodes.
 pub trait PeerLink: Send + Sync + 'static {
-    /// Sends `env` to the node `node`.
+    /// Sends `env` to the node `node`. Messages to one node arrive in the order of the calls
+    /// to `send` (not of the futures' completion), as SIP over one connection would.
     fn send(&self, node: String, env: SipEnvelope) -> BoxFut<Result<(), String>>;
 }
 

@@ -29,7 +29,8 @@ impl SipResolver {
     /// A resolver asking `servers` (none: the system's resolv.conf).
     pub fn new(servers: &[SocketAddr]) -> Result<SipResolver, String> {
         let config = if servers.is_empty() {
-            let (config, _) = hickory_resolver::system_conf::read_system_conf().map_err(|e| e.to_string())?;
+            let (config, _) =
+                hickory_resolver::system_conf::read_system_conf().map_err(|e| e.to_string())?;
             config
         } else {
             let ns = servers
@@ -47,12 +48,19 @@ impl SipResolver {
         let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
         builder.options_mut().use_hosts_file = ResolveHosts::Never;
         let inner = builder.build().map_err(|e| e.to_string())?;
-        Ok(SipResolver { inner: Arc::new(inner) })
+        Ok(SipResolver {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The servers to try for `host` (with `port` and `transport` from the URI, if any), in
     /// order.
-    pub async fn locate(&self, host: &str, port: Option<u16>, transport: Option<Proto>) -> Result<Vec<(Proto, SocketAddr)>, String> {
+    pub async fn locate(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        transport: Option<Proto>,
+    ) -> Result<Vec<(Proto, SocketAddr)>, String> {
         let name = format!("{}.", host.trim_end_matches('.'));
         if let Some(port) = port {
             let proto = transport.unwrap_or(Proto::Udp);
@@ -103,7 +111,8 @@ impl SipResolver {
         if !out.is_empty() {
             return Ok(out);
         }
-        self.addresses(&name, 5060, transport.unwrap_or(Proto::Udp)).await
+        self.addresses(&name, 5060, transport.unwrap_or(Proto::Udp))
+            .await
     }
 
     async fn srv(&self, name: &str, proto: Proto) -> Vec<(Proto, SocketAddr)> {
@@ -123,7 +132,11 @@ impl SipResolver {
         let mut i = 0;
         while i < records.len() {
             let prio = records[i].0;
-            let mut group: Vec<_> = records[i..].iter().take_while(|r| r.0 == prio).cloned().collect();
+            let mut group: Vec<_> = records[i..]
+                .iter()
+                .take_while(|r| r.0 == prio)
+                .cloned()
+                .collect();
             i += group.len();
             // RFC 2782: pick by running sum of weights, repeatedly.
             while !group.is_empty() {
@@ -153,8 +166,20 @@ impl SipResolver {
         out
     }
 
-    async fn addresses(&self, name: &str, port: u16, proto: Proto) -> Result<Vec<(Proto, SocketAddr)>, String> {
-        let ips = self.inner.lookup_ip(name.to_string()).await.map_err(|e| e.to_string())?;
-        Ok(ips.iter().map(|ip| (proto, SocketAddr::new(ip, port))).collect())
+    async fn addresses(
+        &self,
+        name: &str,
+        port: u16,
+        proto: Proto,
+    ) -> Result<Vec<(Proto, SocketAddr)>, String> {
+        let ips = self
+            .inner
+            .lookup_ip(name.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ips
+            .iter()
+            .map(|ip| (proto, SocketAddr::new(ip, port)))
+            .collect())
     }
 }

@@ -58,9 +58,14 @@ pub struct Inbound {
     pub source: Source,
 }
 
-/// Splits complete messages off the front of a stream buffer: `Ok(Some(n))` when the first
-/// `n` bytes are one message, `Ok(None)` when more bytes are needed, `Err` when the stream is
+/// Finds message boundaries at the front of a stream buffer: `Ok(Some(n))` when the first `n`
+/// bytes are one message (known as soon as its header is complete, so `n` may exceed what is
+/// buffered yet), `Ok(None)` when more bytes are needed to tell, `Err` when the stream is
 /// broken (it is closed).
+///
+/// A message longer than [`TransportConfig::max_message`] is passed on cut to its first
+/// `max_message + 1` bytes, so that the parser sees it is too large and the request is answered
+/// (513) on the connection; the rest of it is read and discarded, and the connection goes on.
 pub type Framer = fn(&[u8]) -> Result<Option<usize>, String>;
 
 /// Settings of the transports.
@@ -148,6 +153,28 @@ impl Transports {
     /// Sends a datagram without waiting; `Err(WouldBlock)` when the socket buffer is full.
     pub fn try_send_udp(&self, dest: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
         self.udp.try_send_to(bytes, dest).map(|_| ())
+    }
+
+    /// Queues a message on an open TCP connection without waiting: flow `conn` when it is
+    /// open, else the connection to `dest`. Messages queued this way go out in call order (a
+    /// task per message could run them in any order). Gives the bytes back when there is no
+    /// such connection or its queue is full; [`Transports::send`] then opens or waits.
+    pub fn try_send_stream(&self, conn: u64, dest: SocketAddr, bytes: Bytes) -> Result<(), Bytes> {
+        let tx = {
+            let flows = self.flows.lock().expect("flows");
+            let by_id = (conn != 0).then(|| flows.get(&conn)).flatten();
+            let by_remote = || {
+                let id = self.by_remote.lock().expect("flows").get(&dest).copied()?;
+                flows.get(&id)
+            };
+            by_id.or_else(by_remote).map(|f| f.tx.clone())
+        };
+        match tx {
+            Some(tx) => tx.try_send(bytes).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
+            }),
+            None => Err(bytes),
+        }
     }
 
     /// Number of open TCP flows.
@@ -264,12 +291,22 @@ impl Transports {
         };
         let reader = async {
             let mut buf = BytesMut::with_capacity(8192);
+            // Bytes still to drop of an oversized message already passed on (cut).
+            let mut discard = 0usize;
             loop {
                 match tokio::time::timeout(self.cfg.idle, rd.read_buf(&mut buf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
                     Ok(Ok(_)) => {}
                 }
                 loop {
+                    if discard > 0 {
+                        let n = discard.min(buf.len());
+                        let _ = buf.split_to(n);
+                        discard -= n;
+                        if discard > 0 {
+                            break;
+                        }
+                    }
                     // Skip keep-alive CRLFs between messages.
                     let skip = buf
                         .iter()
@@ -278,7 +315,14 @@ impl Transports {
                     let _ = buf.split_to(skip);
                     match (self.framer)(&buf) {
                         Ok(Some(len)) => {
-                            let msg = buf.split_to(len).freeze();
+                            // Over the cap: pass on the first max_message + 1 bytes (the parser
+                            // answers 513), drop the rest as it comes.
+                            let take = len.min(self.cfg.max_message + 1);
+                            if buf.len() < take {
+                                break;
+                            }
+                            discard = len - take;
+                            let msg = buf.split_to(take).freeze();
                             let inbound = Inbound {
                                 bytes: msg,
                                 source: Source {
@@ -381,7 +425,7 @@ impl Transports {
 
 /// Frames SIP messages on a stream (RFC 3261 section 18.3): the header ends at the first
 /// blank line and `Content-Length` (or `l`) gives the body's length; it is mandatory on
-/// streams.
+/// streams. Returns the message's whole length once its header is complete (see [`Framer`]).
 pub fn sip_frame(buf: &[u8]) -> Result<Option<usize>, String> {
     const MAX_HEAD: usize = 65_535;
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -409,11 +453,10 @@ pub fn sip_frame(buf: &[u8]) -> Result<Option<usize>, String> {
         }
     }
     let length = length.ok_or("no Content-Length on a stream")?;
-    if length > MAX_DATAGRAM {
-        return Err(format!("Content-Length {length} too large"));
-    }
-    let total = end + 4 + length;
-    Ok((buf.len() >= total).then_some(total))
+    let total = (end + 4)
+        .checked_add(length)
+        .ok_or_else(|| format!("Content-Length {length} too large"))?;
+    Ok(Some(total))
 }
 
 #[cfg(test)]
@@ -425,10 +468,11 @@ mod tests {
         let m = b"OPTIONS sip:a@b SIP/2.0\r\nl: 3\r\n\r\nabcREGISTER";
         assert_eq!(sip_frame(m), Ok(Some(m.len() - 8)));
         assert_eq!(sip_frame(&m[..20]), Ok(None));
-        assert_eq!(
-            sip_frame(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 5\r\n\r\nab"),
-            Ok(None)
-        );
+        // Known from the header on, before the body is all there.
+        let partial = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 5\r\n\r\nab";
+        assert_eq!(sip_frame(partial), Ok(Some(partial.len() + 3)));
+        let huge = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 70000\r\n\r\n";
+        assert_eq!(sip_frame(huge), Ok(Some(huge.len() + 70_000)));
         assert!(sip_frame(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n").is_err());
         assert!(sip_frame(b"X\r\nContent-Length: zz\r\n\r\n").is_err());
     }
