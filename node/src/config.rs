@@ -41,6 +41,16 @@ pub struct Config {
     /// UDP and TCP port of SIP (nodes with the `sip_proxy` role).
     #[serde(default = "default_sip_port")]
     pub sip_port: u16,
+    /// TCP port of SIP over TLS (served only when `sip_tls_cert` and `sip_tls_key` are set).
+    #[serde(default = "default_sips_port")]
+    pub sips_port: u16,
+    /// The public certificate chain (PEM) SIP clients see on the TLS port. Not the overlay
+    /// certificate: phones verify this one against the public CAs they trust.
+    #[serde(default)]
+    pub sip_tls_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub sip_tls_key: Option<std::path::PathBuf>,
     /// UDP port of node-to-node requests (QUIC with mutual TLS): the replicated store and SIP
     /// between nodes.
     #[serde(default = "default_peer_port")]
@@ -75,6 +85,9 @@ fn default_lookup_connections() -> usize {
 }
 fn default_sip_port() -> u16 {
     5060
+}
+fn default_sips_port() -> u16 {
+    5061
 }
 fn default_peer_port() -> u16 {
     crate::peer::PEER_PORT
@@ -125,6 +138,12 @@ impl Config {
         }
         if self.points == 0 || self.points > 10_000 {
             return Err(bad("points", "must be between 1 and 10000"));
+        }
+        if self.sip_tls_cert.is_some() != self.sip_tls_key.is_some() {
+            return Err(bad(
+                "sip_tls_cert",
+                "set both sip_tls_cert and sip_tls_key, or neither",
+            ));
         }
         if self.replicas == 0 || self.replicas > 5 {
             return Err(bad("replicas", "must be between 1 and 5"));

@@ -90,7 +90,16 @@ pub async fn start(
             "a sip_proxy node needs `domain` (the SIP domain it serves) in its configuration",
         )?;
         let listen = SocketAddr::new(cfg.ip, cfg.sip_port);
+        let tls = match (&cfg.sip_tls_cert, &cfg.sip_tls_key) {
+            (Some(cert), Some(key)) => Some((
+                SocketAddr::new(cfg.ip, cfg.sips_port),
+                sip_tls_config(cert, key)?,
+            )),
+            _ => None,
+        };
+        let tls_port = tls.as_ref().map(|(a, _)| a.port());
         let tcfg = TransportConfig {
+            tls,
             listen,
             max_connections: 10_000,
             idle: Duration::from_secs(3600),
@@ -108,6 +117,7 @@ pub async fn start(
         };
         pcfg.max_pending = cfg.sip_pending;
         pcfg.dns_servers = cfg.dns_servers.clone();
+        pcfg.tls_port = tls_port;
         let locator = Arc::new(StoreLocator::new(store.clone()));
         let link = Arc::new(PeerSip::new(peer.clone(), view.clone()));
         let core = crate::proxy::core::start(
@@ -126,8 +136,42 @@ pub async fn start(
             service: "sip".into(),
             addr: listen,
         });
+        if let Some(port) = tls_port {
+            endpoints.push(Endpoint {
+                service: "sips".into(),
+                addr: SocketAddr::new(cfg.ip, port),
+            });
+            info!(port, "SIP over TLS listening");
+        }
         info!(%listen, %domain, "SIP proxy and registrar listening (UDP, TCP)");
         sip = Some(transports);
     }
     Ok((endpoints, Services { store, sip }))
+}
+
+/// The TLS server configuration of SIP from a PEM chain and key (TLS 1.2 and 1.3: phones
+/// still speak 1.2).
+fn sip_tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("sip_tls_cert {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("sip_tls_cert {}", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "sip_tls_cert {}: no certificate in it",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("sip_tls_key {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(onehop_overlay::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("SIP TLS certificate and key")?;
+    Ok(Arc::new(config))
 }

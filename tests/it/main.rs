@@ -15,5 +15,6 @@ mod monitor;
 mod registrar_crash;
 mod security;
 mod sip;
+mod sip_tls;
 mod sipp;
 mod timing;

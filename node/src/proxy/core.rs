@@ -547,6 +547,7 @@ impl Core {
                 transport: match proto {
                     Proto::Udp => Transport::Udp,
                     Proto::Tcp => Transport::Tcp,
+                    Proto::Tls => Transport::Tls,
                 },
                 remote: *remote,
                 local: self.cfg.listen,
@@ -686,7 +687,8 @@ impl Core {
             }
         }
         let proto = match b.flow.as_ref().map(|f| f.transport) {
-            Some(Transport::Tcp) | Some(Transport::Tls) => Proto::Tcp,
+            Some(Transport::Tcp) => Proto::Tcp,
+            Some(Transport::Tls) => Proto::Tls,
             _ => match uri.transport_param().as_deref() {
                 Some("tcp") => Proto::Tcp,
                 _ => Proto::Udp,
@@ -701,12 +703,12 @@ impl Core {
     }
 
     fn flow_hop(&self, flow: &Flow) -> Hop {
-        let proto = if flow.transport == Transport::Udp {
-            Proto::Udp
-        } else {
-            Proto::Tcp
+        let proto = match flow.transport {
+            Transport::Udp => Proto::Udp,
+            Transport::Tcp => Proto::Tcp,
+            Transport::Tls => Proto::Tls,
         };
-        let conn = if proto == Proto::Tcp && self.transports.has_flow(flow.conn_id) {
+        let conn = if proto != Proto::Udp && self.transports.has_flow(flow.conn_id) {
             flow.conn_id
         } else {
             0
@@ -834,6 +836,9 @@ impl Core {
             Hop::Net {
                 proto: Proto::Udp, ..
             } => Transport::Udp,
+            Hop::Net {
+                proto: Proto::Tls, ..
+            } => Transport::Tls,
             _ => Transport::Tcp,
         };
         ViaParams {
@@ -850,6 +855,11 @@ impl Core {
         match proto {
             Proto::Udp => format!("<sip:{}:{};lr>", l.ip(), l.port()),
             Proto::Tcp => format!("<sip:{}:{};transport=tcp;lr>", l.ip(), l.port()),
+            Proto::Tls => format!(
+                "<sip:{}:{};transport=tls;lr>",
+                l.ip(),
+                self.cfg.tls_port.unwrap_or(5061)
+            ),
         }
     }
 
@@ -1225,7 +1235,7 @@ impl Core {
             } => {
                 // On an open TCP connection, queued now so that messages keep their order (a
                 // 180 must not overtake the 200 sent right after it).
-                let bytes = if *proto == Proto::Tcp {
+                let bytes = if *proto != Proto::Udp {
                     match self.transports.try_send_stream(*conn, *remote, bytes) {
                         Ok(()) => return,
                         Err(bytes) => bytes,

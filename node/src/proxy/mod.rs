@@ -98,6 +98,8 @@ pub struct ProxyConfig {
     pub max_message: usize,
     /// DNS servers for RFC 3263 lookups of other domains (none: the system's).
     pub dns_servers: Vec<SocketAddr>,
+    /// The port of SIP over TLS, when it is served.
+    pub tls_port: Option<u16>,
 }
 
 impl ProxyConfig {
@@ -112,6 +114,7 @@ impl ProxyConfig {
             timer_c: Duration::from_secs(180),
             max_message: 65_535,
             dns_servers: Vec::new(),
+            tls_port: None,
         }
     }
 }

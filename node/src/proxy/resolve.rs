@@ -105,6 +105,8 @@ impl SipResolver {
             let label = match proto {
                 Proto::Udp => "_sip._udp",
                 Proto::Tcp => "_sip._tcp",
+                // The node opens no TLS connection of its own.
+                Proto::Tls => continue,
             };
             out.extend(self.srv(&format!("{label}.{name}"), proto).await);
         }

@@ -34,6 +34,8 @@ pub enum Proto {
     Udp,
     /// TCP.
     Tcp,
+    /// TLS over TCP (accepted connections only: the node opens no TLS connection itself).
+    Tls,
 }
 
 /// Where a message came from.
@@ -81,6 +83,8 @@ pub struct TransportConfig {
     pub max_message: usize,
     /// Depth of the inbound channel.
     pub queue: usize,
+    /// SIP over TLS: where to listen (port 5061) and the server certificate.
+    pub tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
 }
 
 struct Flow {
@@ -140,6 +144,13 @@ impl Transports {
             framer,
             cancel,
         });
+        if let Some((addr, config)) = t.cfg.tls.clone() {
+            let listener = TcpListener::bind(addr).await?;
+            tokio::spawn(
+                t.clone()
+                    .accept_tls_loop(listener, tokio_rustls::TlsAcceptor::from(config)),
+            );
+        }
         tokio::spawn(t.clone().udp_loop());
         tokio::spawn(t.clone().accept_loop(tcp));
         Ok((t, rx))
@@ -245,6 +256,52 @@ impl Transports {
         }
     }
 
+    async fn accept_tls_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) {
+        let local = listener.local_addr().unwrap_or(self.local);
+        loop {
+            let r = tokio::select! {
+                r = listener.accept() => r,
+                _ = self.cancel.cancelled() => return,
+            };
+            let (sock, remote) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(cause = %e, "SIP TLS accept");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                warn!(%remote, "SIP TLS connection refused: connection limit reached");
+                continue;
+            };
+            let me = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = sock.set_nodelay(true);
+                let tls = match tokio::time::timeout(Duration::from_secs(5), acceptor.accept(sock))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        debug!(%remote, cause = %e, "SIP TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let (tx, rx) = mpsc::channel::<Bytes>(256);
+                let id = me.register_flow(remote, tx);
+                me.flow_io(id, tls, local, remote, Proto::Tls, rx).await;
+                me.drop_flow(id);
+            });
+        }
+    }
+
     fn register_flow(&self, remote: SocketAddr, tx: mpsc::Sender<Bytes>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.flows
@@ -269,19 +326,23 @@ impl Transports {
         let _ = sock.set_nodelay(true);
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         let id = self.register_flow(remote, tx);
-        self.flow_io(id, sock, remote, rx).await;
+        let local = sock.local_addr().unwrap_or(self.local);
+        self.flow_io(id, sock, local, remote, Proto::Tcp, rx).await;
         self.drop_flow(id);
     }
 
-    async fn flow_io(
+    async fn flow_io<S>(
         &self,
         id: u64,
-        sock: TcpStream,
+        stream: S,
+        local: SocketAddr,
         remote: SocketAddr,
+        proto: Proto,
         mut rx: mpsc::Receiver<Bytes>,
-    ) {
-        let local = sock.local_addr().unwrap_or(self.local);
-        let (mut rd, mut wr) = sock.into_split();
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let writer = async {
             while let Some(b) = rx.recv().await {
                 if wr.write_all(&b).await.is_err() {
@@ -326,7 +387,7 @@ impl Transports {
                             let inbound = Inbound {
                                 bytes: msg,
                                 source: Source {
-                                    proto: Proto::Tcp,
+                                    proto,
                                     remote,
                                     local,
                                     conn: id,
@@ -379,6 +440,7 @@ impl Transports {
             }
         }
         match proto {
+            Proto::Tls => Err(SendError::FlowGone(conn)),
             Proto::Udp => self
                 .udp
                 .send_to(&bytes, dest)
@@ -414,7 +476,8 @@ impl Transports {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    me.flow_io(id, sock, dest, rx).await;
+                    let local = sock.local_addr().unwrap_or(me.local);
+                    me.flow_io(id, sock, local, dest, Proto::Tcp, rx).await;
                     me.drop_flow(id);
                 });
                 tx.send(bytes).await.map_err(|_| SendError::FlowGone(id))
