@@ -77,13 +77,17 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         let int = |lo: usize, hi: usize| -> Result<usize, String> {
             match value.parse::<usize>() {
                 Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-                _ => Err(format!("{flag}: expected an integer in {lo}..={hi}, got {value:?}")),
+                _ => Err(format!(
+                    "{flag}: expected an integer in {lo}..={hi}, got {value:?}"
+                )),
             }
         };
         let secs = |hi: f64| -> Result<Duration, String> {
             match value.parse::<f64>() {
                 Ok(s) if (0.0..=hi).contains(&s) => Ok(Duration::from_secs_f64(s)),
-                _ => Err(format!("{flag}: expected seconds in 0..={hi}, got {value:?}")),
+                _ => Err(format!(
+                    "{flag}: expected seconds in 0..={hi}, got {value:?}"
+                )),
             }
         };
         match flag.as_str() {
@@ -209,15 +213,15 @@ async fn run_connection(
         let mut errors = 0u64;
         while got < depth {
             if filled == rbuf.len() {
-                return Err(format!("connection {id}: an answer line is longer than 256 KiB"));
+                return Err(format!(
+                    "connection {id}: an answer line is longer than 256 KiB"
+                ));
             }
-            let n = tokio::time::timeout_at(
-                window.give_up_at.into(),
-                sock.read(&mut rbuf[filled..]),
-            )
-            .await
-            .map_err(|_| format!("connection {id}: no answer before the deadline"))?
-            .map_err(|e| format!("connection {id}: read: {e}"))?;
+            let n =
+                tokio::time::timeout_at(window.give_up_at.into(), sock.read(&mut rbuf[filled..]))
+                    .await
+                    .map_err(|_| format!("connection {id}: no answer before the deadline"))?
+                    .map_err(|e| format!("connection {id}: read: {e}"))?;
             if n == 0 {
                 return Err(format!(
                     "connection {id}: the server closed the connection with {} answers missing",
