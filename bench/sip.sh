@@ -19,11 +19,11 @@
 #           (MODE=max LIMIT=200 COUNT=15000 bench/sip/run_calls.sh HOST PORT)
 #   calls2  onehop only: the same calls, the UAS registered via node2, the UAC calling via
 #           node1 (two nodes in the path); its Kamailio column repeats Kamailio's `calls`
-# Each repetition starts a fresh server (farm or Kamailio), runs reg, calls, calls2 against
-# it (so the calls run with the 150,000 bindings in place) and stops it; the two servers
-# alternate which goes first. Before each server's runs the script waits (at most
-# LOAD_WAIT_EACH s) for the 1-minute load average to fall below LOAD_MAX, and it records the
-# load average next to every figure.
+# Every benchmark group (reg; calls + calls2; each ramp) runs against a freshly started server
+# (farm or Kamailio), as the peer harness does; within a repetition the two servers alternate
+# which goes first. Before each fresh server the script waits (at most LOAD_WAIT_EACH s) for the
+# 1-minute load average to fall below LOAD_MAX, and it records the load average next to every
+# figure, with the server's CPU time per operation and the UDP receive-buffer drops.
 #
 # What it does: installs SIPp and Kamailio if missing (bench/sip/install.sh: apt-get,
 # idempotent, never starts distro services); builds onehop-farm in release mode; waits (at
@@ -96,6 +96,9 @@ ALL="$OUT/runs.tsv"
 NCPU=$(nproc)
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
+udp_rcvbuf_errors() {  # the kernel's UDP RcvbufErrors counter (machine-wide)
+    awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) c[$i] = i; h = 1 } else print $c["RcvbufErrors"] }' /proc/net/snmp
+}
 # wait_quiet SECS: poll the 1-minute load average every 15 s until it is below LOAD_MAX
 wait_quiet() {
     local until=$((SECONDS + $1))
@@ -220,43 +223,86 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# udp_sockets FILE PREFIX...: the UDP sockets bound to addresses starting with PREFIX, with
+# their receive queue and drop counters (/proc/net/udp; cumulative), appended to FILE
+udp_sockets() {
+    local f=$1; shift
+    python3 - "$@" <<'PY2' >>"$f"
+import socket, struct, sys
+pre = sys.argv[1:]
+for line in open("/proc/net/udp").readlines()[1:]:
+    x = line.split()
+    ip, port = x[1].split(":")
+    addr = socket.inet_ntoa(struct.pack("<I", int(ip, 16)))
+    if any(addr.startswith(p) for p in pre):
+        rxq = int(x[4].split(":")[1], 16)
+        print("udp socket %s:%d rx_queue=%d drops=%s" % (addr, int(port, 16), rxq, x[-1]))
+PY2
+}
+
+# server_cpu SERVER: CPU seconds (user + system) used so far by every process of the server
+server_cpu() {
+    local pids=""
+    if [ "$1" = onehop ]; then
+        pids=$(farm_pids)
+    elif [ -n "$KAM_STARTED" ]; then
+        local main
+        main=$(cat "$WORK/kamailio/kamailio-$KAM_STARTED.pid" 2>/dev/null)
+        [ -n "$main" ] && pids="$main $(pgrep -P "$main" | tr '\n' ' ')"
+    fi
+    python3 - $pids <<'PY2'
+import os, sys
+hz = os.sysconf("SC_CLK_TCK"); t = 0
+for p in sys.argv[1:]:
+    try:
+        f = open("/proc/%s/stat" % p).read().rsplit(")", 1)[1].split()
+        t += int(f[11]) + int(f[12])
+    except Exception:
+        pass
+print("%.2f" % (t / hz))
+PY2
+}
+
 # --- one benchmark ---------------------------------------------------------------------------
-# record MODE SERVER BENCH REP DIR LOAD_BEFORE: append one row from DIR/summary.env to runs.tsv
+# record MODE SERVER BENCH REP DIR LOAD_BEFORE RCVBUF_BEFORE CPU_BEFORE: append one row from
+# DIR/summary.env to runs.tsv
 record() {
-    local mode=$1 server=$2 bench=$3 rep=$4 d=$5 lb=$6 la
+    local mode=$1 server=$2 bench=$3 rep=$4 d=$5 lb=$6 rb=$7 cb=$8 la rcv cpu
     la=$(load1)
+    rcv=$(( $(udp_rcvbuf_errors) - rb ))
+    cpu=$(awk -v a="$(server_cpu "$server")" -v b="$cb" 'BEGIN{printf "%.2f", a - b}')
     if [ ! -f "$d/summary.env" ]; then
-        printf '%s\t%s\t%s\t%s\tmissing\t\t\t\t\t\t\t\t\t\t\t%s\t%s\n' "$mode" "$server" "$bench" "$rep" "$lb" "$la" >>"$ALL"
+        printf '%s\t%s\t%s\t%s\tmissing\t\t\t\t\t\t\t\t\t\t\t%s\t%s\t%s\t%s\n' "$mode" "$server" "$bench" "$rep" "$lb" "$la" "$rcv" "$cpu" >>"$ALL"
         return
     fi
     (
         . "$d/summary.env"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$server" "$bench" "$rep" \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$server" "$bench" "$rep" \
             "$OK_PER_S" "$OK" "$FAILED" "$CREATED" "$RETRANS" \
             "${RTD1_P50_MS:-}" "${RTD1_P95_MS:-}" "${RTD1_P99_MS:-}" \
-            "${RTD2_P50_MS:-}" "${RTD2_P95_MS:-}" "${RTD2_P99_MS:-}" "$lb" "$la"
+            "${RTD2_P50_MS:-}" "${RTD2_P95_MS:-}" "${RTD2_P99_MS:-}" "$lb" "$la" "$rcv" "$cpu"
     ) >>"$ALL"
 }
 
 # run_one MODE SERVER BENCH REP HOST PORT [REG_HOST REG_PORT]
 run_one() {
     local mode=$1 server=$2 bench=$3 rep=$4 host=$5 port=$6 rh=${7:-} rp=${8:-}
-    local d="$OUT/$mode-$server-$bench-$rep" lb
-    lb=$(load1)
+    local d="$OUT/$mode-$server-$bench-$rep" lb rb cb
+    lb=$(load1); rb=$(udp_rcvbuf_errors); cb=$(server_cpu "$server")
     echo "== $bench $server $mode rep $rep  ($host:$port${rh:+, UAS registered via $rh:$rp}; load $(cut -d' ' -f1-3 /proc/loadavg))"
     case "$bench" in
     reg)
-        SIPP_IP="$SIPP_IP" SIPP_CPU="$GEN_CPU" MODE=max LIMIT="$LIMIT" N="$N" OUTDIR="$d" \
+        SIPP_IP="$SIPP_IP" SIPP_CPU="$GEN_CPU" MODE=max LIMIT="$LIMIT" N="$N" COUNT="$N" OUTDIR="$d" \
             timeout $((REG_SECS + 60)) "$HERE/run_register.sh" "$host" "$port" 0 "$REG_SECS" |
             grep -E '^(RESULT|MAXRATE)'
-        record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb"
+        record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb" "$rb" "$cb"
         ;;
     calls | calls2)
         SIPP_IP="$SIPP_IP" UAC_CPU="$GEN_CPU" UAS_CPU="$GEN_CPU" MODE=max LIMIT="$LIMIT" COUNT="$COUNT" \
             REG_HOST="$rh" REG_PORT="$rp" OUTDIR="$d" \
             timeout $((CALL_SECS + 150)) "$HERE/run_calls.sh" "$host" "$port" 0 "$CALL_SECS" |
             grep -E '^(RESULT|MAXRATE)'
-        record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb"
+        record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb" "$rb" "$cb"
         ;;
     reg-ramp)
         SIPP_IP="$SIPP_IP" SIPP_CPU="$GEN_CPU" MODE=ramp STEP_SECS=5 BISECT=2 \
@@ -271,20 +317,22 @@ run_one() {
     esac
     if [ "$server" = onehop ]; then
         farm_metrics "$d.metrics"
+        udp_sockets "$d.metrics" "${BASE_IP%.*}."
+        grep -E "drops=[1-9]" "$d.metrics" | sed 's/^/  /' | head
         echo "  farm CPU seconds so far: $(farm_cpu)" | tee -a "$d.metrics"
-        grep -hE '^sip_[a-z_]*(fail|timeout|drop|reject|error|overload|503|500)[a-z_]*' "$d.metrics" 2>/dev/null |
-            awk '$2 != 0' | sed 's/^/  /' | head -20
+        grep -hE '^onehop_sip_[a-z_]*(malformed|overload|fail|timeout|drop|reject|error)|code="[3-6]' "$d.metrics" 2>/dev/null |
+            awk '$NF != 0' | sed 's/^/  /' | head -20
     fi
 }
 
 perf_nodes() {  # perf_nodes DIR: 10 s of perf record on each node (background)
     [ "${PERF:-0}" = 1 ] || return 0
-    perf stat -e instructions true >/dev/null 2>&1 || { echo "  perf does not work here"; return 0; }
+    perf stat -e cpu-clock true >/dev/null 2>&1 || { echo "  perf does not work here"; return 0; }
     local n pid
     mkdir -p "$1"
     for n in node1 node2 node3; do
         pid=$(farm_field $n pid)
-        (sleep 5; timeout 30 perf record -F 499 -g -p "$pid" -o "$1/perf-$n.data" -- sleep 10 >/dev/null 2>&1) &
+        (sleep 5; timeout 30 perf record -e cpu-clock -F 499 -g -p "$pid" -o "$1/perf-$n.data" -- sleep 10 >/dev/null 2>&1) &
     done
 }
 
@@ -292,38 +340,55 @@ perf_nodes() {  # perf_nodes DIR: 10 s of perf record on each node (background)
 echo "sip.sh: results in $OUT"
 echo "load average now: $(cut -d' ' -f1-3 /proc/loadavg); waiting at most $LOAD_WAIT s for < $LOAD_MAX"
 wait_quiet "$LOAD_WAIT"
-BENCHES=()
-for b in reg calls; do [[ " $ONLY " == *" $b "* ]] && BENCHES+=("$b"); done
-[ $RAMP = 1 ] && BENCHES+=(reg-ramp calls-ramp)
+# Benchmark groups; each group runs against a freshly started server (as the peer harness does:
+# a fresh Kamailio for the REGISTER run and another for the calls).
+BGROUPS=()
+[[ " $ONLY " == *" reg "* ]] && BGROUPS+=("reg")
+calls_group=""
+[[ " $ONLY " == *" calls "* ]] && calls_group="calls"
+[[ " $ONLY " == *" calls2 "* ]] && calls_group="$calls_group calls2"
+[ -n "$calls_group" ] && BGROUPS+=("$calls_group")
+[ $RAMP = 1 ] && BGROUPS+=("reg-ramp" "calls-ramp")
+
+# run_group MODE SERVER REP "BENCH..." : fresh server, the benchmarks, server stopped
+run_group() {
+    local mode=$1 server=$2 rep=$3 b
+    wait_quiet "$LOAD_WAIT_EACH"
+    if [ "$server" = onehop ]; then
+        farm_start "$OUT/farm-up-$mode-$rep.log" || exit 1
+        pin_farm "${SRV_CPU:-0-$((NCPU - 1))}"
+        echo "farm up: node1 $NODE1_IP:$NODE1_SIP, node2 $NODE2_IP:$NODE2_SIP (pids $(farm_pids); cpus ${SRV_CPU:-all})"
+        for b in $4; do
+            [ "$b" = reg ] && [ "$rep" = 1 ] && perf_nodes "$OUT/$mode"
+            if [ "$b" = calls2 ]; then
+                run_one "$mode" onehop calls2 "$rep" "$NODE1_IP" "$NODE1_SIP" "$NODE2_IP" "$NODE2_SIP"
+            else
+                run_one "$mode" onehop "$b" "$rep" "$NODE1_IP" "$NODE1_SIP"
+            fi
+        done
+        mkdir -p "$OUT/farm-logs-$mode-$rep"
+        cp "$FARM"/logs/*.log "$OUT/farm-logs-$mode-$rep/" 2>/dev/null || true
+        farm_down
+    else
+        kam_start "$SRV_CPU" || exit 1
+        for b in $4; do
+            [ "$b" = calls2 ] && continue
+            run_one "$mode" kamailio "$b" "$rep" "$KAM_HOST" "$KAM_USE_PORT"
+            udp_sockets "$OUT/$mode-kamailio-$b-$rep.sockets" "$KAM_HOST"
+            grep -E ":$KAM_USE_PORT .*drops=[1-9]" "$OUT/$mode-kamailio-$b-$rep.sockets" | sed 's/^/  /'
+        done
+        kam_stop
+    fi
+}
 
 for mode in $MODES; do
     if [ "$mode" = pinned ]; then SRV_CPU=1; GEN_CPU=0; else SRV_CPU=""; GEN_CPU=""; fi
     for rep in $(seq "$REPS"); do
         if [ $((rep % 2)) = 1 ]; then order="onehop kamailio"; else order="kamailio onehop"; fi
-        for server in $order; do
-            wait_quiet "$LOAD_WAIT_EACH"
-            if [ "$server" = onehop ]; then
-                farm_start "$OUT/farm-up-$mode-$rep.log" || exit 1
-                pin_farm "${SRV_CPU:-0-$((NCPU - 1))}"
-                echo "farm up: node1 $NODE1_IP:$NODE1_SIP, node2 $NODE2_IP:$NODE2_SIP (pids $(farm_pids); cpus ${SRV_CPU:-all})"
-                for b in "${BENCHES[@]}"; do
-                    [ "$b" = reg ] && [ "$rep" = 1 ] && perf_nodes "$OUT/$mode"
-                    run_one "$mode" onehop "$b" "$rep" "$NODE1_IP" "$NODE1_SIP"
-                    [ "$b" = reg-ramp ] && { farm_start "$OUT/farm-up-$mode-$rep-b.log" || exit 1; pin_farm "${SRV_CPU:-0-$((NCPU - 1))}"; }
-                done
-                if [[ " $ONLY " == *" calls2 "* ]]; then
-                    run_one "$mode" onehop calls2 "$rep" "$NODE1_IP" "$NODE1_SIP" "$NODE2_IP" "$NODE2_SIP"
-                fi
-                cp -r "$FARM/logs" "$OUT/farm-logs-$mode-$rep" 2>/dev/null || true
-                farm_down
-            else
-                kam_start "$SRV_CPU" || exit 1
-                for b in "${BENCHES[@]}"; do
-                    run_one "$mode" kamailio "$b" "$rep" "$KAM_HOST" "$KAM_USE_PORT"
-                    [ "$b" = reg-ramp ] && { kam_stop; kam_start "$SRV_CPU" || exit 1; }
-                done
-                kam_stop
-            fi
+        for group in "${BGROUPS[@]}"; do
+            for server in $order; do
+                run_group "$mode" "$server" "$rep" "$group"
+            done
         done
     done
 done
@@ -343,7 +408,7 @@ for r in rows:
     by.setdefault((mode, bench, server), []).append(dict(
         okps=f(r[4]), ok=int(r[5]), failed=int(r[6]), created=int(r[7]), retrans=int(r[8]),
         p50=f(r[9]), p95=f(r[10]), p99=f(r[11]), b50=f(r[12]), b95=f(r[13]), b99=f(r[14]),
-        lb=r[15], la=r[16]))
+        lb=r[15], la=r[16], rcv=int(r[17] or 0), cpu=f(r[18]) if len(r) > 18 else float("nan")))
 names = {
     "reg": f"REGISTER/s, closed loop, {int(n):,} distinct AORs, {limit} in flight",
     "calls": f"calls/s (INVITE/200/ACK/BYE/200), closed loop, {limit} concurrent, {int(count):,} calls; UAS and UAC via one proxy",
@@ -370,7 +435,7 @@ def fails(v):
     if a and f:
         s += f" ({100.0 * f / a:.2f}%)"
     r = sum(x["retrans"] for x in ok)
-    s += f", retrans {r:,}"
+    s += f", retrans {r:,}, UDP rcvbuf drops {sum(x['rcv'] for x in ok):,}"
     if missing:
         s += f", {missing} run(s) without result"
     return s
@@ -379,14 +444,18 @@ def lat(v, call):
     if call:
         s += " (BYE %.0f/%.0f/%.0f)" % (med(v, "b50"), med(v, "b95"), med(v, "b99"))
     return s
+def cpu(v):
+    xs = [1e6 * x["cpu"] / x["ok"] for x in v if x and x["ok"] and x["cpu"] == x["cpu"]]
+    return "%.0f" % statistics.median(xs) if xs else "-"
 def loads(v):
     return ", ".join(f"{x['lb']}→{x['la']}" for x in v if x) or "-"
 print(f"SIPp closed loop; each figure: median of the runs [min-max]; rtd = SIPp -trace_rtt "
       f"percentiles p50/p95/p99 in ms (median over runs; rtd1 = REGISTER->200 or INVITE->200); "
-      f"load = 1-min load average before→after each run")
+      f"server CPU = CPU time (user+system) of every server process per successful "
+      f"REGISTER or call, in µs (median over runs); load = 1-min load average before→after each run")
 print()
-print("| mode | benchmark | onehop (3 nodes, R=2) | Kamailio (4 workers) | onehop / Kamailio | failures onehop (failed / attempts) | failures Kamailio | rtd ms onehop | rtd ms Kamailio | load onehop runs | load Kamailio runs |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| mode | benchmark | onehop (3 nodes, R=2) | Kamailio (4 workers) | onehop / Kamailio | failures onehop (failed / attempts) | failures Kamailio | rtd ms onehop | rtd ms Kamailio | server CPU µs/op onehop | server CPU µs/op Kamailio | load onehop runs | load Kamailio runs |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for mode in ("unpinned", "pinned"):
     for bench in ("reg", "calls", "calls2"):
         o = by.get((mode, bench, "onehop"))
@@ -398,7 +467,7 @@ for mode in ("unpinned", "pinned"):
         ratio = f"{mo / mk:.2f}" if mk == mk and mo == mo and mk else "-"
         call = bench != "reg"
         print(f"| {mode} | {names[bench]} | {fo} | {fk} | {ratio} | {fails(o)} | {fails(k)} | "
-              f"{lat(o, call)} | {lat(k, call)} | {loads(o)} | {loads(k)} |")
+              f"{lat(o, call)} | {lat(k, call)} | {cpu(o)} | {cpu(k)} | {loads(o)} | {loads(k)} |")
 ramps = sorted(glob.glob(os.path.join(out, "*-ramp-*.maxrate")))
 if ramps:
     print()
