@@ -335,7 +335,7 @@ impl DnsServer {
         let (udp, tcp) = bind_pair(addr).await?;
         let addr = udp.local_addr()?;
         if limits.udp_buffer_bytes > 0 {
-            size_udp_buffers(&udp, limits.udp_buffer_bytes);
+            onehop_overlay::net::size_udp_buffers(&udp, limits.udp_buffer_bytes);
         }
         let udp = Arc::new(udp);
         let mut tasks = Vec::new();
@@ -384,30 +384,6 @@ impl Drop for DnsServer {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
-        }
-    }
-}
-
-/// Asks for `bytes` of receive and send buffer on `socket`; logs what the kernel granted.
-fn size_udp_buffers(socket: &UdpSocket, bytes: usize) {
-    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
-    for (which, set, get) in [
-        (
-            "receive",
-            setsockopt(socket, sockopt::RcvBuf, &bytes),
-            getsockopt(socket, sockopt::RcvBuf),
-        ),
-        (
-            "send",
-            setsockopt(socket, sockopt::SndBuf, &bytes),
-            getsockopt(socket, sockopt::SndBuf),
-        ),
-    ] {
-        match (set, get) {
-            (Ok(()), Ok(granted)) => debug!(asked = bytes, granted, "UDP {which} buffer"),
-            (Err(e), _) | (_, Err(e)) => {
-                warn!(cause = %e, asked = bytes, "cannot size the UDP {which} buffer")
-            }
         }
     }
 }

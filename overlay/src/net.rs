@@ -242,3 +242,28 @@ pub fn describe_handshake_error(err: &quinn::ConnectionError) -> String {
     };
     format!("{why} ({text})")
 }
+
+/// Asks the kernel for `bytes` of receive and send buffer on a UDP socket (a server under load
+/// drops datagrams once the default ~200 KiB fill up); logs what was granted.
+pub fn size_udp_buffers<S: std::os::fd::AsFd>(socket: &S, bytes: usize) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    for (which, set, get) in [
+        (
+            "receive",
+            setsockopt(socket, sockopt::RcvBuf, &bytes),
+            getsockopt(socket, sockopt::RcvBuf),
+        ),
+        (
+            "send",
+            setsockopt(socket, sockopt::SndBuf, &bytes),
+            getsockopt(socket, sockopt::SndBuf),
+        ),
+    ] {
+        match (set, get) {
+            (Ok(()), Ok(granted)) => tracing::debug!(asked = bytes, granted, "UDP {which} buffer"),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(cause = %e, asked = bytes, "cannot size the UDP {which} buffer")
+            }
+        }
+    }
+}

@@ -128,7 +128,10 @@ impl Transports {
         framer: Framer,
         cancel: CancellationToken,
     ) -> std::io::Result<(Arc<Transports>, mpsc::Receiver<Inbound>)> {
-        let udp = Arc::new(UdpSocket::bind(cfg.listen).await?);
+        let udp = UdpSocket::bind(cfg.listen).await?;
+        // Bursts of REGISTERs overflow the default buffer (and cost 500 ms retransmissions).
+        onehop_overlay::net::size_udp_buffers(&udp, 4 << 20);
+        let udp = Arc::new(udp);
         let tcp = TcpListener::bind(cfg.listen).await?;
         let local = udp.local_addr()?;
         let (tx, rx) = mpsc::channel(cfg.queue.max(16));
