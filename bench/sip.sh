@@ -2,13 +2,17 @@
 # SIPp against a 3-node onehop farm (R = 2) and against Kamailio as a registrar/proxy, side by
 # side in one run, with the same scenarios and the same settings (issue #4).
 #
-# usage: bench/sip.sh [--pinned | --both] [--reps N] [--ramp] [--only "reg calls calls2"]
+# usage: bench/sip.sh [--pinned | --both] [--reps N] [--ramp] [--sustained]
+#                     [--only "reg calls calls2"]
 #   (default)   unpinned: the kernel places the servers and SIPp on the CPUs
 #   --pinned    the server under test on CPU 1 (Kamailio via taskset; every process of the
 #               farm and all their threads via taskset -a -p), SIPp (UAC and UAS) on CPU 0
 #   --both      unpinned, then pinned
 #   --reps      runs per server, benchmark and mode (default 3); the table shows the median
-#   --ramp      also run the fixed-rate ramps (max sustained rate with <0.1% failures)
+#   --ramp      also run the fixed-rate ramps (max rate with <0.1% failures in 5 s steps;
+#               REG_RATES, CALL_RATES override the steps)
+#   --sustained also run calls at a fixed SUSTAIN_RATE (default 3000/s) for SUSTAIN_SECS
+#               (default 60 s): longer than the 32 s completed transactions are kept
 #   --only      a subset of: reg calls calls2 (default all three)
 #
 # Benchmarks (the peer-baseline harness of shared/bench, copied to bench/sip/):
@@ -43,6 +47,7 @@ HERE="$ROOT/bench/sip"
 REPS=3
 MODES="unpinned"
 RAMP=0
+SUSTAIN=0
 ONLY="reg calls calls2"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,8 +55,9 @@ while [ $# -gt 0 ]; do
     --both) MODES="unpinned pinned" ;;
     --reps) REPS=$2; shift ;;
     --ramp) RAMP=1 ;;
+    --sustained) SUSTAIN=1 ;;
     --only) ONLY=$2; shift ;;
-    -h | --help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "sip.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -304,14 +310,20 @@ run_one() {
             grep -E '^(RESULT|MAXRATE)'
         record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb" "$rb" "$cb"
         ;;
+    sustained)
+        SIPP_IP="$SIPP_IP" UAC_CPU="$GEN_CPU" UAS_CPU="$GEN_CPU" MODE=fixed OUTDIR="$d" \
+            timeout $((${SUSTAIN_SECS:-60} + 200)) "$HERE/run_calls.sh" "$host" "$port" \
+            "${SUSTAIN_RATE:-3000}" "${SUSTAIN_SECS:-60}" | grep -E '^RESULT'
+        record "$mode" "$server" "$bench" "$rep" "$d/fixed-${SUSTAIN_RATE:-3000}" "$lb" "$rb" "$cb"
+        ;;
     reg-ramp)
         SIPP_IP="$SIPP_IP" SIPP_CPU="$GEN_CPU" MODE=ramp STEP_SECS=5 BISECT=2 \
-            RATES="${REG_RATES:-1000 2000 4000 8000 12000 16000 20000 24000 28000}" OUTDIR="$d" \
+            RATES="${REG_RATES:-2000 4000 8000 12000 16000 20000 24000 28000 32000 40000}" OUTDIR="$d" \
             timeout 900 "$HERE/run_register.sh" "$host" "$port" | grep -E '^(RESULT|MAXRATE)' | tee "$d.maxrate"
         ;;
     calls-ramp)
         SIPP_IP="$SIPP_IP" UAC_CPU="$GEN_CPU" UAS_CPU="$GEN_CPU" MODE=ramp STEP_SECS=5 BISECT=2 \
-            RATES="${CALL_RATES:-250 500 1000 1500 2000 2500 3000 3500}" OUTDIR="$d" \
+            RATES="${CALL_RATES:-500 1000 2000 3000 4000 5000 6000 8000}" OUTDIR="$d" \
             timeout 900 "$HERE/run_calls.sh" "$host" "$port" | grep -E '^(RESULT|MAXRATE)' | tee "$d.maxrate"
         ;;
     esac
@@ -349,6 +361,7 @@ calls_group=""
 [[ " $ONLY " == *" calls2 "* ]] && calls_group="$calls_group calls2"
 [ -n "$calls_group" ] && BGROUPS+=("$calls_group")
 [ $RAMP = 1 ] && BGROUPS+=("reg-ramp" "calls-ramp")
+[ $SUSTAIN = 1 ] && BGROUPS+=("sustained")
 
 # run_group MODE SERVER REP "BENCH..." : fresh server, the benchmarks, server stopped
 run_group() {
@@ -413,6 +426,7 @@ names = {
     "reg": f"REGISTER/s, closed loop, {int(n):,} distinct AORs, {limit} in flight",
     "calls": f"calls/s (INVITE/200/ACK/BYE/200), closed loop, {limit} concurrent, {int(count):,} calls; UAS and UAC via one proxy",
     "calls2": f"calls/s, same, UAS registered via node2, UAC via node1 (Kamailio column: its one-proxy calls)",
+    "sustained": "calls/s at a fixed offered rate held for 60 s (SUSTAIN_RATE/SUSTAIN_SECS), one proxy",
 }
 def med(v, k):
     xs = [x[k] for x in v if x and x[k] == x[k]]
@@ -457,7 +471,7 @@ print()
 print("| mode | benchmark | onehop (3 nodes, R=2) | Kamailio (4 workers) | onehop / Kamailio | failures onehop (failed / attempts) | failures Kamailio | rtd ms onehop | rtd ms Kamailio | server CPU µs/op onehop | server CPU µs/op Kamailio | load onehop runs | load Kamailio runs |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for mode in ("unpinned", "pinned"):
-    for bench in ("reg", "calls", "calls2"):
+    for bench in ("reg", "calls", "calls2", "sustained"):
         o = by.get((mode, bench, "onehop"))
         k = by.get((mode, "calls" if bench == "calls2" else bench, "kamailio"))
         if not o and not k:
