@@ -4,7 +4,15 @@
 //!
 //! Timers live in one heap of deadlines; a stale entry (its transaction moved on) is skipped
 //! when it fires. Every table is bounded: past `max_transactions` or `max_pending` new
-//! requests are answered 503.
+//! requests are answered 503 (requests inside a dialog, such as a BYE, have a reserve of a
+//! quarter more, so calls already set up can end; an ACK is never refused).
+//!
+//! Transactions that have done their work and only wait to absorb retransmissions (an INVITE
+//! after its 2xx, RFC 6026's Accepted state, for 32 s; a non-INVITE client transaction after
+//! its final response, Timer K) are moved out of the full tables into lean ones that keep a
+//! key and where to send, and do not count against `max_transactions`. Without that, every
+//! call held two full transactions for 32 s, and one node could not sustain more than
+//! `max_transactions / 64` calls a second.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -27,7 +35,8 @@ use crate::sip::proxy::{
 };
 use crate::sip::registrar::{Binding, Flow, RegisterError, RegisterInfo, Transport};
 use crate::sip::transaction::{
-    build_cancel, Action, Actions, ClientTransaction, ServerTransaction, TransactionKey,
+    build_cancel, Action, Actions, ClientState, ClientTransaction, ServerState,
+    ServerTransaction, TransactionKey,
 };
 use crate::sip::{parse_with, reply, Limits, Message, Method, Request, Response, Uri};
 use crate::view::View;
@@ -122,6 +131,8 @@ enum TimerRef {
     Client(Key),
     TimerC(Key),
     Completed(Key),
+    LingerServer(Key),
+    LingerClient(Key),
 }
 
 /// A non-INVITE server transaction over UDP after its final response: only the response is
@@ -135,8 +146,15 @@ struct Completed {
 /// Most completed transactions remembered; beyond, a retransmission is processed again.
 const MAX_COMPLETED: usize = 1_000_000;
 
-/// Timer J for UDP (64*T1).
+/// Timer J for UDP (64*T1); also Timers L and M (RFC 6026), the same 64*T1.
 const TIMER_J: std::time::Duration = std::time::Duration::from_secs(32);
+
+/// Timer K for UDP (T4): a non-INVITE client transaction absorbs retransmitted responses.
+const TIMER_K: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Most lingering transactions of each side; beyond, a finished one ends at once (its
+/// retransmissions are then handled statelessly). 400,000 is 32 s of 12,500 calls a second.
+const MAX_LINGERING: usize = 400_000;
 
 /// `TransactionKey` with an order, for the timer heap.
 #[derive(Clone, PartialEq, Eq)]
@@ -164,6 +182,7 @@ struct Counters {
     overload: Metric,
     bad: Metric,
     transactions: Metric,
+    lingering: Metric,
 }
 
 /// The core's state.
@@ -181,6 +200,11 @@ pub struct Core {
     servers: HashMap<TransactionKey, ServerEntry>,
     clients: HashMap<TransactionKey, ClientEntry>,
     completed: HashMap<TransactionKey, Completed>,
+    /// INVITE server transactions after a 2xx (RFC 6026 Accepted): where responses go.
+    lingering_servers: HashMap<TransactionKey, Hop>,
+    /// Client transactions after their final response (INVITE after a 2xx, non-INVITE in
+    /// Completed): the server transaction further 2xx go up to.
+    lingering_clients: HashMap<TransactionKey, Option<TransactionKey>>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerRef)>>,
     seq: u64,
     pending: usize,
@@ -225,6 +249,10 @@ pub fn start(
             ),
             bad: metrics.counter("sip_malformed_total", "Malformed SIP messages received."),
             transactions: metrics.gauge("sip_transactions", "Live SIP transactions."),
+            lingering: metrics.gauge(
+                "sip_transactions_lingering",
+                "Finished SIP transactions kept lean to absorb retransmissions.",
+            ),
         },
         cfg,
         me,
@@ -239,6 +267,8 @@ pub fn start(
         servers: HashMap::new(),
         clients: HashMap::new(),
         completed: HashMap::new(),
+        lingering_servers: HashMap::new(),
+        lingering_clients: HashMap::new(),
         timers: BinaryHeap::new(),
         seq: 0,
         pending: 0,
@@ -281,6 +311,9 @@ impl Core {
             self.counters
                 .transactions
                 .set((self.servers.len() + self.clients.len()) as i64);
+            self.counters
+                .lingering
+                .set((self.lingering_servers.len() + self.lingering_clients.len()) as i64);
         }
     }
 
@@ -376,11 +409,22 @@ impl Core {
             self.server_actions(&key, actions);
             return;
         }
+        if self.lingering_servers.contains_key(&key) {
+            // An INVITE retransmitted after its 2xx went out: absorbed (RFC 6026).
+            return;
+        }
         if req.method == Method::Cancel {
             self.on_cancel(req, key, from, now);
             return;
         }
-        if self.servers.len() + self.clients.len() >= self.cfg.max_transactions {
+        let in_dialog = req.headers.to().is_some_and(|t| t.tag().is_some());
+        let limit = if in_dialog {
+            // Requests of calls already set up (BYE above all) get a reserve.
+            self.cfg.max_transactions + self.cfg.max_transactions / 4
+        } else {
+            self.cfg.max_transactions
+        };
+        if self.servers.len() + self.clients.len() >= limit {
             self.counters.overload.inc();
             self.reply_stateless(&req, &from, 503, "Service Unavailable");
             return;
@@ -942,6 +986,16 @@ impl Core {
                 self.client_actions(&key, actions);
                 return;
             }
+            if let Some(server) = self.lingering_clients.get(&key) {
+                // A finished client transaction: a retransmitted 2xx of an INVITE goes up
+                // (RFC 6026), anything else is absorbed.
+                if key.method == Method::Invite && (200..300).contains(&resp.status) {
+                    if let Some(server) = server.clone() {
+                        self.upstream(&server, &key, resp);
+                    }
+                }
+                return;
+            }
         }
         // No transaction (a 2xx retransmission after ours ended, or a stray): forward by Via.
         if !is_our_via(&resp, &self.local) {
@@ -988,6 +1042,13 @@ impl Core {
         };
         let code = up.status;
         let Some(entry) = self.servers.get_mut(server) else {
+            // The server transaction has its 2xx already (it lingers): a further 2xx (a
+            // retransmission or another fork's answer) passes on to where the first went.
+            if (200..300).contains(&code) {
+                if let Some(hop) = self.lingering_servers.get(server).cloned() {
+                    self.send_to(&hop, Message::Response(up));
+                }
+            }
             return;
         };
         if entry.done {
@@ -1068,6 +1129,46 @@ impl Core {
         let actions = entry.txn.send_response(resp, Instant::now());
         self.count_response(code);
         self.server_actions(key, actions);
+        self.linger_server(key);
+    }
+
+    /// An INVITE server transaction that sent its 2xx (Accepted) only absorbs retransmitted
+    /// INVITEs until Timer L: it moves to the lean table.
+    fn linger_server(&mut self, key: &TransactionKey) {
+        let accepted = self
+            .servers
+            .get(key)
+            .is_some_and(|e| e.txn.state() == ServerState::Accepted);
+        if !accepted {
+            return;
+        }
+        let Some(entry) = self.servers.remove(key) else {
+            return;
+        };
+        if self.lingering_servers.len() < MAX_LINGERING {
+            self.lingering_servers.insert(key.clone(), entry.reply_to);
+            let at = Instant::now() + TIMER_J;
+            self.push_timer(at, TimerRef::LingerServer(Key(key.clone())));
+        }
+    }
+
+    /// A client transaction with its final response (an INVITE after a 2xx, RFC 6026
+    /// Accepted; a non-INVITE in Completed) only absorbs retransmitted responses until Timer
+    /// M or K: it moves to the lean table.
+    fn linger_client(&mut self, key: &TransactionKey) {
+        let wait = match self.clients.get(key).map(|c| (c.txn.state(), key.method.clone())) {
+            Some((ClientState::Accepted, _)) => TIMER_J,
+            Some((ClientState::Completed, m)) if m != Method::Invite => TIMER_K,
+            _ => return,
+        };
+        let Some(entry) = self.clients.remove(key) else {
+            return;
+        };
+        if self.lingering_clients.len() < MAX_LINGERING {
+            self.lingering_clients.insert(key.clone(), entry.server);
+            let at = Instant::now() + wait;
+            self.push_timer(at, TimerRef::LingerClient(Key(key.clone())));
+        }
     }
 
     fn count_response(&self, code: u16) {
@@ -1135,6 +1236,7 @@ impl Core {
                 }
             }
         }
+        self.linger_client(key);
         if let Some(t) = self.clients.get(key).and_then(|c| c.txn.next_timer()) {
             self.push_timer(t, TimerRef::Client(Key(key.clone())));
         }
@@ -1186,6 +1288,12 @@ impl Core {
                 }
                 TimerRef::Completed(Key(k)) => {
                     self.completed.remove(&k);
+                }
+                TimerRef::LingerServer(Key(k)) => {
+                    self.lingering_servers.remove(&k);
+                }
+                TimerRef::LingerClient(Key(k)) => {
+                    self.lingering_clients.remove(&k);
                 }
                 TimerRef::TimerC(Key(k)) => {
                     let clients = self
@@ -1306,3 +1414,7 @@ impl From<RegisterError> for LocateError {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
