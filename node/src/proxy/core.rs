@@ -35,8 +35,8 @@ use crate::sip::proxy::{
 };
 use crate::sip::registrar::{Binding, Flow, RegisterError, RegisterInfo, Transport};
 use crate::sip::transaction::{
-    build_cancel, Action, Actions, ClientState, ClientTransaction, ServerState,
-    ServerTransaction, TransactionKey,
+    build_cancel, Action, Actions, ClientState, ClientTransaction, ServerState, ServerTransaction,
+    TransactionKey,
 };
 use crate::sip::{parse_with, reply, Limits, Message, Method, Request, Response, Uri};
 use crate::view::View;
@@ -1156,7 +1156,11 @@ impl Core {
     /// Accepted; a non-INVITE in Completed) only absorbs retransmitted responses until Timer
     /// M or K: it moves to the lean table.
     fn linger_client(&mut self, key: &TransactionKey) {
-        let wait = match self.clients.get(key).map(|c| (c.txn.state(), key.method.clone())) {
+        let wait = match self
+            .clients
+            .get(key)
+            .map(|c| (c.txn.state(), key.method.clone()))
+        {
             Some((ClientState::Accepted, _)) => TIMER_J,
             Some((ClientState::Completed, m)) if m != Method::Invite => TIMER_K,
             _ => return,

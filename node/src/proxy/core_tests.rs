@@ -80,7 +80,10 @@ fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
 }
 
 fn status(msg: &str) -> u16 {
-    msg.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    msg.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The UAS's response to `req`: Vias, From, To (with a tag), Call-ID, CSeq and
@@ -119,7 +122,9 @@ fn request(
     cseq: u32,
 ) -> String {
     let mut out = format!("{method} {ruri} SIP/2.0\r\n");
-    out.push_str(&format!("Via: SIP/2.0/UDP {uac};branch=z9hG4bK{branch};rport\r\n"));
+    out.push_str(&format!(
+        "Via: SIP/2.0/UDP {uac};branch=z9hG4bK{branch};rport\r\n"
+    ));
     if let Some(r) = route {
         out.push_str(&format!("Route: {r}\r\n"));
     }
@@ -190,14 +195,20 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
         );
         uac.send_to(invite.as_bytes(), listen).await.unwrap();
         let got = recv_until(&uas, |m| m.starts_with("INVITE ")).await;
-        assert!(got.contains(&call), "call {i}: the UAS got another call: {got}");
+        assert!(
+            got.contains(&call),
+            "call {i}: the UAS got another call: {got}"
+        );
         uas.send_to(answer(&got, 200, "OK", uas_addr).as_bytes(), listen)
             .await
             .unwrap();
         let ok = recv_until(&uac, |m| m.starts_with("SIP/2.0 ") && status(m) >= 200).await;
         assert_eq!(status(&ok), 200, "call {i}: INVITE answered {ok}");
         let route = header(&ok, "Record-Route").join(", ");
-        assert!(route.contains(&listen.to_string()), "the proxy record-routes: {ok}");
+        assert!(
+            route.contains(&listen.to_string()),
+            "the proxy record-routes: {ok}"
+        );
         let target = format!("sip:uas@{uas_addr}");
         let ack = request(
             "ACK",
@@ -229,11 +240,18 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
         let ok = recv_until(&uac, |m| m.starts_with("SIP/2.0 ") && m.contains("BYE")).await;
         assert_eq!(status(&ok), 200, "call {i}: BYE answered {ok}");
     }
-    assert_eq!(metrics.value("sip_overload_total"), Some(0), "nothing refused");
+    assert_eq!(
+        metrics.value("sip_overload_total"),
+        Some(0),
+        "nothing refused"
+    );
     // The core updates its gauges after each event; the last BYE's 200 was its last one.
     let live = metrics.value("sip_transactions").unwrap_or(-1);
     let lingering = metrics.value("sip_transactions_lingering").unwrap_or(-1);
-    assert!(live <= 2, "finished calls hold no full transaction: {live} live");
+    assert!(
+        live <= 2,
+        "finished calls hold no full transaction: {live} live"
+    );
     assert!(
         lingering >= 120,
         "each call's INVITE server and client transactions linger: {lingering}"
