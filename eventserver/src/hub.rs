@@ -49,6 +49,9 @@ struct Counters {
     delivered: Metric,
     slow: Metric,
     refused: Metric,
+    queued: Metric,
+    deepest: Metric,
+    dropped: Metric,
 }
 
 /// The hub. Cheap to share behind an `Arc`.
@@ -107,6 +110,18 @@ impl Hub {
                 refused: metrics.counter(
                     "eventserver_refused_total",
                     "Sessions ended for a forbidden message.",
+                ),
+                queued: metrics.gauge(
+                    "eventserver_queued_events",
+                    "Events waiting in subscribers' queues, all subscribers together.",
+                ),
+                deepest: metrics.gauge(
+                    "eventserver_queue_depth_max",
+                    "Events waiting in the fullest subscriber queue.",
+                ),
+                dropped: metrics.counter(
+                    "eventserver_dropped_total",
+                    "Events not queued because a subscriber's queue was full.",
                 ),
             },
         }
@@ -245,9 +260,28 @@ impl Hub {
         }
         for f in first {
             if s.tx.try_send(f).is_err() {
+                self.counters.dropped.inc();
                 warn!(peer = %s.id.name, "subscriber queue full at subscription");
             }
         }
+    }
+
+    /// Samples the subscribers' queues into the depth gauges (after every broadcast, and
+    /// periodically from the server so the figures follow the queues draining).
+    pub fn sample_queues(&self) {
+        let st = self.state.lock().expect("hub");
+        self.sample_queues_locked(&st);
+    }
+
+    fn sample_queues_locked(&self, st: &State) {
+        let (mut total, mut deepest) = (0usize, 0usize);
+        for s in st.sessions.values() {
+            let depth = s.tx.max_capacity() - s.tx.capacity();
+            total += depth;
+            deepest = deepest.max(depth);
+        }
+        self.counters.queued.set(total as i64);
+        self.counters.deepest.set(deepest as i64);
     }
 
     /// A publication from the session.
@@ -367,10 +401,14 @@ impl Hub {
             }
             match s.tx.try_send(frame.clone()) {
                 Ok(()) => self.counters.delivered.inc(),
-                Err(mpsc::error::TrySendError::Full(_)) => slow.push(*sid),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.counters.dropped.inc();
+                    slow.push(*sid)
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        self.sample_queues_locked(st);
         for sid in slow {
             if let Some(s) = st.sessions.get(&sid) {
                 self.counters.slow.inc();
@@ -447,6 +485,34 @@ mod tests {
         }
         assert_eq!(rx.len(), 16, "the queue never grows past its bound");
         assert!(metric(&m, "eventserver_slow_subscribers_total") > 0);
+        assert!(
+            metric(&m, "eventserver_dropped_total") > 0,
+            "the lost events are counted"
+        );
+        assert_eq!(metric(&m, "eventserver_queue_depth_max"), 16);
+        assert!(metric(&m, "eventserver_queued_events") >= 16);
+    }
+
+    #[test]
+    fn queue_gauges_follow_a_draining_queue() {
+        let (hub, m) = hub();
+        let (tx, mut rx) = mpsc::channel(64);
+        let w = hub.open(id("watcher", Kind::Monitor, &[]), tx, None);
+        hub.subscribe(w, &[Topic::Members]);
+        for i in 0..5 {
+            let (t, _r) = mpsc::channel(16);
+            let s = hub.open(id(&format!("node{i}"), Kind::Node, &["registrar"]), t, None);
+            hub.announce(s, announce(&["registrar"]), "127.0.0.1".parse().unwrap())
+                .unwrap();
+        }
+        let queued = rx.len() as i64;
+        assert!(queued >= 5, "a snapshot and five announcements: {queued}");
+        assert_eq!(metric(&m, "eventserver_queue_depth_max"), queued);
+        while rx.try_recv().is_ok() {}
+        hub.sample_queues();
+        assert_eq!(metric(&m, "eventserver_queue_depth_max"), 0);
+        assert_eq!(metric(&m, "eventserver_queued_events"), 0);
+        assert_eq!(metric(&m, "eventserver_dropped_total"), 0);
     }
 
     #[test]

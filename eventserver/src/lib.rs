@@ -55,6 +55,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     let hub = Arc::new(Hub::new(creds.identity.name.clone(), crl.clone(), &metrics));
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    {
+        // The queue gauges between broadcasts, as the subscribers drain them.
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                hub.sample_queues();
+            }
+        });
+    }
     info!(name = %creds.identity.name, listen = %cfg.listen, "event server ready");
     let accept = async {
         while let Some(incoming) = endpoint.accept().await {
