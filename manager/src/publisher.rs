@@ -28,6 +28,7 @@ pub struct Publisher {
     m_version: Metric,
     m_members: Metric,
     m_published: Metric,
+    metrics: Metrics,
 }
 
 impl Publisher {
@@ -48,6 +49,7 @@ impl Publisher {
             ),
             m_members: metrics.gauge("members", "Live members in the last status."),
             m_published: metrics.counter("status_published_total", "Statuses published."),
+            metrics: metrics.clone(),
         }
     }
 
@@ -133,6 +135,7 @@ impl Publisher {
         self.m_term.set(status.term as i64);
         self.m_version.set(status.version as i64);
         self.m_members.set(status.members.len() as i64);
+        self.metrics.set_membership(&status);
         self.m_published.inc();
         self.last = Some(status);
     }

@@ -183,6 +183,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
                             term.set(status.term as i64);
                             version.set(status.version as i64);
                             members.set(status.members.len() as i64);
+                            metrics.set_membership(status);
                             view.store(next.clone());
                             let _ = view_tx.send(next);
                         }

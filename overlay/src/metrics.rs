@@ -107,6 +107,43 @@ impl Metrics {
         }
         out
     }
+
+    /// Sets `members_by_role{role="R"}` and `members_by_kind{kind="K"}` from `status`: the
+    /// live members bearing each role and of each kind. A role or kind seen before and gone
+    /// from `status` drops to 0 (the series stays, as Prometheus expects).
+    pub fn set_membership(&self, status: &crate::status::NetworkStatus) {
+        let mut roles: BTreeMap<String, i64> = BTreeMap::new();
+        let mut kinds: BTreeMap<String, i64> = BTreeMap::new();
+        for m in &status.members {
+            *kinds.entry(m.kind.to_string()).or_default() += 1;
+            for r in &m.roles {
+                *roles.entry(r.as_str().to_string()).or_default() += 1;
+            }
+        }
+        let mut values: BTreeMap<String, i64> = BTreeMap::new();
+        {
+            let map = self.entries.lock().expect("metrics");
+            for name in map.keys() {
+                if name.starts_with("members_by_role{") || name.starts_with("members_by_kind{") {
+                    values.insert(name.clone(), 0);
+                }
+            }
+        }
+        for (r, n) in roles {
+            values.insert(format!("members_by_role{{role=\"{r}\"}}"), n);
+        }
+        for (k, n) in kinds {
+            values.insert(format!("members_by_kind{{kind=\"{k}\"}}"), n);
+        }
+        for (name, v) in values {
+            let help = if name.starts_with("members_by_role") {
+                "Live members bearing each role, in the status held."
+            } else {
+                "Live members of each kind, in the status held."
+            };
+            self.gauge(&name, help).set(v);
+        }
+    }
 }
 
 /// Serves `metrics` on `addr` until the task is dropped.
@@ -145,6 +182,39 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn membership_gauges_by_role_and_kind_drop_to_zero_when_gone() {
+        use crate::status::{Kind, Member, NetworkStatus, Role};
+        let member = |name: &str, kind: Kind, roles: &[&str]| Member {
+            name: name.into(),
+            kind,
+            roles: roles.iter().map(|r| Role::new(r).unwrap()).collect(),
+            endpoints: Vec::new(),
+            since: 0,
+            ip: "127.0.0.1".parse().unwrap(),
+        };
+        let mut status = NetworkStatus {
+            members: vec![
+                member("node1", Kind::Node, &["sip_proxy", "registrar"]),
+                member("node2", Kind::Node, &["registrar"]),
+                member("dns1", Kind::Dns, &[]),
+            ],
+            ..NetworkStatus::default()
+        };
+        let m = Metrics::default();
+        m.set_membership(&status);
+        assert_eq!(m.value("members_by_role{role=\"registrar\"}"), Some(2));
+        assert_eq!(m.value("members_by_role{role=\"sip_proxy\"}"), Some(1));
+        assert_eq!(m.value("members_by_kind{kind=\"node\"}"), Some(2));
+        assert_eq!(m.value("members_by_kind{kind=\"dns\"}"), Some(1));
+        status.members.retain(|x| x.name == "node2");
+        m.set_membership(&status);
+        assert_eq!(m.value("members_by_role{role=\"sip_proxy\"}"), Some(0));
+        assert_eq!(m.value("members_by_role{role=\"registrar\"}"), Some(1));
+        assert_eq!(m.value("members_by_kind{kind=\"dns\"}"), Some(0));
+        assert!(m.render().contains("# TYPE onehop_members_by_role gauge"));
+    }
 
     #[test]
     fn renders_help_type_and_labels() {

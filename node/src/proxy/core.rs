@@ -178,6 +178,9 @@ impl Ord for Key {
 struct Counters {
     requests: Metric,
     responses_sent: Metrics,
+    /// Per-code and per-method counters, found once and kept (no lock per message).
+    by_code: std::cell::RefCell<HashMap<u16, Metric>>,
+    by_method: std::cell::RefCell<HashMap<String, Metric>>,
     registered: Metric,
     overload: Metric,
     bad: Metric,
@@ -242,6 +245,8 @@ pub fn start(
         counters: Counters {
             requests: metrics.counter("sip_requests_total", "SIP requests received."),
             responses_sent: metrics.clone(),
+            by_code: Default::default(),
+            by_method: Default::default(),
             registered: metrics.counter("sip_registrations_total", "REGISTERs answered 200."),
             overload: metrics.counter(
                 "sip_overload_total",
@@ -359,6 +364,7 @@ impl Core {
         match parse_with(bytes, &self.limits) {
             Ok(Message::Request(req)) => {
                 self.counters.requests.inc();
+                self.count_request(&req.method);
                 self.on_request(req, from, source, deliver);
             }
             Ok(Message::Response(resp)) => self.on_response(resp, from),
@@ -1176,13 +1182,38 @@ impl Core {
     }
 
     fn count_response(&self, code: u16) {
-        self.counters
-            .responses_sent
-            .counter(
-                &format!("sip_responses_total{{code=\"{code}\"}}"),
-                "SIP responses sent, by code.",
-            )
+        let c = &self.counters;
+        c.by_code
+            .borrow_mut()
+            .entry(code)
+            .or_insert_with(|| {
+                c.responses_sent.counter(
+                    &format!("sip_responses_total{{code=\"{code}\"}}"),
+                    "SIP responses sent, by code.",
+                )
+            })
             .inc();
+    }
+
+    /// Counts a request by method; methods outside RFC 3261 and its extensions count as
+    /// `other`, so a flood of made-up methods cannot grow the metrics.
+    fn count_request(&self, method: &Method) {
+        let name = match method {
+            Method::Other(_) => "other",
+            m => m.as_str(),
+        };
+        let c = &self.counters;
+        let mut map = c.by_method.borrow_mut();
+        if let Some(m) = map.get(name) {
+            m.inc();
+            return;
+        }
+        let m = c.responses_sent.counter(
+            &format!("sip_requests_by_method_total{{method=\"{name}\"}}"),
+            "SIP requests received, by method.",
+        );
+        m.inc();
+        map.insert(name.to_string(), m);
     }
 
     fn server_actions(&mut self, key: &TransactionKey, actions: Actions) {

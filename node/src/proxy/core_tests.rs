@@ -245,6 +245,16 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
         Some(0),
         "nothing refused"
     );
+    for method in ["INVITE", "ACK", "BYE"] {
+        let name = format!("sip_requests_by_method_total{{method=\"{method}\"}}");
+        assert_eq!(metrics.value(&name), Some(60), "{name}");
+    }
+    assert_eq!(metrics.value("sip_requests_total"), Some(180));
+    assert_eq!(
+        metrics.value("sip_responses_total{code=\"200\"}"),
+        Some(120),
+        "the 200s of 60 INVITEs and 60 BYEs"
+    );
     // The core updates its gauges after each event; the last BYE's 200 was its last one.
     let live = metrics.value("sip_transactions").unwrap_or(-1);
     let lingering = metrics.value("sip_transactions_lingering").unwrap_or(-1);
