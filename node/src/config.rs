@@ -70,6 +70,20 @@ pub struct Config {
     /// Where to serve Prometheus metrics over HTTP (optional).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Whether calls entering the farm through this node get their media relayed (by a
+    /// `media_relay` member, when one is live).
+    #[serde(default = "default_true")]
+    pub relay_media: bool,
+    /// UDP ports of relayed media (nodes with the `media_relay` role), `"LOW-HIGH"`: RTP on
+    /// even ports, RTCP on the next; each relayed stream takes four.
+    #[serde(default)]
+    pub relay_ports: PortRange,
+    /// A relay session with no packet and no SIP update for this long is freed (seconds).
+    #[serde(default = "default_relay_idle_secs")]
+    pub relay_idle_secs: u64,
+    /// Most relay sessions (calls) at once; more are refused (the proxy tries the next relay).
+    #[serde(default = "default_relay_max_sessions")]
+    pub relay_max_sessions: usize,
     /// Certificate, key, CA and CRL.
     pub tls: TlsFiles,
     /// QUIC keep-alive and idle timeout.
@@ -106,6 +120,51 @@ fn default_sip_pending() -> usize {
 }
 fn default_points() -> u32 {
     onehop_overlay::ring::DEFAULT_POINTS
+}
+fn default_true() -> bool {
+    true
+}
+fn default_relay_idle_secs() -> u64 {
+    60
+}
+fn default_relay_max_sessions() -> usize {
+    2000
+}
+
+/// An inclusive range of ports, written `"LOW-HIGH"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    /// The first port.
+    pub low: u16,
+    /// The last port.
+    pub high: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange {
+            low: 40000,
+            high: 49999,
+        }
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<PortRange, String> {
+        let bad = || format!("`{s}` is not a port range such as \"40000-49999\"");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let low = a.trim().parse().map_err(|_| bad())?;
+        let high = b.trim().parse().map_err(|_| bad())?;
+        Ok(PortRange { low, high })
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        format!("{}-{}", r.low, r.high)
+    }
 }
 
 impl Config {
@@ -154,6 +213,19 @@ impl Config {
         if self.lookup_connections == 0 {
             return Err(bad("lookup_connections", "must be at least 1"));
         }
+        let r = self.relay_ports;
+        if r.low < 1024 || r.high < r.low || r.high - r.low < 3 {
+            return Err(bad(
+                "relay_ports",
+                "must be LOW-HIGH with 1024 <= LOW and at least 4 ports (one stream)",
+            ));
+        }
+        if self.relay_idle_secs == 0 || self.relay_idle_secs > 86_400 {
+            return Err(bad("relay_idle_secs", "must be between 1 and 86400"));
+        }
+        if self.relay_max_sessions == 0 {
+            return Err(bad("relay_max_sessions", "must be at least 1"));
+        }
         if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
             return Err(bad(
                 "quic.idle_timeout_ms",
@@ -191,5 +263,31 @@ mod tests {
         assert!(dns.eventservers.is_empty());
         let err = parse("domain = \"\"").validate(p).unwrap_err().to_string();
         assert!(err.contains("domain"), "{err}");
+    }
+    #[test]
+    fn relay_keys() {
+        let p = Path::new("node.toml");
+        let es = "eventservers = [\"127.0.0.1:8000\"]\n";
+        let c = parse(es);
+        assert_eq!(c.relay_ports, PortRange::default());
+        assert!(c.relay_media);
+        assert_eq!((c.relay_idle_secs, c.relay_max_sessions), (60, 2000));
+        let c = parse(&format!(
+            "{es}relay_ports = \"30000-30099\"\nrelay_media = false\nrelay_idle_secs = 30"
+        ));
+        c.validate(p).unwrap();
+        assert_eq!((c.relay_ports.low, c.relay_ports.high), (30000, 30099));
+        assert!(!c.relay_media);
+        for bad in ["\"100-200\"", "\"5000-5001\"", "\"6000-5000\""] {
+            let err = parse(&format!("{es}relay_ports = {bad}"))
+                .validate(p)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("relay_ports"), "{err}");
+        }
+        let text = format!(
+            "ip = \"127.0.0.1\"\n{es}relay_ports = \"x\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n"
+        );
+        assert!(toml::from_str::<Config>(&text).is_err());
     }
 }

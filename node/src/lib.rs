@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod lookup;
 pub mod peer;
 pub mod proxy;
+pub mod relay;
 pub mod roles;
 pub mod services;
 pub mod sip;

@@ -84,11 +84,13 @@ pub enum Service {
     Store = 0,
     /// SIP forwarded between nodes.
     Sip = 1,
+    /// Media relay sessions ([`crate::relay::control`]).
+    Relay = 2,
 }
 
 impl Service {
     /// Every service, in wire order.
-    pub const ALL: [Service; 2] = [Service::Store, Service::Sip];
+    pub const ALL: [Service; 3] = [Service::Store, Service::Sip, Service::Relay];
 
     /// The service with this wire id, if it is one we know.
     pub fn from_u8(id: u8) -> Option<Service> {
@@ -100,6 +102,7 @@ impl Service {
         match self {
             Service::Store => "store",
             Service::Sip => "sip",
+            Service::Relay => "relay",
         }
     }
 }

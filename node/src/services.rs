@@ -1,5 +1,6 @@
 //! The node's own services beside the lookup interface: node-to-node requests (QUIC, port
-//! 8002), the replicated store on the rings, and, for `sip_proxy` nodes, SIP on port 5060.
+//! 8002), the replicated store on the rings, for `sip_proxy` nodes SIP on port 5060, and for
+//! `media_relay` nodes the media relay (UDP ports of `relay_ports`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::peer::{PeerConfig, PeerNet, Service};
 use crate::proxy::glue::{PeerSip, RegistrarUpdater, SipHandler, StoreLocator, REGISTRAR};
 use crate::proxy::transport::{sip_frame, TransportConfig, Transports};
 use crate::proxy::ProxyConfig;
+use crate::relay::{RelayClient, RelayEngine, RelayHandler, RelaySettings};
 use crate::sip::registrar::RegistrarPolicy;
 use crate::store::{Store, StoreConfig};
 use crate::view::View;
@@ -31,6 +33,8 @@ pub struct Services {
     pub store: Store,
     /// SIP sockets, when this node is a `sip_proxy`.
     pub sip: Option<Arc<Transports>>,
+    /// The media relay, when this node is a `media_relay`.
+    pub relay: Option<RelayEngine>,
 }
 
 /// Starts the peer transport, the store and SIP; returns the endpoints to announce.
@@ -84,6 +88,22 @@ pub async fn start(
         store.register_updater(REGISTRAR, Arc::new(RegistrarUpdater));
     }
 
+    let relay = if identity.roles.iter().any(|r| r.as_str() == Role::MEDIA_RELAY) {
+        let settings = RelaySettings {
+            ip: cfg.ip,
+            ports: (cfg.relay_ports.low, cfg.relay_ports.high),
+            idle: Duration::from_secs(cfg.relay_idle_secs),
+            max_sessions: cfg.relay_max_sessions,
+            max_streams: 8,
+        };
+        let engine = RelayEngine::start(settings, metrics, cancel.clone());
+        peer.register(Service::Relay, Arc::new(RelayHandler::new(engine.clone())));
+        info!(ip = %cfg.ip, ports = %String::from(cfg.relay_ports), idle_s = cfg.relay_idle_secs, "media relay ready");
+        Some(engine)
+    } else {
+        None
+    };
+
     let mut sip = None;
     if identity.roles.iter().any(|r| r.as_str() == Role::SIP_PROXY) {
         let domain = cfg.domain.clone().context(
@@ -118,6 +138,15 @@ pub async fn start(
         pcfg.max_pending = cfg.sip_pending;
         pcfg.dns_servers = cfg.dns_servers.clone();
         pcfg.tls_port = tls_port;
+        pcfg.media_relay = Some(crate::proxy::media::MediaRelay {
+            control: Arc::new(RelayClient::new(
+                identity.name.clone(),
+                relay.clone(),
+                peer.clone(),
+                view.clone(),
+            )),
+            allocate: cfg.relay_media,
+        });
         let locator = Arc::new(StoreLocator::new(store.clone()));
         let link = Arc::new(PeerSip::new(peer.clone(), view.clone()));
         let core = crate::proxy::core::start(
@@ -146,7 +175,7 @@ pub async fn start(
         info!(%listen, %domain, "SIP proxy and registrar listening (UDP, TCP)");
         sip = Some(transports);
     }
-    Ok((endpoints, Services { store, sip }))
+    Ok((endpoints, Services { store, sip, relay }))
 }
 
 /// The TLS server configuration of SIP from a PEM chain and key (TLS 1.2 and 1.3: phones

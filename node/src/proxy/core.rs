@@ -91,6 +91,8 @@ pub enum Event {
     Located(TransactionKey, Result<Vec<Binding>, LocateError>),
     /// An RFC 3263 resolution answered.
     Resolved(TransactionKey, Result<Vec<(Proto, SocketAddr)>, String>),
+    /// The media relay answered (see [`super::media`]).
+    Media(Box<super::media::Done>),
 }
 
 /// A handle to give the core messages from other nodes.
@@ -212,6 +214,8 @@ pub struct Core {
     seq: u64,
     pending: usize,
     counters: Counters,
+    /// Media relay ([`super::media`]): SDP rewriting and relay sessions, when configured.
+    media: Option<super::media::MediaGate>,
 }
 
 /// Starts the core on `inbound` (the transports' channel); returns the handle for messages
@@ -241,6 +245,10 @@ pub fn start(
             None
         }
     };
+    let media = cfg
+        .media_relay
+        .clone()
+        .map(|link| super::media::MediaGate::new(link, tx.clone(), metrics));
     let core = Core {
         counters: Counters {
             requests: metrics.counter("sip_requests_total", "SIP requests received."),
@@ -277,6 +285,7 @@ pub fn start(
         timers: BinaryHeap::new(),
         seq: 0,
         pending: 0,
+        media,
     };
     tokio::spawn(core.run(inbound, rx, cancel));
     CoreHandle { tx }
@@ -351,6 +360,7 @@ impl Core {
                 self.pending = self.pending.saturating_sub(1);
                 self.on_resolved(key, result);
             }
+            Event::Media(done) => self.on_media(*done),
         }
     }
 
@@ -362,12 +372,17 @@ impl Core {
         deliver: Option<Flow>,
     ) {
         match parse_with(bytes, &self.limits) {
-            Ok(Message::Request(req)) => {
-                self.counters.requests.inc();
-                self.count_request(&req.method);
-                self.on_request(req, from, source, deliver);
+            Ok(msg) => {
+                // Media relay: SDP entering the farm waits for the relay first.
+                let msg = match self.media.as_mut() {
+                    Some(gate) => match gate.inbound(msg, &from, source) {
+                        Some(msg) => msg,
+                        None => return,
+                    },
+                    None => msg,
+                };
+                self.dispatch(msg, from, source, deliver);
             }
-            Ok(Message::Response(resp)) => self.on_response(resp, from),
             Err(e) => {
                 self.counters.bad.inc();
                 debug!(cause = %e, "malformed SIP message");
@@ -375,6 +390,53 @@ impl Core {
                     self.send_to(&from, Message::Response(resp));
                 }
             }
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        msg: Message,
+        from: Hop,
+        source: Option<SocketAddr>,
+        deliver: Option<Flow>,
+    ) {
+        match msg {
+            Message::Request(req) => {
+                self.counters.requests.inc();
+                self.count_request(&req.method);
+                self.on_request(req, from, source, deliver);
+            }
+            Message::Response(resp) => self.on_response(resp, from),
+        }
+    }
+
+    /// The media relay answered: go on with what waited for it (see [`super::media`]).
+    fn on_media(&mut self, done: super::media::Done) {
+        use super::media::Resume;
+        let Some(gate) = self.media.as_mut() else {
+            return;
+        };
+        match gate.done(done) {
+            Resume::Nothing => {}
+            Resume::Dispatch(held) => {
+                for h in held {
+                    self.dispatch(h.msg, h.from, h.source, None);
+                }
+            }
+            Resume::Forward(key, request) => match self.servers.get_mut(&key) {
+                Some(entry) if !entry.done => {
+                    if request.is_some() {
+                        entry.request = request;
+                    }
+                    self.try_next_target(&key);
+                }
+                _ => {
+                    // The INVITE ended while its relay was asked: free the session.
+                    if let Some(gate) = self.media.as_mut() {
+                        gate.final_response(&key, 487);
+                    }
+                }
+            },
         }
     }
 
@@ -824,8 +886,14 @@ impl Core {
             return;
         };
         entry.targets = targets.into();
+        // Media relay: an initial INVITE entering the farm gets its relay session first, and
+        // is forwarded on `Event::Media`.
+        let held = matches!(entry.reply_to, Hop::Net { .. })
+            && self.media.as_mut().is_some_and(|g| g.invite_out(key, &req));
         entry.request = Some(req);
-        self.try_next_target(key);
+        if !held {
+            self.try_next_target(key);
+        }
     }
 
     /// Forwards the request to the next target; 480 (or the best response so far) when none
@@ -1106,6 +1174,10 @@ impl Core {
     }
 
     fn respond(&mut self, key: &TransactionKey, resp: Response) {
+        if let (true, Some(gate)) = (resp.status >= 200, self.media.as_mut()) {
+            // Media relay: a failed initial INVITE frees its relay session.
+            gate.final_response(key, resp.status);
+        }
         let final_ = resp.status >= 200;
         let code = resp.status;
         let Some(entry) = self.servers.get_mut(key) else {

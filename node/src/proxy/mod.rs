@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`transport`]: UDP and TCP sockets on port 5060; TCP connections are flows.
 //! - [`core`]: one task that owns every transaction and decides where each message goes.
+//! - [`media`]: which messages get their SDP pointed at a media relay, and when relay
+//!   sessions are freed.
 //! - this file: what the core needs from the rest of the node ([`Locator`] for bindings,
 //!   [`PeerLink`] for SIP between nodes) and its settings.
 //!
@@ -17,6 +19,7 @@
 
 pub mod core;
 pub mod glue;
+pub mod media;
 pub mod resolve;
 pub mod transport;
 
@@ -100,6 +103,8 @@ pub struct ProxyConfig {
     pub dns_servers: Vec<SocketAddr>,
     /// The port of SIP over TLS, when it is served.
     pub tls_port: Option<u16>,
+    /// The media relays, when calls' media is relayed (see [`media`]).
+    pub media_relay: Option<media::MediaRelay>,
 }
 
 impl ProxyConfig {
@@ -115,6 +120,7 @@ impl ProxyConfig {
             max_message: 65_535,
             dns_servers: Vec::new(),
             tls_port: None,
+            media_relay: None,
         }
     }
 }

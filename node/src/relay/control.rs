@@ -1,0 +1,360 @@
+//! Control of relays by proxies: the messages on the peer port ([`Service::Relay`]), the
+//! relay's handler, and the proxy's client, which picks the relay of a call on the ring.
+//!
+//! The relay of a call is the owner of its Call-ID on the `media_relay` ring, so every proxy
+//! of the farm picks the same one with no shared state. When it refuses (draining, full) or
+//! cannot be reached, the next distinct member clockwise is tried, up to [`RELAY_TRIES`]
+//! members; updates and deletes walk the same list until one holds the session. A proxy whose
+//! node is the relay calls its engine directly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use onehop_overlay::identity::Identity;
+use onehop_overlay::ring::position;
+use onehop_overlay::status::Role;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::engine::RelayEngine;
+use super::sdp::Endpoint;
+use crate::peer::{PeerAddr, PeerHandler, PeerNet, Service};
+use crate::proxy::BoxFut;
+use crate::view::View;
+
+/// Members of the `media_relay` ring tried for one call: the owner and the next two.
+pub const RELAY_TRIES: usize = 3;
+
+/// How long one relay may take to answer.
+pub const RELAY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A request to a relay (bincode). Variants are only appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayRequest {
+    /// Create (or find) the session of a call from its initial INVITE and apply the caller's
+    /// streams (none when the INVITE has no SDP).
+    Allocate {
+        /// The call.
+        call_id: String,
+        /// The caller's From tag.
+        from_tag: String,
+        /// Per `m=` line, the caller's address, `None` for a stream not relayed.
+        media: Vec<Option<Endpoint>>,
+    },
+    /// Apply an SDP body to the session of a call, if this relay holds it.
+    Update {
+        /// The call.
+        call_id: String,
+        /// The From tag of the message (of the request, for a response).
+        from_tag: String,
+        /// Whether the body came in a response.
+        response: bool,
+        /// Per `m=` line, the writer's address, `None` for a stream not relayed.
+        media: Vec<Option<Endpoint>>,
+    },
+    /// Free the session of a call.
+    Delete {
+        /// The call.
+        call_id: String,
+    },
+}
+
+/// A relay's answer. Variants are only appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayReply {
+    /// Per `m=` line, the relay's address the other side is to send to.
+    Relayed(Vec<Option<SocketAddr>>),
+    /// Refused (the reason: `draining`, `full`, `no_ports`, `too_many_streams`).
+    Refused(String),
+    /// This relay holds no session for the call.
+    NoSession,
+    /// Deleted (or there was nothing to delete: `false`).
+    Deleted(bool),
+}
+
+fn encode<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encode"))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<{ 1 << 16 }>())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}
+
+impl RelayEngine {
+    /// Answers one control request.
+    pub fn handle(&self, req: RelayRequest) -> RelayReply {
+        match req {
+            RelayRequest::Allocate {
+                call_id,
+                from_tag,
+                media,
+            } => match self.allocate(&call_id, &from_tag, &media) {
+                Ok(a) => RelayReply::Relayed(a),
+                Err(r) => RelayReply::Refused(r.as_str().into()),
+            },
+            RelayRequest::Update {
+                call_id,
+                from_tag,
+                response,
+                media,
+            } => match self.update(&call_id, &from_tag, response, &media) {
+                Ok(Some(a)) => RelayReply::Relayed(a),
+                Ok(None) => RelayReply::NoSession,
+                Err(r) => RelayReply::Refused(r.as_str().into()),
+            },
+            RelayRequest::Delete { call_id } => RelayReply::Deleted(self.delete(&call_id)),
+        }
+    }
+}
+
+/// Serves [`Service::Relay`] on the peer port.
+pub struct RelayHandler {
+    engine: RelayEngine,
+}
+
+impl RelayHandler {
+    /// A handler for `engine`.
+    pub fn new(engine: RelayEngine) -> RelayHandler {
+        RelayHandler { engine }
+    }
+}
+
+impl PeerHandler for RelayHandler {
+    fn handle(&self, _from: &Identity, body: Bytes) -> BoxFuture<'_, Bytes> {
+        let reply = match decode::<RelayRequest>(&body) {
+            Ok(req) => self.engine.handle(req),
+            Err(e) => RelayReply::Refused(format!("bad request: {e}")),
+        };
+        Box::pin(async move { encode(&reply) })
+    }
+}
+
+/// How an allocation went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allocation {
+    /// A relay took the call.
+    Relayed {
+        /// The relay (member name).
+        relay: String,
+        /// Per `m=` line, the address the callee is to send to.
+        addrs: Vec<Option<SocketAddr>>,
+        /// Whether it was not the first one tried (the owner refused or was unreachable).
+        fallback: bool,
+    },
+    /// No relay took it (why, for the log).
+    Unrelayed(String),
+}
+
+/// What the proxy needs of relays (a trait, so that the proxy's logic is tested without a
+/// farm).
+pub trait RelayControl: Send + Sync + 'static {
+    /// Whether any relay is live for `call_id`.
+    fn available(&self, call_id: &str) -> bool;
+    /// Creates the session of a call.
+    fn allocate(
+        &self,
+        call_id: String,
+        from_tag: String,
+        media: Vec<Option<Endpoint>>,
+    ) -> BoxFut<Allocation>;
+    /// Applies an SDP body to a call's session; `None` when no relay holds it (or it refused).
+    fn update(
+        &self,
+        call_id: String,
+        from_tag: String,
+        response: bool,
+        media: Vec<Option<Endpoint>>,
+    ) -> BoxFut<Option<Vec<Option<SocketAddr>>>>;
+    /// Frees a call's session wherever it is.
+    fn delete(&self, call_id: String) -> BoxFut<()>;
+}
+
+/// The proxy's client of the relays of the farm.
+pub struct RelayClient {
+    me: String,
+    local: Option<RelayEngine>,
+    peer: Arc<PeerNet>,
+    view: watch::Receiver<Arc<View>>,
+}
+
+impl RelayClient {
+    /// A client for node `me` (whose own engine is `local`, if it is a relay).
+    pub fn new(
+        me: String,
+        local: Option<RelayEngine>,
+        peer: Arc<PeerNet>,
+        view: watch::Receiver<Arc<View>>,
+    ) -> RelayClient {
+        RelayClient {
+            me,
+            local,
+            peer,
+            view,
+        }
+    }
+
+    /// The relays to try for `call_id`, in order: the owner, then the next distinct members
+    /// clockwise.
+    fn candidates(&self, call_id: &str) -> Vec<(String, Option<PeerAddr>)> {
+        let view = self.view.borrow();
+        let (Some(status), Some(ring)) = (view.status.as_ref(), view.rings.get(Role::MEDIA_RELAY))
+        else {
+            return Vec::new();
+        };
+        ring.replicas_at(position(call_id), RELAY_TRIES)
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    status.member(&m.name).map(PeerAddr::of_member),
+                )
+            })
+            .collect()
+    }
+
+    async fn ask(
+        me: &str,
+        local: &Option<RelayEngine>,
+        peer: &PeerNet,
+        name: &str,
+        addr: &Option<PeerAddr>,
+        req: &RelayRequest,
+    ) -> Result<RelayReply, String> {
+        if name == me {
+            return match local {
+                Some(engine) => Ok(engine.handle(req.clone())),
+                None => Err("this node runs no relay".into()),
+            };
+        }
+        let Some(addr) = addr else {
+            return Err("not in the status".into());
+        };
+        let answer = peer
+            .call(addr, Service::Relay, encode(req), RELAY_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        decode(&answer)
+    }
+
+    fn parts(&self) -> (String, Option<RelayEngine>, Arc<PeerNet>) {
+        (self.me.clone(), self.local.clone(), self.peer.clone())
+    }
+}
+
+impl RelayControl for RelayClient {
+    fn available(&self, call_id: &str) -> bool {
+        !self.candidates(call_id).is_empty()
+    }
+
+    fn allocate(
+        &self,
+        call_id: String,
+        from_tag: String,
+        media: Vec<Option<Endpoint>>,
+    ) -> BoxFut<Allocation> {
+        let candidates = self.candidates(&call_id);
+        let (me, local, peer) = self.parts();
+        Box::pin(async move {
+            if candidates.is_empty() {
+                return Allocation::Unrelayed("no live media_relay member".into());
+            }
+            let req = RelayRequest::Allocate {
+                call_id,
+                from_tag,
+                media,
+            };
+            let mut why = Vec::new();
+            for (i, (name, addr)) in candidates.iter().enumerate() {
+                match Self::ask(&me, &local, &peer, name, addr, &req).await {
+                    Ok(RelayReply::Relayed(addrs)) => {
+                        return Allocation::Relayed {
+                            relay: name.clone(),
+                            addrs,
+                            fallback: i > 0,
+                        }
+                    }
+                    Ok(RelayReply::Refused(r)) => why.push(format!("{name} refused ({r})")),
+                    Ok(other) => why.push(format!("{name} answered {other:?}")),
+                    Err(e) => why.push(format!("{name}: {e}")),
+                }
+            }
+            Allocation::Unrelayed(why.join("; "))
+        })
+    }
+
+    fn update(
+        &self,
+        call_id: String,
+        from_tag: String,
+        response: bool,
+        media: Vec<Option<Endpoint>>,
+    ) -> BoxFut<Option<Vec<Option<SocketAddr>>>> {
+        let candidates = self.candidates(&call_id);
+        let (me, local, peer) = self.parts();
+        Box::pin(async move {
+            let req = RelayRequest::Update {
+                call_id,
+                from_tag,
+                response,
+                media,
+            };
+            for (name, addr) in &candidates {
+                match Self::ask(&me, &local, &peer, name, addr, &req).await {
+                    Ok(RelayReply::Relayed(addrs)) => return Some(addrs),
+                    Ok(RelayReply::Refused(r)) => {
+                        debug!(relay = %name, reason = %r, "relay refused an update");
+                        return None;
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(relay = %name, cause = %e, "relay update failed"),
+                }
+            }
+            None
+        })
+    }
+
+    fn delete(&self, call_id: String) -> BoxFut<()> {
+        let candidates = self.candidates(&call_id);
+        let (me, local, peer) = self.parts();
+        Box::pin(async move {
+            let req = RelayRequest::Delete { call_id };
+            for (name, addr) in &candidates {
+                match Self::ask(&me, &local, &peer, name, addr, &req).await {
+                    Ok(RelayReply::Deleted(true)) => return,
+                    Ok(_) => {}
+                    Err(e) => debug!(relay = %name, cause = %e, "relay delete failed"),
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_bad_bytes_are_refused() {
+        let req = RelayRequest::Update {
+            call_id: "a@b".into(),
+            from_tag: "t".into(),
+            response: true,
+            media: vec![
+                None,
+                Some(Endpoint {
+                    rtp: Some("192.0.2.1:4000".parse().unwrap()),
+                    rtcp: None,
+                }),
+            ],
+        };
+        assert_eq!(decode::<RelayRequest>(&encode(&req)).unwrap(), req);
+        assert!(decode::<RelayRequest>(&[9, 9, 9]).is_err());
+        let reply = RelayReply::Relayed(vec![Some("192.0.2.2:40000".parse().unwrap()), None]);
+        assert_eq!(decode::<RelayReply>(&encode(&reply)).unwrap(), reply);
+    }
+}
