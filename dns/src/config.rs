@@ -5,7 +5,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use hickory_proto::rr::Name;
-use onehop_overlay::daemon::{load_toml, ConfigError};
+use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue, Override};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -129,12 +129,43 @@ pub fn parse_domain(domain: &str) -> Result<Name, String> {
     Ok(name.to_lowercase())
 }
 
+/// The named flags of `onehop-dns`, each a shorthand for `--set KEY=VALUE`.
+pub const FLAGS: &[ConfigFlag] = &[
+    ConfigFlag::IP,
+    ConfigFlag {
+        long: "port",
+        key: "port",
+        value_name: "PORT",
+        help: "UDP and TCP port DNS is answered on (config key `port`)",
+        value: FlagValue::Toml,
+        example: "5353",
+    },
+    ConfigFlag::DOMAIN,
+    ConfigFlag::EVENTSERVER,
+    ConfigFlag::METRICS,
+];
+
+impl DaemonConfig for Config {
+    fn flags() -> &'static [ConfigFlag] {
+        FLAGS
+    }
+
+    fn load_with(path: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let c: Config = onehop_overlay::overrides::load_with(path, overrides)?;
+        c.validate(path)
+            .map_err(|e| onehop_overlay::overrides::attribute(e, overrides))?;
+        Ok(c)
+    }
+
+    fn tls(&self) -> &TlsFiles {
+        &self.tls
+    }
+}
+
 impl Config {
     /// Loads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let c: Config = load_toml(path)?;
-        c.validate(path)?;
-        Ok(c)
+        <Config as DaemonConfig>::load_with(path, &[])
     }
 
     /// Checks values that parse but make no sense.

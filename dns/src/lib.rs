@@ -193,7 +193,6 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
         "onehop-dns",
         "The authoritative DNS server of the SIP domain: NAPTR, SRV (a random slice of the live proxies per answer), A/AAAA, SOA and NS, built from the network status it follows through the event servers.",
         args,
-        Config::load,
         run,
     )
 }

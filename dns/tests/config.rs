@@ -82,3 +82,65 @@ fn refusals_name_the_key() {
     let err = with(&none).unwrap_err().to_string();
     assert!(err.contains("transports"), "{err}");
 }
+
+/// Runs the real program with `--check-config` on the example; returns (success, stdout,
+/// stderr).
+fn check_config(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_onehop-dns"))
+        .arg("--config")
+        .arg(example())
+        .args(args)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn flags_override_the_file() {
+    let (ok, out, err) = check_config(&[
+        "--ip",
+        "10.9.9.9",
+        "--port",
+        "5454",
+        "--domain",
+        "other.test",
+        "--eventserver",
+        "10.9.9.1:8000",
+        "--set",
+        "transports.tls=true",
+        "--set",
+        "ttl=30",
+    ]);
+    assert!(ok, "{err}");
+    for line in [
+        "ip = \"10.9.9.9\"",
+        "port = 5454",
+        "domain = \"other.test\"",
+        "eventservers = [\"10.9.9.1:8000\"]",
+        "ttl = 30",
+        "tls = true",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in {out}");
+    }
+}
+
+#[test]
+fn an_unknown_key_from_set_is_refused_with_its_name() {
+    let (ok, _, err) = check_config(&["--set", "transports.sctp=true"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--set transports.sctp=true: unknown field `sctp`"),
+        "{err}"
+    );
+    let (ok, _, err) = check_config(&["--domain", ""]);
+    assert!(!ok);
+    assert!(
+        err.contains("--domain : domain: must be a domain name"),
+        "{err}"
+    );
+}

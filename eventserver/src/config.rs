@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use onehop_overlay::daemon::{load_toml, ConfigError};
+use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue, Override};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -41,12 +41,40 @@ fn default_subscriber_queue() -> usize {
     4096
 }
 
+/// The named flags of `onehop-eventserver`, each a shorthand for `--set KEY=VALUE`.
+pub const FLAGS: &[ConfigFlag] = &[
+    ConfigFlag {
+        long: "listen",
+        key: "listen",
+        value_name: "ADDR:PORT",
+        help: "Where to listen for QUIC (config key `listen`)",
+        value: FlagValue::String,
+        example: "10.0.0.1:8000",
+    },
+    ConfigFlag::METRICS,
+];
+
+impl DaemonConfig for Config {
+    fn flags() -> &'static [ConfigFlag] {
+        FLAGS
+    }
+
+    fn load_with(path: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let c: Config = onehop_overlay::overrides::load_with(path, overrides)?;
+        c.validate(path)
+            .map_err(|e| onehop_overlay::overrides::attribute(e, overrides))?;
+        Ok(c)
+    }
+
+    fn tls(&self) -> &TlsFiles {
+        &self.tls
+    }
+}
+
 impl Config {
     /// Loads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let c: Config = load_toml(path)?;
-        c.validate(path)?;
-        Ok(c)
+        <Config as DaemonConfig>::load_with(path, &[])
     }
 
     /// Checks values that parse but make no sense.

@@ -201,7 +201,6 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
         "onehop-eventserver",
         "The onehop publish/subscribe hub: every member connects to every event server over QUIC with mutual TLS.",
         args,
-        Config::load,
         run,
     )
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use onehop_overlay::daemon::{load_toml, ConfigError};
+use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue, Override};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -72,12 +72,50 @@ fn default_republish_ms() -> u64 {
     5000
 }
 
+/// The named flags of `onehop-manager`, each a shorthand for `--set KEY=VALUE`.
+pub const FLAGS: &[ConfigFlag] = &[
+    ConfigFlag::IP,
+    ConfigFlag {
+        long: "id",
+        key: "id",
+        value_name: "N",
+        help: "This manager's Raft id, one of the [[peers]] (config key `id`)",
+        value: FlagValue::Toml,
+        example: "2",
+    },
+    ConfigFlag {
+        long: "data-dir",
+        key: "data_dir",
+        value_name: "DIR",
+        help: "Where the Raft state is kept (config key `data_dir`)",
+        value: FlagValue::String,
+        example: "/var/lib/onehop/manager",
+    },
+    ConfigFlag::EVENTSERVER,
+    ConfigFlag::METRICS,
+];
+
+impl DaemonConfig for Config {
+    fn flags() -> &'static [ConfigFlag] {
+        FLAGS
+    }
+
+    fn load_with(path: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let c: Config = onehop_overlay::overrides::load_with(path, overrides)?;
+        c.validate(path)
+            .map_err(|e| onehop_overlay::overrides::attribute(e, overrides))?;
+        Ok(c)
+    }
+
+    fn tls(&self) -> &TlsFiles {
+        &self.tls
+    }
+}
+
 impl Config {
     /// Loads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let c: Config = load_toml(path)?;
-        c.validate(path)?;
-        Ok(c)
+        <Config as DaemonConfig>::load_with(path, &[])
     }
 
     /// Checks values that parse but make no sense.

@@ -184,7 +184,6 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
         "onehop-manager",
         "A onehop manager: managers elect one active manager with Raft (state on disk); the active one publishes the network status built from the event servers' member sessions.",
         args,
-        Config::load,
         run,
     )
 }

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use onehop_overlay::daemon::{load_toml, ConfigError};
+use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue, Override};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -167,12 +167,43 @@ impl From<PortRange> for String {
     }
 }
 
+/// The named flags of `onehop-node`, each a shorthand for `--set KEY=VALUE`.
+pub const FLAGS: &[ConfigFlag] = &[
+    ConfigFlag::IP,
+    ConfigFlag::DOMAIN,
+    ConfigFlag::EVENTSERVER,
+    ConfigFlag {
+        long: "sip-port",
+        key: "sip_port",
+        value_name: "PORT",
+        help: "UDP and TCP port of SIP (config key `sip_port`)",
+        value: FlagValue::Toml,
+        example: "5060",
+    },
+    ConfigFlag::METRICS,
+];
+
+impl DaemonConfig for Config {
+    fn flags() -> &'static [ConfigFlag] {
+        FLAGS
+    }
+
+    fn load_with(path: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let c: Config = onehop_overlay::overrides::load_with(path, overrides)?;
+        c.validate(path)
+            .map_err(|e| onehop_overlay::overrides::attribute(e, overrides))?;
+        Ok(c)
+    }
+
+    fn tls(&self) -> &TlsFiles {
+        &self.tls
+    }
+}
+
 impl Config {
     /// Loads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let c: Config = load_toml(path)?;
-        c.validate(path)?;
-        Ok(c)
+        <Config as DaemonConfig>::load_with(path, &[])
     }
 
     /// Checks values that parse but make no sense.

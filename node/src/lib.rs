@@ -223,7 +223,6 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
         "onehop-node",
         "A onehop member bearing the roles of its certificate: it joins through the event servers, keeps one hash ring per role and answers the lookup interface (TCP 9500).",
         args,
-        Config::load,
         run,
     )
 }

@@ -11,7 +11,8 @@
 //! - [`client`]: a member's (or monitor's) sessions with every event server.
 //! - [`crl`]: the revocation list in force, verified, persisted and hot-swapped.
 //! - [`daemon`], [`metrics`], [`farmfile`]: config loading and logging, Prometheus metrics,
-//!   and the `farm.json` contract.
+//!   and the `farm.json` contract; [`overrides`] (configuration keys given on the command
+//!   line) and [`logging`] (log lines naming the member and the peer) serve [`daemon`].
 
 #![deny(missing_docs)]
 
@@ -20,8 +21,10 @@ pub mod crl;
 pub mod daemon;
 pub mod farmfile;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod overrides;
 pub mod ring;
 pub mod status;
 pub mod tls;

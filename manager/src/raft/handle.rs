@@ -35,7 +35,7 @@ use super::types::{ManagerNode, NodeId, Request, Response, TypeConfig};
 /// Constraints (checked by [`start`]): `election_min_ms / 2 > heartbeat_ms` and
 /// `election_max_ms / 2 > election_min_ms / 2`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(default)]
+#[serde(deny_unknown_fields, default)]
 pub struct RaftTimings {
     /// Leader heartbeat interval (also the AppendEntries RPC deadline). openraft ticks every
     /// `1.5 * heartbeat_ms`, so heartbeats actually leave at that period.
