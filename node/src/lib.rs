@@ -209,6 +209,9 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
         _ = shutdown => info!("leaving"),
         r = lookup_task => warn!(result = ?r, "lookup interface stopped"),
     }
+    if let Some(relay) = &services.relay {
+        relay.drain();
+    }
     cancel.cancel();
     client.leave(Duration::from_secs(1)).await;
     for t in role_tasks {
@@ -228,7 +231,8 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
 }
 
 /// Every 2 s: refreshes the store gauge and publishes the node's load figures on `stats`
-/// (store entries, lookups, SIP requests and registrations, live SIP transactions).
+/// (store entries, lookups, SIP requests and registrations, live SIP transactions, and for a
+/// media relay its sessions and packets relayed per second).
 fn spawn_stats(
     client: EventClient,
     store: store::Store,
@@ -238,6 +242,8 @@ fn spawn_stats(
     let stored = metrics.gauge("store_entries", "Entries held in the replicated store.");
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
+        // Relayed packets counted at the last tick, for packets_per_s.
+        let mut relayed: Option<(i64, tokio::time::Instant)> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -254,6 +260,22 @@ fn spawn_stats(
                 if let Some(v) = metrics.value(name) {
                     figures.push((name.to_string(), v as f64));
                 }
+            }
+            if let Some(sessions) = metrics.value("relay_sessions") {
+                // A media relay: its sessions and the packets it relayed per second.
+                let packets: i64 = ["caller_to_callee", "callee_to_caller"]
+                    .iter()
+                    .filter_map(|d| {
+                        metrics.value(&format!("relay_packets_total{{direction=\"{d}\"}}"))
+                    })
+                    .sum();
+                let now = tokio::time::Instant::now();
+                let rate = relayed.map_or(0.0, |(before, at)| {
+                    (packets - before) as f64 / now.duration_since(at).as_secs_f64().max(0.001)
+                });
+                relayed = Some((packets, now));
+                figures.push(("relay_sessions".to_string(), sessions as f64));
+                figures.push(("packets_per_s".to_string(), rate.round()));
             }
             client.publish(Payload::Stats(onehop_overlay::wire::Stats { figures }));
         }

@@ -88,7 +88,11 @@ pub async fn start(
         store.register_updater(REGISTRAR, Arc::new(RegistrarUpdater));
     }
 
-    let relay = if identity.roles.iter().any(|r| r.as_str() == Role::MEDIA_RELAY) {
+    let relay = if identity
+        .roles
+        .iter()
+        .any(|r| r.as_str() == Role::MEDIA_RELAY)
+    {
         let settings = RelaySettings {
             ip: cfg.ip,
             ports: (cfg.relay_ports.low, cfg.relay_ports.high),

@@ -13,6 +13,7 @@ mod frames;
 mod interdomain;
 mod monitor;
 mod registrar_crash;
+mod relay;
 mod security;
 mod sip;
 mod sip_tls;

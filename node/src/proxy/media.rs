@@ -239,8 +239,7 @@ impl MediaGate {
             Some(Some(s)) if s.has_targets() => s,
             Some(Some(_)) => return Plan::Pass,
         };
-        let (Some(call_id), Some(from_tag)) = (h.call_id(), h.from().and_then(|f| f.tag()))
-        else {
+        let (Some(call_id), Some(from_tag)) = (h.call_id(), h.from().and_then(|f| f.tag())) else {
             return Plan::Pass;
         };
         if !self.control.available(call_id) {

@@ -51,7 +51,11 @@ impl RelayControl for Local {
         media: Vec<Option<Endpoint>>,
     ) -> BoxFut<Allocation> {
         self.note(format!("allocate {call_id} {}", media.len()));
-        let r = match self.engine.as_ref().map(|e| e.allocate(&call_id, &from_tag, &media)) {
+        let r = match self
+            .engine
+            .as_ref()
+            .map(|e| e.allocate(&call_id, &from_tag, &media))
+        {
             Some(Ok(addrs)) => Allocation::Relayed {
                 relay: "local".into(),
                 addrs,
@@ -70,10 +74,11 @@ impl RelayControl for Local {
         media: Vec<Option<Endpoint>>,
     ) -> BoxFut<Option<Vec<Option<SocketAddr>>>> {
         self.note(format!("update {call_id} {response}"));
-        let r = self
-            .engine
-            .as_ref()
-            .and_then(|e| e.update(&call_id, &from_tag, response, &media).ok().flatten());
+        let r = self.engine.as_ref().and_then(|e| {
+            e.update(&call_id, &from_tag, response, &media)
+                .ok()
+                .flatten()
+        });
         Box::pin(async move { r })
     }
     fn delete(&self, call_id: String) -> BoxFut<()> {
@@ -258,7 +263,11 @@ async fn offer_and_answer_are_rewritten_in_order_and_a_failure_frees() {
     };
     assert_eq!(k, key);
     let to_callee = media_of(&String::from_utf8_lossy(&fwd.body));
-    assert_eq!(to_callee.ip().to_string(), "127.0.0.1", "the relay's address");
+    assert_eq!(
+        to_callee.ip().to_string(),
+        "127.0.0.1",
+        "the relay's address"
+    );
     assert_eq!(
         fwd.headers.content_length(),
         Some(fwd.body.len()),
@@ -274,7 +283,10 @@ async fn offer_and_answer_are_rewritten_in_order_and_a_failure_frees() {
     let early = answer(&invite, 183, uac, &sdp("203.0.113.5", 9000));
     let ok = answer(&invite, 200, uac, "");
     assert!(g.inbound(msg(&early), &net(), None).is_none(), "held");
-    assert!(g.inbound(msg(&ringing), &net(), None).is_none(), "behind it");
+    assert!(
+        g.inbound(msg(&ringing), &net(), None).is_none(),
+        "behind it"
+    );
     assert!(g.inbound(msg(&ok), &net(), None).is_none(), "behind it");
     assert_eq!(g.waiting(), (2, 0));
     // Another call is not held.
@@ -367,7 +379,10 @@ async fn failed_calls_free_their_session_and_untouched_cases() {
     let r = inv("busy", &sdp("198.51.100.7", 8000));
     let key = TransactionKey::server(&r).unwrap();
     assert!(g.invite_out(&key, &r));
-    assert!(matches!(g.done(next_done(&mut rx).await), Resume::Forward(..)));
+    assert!(matches!(
+        g.done(next_done(&mut rx).await),
+        Resume::Forward(..)
+    ));
     assert!(local.engine.as_ref().unwrap().has("busy"));
     g.final_response(&key, 486);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -407,9 +422,10 @@ async fn failed_calls_free_their_session_and_untouched_cases() {
     let mut r = inv("re", &sdp("198.51.100.7", 8000));
     r.headers.set("To", "<sip:uas@example.test>;tag=uas");
     assert!(!g.invite_out(&TransactionKey::server(&r).unwrap(), &r));
-    assert!(!local.log().iter().any(|l| l.contains(" bad ")
-        || l.contains(" hold ")
-        || l.starts_with("allocate re")));
+    assert!(!local
+        .log()
+        .iter()
+        .any(|l| l.contains(" bad ") || l.contains(" hold ") || l.starts_with("allocate re")));
 
     // relay_media off: no session made here...
     let (mut off, _rx, _) = gate(local.clone(), false);
@@ -577,7 +593,11 @@ async fn a_call_through_the_core_is_relayed_and_freed() {
     uac.send_to(invite.as_bytes(), listen).await.unwrap();
     let got = recv_sip(&uas, |m| m.starts_with("INVITE ")).await;
     let to_callee = media_of(sdp_body(&got));
-    assert_eq!(to_callee.ip(), listen.ip(), "the offer names the relay: {got}");
+    assert_eq!(
+        to_callee.ip(),
+        listen.ip(),
+        "the offer names the relay: {got}"
+    );
     assert_eq!(
         header(&got, "Content-Length"),
         [sdp_body(&got).len().to_string().as_str()]
@@ -588,7 +608,11 @@ async fn a_call_through_the_core_is_relayed_and_freed() {
         .unwrap();
     let ok = recv_sip(&uac, |m| m.starts_with("SIP/2.0 200")).await;
     let to_caller = media_of(sdp_body(&ok));
-    assert_eq!(to_caller.ip(), listen.ip(), "the answer names the relay: {ok}");
+    assert_eq!(
+        to_caller.ip(),
+        listen.ip(),
+        "the answer names the relay: {ok}"
+    );
     assert_ne!(to_caller, to_callee);
 
     // Media both ways, each side sending where its SDP says.
@@ -652,7 +676,10 @@ async fn a_call_through_the_core_is_relayed_and_freed() {
     recv_sip(&uac, |m| m.starts_with("SIP/2.0 486")).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while engine.has("busy-call") {
-        assert!(tokio::time::Instant::now() < deadline, "busy call not freed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "busy call not freed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     cancel.cancel();

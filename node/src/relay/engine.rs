@@ -303,7 +303,10 @@ impl RelayEngine {
     /// Refuses new sessions from now on (the node is leaving); sessions held go on.
     pub fn drain(&self) {
         if !self.inner.draining.swap(true, Ordering::Relaxed) {
-            info!(sessions = self.sessions(), "media relay draining: new sessions refused");
+            info!(
+                sessions = self.sessions(),
+                "media relay draining: new sessions refused"
+            );
         }
     }
 
@@ -659,7 +662,10 @@ mod tests {
         let caller = sock().await;
         let callee = sock().await;
         let to_callee = e.allocate("call-1", "tagA", &[ep(&caller)]).unwrap()[0].unwrap();
-        let to_caller = e.update("call-1", "tagA", true, &[ep(&callee)]).unwrap().unwrap()[0]
+        let to_caller = e
+            .update("call-1", "tagA", true, &[ep(&callee)])
+            .unwrap()
+            .unwrap()[0]
             .unwrap();
         assert_ne!(to_callee, to_caller);
         assert_eq!(to_caller.port() % 2, 0, "RTP on an even port");
@@ -667,11 +673,17 @@ mod tests {
         // Caller -> relay -> callee: comes from the callee-facing address.
         caller.send_to(b"rtp-from-caller", to_caller).await.unwrap();
         let (data, from) = recv(&callee).await;
-        assert_eq!((data.as_slice(), from), (&b"rtp-from-caller"[..], to_callee));
+        assert_eq!(
+            (data.as_slice(), from),
+            (&b"rtp-from-caller"[..], to_callee)
+        );
         // And back.
         callee.send_to(b"rtp-from-callee", to_callee).await.unwrap();
         let (data, from) = recv(&caller).await;
-        assert_eq!((data.as_slice(), from), (&b"rtp-from-callee"[..], to_caller));
+        assert_eq!(
+            (data.as_slice(), from),
+            (&b"rtp-from-callee"[..], to_caller)
+        );
 
         // Another address sending to the caller-facing socket after latching: dropped.
         let stranger = sock().await;
@@ -701,11 +713,9 @@ mod tests {
             }
         }
 
-        assert!(
-            metrics
-                .value("relay_packets_total{direction=\"caller_to_callee\"}")
-                .is_some_and(|n| n >= 2)
-        );
+        assert!(metrics
+            .value("relay_packets_total{direction=\"caller_to_callee\"}")
+            .is_some_and(|n| n >= 2));
         assert_eq!(
             metrics.value("relay_packets_total{direction=\"callee_to_caller\"}"),
             Some(1)
@@ -759,7 +769,10 @@ mod tests {
             .update("c", "callee", true, &[ep(&sock().await)])
             .unwrap()
             .unwrap();
-        assert_eq!(a, c, "the caller's SDP always gets the callee-facing address");
+        assert_eq!(
+            a, c,
+            "the caller's SDP always gets the callee-facing address"
+        );
         assert_ne!(a, b);
         // A second allocation of the same call (a retransmission) finds the session.
         assert_eq!(e.allocate("c", "caller", &[ep(&sock().await)]).unwrap(), a);
@@ -791,7 +804,10 @@ mod tests {
             e.allocate("c1", "t", &[]).is_ok(),
             "calls in progress go on"
         );
-        assert_eq!(metrics.value("relay_refused_total{reason=\"full\"}"), Some(1));
+        assert_eq!(
+            metrics.value("relay_refused_total{reason=\"full\"}"),
+            Some(1)
+        );
         assert_eq!(
             metrics.value("relay_refused_total{reason=\"draining\"}"),
             Some(1)

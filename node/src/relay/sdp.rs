@@ -91,7 +91,11 @@ fn parse_conn(value: &str) -> Option<Addr> {
         Ok(ip) if ip.is_multicast() => None,
         Ok(ip) if (kind == "IP4") != ip.is_ipv4() => None,
         Ok(ip) => Some(Addr::Ip(ip)),
-        Err(_) if addr.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') => {
+        Err(_)
+            if addr
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
+        {
             Some(Addr::Name)
         }
         Err(_) => None,
@@ -426,7 +430,10 @@ m=video 3470 RTP/AVP 96\r\ni=camera\r\nc=IN IP4 203.0.113.6\r\na=rtpmap:96 H264/
         let out = sdp.rewrite(&[Some(sa("192.0.2.21:40010")), Some(sa("192.0.2.21:40014"))]);
         let want = answer
             .replace("m=audio 3456", "m=audio 40010")
-            .replace("c=IN IP4 203.0.113.5\r\na=rtcp:3460", "c=IN IP4 192.0.2.21\r\na=rtcp:40011")
+            .replace(
+                "c=IN IP4 203.0.113.5\r\na=rtcp:3460",
+                "c=IN IP4 192.0.2.21\r\na=rtcp:40011",
+            )
             .replace("m=video 3470", "m=video 40014")
             .replace("c=IN IP4 203.0.113.6", "c=IN IP4 192.0.2.21");
         assert_eq!(std::str::from_utf8(&out).unwrap(), want);
@@ -441,7 +448,11 @@ m=audio 5000 RTP/AVP 0\nm=video 5002 RTP/AVP 96\nc=IN IP4 10.0.0.2\n";
         let out = sdp.rewrite(&[Some(sa("192.0.2.1:40000")), Some(sa("192.0.2.1:40004"))]);
         let want = "v=0\no=- 1 1 IN IP4 10.0.0.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\n\
 m=audio 40000 RTP/AVP 0\nm=video 40004 RTP/AVP 96\nc=IN IP4 192.0.2.1\n";
-        assert_eq!(std::str::from_utf8(&out).unwrap(), want, "bare LF endings kept");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            want,
+            "bare LF endings kept"
+        );
     }
 
     #[test]
@@ -477,7 +488,10 @@ m=audio 5000 RTP/AVP 0\r\na=sendonly\r\n";
         let sdp = Sdp::parse(Bytes::from(body)).unwrap();
         assert_eq!(sdp.targets(), vec![None]);
         assert!(!sdp.has_targets());
-        assert_eq!(&sdp.rewrite(&[Some(sa("192.0.2.1:40000"))])[..], body.as_bytes());
+        assert_eq!(
+            &sdp.rewrite(&[Some(sa("192.0.2.1:40000"))])[..],
+            body.as_bytes()
+        );
     }
 
     #[test]
@@ -490,12 +504,16 @@ m=audio 6000 RTP/AVP 0\r\nc=IN IP6 2001:db8::1\r\na=rtcp:6001 IN IP6 2001:db8::2
         assert_eq!(t.rtcp, Some(sa("[2001:db8::2]:6001")));
         let out = sdp.rewrite(&[Some(sa("192.0.2.1:40000"))]);
         let s = std::str::from_utf8(&out).unwrap();
-        assert!(s.contains("\r\nc=IN IP4 192.0.2.1\r\na=rtcp:40001 IN IP4 192.0.2.1\r\n"), "{s}");
+        assert!(
+            s.contains("\r\nc=IN IP4 192.0.2.1\r\na=rtcp:40001 IN IP4 192.0.2.1\r\n"),
+            "{s}"
+        );
     }
 
     #[test]
     fn host_names_are_relayed_without_a_known_address() {
-        let body = "v=0\r\ns=-\r\nc=IN IP4 phone.example.test\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+        let body =
+            "v=0\r\ns=-\r\nc=IN IP4 phone.example.test\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
         let sdp = Sdp::parse(Bytes::from(body)).unwrap();
         assert_eq!(
             sdp.targets(),
@@ -515,7 +533,11 @@ m=audio 6000 RTP/AVP 0\r\nc=IN IP6 2001:db8::1\r\na=rtcp:6001 IN IP6 2001:db8::2
         let body = "v=0\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0";
         let sdp = Sdp::parse(Bytes::from(body)).unwrap();
         assert_eq!(&sdp.rewrite(&[None])[..], body.as_bytes());
-        assert_eq!(&sdp.rewrite(&[])[..], body.as_bytes(), "wrong length: unchanged");
+        assert_eq!(
+            &sdp.rewrite(&[])[..],
+            body.as_bytes(),
+            "wrong length: unchanged"
+        );
         let out = sdp.rewrite(&[Some(sa("192.0.2.1:40000"))]);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
@@ -530,8 +552,8 @@ m=audio 6000 RTP/AVP 0\r\nc=IN IP6 2001:db8::1\r\na=rtcp:6001 IN IP6 2001:db8::2
             "hello",
             "v=1\r\nm=audio 5000 RTP/AVP 0\r\n",
             "s=-\r\nv=0\r\n",
-            "v=0\r\nm=audio 5000 RTP/AVP 0\r\n",                       // no address at all
-            "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 70000 RTP/AVP 0\r\n",  // port out of range
+            "v=0\r\nm=audio 5000 RTP/AVP 0\r\n", // no address at all
+            "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 70000 RTP/AVP 0\r\n", // port out of range
             "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 5000/2 RTP/AVP 0\r\n", // port count
             "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio five RTP/AVP 0\r\n",
             "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 5000\r\n",
