@@ -38,7 +38,7 @@
 #      KAM_CHILDREN=4, N=150000, LIMIT=200, COUNT=15000, REG_SECS=300 CALL_SECS=120 (safety
 #      timeouts only), LOAD_MAX=1.5 LOAD_WAIT=900 LOAD_WAIT_EACH=60,
 #      WORK=/tmp/onehop-bench-sip (farm, Kamailio state, raw SIPp output), SKIP_BUILD=1,
-#      SKIP_INSTALL=1, FARM_BIN (an onehop-farm built elsewhere), PERF=1 (perf record 10 s on
+#      SKIP_INSTALL=1, SERVERS="onehop" (one server only), FARM_BIN (an onehop-farm built elsewhere), PERF=1 (perf record 10 s on
 #      each node during the onehop REGISTER run, if perf works here)
 set -uo pipefail
 
@@ -398,6 +398,9 @@ for mode in $MODES; do
     if [ "$mode" = pinned ]; then SRV_CPU=1; GEN_CPU=0; else SRV_CPU=""; GEN_CPU=""; fi
     for rep in $(seq "$REPS"); do
         if [ $((rep % 2)) = 1 ]; then order="onehop kamailio"; else order="kamailio onehop"; fi
+        if [ -n "${SERVERS:-}" ]; then
+            order=$(for s in $order; do [[ " $SERVERS " == *" $s "* ]] && printf '%s ' "$s"; done)
+        fi
         for group in "${BGROUPS[@]}"; do
             for server in $order; do
                 run_group "$mode" "$server" "$rep" "$group"

@@ -6,6 +6,11 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// mimalloc: the SIP and store paths allocate per message, and glibc's malloc cost a tenth of a
+/// node's CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let prog = args

@@ -41,6 +41,10 @@ use crate::sip::transaction::{
 use crate::sip::{parse_with, reply, Limits, Message, Method, Request, Response, Uri};
 use crate::view::View;
 
+/// The core's tables: keyed by what arrives from the network (Via branches), so with a
+/// per-process random seed (foldhash), which is several times cheaper than std's SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Where a message goes (or came from).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hop {
@@ -202,14 +206,14 @@ pub struct Core {
     resolver: Option<SipResolver>,
     view: watch::Receiver<Arc<View>>,
     tx: mpsc::Sender<Event>,
-    servers: HashMap<TransactionKey, ServerEntry>,
-    clients: HashMap<TransactionKey, ClientEntry>,
-    completed: HashMap<TransactionKey, Completed>,
+    servers: Map<TransactionKey, ServerEntry>,
+    clients: Map<TransactionKey, ClientEntry>,
+    completed: Map<TransactionKey, Completed>,
     /// INVITE server transactions after a 2xx (RFC 6026 Accepted): where responses go.
-    lingering_servers: HashMap<TransactionKey, Hop>,
+    lingering_servers: Map<TransactionKey, Hop>,
     /// Client transactions after their final response (INVITE after a 2xx, non-INVITE in
     /// Completed): the server transaction further 2xx go up to.
-    lingering_clients: HashMap<TransactionKey, Option<TransactionKey>>,
+    lingering_clients: Map<TransactionKey, Option<TransactionKey>>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerRef)>>,
     seq: u64,
     pending: usize,
@@ -277,11 +281,11 @@ pub fn start(
         resolver,
         view,
         tx: tx.clone(),
-        servers: HashMap::new(),
-        clients: HashMap::new(),
-        completed: HashMap::new(),
-        lingering_servers: HashMap::new(),
-        lingering_clients: HashMap::new(),
+        servers: Map::default(),
+        clients: Map::default(),
+        completed: Map::default(),
+        lingering_servers: Map::default(),
+        lingering_clients: Map::default(),
         timers: BinaryHeap::new(),
         seq: 0,
         pending: 0,
@@ -1484,7 +1488,7 @@ impl Core {
     }
 }
 
-fn clients_empty(servers: &HashMap<TransactionKey, ServerEntry>, key: &TransactionKey) -> bool {
+fn clients_empty(servers: &Map<TransactionKey, ServerEntry>, key: &TransactionKey) -> bool {
     servers.get(key).is_some_and(|e| e.clients.is_empty())
 }
 
