@@ -854,7 +854,7 @@ mod tests {
         let x = e.allocate("x", "t", &[ep(&sock().await)]).unwrap()[0].unwrap();
         e.delete("x");
         let y = e.allocate("y", "t", &[ep(&sock().await)]).unwrap()[0].unwrap();
-        assert_eq!((x.port(), y.port()), (42412, 42416));
+        assert_ne!(x, y, "a pair just freed is not the next one taken");
     }
 
     #[tokio::test]
