@@ -144,7 +144,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                     }
                 }
                 ClientEvent::Up { server, addr } => {
-                    info!(%server, %addr, "event server session up");
+                    info!(peer = %onehop_overlay::logging::peer_label(Some(&server), addr), "event server session up");
                     up.insert(addr);
                     if stale {
                         stale = false;
@@ -160,7 +160,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                     reason,
                 } => {
                     if let Some(server) = server {
-                        warn!(%server, %addr, %reason, "event server session down");
+                        warn!(peer = %onehop_overlay::logging::peer_label(Some(&server), addr), %reason, "event server session down");
                     }
                     up.remove(&addr);
                     if up.is_empty() && !stale {

@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, warn, Instrument};
 
 use crate::answer::{answer_bytes, fit, resolve, size_limit, AnswerOptions, Outcome, Transport};
 use crate::zone::{Zone, ZoneConfig};
@@ -421,7 +421,7 @@ async fn udp_worker(socket: Arc<UdpSocket>, handler: Arc<DnsHandler>) {
         }
         if let Some(response) = handler.respond(&buf[..n], Transport::Udp) {
             if let Err(e) = socket.send_to(&response, src).await {
-                debug!(cause = %e, %src, "UDP send failed");
+                debug!(cause = %e, peer = %src, "UDP send failed");
             }
         }
     }
@@ -446,6 +446,7 @@ async fn tcp_accept(listener: TcpListener, handler: Arc<DnsHandler>, limits: Lim
             handler.metrics.tcp_refused.inc();
             if !warned {
                 warn!(
+                    %peer,
                     limit = limits.tcp_connections,
                     "DNS TCP connections at their limit: closing new ones"
                 );
@@ -457,12 +458,15 @@ async fn tcp_accept(listener: TcpListener, handler: Arc<DnsHandler>, limits: Lim
         warned = false;
         let handler = handler.clone();
         let idle = limits.tcp_idle_timeout;
-        conns.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = tcp_conn(stream, &handler, idle).await {
-                debug!(cause = %e, %peer, "DNS TCP connection ended");
+        conns.spawn(
+            async move {
+                let _permit = permit;
+                if let Err(e) = tcp_conn(stream, &handler, idle).await {
+                    debug!(cause = %e, "DNS TCP connection ended");
+                }
             }
-        });
+            .instrument(tracing::info_span!("dns_tcp", %peer)),
+        );
     }
 }
 

@@ -209,14 +209,14 @@ impl Hub {
                     if let Some(c) = &o.conn {
                         c.close(CloseCode::Replaced.varint(), b"replaced by a newer session");
                     }
-                    info!(member = %name, "older session replaced");
+                    info!(name = %name, "older session replaced");
                 }
             }
         }
         if let Some(s) = st.sessions.get_mut(&sid) {
             s.member = Some(member.clone());
         }
-        info!(member = %name, kind = %member.kind, ip = %member.ip, "member joined");
+        info!(name = %name, kind = %member.kind, ip = %member.ip, "member joined");
         self.counters.members.set(st.by_name.len() as i64);
         self.counters.sessions.set(st.sessions.len() as i64);
         self.emit_locked(&mut st, Payload::Member(MemberEvent::Joined(member)));
@@ -361,10 +361,10 @@ impl Hub {
         }
         self.counters.members.set(st.by_name.len() as i64);
         let ev = if s.left {
-            info!(member = %m.name, "member left");
+            info!(name = %m.name, "member left");
             MemberEvent::Left { name: m.name }
         } else {
-            info!(member = %m.name, %reason, "member lost");
+            info!(name = %m.name, %reason, "member lost");
             MemberEvent::Lost {
                 name: m.name,
                 reason: reason.to_string(),

@@ -18,6 +18,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use onehop_overlay::crl::CrlStore;
 use onehop_overlay::identity::Identity;
+use onehop_overlay::logging::peer_label;
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable};
 use onehop_overlay::tls::Credentials;
@@ -109,7 +110,11 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, conns: ConnTable, queu
             return;
         }
     };
-    let span = tracing::info_span!("session", peer = %id.name, kind = %id.kind, addr = %remote);
+    let span = tracing::info_span!(
+        "session",
+        peer = %peer_label(Some(&id.name), remote),
+        peer_kind = %id.kind
+    );
     conns.insert(id.clone(), conn.clone());
     session(conn.clone(), id, hub, queue).instrument(span).await;
     conns.remove(&conn);

@@ -131,12 +131,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 let Some(ev) = ev else { break };
                 let changed = match ev {
                     ClientEvent::Up { server, addr } => {
-                        info!(%server, %addr, "event server session up");
+                        info!(peer = %onehop_overlay::logging::peer_label(Some(&server), addr), "event server session up");
                         publisher.view.server_up(&server, addr);
                         true
                     }
                     ClientEvent::Down { server: Some(server), addr, reason } => {
-                        warn!(%server, %addr, %reason, "event server session down");
+                        warn!(peer = %onehop_overlay::logging::peer_label(Some(&server), addr), %reason, "event server session down");
                         publisher.view.server_down(&server);
                         true
                     }

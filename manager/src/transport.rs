@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use onehop_overlay::logging::peer_label;
 use onehop_overlay::net::{peer_identity, ConnTable};
 use onehop_overlay::status::Kind;
 use onehop_overlay::wire::{read_frame, CloseCode};
 use openraft::Raft;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::raft::{
     handle_rpc, ManagerNode, NodeId, RaftReply, RaftRpc, RaftTransport, TransportError, TypeConfig,
@@ -142,7 +143,7 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: Raft<TypeConfig>, table: Con
             let id = match peer_identity(&conn) {
                 Ok(id) if id.kind == Kind::Manager => id,
                 Ok(id) => {
-                    warn!(peer = %id.name, kind = %id.kind, "refused raft connection: not a manager certificate");
+                    warn!(peer = %peer_label(Some(&id.name), remote), peer_kind = %id.kind, "refused raft connection: not a manager certificate");
                     conn.close(CloseCode::Forbidden.varint(), b"only managers speak raft");
                     return;
                 }
@@ -153,39 +154,42 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: Raft<TypeConfig>, table: Con
                 }
             };
             table.insert(id.clone(), conn.clone());
+            let span = tracing::info_span!("raft", peer = %peer_label(Some(&id.name), remote));
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let raft = raft.clone();
-                let peer = id.name.clone();
-                tokio::spawn(async move {
-                    let body = match read_frame(&mut recv, MAX_RAFT_FRAME).await {
-                        Ok(Some(b)) => b,
-                        Ok(None) => return,
-                        Err(e) => {
-                            warn!(%peer, cause = %e, "closing raft stream: bad frame");
-                            let _ = recv.stop(e.close_code().varint());
-                            return;
+                tokio::spawn(
+                    async move {
+                        let body = match read_frame(&mut recv, MAX_RAFT_FRAME).await {
+                            Ok(Some(b)) => b,
+                            Ok(None) => return,
+                            Err(e) => {
+                                warn!(cause = %e, "closing raft stream: bad frame");
+                                let _ = recv.stop(e.close_code().varint());
+                                return;
+                            }
+                        };
+                        let rpc = match RaftRpc::decode(&body) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                warn!(cause = %e, "closing raft stream: malformed rpc");
+                                let _ = send.reset(CloseCode::Malformed.varint());
+                                return;
+                            }
+                        };
+                        let reply = handle_rpc(&raft, rpc).await;
+                        match reply.encode() {
+                            Ok(b) => {
+                                let mut frame = Vec::with_capacity(b.len() + 4);
+                                frame.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                                frame.extend_from_slice(&b);
+                                let _ = send.write_all(&frame).await;
+                                let _ = send.finish();
+                            }
+                            Err(e) => debug!(cause = %e, "cannot encode raft reply"),
                         }
-                    };
-                    let rpc = match RaftRpc::decode(&body) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            warn!(%peer, cause = %e, "closing raft stream: malformed rpc");
-                            let _ = send.reset(CloseCode::Malformed.varint());
-                            return;
-                        }
-                    };
-                    let reply = handle_rpc(&raft, rpc).await;
-                    match reply.encode() {
-                        Ok(b) => {
-                            let mut frame = Vec::with_capacity(b.len() + 4);
-                            frame.extend_from_slice(&(b.len() as u32).to_be_bytes());
-                            frame.extend_from_slice(&b);
-                            let _ = send.write_all(&frame).await;
-                            let _ = send.finish();
-                        }
-                        Err(e) => debug!(cause = %e, "cannot encode raft reply"),
                     }
-                });
+                    .instrument(span.clone()),
+                );
             }
             table.remove(&conn);
         });

@@ -191,14 +191,14 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
                     }
                 }
                 ClientEvent::Up { server, addr } => {
-                    info!(%server, %addr, "event server session up")
+                    info!(peer = %onehop_overlay::logging::peer_label(Some(&server), addr), "event server session up")
                 }
                 ClientEvent::Down {
                     server: Some(server),
                     addr,
                     reason,
                 } => {
-                    warn!(%server, %addr, %reason, "event server session down")
+                    warn!(peer = %onehop_overlay::logging::peer_label(Some(&server), addr), %reason, "event server session down")
                 }
                 ClientEvent::Down { .. } => {}
             }

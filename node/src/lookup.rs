@@ -27,7 +27,7 @@ use onehop_overlay::ring::{lookup_key, position};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::view::View;
 
@@ -203,12 +203,15 @@ pub async fn serve(
         let view = view.clone();
         let served = served.clone();
         let holds = holds.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = connection(sock, view, served, holds).await {
-                debug!(%peer, cause = %e, "lookup connection ended");
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                if let Err(e) = connection(sock, view, served, holds).await {
+                    debug!(cause = %e, "lookup connection ended");
+                }
             }
-        });
+            .instrument(tracing::info_span!("lookup", %peer)),
+        );
     }
 }
 

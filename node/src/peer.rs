@@ -56,6 +56,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use onehop_overlay::identity::Identity;
+use onehop_overlay::logging::peer_label;
 use onehop_overlay::net::{describe_handshake_error, peer_identity, ConnTable};
 use onehop_overlay::status::{Kind, Member};
 use onehop_overlay::wire::{read_frame, CloseCode, MAX_FRAME};
@@ -366,7 +367,7 @@ impl PeerNet {
             Ok(answer) => Ok(answer),
             Err(Attempt::Unsent(e)) if cached => {
                 // The cached connection had died: try once on a new one.
-                debug!(peer = %peer, cause = %e, "cached peer connection was dead; reconnecting");
+                debug!(peer = %peer_label(Some(&peer.name), peer.addr), cause = %e, "cached peer connection was dead; reconnecting");
                 self.drop_conn(&peer.name, &conn);
                 let (conn, _) = self.connection(peer).await?;
                 self.exchange(&conn, service, body)
@@ -626,7 +627,7 @@ pub async fn serve(
             let id = match peer_identity(&conn) {
                 Ok(id) if id.kind == Kind::Node => id,
                 Ok(id) => {
-                    warn!(peer = %id.name, kind = %id.kind, addr = %remote, "refused peer connection: a {} certificate; only node certificates may use the peer port", id.kind);
+                    warn!(peer = %peer_label(Some(&id.name), remote), peer_kind = %id.kind, "refused peer connection: a {} certificate; only node certificates may use the peer port", id.kind);
                     conn.close(
                         CloseCode::Forbidden.varint(),
                         b"only node certificates may use the peer port",
@@ -639,7 +640,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let span = tracing::info_span!("peer", peer = %id.name, addr = %remote);
+            let span = tracing::info_span!("peer", peer = %peer_label(Some(&id.name), remote));
             table.insert(id.clone(), conn.clone());
             serve_connection(&conn, Arc::new(id), &handlers, config, &streams, &shutdown)
                 .instrument(span)

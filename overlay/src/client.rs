@@ -15,9 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::crl::CrlStore;
+use crate::logging::peer_label;
 use crate::net::{peer_identity, ConnTable};
 use crate::status::Kind;
 use crate::wire::{
@@ -149,7 +150,10 @@ impl EventClient {
         for (addr, (server, tx)) in links.iter() {
             match tx.try_send(Outgoing::Frame(frame.clone())) {
                 Ok(()) => n += 1,
-                Err(_) => warn!(%addr, %server, "outgoing queue full: publication dropped"),
+                Err(_) => warn!(
+                    peer = %peer_label(Some(server), *addr),
+                    "outgoing queue full: publication dropped"
+                ),
             }
         }
         n
@@ -240,9 +244,9 @@ impl EventClient {
                 return;
             }
             if server.is_some() {
-                info!(%addr, server = server.as_deref().unwrap_or("?"), %reason, "event server session ended");
+                info!(peer = %peer_label(server.as_deref(), addr), %reason, "event server session ended");
             } else {
-                debug!(%addr, %reason, "cannot reach event server");
+                debug!(peer = %addr, %reason, "cannot reach event server");
             }
             if started.elapsed() > Duration::from_secs(5) {
                 backoff = Duration::from_millis(50);
@@ -291,7 +295,11 @@ impl EventClient {
         }
         let server = id.name.clone();
         self.inner.conns.insert(id, conn.clone());
-        let result = self.run_session(&conn, &server, addr, opts, tx).await;
+        let span = tracing::info_span!("eventserver", peer = %peer_label(Some(&server), addr));
+        let result = self
+            .run_session(&conn, &server, addr, opts, tx)
+            .instrument(span)
+            .await;
         self.inner.conns.remove(&conn);
         self.inner.links.lock().expect("links").remove(&addr);
         conn.close(CloseCode::Normal.varint(), b"bye");

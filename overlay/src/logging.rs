@@ -69,7 +69,8 @@ pub fn peer_label(name: Option<&str>, addr: SocketAddr) -> String {
 }
 
 /// Sets up `tracing` on stderr in `format`, filtered by `RUST_LOG` (default `info`, with
-/// openraft's own lines off). Does nothing if a subscriber is already set.
+/// openraft's own lines off); text is coloured only on a terminal. Does nothing if a
+/// subscriber is already set.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off"));
@@ -78,6 +79,7 @@ pub fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder
+            .with_ansi(colour())
             .event_format(HumanLines {
                 inner: Format::default().with_target(false),
             })
@@ -89,6 +91,13 @@ pub fn init_tracing(format: LogFormat) {
             .fmt_fields(JsonFields::new())
             .try_init(),
     };
+}
+
+/// Colours only on a terminal, and not with `NO_COLOR` set: log files and journals get plain
+/// text.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Text lines: the member's name, then tracing-subscriber's usual line.
@@ -235,5 +244,122 @@ where
             obj.put(&k, v);
         }
         obj.write(&mut writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    impl Buf {
+        fn lines(&self) -> Vec<String> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect()
+        }
+    }
+
+    fn log_some_lines() {
+        let addr: SocketAddr = "10.0.0.8:40412".parse().unwrap();
+        tracing::info!("no span");
+        let span = tracing::info_span!("conn", peer = %peer_label(Some("node2"), addr));
+        let _g = span.enter();
+        let inner = tracing::info_span!("call", service = "store");
+        let _i = inner.enter();
+        tracing::warn!(member = "node3", n = 3, ok = true, "joined");
+    }
+
+    #[test]
+    fn json_lines_are_flat_objects_naming_member_and_peer() {
+        set_member("node1", "node");
+        let buf = Buf::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(buf.clone())
+            .event_format(JsonLines)
+            .fmt_fields(JsonFields::new())
+            .finish();
+        tracing::subscriber::with_default(sub, log_some_lines);
+        let lines: Vec<serde_json::Value> = buf
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for l in &lines {
+            assert_eq!(l["member"], "node1");
+            assert_eq!(l["member_kind"], "node");
+            assert!(l["timestamp"].is_string());
+        }
+        assert_eq!(lines[0]["message"], "no span");
+        assert!(lines[0].get("peer").is_none());
+        let l = &lines[1];
+        assert_eq!(l["level"], "WARN");
+        assert_eq!(l["span"], "conn:call");
+        assert_eq!(l["peer"], "node2@10.0.0.8:40412");
+        assert_eq!(l["service"], "store");
+        assert_eq!(l["n"], 3);
+        assert_eq!(l["ok"], true);
+        assert_eq!(l["message"], "joined");
+        // A field named like a fixed key does not overwrite it.
+        assert_eq!(l["field_member"], "node3");
+        // The fixed keys come first.
+        let text = &buf.lines()[1];
+        assert!(
+            text.starts_with("{\"timestamp\":") && text.contains("\"level\":\"WARN\",\"member\":"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn human_lines_start_with_the_member() {
+        set_member("node1", "node");
+        let buf = Buf::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(buf.clone())
+            .with_ansi(false)
+            .event_format(HumanLines {
+                inner: Format::default().with_target(false).with_ansi(false),
+            })
+            .fmt_fields(DefaultFields::new())
+            .finish();
+        tracing::subscriber::with_default(sub, log_some_lines);
+        let lines = buf.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().all(|l| l.starts_with("node1 ")), "{lines:?}");
+        assert!(
+            lines[1].contains("conn{peer=node2@10.0.0.8:40412}:call{service=\"store\"}: joined"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn peer_labels() {
+        let addr: SocketAddr = "[::1]:5060".parse().unwrap();
+        assert_eq!(peer_label(Some("es1"), addr), "es1@[::1]:5060");
+        assert_eq!(peer_label(None, addr), "[::1]:5060");
     }
 }

@@ -167,13 +167,17 @@ impl ConnTable {
     }
 
     /// Closes every connection whose peer serial is revoked; returns their names.
+    /// Returns each closed peer as `NAME@ADDR` (see [`crate::logging::peer_label`]).
     pub fn close_revoked(&self, crl: &CrlState) -> Vec<String> {
         let mut closed = Vec::new();
         let mut map = self.inner.lock().expect("conn table");
         map.retain(|_, (id, conn)| {
             if crl.is_revoked(&id.serial) {
                 conn.close(CloseCode::Revoked.varint(), b"certificate revoked");
-                closed.push(id.name.clone());
+                closed.push(crate::logging::peer_label(
+                    Some(&id.name),
+                    conn.remote_address(),
+                ));
                 false
             } else {
                 true
@@ -216,8 +220,8 @@ pub fn spawn_crl_enforcer(
                 Ok(cfg) => endpoint.set_default_client_config(cfg),
                 Err(e) => warn!(cause = %e, "cannot rebuild client config for new CRL"),
             }
-            for name in conns.close_revoked(&state) {
-                info!(peer = %name, "closed connection: peer certificate revoked");
+            for peer in conns.close_revoked(&state) {
+                info!(%peer, "closed connection: peer certificate revoked");
             }
         }
     })

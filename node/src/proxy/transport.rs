@@ -225,7 +225,7 @@ impl Transports {
                         },
                     };
                     if self.inbound.try_send(msg).is_err() {
-                        debug!(%remote, "inbound queue full: datagram dropped");
+                        debug!(peer = %remote, "inbound queue full: datagram dropped");
                     }
                 }
                 Err(e) => debug!(cause = %e, "udp receive"),
@@ -242,7 +242,7 @@ impl Transports {
             match r {
                 Ok((sock, remote)) => {
                     let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                        warn!(%remote, "SIP TCP connection refused: connection limit reached");
+                        warn!(peer = %remote, "SIP TCP connection refused: connection limit reached");
                         continue;
                     };
                     let me = self.clone();
@@ -279,7 +279,7 @@ impl Transports {
                 }
             };
             let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                warn!(%remote, "SIP TLS connection refused: connection limit reached");
+                warn!(peer = %remote, "SIP TLS connection refused: connection limit reached");
                 continue;
             };
             let me = self.clone();
@@ -292,7 +292,7 @@ impl Transports {
                 {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        debug!(%remote, cause = %e, "SIP TLS handshake failed");
+                        debug!(peer = %remote, cause = %e, "SIP TLS handshake failed");
                         return;
                     }
                     Err(_) => return,
@@ -402,13 +402,13 @@ impl Transports {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            debug!(%remote, cause = %e, "closing SIP TCP connection");
+                            debug!(peer = %remote, cause = %e, "closing SIP TCP connection");
                             return;
                         }
                     }
                 }
                 if buf.len() > self.cfg.max_message {
-                    debug!(%remote, "closing SIP TCP connection: message over the size cap");
+                    debug!(peer = %remote, "closing SIP TCP connection: message over the size cap");
                     return;
                 }
             }
