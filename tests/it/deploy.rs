@@ -11,7 +11,9 @@
 //! - the nine-host farm of the guide, moved onto loopback addresses, forms, serves the SIP
 //!   domain's NAPTR/SRV records, and keeps every registration through the rolling upgrade the
 //!   guide describes, step by step with the guide's checks; the guide's certificate rotation and
-//!   revocation do what it says.
+//!   revocation do what it says; its parent-zone delegation names the name servers the farm
+//!   answers with, and its console examples (`dig +short`, the lookup interface) print what the
+//!   guide shows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -1048,9 +1050,15 @@ impl LiveFarm {
         Lookup::connect(SocketAddr::new(self.ip(node), 9500))
     }
 
+    /// `(term, version, manager)` a node holds (`None` before its first status).
+    fn try_status(&self, node: &str) -> Option<(u64, u64, String)> {
+        parse_status(&self.lookup(node).ask("status"))
+    }
+
     /// `(term, version, manager)` a node holds.
     fn status_at(&self, node: &str) -> (u64, u64, String) {
-        parse_status(&self.lookup(node).ask("status")).expect("status")
+        self.try_status(node)
+            .unwrap_or_else(|| panic!("{node} holds no network status"))
     }
 
     fn metric(&self, name: &str, key: &str, metric: &str) -> Option<i64> {
@@ -1087,9 +1095,9 @@ impl LiveFarm {
             Duration::from_secs(20),
             &format!("every binding on its 2 replicas among {nodes:?} after {after}"),
             || {
-                let statuses: BTreeSet<(u64, u64, String)> =
-                    nodes.iter().map(|n| self.status_at(n)).collect();
-                if statuses.len() != 1 {
+                let statuses: BTreeSet<Option<(u64, u64, String)>> =
+                    nodes.iter().map(|n| self.try_status(n)).collect();
+                if statuses.len() != 1 || statuses.contains(&None) {
                     return false;
                 }
                 let want: Vec<BTreeSet<&str>> = self
@@ -1256,10 +1264,97 @@ fn register(proxy: SocketAddr, users: &[String]) -> Vec<u16> {
     codes
 }
 
+/// The `$ command` lines of the guide's console examples, each with the output shown under it.
+fn console_examples(md: &str) -> Vec<(String, Vec<String>, usize)> {
+    let mut out: Vec<(String, Vec<String>, usize)> = Vec::new();
+    for b in code_blocks(md)
+        .into_iter()
+        .filter(|b| b.lang() == "console")
+    {
+        for line in b.body.lines() {
+            if let Some(cmd) = line.strip_prefix("$ ") {
+                out.push((cmd.to_string(), Vec::new(), b.line));
+            } else if let Some(last) = out.last_mut() {
+                if !line.trim().is_empty() {
+                    last.1.push(line.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs the guide's console examples of `dig +short` (at the first DNS member, when dig is
+/// installed) and of the lookup interface (`printf '...' | nc -q1 ADDR 9500`) against the live
+/// farm, and compares what they print with what the guide shows (addresses mapped; SRV answers
+/// in any order; a `status` line only by its form, since term, version and manager vary).
+fn check_console_examples(md: &str, dns: SocketAddr) -> usize {
+    let have_dig = Command::new("dig")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut checked = 0;
+    for (cmd, shown, line) in console_examples(md) {
+        let shown: Vec<String> = shown.iter().map(|l| live_ip(l)).collect();
+        if let Some(q) = cmd.strip_prefix("dig +short ") {
+            if !have_dig {
+                println!("NOTE: dig is not installed; `{cmd}` (guide line {line}) not run");
+                continue;
+            }
+            let out = Command::new("dig")
+                .arg(format!("@{}", dns.ip()))
+                .args(["-p", &dns.port().to_string(), "+short", "+norecurse"])
+                .args(q.split_whitespace())
+                .output()
+                .unwrap();
+            let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(String::from)
+                .collect();
+            let mut want = shown.clone();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "`{cmd}` (guide line {line})");
+            checked += 1;
+        } else if let Some(rest) = cmd.strip_prefix("printf '") {
+            let (requests, tail) = rest.split_once("' | nc -q1 ").expect("printf ... | nc");
+            let (ip, port) = tail.split_once(' ').expect("nc ADDR PORT");
+            assert_eq!(port, "9500", "guide line {line}");
+            let requests: Vec<String> = requests
+                .split("\\r\\n")
+                .filter(|r| !r.is_empty())
+                .map(String::from)
+                .collect();
+            let addr = SocketAddr::new(live_ip(ip).parse().unwrap(), 9500);
+            let got = Lookup::connect(addr).ask_many(&requests);
+            assert_eq!(
+                got.len(),
+                shown.len(),
+                "`{cmd}` (guide line {line}): {got:?}"
+            );
+            for ((req, g), w) in requests.iter().zip(&got).zip(&shown) {
+                if req == "status" {
+                    assert!(
+                        parse_status(g).is_some() && parse_status(w).is_some(),
+                        "`{req}` (guide line {line}): {g:?}, the guide shows {w:?}"
+                    );
+                } else {
+                    assert_eq!(g, w, "`{req}` (guide line {line})");
+                }
+            }
+            checked += 1;
+        } else {
+            panic!("guide line {line}: a console example this test does not know: {cmd}");
+        }
+    }
+    checked
+}
+
 /// The guide's nine-host farm, on loopback addresses: built from the guide's certificate
 /// commands and configuration files (the other hosts' files made by changing only the keys the
 /// guide lists), started as the units start it, whole in the monitor's status, with the NS,
-/// NAPTR and SRV records the guide shows; then 400 registrations, and the guide's rolling
+/// NAPTR and SRV records the guide shows (the parent zone's NS and glue agree; the console
+/// examples print what the guide shows); then 400 registrations, and the guide's rolling
 /// upgrade, step by step with the guide's checks: event servers restarted in place (each back
 /// with every member), managers not active restarted in place, the active one stopped until
 /// another is active in a higher term, DNS servers restarted in place (same SOA serial on both),
@@ -1341,14 +1436,47 @@ fn the_guides_farm_forms_keeps_every_binding_through_its_rolling_upgrade_and_rot
         );
     }
 
+    // The parent zone's delegation names the name servers the farm's DNS answers with, and
+    // its glue their addresses.
+    let blocks = code_blocks(&md);
+    let zone = blocks
+        .iter()
+        .find(|b| b.lang() == "zone")
+        .expect("the guide shows the parent zone's lines");
+    let mut ns = Vec::new();
+    let mut glue = BTreeMap::new();
+    for line in zone.body.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            [owner, _ttl, "IN", "NS", target] => {
+                assert_eq!(*owner, format!("{DOMAIN}."), "delegation of the SIP domain");
+                ns.push(target.to_string());
+            }
+            [owner, _ttl, "IN", "A", addr] => {
+                glue.insert(owner.to_string(), live_ip(addr));
+            }
+            _ => panic!("parent zone line not understood: {line}"),
+        }
+    }
+    ns.sort();
+    assert_eq!(
+        ns,
+        answers(dns[0], &format!("{DOMAIN}."), RecordType::NS),
+        "the parent's NS set and the farm's"
+    );
+    for target in &ns {
+        let name = target.split('.').next().unwrap();
+        assert_eq!(
+            glue.get(target),
+            Some(&farm.ip(name).to_string()),
+            "glue of {target}"
+        );
+    }
+
     // Registrations through node1, once every node holds the same status.
     eventually(Duration::from_secs(10), "one status on every node", || {
-        nodes
-            .iter()
-            .map(|n| farm.status_at(n))
-            .collect::<BTreeSet<_>>()
-            .len()
-            == 1
+        let statuses: BTreeSet<_> = nodes.iter().map(|n| farm.try_status(n)).collect();
+        statuses.len() == 1 && !statuses.contains(&None)
     });
     let aors: Vec<String> = (0..400).map(|i| format!("user{i}@{DOMAIN}")).collect();
     let proxy = SocketAddr::new(farm.ip("node1"), 5060);
@@ -1358,6 +1486,13 @@ fn the_guides_farm_forms_keeps_every_binding_through_its_rolling_upgrade_and_rot
         "REGISTER answers: {codes:?}"
     );
     farm.until_placed(&nodes, &aors, "registering");
+
+    // The guide's console examples, against this farm (alice registers as in the guide).
+    let alice = [format!("alice@{DOMAIN}")];
+    assert_eq!(register(proxy, &alice), [200], "REGISTER alice");
+    farm.until_placed(&nodes, &alice, "alice registering");
+    let checked = check_console_examples(&md, dns[0]);
+    println!("{checked} console examples of the guide checked against the farm");
 
     // Event servers, one at a time, in place.
     let members_per_es = (farm.members.len() - farm.names("eventserver").len()) as i64;
@@ -1466,7 +1601,6 @@ fn the_guides_farm_forms_keeps_every_binding_through_its_rolling_upgrade_and_rot
 
     // Certificate rotation, as the guide does it for node2: revoke and issue on the CA (the
     // guide's commands), stop, wait, swap, start; then the CA's new list on every host.
-    let blocks = code_blocks(&md);
     let old = farm.dir.path().join("old-node2");
     std::fs::create_dir_all(&old).unwrap();
     for f in ["node2.pem", "node2.key"] {
