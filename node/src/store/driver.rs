@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::coalesce::{Coalescer, SendFn};
 use super::entry::{Item, StoreKey};
 use super::machine::{Action, Batch, Input, Machine, Write};
 use super::messages::{Failure, Push, Request, Response, WriteOp};
@@ -67,6 +68,25 @@ pub(super) struct Inner {
     pub state: Mutex<State>,
     pub updaters: RwLock<HashMap<String, Arc<dyn Updater>>>,
     pub shutdown: CancellationToken,
+    /// Replication to each peer, coalesced while a call to it is in flight.
+    pub replicas: Arc<Coalescer<Result<Response, PeerError>>>,
+}
+
+/// The coalescer's sender: one `Replicate` call with the batch, to the member named.
+pub(super) fn replicate_sender(inner: Weak<Inner>) -> SendFn<Result<Response, PeerError>> {
+    Arc::new(move |peer: String, items: Vec<Item>| {
+        let inner = inner.clone();
+        let send: BoxFuture<'static, Result<Response, PeerError>> = Box::pin(async move {
+            let Some(inner) = inner.upgrade() else {
+                return Err(PeerError::Unreachable("the store has stopped".into()));
+            };
+            let timeout = inner.cfg.call_timeout;
+            inner
+                .call(&peer, encode(&Request::Replicate { items }), timeout)
+                .await
+        });
+        send
+    })
 }
 
 /// The [`PeerHandler`] of [`Service::Store`].
@@ -381,9 +401,6 @@ impl Inner {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let mut view = self.view.clone();
         view.borrow_and_update();
-        let body = encode(&Request::Replicate {
-            items: vec![item.clone()],
-        });
         let mut acked: HashSet<String> = HashSet::from([self.me.name.clone()]);
         loop {
             self.sync();
@@ -403,7 +420,7 @@ impl Inner {
             }
             let timeout = self.cfg.call_timeout.min(remaining);
             let answers =
-                join_all(pending.iter().map(|p| self.call(p, body.clone(), timeout))).await;
+                join_all(pending.iter().map(|p| self.replicate_to(p, &item, timeout))).await;
             let mut failed = false;
             for (p, answer) in pending.into_iter().zip(answers) {
                 match answer {
@@ -423,6 +440,24 @@ impl Inner {
             if failed {
                 pause(&mut view, deadline).await;
             }
+        }
+    }
+
+    /// Sends `item` to replica `peer` through the coalescer: with other entries written
+    /// meanwhile when a call to that peer is in flight, at once otherwise.
+    async fn replicate_to(
+        &self,
+        peer: &str,
+        item: &Item,
+        timeout: Duration,
+    ) -> Result<Response, PeerError> {
+        let rx = self.replicas.submit(peer, item.clone()).map_err(|_| {
+            PeerError::Unreachable(format!("{peer}: too many entries waiting to replicate"))
+        })?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(PeerError::Lost("the replication batch was dropped".into())),
+            Err(_) => Err(PeerError::Timeout),
         }
     }
 

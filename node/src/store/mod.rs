@@ -83,6 +83,7 @@
 //! - `driver`: the async side: serving requests, replicating, routing to the owner, carrying
 //!   out the machine's actions.
 
+mod coalesce;
 mod driver;
 pub mod entry;
 pub(crate) mod machine;
@@ -100,6 +101,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::peer::{PeerError, PeerHandler, PeerNet, Service};
 use crate::view::View;
+use coalesce::Coalescer;
 
 pub use entry::{Entry, Item, StoreKey, Version};
 
@@ -306,7 +308,8 @@ impl Store {
         shutdown: CancellationToken,
     ) -> Store {
         let machine = Machine::new(&identity.name, config.machine());
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|weak| Inner {
+            replicas: Coalescer::new(driver::replicate_sender(weak.clone())),
             cfg: config,
             me: identity,
             peer: peer.clone(),
