@@ -147,7 +147,6 @@ mod tests {
     use crate::store::entry::{Entry, StoreKey, Version};
     use bytes::Bytes;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::sync::Notify;
 
     fn item(i: usize, len: usize) -> Item {
         Item {
