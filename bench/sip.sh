@@ -38,7 +38,9 @@
 #      KAM_CHILDREN=4, N=150000, LIMIT=200, COUNT=15000, REG_SECS=300 CALL_SECS=120 (safety
 #      timeouts only), LOAD_MAX=1.5 LOAD_WAIT=900 LOAD_WAIT_EACH=60,
 #      WORK=/tmp/onehop-bench-sip (farm, Kamailio state, raw SIPp output), SKIP_BUILD=1,
-#      SKIP_INSTALL=1, SERVERS="onehop" (one server only), FARM_BIN (an onehop-farm built elsewhere), PERF=1 (perf record 10 s on
+#      SKIP_INSTALL=1, SERVERS="onehop" (one server only),
+#      FARM_ROLES=sip_proxy,registrar (the nodes' roles: signalling only, like the Kamailio
+#      set-up; add media_relay to measure calls with relay sessions), FARM_BIN (an onehop-farm built elsewhere), PERF=1 (perf record 10 s on
 #      each node during the onehop REGISTER run, if perf works here)
 set -uo pipefail
 
@@ -173,7 +175,7 @@ farm_start() {  # farm_start CPUSET
     farm_down
     local log="$1"
     timeout 180 "$FARM_BIN" up --detach --dir "$FARM" --base-ip "$BASE_IP" --nodes 3 --dns 0 \
-        >"$log" 2>&1 || { cat "$log" >&2; return 1; }
+        --roles "${FARM_ROLES:-sip_proxy,registrar}" >"$log" 2>&1 || { cat "$log" >&2; return 1; }
     FARM_UP=1
     NODE1_IP=$(farm_field node1 ip); NODE1_SIP=$(farm_field node1 sip)
     NODE2_IP=$(farm_field node2 ip); NODE2_SIP=$(farm_field node2 sip)
