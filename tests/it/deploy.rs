@@ -1153,8 +1153,7 @@ impl Drop for LiveFarm {
             ));
             let _ = std::fs::create_dir_all(&keep);
             for (name, m) in &self.members {
-                let _ = std::fs::copy(&m.log, keep.join(format!("{name}.log")));
-                let _ = m.host;
+                let _ = std::fs::copy(&m.log, keep.join(format!("{}-{name}.log", m.host)));
             }
             eprintln!("logs of the failed farm kept in {}", keep.display());
         }
