@@ -240,6 +240,10 @@ fn spawn_stats(
     stop: CancellationToken,
 ) {
     let stored = metrics.gauge("store_entries", "Entries held in the replicated store.");
+    let aors = metrics.gauge(
+        "registrar_aors",
+        "AORs with live bindings held on this node (as their owner or a replica).",
+    );
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         // Relayed packets counted at the last tick, for packets_per_s.
@@ -250,7 +254,12 @@ fn spawn_stats(
                 _ = stop.cancelled() => return,
             }
             stored.set(store.local_len() as i64);
-            let mut figures = vec![("store_entries".to_string(), store.local_len() as f64)];
+            let registered = store.local_len_role("registrar");
+            aors.set(registered as i64);
+            let mut figures = vec![
+                ("store_entries".to_string(), store.local_len() as f64),
+                ("bindings".to_string(), registered as f64),
+            ];
             for name in [
                 "lookups_total",
                 "sip_requests_total",

@@ -380,7 +380,8 @@ async fn concurrent_updates_from_several_nodes_lose_nothing() {
 
     let keys: Vec<String> = (0..4).map(|i| format!("counter{i}@example.test")).collect();
     const PER_TASK: usize = 40;
-    const TASKS_PER_NODE: usize = 3;
+    // Enough tasks that more than 4 writes to one owner are in flight: they leave in batches.
+    const TASKS_PER_NODE: usize = 8;
     let mut tasks = Vec::new();
     for n in &nodes {
         for t in 0..TASKS_PER_NODE {

@@ -12,6 +12,7 @@ mod failover;
 mod farm;
 mod frames;
 mod interdomain;
+mod metrics;
 mod monitor;
 mod registrar_crash;
 mod relay;

@@ -1,15 +1,16 @@
-//! Replication writes to one peer, coalesced: while [`MAX_IN_FLIGHT`] `Replicate` calls to a
-//! peer are in flight, the entries written meanwhile for that peer queue up and leave together
-//! in the next call.
+//! Store calls to one peer, coalesced: while [`MAX_IN_FLIGHT`] calls to a peer are in flight,
+//! the requests made meanwhile for that peer queue up and leave together in the next call.
+//! Two uses: an owner's `Replicate` writes to each replica (a batch is one `Replicate` with
+//! many entries), and a node's writes to the owners of keys (a batch is one `Batch` request).
 //!
-//! Under load (thousands of REGISTERs a second, each copied to the next registrar) this turns
-//! one QUIC stream, a few packets and a wake-up per entry into one per batch; below that many
-//! calls in flight an entry leaves at once, so a lone write waits for nothing. Each waiter gets the
-//! answer to the call that carried its entry (a `Held` acknowledges every entry of the batch).
+//! Under load (thousands of REGISTERs a second, each sent to its AOR's owner and copied to the
+//! next registrar) this turns one QUIC stream, a few packets and a wake-up per request into one
+//! per batch; below that many calls in flight a request leaves at once, so a lone write waits
+//! for nothing. Each waiter gets its own answer from the call that carried its request.
 //!
-//! Bounds: at most [`MAX_BATCH`] entries or [`MAX_BATCH_BYTES`] (estimated) per call, and at
-//! most [`MAX_QUEUED`] entries waiting per peer; past that, [`Coalescer::submit`] refuses and
-//! the caller treats the peer as not holding the entry (the replication loop retries).
+//! Bounds: at most [`MAX_BATCH`] requests or [`MAX_BATCH_BYTES`] (estimated) per call, and at
+//! most [`MAX_QUEUED`] waiting per peer; past that, [`Coalescer::submit`] refuses and the
+//! caller treats the request as not sent.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::entry::Item;
+use super::messages::{Request, WriteOp};
 
 /// Most entries in one call.
 pub const MAX_BATCH: usize = 128;
@@ -28,45 +30,74 @@ pub const MAX_QUEUED: usize = 20_000;
 /// Most calls in flight to one peer; more entries wait and coalesce.
 pub const MAX_IN_FLIGHT: usize = 4;
 
-/// Sends one batch to a peer and returns the answer every entry of the batch gets.
-pub type SendFn<R> = Arc<dyn Fn(String, Vec<Item>) -> BoxFuture<'static, R> + Send + Sync>;
+/// Sends one batch to a peer and returns one answer per request, in order (fewer answers than
+/// requests leave the rest of the waiters without one: their receivers fail).
+pub type SendFn<T, R> = Arc<dyn Fn(String, Vec<T>) -> BoxFuture<'static, Vec<R>> + Send + Sync>;
 
-struct Queue<R> {
-    waiting: VecDeque<(Item, oneshot::Sender<R>)>,
+/// A request's rough size on the wire, for the batch cap.
+pub trait Weigh {
+    /// Estimated encoded bytes.
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for Item {
+    fn weight(&self) -> usize {
+        self.key.role.len()
+            + self.key.key.len()
+            + self.entry.value.as_ref().map_or(0, |v| v.len())
+            + 64
+    }
+}
+
+impl Weigh for Request {
+    fn weight(&self) -> usize {
+        64 + match self {
+            Request::Write { key, op } => {
+                key.role.len()
+                    + key.key.len()
+                    + match op {
+                        WriteOp::Remove => 0,
+                        op => op.len(),
+                    }
+            }
+            Request::Get { key, .. } | Request::Fetch { key } => key.role.len() + key.key.len(),
+            // Not coalesced; a generous figure keeps them alone in a batch.
+            _ => MAX_BATCH_BYTES,
+        }
+    }
+}
+
+struct Queue<T, R> {
+    waiting: VecDeque<(T, oneshot::Sender<R>)>,
     /// Senders running (each with at most one call in flight).
     sending: usize,
 }
 
-/// Per-peer queues of entries to replicate.
-pub struct Coalescer<R> {
-    queues: Mutex<HashMap<String, Queue<R>>>,
-    send: SendFn<R>,
+/// Per-peer queues of requests.
+pub struct Coalescer<T, R> {
+    queues: Mutex<HashMap<String, Queue<T, R>>>,
+    send: SendFn<T, R>,
 }
 
 /// The entry was not queued: too many are waiting for that peer already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
-/// A rough size of an entry on the wire, for the batch cap.
-fn approx_len(item: &Item) -> usize {
-    item.key.role.len() + item.key.key.len() + item.entry.value.as_ref().map_or(0, |v| v.len()) + 64
-}
-
-impl<R: Clone + Send + 'static> Coalescer<R> {
+impl<T: Weigh + Send + 'static, R: Send + 'static> Coalescer<T, R> {
     /// Coalescer sending its batches with `send`.
-    pub fn new(send: SendFn<R>) -> Arc<Coalescer<R>> {
+    pub fn new(send: SendFn<T, R>) -> Arc<Coalescer<T, R>> {
         Arc::new(Coalescer {
             queues: Mutex::new(HashMap::new()),
             send,
         })
     }
 
-    /// Queues `item` for `peer`; the receiver gets the answer to the call that carries it (or
-    /// is dropped if the coalescer goes away first).
+    /// Queues `item` for `peer`; the receiver gets its answer from the call that carries it
+    /// (or fails if there is none).
     pub fn submit(
         self: &Arc<Self>,
         peer: &str,
-        item: Item,
+        item: T,
     ) -> Result<oneshot::Receiver<R>, QueueFull> {
         let (tx, rx) = oneshot::channel();
         let start = {
@@ -112,7 +143,7 @@ impl<R: Clone + Send + 'static> Coalescer<R> {
                 let mut batch = Vec::new();
                 let mut bytes = 0;
                 while let Some((item, _)) = q.waiting.front() {
-                    let len = approx_len(item);
+                    let len = item.weight();
                     if !batch.is_empty()
                         && (batch.len() >= MAX_BATCH || bytes + len > MAX_BATCH_BYTES)
                     {
@@ -125,10 +156,10 @@ impl<R: Clone + Send + 'static> Coalescer<R> {
                 }
                 batch
             };
-            let (items, waiters): (Vec<Item>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
-            let answer = (self.send)(peer.clone(), items).await;
-            for w in waiters {
-                let _ = w.send(answer.clone());
+            let (items, waiters): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
+            let answers = (self.send)(peer.clone(), items).await;
+            for (w, answer) in waiters.into_iter().zip(answers) {
+                let _ = w.send(answer);
             }
         }
     }
@@ -171,7 +202,7 @@ mod tests {
         gate: Arc<tokio::sync::Semaphore>,
         sizes: Arc<Mutex<Vec<usize>>>,
         most: Arc<AtomicUsize>,
-    ) -> SendFn<usize> {
+    ) -> SendFn<Item, usize> {
         let now = Arc::new(AtomicUsize::new(0));
         Arc::new(move |_peer, items| {
             let (gate, sizes, most, now) = (gate.clone(), sizes.clone(), most.clone(), now.clone());
@@ -181,7 +212,7 @@ mod tests {
                 gate.acquire().await.unwrap().forget();
                 now.fetch_sub(1, Ordering::SeqCst);
                 sizes.lock().unwrap().push(items.len());
-                items.len()
+                vec![items.len(); items.len()]
             })
         })
     }

@@ -529,6 +529,13 @@ impl Machine {
             .count()
     }
 
+    /// Entries of `role` with a live value here (as owner or replica).
+    pub fn local_len_role(&self, role: &str, now: u64) -> usize {
+        self.data.get(role).map_or(0, |m| {
+            m.values().filter(|e| e.live_value(now).is_some()).count()
+        })
+    }
+
     /// Keys of `role` with a live entry here, sorted.
     pub fn local_keys(&self, role: &str, now: u64) -> Vec<String> {
         self.data

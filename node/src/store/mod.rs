@@ -310,6 +310,7 @@ impl Store {
         let machine = Machine::new(&identity.name, config.machine());
         let inner = Arc::new_cyclic(|weak| Inner {
             replicas: Coalescer::new(driver::replicate_sender(weak.clone())),
+            owners: Coalescer::new(driver::owner_sender(weak.clone())),
             cfg: config,
             me: identity,
             peer: peer.clone(),
@@ -422,6 +423,14 @@ impl Store {
     /// Live entries held by this node (owned and replicas).
     pub fn local_len(&self) -> usize {
         self.inner.lock().machine.local_len(driver::now_ms())
+    }
+
+    /// Entries of `role` with a live value on this node (as owner or replica).
+    pub fn local_len_role(&self, role: &str) -> usize {
+        self.inner
+            .lock()
+            .machine
+            .local_len_role(role, driver::now_ms())
     }
 
     /// Keys of `role` with a live entry on this node, sorted.

@@ -1,0 +1,172 @@
+//! Every daemon of a real farm serves the Prometheus figures operators rely on (issue #5):
+//! status version, members per role and kind, lookups, SIP requests by method and responses
+//! by code, bindings, relay sessions, event-server queue depths and drops. The DNS figures
+//! (queries by type, responses by rcode) are checked in `dns.rs`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::harness::{until_all_nodes, wait_for, Farm};
+
+/// Every `onehop_*` figure a daemon serves on `addr`.
+fn scrape(addr: SocketAddr) -> Option<BTreeMap<String, i64>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with("onehop_"))
+            .filter_map(|l| {
+                let (name, v) = l.rsplit_once(' ')?;
+                Some((name.to_string(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+fn metrics_of(farm: &Farm, name: &str) -> BTreeMap<String, i64> {
+    let addr = farm
+        .file
+        .member(name)
+        .and_then(|m| m.addr("metrics"))
+        .unwrap_or_else(|| panic!("{name} serves no metrics"));
+    wait_for(Duration::from_secs(5), || scrape(addr))
+        .unwrap_or_else(|| panic!("{name}: no metrics at {addr}"))
+}
+
+/// A REGISTER of `user` from `from`, and whether it got 200.
+fn register(sock: &UdpSocket, proxy: SocketAddr, user: &str, n: u32) -> bool {
+    let from = sock.local_addr().unwrap();
+    let msg = format!(
+        "REGISTER sip:example.test SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {from};branch=z9hG4bK-m{n};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@example.test>;tag=m{n}\r\n\
+         To: <sip:{user}@example.test>\r\n\
+         Call-ID: m{n}@onehop-it\r\n\
+         CSeq: 1 REGISTER\r\n\
+         Contact: <sip:{user}@{from}>\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    sock.send_to(msg.as_bytes(), proxy).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 65_535];
+    while Instant::now() < deadline {
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let Ok((len, _)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&buf[..len]);
+        if text.contains(&format!("branch=z9hG4bK-m{n};")) && !text.starts_with("SIP/2.0 1") {
+            return text.starts_with("SIP/2.0 200");
+        }
+    }
+    false
+}
+
+#[test]
+fn every_daemon_serves_the_operators_figures() {
+    let farm = Farm::up("127.0.150.1", &["--nodes", "3", "--dns", "0"]);
+    let nodes = farm.names("node");
+    let mut lookups = farm.lookups();
+    let all = |a: &str| nodes.iter().all(|n| a.contains(&format!("{n}=")));
+    until_all_nodes(
+        &mut lookups,
+        "registrar",
+        Instant::now(),
+        Duration::from_secs(10),
+        all,
+    )
+    .expect("every node lists every registrar");
+
+    // 30 AORs registered through node1, and a lookup answered by node2.
+    let node1 = farm
+        .file
+        .member("node1")
+        .and_then(|m| m.addr("sip"))
+        .unwrap();
+    let sock = UdpSocket::bind("127.0.150.200:0").expect("client socket");
+    let aors = 30;
+    for i in 0..aors {
+        assert!(register(&sock, node1, &format!("m{i}"), i), "REGISTER m{i}");
+    }
+    let answer = farm
+        .lookup("node2")
+        .ask("lookup registrar for m0@example.test");
+    assert!(
+        answer.parse::<std::net::IpAddr>().is_ok(),
+        "lookup: {answer}"
+    );
+
+    // Nodes: status, members by role and kind, lookups, SIP by method and code, bindings
+    // (each AOR on R = 2 registrars, counted by the 2 s stats tick), relay sessions.
+    let held = wait_for(Duration::from_secs(10), || {
+        let total: i64 = nodes
+            .iter()
+            .map(|n| {
+                metrics_of(&farm, n)
+                    .get("onehop_registrar_aors")
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        (total == 2 * aors as i64).then_some(total)
+    });
+    assert_eq!(held, Some(2 * aors as i64), "every AOR on two registrars");
+    let n1 = metrics_of(&farm, "node1");
+    assert!(n1["onehop_status_version"] >= 1, "{n1:?}");
+    assert_eq!(n1["onehop_members_by_role{role=\"registrar\"}"], 3);
+    assert_eq!(n1["onehop_members_by_role{role=\"sip_proxy\"}"], 3);
+    assert_eq!(n1["onehop_members_by_kind{kind=\"node\"}"], 3);
+    assert_eq!(n1["onehop_members_by_kind{kind=\"eventserver\"}"], 3);
+    assert_eq!(
+        n1["onehop_sip_requests_by_method_total{method=\"REGISTER\"}"],
+        aors as i64
+    );
+    assert!(n1["onehop_sip_responses_total{code=\"200\"}"] >= aors as i64);
+    assert_eq!(n1.get("onehop_sip_overload_total"), Some(&0));
+    assert_eq!(
+        n1.get("onehop_relay_sessions"),
+        Some(&0),
+        "no call, no relay session"
+    );
+    assert!(
+        n1.keys()
+            .any(|k| k.starts_with("onehop_relay_packets_total")),
+        "relay packet counters served: {:?}",
+        n1.keys().collect::<Vec<_>>()
+    );
+    let n2 = metrics_of(&farm, "node2");
+    assert!(n2["onehop_lookups_total"] >= 1);
+
+    // Event servers: sessions, queue depths, drops.
+    for es in farm.names("eventserver") {
+        let m = metrics_of(&farm, &es);
+        // 3 nodes and 3 managers; event servers do not connect to each other.
+        assert_eq!(m["onehop_eventserver_sessions"], 6, "{es}: {m:?}");
+        assert!(m.contains_key("onehop_eventserver_queue_depth_max"), "{es}");
+        assert!(m.contains_key("onehop_eventserver_queued_events"), "{es}");
+        assert_eq!(m.get("onehop_eventserver_dropped_total"), Some(&0), "{es}");
+    }
+
+    // Managers: exactly one active, and the active one counts members by role.
+    let managers: Vec<_> = farm
+        .names("manager")
+        .iter()
+        .map(|m| metrics_of(&farm, m))
+        .collect();
+    let active: Vec<_> = managers
+        .iter()
+        .filter(|m| m.get("onehop_manager_active") == Some(&1))
+        .collect();
+    assert_eq!(active.len(), 1, "one active manager");
+    assert_eq!(active[0]["onehop_members_by_role{role=\"registrar\"}"], 3);
+    assert_eq!(active[0]["onehop_members_by_kind{kind=\"manager\"}"], 3);
+}
