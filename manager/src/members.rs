@@ -8,7 +8,7 @@
 //!
 //! This is a plain state machine: feed it events, read [`MemberView::members`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use onehop_overlay::status::{Endpoint, Kind, Member, NetworkStatus};
@@ -20,6 +20,8 @@ pub struct MemberView {
     per_server: BTreeMap<String, BTreeMap<String, SessionMember>>,
     reached: BTreeMap<String, SocketAddr>,
     since: HashMap<String, u64>,
+    /// Members that said goodbye (`Left`) since the last [`MemberView::take_departed`].
+    departed: BTreeSet<String>,
 }
 
 impl MemberView {
@@ -52,9 +54,27 @@ impl MemberView {
             MemberEvent::Joined(m) => {
                 sessions.insert(m.name.clone(), m.clone());
             }
-            MemberEvent::Left { name } | MemberEvent::Lost { name, .. } => {
+            MemberEvent::Left { name } => {
+                sessions.remove(name);
+                self.departed.insert(name.clone());
+            }
+            MemberEvent::Lost { name, .. } => {
                 sessions.remove(name);
             }
+        }
+    }
+
+    /// The members that said goodbye since the last call. One that is live again left and
+    /// came back (a restart in place): the publisher shows its departure before its return,
+    /// and it gets a new `since`.
+    pub fn take_departed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.departed)
+    }
+
+    /// Forgets when `names` were first seen: they are stamped anew (a new incarnation).
+    pub fn restamp(&mut self, names: &BTreeSet<String>) {
+        for n in names {
+            self.since.remove(n);
         }
     }
 
@@ -138,6 +158,31 @@ pub fn describe_changes(before: &[Member], after: &[Member]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_goodbye_is_remembered_until_taken_and_a_loss_is_not() {
+        let mut v = MemberView::default();
+        v.server_up("es1", "127.0.0.1:8000".parse().unwrap());
+        v.apply(
+            "es1",
+            &MemberEvent::Left {
+                name: "node2".into(),
+            },
+        );
+        v.apply(
+            "es1",
+            &MemberEvent::Lost {
+                name: "node3".into(),
+                reason: "idle".into(),
+            },
+        );
+        let taken = v.take_departed();
+        assert_eq!(
+            taken.into_iter().collect::<Vec<_>>(),
+            vec!["node2".to_string()]
+        );
+        assert!(v.take_departed().is_empty(), "taken once");
+    }
     use onehop_overlay::status::Role;
 
     fn sm(name: &str, ip: &str) -> SessionMember {

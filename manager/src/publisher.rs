@@ -8,9 +8,11 @@
 use onehop_overlay::client::EventClient;
 use onehop_overlay::daemon::now_ms;
 use onehop_overlay::metrics::{Metric, Metrics};
-use onehop_overlay::status::NetworkStatus;
+use std::collections::BTreeSet;
+
+use onehop_overlay::status::{Member, NetworkStatus};
 use onehop_overlay::wire::{Event, Level, LogEvent, Payload};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::members::{describe_changes, MemberView};
 
@@ -78,6 +80,23 @@ impl Publisher {
                 self.view.apply(&ev.origin, m);
                 true
             }
+            Payload::Network(s) if s.term == self.term && s.version > self.version => {
+                // A status of our term newer than ours can only be ours from before a restart:
+                // openraft may give a restarted leader its term back without an election. Go
+                // on above it, or every receiver would ignore our statuses as old ones.
+                warn!(
+                    term = s.term,
+                    version = s.version,
+                    ours = self.version,
+                    "a newer status of this term is out (published before a restart): continuing above it"
+                );
+                self.version = s.version;
+                self.last = None;
+                self.view.adopt_since(s);
+                self.m_term.set(s.term as i64);
+                self.m_version.set(s.version as i64);
+                self.active
+            }
             Payload::Network(s) if s.manager != self.name => {
                 self.view.adopt_since(s);
                 self.m_term.set(s.term as i64);
@@ -93,12 +112,40 @@ impl Publisher {
         if !self.active {
             return;
         }
-        let members = self.view.members(now_ms());
+        let mut members = self.view.members(now_ms());
+        let returned: BTreeSet<String> = self
+            .view
+            .take_departed()
+            .into_iter()
+            .filter(|n| members.iter().any(|m| &m.name == n))
+            .collect();
+        if !returned.is_empty() {
+            // They left and are back within one batch (restarted in place). Publish their
+            // departure first, so that every member sees it (the store copies their keys to the
+            // others, then hands them back to the new process, which starts empty); then their
+            // return, with a new `since`.
+            info!(members = ?returned, "members left and came back: publishing the departure first");
+            let interim: Vec<Member> = members
+                .iter()
+                .filter(|m| !returned.contains(&m.name))
+                .cloned()
+                .collect();
+            self.emit(client, interim, force);
+            self.view.restamp(&returned);
+            members = self.view.members(now_ms());
+            self.emit(client, members, false);
+            return;
+        }
         if let Some(last) = &self.last {
             if !force && last.term == self.term && last.members == members {
                 return;
             }
         }
+        self.emit(client, members, force);
+    }
+
+    /// Publishes `members` as the next version.
+    fn emit(&mut self, client: &EventClient, members: Vec<Member>, force: bool) {
         self.version += 1;
         let status = NetworkStatus {
             term: self.term,
@@ -175,5 +222,46 @@ mod tests {
         assert_eq!(p.version, 5, "a term's versions keep growing");
         assert!(p.leadership(true, 4));
         assert_eq!(p.version, 0);
+    }
+
+    fn status_event(manager: &str, term: u64, version: u64) -> Event {
+        Event {
+            origin: "es1".into(),
+            origin_kind: onehop_overlay::status::Kind::Eventserver,
+            seq: 1,
+            payload: Payload::Network(NetworkStatus {
+                term,
+                version,
+                manager: manager.into(),
+                members: Vec::new(),
+            }),
+        }
+    }
+
+    /// A leader restarted in place may get its term back from openraft; the statuses it
+    /// published before (retained by the event servers) have higher versions than its new
+    /// counter. It must go on above them.
+    #[test]
+    fn a_restarted_leader_continues_above_its_earlier_versions() {
+        let m = Metrics::default();
+        let mut p = Publisher::new("manager1".into(), &m);
+        assert!(p.leadership(true, 7));
+        assert_eq!(p.version, 0);
+        assert!(
+            p.on_event(&status_event("manager1", 7, 57)),
+            "an active manager republishes at once"
+        );
+        assert_eq!(p.version, 57, "the next status will be version 58");
+        assert!(
+            p.last.is_none(),
+            "the next publication is not skipped as unchanged"
+        );
+        // Its own next status echoed back changes nothing.
+        p.version = 58;
+        assert!(!p.on_event(&status_event("manager1", 7, 58)));
+        assert_eq!(p.version, 58);
+        // Statuses of other terms do not move the counter.
+        assert!(!p.on_event(&status_event("manager2", 6, 900)));
+        assert_eq!(p.version, 58);
     }
 }

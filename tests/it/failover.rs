@@ -10,7 +10,7 @@ use onehop_overlay::net::{self, ConnTable, Timing};
 use onehop_overlay::tls::{Credentials, TlsFiles};
 use onehop_overlay::wire::{Payload, Topic};
 
-use crate::harness::{wait_for, within_budget, Farm};
+use crate::harness::{until_all_nodes, wait_for, within_budget, Farm};
 
 /// Every `(term, version, manager)` received, in arrival order.
 type Recorded = Arc<Mutex<Vec<(u64, u64, String)>>>;
@@ -137,4 +137,57 @@ fn active_manager_killed_new_one_publishes_within_budget() {
         assert!((*t, *v) >= prev, "monitor saw {:?} after {prev:?}", (t, v));
         prev = (*t, *v);
     }
+}
+
+/// The active manager restarted in place (SIGTERM, started again as soon as it is gone, as
+/// `systemctl restart` does): openraft may give it its term back without an election, and its version counter
+/// starts again. Whoever is active afterwards, the farm must keep following membership: a node
+/// that leaves is out of every node's ring within the leave budget (slack for a loaded CI).
+#[test]
+fn active_manager_restarted_in_place_keeps_the_farm_following_membership() {
+    let mut farm = Farm::up("127.0.151.1", &["--nodes", "3", "--dns", "0"]);
+    let mut lookups = farm.lookups();
+    let (term0, version0, active) =
+        wait_for(Duration::from_secs(5), || lookups[0].1.status()).expect("status");
+    println!("active manager {active} in term {term0}, version {version0}");
+    // As `systemctl restart` does: SIGTERM, and as soon as the process is gone, start it.
+    let pid = farm.pid(&active);
+    farm.signal(&active, "-TERM");
+    let exited = wait_for(Duration::from_secs(5), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        (stat.is_empty() || zombie).then_some(())
+    });
+    assert!(exited.is_some(), "{active} stopped within 5 s");
+    farm.restart(&active);
+    // Wait until a manager is publishing again and the restarted one is back in the status.
+    let back = wait_for(Duration::from_secs(10), || {
+        farm.monitor_names()
+            .filter(|n| n.contains(&active))
+            .map(|_| ())
+    });
+    assert!(back.is_some(), "restarted {active} rejoined the status");
+    let after: Vec<_> = lookups.iter_mut().filter_map(|(_, l)| l.status()).collect();
+    println!("statuses held after the restart: {after:?}");
+
+    // node3 leaves: every remaining node must drop it from its ring.
+    let left = Instant::now();
+    farm.signal("node3", "-TERM");
+    let remaining: Vec<_> = lookups.into_iter().filter(|(n, _)| n != "node3").collect();
+    let mut remaining = remaining;
+    let took = until_all_nodes(
+        &mut remaining,
+        "registrar",
+        left,
+        Duration::from_secs(5),
+        |a| !a.contains("node3="),
+    );
+    within_budget(
+        "graceful leave after an in-place restart of the active manager",
+        took,
+        Duration::from_millis(200),
+        5.0,
+    );
 }

@@ -12,9 +12,14 @@ use onehop_overlay::farmfile::FarmFile;
 /// Farms start many processes on a 2-core machine: one at a time keeps timings honest.
 static FARM_LOCK: Mutex<()> = Mutex::new(());
 
-/// The farm launcher (which also runs every daemon through its links).
+/// The farm launcher (which also runs every daemon through its links): this build's, or the
+/// one named by `ONEHOP_FARM_BIN` (to run the tests against another build, say the one before
+/// a fix, to see a test fail).
 pub fn farm_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_onehop-farm"))
+    match std::env::var_os("ONEHOP_FARM_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_onehop-farm")),
+    }
 }
 
 /// A farm started with `--detach`, stopped on drop.

@@ -16,6 +16,7 @@ mod metrics;
 mod monitor;
 mod registrar_crash;
 mod relay;
+mod restart;
 mod security;
 mod sip;
 mod sip_tls;

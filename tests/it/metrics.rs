@@ -40,7 +40,7 @@ fn metrics_of(farm: &Farm, name: &str) -> BTreeMap<String, i64> {
 }
 
 /// A REGISTER of `user` from `from`, and whether it got 200.
-fn register(sock: &UdpSocket, proxy: SocketAddr, user: &str, n: u32) -> bool {
+pub(crate) fn register(sock: &UdpSocket, proxy: SocketAddr, user: &str, n: u32) -> bool {
     let from = sock.local_addr().unwrap();
     let msg = format!(
         "REGISTER sip:example.test SIP/2.0\r\n\
