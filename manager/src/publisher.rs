@@ -80,7 +80,11 @@ impl Publisher {
                 self.view.apply(&ev.origin, m);
                 true
             }
-            Payload::Network(s) if s.term == self.term && s.version > self.version => {
+            Payload::Network(s)
+                if s.term == self.term
+                    && s.version >= self.version
+                    && self.last.as_ref() != Some(s) =>
+            {
                 // A status of our term newer than ours can only be ours from before a restart:
                 // openraft may give a restarted leader its term back without an election. Go
                 // on above it, or every receiver would ignore our statuses as old ones.
@@ -256,10 +260,27 @@ mod tests {
             p.last.is_none(),
             "the next publication is not skipped as unchanged"
         );
-        // Its own next status echoed back changes nothing.
+        // Its own status echoed back changes nothing.
         p.version = 58;
+        if let Payload::Network(s) = status_event("manager1", 7, 58).payload {
+            p.last = Some(s);
+        }
         assert!(!p.on_event(&status_event("manager1", 7, 58)));
         assert_eq!(p.version, 58);
+        // One of the same version but not ours (published before the restart): above it.
+        let mut other = status_event("manager1", 7, 58);
+        if let Payload::Network(s) = &mut other.payload {
+            s.members.push(onehop_overlay::status::Member {
+                name: "node9".into(),
+                kind: onehop_overlay::status::Kind::Node,
+                roles: Vec::new(),
+                endpoints: Vec::new(),
+                since: 1,
+                ip: "127.0.0.1".parse().unwrap(),
+            });
+        }
+        assert!(p.on_event(&other));
+        assert!(p.last.is_none());
         // Statuses of other terms do not move the counter.
         assert!(!p.on_event(&status_event("manager2", 6, 900)));
         assert_eq!(p.version, 58);
