@@ -41,6 +41,16 @@ use crate::sip::transaction::{
 use crate::sip::{parse_with, reply, Limits, Message, Method, Request, Response, Uri};
 use crate::view::View;
 
+impl std::fmt::Display for Hop {
+    /// For logs (`peer = ...`): the client's address, or the node's name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hop::Net { remote, .. } => write!(f, "{remote}"),
+            Hop::Peer { node, .. } => f.write_str(node),
+        }
+    }
+}
+
 /// The core's tables: keyed by what arrives from the network (Via branches), so with a
 /// per-process random seed (foldhash), which is several times cheaper than std's SipHash.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -389,7 +399,7 @@ impl Core {
             }
             Err(e) => {
                 self.counters.bad.inc();
-                debug!(cause = %e, "malformed SIP message");
+                debug!(peer = %from, cause = %e, "malformed SIP message");
                 if let Some(resp) = e.response() {
                     self.send_to(&from, Message::Response(resp));
                 }
@@ -1044,7 +1054,7 @@ impl Core {
             None => self.hop_for_uri(&crate::sip::proxy::next_hop(&req)),
         };
         let Some(hop) = hop else {
-            debug!("ACK with nowhere to go dropped");
+            debug!(peer = %from, "ACK with nowhere to go dropped");
             return;
         };
         let _ = from;
@@ -1077,7 +1087,7 @@ impl Core {
         }
         // No transaction (a 2xx retransmission after ours ended, or a stray): forward by Via.
         if !is_our_via(&resp, &self.local) {
-            debug!(?from, "response not for us dropped");
+            debug!(peer = %from, "response not for us dropped");
             return;
         }
         if let Some(up) = forward_response(&resp) {
@@ -1466,7 +1476,7 @@ impl Core {
                 let (proto, remote, conn) = (*proto, *remote, *conn);
                 tokio::spawn(async move {
                     if let Err(e) = t.send(proto, remote, conn, bytes).await {
-                        debug!(cause = %e, "SIP send failed");
+                        debug!(peer = %remote, cause = %e, "SIP send failed");
                     }
                 });
             }
@@ -1480,7 +1490,7 @@ impl Core {
                 let node = node.clone();
                 tokio::spawn(async move {
                     if let Err(e) = fut.await {
-                        debug!(%node, cause = %e, "SIP to peer failed");
+                        debug!(peer = %node, cause = %e, "SIP to peer failed");
                     }
                 });
             }

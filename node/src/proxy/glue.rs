@@ -343,7 +343,9 @@ async fn send_loop(
             .and_then(|s| s.member(&node))
             .map(PeerAddr::of_member);
         match addr {
-            None => debug!(%node, n = batch.len(), "SIP to a node not in the status dropped"),
+            None => {
+                debug!(peer = %node, n = batch.len(), "SIP to a node not in the status dropped")
+            }
             Some(addr) => {
                 let r = net
                     .call(&addr, Service::Sip, encode(&batch), Duration::from_secs(2))
@@ -351,9 +353,11 @@ async fn send_loop(
                 match r {
                     Ok(answer) if answer.is_empty() => {}
                     Ok(answer) => {
-                        debug!(%node, answer = %String::from_utf8_lossy(&answer), "SIP to peer")
+                        debug!(peer = %node, answer = %String::from_utf8_lossy(&answer), "SIP to peer")
                     }
-                    Err(e) => debug!(%node, cause = %e, n = batch.len(), "SIP to peer failed"),
+                    Err(e) => {
+                        debug!(peer = %node, cause = %e, n = batch.len(), "SIP to peer failed")
+                    }
                 }
             }
         }
