@@ -37,6 +37,26 @@ impl Farm {
         Farm::start(base_ip, args, Some(lock))
     }
 
+    /// [`Farm::up`], then waits (at most 10 s) until every node lists every node in its ring
+    /// of each of `roles` (a node without the status yet answers SIP with 503).
+    pub fn up_with_rings(base_ip: &str, args: &[&str], roles: &[&str]) -> Farm {
+        let farm = Farm::up(base_ip, args);
+        let nodes = farm.names("node");
+        let mut lookups = farm.lookups();
+        for role in roles {
+            let all = |a: &str| nodes.iter().all(|n| a.contains(&format!("{n}=")));
+            until_all_nodes(
+                &mut lookups,
+                role,
+                Instant::now(),
+                Duration::from_secs(10),
+                all,
+            )
+            .unwrap_or_else(|| panic!("not every node lists every {role}"));
+        }
+        farm
+    }
+
     /// A second farm beside this one (for tests that need two), started under this one's turn.
     pub fn beside(&self, base_ip: &str, args: &[&str]) -> Farm {
         Farm::start(base_ip, args, None)

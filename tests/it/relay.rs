@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::harness::{until_all_nodes, wait_for, Farm};
+use crate::harness::{wait_for, Farm};
 
 const DOMAIN: &str = "example.test";
 
@@ -273,20 +273,13 @@ fn flow(from: &UdpSocket, to: SocketAddr, at: &UdpSocket, via: SocketAddr, tag: 
 
 #[test]
 fn calls_through_two_nodes_have_their_media_relayed() {
-    let farm = Farm::up("127.0.140.1", &["--nodes", "2", "--dns", "0"]);
+    let farm = Farm::up_with_rings(
+        "127.0.140.1",
+        &["--nodes", "2", "--dns", "0"],
+        &["registrar", "sip_proxy", "media_relay"],
+    );
     let nodes = farm.names("node");
     let mut lookups = farm.lookups();
-    for role in ["registrar", "sip_proxy", "media_relay"] {
-        let all = |a: &str| nodes.iter().all(|n| a.contains(&format!("{n}=")));
-        until_all_nodes(
-            &mut lookups,
-            role,
-            Instant::now(),
-            Duration::from_secs(10),
-            all,
-        )
-        .unwrap_or_else(|| panic!("not every node lists every {role}"));
-    }
     let sip = |n: &str| SocketAddr::new(farm.ip(n), 5060);
     let node_of_ip = |ip: IpAddr| {
         nodes

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{until_all_nodes, wait_for, Farm};
+use crate::harness::{wait_for, Farm};
 use crate::sipp::{require_sipp, Outcome, Sipp, Workdir};
 
 const DOMAIN: &str = "example.test";
@@ -39,23 +39,9 @@ fn client_ip(farm: &Farm, last: u8) -> IpAddr {
 }
 
 /// Starts a farm and waits until every node holds every node in its `registrar` and
-/// `sip_proxy` rings (a node still without the network status answers REGISTER with 503).
+/// `sip_proxy` rings.
 fn farm_up(base_ip: &str, args: &[&str]) -> Farm {
-    let farm = Farm::up(base_ip, args);
-    let nodes = farm.names("node");
-    let mut lookups = farm.lookups();
-    for role in ["registrar", "sip_proxy"] {
-        let all = |a: &str| nodes.iter().all(|n| a.contains(&format!("{n}=")));
-        until_all_nodes(
-            &mut lookups,
-            role,
-            Instant::now(),
-            Duration::from_secs(10),
-            all,
-        )
-        .unwrap_or_else(|| panic!("not every node lists every {role}"));
-    }
-    farm
+    Farm::up_with_rings(base_ip, args, &["registrar", "sip_proxy"])
 }
 
 /// Whether a process is alive (not gone, not a zombie).

@@ -12,63 +12,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::core;
+use crate::proxy::test_support::{recv_sip, NoPeers, OneCallee};
 use crate::proxy::transport::{sip_frame, TransportConfig, Transports};
-use crate::proxy::{BoxFut, LocateError, Locator, PeerLink, ProxyConfig, SipEnvelope};
-use crate::sip::registrar::{Binding, RegisterInfo, RegistrarPolicy};
+use crate::proxy::ProxyConfig;
 use crate::view::View;
-
-/// Every AOR is bound to one contact, the test's UAS.
-struct OneCallee(SocketAddr);
-
-impl Locator for OneCallee {
-    fn register(
-        &self,
-        _info: RegisterInfo,
-        _policy: RegistrarPolicy,
-    ) -> BoxFut<Result<Vec<Binding>, LocateError>> {
-        Box::pin(async { Err(LocateError::Unavailable("not in this test".into())) })
-    }
-
-    fn lookup(&self, _aor: String) -> BoxFut<Result<Vec<Binding>, LocateError>> {
-        let uas = self.0;
-        Box::pin(async move {
-            Ok(vec![Binding {
-                uri: format!("sip:uas@{uas}"),
-                expires_at_ms: u64::MAX / 2,
-                q: None,
-                call_id: "reg".into(),
-                cseq: 1,
-                flow: None,
-                received: Some(uas),
-                updated_at_ms: 1,
-            }])
-        })
-    }
-}
-
-struct NoPeers;
-
-impl PeerLink for NoPeers {
-    fn send(&self, _node: String, _env: SipEnvelope) -> BoxFut<Result<(), String>> {
-        Box::pin(async { Err("no peers in this test".into()) })
-    }
-}
-
-/// Receives until a message passes `pick`, within 5 s.
-async fn recv_until(sock: &UdpSocket, pick: impl Fn(&str) -> bool) -> String {
-    let mut buf = vec![0u8; 65_536];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (n, _) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf))
-            .await
-            .expect("a SIP message within 5 s")
-            .expect("recv");
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if pick(&text) {
-            return text;
-        }
-    }
-}
 
 fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
     msg.split("\r\n")
@@ -194,7 +141,7 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
             1,
         );
         uac.send_to(invite.as_bytes(), listen).await.unwrap();
-        let got = recv_until(&uas, |m| m.starts_with("INVITE ")).await;
+        let got = recv_sip(&uas, |m| m.starts_with("INVITE ")).await;
         assert!(
             got.contains(&call),
             "call {i}: the UAS got another call: {got}"
@@ -202,7 +149,7 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
         uas.send_to(answer(&got, 200, "OK", uas_addr).as_bytes(), listen)
             .await
             .unwrap();
-        let ok = recv_until(&uac, |m| m.starts_with("SIP/2.0 ") && status(m) >= 200).await;
+        let ok = recv_sip(&uac, |m| m.starts_with("SIP/2.0 ") && status(m) >= 200).await;
         assert_eq!(status(&ok), 200, "call {i}: INVITE answered {ok}");
         let route = header(&ok, "Record-Route").join(", ");
         assert!(
@@ -221,7 +168,7 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
             1,
         );
         uac.send_to(ack.as_bytes(), listen).await.unwrap();
-        recv_until(&uas, |m| m.starts_with("ACK ")).await;
+        recv_sip(&uas, |m| m.starts_with("ACK ")).await;
         let bye = request(
             "BYE",
             &target,
@@ -233,11 +180,11 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
             2,
         );
         uac.send_to(bye.as_bytes(), listen).await.unwrap();
-        let got = recv_until(&uas, |m| m.starts_with("BYE ")).await;
+        let got = recv_sip(&uas, |m| m.starts_with("BYE ")).await;
         uas.send_to(answer(&got, 200, "OK", uas_addr).as_bytes(), listen)
             .await
             .unwrap();
-        let ok = recv_until(&uac, |m| m.starts_with("SIP/2.0 ") && m.contains("BYE")).await;
+        let ok = recv_sip(&uac, |m| m.starts_with("SIP/2.0 ") && m.contains("BYE")).await;
         assert_eq!(status(&ok), 200, "call {i}: BYE answered {ok}");
     }
     assert_eq!(

@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::proxy::core::{self, Event, Hop};
+use crate::proxy::test_support::{recv_sip, NoPeers, OneCallee};
 use crate::proxy::transport::{sip_frame, Proto, TransportConfig, Transports};
-use crate::proxy::{BoxFut, LocateError, Locator, PeerLink, ProxyConfig, SipEnvelope};
+use crate::proxy::{BoxFut, ProxyConfig};
 use crate::relay::{Endpoint, RelayEngine, RelaySettings};
-use crate::sip::registrar::{Binding, RegisterInfo, RegistrarPolicy};
 use crate::sip::{parse, Message};
 use crate::view::View;
 
@@ -462,57 +462,6 @@ async fn failed_calls_free_their_session_and_untouched_cases() {
 
 // ---------------------------------------------------------------------------------------------
 // The core with the gate: a call through a proxy on loopback, its media through the relay.
-
-struct OneCallee(SocketAddr);
-
-impl Locator for OneCallee {
-    fn register(
-        &self,
-        _info: RegisterInfo,
-        _policy: RegistrarPolicy,
-    ) -> BoxFut<Result<Vec<Binding>, LocateError>> {
-        Box::pin(async { Err(LocateError::Unavailable("not in this test".into())) })
-    }
-
-    fn lookup(&self, _aor: String) -> BoxFut<Result<Vec<Binding>, LocateError>> {
-        let uas = self.0;
-        Box::pin(async move {
-            Ok(vec![Binding {
-                uri: format!("sip:uas@{uas}"),
-                expires_at_ms: u64::MAX / 2,
-                q: None,
-                call_id: "reg".into(),
-                cseq: 1,
-                flow: None,
-                received: Some(uas),
-                updated_at_ms: 1,
-            }])
-        })
-    }
-}
-
-struct NoPeers;
-
-impl PeerLink for NoPeers {
-    fn send(&self, _node: String, _env: SipEnvelope) -> BoxFut<Result<(), String>> {
-        Box::pin(async { Err("no peers in this test".into()) })
-    }
-}
-
-async fn recv_sip(sock: &UdpSocket, pick: impl Fn(&str) -> bool) -> String {
-    let mut buf = vec![0u8; 65_536];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (n, _) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf))
-            .await
-            .expect("a SIP message within 5 s")
-            .expect("recv");
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if pick(&text) {
-            return text;
-        }
-    }
-}
 
 async fn recv_media(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let mut buf = vec![0u8; 2048];

@@ -23,6 +23,9 @@ pub mod media;
 pub mod resolve;
 pub mod transport;
 
+#[cfg(test)]
+pub(crate) mod test_support;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -136,6 +136,36 @@ pub(super) fn owner_sender(inner: Weak<Inner>) -> SendFn<Request, Result<Respons
     })
 }
 
+/// The rings of `new` without the members that restarted since `old` (in both statuses with a
+/// different `since`), or `None` when none did.
+fn without_restarted(old: Option<&View>, new: &View) -> Option<onehop_overlay::ring::Rings> {
+    let (old, status) = (old?.status.as_ref()?, new.status.as_ref()?);
+    let restarted: HashSet<&str> = status
+        .members
+        .iter()
+        .filter(|m| old.member(&m.name).is_some_and(|o| o.since != m.since))
+        .map(|m| m.name.as_str())
+        .collect();
+    if restarted.is_empty() {
+        return None;
+    }
+    // Points per member, as the rings of `new` were built.
+    let per_member = new
+        .rings
+        .roles()
+        .filter_map(|r| new.rings.get(r))
+        .find(|r| !r.is_empty())
+        .map(|r| (r.points() / r.len()) as u32)?;
+    let mut interim = status.clone();
+    interim
+        .members
+        .retain(|m| !restarted.contains(m.name.as_str()));
+    info!(members = ?restarted, "members restarted: their keys are handed back to them");
+    Some(onehop_overlay::ring::Rings::from_status(
+        &interim, per_member,
+    ))
+}
+
 /// [`Inner::serve`] as a boxed future, for the requests of a batch (a recursive async call).
 fn serve_boxed(inner: Arc<Inner>, from: String, req: Request) -> BoxFuture<'static, Response> {
     Box::pin(async move { inner.serve(&from, req).await })
@@ -180,6 +210,13 @@ impl Inner {
     }
 
     /// Feeds the latest view to the machine if it has not seen it yet.
+    ///
+    /// A member that restarted between the view held and this one (in both, with a new
+    /// `since`: the managers stamp a member anew when it left and came back) starts with an
+    /// empty store. The managers publish its departure first, but views arrive through a
+    /// watch channel that keeps only the latest, so the departure may never be seen here:
+    /// the machine is then shown the rings without it first, so that what it held is copied
+    /// to others and handed back to it.
     pub fn sync(self: &Arc<Self>) {
         let view = self.view.borrow().clone();
         let actions = {
@@ -187,9 +224,16 @@ impl Inner {
             if st.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, &view)) {
                 return;
             }
+            let mut actions = Vec::new();
+            if let Some(interim) = without_restarted(st.view.as_deref(), &view) {
+                actions.extend(st.machine.handle(Input::Rings(interim), now_ms()));
+            }
             st.view = Some(view.clone());
-            st.machine
-                .handle(Input::Rings(view.rings.clone()), now_ms())
+            actions.extend(
+                st.machine
+                    .handle(Input::Rings(view.rings.clone()), now_ms()),
+            );
+            actions
         };
         self.execute(actions);
     }
