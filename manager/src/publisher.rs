@@ -25,6 +25,8 @@ pub struct Publisher {
     term: u64,
     version: u64,
     last: Option<NetworkStatus>,
+    /// The greatest `(term, version)` of any status seen on `network`, ours included.
+    seen: Option<(u64, u64)>,
     m_active: Metric,
     m_term: Metric,
     m_version: Metric,
@@ -43,6 +45,7 @@ impl Publisher {
             term: 0,
             version: 0,
             last: None,
+            seen: None,
             m_active: metrics.gauge("manager_active", "1 while this manager is the active one."),
             m_term: metrics.gauge("status_term", "Term of the last status published or seen."),
             m_version: metrics.gauge(
@@ -66,7 +69,12 @@ impl Publisher {
         let became = is_me && (!self.active || term != self.term);
         if is_me && term != self.term {
             self.term = term;
-            self.version = 0;
+            // A term already seen on the network is ours from before a restart (openraft may
+            // give a restarted leader its term back): go on above what it published.
+            self.version = match self.seen {
+                Some((t, v)) if t == term => v,
+                _ => 0,
+            };
         }
         self.active = is_me;
         self.m_active.set(is_me as i64);
@@ -75,6 +83,11 @@ impl Publisher {
 
     /// Takes an event from the event servers; returns whether the member picture changed.
     pub fn on_event(&mut self, ev: &Event) -> bool {
+        if let Payload::Network(s) = &ev.payload {
+            if self.seen.is_none_or(|seen| (s.term, s.version) > seen) {
+                self.seen = Some((s.term, s.version));
+            }
+        }
         match &ev.payload {
             Payload::Member(m) => {
                 self.view.apply(&ev.origin, m);
@@ -240,6 +253,22 @@ mod tests {
                 members: Vec::new(),
             }),
         }
+    }
+
+    /// The retained status arrives before leadership comes back: the first version published
+    /// in that term is above it.
+    #[test]
+    fn a_term_seen_before_leadership_continues_above_what_was_seen() {
+        let m = Metrics::default();
+        let mut p = Publisher::new("manager3".into(), &m);
+        assert!(
+            !p.on_event(&status_event("manager3", 1, 2)),
+            "not active yet"
+        );
+        assert!(p.leadership(true, 1));
+        assert_eq!(p.version, 2, "the next status will be version 3");
+        assert!(p.leadership(true, 2));
+        assert_eq!(p.version, 0, "a new term starts again");
     }
 
     /// A leader restarted in place may get its term back from openraft; the statuses it
