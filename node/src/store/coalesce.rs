@@ -1,7 +1,8 @@
 //! Store calls to one peer, coalesced: while [`MAX_IN_FLIGHT`] calls to a peer are in flight,
 //! the requests made meanwhile for that peer queue up and leave together in the next call.
-//! Two uses: an owner's `Replicate` writes to each replica (a batch is one `Replicate` with
-//! many entries), and a node's writes to the owners of keys (a batch is one `Batch` request).
+//! Used for an owner's `Replicate` writes to each replica (a batch is one `Replicate` with
+//! many entries). Coalescing a node's writes to the owners of keys the same way was tried and
+//! measured no gain (docs/benchmarks.md), so those go one call each.
 //!
 //! Under load (thousands of REGISTERs a second, each sent to its AOR's owner and copied to the
 //! next registrar) this turns one QUIC stream, a few packets and a wake-up per request into one
@@ -19,7 +20,6 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::entry::Item;
-use super::messages::{Request, WriteOp};
 
 /// Most entries in one call.
 pub const MAX_BATCH: usize = 128;
@@ -46,24 +46,6 @@ impl Weigh for Item {
             + self.key.key.len()
             + self.entry.value.as_ref().map_or(0, |v| v.len())
             + 64
-    }
-}
-
-impl Weigh for Request {
-    fn weight(&self) -> usize {
-        64 + match self {
-            Request::Write { key, op } => {
-                key.role.len()
-                    + key.key.len()
-                    + match op {
-                        WriteOp::Remove => 0,
-                        op => op.len(),
-                    }
-            }
-            Request::Get { key, .. } | Request::Fetch { key } => key.role.len() + key.key.len(),
-            // Not coalesced; a generous figure keeps them alone in a batch.
-            _ => MAX_BATCH_BYTES,
-        }
     }
 }
 

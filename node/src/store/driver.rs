@@ -70,8 +70,6 @@ pub(super) struct Inner {
     pub shutdown: CancellationToken,
     /// Replication to each peer, coalesced while calls to it are in flight.
     pub replicas: Arc<Coalescer<Item, Result<Response, PeerError>>>,
-    /// Writes to the owners of keys, coalesced per owner the same way.
-    pub owners: Arc<Coalescer<Request, Result<Response, PeerError>>>,
 }
 
 /// The replica coalescer's sender: one `Replicate` call with the batch, to the member named;
@@ -89,48 +87,6 @@ pub(super) fn replicate_sender(inner: Weak<Inner>) -> SendFn<Item, Result<Respon
                 .call(&peer, encode(&Request::Replicate { items }), timeout)
                 .await;
             vec![answer; n]
-        });
-        send
-    })
-}
-
-/// The owner coalescer's sender: a lone request as it is, several in one `Batch`. A callee
-/// that does not know `Batch` (an older version during a rolling upgrade answers it as
-/// malformed) gets them one by one.
-pub(super) fn owner_sender(inner: Weak<Inner>) -> SendFn<Request, Result<Response, PeerError>> {
-    Arc::new(move |peer: String, reqs: Vec<Request>| {
-        let inner = inner.clone();
-        let send: BoxFuture<'static, Vec<Result<Response, PeerError>>> = Box::pin(async move {
-            let n = reqs.len();
-            let Some(inner) = inner.upgrade() else {
-                return vec![Err(PeerError::Unreachable("the store has stopped".into())); n];
-            };
-            let timeout = inner.cfg.request_timeout;
-            if n == 1 {
-                let req = &reqs[0];
-                return vec![inner.call(&peer, encode(req), timeout).await];
-            }
-            let batch = Request::Batch(reqs);
-            let answer = inner.call(&peer, encode(&batch), timeout).await;
-            let Request::Batch(reqs) = batch else {
-                unreachable!("built as a batch above")
-            };
-            match answer {
-                Ok(Response::Batch(answers)) if answers.len() == n => {
-                    answers.into_iter().map(Ok).collect()
-                }
-                Ok(Response::Failed(Failure::Malformed(_))) => {
-                    join_all(reqs.iter().map(|r| inner.call(&peer, encode(r), timeout))).await
-                }
-                Ok(other) => {
-                    let what = match other {
-                        Response::Batch(a) => format!("{} answers to {n} requests", a.len()),
-                        _ => "a single answer to a batch".to_string(),
-                    };
-                    vec![Err(PeerError::Remote(format!("{peer}: {what}"))); n]
-                }
-                Err(e) => vec![Err(e); n],
-            }
         });
         send
     })
@@ -164,11 +120,6 @@ fn without_restarted(old: Option<&View>, new: &View) -> Option<onehop_overlay::r
     Some(onehop_overlay::ring::Rings::from_status(
         &interim, per_member,
     ))
-}
-
-/// [`Inner::serve`] as a boxed future, for the requests of a batch (a recursive async call).
-fn serve_boxed(inner: Arc<Inner>, from: String, req: Request) -> BoxFuture<'static, Response> {
-    Box::pin(async move { inner.serve(&from, req).await })
 }
 
 /// The [`PeerHandler`] of [`Service::Store`].
@@ -390,21 +341,6 @@ impl Inner {
                 r
             }
             Request::Fetch { key } => Response::Entry(self.lock().machine.entry(&key).cloned()),
-            Request::Batch(reqs) => {
-                let allowed =
-                    |r: &Request| matches!(r, Request::Get { .. } | Request::Write { .. });
-                if !reqs.iter().all(allowed) {
-                    return Response::Failed(Failure::Malformed(
-                        "a batch holds only reads and writes".into(),
-                    ));
-                }
-                let answers = join_all(
-                    reqs.into_iter()
-                        .map(|r| serve_boxed(self.clone(), from.to_string(), r)),
-                )
-                .await;
-                Response::Batch(answers)
-            }
         }
     }
 
@@ -554,25 +490,6 @@ impl Inner {
         }
     }
 
-    /// Sends a write to the owner `peer` through the owner coalescer.
-    async fn owner_call(
-        &self,
-        peer: &str,
-        req: Request,
-        timeout: Duration,
-    ) -> Result<Response, PeerError> {
-        let rx = self.owners.submit(peer, req).map_err(|_| {
-            PeerError::Unreachable(format!("{peer}: too many requests waiting for it"))
-        })?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(PeerError::Lost(
-                "the batch carrying the request was dropped".into(),
-            )),
-            Err(_) => Err(PeerError::Timeout),
-        }
-    }
-
     /// Sends `item` to replica `peer` through the coalescer: with other entries written
     /// meanwhile when a call to that peer is in flight, at once otherwise.
     async fn replicate_to(
@@ -642,12 +559,7 @@ impl Inner {
                     // The owner replicates before answering: give it the whole request time.
                     remaining.max(Duration::from_millis(1))
                 };
-                let known = self.peer_addr(&target.name).as_ref() == Some(&target);
-                if retry != Retry::Read && known {
-                    self.owner_call(&target.name, req.clone(), timeout).await
-                } else {
-                    self.call_addr(&target, body.clone(), timeout).await
-                }
+                self.call_addr(&target, body.clone(), timeout).await
             };
             match answer {
                 Ok(Response::NotOwner { owner, addr }) => {

@@ -50,10 +50,6 @@ pub(crate) enum Request {
         /// The key.
         key: StoreKey,
     },
-    /// Several requests to one callee in one call (see [`super::coalesce`]): answered with
-    /// [`Response::Batch`], one answer per request, in order. Requests are `Get` and `Write`
-    /// only; a batch in a batch is malformed.
-    Batch(Vec<Request>),
 }
 
 /// One element of a transfer batch.
@@ -153,8 +149,6 @@ pub(crate) enum Response {
     Entry(Option<Entry>),
     /// The request failed.
     Failed(Failure),
-    /// The answers to a [`Request::Batch`], in its order.
-    Batch(Vec<Response>),
 }
 
 /// Why a request failed at the callee.

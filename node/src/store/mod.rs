@@ -310,7 +310,6 @@ impl Store {
         let machine = Machine::new(&identity.name, config.machine());
         let inner = Arc::new_cyclic(|weak| Inner {
             replicas: Coalescer::new(driver::replicate_sender(weak.clone())),
-            owners: Coalescer::new(driver::owner_sender(weak.clone())),
             cfg: config,
             me: identity,
             peer: peer.clone(),
