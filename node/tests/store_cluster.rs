@@ -380,7 +380,8 @@ async fn concurrent_updates_from_several_nodes_lose_nothing() {
 
     let keys: Vec<String> = (0..4).map(|i| format!("counter{i}@example.test")).collect();
     const PER_TASK: usize = 40;
-    // Enough tasks that more than 4 writes to one owner are in flight: they leave in batches.
+    // Enough tasks that an owner has more than 4 writes to replicate to one replica at once:
+    // replication leaves in batches.
     const TASKS_PER_NODE: usize = 8;
     let mut tasks = Vec::new();
     for n in &nodes {
