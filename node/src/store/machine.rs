@@ -662,8 +662,19 @@ impl Machine {
         let Some(ring) = self.ring(&key.role) else {
             return;
         };
+        // Not on our own ring at all: our view is behind the sender's (we are joining and the
+        // status with us in it has not reached us yet). Keep the entry; handing it on and
+        // dropping it would lose the copy the sender counts on us to hold.
+        let me = self.me.as_str();
+        if ring
+            .members()
+            .binary_search_by(|m| m.name.as_str().cmp(me))
+            .is_err()
+        {
+            return;
+        }
         let set = names(Some(ring), key.position(), self.cfg.replicas);
-        if set.contains(&self.me.as_str()) || self.entry(key).is_none_or(|e| e.is_expired(now)) {
+        if set.contains(&me) || self.entry(key).is_none_or(|e| e.is_expired(now)) {
             return;
         }
         if !changed && self.plan.waiting.contains_key(key) {
