@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue, Override};
+use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -100,11 +100,8 @@ impl DaemonConfig for Config {
         FLAGS
     }
 
-    fn load_with(path: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
-        let c: Config = onehop_overlay::overrides::load_with(path, overrides)?;
-        c.validate(path)
-            .map_err(|e| onehop_overlay::overrides::attribute(e, overrides))?;
-        Ok(c)
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        self.validate(path)
     }
 
     fn tls(&self) -> &TlsFiles {

@@ -96,13 +96,21 @@ pub fn now_ms() -> u64 {
 }
 
 /// What [`daemon_main`] needs of a daemon's configuration.
-pub trait DaemonConfig: Sized + serde::Serialize {
+pub trait DaemonConfig: Sized + serde::Serialize + DeserializeOwned {
     /// The named flags of this daemon, each a shorthand for `--set KEY=VALUE` of one key of
     /// its configuration (only keys the configuration has).
     fn flags() -> &'static [ConfigFlag];
+    /// Checks values the types cannot (ranges, consistency); errors name the key.
+    fn check(&self, path: &Path) -> Result<(), ConfigError>;
     /// Reads the file, applies the command-line `overrides` in order (see
-    /// [`overrides::load_with`]) and validates the result (see [`overrides::attribute`]).
-    fn load_with(path: &Path, overrides: &[Override]) -> Result<Self, ConfigError>;
+    /// [`overrides::load_with`]) and validates the result, blaming the flag that set a bad
+    /// key (see [`overrides::attribute`]).
+    fn load_with(path: &Path, overrides: &[Override]) -> Result<Self, ConfigError> {
+        let c: Self = overrides::load_with(path, overrides)?;
+        c.check(path)
+            .map_err(|e| overrides::attribute(e, overrides))?;
+        Ok(c)
+    }
     /// The certificate files; the certificate names the member on every log line.
     fn tls(&self) -> &TlsFiles;
 }

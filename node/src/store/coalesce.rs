@@ -30,56 +30,44 @@ pub const MAX_QUEUED: usize = 20_000;
 /// Most calls in flight to one peer; more entries wait and coalesce.
 pub const MAX_IN_FLIGHT: usize = 4;
 
-/// Sends one batch to a peer and returns one answer per request, in order (fewer answers than
-/// requests leave the rest of the waiters without one: their receivers fail).
-pub type SendFn<T, R> = Arc<dyn Fn(String, Vec<T>) -> BoxFuture<'static, Vec<R>> + Send + Sync>;
+/// Sends one batch to a peer and returns the answer every entry of the batch gets.
+pub type SendFn<R> = Arc<dyn Fn(String, Vec<Item>) -> BoxFuture<'static, R> + Send + Sync>;
 
-/// A request's rough size on the wire, for the batch cap.
-pub trait Weigh {
-    /// Estimated encoded bytes.
-    fn weight(&self) -> usize;
+/// An entry's rough size on the wire, for the batch cap.
+fn weight(item: &Item) -> usize {
+    item.key.role.len() + item.key.key.len() + item.entry.value.as_ref().map_or(0, |v| v.len()) + 64
 }
 
-impl Weigh for Item {
-    fn weight(&self) -> usize {
-        self.key.role.len()
-            + self.key.key.len()
-            + self.entry.value.as_ref().map_or(0, |v| v.len())
-            + 64
-    }
-}
-
-struct Queue<T, R> {
-    waiting: VecDeque<(T, oneshot::Sender<R>)>,
+struct Queue<R> {
+    waiting: VecDeque<(Item, oneshot::Sender<R>)>,
     /// Senders running (each with at most one call in flight).
     sending: usize,
 }
 
 /// Per-peer queues of requests.
-pub struct Coalescer<T, R> {
-    queues: Mutex<HashMap<String, Queue<T, R>>>,
-    send: SendFn<T, R>,
+pub struct Coalescer<R> {
+    queues: Mutex<HashMap<String, Queue<R>>>,
+    send: SendFn<R>,
 }
 
 /// The entry was not queued: too many are waiting for that peer already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
-impl<T: Weigh + Send + 'static, R: Send + 'static> Coalescer<T, R> {
+impl<R: Clone + Send + 'static> Coalescer<R> {
     /// Coalescer sending its batches with `send`.
-    pub fn new(send: SendFn<T, R>) -> Arc<Coalescer<T, R>> {
+    pub fn new(send: SendFn<R>) -> Arc<Coalescer<R>> {
         Arc::new(Coalescer {
             queues: Mutex::new(HashMap::new()),
             send,
         })
     }
 
-    /// Queues `item` for `peer`; the receiver gets its answer from the call that carries it
-    /// (or fails if there is none).
+    /// Queues `item` for `peer`; the receiver gets the answer to the call that carries it.
     pub fn submit(
         self: &Arc<Self>,
         peer: &str,
-        item: T,
+        item: Item,
     ) -> Result<oneshot::Receiver<R>, QueueFull> {
         let (tx, rx) = oneshot::channel();
         let start = {
@@ -125,7 +113,7 @@ impl<T: Weigh + Send + 'static, R: Send + 'static> Coalescer<T, R> {
                 let mut batch = Vec::new();
                 let mut bytes = 0;
                 while let Some((item, _)) = q.waiting.front() {
-                    let len = item.weight();
+                    let len = weight(item);
                     if !batch.is_empty()
                         && (batch.len() >= MAX_BATCH || bytes + len > MAX_BATCH_BYTES)
                     {
@@ -138,10 +126,10 @@ impl<T: Weigh + Send + 'static, R: Send + 'static> Coalescer<T, R> {
                 }
                 batch
             };
-            let (items, waiters): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
-            let answers = (self.send)(peer.clone(), items).await;
-            for (w, answer) in waiters.into_iter().zip(answers) {
-                let _ = w.send(answer);
+            let (items, waiters): (Vec<Item>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
+            let answer = (self.send)(peer.clone(), items).await;
+            for w in waiters {
+                let _ = w.send(answer.clone());
             }
         }
     }
@@ -184,7 +172,7 @@ mod tests {
         gate: Arc<tokio::sync::Semaphore>,
         sizes: Arc<Mutex<Vec<usize>>>,
         most: Arc<AtomicUsize>,
-    ) -> SendFn<Item, usize> {
+    ) -> SendFn<usize> {
         let now = Arc::new(AtomicUsize::new(0));
         Arc::new(move |_peer, items| {
             let (gate, sizes, most, now) = (gate.clone(), sizes.clone(), most.clone(), now.clone());
@@ -194,7 +182,7 @@ mod tests {
                 gate.acquire().await.unwrap().forget();
                 now.fetch_sub(1, Ordering::SeqCst);
                 sizes.lock().unwrap().push(items.len());
-                vec![items.len(); items.len()]
+                items.len()
             })
         })
     }

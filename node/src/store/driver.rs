@@ -69,24 +69,22 @@ pub(super) struct Inner {
     pub updaters: RwLock<HashMap<String, Arc<dyn Updater>>>,
     pub shutdown: CancellationToken,
     /// Replication to each peer, coalesced while calls to it are in flight.
-    pub replicas: Arc<Coalescer<Item, Result<Response, PeerError>>>,
+    pub replicas: Arc<Coalescer<Result<Response, PeerError>>>,
 }
 
 /// The replica coalescer's sender: one `Replicate` call with the batch, to the member named;
 /// its answer is every entry's.
-pub(super) fn replicate_sender(inner: Weak<Inner>) -> SendFn<Item, Result<Response, PeerError>> {
+pub(super) fn replicate_sender(inner: Weak<Inner>) -> SendFn<Result<Response, PeerError>> {
     Arc::new(move |peer: String, items: Vec<Item>| {
         let inner = inner.clone();
-        let send: BoxFuture<'static, Vec<Result<Response, PeerError>>> = Box::pin(async move {
-            let n = items.len();
+        let send: BoxFuture<'static, Result<Response, PeerError>> = Box::pin(async move {
             let Some(inner) = inner.upgrade() else {
-                return vec![Err(PeerError::Unreachable("the store has stopped".into())); n];
+                return Err(PeerError::Unreachable("the store has stopped".into()));
             };
             let timeout = inner.cfg.call_timeout;
-            let answer = inner
+            inner
                 .call(&peer, encode(&Request::Replicate { items }), timeout)
-                .await;
-            vec![answer; n]
+                .await
         });
         send
     })
