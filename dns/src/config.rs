@@ -2,9 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::str::FromStr;
 
-use hickory_proto::rr::Name;
 use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
@@ -112,22 +110,7 @@ fn default_tcp_idle_timeout_ms() -> u64 {
 }
 
 /// Parses a domain as an absolute DNS name (a trailing dot is optional).
-pub fn parse_domain(domain: &str) -> Result<Name, String> {
-    let trimmed = domain.trim();
-    if trimmed.is_empty() || trimmed == "." {
-        return Err("must be a domain name such as example.test, not empty or the root".into());
-    }
-    let mut name = Name::from_str(trimmed).map_err(|e| format!("not a domain name: {e}"))?;
-    name.set_fqdn(true);
-    if name.is_root() {
-        return Err("must not be the root".into());
-    }
-    // Member host names are NAME.DOMAIN with NAME up to 63 octets: keep room for them.
-    if name.len() > 255 - 64 {
-        return Err("too long: NAME.DOMAIN must stay within 255 octets".into());
-    }
-    Ok(name.to_lowercase())
-}
+pub use onehop_overlay::bootstrap::parse_domain;
 
 /// The named flags of `onehop-dns`, each a shorthand for `--set KEY=VALUE`.
 pub const FLAGS: &[ConfigFlag] = &[

@@ -18,7 +18,6 @@
 
 pub mod answer;
 pub mod config;
-pub mod resolve;
 pub mod server;
 pub mod zone;
 
@@ -42,7 +41,7 @@ use tracing::{info, warn};
 
 pub use answer::{answer, answer_bytes, AnswerOptions, Outcome, Transport};
 pub use config::{Config, Transports};
-pub use resolve::resolve_eventservers;
+pub use onehop_overlay::bootstrap::resolve_eventservers;
 pub use server::{DnsHandler, DnsMetrics, DnsServer, Limits};
 pub use zone::{serial_of, Zone, ZoneConfig};
 

@@ -219,7 +219,7 @@ impl Config {
                 ));
             }
             Some(d) => {
-                onehop_dns::config::parse_domain(d).map_err(|p| bad("domain", &p))?;
+                onehop_overlay::bootstrap::parse_domain(d).map_err(|p| bad("domain", &p))?;
             }
             None => {}
         }

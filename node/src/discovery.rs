@@ -55,9 +55,11 @@ pub async fn discover_eventservers(cfg: &Config) -> Vec<SocketAddr> {
     loop {
         let mut failures = Vec::new();
         for dns in &servers {
-            let found =
-                tokio::time::timeout(PER_SERVER, onehop_dns::resolve_eventservers(*dns, domain))
-                    .await;
+            let found = tokio::time::timeout(
+                PER_SERVER,
+                onehop_overlay::bootstrap::resolve_eventservers(*dns, domain),
+            )
+            .await;
             match found {
                 Ok(Ok(found)) if !found.is_empty() => {
                     info!(%dns, %domain, eventservers = ?found, round, "event servers found through DNS");

@@ -16,9 +16,11 @@ pub mod proxy;
 pub mod relay;
 pub mod roles;
 pub mod services;
-pub mod sip;
 pub mod store;
 pub mod view;
+
+/// The SIP protocol, from the `onehop-sip` crate (kept at this path for the node's modules).
+pub use onehop_sip as sip;
 
 use std::ffi::OsString;
 use std::future::Future;

@@ -8,6 +8,7 @@
 //! - [`wire`]: the messages and the length-prefixed codec with a size cap.
 //! - [`tls`]: rustls configurations from the CA, a certificate, a key and the CRL.
 //! - [`net`]: quinn endpoints, the only module here that touches sockets.
+//! - [`bootstrap`]: finding the event servers through DNS from the domain alone.
 //! - [`client`]: a member's (or monitor's) sessions with every event server.
 //! - [`crl`]: the revocation list in force, verified, persisted and hot-swapped.
 //! - [`daemon`], [`metrics`], [`farmfile`]: config loading and logging, Prometheus metrics,
@@ -16,6 +17,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bootstrap;
 pub mod client;
 pub mod crl;
 pub mod daemon;

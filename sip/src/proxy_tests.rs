@@ -1,9 +1,9 @@
 //! Proxy helpers: validation, forwarding, loops and spirals, routes, response selection.
 
 use super::*;
-use crate::sip::response::reply;
-use crate::sip::tests::{msg, sipp_invite};
-use crate::sip::{parse, Message};
+use crate::response::reply;
+use crate::tests::{msg, sipp_invite};
+use crate::{parse, Message};
 
 fn req(data: &[u8]) -> Request {
     match parse(data).unwrap() {
@@ -105,7 +105,7 @@ fn forward_builds_16_6() {
         given.headers.via_top().unwrap().branch(),
         Some("z9hG4bKgiven")
     );
-    let cancel = crate::sip::transaction::build_cancel(&inv);
+    let cancel = crate::transaction::build_cancel(&inv);
     assert_eq!(compute_branch(&cancel, &target), branch);
     // Max-Forwards is inserted when missing; rport asked for when wanted.
     let mut no_mf = inv.clone();

@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::sip::response::reply;
-use crate::sip::tests::{rfc3261_invite, sipp_register};
-use crate::sip::{parse, Message, Request};
+use crate::response::reply;
+use crate::tests::{rfc3261_invite, sipp_register};
+use crate::{parse, Message, Request};
 
 fn req(data: &[u8]) -> Request {
     match parse(data).unwrap() {

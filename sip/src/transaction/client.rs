@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use super::{due, earliest, Action, Actions, TimerConfig, TransactionKey};
-use crate::sip::headers::{Header, HeaderName, Headers};
-use crate::sip::message::{Message, Method, Request, Response};
-use crate::sip::params::top_level_comma;
+use crate::headers::{Header, HeaderName, Headers};
+use crate::message::{Message, Method, Request, Response};
+use crate::params::top_level_comma;
 
 /// The state of a client transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

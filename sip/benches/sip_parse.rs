@@ -1,18 +1,18 @@
 //! SIP parsing and serialising, per message: the INVITE and REGISTER SIPp sends in our
-//! benchmarks (`shared/bench/sipp/uac.xml`, `register.xml`), and the whole stateless proxy
+//! benchmarks (`bench/sip/sipp/uac.xml`, `register.xml`), and the whole stateless proxy
 //! path for an INVITE (parse, RFC 3581 stamp, validate, forward with Record-Route,
 //! serialise).
 //!
-//! `cargo bench -p onehop-node --bench sip_parse`
+//! `cargo bench -p onehop-sip --bench sip_parse`
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use onehop_node::sip::proxy::{self, LocalAddrs, ViaParams};
-use onehop_node::sip::registrar::Transport;
-use onehop_node::sip::{parse, parse_bytes, Limits, Message};
+use onehop_sip::proxy::{self, LocalAddrs, ViaParams};
+use onehop_sip::registrar::Transport;
+use onehop_sip::{parse, parse_bytes, Limits, Message};
 
 const INVITE: &str = "INVITE sip:2000@example.test SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-4242-1-0\r\n\
@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
         branch: None,
         rport: false,
     };
-    let target = onehop_node::sip::Uri::parse("sip:2000@127.0.0.1:5090;transport=UDP").unwrap();
+    let target = onehop_sip::Uri::parse("sip:2000@127.0.0.1:5090;transport=UDP").unwrap();
     let data = Bytes::from_static(INVITE.as_bytes());
     g.bench_function("proxy_invite", |b| {
         let mut out = Vec::with_capacity(1024);

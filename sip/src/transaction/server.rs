@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use super::{due, earliest, Action, Actions, TimerConfig, TransactionKey};
-use crate::sip::message::{Message, Method, Request, Response};
-use crate::sip::response::reply;
+use crate::message::{Message, Method, Request, Response};
+use crate::response::reply;
 
 /// The state of a server transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::sip::tests::msg;
-use crate::sip::{parse, Message};
+use crate::tests::msg;
+use crate::{parse, Message};
 
 const NOW: u64 = 1_700_000_000_000;
 

@@ -1,8 +1,11 @@
 //! Finding the event servers from the domain alone: SRV `_eventserver._udp.DOMAIN` and the
-//! targets' addresses, asked of one DNS server (no recursion, no system resolver).
+//! targets' addresses, asked of one DNS server (no recursion, no system resolver). Every
+//! member that joins with only its certificate and the domain uses this, so it lives here and
+//! no daemon links another daemon's crate for it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -11,7 +14,23 @@ use hickory_proto::rr::{LowerName, Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::config::parse_domain;
+/// Parses a domain as an absolute DNS name (a trailing dot is optional).
+pub fn parse_domain(domain: &str) -> Result<Name, String> {
+    let trimmed = domain.trim();
+    if trimmed.is_empty() || trimmed == "." {
+        return Err("must be a domain name such as example.test, not empty or the root".into());
+    }
+    let mut name = Name::from_str(trimmed).map_err(|e| format!("not a domain name: {e}"))?;
+    name.set_fqdn(true);
+    if name.is_root() {
+        return Err("must not be the root".into());
+    }
+    // Member host names are NAME.DOMAIN with NAME up to 63 octets: keep room for them.
+    if name.len() > 255 - 64 {
+        return Err("too long: NAME.DOMAIN must stay within 255 octets".into());
+    }
+    Ok(name.to_lowercase())
+}
 
 /// How long one UDP attempt waits for its answer.
 const UDP_WAIT: Duration = Duration::from_millis(700);
