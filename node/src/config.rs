@@ -67,6 +67,14 @@ pub struct Config {
     /// Most SIP requests waiting for the registrar or a lookup at once; beyond, 503.
     #[serde(default = "default_sip_pending")]
     pub sip_pending: usize,
+    /// SIP workers: the node's transactions are sharded over this many tasks by Call-ID, so
+    /// SIP uses that many cores. 0 (the default): one per core of the machine.
+    #[serde(default)]
+    pub sip_workers: usize,
+    /// How long a batch of SIP messages to another node may wait to be accepted there
+    /// (milliseconds). Past it, its requests are answered 503 (with Retry-After) at once.
+    #[serde(default = "default_sip_peer_timeout_ms")]
+    pub sip_peer_timeout_ms: u64,
     /// Where to serve Prometheus metrics over HTTP (optional).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -114,6 +122,9 @@ fn default_min_expires() -> u32 {
 }
 fn default_max_expires() -> u32 {
     7200
+}
+fn default_sip_peer_timeout_ms() -> u64 {
+    500
 }
 fn default_sip_pending() -> usize {
     10_000

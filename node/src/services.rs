@@ -19,7 +19,9 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::peer::{PeerConfig, PeerNet, Service};
-use crate::proxy::glue::{PeerSip, RegistrarUpdater, SipHandler, StoreLocator, REGISTRAR};
+use crate::proxy::glue::{
+    PeerSip, PeerSipSettings, RegistrarUpdater, SipHandler, StoreLocator, REGISTRAR,
+};
 use crate::proxy::transport::{sip_frame, TransportConfig, Transports};
 use crate::proxy::ProxyConfig;
 use crate::relay::{RelayClient, RelayEngine, RelayHandler, RelaySettings};
@@ -140,6 +142,10 @@ pub async fn start(
             ..RegistrarPolicy::default()
         };
         pcfg.max_pending = cfg.sip_pending;
+        pcfg.workers = match cfg.sip_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         pcfg.dns_servers = cfg.dns_servers.clone();
         pcfg.tls_port = tls_port;
         pcfg.media_relay = Some(crate::proxy::media::MediaRelay {
@@ -152,7 +158,15 @@ pub async fn start(
             allocate: cfg.relay_media,
         });
         let locator = Arc::new(StoreLocator::new(store.clone()));
-        let link = Arc::new(PeerSip::new(peer.clone(), view.clone()));
+        let peer_timeout = Duration::from_millis(cfg.sip_peer_timeout_ms);
+        let link = Arc::new(PeerSip::new(
+            peer.clone(),
+            view.clone(),
+            PeerSipSettings {
+                call_timeout: peer_timeout,
+                ..PeerSipSettings::default()
+            },
+        ));
         let core = crate::proxy::core::start(
             pcfg,
             identity.name.clone(),
@@ -164,7 +178,13 @@ pub async fn start(
             metrics,
             cancel,
         );
-        peer.register(Service::Sip, Arc::new(SipHandler::new(core)));
+        let workers = core.workers();
+        // A receiver waits for its full workers a little less than senders wait for it, so
+        // that it answers which messages it refused before the sender gives up on the call.
+        peer.register(
+            Service::Sip,
+            Arc::new(SipHandler::new(core, peer_timeout * 3 / 4)),
+        );
         endpoints.push(Endpoint {
             service: "sip".into(),
             addr: listen,
@@ -176,7 +196,7 @@ pub async fn start(
             });
             info!(port, "SIP over TLS listening");
         }
-        info!(%listen, %domain, "SIP proxy and registrar listening (UDP, TCP)");
+        info!(%listen, %domain, workers, "SIP proxy and registrar listening (UDP, TCP)");
         sip = Some(transports);
     }
     Ok((endpoints, Services { store, sip, relay }))

@@ -14,9 +14,12 @@
 //!   (Via, Record-Route, Route, Max-Forwards, To tag, RFC 3581 stamping).
 //! - [`mod@parse`]: [`parse()`] with [`ParseError`] saying whether and how to answer.
 //! - [`framer`]: Content-Length framing on TCP/TLS streams.
+//! - [`shard`]: a message's Call-ID found without parsing, to pick its worker.
 //! - [`response`]: responses built from requests (8.2.6), status codes.
 //! - [`transaction`]: the four transaction state machines, keys, ACK and CANCEL builders.
 //! - [`registrar`]: the binding rules of section 10.3 over a serialisable binding set.
+//! - [`engine`]: the stateful proxy and registrar front as a state machine: messages and
+//!   answers in, with the time; messages to send, registrar and resolver requests out.
 //! - [`proxy`]: section 16 helpers: validation, forwarding, branch computation, response
 //!   selection.
 //!
@@ -41,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+pub mod engine;
 pub mod framer;
 pub mod headers;
 pub mod message;
@@ -49,6 +53,7 @@ pub mod parse;
 pub mod proxy;
 pub mod registrar;
 pub mod response;
+pub mod shard;
 pub mod transaction;
 pub mod typed;
 pub mod uri;

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use super::core::CoreHandle;
-use super::{BoxFut, LocateError, Locator, PeerLink, SipEnvelope};
+use super::{BoxFut, LocateError, Locator, PeerLink, Receipt, SipEnvelope};
 use crate::peer::{PeerAddr, PeerHandler, PeerNet, Service};
 use crate::sip::registrar::{
     Binding, Bindings, ContactInfo, Flow, RegisterContacts, RegisterInfo, RegistrarPolicy,
@@ -247,21 +247,50 @@ impl Locator for StoreLocator {
     }
 }
 
-/// SIP between nodes over the peer transport, in order.
+/// SIP between nodes over the peer transport, in order, and never lost in silence.
 ///
 /// Each destination node has one queue and one task that sends what is queued, a batch per
 /// peer call (`Vec<SipEnvelope>`, bincode), one call at a time. Messages to a node therefore
-/// arrive in the order the core sent them: a 180 cannot overtake the 200 that follows it, nor
-/// a CANCEL its INVITE (with a call and a task per message they could, and did). The queue is
-/// bounded; when it is full the message is dropped, as a congested UDP hop would drop it.
+/// arrive in the order the workers sent them: a 180 cannot overtake the 200 that follows it,
+/// nor a CANCEL its INVITE. The queue is bounded in messages and in bytes; when it is full,
+/// [`PeerLink::send`] says so at once and the worker answers the request 503. A batch that
+/// cannot be delivered (the node left the status, the call failed or timed out, the
+/// receiver refused some of it because its workers are full) fails the receipts of its
+/// messages, and a failed call fails everything queued behind it too: the node is not
+/// answering, so each request gets its 503 now rather than one call timeout after another.
 pub struct PeerSip {
     net: Arc<PeerNet>,
     view: watch::Receiver<Arc<View>>,
-    queues: std::sync::Mutex<HashMap<String, mpsc::Sender<SipEnvelope>>>,
+    settings: PeerSipSettings,
+    queues: std::sync::Mutex<HashMap<String, Queue>>,
 }
 
-/// Envelopes waiting for one node.
-const PEER_QUEUE: usize = 8192;
+/// Bounds and timeouts of SIP between nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSipSettings {
+    /// Most messages waiting for one node.
+    pub queue: usize,
+    /// Most bytes waiting for one node.
+    pub queue_bytes: usize,
+    /// How long one batch may take to be accepted by the receiving node.
+    pub call_timeout: Duration,
+}
+
+impl Default for PeerSipSettings {
+    fn default() -> Self {
+        PeerSipSettings {
+            queue: 8192,
+            queue_bytes: 8 << 20,
+            call_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+struct Queue {
+    tx: mpsc::Sender<(SipEnvelope, Option<Receipt>)>,
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// Most envelopes in one call.
 const MAX_BATCH: usize = 256;
 /// Most bytes of SIP in one call (under the peer transport's 1 MiB frame cap).
@@ -271,41 +300,77 @@ const PEER_IDLE: Duration = Duration::from_secs(60);
 
 impl PeerSip {
     /// SIP over `net`, finding nodes in `view`.
-    pub fn new(net: Arc<PeerNet>, view: watch::Receiver<Arc<View>>) -> PeerSip {
+    pub fn new(
+        net: Arc<PeerNet>,
+        view: watch::Receiver<Arc<View>>,
+        settings: PeerSipSettings,
+    ) -> PeerSip {
         PeerSip {
             net,
             view,
+            settings,
             queues: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    fn enqueue(&self, node: String, env: SipEnvelope) -> Result<(), String> {
+    fn enqueue(
+        &self,
+        node: String,
+        env: SipEnvelope,
+        receipt: Option<Receipt>,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let known = self
+            .view
+            .borrow()
+            .status
+            .as_ref()
+            .is_some_and(|s| s.member(&node).is_some());
+        if !known {
+            return Err(format!("{node} is not in the network status"));
+        }
         let mut queues = self.queues.lock().expect("peer queues");
-        let mut env = env;
+        let mut item = (env, receipt);
         // Twice at most: a queue whose task ended (idle) is replaced once.
         for _ in 0..2 {
-            let tx = match queues.get(&node) {
-                Some(tx) if !tx.is_closed() => tx.clone(),
+            let q = match queues.get(&node) {
+                Some(q) if !q.tx.is_closed() => q,
                 _ => {
-                    let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                    let (tx, rx) = mpsc::channel(self.settings.queue.max(1));
+                    let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                     tokio::spawn(send_loop(
                         self.net.clone(),
                         self.view.clone(),
                         node.clone(),
                         rx,
+                        bytes.clone(),
+                        self.settings.call_timeout,
                     ));
-                    queues.insert(node.clone(), tx.clone());
-                    tx
+                    queues.insert(node.clone(), Queue { tx, bytes });
+                    &queues[&node]
                 }
             };
-            match tx.try_send(env) {
-                Ok(()) => return Ok(()),
+            let len = item.0.bytes.len();
+            if q.bytes.load(Ordering::Relaxed) + len > self.settings.queue_bytes {
+                return Err(format!(
+                    "queue to {node} full ({} bytes)",
+                    self.settings.queue_bytes
+                ));
+            }
+            match q.tx.try_send(item) {
+                Ok(()) => {
+                    q.bytes.fetch_add(len, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(format!("queue to {node} full: message dropped"))
+                    return Err(format!(
+                        "queue to {node} full ({} messages)",
+                        self.settings.queue
+                    ))
                 }
                 Err(mpsc::error::TrySendError::Closed(e)) => {
                     queues.remove(&node);
-                    env = e;
+                    item = e;
                 }
             }
         }
@@ -313,75 +378,126 @@ impl PeerSip {
     }
 }
 
+/// Fails the receipts of `items` (their requests get 503 at their workers).
+fn fail_all(items: impl IntoIterator<Item = Option<Receipt>>) -> usize {
+    let mut n = 0;
+    for r in items.into_iter().flatten() {
+        r.failed();
+        n += 1;
+    }
+    n
+}
+
 /// Sends what is queued for `node`, in order, one batch per call.
 async fn send_loop(
     net: Arc<PeerNet>,
     view: watch::Receiver<Arc<View>>,
     node: String,
-    mut rx: mpsc::Receiver<SipEnvelope>,
+    mut rx: mpsc::Receiver<(SipEnvelope, Option<Receipt>)>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    call_timeout: Duration,
 ) {
+    use std::sync::atomic::Ordering;
     let mut batch: Vec<SipEnvelope> = Vec::new();
+    let mut receipts: Vec<Option<Receipt>> = Vec::new();
     loop {
         match tokio::time::timeout(PEER_IDLE, rx.recv()).await {
-            Ok(Some(env)) => batch.push(env),
+            Ok(Some((env, r))) => {
+                batch.push(env);
+                receipts.push(r);
+            }
             Ok(None) | Err(_) => return,
         }
         let mut bytes = batch[0].bytes.len();
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(env) => {
+                Ok((env, r)) => {
                     bytes += env.bytes.len();
                     batch.push(env);
+                    receipts.push(r);
                 }
                 Err(_) => break,
             }
         }
+        queued.fetch_sub(bytes, Ordering::Relaxed);
         let addr = view
             .borrow()
             .status
             .as_ref()
             .and_then(|s| s.member(&node))
             .map(PeerAddr::of_member);
-        match addr {
-            None => {
-                debug!(peer = %node, n = batch.len(), "SIP to a node not in the status dropped")
-            }
+        let delivered = match addr {
+            None => Err("not in the network status".to_string()),
             Some(addr) => {
-                let r = net
-                    .call(&addr, Service::Sip, encode(&batch), Duration::from_secs(2))
-                    .await;
-                match r {
-                    Ok(answer) if answer.is_empty() => {}
-                    Ok(answer) => {
-                        debug!(peer = %node, answer = %String::from_utf8_lossy(&answer), "SIP to peer")
-                    }
-                    Err(e) => {
-                        debug!(peer = %node, cause = %e, n = batch.len(), "SIP to peer failed")
-                    }
+                match net
+                    .call(&addr, Service::Sip, encode(&batch), call_timeout)
+                    .await
+                {
+                    Ok(answer) => Ok(answer),
+                    Err(e) => Err(e.to_string()),
                 }
+            }
+        };
+        match delivered {
+            Ok(answer) if answer.is_empty() => {}
+            Ok(answer) => {
+                // Some were refused: the receiver's workers were full for too long.
+                let refused = refused_indices(&answer);
+                let n = fail_all(
+                    refused
+                        .into_iter()
+                        .filter_map(|i| receipts.get_mut(i).map(Option::take)),
+                );
+                debug!(peer = %node, answer = %String::from_utf8_lossy(&answer), failed = n, "SIP to peer refused in part");
+            }
+            Err(why) => {
+                // The node is not answering: fail this batch and everything queued behind it.
+                let mut n = fail_all(receipts.drain(..));
+                let mut dropped = batch.len();
+                while let Ok((env, r)) = rx.try_recv() {
+                    queued.fetch_sub(env.bytes.len(), Ordering::Relaxed);
+                    n += fail_all([r]);
+                    dropped += 1;
+                }
+                debug!(peer = %node, cause = %why, dropped, failed = n, "SIP to peer failed");
             }
         }
         batch.clear();
+        receipts.clear();
+    }
+}
+
+/// The indices of an answer `refused I J K` (the messages of a batch the receiver could not
+/// take).
+fn refused_indices(answer: &[u8]) -> Vec<usize> {
+    let text = String::from_utf8_lossy(answer);
+    match text.strip_prefix("refused") {
+        Some(rest) => rest
+            .split_ascii_whitespace()
+            .filter_map(|i| i.parse().ok())
+            .collect(),
+        None => Vec::new(),
     }
 }
 
 impl PeerLink for PeerSip {
-    fn send(&self, node: String, env: SipEnvelope) -> BoxFut<Result<(), String>> {
-        // Queued now, not when the future runs: the order of calls is the order on the wire.
-        let r = self.enqueue(node, env);
-        Box::pin(async move { r })
+    fn send(&self, node: String, env: SipEnvelope, receipt: Option<Receipt>) -> Result<(), String> {
+        self.enqueue(node, env, receipt)
     }
 }
 
-/// Receives SIP from other nodes and hands it to the core.
+/// Receives SIP from other nodes and hands it to the workers, waiting (at most `wait`)
+/// while a worker's inbox is full: the sender's queue then fills and its workers answer
+/// 503, instead of messages vanishing here.
 pub struct SipHandler {
     core: CoreHandle,
+    wait: Duration,
 }
 
 impl SipHandler {
-    /// A handler feeding `core`.
-    pub fn new(core: CoreHandle) -> SipHandler {
-        SipHandler { core }
+    /// A handler feeding `core`, waiting at most `wait` for a full worker.
+    pub fn new(core: CoreHandle, wait: Duration) -> SipHandler {
+        SipHandler { core, wait }
     }
 }
 
@@ -395,16 +511,29 @@ impl PeerHandler for SipHandler {
         Box::pin(async move {
             match decode::<Vec<SipEnvelope>>(&body) {
                 Ok(batch) => {
-                    let n = batch.len();
-                    let dropped = batch
-                        .into_iter()
-                        .map(|env| self.core.from_peer(node.clone(), env))
-                        .filter(|queued| !queued)
-                        .count();
-                    if dropped == 0 {
+                    let deadline = tokio::time::Instant::now() + self.wait;
+                    let mut refused = Vec::new();
+                    for (i, env) in batch.into_iter().enumerate() {
+                        // After one refusal every later message is refused too, so that
+                        // what does go through keeps its order.
+                        let queued = refused.is_empty()
+                            && matches!(
+                                tokio::time::timeout_at(
+                                    deadline,
+                                    self.core.from_peer(node.clone(), env),
+                                )
+                                .await,
+                                Ok(true)
+                            );
+                        if !queued {
+                            refused.push(i);
+                        }
+                    }
+                    if refused.is_empty() {
                         Bytes::new()
                     } else {
-                        Bytes::from(format!("busy: {dropped} of {n} dropped"))
+                        let list: Vec<String> = refused.iter().map(|i| i.to_string()).collect();
+                        Bytes::from(format!("refused {}", list.join(" ")))
                     }
                 }
                 Err(e) => Bytes::from(format!("bad envelope: {e}")),

@@ -74,15 +74,7 @@ impl std::fmt::Debug for MediaRelay {
     }
 }
 
-/// A message from the network, held while its call waits for a relay.
-pub struct Held {
-    /// The message (its SDP rewritten once the relay answered).
-    pub msg: Message,
-    /// Where it came from.
-    pub from: Hop,
-    /// Its source address.
-    pub source: Option<SocketAddr>,
-}
+pub use crate::sip::engine::Held;
 
 /// What a relay task reports to the core.
 pub enum Done {
@@ -106,15 +98,7 @@ pub enum Done {
     },
 }
 
-/// What the core does next.
-pub enum Resume {
-    /// Nothing.
-    Nothing,
-    /// Handle these messages, in order, as if they had just arrived.
-    Dispatch(Vec<Held>),
-    /// Forward this INVITE server transaction's request (replaced by the one given, if any).
-    Forward(TransactionKey, Option<Request>),
-}
+pub use crate::sip::engine::Resume;
 
 enum Plan {
     Pass,
@@ -139,7 +123,7 @@ struct Counters {
 pub struct MediaGate {
     control: Arc<dyn RelayControl>,
     allocate: bool,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::UnboundedSender<Event>,
     /// Calls with a message at a relay now, and the messages that arrived behind it.
     queues: HashMap<String, VecDeque<Held>>,
     held: usize,
@@ -175,7 +159,7 @@ fn with_body(mut msg: Message, sdp: &Sdp, addrs: &[Option<SocketAddr>]) -> Messa
 
 impl MediaGate {
     /// A gate sending its results to the core through `tx`.
-    pub fn new(link: MediaRelay, tx: mpsc::Sender<Event>, metrics: &Metrics) -> MediaGate {
+    pub fn new(link: MediaRelay, tx: mpsc::UnboundedSender<Event>, metrics: &Metrics) -> MediaGate {
         const ALLOC: &str = "Media relay sessions requested for calls entering here, by result.";
         MediaGate {
             control: link.control,
@@ -318,9 +302,7 @@ impl MediaGate {
                         },
                         None => held,
                     };
-                    let _ = tx
-                        .send(Event::Media(Box::new(Done::Inbound { call_id, held })))
-                        .await;
+                    let _ = tx.send(Event::Media(Box::new(Done::Inbound { call_id, held })));
                 });
                 None
             }
@@ -387,7 +369,7 @@ impl MediaGate {
                 request,
                 allocation,
             };
-            let _ = tx.send(Event::Media(Box::new(done))).await;
+            let _ = tx.send(Event::Media(Box::new(done)));
         });
         true
     }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::proxy::core::{self, Event, Hop};
 use crate::proxy::test_support::{recv_sip, NoPeers, OneCallee};
-use crate::proxy::transport::{sip_frame, Proto, TransportConfig, Transports};
+use crate::proxy::transport::{sip_frame, TransportConfig, Transports};
 use crate::proxy::{BoxFut, ProxyConfig};
 use crate::relay::{Endpoint, RelayEngine, RelaySettings};
 use crate::sip::{parse, Message};
@@ -209,13 +209,13 @@ fn answer(req: &str, code: u16, contact: SocketAddr, body: &str) -> String {
 
 fn net() -> Hop {
     Hop::Net {
-        proto: Proto::Udp,
+        proto: crate::sip::Transport::Udp,
         remote: "192.0.2.9:5060".parse().unwrap(),
         conn: 0,
     }
 }
 
-async fn next_done(rx: &mut mpsc::Receiver<Event>) -> Done {
+async fn next_done(rx: &mut mpsc::UnboundedReceiver<Event>) -> Done {
     match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
         Ok(Some(Event::Media(d))) => *d,
         Ok(Some(_)) => panic!("another event"),
@@ -223,8 +223,11 @@ async fn next_done(rx: &mut mpsc::Receiver<Event>) -> Done {
     }
 }
 
-fn gate(control: Arc<Local>, allocate: bool) -> (MediaGate, mpsc::Receiver<Event>, Metrics) {
-    let (tx, rx) = mpsc::channel(16);
+fn gate(
+    control: Arc<Local>,
+    allocate: bool,
+) -> (MediaGate, mpsc::UnboundedReceiver<Event>, Metrics) {
+    let (tx, rx) = mpsc::unbounded_channel();
     let metrics = Metrics::default();
     let g = MediaGate::new(MediaRelay { control, allocate }, tx, &metrics);
     (g, rx, metrics)

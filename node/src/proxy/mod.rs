@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`transport`]: UDP and TCP sockets on port 5060; TCP connections are flows.
-//! - [`core`]: one task that owns every transaction and decides where each message goes.
+//! - [`core`]: the workers: each owns the transactions of the calls whose Call-ID hashes to
+//!   it, in an [`crate::sip::engine::Engine`], and carries out what the engine decides.
 //! - [`media`]: which messages get their SDP pointed at a media relay, and when relay
 //!   sessions are freed.
 //! - this file: what the core needs from the rest of the node ([`Locator`] for bindings,
@@ -38,21 +39,7 @@ use crate::sip::registrar::{Binding, Flow, RegisterInfo, RegistrarPolicy};
 /// A boxed future, for the object-safe traits below.
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// Why a registration or a lookup failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LocateError {
-    /// The REGISTER breaks a binding rule: answer with this status and reason.
-    Rejected {
-        /// SIP status.
-        status: u16,
-        /// Reason phrase.
-        reason: String,
-        /// Min-Expires to add (423).
-        min_expires: Option<u32>,
-    },
-    /// The registrar ring cannot be reached now: answer 503 (or 500).
-    Unavailable(String),
-}
+pub use crate::sip::engine::LocateError;
 
 /// Where the bindings live: the replicated store on the `registrar` ring.
 pub trait Locator: Send + Sync + 'static {
@@ -78,11 +65,33 @@ pub struct SipEnvelope {
     pub from: SocketAddr,
 }
 
+/// Who to tell when a request of a client transaction could not be delivered to another
+/// node after [`PeerLink::send`] accepted it.
+pub struct Receipt {
+    /// The client transaction that sent it.
+    pub client: crate::sip::transaction::TransactionKey,
+    /// Its worker's inbox for answers.
+    pub notify: tokio::sync::mpsc::UnboundedSender<core::Event>,
+}
+
+impl Receipt {
+    /// Tells the worker that the message did not arrive.
+    pub fn failed(self) {
+        let _ = self
+            .notify
+            .send(core::Event::Answer(crate::sip::engine::Input::SendFailed {
+                client: self.client,
+            }));
+    }
+}
+
 /// Sends SIP messages to other nodes.
 pub trait PeerLink: Send + Sync + 'static {
-    /// Sends `env` to the node `node`. Messages to one node arrive in the order of the calls
-    /// to `send` (not of the futures' completion), as SIP over one connection would.
-    fn send(&self, node: String, env: SipEnvelope) -> BoxFut<Result<(), String>>;
+    /// Queues `env` for the node `node`, without waiting. Messages to one node arrive in the
+    /// order of the calls to `send`, as SIP over one connection would. An error means the
+    /// message will not be sent (the queue is full, the node is unknown); a message accepted
+    /// here that then cannot be delivered is reported through its `receipt`, if it has one.
+    fn send(&self, node: String, env: SipEnvelope, receipt: Option<Receipt>) -> Result<(), String>;
 }
 
 /// Settings of the proxy.
@@ -98,6 +107,10 @@ pub struct ProxyConfig {
     pub max_pending: usize,
     /// Most live transactions; beyond, new requests get 503.
     pub max_transactions: usize,
+    /// Workers the transactions are sharded over (by Call-ID); at least 1.
+    pub workers: usize,
+    /// Depth of each worker's inbox of messages.
+    pub queue: usize,
     /// Timer C: an INVITE proxied without a final response for this long is cancelled (408).
     pub timer_c: Duration,
     /// Largest SIP message accepted (513 beyond).
@@ -119,6 +132,8 @@ impl ProxyConfig {
             policy: RegistrarPolicy::default(),
             max_pending: 10_000,
             max_transactions: 200_000,
+            workers: 1,
+            queue: 8192,
             timer_c: Duration::from_secs(180),
             max_message: 65_535,
             dns_servers: Vec::new(),

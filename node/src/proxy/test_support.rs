@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
-use crate::proxy::{BoxFut, LocateError, Locator, PeerLink, SipEnvelope};
+use crate::proxy::{BoxFut, LocateError, Locator, PeerLink, Receipt, SipEnvelope};
 use crate::sip::registrar::{Binding, RegisterInfo, RegistrarPolicy};
 
 /// Every AOR is bound to one contact, the test's UAS.
@@ -40,8 +40,13 @@ impl Locator for OneCallee {
 pub(crate) struct NoPeers;
 
 impl PeerLink for NoPeers {
-    fn send(&self, _node: String, _env: SipEnvelope) -> BoxFut<Result<(), String>> {
-        Box::pin(async { Err("no peers in this test".into()) })
+    fn send(
+        &self,
+        _node: String,
+        _env: SipEnvelope,
+        _receipt: Option<Receipt>,
+    ) -> Result<(), String> {
+        Err("no peers in this test".into())
     }
 }
 

@@ -1,0 +1,1 @@
+//! Tests of the engine, with no sockets: messages in at a chosen time, outputs checked.
