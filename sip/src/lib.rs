@@ -59,6 +59,8 @@ pub mod typed;
 pub mod uri;
 
 #[cfg(test)]
+mod strict_tests;
+#[cfg(test)]
 mod tests;
 
 pub use framer::{Frame, FrameError, StreamFramer};

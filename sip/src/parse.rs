@@ -9,14 +9,26 @@
 //! valid UTF-8 is read lossily and answered with 400.
 //!
 //! What is checked, so that the rest of the core can trust a parsed message:
+//! - the request line: `Method SP Request-URI SP SIP-Version`; a wrong token count
+//!   (`Malformed Request-Line`), a method that is not a token (`Malformed Method`) or a
+//!   version that is not `1*DIGIT "." 1*DIGIT` (`Malformed SIP-Version`) is 400 when the
+//!   request has a Via to answer along (dropped otherwise); another version is 505. "SIP" is
+//!   case-insensitive (section 7.1), methods are case-sensitive.
 //! - requests: `To`, `From`, `Call-ID`, `CSeq`, `Via` (and `Max-Forwards` unless
-//!   [`Limits::require_max_forwards`] is off) are present; every Via, the To, From and Route
-//!   values, `CSeq` (number below 2^31, method equal to the request's), `Max-Forwards` and
-//!   `Content-Length` are well formed. A failure is [`ParseError::Reject`] with status 400
-//!   (505 for another SIP version, 513 for an oversized message) and the request as far as
-//!   it could be read, so the caller can answer it with [`ParseError::response`].
+//!   [`Limits::require_max_forwards`] is off) are present; the single-valued headers (`To`,
+//!   `From`, `Call-ID`, `CSeq`, `Max-Forwards`, `Content-Length`, `Content-Type`, `Expires`,
+//!   in any spelling, compact forms included) appear at most once (`Duplicate CSeq header`);
+//!   every Via, the To, From and Route values, the `Call-ID` (`word ["@" word]`), `CSeq`
+//!   (number below 2^31, method equal to the request's), `Max-Forwards` (`1*DIGIT`, at most
+//!   255) and `Content-Length` (`1*DIGIT`, not more than the bytes that follow) are well
+//!   formed. A failure is [`ParseError::Reject`] with status 400 and a reason phrase naming
+//!   the header (505 for another SIP version, 513 for an oversized message) and the request
+//!   as far as it could be read, so the caller can answer it with [`ParseError::response`].
 //! - responses: the same headers but `Max-Forwards`; a failure is
 //!   [`ParseError::Unanswerable`] (responses are never answered).
+//!
+//! Section 16.3's checks that are not grammar (URI scheme, Max-Forwards 0, loops,
+//! Proxy-Require, Require) are [`crate::proxy::validate_request`]'s.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -153,7 +165,9 @@ enum StartLine {
     Request {
         method: Method,
         uri: Result<Uri, String>,
-        version_ok: bool,
+        /// `Ok` for SIP/2.0; otherwise the status and reason to answer with (505 for
+        /// another well-formed version, 400 for a request line that breaks the grammar).
+        line: Result<(), (u16, &'static str)>,
     },
     Response {
         status: u16,
@@ -260,7 +274,7 @@ fn parse_inner(
     // Body, framed by Content-Length when present.
     let available = msg.len().saturating_sub(body_start);
     let body_len = match headers.get_kind(HeaderName::ContentLength) {
-        Some(v) => match v.trim().parse::<usize>() {
+        Some(v) => match parse_content_length(v) {
             Ok(n) if n <= available => n,
             Ok(_) => {
                 problem.get_or_insert((400, "Body shorter than Content-Length".into()));
@@ -298,15 +312,18 @@ fn parse_inner(
                 body,
             }))
         }
-        StartLine::Request {
-            method,
-            uri,
-            version_ok,
-        } => {
+        StartLine::Request { method, uri, line } => {
+            if let Err((status, why)) = line {
+                // A request line that breaks the grammar is answered only when there is a
+                // Via to answer along; otherwise there is nothing to answer.
+                if status == 400 && headers.get_kind(HeaderName::Via).is_none() {
+                    return Err(ParseError::Unanswerable(why.to_ascii_lowercase().into()));
+                }
+            }
             if too_large {
                 problem = Some((513, "Message Too Large".into()));
-            } else if !version_ok {
-                problem = Some((505, "Version Not Supported".into()));
+            } else if let Err((status, why)) = line {
+                problem = Some((status, why.into()));
             }
             let uri = match uri {
                 Ok(u) => u,
@@ -336,6 +353,15 @@ fn parse_inner(
             }
         }
     }
+}
+
+/// Reads a Content-Length value: `1*DIGIT` (section 20.14), nothing else.
+fn parse_content_length(v: &str) -> Result<usize, ()> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    v.parse::<usize>().map_err(|_| ())
 }
 
 /// A header field being accumulated (its continuation lines may follow).
@@ -401,29 +427,126 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
             reason: reason.to_owned(),
         });
     }
+    // Request-Line = Method SP Request-URI SP SIP-Version (runs of white space accepted).
+    // A line that does not end in `SIP/...` is not a SIP request: nothing to answer.
     let mut parts = line.split_ascii_whitespace();
-    let (Some(method), Some(uri), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(uri), Some(mut version)) = (parts.next(), parts.next(), parts.next())
     else {
         return Err(ParseError::Unanswerable("malformed start line".into()));
     };
-    if !is_token(method) {
-        return Err(ParseError::Unanswerable("malformed method".into()));
+    let mut extra = false;
+    for more in parts {
+        extra = true;
+        version = more;
     }
-    let version_ok = version.eq_ignore_ascii_case("SIP/2.0");
-    let sip_version = version.len() > 4 && version.as_bytes()[..4].eq_ignore_ascii_case(b"SIP/");
-    if !sip_version {
+    if !(version.len() > 4 && version.as_bytes()[..4].eq_ignore_ascii_case(b"SIP/")) {
         return Err(ParseError::Unanswerable("malformed start line".into()));
     }
+    let line = if extra {
+        Err((400, "Malformed Request-Line"))
+    } else if !is_token(method) {
+        Err((400, "Malformed Method"))
+    } else {
+        check_version(&version[4..])
+    };
     Ok(StartLine::Request {
         method: Method::from_token(method),
         uri: Uri::parse(uri).map_err(|e| format!("Bad Request-URI ({e})")),
-        version_ok,
+        line,
     })
+}
+
+/// Checks the part of a SIP-Version after `SIP/` (RFC 3261 section 25: `1*DIGIT "." 1*DIGIT`;
+/// "SIP" is case-insensitive, section 7.1): 2.0 is ours, another version is 505, anything
+/// else breaks the grammar (400).
+fn check_version(v: &str) -> Result<(), (u16, &'static str)> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match v.split_once('.') {
+        Some(("2", "0")) => Ok(()),
+        Some((major, minor)) if digits(major) && digits(minor) => {
+            Err((505, "Version Not Supported"))
+        }
+        _ => Err((400, "Malformed SIP-Version")),
+    }
+}
+
+/// Single-valued headers (RFC 3261 section 7.3.1: only comma-list headers may be repeated),
+/// checked for repetition in requests and responses, whatever the spelling (compact forms
+/// count as the same header).
+const SINGLE: [(HeaderName, &str); 8] = [
+    (HeaderName::To, "To"),
+    (HeaderName::From, "From"),
+    (HeaderName::CallId, "Call-ID"),
+    (HeaderName::CSeq, "CSeq"),
+    (HeaderName::MaxForwards, "Max-Forwards"),
+    (HeaderName::ContentLength, "Content-Length"),
+    (HeaderName::ContentType, "Content-Type"),
+    (HeaderName::Expires, "Expires"),
+];
+
+/// The first single-valued header that appears more than once.
+fn duplicate(h: &Headers) -> Option<&'static str> {
+    let mut seen = 0u8;
+    for field in h {
+        let kind = field.kind();
+        if kind == HeaderName::Other {
+            continue;
+        }
+        if let Some(i) = SINGLE.iter().position(|(k, _)| *k == kind) {
+            let bit = 1u8 << i;
+            if seen & bit != 0 {
+                return Some(SINGLE[i].1);
+            }
+            seen |= bit;
+        }
+    }
+    None
+}
+
+/// Whether `v` is a Call-ID: `word ["@" word]` (RFC 3261 section 25).
+fn is_call_id(v: &str) -> bool {
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'!'
+                            | b'%'
+                            | b'*'
+                            | b'_'
+                            | b'+'
+                            | b'`'
+                            | b'\''
+                            | b'~'
+                            | b'('
+                            | b')'
+                            | b'<'
+                            | b'>'
+                            | b':'
+                            | b'\\'
+                            | b'"'
+                            | b'/'
+                            | b'['
+                            | b']'
+                            | b'?'
+                            | b'{'
+                            | b'}'
+                    )
+            })
+    };
+    match v.split_once('@') {
+        Some((a, b)) => word(a) && word(b),
+        None => word(v),
+    }
 }
 
 /// Checks what requests and responses both need. Returns the reason on failure.
 fn check_common(h: &Headers, method: Option<&Method>) -> Option<String> {
+    if let Some(name) = duplicate(h) {
+        return Some(format!("Duplicate {name} header"));
+    }
     let mut vias = 0;
     for v in h.values_kind(HeaderName::Via) {
         vias += 1;
@@ -446,9 +569,7 @@ fn check_common(h: &Headers, method: Option<&Method>) -> Option<String> {
     }
     match h.get_kind(HeaderName::CallId) {
         None => return Some("Missing Call-ID header".into()),
-        Some(v) if v.is_empty() || v.contains(char::is_whitespace) => {
-            return Some("Malformed Call-ID header".into())
-        }
+        Some(v) if !is_call_id(v) => return Some("Malformed Call-ID header".into()),
         Some(_) => {}
     }
     match h.get_kind(HeaderName::CSeq).map(CSeq::parse) {
@@ -471,8 +592,13 @@ fn check_request(h: &Headers, limits: &Limits) -> Option<String> {
         None if limits.require_max_forwards => return Some("Missing Max-Forwards header".into()),
         None => {}
         Some(v) => {
+            // 1*DIGIT, "an integer in the range 0-255" (section 20.22).
             let v = v.trim();
-            if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            if v.is_empty()
+                || v.len() > 10
+                || !v.bytes().all(|b| b.is_ascii_digit())
+                || v.parse::<u32>().map_or(true, |n| n > 255)
+            {
                 return Some("Malformed Max-Forwards header".into());
             }
         }

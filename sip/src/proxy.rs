@@ -115,7 +115,24 @@ impl LocalAddrs {
     }
 }
 
+/// The option tags (RFC 3261 section 19.2) this node supports: none. It implements no
+/// extension that a `Require` or `Proxy-Require` could ask for (no `path`, `outbound`,
+/// `100rel`, `timer`, `gruu`), so any tag there is unknown. Kept in one place so that adding
+/// an extension is one line here (and its `Supported` follows).
+pub const SUPPORTED_OPTION_TAGS: &[&str] = &[];
+
+/// The methods the node accepts, as its `Allow` header says (OPTIONS answers and 405s).
+pub const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE";
+
+/// The body types the node accepts as a UAS (`Accept` of its OPTIONS answers).
+pub const ACCEPT: &str = "application/sdp";
+
 /// A request the proxy answers itself instead of forwarding.
+///
+/// Mostly an error status; `status` 200 is the answer to an `OPTIONS` with
+/// `Max-Forwards: 0`, which the node answers as its final recipient (section 16.3 step 3)
+/// rather than 483. [`Rejection::response`] builds either.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{status} {reason}")]
 pub struct Rejection {
@@ -123,39 +140,115 @@ pub struct Rejection {
     pub status: u16,
     /// The reason phrase.
     pub reason: &'static str,
+    /// For 420 (Bad Extension): the option tags not supported, sent back in `Unsupported`
+    /// (sections 8.2.2.3 and 16.3 step 5). Empty otherwise.
+    pub unsupported: Vec<String>,
 }
 
 impl Rejection {
-    /// The response for `req`.
+    fn new(status: u16, reason: &'static str) -> Rejection {
+        Rejection {
+            status,
+            reason,
+            unsupported: Vec::new(),
+        }
+    }
+
+    /// The response for `req`: with `Unsupported` listing the unknown tags for 420, and with
+    /// `Allow`, `Accept` (and `Supported` when the node supports any tag) for the 200 to an
+    /// OPTIONS (section 11.2).
     pub fn response(&self, req: &Request) -> Response {
-        super::response::reply(req, self.status, Some(self.reason), None)
+        let mut resp = super::response::reply(req, self.status, Some(self.reason), None);
+        if !self.unsupported.is_empty() {
+            resp.headers
+                .push("Unsupported", &self.unsupported.join(", "));
+        }
+        if self.status == 200 {
+            resp.headers.push("Allow", ALLOW);
+            resp.headers.push("Accept", ACCEPT);
+            if !SUPPORTED_OPTION_TAGS.is_empty() {
+                resp.headers
+                    .push("Supported", &SUPPORTED_OPTION_TAGS.join(", "));
+            }
+        }
+        resp
     }
 }
 
-/// Request validation (RFC 3261 section 16.3). Syntax was checked by the parser;
-/// Proxy-Require is not checked (we support no extension that needs it, and reject none).
+/// The option tags of every `name` field (`Require`, `Proxy-Require`) that this node does
+/// not support, in order, each once. Option tags compare case-sensitively (section 19.2
+/// does not say otherwise; 20.32 examples are lower case).
+fn unsupported_tags(req: &Request, name: HeaderName) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for tag in req.headers.values_kind(name) {
+        let tag = tag.trim();
+        if tag.is_empty() || SUPPORTED_OPTION_TAGS.contains(&tag) || out.iter().any(|t| t == tag) {
+            continue;
+        }
+        out.push(tag.to_owned());
+    }
+    out
+}
+
+/// Whether this node will answer `req` itself as a UAS (and so must check its `Require`,
+/// section 8.2.2.3): a REGISTER, or an OPTIONS without a user part, addressed to one of our
+/// domains or addresses and routed nowhere else (every Route value, if any, is ours). This
+/// mirrors the node's dispatch after [`preprocess_route`].
+pub fn answered_here(req: &Request, local: &LocalAddrs) -> bool {
+    let uas_method = match req.method {
+        Method::Register => true,
+        Method::Options => req.uri.user().is_none(),
+        _ => false,
+    };
+    uas_method
+        && (local.is_our_domain(&req.uri) || local.is_local_uri(&req.uri))
+        && req
+            .headers
+            .routes()
+            .all(|r| Uri::parse(r.uri_str()).is_ok_and(|u| local.is_local_uri(&u)))
+}
+
+/// Request validation (RFC 3261 section 16.3, and 8.2.2.3 for what the node answers
+/// itself). Syntax was checked by the parser. In the order of section 16.3:
 ///
-/// - a non-SIP Request-URI: 416;
-/// - `Max-Forwards: 0`: 483 (except OPTIONS, which the caller may answer itself);
-/// - a Via of ours whose loop hash matches the request as received: 482.
+/// - a Request-URI that is not `sip:` or `sips:` (`tel:` is not routed by this node): 416;
+/// - `Max-Forwards: 0`: 483 Too Many Hops, except for an OPTIONS, which the node answers
+///   itself: a [`Rejection`] with status 200 whose response carries `Allow` and `Accept`;
+/// - a Via of ours whose loop hash matches the request as received: 482;
+/// - a `Proxy-Require` with option tags not in [`SUPPORTED_OPTION_TAGS`]: 420 Bad Extension
+///   with `Unsupported` listing them;
+/// - a request this node answers as a UAS ([`answered_here`], and the OPTIONS answered for
+///   Max-Forwards 0) with unknown tags in `Require`: 420 with `Unsupported`. Never for ACK
+///   or CANCEL (section 8.2.2.3), which the caller handles before this anyway.
 pub fn validate_request(req: &Request, local: &LocalAddrs) -> Result<(), Rejection> {
     if !req.uri.is_sip() {
-        return Err(Rejection {
-            status: 416,
-            reason: "Unsupported URI Scheme",
-        });
+        return Err(Rejection::new(416, "Unsupported URI Scheme"));
     }
-    if req.headers.max_forwards() == Some(0) && req.method != Method::Options {
-        return Err(Rejection {
-            status: 483,
-            reason: "Too Many Hops",
-        });
+    let no_hops_left = req.headers.max_forwards() == Some(0);
+    if no_hops_left && req.method != Method::Options {
+        return Err(Rejection::new(483, "Too Many Hops"));
     }
     if is_loop(req, local) {
-        return Err(Rejection {
-            status: 482,
-            reason: "Loop Detected",
-        });
+        return Err(Rejection::new(482, "Loop Detected"));
+    }
+    let bad_extension = |unsupported: Vec<String>| {
+        if unsupported.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejection {
+                status: 420,
+                reason: "Bad Extension",
+                unsupported,
+            })
+        }
+    };
+    bad_extension(unsupported_tags(req, HeaderName::ProxyRequire))?;
+    let uas = no_hops_left || answered_here(req, local);
+    if uas && !matches!(req.method, Method::Ack | Method::Cancel) {
+        bad_extension(unsupported_tags(req, HeaderName::Require))?;
+    }
+    if no_hops_left {
+        return Err(Rejection::new(200, "OK"));
     }
     Ok(())
 }

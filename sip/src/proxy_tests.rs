@@ -3,6 +3,7 @@
 use super::*;
 use crate::response::reply;
 use crate::tests::{msg, sipp_invite};
+use crate::Method;
 use crate::{parse, Message};
 
 fn req(data: &[u8]) -> Request {
@@ -44,9 +45,144 @@ fn validation() {
     inv.headers.set("Max-Forwards", "1");
     inv.uri = uri("tel:+15551234");
     assert_eq!(validate_request(&inv, &l).unwrap_err().status, 416);
-    // Proxy-Require is ignored.
+    // Proxy-Require with an option tag we do not support: 420 (RFC 3261 16.3 step 5; this
+    // test used to assert it was ignored, which 16.3 does not allow).
     let mut inv = req(&sipp_invite());
     inv.headers.push("Proxy-Require", "foo");
+    let err = validate_request(&inv, &l).unwrap_err();
+    assert_eq!((err.status, err.reason), (420, "Bad Extension"));
+    assert_eq!(err.unsupported, ["foo"]);
+}
+
+#[test]
+fn proxy_require_unknown_gets_420_with_unsupported() {
+    let l = local();
+    let mut inv = req(&sipp_invite());
+    inv.headers.push("Proxy-Require", "sec-agree, foo");
+    inv.headers.push("Proxy-Require", "foo");
+    let err = validate_request(&inv, &l).unwrap_err();
+    assert_eq!(err.status, 420);
+    assert_eq!(err.unsupported, ["sec-agree", "foo"]);
+    let resp = err.response(&inv);
+    assert_eq!((resp.status, resp.reason.as_str()), (420, "Bad Extension"));
+    assert_eq!(resp.headers.get("Unsupported"), Some("sec-agree, foo"));
+    // Require is end to end: a proxy forwarding the request does not look at it.
+    let mut inv = req(&sipp_invite());
+    inv.headers.push("Require", "100rel");
+    assert_eq!(validate_request(&inv, &l), Ok(()));
+}
+
+fn options(uri: &str, extra: &[&str]) -> Request {
+    let mut head = vec![
+        format!("OPTIONS {uri} SIP/2.0"),
+        "Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKopt".to_owned(),
+        "Max-Forwards: 70".to_owned(),
+        "From: <sip:a@example.test>;tag=o1".to_owned(),
+        format!("To: <{uri}>"),
+        "Call-ID: opt@10.0.0.5".to_owned(),
+        "CSeq: 1 OPTIONS".to_owned(),
+    ];
+    head.extend(extra.iter().map(|s| (*s).to_owned()));
+    head.push("Content-Length: 0".to_owned());
+    let refs: Vec<&str> = head.iter().map(String::as_str).collect();
+    req(&msg(&refs, ""))
+}
+
+#[test]
+fn require_unknown_gets_420_where_the_node_is_the_uas() {
+    let l = local();
+    // A REGISTER for our domain is answered here.
+    let mut reg = req(&crate::tests::sipp_register());
+    assert!(answered_here(&reg, &l));
+    reg.headers.push("Require", "path, gruu");
+    let err = validate_request(&reg, &l).unwrap_err();
+    assert_eq!(err.status, 420);
+    let resp = err.response(&reg);
+    assert_eq!(resp.headers.get("Unsupported"), Some("path, gruu"));
+    // A REGISTER routed elsewhere is only proxied.
+    reg.headers
+        .push("Route", "<sip:registrar.elsewhere.test;lr>");
+    assert!(!answered_here(&reg, &l));
+    assert_eq!(validate_request(&reg, &l), Ok(()));
+    // ... but a Route of ours is popped, so the REGISTER is still ours.
+    let mut reg = req(&crate::tests::sipp_register());
+    reg.headers.push("Route", "<sip:127.0.1.7;lr>");
+    reg.headers.push("Require", "path");
+    assert_eq!(validate_request(&reg, &l).unwrap_err().status, 420);
+    // An OPTIONS to the domain (no user part) is answered here; to a user it is proxied.
+    let opt = options("sip:example.test", &["Require: foo"]);
+    assert_eq!(validate_request(&opt, &l).unwrap_err().unsupported, ["foo"]);
+    let opt = options("sip:2000@example.test", &["Require: foo"]);
+    assert_eq!(validate_request(&opt, &l), Ok(()));
+    // An empty Require is no requirement.
+    let opt = options("sip:example.test", &["Require: "]);
+    assert_eq!(validate_request(&opt, &l), Ok(()));
+}
+
+#[test]
+fn require_never_rejects_ack_or_cancel() {
+    let l = local();
+    let mut inv = req(&crate::tests::sipp_register());
+    inv.headers.push("Require", "foo");
+    let cancel = crate::transaction::build_cancel(&inv);
+    let mut cancel = cancel;
+    cancel.headers.push("Require", "foo");
+    cancel.uri = uri("sip:example.test");
+    assert_eq!(validate_request(&cancel, &l), Ok(()));
+    let mut ack = cancel.clone();
+    ack.method = Method::Ack;
+    ack.headers.set("CSeq", "1 ACK");
+    ack.headers.set("Max-Forwards", "0");
+    // Max-Forwards 0 on an ACK is 483 for the caller to drop (ACKs get no response), never
+    // a 420.
+    assert_eq!(validate_request(&ack, &l).unwrap_err().status, 483);
+}
+
+#[test]
+fn options_with_max_forwards_0_is_answered_200_here() {
+    let l = local();
+    for target in ["sip:example.test", "sip:2000@elsewhere.test"] {
+        let mut opt = options(target, &[]);
+        opt.headers.set("Max-Forwards", "0");
+        let answer = validate_request(&opt, &l).unwrap_err();
+        assert_eq!((answer.status, answer.reason), (200, "OK"));
+        let resp = answer.response(&opt);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.headers.get("Allow"), Some(ALLOW));
+        assert_eq!(resp.headers.get("Accept"), Some("application/sdp"));
+        assert!(resp.headers.to().unwrap().tag().is_some());
+        // With an unknown Require it is a 420 instead (8.2.2.3 comes first).
+        opt.headers.push("Require", "foo");
+        assert_eq!(validate_request(&opt, &l).unwrap_err().status, 420);
+    }
+    // Any other method: 483.
+    let mut inv = req(&sipp_invite());
+    inv.headers.set("Max-Forwards", "0");
+    let err = validate_request(&inv, &l).unwrap_err();
+    assert_eq!((err.status, err.reason), (483, "Too Many Hops"));
+    assert_eq!(err.response(&inv).reason, "Too Many Hops");
+}
+
+#[test]
+fn other_schemes_get_416() {
+    let l = local();
+    for scheme in [
+        "tel:+15551234",
+        "mailto:a@example.test",
+        "http://example.test/",
+        "urn:service:sos",
+    ] {
+        let mut inv = req(&sipp_invite());
+        inv.uri = uri(scheme);
+        let err = validate_request(&inv, &l).unwrap_err();
+        assert_eq!(
+            (err.status, err.reason),
+            (416, "Unsupported URI Scheme"),
+            "{scheme}"
+        );
+    }
+    let mut inv = req(&sipp_invite());
+    inv.uri = uri("SIPS:2000@example.test");
     assert_eq!(validate_request(&inv, &l), Ok(()));
 }
 

@@ -127,28 +127,37 @@ impl<'a> Via<'a> {
         !self.transport.eq_ignore_ascii_case("UDP")
     }
 
-    /// Where a response to this Via goes (RFC 3261 section 18.2.2 with RFC 3581): the
-    /// `maddr`, else the `received` address, else the sent-by host (IPv6 addresses without
-    /// brackets), and the `rport` value if filled in (else the sent-by port, else 5060, or
-    /// 5061 for TLS). The host may be a name that still needs resolving (RFC 3263) when there
-    /// is no `received`.
+    /// Where a response to this Via goes over an unreliable or new connection (RFC 3261
+    /// section 18.2.2 with RFC 3581). The default port is 5061 for TLS, else 5060.
+    ///
+    /// - `maddr` present: that address, at the sent-by port (or the default); `rport` is
+    ///   not used (RFC 3581 section 4 applies only without `maddr`);
+    /// - else `received` present: that address, at the `rport` value when filled in, else
+    ///   the sent-by port (or the default);
+    /// - else the sent-by host (a name may still need RFC 3263 resolving) and port (or the
+    ///   default). An `rport` value without `received` is ignored: RFC 3581 servers always
+    ///   add `received` with it, and without it the sent-by is where the client listens.
+    ///
+    /// IPv6 addresses come without brackets.
     pub fn response_target(&self) -> (&'a str, u16) {
-        let host = self
-            .maddr()
-            .or(self.received())
-            .unwrap_or(self.host)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
         let default = if self.transport.eq_ignore_ascii_case("TLS") {
             5061
         } else {
             5060
         };
-        let port = match self.rport() {
-            Some(Some(p)) => p,
-            _ => self.port.unwrap_or(default),
+        let sent_by_port = self.port.unwrap_or(default);
+        let (host, port) = match (self.maddr().filter(|m| !m.is_empty()), self.received()) {
+            (Some(maddr), _) => (maddr, sent_by_port),
+            (None, Some(received)) if !received.is_empty() => {
+                let port = match self.rport() {
+                    Some(Some(p)) => p,
+                    _ => sent_by_port,
+                };
+                (received, port)
+            }
+            _ => (self.host, sent_by_port),
         };
-        (host, port)
+        (host.trim_start_matches('[').trim_end_matches(']'), port)
     }
 }
 
@@ -545,6 +554,67 @@ mod tests {
         ] {
             assert!(Via::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn response_target_18_2_2_and_rfc3581() {
+        fn t(v: &str) -> (&str, u16) {
+            Via::parse(v).unwrap().response_target()
+        }
+        // Sent-by alone: its host and port, or the transport's default port.
+        assert_eq!(
+            t("SIP/2.0/UDP pc33.atlanta.com:5066;branch=z9hG4bK1"),
+            ("pc33.atlanta.com", 5066)
+        );
+        assert_eq!(
+            t("SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK1"),
+            ("pc33.atlanta.com", 5060)
+        );
+        assert_eq!(
+            t("SIP/2.0/TLS pc33.atlanta.com;branch=z9hG4bK1"),
+            ("pc33.atlanta.com", 5061)
+        );
+        assert_eq!(
+            t("SIP/2.0/tls [2001:db8::5];branch=z9hG4bK1"),
+            ("2001:db8::5", 5061)
+        );
+        // maddr: that address at the sent-by port (or 5060); received and rport unused.
+        assert_eq!(
+            t("SIP/2.0/UDP h.example:5070;maddr=239.255.255.1;received=192.0.2.9;rport=4000"),
+            ("239.255.255.1", 5070)
+        );
+        assert_eq!(
+            t("SIP/2.0/UDP h.example;maddr=10.0.0.7"),
+            ("10.0.0.7", 5060)
+        );
+        // received: that address, with the rport value if filled in ...
+        assert_eq!(
+            t("SIP/2.0/UDP h.example:5070;received=192.0.2.9;rport=4000"),
+            ("192.0.2.9", 4000)
+        );
+        // ... else the sent-by port, else the default.
+        assert_eq!(
+            t("SIP/2.0/UDP h.example:5070;received=192.0.2.9"),
+            ("192.0.2.9", 5070)
+        );
+        assert_eq!(
+            t("SIP/2.0/UDP h.example;received=192.0.2.9;rport"),
+            ("192.0.2.9", 5060)
+        );
+        assert_eq!(
+            t("SIP/2.0/TLS h.example;received=2001:db8::7"),
+            ("2001:db8::7", 5061)
+        );
+        // An rport value without received is not used.
+        assert_eq!(
+            t("SIP/2.0/UDP 10.0.0.1:5070;rport=4000"),
+            ("10.0.0.1", 5070)
+        );
+        // Parameter names are case-insensitive.
+        assert_eq!(
+            t("SIP/2.0/UDP h.example;RECEIVED=192.0.2.9;RPort=4001"),
+            ("192.0.2.9", 4001)
+        );
     }
 
     #[test]

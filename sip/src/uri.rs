@@ -147,13 +147,16 @@ impl Uri {
         onehop_overlay::ring::canonical_aor(self.as_str())
     }
 
-    /// URI equivalence per RFC 3261 section 19.1.4 (simplified where noted).
+    /// URI equivalence per RFC 3261 section 19.1.4.
     ///
-    /// Schemes and hosts compare case-insensitively, users case-sensitively after decoding
-    /// `%HH` escapes, ports must both be absent
-    /// or equal. The parameters `user`, `ttl`, `method`, `maddr` and `transport` must match when
-    /// present in either URI; any other parameter must match when present in both. Headers
-    /// are ignored. Non-SIP URIs compare as case-sensitive text.
+    /// Schemes and hosts compare case-insensitively; users case-sensitively; a `%HH` escape
+    /// equals the character it encodes unless that character is reserved (so `%61lice` is
+    /// `alice`, `%40` is not `@`), and hex digits compare in any case. Ports must both be
+    /// absent or equal. The parameters `user`, `ttl`, `method`, `maddr` and `transport` must
+    /// match when present in either URI; any other parameter must match when present in both
+    /// (values case-insensitively). Header components (`?h=v`) must be present in both and
+    /// match, in any order (names case-insensitively). A password is not kept, so not
+    /// compared. Non-SIP URIs compare as case-sensitive text.
     pub fn equivalent(&self, other: &Uri) -> bool {
         if !self.is_sip() || !other.is_sip() {
             return self.as_str() == other.as_str();
@@ -165,23 +168,53 @@ impl Uri {
         {
             return false;
         }
+        let same = |a: &str, b: &str| {
+            a.eq_ignore_ascii_case(b) || {
+                let (a, b) = (normalise_escapes(a), normalise_escapes(b));
+                a.eq_ignore_ascii_case(&b)
+            }
+        };
         const MUST_MATCH: [&str; 5] = ["user", "ttl", "method", "maddr", "transport"];
         for name in MUST_MATCH {
             match (self.param(name), other.param(name)) {
                 (None, None) => {}
-                (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => {}
+                (Some(a), Some(b)) if same(a, b) => {}
                 _ => return false,
             }
         }
         for (name, value) in self.params().iter() {
             if let Some(theirs) = other.param(name) {
-                if !value.unwrap_or("").eq_ignore_ascii_case(theirs) {
+                if !same(value.unwrap_or(""), theirs) {
                     return false;
                 }
             }
         }
-        true
+        headers_equal(self.headers_part(), other.headers_part())
     }
+}
+
+/// Whether two header components (`h1=v1&h2=v2`) hold the same headers, in any order: names
+/// case-insensitive, values compared after normalising escapes.
+fn headers_equal(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let split = |s: &str| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = s
+            .split('&')
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                let (n, v) = h.split_once('=').unwrap_or((h, ""));
+                (
+                    normalise_escapes(n).to_ascii_lowercase(),
+                    normalise_escapes(v),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    split(a) == split(b)
 }
 
 /// The parts of a URI, located in its text.
@@ -274,31 +307,42 @@ fn parse_parts(s: &str) -> Result<Parts, UriError> {
     Ok(uri)
 }
 
-/// Compares two user parts after decoding `%HH` escapes.
+/// Compares two user parts after normalising `%HH` escapes.
 fn users_equal(a: Option<&str>, b: Option<&str>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(a), Some(b)) => a == b || unescape(a) == unescape(b),
+        (Some(a), Some(b)) => a == b || normalise_escapes(a) == normalise_escapes(b),
         _ => false,
     }
 }
 
-/// Decodes `%HH` escapes; malformed escapes are kept as written.
-fn unescape(s: &str) -> Vec<u8> {
+/// The form of `s` in which equivalent texts are equal (RFC 3261 section 19.1.4): escapes
+/// of unreserved characters decoded, other escapes kept with upper-case hex digits;
+/// malformed escapes are kept as written.
+fn normalise_escapes(s: &str) -> String {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
+    let mut out = String::with_capacity(b.len());
+    let hex = |c: u8| (c as char).to_digit(16);
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
             if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&c) {
+                    out.push(c as char);
+                } else {
+                    out.push('%');
+                    out.push(b[i + 1].to_ascii_uppercase() as char);
+                    out.push(b[i + 2].to_ascii_uppercase() as char);
+                }
                 i += 3;
                 continue;
             }
         }
-        out.push(b[i]);
-        i += 1;
+        // Copy one character (the text is UTF-8; non-ASCII is kept as is).
+        let ch = s[i..].chars().next().unwrap_or('\u{fffd}');
+        out.push(ch);
+        i += ch.len_utf8().max(1);
     }
     out
 }
@@ -407,5 +451,46 @@ mod tests {
             "sip:carol@chicago.com;security=on",
             "sip:carol@chicago.com;security=off"
         ));
+    }
+
+    #[test]
+    fn equivalence_escapes_and_headers_19_1_4() {
+        let eq = |a: &str, b: &str| Uri::parse(a).unwrap().equivalent(&Uri::parse(b).unwrap());
+        // Escaped unreserved characters equal the characters; hex digits in any case.
+        assert!(eq("sip:%41lice@a.test", "sip:Alice@a.test"));
+        assert!(eq("sip:a%2a@a.test", "sip:a*@a.test"));
+        assert!(eq("sip:a%3b@a.test", "sip:a%3B@a.test"));
+        // The user part stays case-sensitive.
+        assert!(!eq("sip:%61lice@a.test", "sip:Alice@a.test"));
+        // An escaped reserved character is not that character.
+        assert!(!eq("sip:a%40b@a.test", "sip:a@b@a.test"));
+        assert!(!eq("sip:a%3Bb@a.test", "sip:a;b@a.test"));
+        // Parameter values with escapes.
+        assert!(eq(
+            "sip:a@a.test;transport=%74cp",
+            "sip:a@a.test;transport=TCP"
+        ));
+        // Header components must be present in both and match, in any order.
+        assert!(eq(
+            "sip:carol@chicago.com?Subject=next%20meeting&Priority=urgent",
+            "sip:carol@chicago.com?priority=urgent&subject=next%20meeting"
+        ));
+        assert!(!eq(
+            "sip:carol@chicago.com?Subject=next",
+            "sip:carol@chicago.com"
+        ));
+        assert!(!eq(
+            "sip:carol@chicago.com?Subject=next",
+            "sip:carol@chicago.com?Subject=last"
+        ));
+        // RFC 3261 19.1.4's last example: different headers, not equivalent.
+        assert!(!eq(
+            "sip:carol@chicago.com?Subject=next%20meeting",
+            "sip:carol@chicago.com?Subject=another%20meeting"
+        ));
+        // Malformed escapes compare as written and never panic.
+        assert!(eq("sip:a%4@a.test", "sip:a%4@a.test"));
+        assert!(!eq("sip:a%zz@a.test", "sip:a%ZZ@a.test"));
+        assert!(eq("sip:\u{e9}%@a.test", "sip:\u{e9}%@a.test"));
     }
 }
