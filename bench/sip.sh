@@ -63,6 +63,8 @@
 #      WORK=/tmp/onehop-bench-sip (farm, Kamailio state, raw SIPp output), SKIP_BUILD=1,
 #      SKIP_INSTALL=1, SERVERS="onehop kamailio kamailio-dmq" (any subset),
 #      SIP_WORKERS (node setting sip_workers for every onehop run; 0 = one per core),
+#      WORKERS_KEY=sip_workers (the node key that SIP_WORKERS and --workers set; another
+#      integer key, e.g. lookup_connections, only to try the script on a build without it),
 #      FARM_ROLES=sip_proxy,registrar (the nodes' roles: signalling only, like the Kamailio
 #      set-up; add media_relay to measure calls with relay sessions), FARM_BIN (an onehop-farm built elsewhere), PERF=1 (perf record 10 s on
 #      each node during the onehop REGISTER run, if perf works here)
@@ -96,6 +98,7 @@ KAM_HOST=${KAM_HOST:-127.0.0.1}
 KAM_PORT=${KAM_PORT:-5060}
 KAM_CHILDREN=${KAM_CHILDREN:-4}
 KAM_PAIR_PORT=${KAM_PAIR_PORT:-5062}
+WORKERS_KEY=${WORKERS_KEY:-sip_workers}
 DMQ_CATCHUP=${DMQ_CATCHUP:-60}
 N=${N:-150000}
 LIMIT=${LIMIT:-200}
@@ -250,9 +253,9 @@ node_start_failed() {
     echo "sip.sh: the onehop farm did not start; output of onehop-farm up ($log):" >&2
     sed 's/^/    /' "$log" | tail -25 >&2
     if grep -q "unexpected argument '--node-set'" "$log"; then
-        echo "sip.sh: NODE START FAILED: this onehop-farm ($FARM_BIN) has no --node-set flag, so it cannot pass sip_workers=$w to the nodes; build onehop-farm from branch bench or later" >&2
-    elif grep -q "unknown field \`sip_workers\`" "$log"; then
-        echo "sip.sh: NODE START FAILED: the node does not know the setting sip_workers (SIP_WORKERS / --workers, here sip_workers=$w): this build predates it. Run without SIP_WORKERS and --workers, or with a build that has sip_workers" >&2
+        echo "sip.sh: NODE START FAILED: this onehop-farm ($FARM_BIN) has no --node-set flag, so it cannot pass $WORKERS_KEY=$w to the nodes; build onehop-farm from branch bench or later" >&2
+    elif grep -q "unknown field \`$WORKERS_KEY\`" "$log"; then
+        echo "sip.sh: NODE START FAILED: the node does not know the setting $WORKERS_KEY (SIP_WORKERS / --workers, here $WORKERS_KEY=$w): this build predates it. Run without SIP_WORKERS and --workers, or with a build that has $WORKERS_KEY" >&2
     elif grep -q "exited during start-up" "$log"; then
         echo "sip.sh: NODE START FAILED: $(grep -m1 'exited during start-up' "$log"); its error: $(grep -m1 -E 'error' "$log" | grep -v 'onehop-farm: error' | head -c 400)" >&2
     fi
@@ -262,7 +265,7 @@ node_start_failed() {
 farm_start() {
     farm_down
     local log="$1" w="${2:-${SIP_WORKERS:-}}" sets=()
-    [ -n "$w" ] && sets=(--node-set "sip_workers=$w")
+    [ -n "$w" ] && sets=(--node-set "$WORKERS_KEY=$w")
     timeout 180 "$FARM_BIN" up --detach --dir "$FARM" --base-ip "$BASE_IP" --nodes 3 --dns 0 \
         --roles "${FARM_ROLES:-sip_proxy,registrar}" "${sets[@]}" >"$log" 2>&1 ||
         { node_start_failed "$log" "$w"; return 3; }
@@ -392,7 +395,7 @@ keep_results() {
         printf '[%s] %s\n' "$1" "$l" >>"$OUT/results.log"
     done
 }
-# dmq_catchup DIR: after a REGISTER run on A, wait (at most DMQ_CATCHUP s) until B holds as
+# dmq_catchup DIR TAG: after a REGISTER run on A, wait (at most DMQ_CATCHUP s) until B holds as
 # many contacts as A; note the counts and the lag in DIR.dmq and on stdout
 dmq_catchup() {
     local t0=$SECONDS a b
@@ -403,7 +406,7 @@ dmq_catchup() {
         sleep 0.5
     done
     echo "REPLICA contacts_A=$a contacts_B=$b B caught up $((SECONDS - t0)) s after the load ended (limit $DMQ_CATCHUP s); kdmq_uac_transactions_A=$(kam_stat "$KAM_A_PORT" UAC_transactions)" |
-        tee "$1.dmq" | keep_results "$(basename "$1")" | sed 's/^/  /'
+        tee "$1.dmq" | keep_results "$2" | sed 's/^/  /'
 }
 
 # run_one MODE SERVER BENCH REP HOST PORT [REG_HOST REG_PORT]
@@ -417,7 +420,7 @@ run_one() {
         SIPP_IP="$SIPP_IP" SIPP_CPU="$GEN_CPU" MODE=max LIMIT="$LIMIT" N="$N" COUNT="$N" OUTDIR="$d" \
             timeout $((REG_SECS + 60)) "$HERE/run_register.sh" "$host" "$port" 0 "$REG_SECS" |
             grep -E '^(RESULT|MAXRATE)' | keep_results "$mode $server $bench $rep"
-        [ "$server" = kamailio-dmq ] && dmq_catchup "$d"
+        [ "$server" = kamailio-dmq ] && dmq_catchup "$d" "$mode $server $bench $rep"
         record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb" "$rb" "$cb"
         ;;
     calls | calls2)
@@ -495,7 +498,7 @@ run_group() {
         rc=$?
         [ $rc = 0 ] || exit $rc
         pin_farm "${SRV_CPU:-0-$((NCPU - 1))}"
-        echo "farm up ($server${SIP_WORKERS:+, sip_workers=$SIP_WORKERS}): node1 $NODE1_IP:$NODE1_SIP, node2 $NODE2_IP:$NODE2_SIP (pids $(farm_pids); cpus ${SRV_CPU:-all})"
+        echo "farm up ($server${SIP_WORKERS:+, $WORKERS_KEY=$SIP_WORKERS}): node1 $NODE1_IP:$NODE1_SIP, node2 $NODE2_IP:$NODE2_SIP (pids $(farm_pids); cpus ${SRV_CPU:-all})"
         for b in $4; do
             [ "$b" = reg ] && [ "$rep" = 1 ] && perf_nodes "$OUT/$mode-$server"
             if [ "$b" = calls2 ]; then
@@ -541,7 +544,7 @@ run_group() {
 if [ -n "${SIP_WORKERS:-}$WORKERS" ] && [[ " $SERVER_LIST " == *" onehop"* ]]; then
     for s in $SERVER_LIST; do
         [[ "$s" == onehop* ]] || continue
-        echo "checking that the nodes start with sip_workers=$(workers_of "$s")${SIP_WORKERS:-}"
+        echo "checking that the nodes start with $WORKERS_KEY=$(workers_of "$s")${SIP_WORKERS:-}"
         farm_start "$OUT/farm-up-check-$s.log" "$(workers_of "$s")"
         rc=$?
         farm_down
@@ -565,9 +568,9 @@ for mode in $MODES; do
 done
 
 # --- the table -------------------------------------------------------------------------------
-python3 - "$ALL" "$N" "$LIMIT" "$COUNT" "$OUT" "$KAM_CHILDREN" <<'PY' | tee "$OUT/summary.md"
+python3 - "$ALL" "$N" "$LIMIT" "$COUNT" "$OUT" "$KAM_CHILDREN" "$WORKERS_KEY" <<'PY' | tee "$OUT/summary.md"
 import glob, os, re, statistics, sys
-path, n, limit, count, out, kch = sys.argv[1:7]
+path, n, limit, count, out, kch, wkey = sys.argv[1:8]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 by = {}
 servers = []
@@ -587,7 +590,7 @@ def sname(s):
     if s == "onehop":
         return "onehop, 3 nodes, R=2, via node1"
     if s.startswith("onehop-w"):
-        return f"onehop, 3 nodes, R=2, sip_workers={s[8:]}"
+        return f"onehop, 3 nodes, R=2, {wkey}={s[8:]}"
     if s == "kamailio":
         return f"Kamailio, 1 instance, {kch} workers"
     if s == "kamailio-dmq":
@@ -659,16 +662,16 @@ for mode in ("unpinned", "pinned"):
             fv, mv = fig(v)
             ratio = f"{mv / mk:.2f}" if mk == mk and mv == mv and mk else "-"
             if bench == "calls2" and ratio != "-":
-                ratio += " (of its one-proxy calls)"
+                ratio += " (vs its one-proxy calls)"
             print(f"| {mode} | {names[bench]} | {sname(srv)} | {fv} | {ratio} | {fails(v)} | "
                   f"{lat(v, bench != 'reg')} | {cpu(v)} | {loads(v)} |")
 # scaling by SIP worker shards (--workers)
 ws = [s for s in order if s.startswith("onehop-w")]
 if ws:
     print()
-    print("Scaling by SIP worker shards (onehop, 3 nodes, R=2, every node with sip_workers=W; median of the runs):")
+    print(f"Scaling by SIP worker shards (onehop, 3 nodes, R=2, every node with {wkey}=W; median of the runs):")
     print()
-    print("| mode | sip_workers | REGISTER/s | calls/s, one proxy | calls/s, node2 / node1 | CPU µs/REGISTER | CPU µs/call, one proxy | CPU µs/call, two nodes | failures (reg, calls, calls2) |")
+    print(f"| mode | {wkey} | REGISTER/s | calls/s, one proxy | calls/s, node2 / node1 | CPU µs/REGISTER | CPU µs/call, one proxy | CPU µs/call, two nodes | failures (reg, calls, calls2) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for mode in ("unpinned", "pinned"):
         base = {}
