@@ -45,15 +45,19 @@
 # most DMQ_CATCHUP s) until B holds every contact, before reading the servers' CPU time, so
 # the replication is inside the CPU per REGISTER as it is for onehop (whose 200 waits for it).
 # Every benchmark group (reg; calls + calls2; each ramp) runs against a freshly started server
-# (farm or Kamailio), as the peer harness does; within a repetition the two servers alternate
-# which goes first. Before each fresh server the script waits (at most LOAD_WAIT_EACH s) for the
+# (farm, Kamailio or the Kamailio pair), as the peer harness does; the servers take turns going
+# first (the list is rotated by one each repetition). Before each fresh server the script waits (at most LOAD_WAIT_EACH s) for the
 # 1-minute load average to fall below LOAD_MAX, and it records the load average next to every
 # figure, with the server's CPU time per operation and the UDP receive-buffer drops.
 #
 # What it does: installs SIPp and Kamailio if missing (bench/sip/install.sh: apt-get,
 # idempotent, never starts distro services); builds onehop-farm in release mode; waits (at
-# most LOAD_WAIT s) for a quieter machine; runs the matrix; prints one table; stops the farm and
-# the Kamailio it started (nothing else). Every step is bounded in time.
+# most LOAD_WAIT s) for a quieter machine; runs the matrix; prints one table (one row per mode,
+# benchmark and server: ops/s, ratio to the single Kamailio, failures, rtd p50/p99, server CPU
+# µs per REGISTER or call, load), with --workers a scaling table as well; writes the raw lines
+# (runs.tsv: one row per run; results.log: SIPp's RESULT lines) and the table (summary.md) to
+# WORK/results-<time>/; stops the farm and the Kamailio instances it started (nothing else).
+# Every step is bounded in time.
 # env: BASE_IP=127.0.90.1 (farm; node1 = BASE_IP+6), SIPP_IP=127.0.91.1 (SIPp's address),
 #      KAM_HOST=127.0.0.1 KAM_PORT=5060 (the next free even port is taken if busy),
 #      KAM_CHILDREN=4, N=150000, LIMIT=200, COUNT=15000, REG_SECS=300 CALL_SECS=120 (safety
