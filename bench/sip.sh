@@ -666,7 +666,7 @@ for mode in ("unpinned", "pinned"):
             fv, mv = fig(v)
             ratio = f"{mv / mk:.2f}" if mk == mk and mv == mv and mk else "-"
             if bench == "calls2" and ratio != "-":
-                ratio += " (vs its one-proxy calls)"
+                ratio += " (vs Kamailio's one-proxy calls)"
             print(f"| {mode} | {names[bench]} | {sname(srv)} | {fv} | {ratio} | {fails(v)} | "
                   f"{lat(v, bench != 'reg')} | {cpu(v)} | {loads(v)} |")
 # scaling by SIP worker shards (--workers)
