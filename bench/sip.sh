@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# SIPp against a 3-node onehop farm (R = 2) and against Kamailio as a registrar/proxy, side by
-# side in one run, with the same scenarios and the same settings (issue #4).
+# SIPp against a 3-node onehop farm (R = 2), against one Kamailio as a registrar/proxy and
+# against a pair of Kamailio instances that replicate their location table with DMQ, side by
+# side in one run, with the same scenarios and the same settings (issues #4 and #9).
 #
 # usage: bench/sip.sh [--pinned | --both] [--reps N] [--ramp] [--sustained]
-#                     [--only "reg calls calls2"]
+#                     [--only "reg calls calls2"] [--workers "1 2"]
 #   (default)   unpinned: the kernel places the servers and SIPp on the CPUs
 #   --pinned    the server under test on CPU 1 (Kamailio via taskset; every process of the
 #               farm and all their threads via taskset -a -p), SIPp (UAC and UAS) on CPU 0
@@ -14,6 +15,21 @@
 #   --sustained also run calls at a fixed SUSTAIN_RATE (default 3000/s) for SUSTAIN_SECS
 #               (default 60 s): longer than the 32 s completed transactions are kept
 #   --only      a subset of: reg calls calls2 (default all three)
+#   --workers "1 2"  scaling: the onehop benchmarks once per number of SIP worker shards, each
+#               with a fresh farm whose nodes get `--set sip_workers=W` (onehop-farm up
+#               --node-set); prints a scaling table (REGISTER/s, calls/s, server CPU per
+#               operation by worker count). Only onehop runs, unless SERVERS names others.
+#
+# Servers (SERVERS, default "onehop kamailio kamailio-dmq"):
+#   onehop        onehop-farm up --nodes 3 --dns 0 (3 event servers, 3 managers, 3 nodes,
+#                 R = 2); SIPp sends to node1. SIP_WORKERS=W (unset = the node's default)
+#                 passes sip_workers=W to every node; a node that does not know the key stops
+#                 at start-up, and the script says so and exits (status 3) before measuring.
+#   kamailio      one Kamailio, KAM_CHILDREN (4) UDP workers, usrloc in memory
+#   kamailio-dmq  two Kamailio instances (A, B; KAM_CHILDREN UDP workers each, plus 2 DMQ
+#                 workers) replicating usrloc to each other with dmq + dmq_usrloc, the
+#                 Kamailio clustering that does the registrar's replication; SIPp's load
+#                 goes to A. Ports KAM_PAIR_PORT (A), +1 (B), +2 and +3 (their DMQ sockets).
 #
 # Benchmarks (the peer-baseline harness of shared/bench, copied to bench/sip/):
 #   reg     REGISTER closed loop: 150,000 distinct AORs, 200 in flight
@@ -21,24 +37,38 @@
 #   calls   basic calls INVITE/200/ACK/BYE/200, closed loop, 200 concurrent, 15,000 calls; the
 #           UAS registers and the UAC calls through the same proxy
 #           (MODE=max LIMIT=200 COUNT=15000 bench/sip/run_calls.sh HOST PORT)
-#   calls2  onehop only: the same calls, the UAS registered via node2, the UAC calling via
-#           node1 (two nodes in the path); its Kamailio column repeats Kamailio's `calls`
+#   calls2  the same calls, the UAS registered via one member, the UAC calling via another:
+#           onehop: UAS via node2, UAC via node1 (two nodes in the path, node1 -> node2 over
+#           QUIC -> UAS); kamailio-dmq: UAS via B (its contact reaches A over DMQ), UAC via A
+#           (A relays straight to the UAS: one proxy in the path); single Kamailio: none
+# For kamailio-dmq, `reg` and `calls` load A only; after the REGISTER run the script waits (at
+# most DMQ_CATCHUP s) until B holds every contact, before reading the servers' CPU time, so
+# the replication is inside the CPU per REGISTER as it is for onehop (whose 200 waits for it).
 # Every benchmark group (reg; calls + calls2; each ramp) runs against a freshly started server
-# (farm or Kamailio), as the peer harness does; within a repetition the two servers alternate
-# which goes first. Before each fresh server the script waits (at most LOAD_WAIT_EACH s) for the
+# (farm, Kamailio or the Kamailio pair), as the peer harness does; the servers take turns going
+# first (the list is rotated by one each repetition). Before each fresh server the script waits (at most LOAD_WAIT_EACH s) for the
 # 1-minute load average to fall below LOAD_MAX, and it records the load average next to every
 # figure, with the server's CPU time per operation and the UDP receive-buffer drops.
 #
 # What it does: installs SIPp and Kamailio if missing (bench/sip/install.sh: apt-get,
 # idempotent, never starts distro services); builds onehop-farm in release mode; waits (at
-# most LOAD_WAIT s) for a quieter machine; runs the matrix; prints one table; stops the farm and
-# the Kamailio it started (nothing else). Every step is bounded in time.
+# most LOAD_WAIT s) for a quieter machine; runs the matrix; prints one table (one row per mode,
+# benchmark and server: ops/s, ratio to the single Kamailio, failures, rtd p50/p99, server CPU
+# µs per REGISTER or call, load), with --workers a scaling table as well; writes the raw lines
+# (runs.tsv: one row per run; results.log: SIPp's RESULT lines) and the table (summary.md) to
+# WORK/results-<time>/; stops the farm and the Kamailio instances it started (nothing else).
+# Every step is bounded in time.
 # env: BASE_IP=127.0.90.1 (farm; node1 = BASE_IP+6), SIPP_IP=127.0.91.1 (SIPp's address),
 #      KAM_HOST=127.0.0.1 KAM_PORT=5060 (the next free even port is taken if busy),
 #      KAM_CHILDREN=4, N=150000, LIMIT=200, COUNT=15000, REG_SECS=300 CALL_SECS=120 (safety
 #      timeouts only), LOAD_MAX=1.5 LOAD_WAIT=900 LOAD_WAIT_EACH=60,
+#      KAM_PAIR_PORT=5062 (the DMQ pair: A, B, DMQ A, DMQ B; the next free block of 4 if
+#      busy), DMQ_CATCHUP=60,
 #      WORK=/tmp/onehop-bench-sip (farm, Kamailio state, raw SIPp output), SKIP_BUILD=1,
-#      SKIP_INSTALL=1, SERVERS="onehop" (one server only),
+#      SKIP_INSTALL=1, SERVERS="onehop kamailio kamailio-dmq" (any subset),
+#      SIP_WORKERS (node setting sip_workers for every onehop run; 0 = one per core),
+#      WORKERS_KEY=sip_workers (the node key that SIP_WORKERS and --workers set; another
+#      integer key, e.g. lookup_connections, only to try the script on a build without it),
 #      FARM_ROLES=sip_proxy,registrar (the nodes' roles: signalling only, like the Kamailio
 #      set-up; add media_relay to measure calls with relay sessions), FARM_BIN (an onehop-farm built elsewhere), PERF=1 (perf record 10 s on
 #      each node during the onehop REGISTER run, if perf works here)
@@ -51,6 +81,7 @@ MODES="unpinned"
 RAMP=0
 SUSTAIN=0
 ONLY="reg calls calls2"
+WORKERS=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --pinned) MODES="pinned" ;;
@@ -59,6 +90,7 @@ while [ $# -gt 0 ]; do
     --ramp) RAMP=1 ;;
     --sustained) SUSTAIN=1 ;;
     --only) ONLY=$2; shift ;;
+    --workers) WORKERS=$2; shift ;;
     -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "sip.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -69,6 +101,9 @@ SIPP_IP=${SIPP_IP:-127.0.91.1}
 KAM_HOST=${KAM_HOST:-127.0.0.1}
 KAM_PORT=${KAM_PORT:-5060}
 KAM_CHILDREN=${KAM_CHILDREN:-4}
+KAM_PAIR_PORT=${KAM_PAIR_PORT:-5062}
+WORKERS_KEY=${WORKERS_KEY:-sip_workers}
+DMQ_CATCHUP=${DMQ_CATCHUP:-60}
 N=${N:-150000}
 LIMIT=${LIMIT:-200}
 COUNT=${COUNT:-15000}
@@ -79,6 +114,25 @@ LOAD_WAIT=${LOAD_WAIT:-900}
 LOAD_WAIT_EACH=${LOAD_WAIT_EACH:-60}
 WORK=${WORK:-/tmp/onehop-bench-sip}
 export BENCH_STATE="$WORK"
+for w in $WORKERS ${SIP_WORKERS:-}; do
+    case "$w" in *[!0-9]*) echo "sip.sh: worker counts must be integers (got $w)" >&2; exit 2 ;; esac
+done
+if [ -n "$WORKERS" ] && [ -n "${SIP_WORKERS:-}" ]; then
+    echo "sip.sh: use either --workers or SIP_WORKERS" >&2; exit 2
+fi
+# The servers, in the order of the first repetition (later ones rotate it). onehop-wN is onehop
+# with sip_workers=N (--workers).
+if [ -n "$WORKERS" ]; then
+    SERVER_LIST=""
+    for w in $WORKERS; do SERVER_LIST="$SERVER_LIST onehop-w$w"; done
+    for s in ${SERVERS:-}; do [ "$s" = onehop ] || SERVER_LIST="$SERVER_LIST $s"; done
+else
+    SERVER_LIST=${SERVERS:-onehop kamailio kamailio-dmq}
+fi
+for s in $SERVER_LIST; do
+    case "$s" in onehop | onehop-w[0-9]* | kamailio | kamailio-dmq) ;;
+    *) echo "sip.sh: unknown server $s (want onehop, kamailio, kamailio-dmq)" >&2; exit 2 ;; esac
+done
 for a in "$BASE_IP" "$SIPP_IP" "$KAM_HOST"; do
     case "$a" in 127.*) ;; *) echo "sip.sh: refusing non-loopback address $a" >&2; exit 2 ;; esac
 done
@@ -122,7 +176,7 @@ udp_port_busy() {  # udp_port_busy ADDR PORT
 }
 
 # --- Kamailio --------------------------------------------------------------------------------
-KAM_STARTED=""
+KAM_STARTED=""  # the SIP ports of the Kamailio instances this script runs now
 kam_start() {  # kam_start CPUSET
     local p=$KAM_PORT
     while udp_port_busy "$KAM_HOST" "$p"; do
@@ -134,11 +188,37 @@ kam_start() {  # kam_start CPUSET
     HOST="$KAM_HOST" timeout 30 "$HERE/kamailio/start.sh" "$p" "$KAM_CHILDREN" "$1" || return 1
     KAM_STARTED=$p
 }
+# kam_pair_start CPUSET: the DMQ pair, A on KAM_A_PORT and B on KAM_B_PORT, their KDMQ sockets
+# on the next two ports; returns once each lists the other as an active DMQ node
+kam_pair_start() {
+    local p=$KAM_PAIR_PORT i busy
+    while :; do
+        busy=0
+        for i in 0 1 2 3; do udp_port_busy "$KAM_HOST" $((p + i)) && busy=1; done
+        [ $busy = 0 ] && break
+        echo "  a port of $KAM_HOST:$p-$((p + 3)) is taken, trying $((p + 4))"
+        p=$((p + 4))
+        [ "$p" -gt $((KAM_PAIR_PORT + 80)) ] && { echo "sip.sh: no free ports for the Kamailio pair" >&2; return 1; }
+    done
+    KAM_A_PORT=$p; KAM_B_PORT=$((p + 1))
+    HOST="$KAM_HOST" DMQ_PORT=$((p + 2)) DMQ_PEER="sip:$KAM_HOST:$((p + 3))" \
+        timeout 30 "$HERE/kamailio/start.sh" "$KAM_A_PORT" "$KAM_CHILDREN" "$1" || return 1
+    KAM_STARTED=$KAM_A_PORT
+    HOST="$KAM_HOST" DMQ_PORT=$((p + 3)) DMQ_PEER="sip:$KAM_HOST:$((p + 2))" \
+        timeout 30 "$HERE/kamailio/start.sh" "$KAM_B_PORT" "$KAM_CHILDREN" "$1" || return 1
+    KAM_STARTED="$KAM_A_PORT $KAM_B_PORT"
+    TIMEOUT=20 timeout 30 "$HERE/kamailio/dmq_wait.sh" "$KAM_A_PORT" "$KAM_B_PORT" ||
+        { echo "sip.sh: the Kamailio pair's DMQ nodes did not see each other" >&2; return 1; }
+}
 kam_stop() {
-    if [ -n "$KAM_STARTED" ]; then
-        timeout 30 "$HERE/kamailio/stop.sh" "$KAM_STARTED" >/dev/null
-        KAM_STARTED=""
-    fi
+    local p
+    for p in $KAM_STARTED; do
+        timeout 30 "$HERE/kamailio/stop.sh" "$p" >/dev/null
+    done
+    KAM_STARTED=""
+}
+kam_stat() {  # kam_stat PORT NAME (lib/common.sh's, with this script's state directory)
+    (. "$HERE/lib/common.sh" && kam_stat "$@")
 }
 
 # --- the farm --------------------------------------------------------------------------------
@@ -171,11 +251,28 @@ if j.get("supervisor_pid"):
 print(" ".join(str(p) for p in pids))
 PY
 }
-farm_start() {  # farm_start CPUSET
+# node_start_failed LOG WORKERS: explain why `onehop-farm up` failed, from its output
+node_start_failed() {
+    local log=$1 w=$2
+    echo "sip.sh: the onehop farm did not start; output of onehop-farm up ($log):" >&2
+    sed 's/^/    /' "$log" | tail -25 >&2
+    if grep -q "unexpected argument '--node-set'" "$log"; then
+        echo "sip.sh: NODE START FAILED: this onehop-farm ($FARM_BIN) has no --node-set flag, so it cannot pass $WORKERS_KEY=$w to the nodes; build onehop-farm from branch bench or later" >&2
+    elif grep -q "unknown field \`$WORKERS_KEY\`" "$log"; then
+        echo "sip.sh: NODE START FAILED: the node does not know the setting $WORKERS_KEY (SIP_WORKERS / --workers, here $WORKERS_KEY=$w): this build predates it. Run without SIP_WORKERS and --workers, or with a build that has $WORKERS_KEY" >&2
+    elif grep -q "exited during start-up" "$log"; then
+        echo "sip.sh: NODE START FAILED: $(grep -m1 'exited during start-up' "$log"); its error: $(grep -m1 -E 'error' "$log" | grep -v 'onehop-farm: error' | head -c 400)" >&2
+    fi
+}
+# farm_start LOG [WORKERS]: a fresh farm; WORKERS (or else SIP_WORKERS) sets sip_workers on
+# every node. Returns 3 if a node failed to start, 1 if the farm is up but not answering.
+farm_start() {
     farm_down
-    local log="$1"
+    local log="$1" w="${2:-${SIP_WORKERS:-}}" sets=()
+    [ -n "$w" ] && sets=(--node-set "$WORKERS_KEY=$w")
     timeout 180 "$FARM_BIN" up --detach --dir "$FARM" --base-ip "$BASE_IP" --nodes 3 --dns 0 \
-        --roles "${FARM_ROLES:-sip_proxy,registrar}" >"$log" 2>&1 || { cat "$log" >&2; return 1; }
+        --roles "${FARM_ROLES:-sip_proxy,registrar}" "${sets[@]}" >"$log" 2>&1 ||
+        { node_start_failed "$log" "$w"; return 3; }
     FARM_UP=1
     NODE1_IP=$(farm_field node1 ip); NODE1_SIP=$(farm_field node1 sip)
     NODE2_IP=$(farm_field node2 ip); NODE2_SIP=$(farm_field node2 sip)
@@ -251,13 +348,16 @@ PY2
 # server_cpu SERVER: CPU seconds (user + system) used so far by every process of the server
 server_cpu() {
     local pids=""
-    if [ "$1" = onehop ]; then
-        pids=$(farm_pids)
-    elif [ -n "$KAM_STARTED" ]; then
-        local main
-        main=$(cat "$WORK/kamailio/kamailio-$KAM_STARTED.pid" 2>/dev/null)
-        [ -n "$main" ] && pids="$main $(pgrep -P "$main" | tr '\n' ' ')"
-    fi
+    case "$1" in
+    onehop*) pids=$(farm_pids) ;;
+    *)
+        local main p
+        for p in $KAM_STARTED; do
+            main=$(cat "$WORK/kamailio/kamailio-$p.pid" 2>/dev/null)
+            [ -n "$main" ] && pids="$pids $main $(pgrep -P "$main" | tr '\n' ' ')"
+        done
+        ;;
+    esac
     python3 - $pids <<'PY2'
 import os, sys
 hz = os.sysconf("SC_CLK_TCK"); t = 0
@@ -292,6 +392,27 @@ record() {
     ) >>"$ALL"
 }
 
+# keep_results TAG: stdin to stdout, and appended to results.log with "[TAG] " in front
+keep_results() {
+    while IFS= read -r l; do
+        printf '%s\n' "$l"
+        printf '[%s] %s\n' "$1" "$l" >>"$OUT/results.log"
+    done
+}
+# dmq_catchup DIR TAG: after a REGISTER run on A, wait (at most DMQ_CATCHUP s) until B holds as
+# many contacts as A; note the counts and the lag in DIR.dmq and on stdout
+dmq_catchup() {
+    local t0=$SECONDS a b
+    while :; do
+        a=$(kam_stat "$KAM_A_PORT" location_contacts); b=$(kam_stat "$KAM_B_PORT" location_contacts)
+        [ "${b:-0}" -ge "${a:-0}" ] && [ "${a:-0}" -gt 0 ] && break
+        [ $((SECONDS - t0)) -ge "$DMQ_CATCHUP" ] && break
+        sleep 0.5
+    done
+    echo "REPLICA contacts_A=$a contacts_B=$b B caught up $((SECONDS - t0)) s after the load ended (limit $DMQ_CATCHUP s); kdmq_uac_transactions_A=$(kam_stat "$KAM_A_PORT" UAC_transactions)" |
+        tee "$1.dmq" | keep_results "$2" | sed 's/^/  /'
+}
+
 # run_one MODE SERVER BENCH REP HOST PORT [REG_HOST REG_PORT]
 run_one() {
     local mode=$1 server=$2 bench=$3 rep=$4 host=$5 port=$6 rh=${7:-} rp=${8:-}
@@ -302,20 +423,21 @@ run_one() {
     reg)
         SIPP_IP="$SIPP_IP" SIPP_CPU="$GEN_CPU" MODE=max LIMIT="$LIMIT" N="$N" COUNT="$N" OUTDIR="$d" \
             timeout $((REG_SECS + 60)) "$HERE/run_register.sh" "$host" "$port" 0 "$REG_SECS" |
-            grep -E '^(RESULT|MAXRATE)'
+            grep -E '^(RESULT|MAXRATE)' | keep_results "$mode $server $bench $rep"
+        [ "$server" = kamailio-dmq ] && dmq_catchup "$d" "$mode $server $bench $rep"
         record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb" "$rb" "$cb"
         ;;
     calls | calls2)
         SIPP_IP="$SIPP_IP" UAC_CPU="$GEN_CPU" UAS_CPU="$GEN_CPU" MODE=max LIMIT="$LIMIT" COUNT="$COUNT" \
             REG_HOST="$rh" REG_PORT="$rp" OUTDIR="$d" \
             timeout $((CALL_SECS + 150)) "$HERE/run_calls.sh" "$host" "$port" 0 "$CALL_SECS" |
-            grep -E '^(RESULT|MAXRATE)'
+            grep -E '^(RESULT|MAXRATE)' | keep_results "$mode $server $bench $rep"
         record "$mode" "$server" "$bench" "$rep" "$d/max" "$lb" "$rb" "$cb"
         ;;
     sustained)
         SIPP_IP="$SIPP_IP" UAC_CPU="$GEN_CPU" UAS_CPU="$GEN_CPU" MODE=fixed OUTDIR="$d" \
             timeout $((${SUSTAIN_SECS:-60} + 200)) "$HERE/run_calls.sh" "$host" "$port" \
-            "${SUSTAIN_RATE:-3000}" "${SUSTAIN_SECS:-60}" | grep -E '^RESULT'
+            "${SUSTAIN_RATE:-3000}" "${SUSTAIN_SECS:-60}" | grep -E '^RESULT' | keep_results "$mode $server $bench $rep"
         record "$mode" "$server" "$bench" "$rep" "$d/fixed-${SUSTAIN_RATE:-3000}" "$lb" "$rb" "$cb"
         ;;
     reg-ramp)
@@ -329,7 +451,7 @@ run_one() {
             timeout 900 "$HERE/run_calls.sh" "$host" "$port" | grep -E '^(RESULT|MAXRATE)' | tee "$d.maxrate"
         ;;
     esac
-    if [ "$server" = onehop ]; then
+    if [[ "$server" == onehop* ]]; then
         farm_metrics "$d.metrics"
         udp_sockets "$d.metrics" "${BASE_IP%.*}."
         grep -E "drops=[1-9]" "$d.metrics" | sed 's/^/  /' | head
@@ -365,26 +487,35 @@ calls_group=""
 [ $RAMP = 1 ] && BGROUPS+=("reg-ramp" "calls-ramp")
 [ $SUSTAIN = 1 ] && BGROUPS+=("sustained")
 
+# workers_of SERVER: the sip_workers value of an onehop server ("" = SIP_WORKERS or the default)
+workers_of() {
+    case "$1" in onehop-w*) echo "${1#onehop-w}" ;; *) echo "" ;; esac
+}
+
 # run_group MODE SERVER REP "BENCH..." : fresh server, the benchmarks, server stopped
 run_group() {
-    local mode=$1 server=$2 rep=$3 b
+    local mode=$1 server=$2 rep=$3 b rc
     wait_quiet "$LOAD_WAIT_EACH"
-    if [ "$server" = onehop ]; then
-        farm_start "$OUT/farm-up-$mode-$rep.log" || exit 1
+    case "$server" in
+    onehop*)
+        farm_start "$OUT/farm-up-$mode-$server-$rep.log" "$(workers_of "$server")"
+        rc=$?
+        [ $rc = 0 ] || exit $rc
         pin_farm "${SRV_CPU:-0-$((NCPU - 1))}"
-        echo "farm up: node1 $NODE1_IP:$NODE1_SIP, node2 $NODE2_IP:$NODE2_SIP (pids $(farm_pids); cpus ${SRV_CPU:-all})"
+        echo "farm up ($server${SIP_WORKERS:+, $WORKERS_KEY=$SIP_WORKERS}): node1 $NODE1_IP:$NODE1_SIP, node2 $NODE2_IP:$NODE2_SIP (pids $(farm_pids); cpus ${SRV_CPU:-all})"
         for b in $4; do
-            [ "$b" = reg ] && [ "$rep" = 1 ] && perf_nodes "$OUT/$mode"
+            [ "$b" = reg ] && [ "$rep" = 1 ] && perf_nodes "$OUT/$mode-$server"
             if [ "$b" = calls2 ]; then
-                run_one "$mode" onehop calls2 "$rep" "$NODE1_IP" "$NODE1_SIP" "$NODE2_IP" "$NODE2_SIP"
+                run_one "$mode" "$server" calls2 "$rep" "$NODE1_IP" "$NODE1_SIP" "$NODE2_IP" "$NODE2_SIP"
             else
-                run_one "$mode" onehop "$b" "$rep" "$NODE1_IP" "$NODE1_SIP"
+                run_one "$mode" "$server" "$b" "$rep" "$NODE1_IP" "$NODE1_SIP"
             fi
         done
-        mkdir -p "$OUT/farm-logs-$mode-$rep"
-        cp "$FARM"/logs/*.log "$OUT/farm-logs-$mode-$rep/" 2>/dev/null || true
+        mkdir -p "$OUT/farm-logs-$mode-$server-$rep"
+        cp "$FARM"/logs/*.log "$OUT/farm-logs-$mode-$server-$rep/" 2>/dev/null || true
         farm_down
-    else
+        ;;
+    kamailio)
         kam_start "$SRV_CPU" || exit 1
         for b in $4; do
             [ "$b" = calls2 ] && continue
@@ -393,16 +524,45 @@ run_group() {
             grep -E ":$KAM_USE_PORT .*drops=[1-9]" "$OUT/$mode-kamailio-$b-$rep.sockets" | sed 's/^/  /'
         done
         kam_stop
-    fi
+        ;;
+    kamailio-dmq)
+        kam_pair_start "$SRV_CPU" || { kam_stop; exit 1; }
+        echo "Kamailio pair up: A $KAM_HOST:$KAM_A_PORT, B $KAM_HOST:$KAM_B_PORT (DMQ on $((KAM_A_PORT + 2)), $((KAM_A_PORT + 3)))"
+        for b in $4; do
+            if [ "$b" = calls2 ]; then
+                run_one "$mode" kamailio-dmq calls2 "$rep" "$KAM_HOST" "$KAM_A_PORT" "$KAM_HOST" "$KAM_B_PORT"
+            else
+                run_one "$mode" kamailio-dmq "$b" "$rep" "$KAM_HOST" "$KAM_A_PORT"
+            fi
+            udp_sockets "$OUT/$mode-kamailio-dmq-$b-$rep.sockets" "$KAM_HOST"
+            grep -E ":($KAM_A_PORT|$KAM_B_PORT|$((KAM_A_PORT + 2))|$((KAM_A_PORT + 3))) .*drops=[1-9]" \
+                "$OUT/$mode-kamailio-dmq-$b-$rep.sockets" | sed 's/^/  /'
+        done
+        kam_stop
+        ;;
+    esac
 }
+
+# A node setting (SIP_WORKERS, --workers) that the build does not know stops the nodes at
+# start-up: find out before measuring anything.
+if [ -n "${SIP_WORKERS:-}$WORKERS" ] && [[ " $SERVER_LIST " == *" onehop"* ]]; then
+    for s in $SERVER_LIST; do
+        [[ "$s" == onehop* ]] || continue
+        echo "checking that the nodes start with $WORKERS_KEY=$(workers_of "$s")${SIP_WORKERS:-}"
+        farm_start "$OUT/farm-up-check-$s.log" "$(workers_of "$s")"
+        rc=$?
+        farm_down
+        [ $rc = 0 ] || exit $rc
+    done
+fi
 
 for mode in $MODES; do
     if [ "$mode" = pinned ]; then SRV_CPU=1; GEN_CPU=0; else SRV_CPU=""; GEN_CPU=""; fi
     for rep in $(seq "$REPS"); do
-        if [ $((rep % 2)) = 1 ]; then order="onehop kamailio"; else order="kamailio onehop"; fi
-        if [ -n "${SERVERS:-}" ]; then
-            order=$(for s in $order; do [[ " $SERVERS " == *" $s "* ]] && printf '%s ' "$s"; done)
-        fi
+        # the servers take turns going first: rotate the list by one each repetition
+        read -ra sl <<<"$SERVER_LIST"
+        k=$(((rep - 1) % ${#sl[@]}))
+        order="${sl[*]:k} ${sl[*]:0:k}"
         for group in "${BGROUPS[@]}"; do
             for server in $order; do
                 run_group "$mode" "$server" "$rep" "$group"
@@ -412,13 +572,16 @@ for mode in $MODES; do
 done
 
 # --- the table -------------------------------------------------------------------------------
-python3 - "$ALL" "$N" "$LIMIT" "$COUNT" "$OUT" <<'PY' | tee "$OUT/summary.md"
+python3 - "$ALL" "$N" "$LIMIT" "$COUNT" "$OUT" "$KAM_CHILDREN" "$WORKERS_KEY" <<'PY' | tee "$OUT/summary.md"
 import glob, os, re, statistics, sys
-path, n, limit, count, out = sys.argv[1:6]
+path, n, limit, count, out, kch, wkey = sys.argv[1:8]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 by = {}
+servers = []
 for r in rows:
     mode, server, bench, rep = r[:4]
+    if server not in servers:
+        servers.append(server)
     if r[4] == "missing":
         by.setdefault((mode, bench, server), []).append(None)
         continue
@@ -427,11 +590,23 @@ for r in rows:
         okps=f(r[4]), ok=int(r[5]), failed=int(r[6]), created=int(r[7]), retrans=int(r[8]),
         p50=f(r[9]), p95=f(r[10]), p99=f(r[11]), b50=f(r[12]), b95=f(r[13]), b99=f(r[14]),
         lb=r[15], la=r[16], rcv=int(r[17] or 0), cpu=f(r[18]) if len(r) > 18 else float("nan")))
+def sname(s):
+    if s == "onehop":
+        return "onehop, 3 nodes, R=2, via node1"
+    if s.startswith("onehop-w"):
+        return f"onehop, 3 nodes, R=2, {wkey}={s[8:]}"
+    if s == "kamailio":
+        return f"Kamailio, 1 instance, {kch} workers"
+    if s == "kamailio-dmq":
+        return f"Kamailio DMQ pair ({kch} workers each), load on A"
+    return s
+order = sorted(servers, key=lambda s: (0 if s.startswith("onehop") else 1 if s == "kamailio" else 2,
+                                       int(s[8:]) if s.startswith("onehop-w") else -1))
 names = {
     "reg": f"REGISTER/s, closed loop, {int(n):,} distinct AORs, {limit} in flight",
     "calls": f"calls/s (INVITE/200/ACK/BYE/200), closed loop, {limit} concurrent, {int(count):,} calls; UAS and UAC via one proxy",
-    "calls2": f"calls/s, same, UAS registered via node2, UAC via node1 (Kamailio column: its one-proxy calls)",
-    "sustained": "calls/s at a fixed offered rate held for 60 s (SUSTAIN_RATE/SUSTAIN_SECS), one proxy",
+    "calls2": "calls/s, same, UAS registered via one member, UAC via another (onehop: node2 / node1; DMQ pair: B / A)",
+    "sustained": "calls/s at a fixed offered rate (SUSTAIN_RATE for SUSTAIN_SECS), one proxy",
 }
 def med(v, k):
     xs = [x[k] for x in v if x and x[k] == x[k]]
@@ -453,40 +628,78 @@ def fails(v):
     s = f"{f:,} / {a:,}"
     if a and f:
         s += f" ({100.0 * f / a:.2f}%)"
-    r = sum(x["retrans"] for x in ok)
-    s += f", retrans {r:,}, UDP rcvbuf drops {sum(x['rcv'] for x in ok):,}"
+    s += f", retrans {sum(x['retrans'] for x in ok):,}, rcvbuf drops {sum(x['rcv'] for x in ok):,}"
     if missing:
         s += f", {missing} run(s) without result"
     return s
 def lat(v, call):
-    s = "%.0f/%.0f/%.0f" % (med(v, "p50"), med(v, "p95"), med(v, "p99"))
+    s = "%.0f / %.0f" % (med(v, "p50"), med(v, "p99"))
     if call:
-        s += " (BYE %.0f/%.0f/%.0f)" % (med(v, "b50"), med(v, "b95"), med(v, "b99"))
+        s += " (BYE %.0f / %.0f)" % (med(v, "b50"), med(v, "b99"))
     return s
-def cpu(v):
+def cpu_val(v):
     xs = [1e6 * x["cpu"] / x["ok"] for x in v if x and x["ok"] and x["cpu"] == x["cpu"]]
-    return "%.0f" % statistics.median(xs) if xs else "-"
+    return statistics.median(xs) if xs else float("nan")
+def cpu(v):
+    c = cpu_val(v)
+    return "%.0f" % c if c == c else "-"
 def loads(v):
     return ", ".join(f"{x['lb']}→{x['la']}" for x in v if x) or "-"
 print(f"SIPp closed loop; each figure: median of the runs [min-max]; rtd = SIPp -trace_rtt "
-      f"percentiles p50/p95/p99 in ms (median over runs; rtd1 = REGISTER->200 or INVITE->200); "
-      f"server CPU = CPU time (user+system) of every server process per successful "
-      f"REGISTER or call, in µs (median over runs); load = 1-min load average before→after each run")
+      f"p50 / p99 in ms (median over runs; REGISTER->200 or INVITE->200, then BYE->200); "
+      f"failures = failed / attempted SIPp calls (a REGISTER or a call), SIPp retransmissions, "
+      f"the kernel's UDP receive-buffer drops (machine-wide); server CPU = CPU time (user+system) "
+      f"of every server process (all 9 farm processes; Kamailio's main process and children, "
+      f"both instances for the pair) per successful REGISTER or call, in µs (median over runs); "
+      f"load = 1-min load average before→after each run")
 print()
-print("| mode | benchmark | onehop (3 nodes, R=2) | Kamailio (4 workers) | onehop / Kamailio | failures onehop (failed / attempts) | failures Kamailio | rtd ms onehop | rtd ms Kamailio | server CPU µs/op onehop | server CPU µs/op Kamailio | load onehop runs | load Kamailio runs |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| mode | benchmark | server | ops/s | vs Kamailio (1 instance) | failures | rtd p50 / p99 ms | server CPU µs/op | load |")
+print("|---|---|---|---|---|---|---|---|---|")
 for mode in ("unpinned", "pinned"):
     for bench in ("reg", "calls", "calls2", "sustained"):
-        o = by.get((mode, bench, "onehop"))
-        k = by.get((mode, "calls" if bench == "calls2" else bench, "kamailio"))
-        if not o and not k:
-            continue
-        o = o or []; k = k or []
-        fo, mo = fig(o); fk, mk = fig(k)
-        ratio = f"{mo / mk:.2f}" if mk == mk and mo == mo and mk else "-"
-        call = bench != "reg"
-        print(f"| {mode} | {names[bench]} | {fo} | {fk} | {ratio} | {fails(o)} | {fails(k)} | "
-              f"{lat(o, call)} | {lat(k, call)} | {cpu(o)} | {cpu(k)} | {loads(o)} | {loads(k)} |")
+        kref = by.get((mode, "calls" if bench == "calls2" else bench, "kamailio"))
+        _, mk = fig(kref) if kref else ("", float("nan"))
+        for srv in order:
+            v = by.get((mode, bench, srv))
+            if not v:
+                continue
+            fv, mv = fig(v)
+            ratio = f"{mv / mk:.2f}" if mk == mk and mv == mv and mk else "-"
+            if bench == "calls2" and ratio != "-":
+                ratio += " (vs Kamailio's one-proxy calls)"
+            print(f"| {mode} | {names[bench]} | {sname(srv)} | {fv} | {ratio} | {fails(v)} | "
+                  f"{lat(v, bench != 'reg')} | {cpu(v)} | {loads(v)} |")
+# scaling by SIP worker shards (--workers)
+ws = [s for s in order if s.startswith("onehop-w")]
+if ws:
+    print()
+    print(f"Scaling by SIP worker shards (onehop, 3 nodes, R=2, every node with {wkey}=W; median of the runs):")
+    print()
+    print(f"| mode | {wkey} | REGISTER/s | calls/s, one proxy | calls/s, node2 / node1 | CPU µs/REGISTER | CPU µs/call, one proxy | CPU µs/call, two nodes | failures (reg, calls, calls2) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode in ("unpinned", "pinned"):
+        base = {}
+        for srv in ws:
+            cells = []; fl = []
+            if not any(by.get((mode, b, srv)) for b in ("reg", "calls", "calls2")):
+                continue
+            for b in ("reg", "calls", "calls2"):
+                v = by.get((mode, b, srv)) or []
+                fv, mv = fig(v) if v else ("-", float("nan"))
+                if b in base and base[b] == base[b] and mv == mv and base[b]:
+                    fv += f" (x{mv / base[b]:.2f})"
+                base.setdefault(b, mv)
+                cells.append(fv)
+                ok = [x for x in v if x]
+                fl.append(f"{sum(x['failed'] for x in ok):,}" if ok else "-")
+            cp = [cpu(by.get((mode, b, srv)) or []) for b in ("reg", "calls", "calls2")]
+            print(f"| {mode} | {srv[8:]} | {cells[0]} | {cells[1]} | {cells[2]} | {cp[0]} | {cp[1]} | {cp[2]} | {', '.join(fl)} |")
+dmq = sorted(glob.glob(os.path.join(out, "*-kamailio-dmq-reg-*.dmq")))
+if dmq:
+    print()
+    print("DMQ pair, replication after each REGISTER run (contacts on A and B, B's lag):")
+    for f in dmq:
+        print(f"- {os.path.basename(f)[:-4]}: {open(f).read().strip()}")
 ramps = sorted(glob.glob(os.path.join(out, "*-ramp-*.maxrate")))
 if ramps:
     print()
@@ -496,4 +709,4 @@ if ramps:
             if line.startswith("MAXRATE"):
                 print(f"- {os.path.basename(f)[:-8]}: {line.strip()}")
 PY
-echo "raw SIPp output, node metrics and farm logs: $OUT"
+echo "raw lines: $ALL (one row per run), $OUT/results.log (SIPp's RESULT lines); raw SIPp output, node metrics and farm logs: $OUT"

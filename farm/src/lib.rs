@@ -97,6 +97,19 @@ pub struct UpArgs {
     /// Seconds to wait for the farm to be ready.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// A configuration key for every node, passed as `--set KEY=VALUE` on each node's command
+    /// line (KEY a dotted path, VALUE a TOML value; see the daemons' `--set`). Repeatable, applied
+    /// in order after the written configuration file. A key the node does not know stops it at
+    /// start-up, and `up` fails with the node's error.
+    #[arg(long = "node-set", value_name = "KEY=VALUE", value_parser = parse_node_set)]
+    pub node_set: Vec<String>,
+}
+
+fn parse_node_set(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.trim().is_empty() => Ok(s.to_string()),
+        _ => Err(format!("want KEY=VALUE, got `{s}`")),
+    }
 }
 
 /// The `onehop-farm` program.
@@ -201,11 +214,17 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         let config = plan::write_config(&dir, &args, m, &members, &certs)?;
         let bin = &bins[&m.kind];
         let log = dir.join("logs").join(format!("{}.log", m.name));
-        let cmd = vec![
+        let mut cmd = vec![
             bin.display().to_string(),
             "--config".to_string(),
             config.display().to_string(),
         ];
+        if m.kind == Kind::Node {
+            for kv in &args.node_set {
+                cmd.push("--set".to_string());
+                cmd.push(kv.clone());
+            }
+        }
         let pid = match children.spawn(&m.name, &cmd, &log) {
             Ok(pid) => pid,
             Err(e) => {
