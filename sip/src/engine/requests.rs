@@ -5,15 +5,13 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use super::{uri_addr, Engine, Env, Hop, LocateError, MediaHook, Output, ServerEntry, TimerRef};
-use crate::proxy::{forward_request, next_hop, preprocess_route, validate_request, ViaParams};
+use crate::proxy::{
+    forward_request, next_hop, preprocess_route, validate_request, ViaParams, ACCEPT, ALLOW,
+};
 use crate::registrar::{Binding, Flow, RegisterInfo, Transport};
 use crate::transaction::TransactionKey;
 use crate::transaction::{build_cancel, Actions, ClientTransaction, ServerTransaction};
 use crate::{reply, Message, Method, Request, Uri};
-
-/// The methods this node handles, for Allow.
-pub(crate) const ALLOW: &str =
-    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE";
 
 impl<E: Env, M: MediaHook> Engine<E, M> {
     pub(super) fn on_request(
