@@ -109,8 +109,9 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             match req.method {
                 Method::Register => self.start_register(key, req, &from, source),
                 Method::Options if req.uri.user().is_none() => {
-                    let resp =
-                        reply(&req, 200, None, Some(&self.cfg.tag)).with_header("Allow", ALLOW);
+                    let resp = reply(&req, 200, None, Some(&self.cfg.tag))
+                        .with_header("Allow", ALLOW)
+                        .with_header("Accept", ACCEPT);
                     self.respond(&key, resp);
                 }
                 _ if req.uri.user().is_none() || self.local.is_local_uri(&req.uri) => {
