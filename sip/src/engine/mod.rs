@@ -37,6 +37,8 @@ mod responses;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_calls;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
