@@ -404,6 +404,9 @@ struct ServerEntry {
     record_route: bool,
     best: Option<Response>,
     done: bool,
+    /// When Timer C fires for the INVITE forwarded now: set when a branch starts, moved on
+    /// by each provisional response (16.7 step 2). Earlier heap entries are stale.
+    timer_c: Option<Instant>,
 }
 
 struct ClientEntry {

@@ -8,7 +8,9 @@ use super::{uri_addr, Engine, Env, Hop, LocateError, MediaHook, Output, ServerEn
 use crate::proxy::{forward_request, next_hop, preprocess_route, validate_request, ViaParams};
 use crate::registrar::{Binding, Flow, RegisterInfo, Transport};
 use crate::transaction::TransactionKey;
-use crate::transaction::{build_cancel, Actions, ClientTransaction, ServerTransaction};
+use crate::transaction::{
+    build_cancel, Actions, ClientState, ClientTransaction, ServerTransaction,
+};
 use crate::{reply, Message, Method, Request, Uri};
 
 /// The methods this node handles, for Allow.
@@ -93,6 +95,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 record_route: dialog_creating,
                 best: None,
                 done: false,
+                timer_c: None,
             },
         );
         self.server_actions(&key, first);
@@ -481,10 +484,26 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             },
         );
         if is_invite {
-            let at = now + self.cfg.timer_c;
-            self.push_timer(at, TimerRef::TimerC(super::Key(key.clone())));
+            self.start_timer_c(key);
         }
         self.client_actions(&ckey, actions);
+    }
+
+    /// (Re)starts Timer C of an INVITE server transaction: when a branch starts, and on
+    /// each provisional response but 100 (16.7 step 2). Only the deadline moves: the one
+    /// entry in the timer heap, when it fires early, goes back in at the deadline (so a UAS
+    /// sending provisional responses in a loop does not fill the heap).
+    pub(super) fn start_timer_c(&mut self, key: &TransactionKey) {
+        let at = self.now + self.cfg.timer_c;
+        let Some(entry) = self.servers.get_mut(key) else {
+            return;
+        };
+        if entry.txn.request().method != Method::Invite {
+            return;
+        }
+        if entry.timer_c.replace(at).is_none() {
+            self.push_timer(at, TimerRef::TimerC(super::Key(key.clone())));
+        }
     }
 
     fn via_for(&self, hop: &Hop) -> ViaParams {
@@ -550,7 +569,11 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         let Some(c) = self.clients.get(ck) else {
             return;
         };
-        if c.txn.is_terminated() {
+        if !matches!(
+            c.txn.state(),
+            ClientState::Calling | ClientState::Proceeding
+        ) {
+            // Its final response came already: nothing to cancel (16.10, pending branches).
             return;
         }
         let cancel = c

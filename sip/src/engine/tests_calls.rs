@@ -365,6 +365,34 @@ fn timer_c_restarts_on_each_provisional_response() {
 }
 
 #[test]
+fn timer_c_starts_again_for_the_next_branch_of_a_fork() {
+    let mut h = H::with(|c| c.timer_c = std::time::Duration::from_secs(10));
+    let (_, outs) = call(
+        &mut h,
+        &req("INVITE", "sip:bob@example.test"),
+        two_contacts(),
+    );
+    let first = forwarded_invite(&outs);
+    h.at(100);
+    one(h.udp(uas(), &answer(first.req(), 180)));
+    h.at(8_000);
+    let outs = h.udp(uas(), &answer(first.req(), 486));
+    let second = forwarded_invite(&outs);
+    h.at(8_100);
+    one(h.udp(uas2(), &answer(second.req(), 180)));
+    let outs = h.run_to(18_099);
+    assert!(
+        responses(&outs).is_empty() && requests(&outs, Method::Cancel).is_empty(),
+        "the first branch's Timer C does not end the second: {outs:#?}"
+    );
+    let outs = h.run_to(18_100);
+    let cancels = requests(&outs, Method::Cancel);
+    assert_eq!(cancels.len(), 1, "{outs:#?}");
+    assert_eq!(cancels[0].hop, udp(uas2()));
+    assert_eq!(responses(&outs)[0].status(), 408);
+}
+
+#[test]
 fn timer_f_answers_408_for_a_non_invite() {
     let mut h = H::new();
     let text = req("MESSAGE", "sip:carol@198.51.100.30:5070")
