@@ -413,6 +413,9 @@ struct ClientEntry {
     txn: ClientTransaction,
     server: Option<TransactionKey>,
     hop: Hop,
+    /// Cancelled before any provisional response: the CANCEL goes out when one arrives
+    /// (RFC 3261 9.1), or never when a final response comes first.
+    cancel_pending: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]

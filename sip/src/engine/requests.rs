@@ -481,6 +481,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 txn,
                 server: Some(key.clone()),
                 hop,
+                cancel_pending: false,
             },
         );
         if is_invite {
@@ -566,15 +567,18 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
     }
 
     pub(super) fn cancel_client(&mut self, ck: &TransactionKey) {
-        let Some(c) = self.clients.get(ck) else {
+        let Some(c) = self.clients.get_mut(ck) else {
             return;
         };
-        if !matches!(
-            c.txn.state(),
-            ClientState::Calling | ClientState::Proceeding
-        ) {
+        match c.txn.state() {
+            ClientState::Proceeding => {}
+            ClientState::Calling => {
+                // 9.1: not before a provisional response, which it could overtake.
+                c.cancel_pending = true;
+                return;
+            }
             // Its final response came already: nothing to cancel (16.10, pending branches).
-            return;
+            _ => return,
         }
         let cancel = c
             .txn
@@ -589,6 +593,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 txn,
                 server: None,
                 hop,
+                cancel_pending: false,
             },
         );
         self.client_actions(&k, actions);

@@ -20,6 +20,13 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             if let Some(c) = self.clients.get_mut(&key) {
                 let actions = c.txn.on_response(resp, now);
                 self.client_actions(&key, actions);
+                let cancel_now = self.clients.get_mut(&key).is_some_and(|c| {
+                    c.txn.state() == ClientState::Proceeding
+                        && std::mem::take(&mut c.cancel_pending)
+                });
+                if cancel_now {
+                    self.cancel_client(&key);
+                }
                 return;
             }
             if let Some(server) = self.lingering_clients.get(&key) {

@@ -157,6 +157,29 @@ fn cancel_goes_only_to_branches_still_pending() {
 }
 
 #[test]
+fn cancel_waits_for_a_provisional_response_before_going_downstream() {
+    let mut h = H::new();
+    let inv = ringing_call(&mut h);
+    let outs = h.udp(
+        uac(),
+        &req("CANCEL", "sip:bob@example.test")
+            .branch("z9hG4bKinvite1")
+            .text(),
+    );
+    assert_eq!(one(outs).status(), 200, "the CANCEL is answered at once");
+    // 9.1: no CANCEL before a provisional response (it could overtake the INVITE).
+    assert!(h.run_to(400).is_empty());
+    let outs = h.udp(uas(), &answer(inv.req(), 100));
+    let c = one(outs);
+    assert_eq!(c.req().method, Method::Cancel);
+    assert_eq!(c.hop, udp(uas()));
+    assert_eq!(c.branch(), inv.branch());
+    let outs = h.udp(uas(), &answer(inv.req(), 487));
+    assert_eq!(responses(&outs)[0].status(), 487);
+    assert_eq!(responses(&outs)[0].hop, udp(uac()));
+}
+
+#[test]
 fn cancel_for_an_unknown_transaction_is_481() {
     let mut h = H::new();
     let r = one(h.udp(uac(), &req("CANCEL", "sip:bob@example.test").text()));
