@@ -39,6 +39,10 @@ mod responses;
 mod tests;
 #[cfg(test)]
 mod tests_calls;
+#[cfg(test)]
+mod tests_media;
+#[cfg(test)]
+mod tests_routing;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

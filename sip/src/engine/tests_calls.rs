@@ -462,6 +462,26 @@ fn a_failed_send_is_answered_503_at_once_and_counted() {
 }
 
 #[test]
+fn a_failed_send_moves_on_to_the_next_contact() {
+    let mut h = H::new();
+    let (_, outs) = call(
+        &mut h,
+        &req("INVITE", "sip:bob@example.test"),
+        two_contacts(),
+    );
+    let first = forwarded_invite(&outs);
+    let outs = h.input(Input::SendFailed {
+        client: first.client.clone().unwrap(),
+    });
+    assert!(responses(&outs).is_empty(), "{outs:#?}");
+    let second = forwarded_invite(&outs);
+    assert_eq!(second.hop, udp(uas2()));
+    // The second's answer beats the 503 the failure stood for.
+    let outs = h.udp(uas2(), &answer(second.req(), 486));
+    assert_eq!(responses(&outs)[0].status(), 486);
+}
+
+#[test]
 fn a_failed_send_after_a_provisional_is_ignored() {
     let mut h = H::new();
     let inv = ringing_call(&mut h);
