@@ -31,6 +31,7 @@
 //! - this file: the types of the interface and the [`Engine`]'s entry points.
 //! - `requests.rs`: requests (routing, REGISTER, lookups, targets, CANCEL).
 //! - `responses.rs`: responses, transaction actions, timers and sending.
+//! - `tests*.rs`: a test per proxy behaviour, with no sockets (harness in `tests.rs`).
 
 mod requests;
 mod responses;
