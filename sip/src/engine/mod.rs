@@ -31,12 +31,19 @@
 //! - this file: the types of the interface and the [`Engine`]'s entry points.
 //! - `requests.rs`: requests (routing, REGISTER, lookups, targets, CANCEL).
 //! - `responses.rs`: responses, transaction actions, timers and sending.
+//! - `tests*.rs`: a test per proxy behaviour, with no sockets (harness in `tests.rs`).
 
 mod requests;
 mod responses;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_calls;
+#[cfg(test)]
+mod tests_media;
+#[cfg(test)]
+mod tests_routing;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -402,12 +409,18 @@ struct ServerEntry {
     record_route: bool,
     best: Option<Response>,
     done: bool,
+    /// When Timer C fires for the INVITE forwarded now: set when a branch starts, moved on
+    /// by each provisional response (16.7 step 2). Earlier heap entries are stale.
+    timer_c: Option<Instant>,
 }
 
 struct ClientEntry {
     txn: ClientTransaction,
     server: Option<TransactionKey>,
     hop: Hop,
+    /// Cancelled before any provisional response: the CANCEL goes out when one arrives
+    /// (RFC 3261 9.1), or never when a final response comes first.
+    cancel_pending: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]

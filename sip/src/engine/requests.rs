@@ -10,7 +10,9 @@ use crate::proxy::{
 };
 use crate::registrar::{Binding, Flow, RegisterInfo, Transport};
 use crate::transaction::TransactionKey;
-use crate::transaction::{build_cancel, Actions, ClientTransaction, ServerTransaction};
+use crate::transaction::{
+    build_cancel, Actions, ClientState, ClientTransaction, ServerTransaction,
+};
 use crate::{reply, Message, Method, Request, Uri};
 
 impl<E: Env, M: MediaHook> Engine<E, M> {
@@ -91,6 +93,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 record_route: dialog_creating,
                 best: None,
                 done: false,
+                timer_c: None,
             },
         );
         self.server_actions(&key, first);
@@ -477,13 +480,30 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 txn,
                 server: Some(key.clone()),
                 hop,
+                cancel_pending: false,
             },
         );
         if is_invite {
-            let at = now + self.cfg.timer_c;
-            self.push_timer(at, TimerRef::TimerC(super::Key(key.clone())));
+            self.start_timer_c(key);
         }
         self.client_actions(&ckey, actions);
+    }
+
+    /// (Re)starts Timer C of an INVITE server transaction: when a branch starts, and on
+    /// each provisional response but 100 (16.7 step 2). Only the deadline moves: the one
+    /// entry in the timer heap, when it fires early, goes back in at the deadline (so a UAS
+    /// sending provisional responses in a loop does not fill the heap).
+    pub(super) fn start_timer_c(&mut self, key: &TransactionKey) {
+        let at = self.now + self.cfg.timer_c;
+        let Some(entry) = self.servers.get_mut(key) else {
+            return;
+        };
+        if entry.txn.request().method != Method::Invite {
+            return;
+        }
+        if entry.timer_c.replace(at).is_none() {
+            self.push_timer(at, TimerRef::TimerC(super::Key(key.clone())));
+        }
     }
 
     fn via_for(&self, hop: &Hop) -> ViaParams {
@@ -546,11 +566,18 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
     }
 
     pub(super) fn cancel_client(&mut self, ck: &TransactionKey) {
-        let Some(c) = self.clients.get(ck) else {
+        let Some(c) = self.clients.get_mut(ck) else {
             return;
         };
-        if c.txn.is_terminated() {
-            return;
+        match c.txn.state() {
+            ClientState::Proceeding => {}
+            ClientState::Calling => {
+                // 9.1: not before a provisional response, which it could overtake.
+                c.cancel_pending = true;
+                return;
+            }
+            // Its final response came already: nothing to cancel (16.10, pending branches).
+            _ => return,
         }
         let cancel = c
             .txn
@@ -565,6 +592,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 txn,
                 server: None,
                 hop,
+                cancel_pending: false,
             },
         );
         self.client_actions(&k, actions);

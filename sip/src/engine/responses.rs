@@ -20,6 +20,13 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             if let Some(c) = self.clients.get_mut(&key) {
                 let actions = c.txn.on_response(resp, now);
                 self.client_actions(&key, actions);
+                let cancel_now = self.clients.get_mut(&key).is_some_and(|c| {
+                    c.txn.state() == ClientState::Proceeding
+                        && std::mem::take(&mut c.cancel_pending)
+                });
+                if cancel_now {
+                    self.cancel_client(&key);
+                }
                 return;
             }
             if let Some(server) = self.lingering_clients.get(&key) {
@@ -103,6 +110,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             }
             let actions = entry.txn.send_response(up, self.now);
             self.server_actions(server, actions);
+            self.start_timer_c(server);
             return;
         }
         if (200..300).contains(&code) || code >= 600 || entry.targets.is_empty() {
@@ -350,6 +358,16 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                     self.lingering_clients.remove(&k);
                 }
                 TimerRef::TimerC(Key(k)) => {
+                    let deadline = self
+                        .servers
+                        .get(&k)
+                        .filter(|e| !e.done)
+                        .and_then(|e| e.timer_c);
+                    if let Some(later) = deadline.filter(|t| *t > now) {
+                        // Restarted by a provisional response or a new branch.
+                        self.push_timer(later, TimerRef::TimerC(Key(k)));
+                        continue;
+                    }
                     let clients = self
                         .servers
                         .get(&k)
