@@ -619,7 +619,7 @@ impl SerialFork {
 
 /// Lower is better (section 16.7 step 6): 6xx first, then the lowest class; within 4xx,
 /// responses that help a resubmission (401, 407, 415, 420, 484) first.
-fn rank(status: u16) -> u32 {
+pub(crate) fn rank(status: u16) -> u32 {
     let class = status / 100;
     let base = if class == 6 { 0 } else { class as u32 * 1000 };
     let preferred = matches!(status, 401 | 407 | 415 | 420 | 484);

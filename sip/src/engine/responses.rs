@@ -8,7 +8,7 @@ use super::{
     Completed, Engine, Env, Hop, Key, MediaHook, Output, TimerRef, MAX_COMPLETED, MAX_LINGERING,
     TIMER_J, TIMER_K,
 };
-use crate::proxy::{forward_response, is_our_via};
+use crate::proxy::{forward_response, is_our_via, rank};
 use crate::registrar::Transport;
 use crate::transaction::{Action, Actions, ClientState, ServerState, TransactionKey};
 use crate::{reply, Message, Method, Request, Response};
@@ -115,9 +115,9 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         }
         if (200..300).contains(&code) || code >= 600 || entry.targets.is_empty() {
             if code >= 300 {
-                // Keep the best final response of all tries (the lowest class wins, 6xx first).
+                // Keep the best final response of all tries (16.7 step 6).
                 if let Some(best) = entry.best.take() {
-                    if best.status < up.status && up.status < 600 {
+                    if rank(best.status) < rank(up.status) {
                         up = best;
                     }
                 }
@@ -126,7 +126,11 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             return;
         }
         // A failure with more targets left: remember it and try the next.
-        if entry.best.as_ref().is_none_or(|b| up.status < b.status) {
+        if entry
+            .best
+            .as_ref()
+            .is_none_or(|b| rank(up.status) < rank(b.status))
+        {
             entry.best = Some(up);
         }
         self.try_next_target(server);
@@ -275,9 +279,22 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                     }
                 }
                 Action::Deliver(resp) => {
-                    if let Some(server) = self.clients.get(key).and_then(|c| c.server.clone()) {
-                        self.upstream(&server, resp);
-                    }
+                    let Some((server, req)) = self
+                        .clients
+                        .get(key)
+                        .and_then(|c| c.server.clone().map(|s| (s, c.txn.request())))
+                    else {
+                        continue;
+                    };
+                    // A 503 from downstream says that server cannot serve, not that we
+                    // cannot: it goes up as a 500 (16.7). Our own 503s (an unreachable next
+                    // hop, overload) keep their Retry-After.
+                    let resp = if resp.status == 503 {
+                        reply(req, 500, Some("Server Internal Error"), Some(&self.cfg.tag))
+                    } else {
+                        resp
+                    };
+                    self.upstream(&server, resp);
                 }
                 Action::Timeout | Action::TransportError => {
                     let timeout = matches!(a, Action::Timeout);

@@ -54,6 +54,40 @@ fn serial_forking_tries_the_next_contact_by_q_after_a_failure() {
 }
 
 #[test]
+fn serial_forking_prefers_a_response_that_helps_a_resubmission() {
+    // 16.7 step 6: within 4xx, 401/407/415/420/484 come before the others (484 over 404).
+    let mut h = H::new();
+    let (_, outs) = call(
+        &mut h,
+        &req("INVITE", "sip:bob@example.test"),
+        two_contacts(),
+    );
+    let first = forwarded_invite(&outs);
+    let outs = h.udp(uas(), &answer(first.req(), 484));
+    let second = forwarded_invite(&outs);
+    let up = responses(&h.udp(uas2(), &answer(second.req(), 404)));
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0].status(), 484, "484 ranks above 404");
+}
+
+#[test]
+fn a_503_from_downstream_goes_up_as_500() {
+    // 16.7: a 503 received says that server cannot serve; the proxy answers 500 upstream.
+    let mut h = H::new();
+    let (_, outs) = call(
+        &mut h,
+        &req("INVITE", "sip:bob@example.test"),
+        vec![plain(uas(), None)],
+    );
+    let first = forwarded_invite(&outs);
+    let up = responses(&h.udp(uas(), &answer(first.req(), 503)));
+    assert_eq!(up.len(), 1, "{up:#?}");
+    assert_eq!(up[0].status(), 500);
+    assert_eq!(up[0].hop, udp(uac()));
+    assert_eq!(up[0].vias().len(), 1, "our Via stripped");
+}
+
+#[test]
 fn serial_forking_stops_at_a_6xx() {
     let mut h = H::new();
     let (_, outs) = call(

@@ -124,7 +124,7 @@ fn options_to_the_domain_is_answered_200_with_allow() {
     let ok = one(h.udp(uac(), &req("OPTIONS", "sip:example.test").text()));
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.hop, udp(uac()));
-    assert_eq!(ok.header("Allow"), Some(super::requests::ALLOW));
+    assert_eq!(ok.header("Allow"), Some(crate::proxy::ALLOW));
     assert!(ok.header("Allow").unwrap().contains("INVITE"));
     assert_eq!(
         h.engine.transactions(),
