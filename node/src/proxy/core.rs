@@ -1453,32 +1453,16 @@ impl Core {
     fn send_bytes(&self, hop: &Hop, bytes: Bytes) {
         match hop {
             Hop::Net {
-                proto: Proto::Udp,
-                remote,
-                conn: 0,
-            } if self.transports.try_send_udp(*remote, &bytes).is_ok() => {}
-            Hop::Net {
                 proto,
                 remote,
                 conn,
             } => {
-                // On an open TCP connection, queued now so that messages keep their order (a
-                // 180 must not overtake the 200 sent right after it).
-                let bytes = if *proto != Proto::Udp {
-                    match self.transports.try_send_stream(*conn, *remote, bytes) {
-                        Ok(()) => return,
-                        Err(bytes) => bytes,
-                    }
-                } else {
-                    bytes
-                };
-                let t = self.transports.clone();
-                let (proto, remote, conn) = (*proto, *remote, *conn);
-                tokio::spawn(async move {
-                    if let Err(e) = t.send(proto, remote, conn, bytes).await {
-                        debug!(peer = %remote, cause = %e, "SIP send failed");
-                    }
-                });
+                // Sent or queued now, never waited for: messages on one connection keep their
+                // order (a 180 must not overtake the 200 sent right after it). The transports
+                // count failures by reason.
+                if let Err(e) = self.transports.send_now(*proto, *remote, *conn, bytes) {
+                    debug!(peer = %remote, cause = %e, "SIP send failed");
+                }
             }
             Hop::Peer { node, deliver } => {
                 let env = SipEnvelope {
