@@ -33,6 +33,7 @@
 //! `sip_tcp_closed_total{reason=...}`; open connections in the gauge `sip_tcp_flows`.
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -750,6 +751,10 @@ impl Transports {
                 ..Limits::default()
             };
             let mut framer = StreamFramer::new(&limits).answer_oversized();
+            // The idle timer is re-armed only when it fires (from the last read), not on
+            // every read: a peer that drips bytes costs no timer work per byte.
+            let mut last_read = tokio::time::Instant::now();
+            let mut idle = pin!(tokio::time::sleep(self.cfg.idle));
             loop {
                 loop {
                     let bytes = match framer.next_frame() {
@@ -774,11 +779,20 @@ impl Transports {
                         return Close::Shutdown;
                     }
                 }
-                match tokio::time::timeout(self.cfg.idle, read_into(&mut rd, &mut framer)).await {
-                    Err(_) => return Close::Idle,
-                    Ok(Ok(0)) => return Close::Eof,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(why)) => return why,
+                let read = tokio::select! {
+                    r = read_into(&mut rd, &mut framer) => r,
+                    _ = &mut idle => {
+                        if last_read.elapsed() >= self.cfg.idle {
+                            return Close::Idle;
+                        }
+                        idle.as_mut().reset(last_read + self.cfg.idle);
+                        continue;
+                    }
+                };
+                match read {
+                    Ok(0) => return Close::Eof,
+                    Ok(_) => last_read = tokio::time::Instant::now(),
+                    Err(why) => return why,
                 }
             }
         };
@@ -825,8 +839,9 @@ where
     R: AsyncRead + Unpin,
 {
     std::future::poll_fn(|cx| {
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut buf = ReadBuf::new(&mut chunk);
+        // Not zeroed: a one-byte read must not cost a 16 KiB memset.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut *rd).poll_read(cx, &mut buf) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(_)) => Poll::Ready(Err(Close::ReadError)),
