@@ -8,6 +8,8 @@ use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::transport;
+
 /// The well-known lookup-interface port (TCP).
 pub const LOOKUP_PORT: u16 = 9500;
 
@@ -75,6 +77,39 @@ pub struct Config {
     /// (milliseconds). Past it, its requests are answered 503 (with Retry-After) at once.
     #[serde(default = "default_sip_peer_timeout_ms")]
     pub sip_peer_timeout_ms: u64,
+    /// Most SIP TCP and TLS connections at once, inbound and outbound; more are refused.
+    /// Each open connection also takes a file descriptor: keep RLIMIT_NOFILE above this.
+    #[serde(default = "default_sip_max_connections")]
+    pub sip_max_connections: usize,
+    /// A SIP TCP or TLS connection that receives nothing (not even a CRLF keep-alive) for
+    /// this long is closed, in seconds.
+    #[serde(default = "default_sip_tcp_idle_secs")]
+    pub sip_tcp_idle_secs: u64,
+    /// A write to a SIP connection that does not complete in this time (a peer that stopped
+    /// reading) closes the connection, and so does a send queue that stays full this long;
+    /// in milliseconds.
+    #[serde(default = "default_sip_tcp_write_timeout_ms")]
+    pub sip_tcp_write_timeout_ms: u64,
+    /// Time allowed to open an outbound SIP TCP connection, in milliseconds.
+    #[serde(default = "default_sip_tcp_connect_timeout_ms")]
+    pub sip_tcp_connect_timeout_ms: u64,
+    /// Time allowed for a SIP TLS handshake, in milliseconds.
+    #[serde(default = "default_sip_tls_handshake_timeout_ms")]
+    pub sip_tls_handshake_timeout_ms: u64,
+    /// Most messages queued for sending on one SIP connection; beyond, sends to it fail.
+    #[serde(default = "default_sip_tcp_send_queue")]
+    pub sip_tcp_send_queue: usize,
+    /// Most bytes queued for sending on one SIP connection; beyond, sends to it fail.
+    #[serde(default = "default_sip_tcp_send_queue_bytes")]
+    pub sip_tcp_send_queue_bytes: usize,
+    /// Largest SIP message accepted, in bytes; larger requests are answered 513, a larger
+    /// header section on a stream closes the connection.
+    #[serde(default = "default_sip_max_message")]
+    pub sip_max_message: usize,
+    /// Received SIP messages waiting for the proxy core; beyond, datagrams are dropped and
+    /// stream readers wait.
+    #[serde(default = "default_sip_inbound_queue")]
+    pub sip_inbound_queue: usize,
     /// Where to serve Prometheus metrics over HTTP (optional).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -128,6 +163,33 @@ fn default_sip_peer_timeout_ms() -> u64 {
 }
 fn default_sip_pending() -> usize {
     10_000
+}
+fn default_sip_max_connections() -> usize {
+    transport::DEFAULT_MAX_CONNECTIONS
+}
+fn default_sip_tcp_idle_secs() -> u64 {
+    transport::DEFAULT_IDLE.as_secs()
+}
+fn default_sip_tcp_write_timeout_ms() -> u64 {
+    transport::DEFAULT_WRITE_TIMEOUT.as_millis() as u64
+}
+fn default_sip_tcp_connect_timeout_ms() -> u64 {
+    transport::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64
+}
+fn default_sip_tls_handshake_timeout_ms() -> u64 {
+    transport::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64
+}
+fn default_sip_tcp_send_queue() -> usize {
+    transport::DEFAULT_SEND_QUEUE
+}
+fn default_sip_tcp_send_queue_bytes() -> usize {
+    transport::DEFAULT_SEND_QUEUE_BYTES
+}
+fn default_sip_max_message() -> usize {
+    transport::DEFAULT_MAX_MESSAGE
+}
+fn default_sip_inbound_queue() -> usize {
+    transport::DEFAULT_INBOUND_QUEUE
 }
 fn default_points() -> u32 {
     onehop_overlay::ring::DEFAULT_POINTS
@@ -252,6 +314,40 @@ impl Config {
         if self.lookup_connections == 0 {
             return Err(bad("lookup_connections", "must be at least 1"));
         }
+        for (key, value) in [
+            ("sip_max_connections", self.sip_max_connections as u64),
+            ("sip_tcp_idle_secs", self.sip_tcp_idle_secs),
+            ("sip_tcp_send_queue", self.sip_tcp_send_queue as u64),
+            ("sip_inbound_queue", self.sip_inbound_queue as u64),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        for (key, ms) in [
+            ("sip_tcp_write_timeout_ms", self.sip_tcp_write_timeout_ms),
+            (
+                "sip_tcp_connect_timeout_ms",
+                self.sip_tcp_connect_timeout_ms,
+            ),
+            (
+                "sip_tls_handshake_timeout_ms",
+                self.sip_tls_handshake_timeout_ms,
+            ),
+        ] {
+            if !(100..=600_000).contains(&ms) {
+                return Err(bad(key, "must be between 100 and 600000 (ms)"));
+            }
+        }
+        if !(1024..=1 << 20).contains(&self.sip_max_message) {
+            return Err(bad("sip_max_message", "must be between 1024 and 1048576"));
+        }
+        if self.sip_tcp_send_queue_bytes < self.sip_max_message {
+            return Err(bad(
+                "sip_tcp_send_queue_bytes",
+                "must be at least sip_max_message",
+            ));
+        }
         let r = self.relay_ports;
         if r.low < 1024 || r.high < r.low || r.high - r.low < 3 {
             return Err(bad(
@@ -302,6 +398,47 @@ mod tests {
         assert!(dns.eventservers.is_empty());
         let err = parse("domain = \"\"").validate(p).unwrap_err().to_string();
         assert!(err.contains("domain"), "{err}");
+    }
+    #[test]
+    fn sip_transport_keys() {
+        let p = Path::new("node.toml");
+        let es = "eventservers = [\"127.0.0.1:8000\"]\n";
+        let c = parse(es);
+        c.validate(p).unwrap();
+        assert_eq!(
+            (
+                c.sip_max_connections,
+                c.sip_tcp_idle_secs,
+                c.sip_tcp_write_timeout_ms
+            ),
+            (10_000, 3600, 10_000)
+        );
+        assert_eq!(
+            (
+                c.sip_tcp_send_queue,
+                c.sip_tcp_send_queue_bytes,
+                c.sip_max_message
+            ),
+            (256, 1 << 20, 65_535)
+        );
+        let c = parse(&format!(
+            "{es}sip_tcp_idle_secs = 1\nsip_tcp_write_timeout_ms = 500\nsip_max_connections = 12000"
+        ));
+        c.validate(p).unwrap();
+        for bad in [
+            "sip_tcp_idle_secs = 0",
+            "sip_tcp_write_timeout_ms = 10",
+            "sip_max_message = 10",
+            "sip_tcp_send_queue_bytes = 1000",
+            "sip_max_connections = 0",
+        ] {
+            let key = bad.split(' ').next().unwrap();
+            let err = parse(&format!("{es}{bad}"))
+                .validate(p)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
     #[test]
     fn relay_keys() {

@@ -22,7 +22,7 @@ use crate::peer::{PeerConfig, PeerNet, Service};
 use crate::proxy::glue::{
     PeerSip, PeerSipSettings, RegistrarUpdater, SipHandler, StoreLocator, REGISTRAR,
 };
-use crate::proxy::transport::{sip_frame, TransportConfig, Transports};
+use crate::proxy::transport::{TransportConfig, Transports};
 use crate::proxy::ProxyConfig;
 use crate::relay::{RelayClient, RelayEngine, RelayHandler, RelaySettings};
 use crate::sip::registrar::RegistrarPolicy;
@@ -127,12 +127,17 @@ pub async fn start(
         let tcfg = TransportConfig {
             tls,
             listen,
-            max_connections: 10_000,
-            idle: Duration::from_secs(3600),
-            max_message: 65_535,
-            queue: 8192,
+            max_connections: cfg.sip_max_connections,
+            idle: Duration::from_secs(cfg.sip_tcp_idle_secs),
+            max_message: cfg.sip_max_message,
+            queue: cfg.sip_inbound_queue,
+            write_timeout: Duration::from_millis(cfg.sip_tcp_write_timeout_ms),
+            connect_timeout: Duration::from_millis(cfg.sip_tcp_connect_timeout_ms),
+            handshake_timeout: Duration::from_millis(cfg.sip_tls_handshake_timeout_ms),
+            send_queue: cfg.sip_tcp_send_queue,
+            send_queue_bytes: cfg.sip_tcp_send_queue_bytes,
         };
-        let (transports, inbound) = Transports::bind(tcfg, sip_frame, cancel.clone())
+        let (transports, inbound) = Transports::bind(tcfg, metrics, cancel.clone())
             .await
             .with_context(|| format!("SIP on {listen}"))?;
         let mut pcfg = ProxyConfig::new(&domain, listen);
@@ -146,6 +151,7 @@ pub async fn start(
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        pcfg.max_message = cfg.sip_max_message;
         pcfg.dns_servers = cfg.dns_servers.clone();
         pcfg.tls_port = tls_port;
         pcfg.media_relay = Some(crate::proxy::media::MediaRelay {

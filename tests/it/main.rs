@@ -20,5 +20,6 @@ mod restart;
 mod security;
 mod sip;
 mod sip_tls;
+mod sip_transport;
 mod sipp;
 mod timing;

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use super::media::{Done, MediaGate};
 use super::resolve::SipResolver;
-use super::transport::{Inbound, Proto, Transports};
+use super::transport::{Inbound, Proto, SendError, Transports};
 use super::{Locator, PeerLink, ProxyConfig, Receipt, SipEnvelope};
 use crate::sip::engine::{Counts, Engine, EngineConfig, Env, Input, MediaHook, Output, Resume};
 use crate::sip::registrar::Transport;
@@ -495,34 +495,22 @@ impl Worker {
     fn send(&self, hop: &Hop, bytes: Bytes, client: Option<&TransactionKey>) -> Result<(), String> {
         match hop {
             Hop::Net {
-                proto: Transport::Udp,
-                remote,
-                conn: 0,
-            } if self.transports.try_send_udp(*remote, &bytes).is_ok() => Ok(()),
-            Hop::Net {
                 proto,
                 remote,
                 conn,
             } => {
-                let proto = proto_of(*proto);
-                // On an open TCP connection, queued now so that messages keep their order (a
-                // 180 must not overtake the 200 sent right after it).
-                let bytes = if proto != Proto::Udp {
-                    match self.transports.try_send_stream(*conn, *remote, bytes) {
-                        Ok(()) => return Ok(()),
-                        Err(bytes) => bytes,
-                    }
-                } else {
-                    bytes
-                };
-                let t = self.transports.clone();
-                let (remote, conn) = (*remote, *conn);
-                tokio::spawn(async move {
-                    if let Err(e) = t.send(proto, remote, conn, bytes).await {
-                        debug!(peer = %remote, cause = %e, "SIP send failed");
-                    }
-                });
-                Ok(())
+                // Sent or queued now, never waited for: messages on one connection keep their
+                // order (a 180 must not overtake the 200 sent right after it). The transports
+                // count failures by reason.
+                match self
+                    .transports
+                    .send_now(proto_of(*proto), *remote, *conn, bytes)
+                {
+                    Ok(()) => Ok(()),
+                    // A full UDP send buffer: the transaction's timers retransmit.
+                    Err(SendError::WouldBlock(_)) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
             Hop::Peer { node, deliver } => {
                 let env = SipEnvelope {

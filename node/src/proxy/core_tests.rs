@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::core;
 use crate::proxy::test_support::{recv_sip, NoPeers, OneCallee};
-use crate::proxy::transport::{sip_frame, TransportConfig, Transports};
+use crate::proxy::transport::{TransportConfig, Transports};
 use crate::proxy::ProxyConfig;
 use crate::view::View;
 
@@ -102,9 +102,9 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
         idle: Duration::from_secs(60),
         max_message: 65_535,
         queue: 1024,
-        tls: None,
+        ..TransportConfig::new(listen)
     };
-    let (transports, inbound) = Transports::bind(tcfg, sip_frame, cancel.clone())
+    let (transports, inbound) = Transports::bind(tcfg, &Metrics::default(), cancel.clone())
         .await
         .expect("bind the proxy's SIP sockets");
     let uac = UdpSocket::bind("127.0.93.2:0").await.unwrap();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::proxy::core::{self, Event, Hop};
 use crate::proxy::test_support::{recv_sip, NoPeers, OneCallee};
-use crate::proxy::transport::{sip_frame, TransportConfig, Transports};
+use crate::proxy::transport::{TransportConfig, Transports};
 use crate::proxy::{BoxFut, ProxyConfig};
 use crate::relay::{Endpoint, RelayEngine, RelaySettings};
 use crate::sip::{parse, Message};
@@ -489,9 +489,9 @@ async fn a_call_through_the_core_is_relayed_and_freed() {
         idle: Duration::from_secs(60),
         max_message: 65_535,
         queue: 1024,
-        tls: None,
+        ..TransportConfig::new(listen)
     };
-    let (transports, inbound) = Transports::bind(tcfg, sip_frame, cancel.clone())
+    let (transports, inbound) = Transports::bind(tcfg, &Metrics::default(), cancel.clone())
         .await
         .expect("bind the proxy's SIP sockets");
     let uac = UdpSocket::bind("127.0.94.2:0").await.unwrap();
