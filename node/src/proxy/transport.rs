@@ -778,6 +778,8 @@ impl Transports {
                     if self.inbound.send(Inbound { bytes, source }).await.is_err() {
                         return Close::Shutdown;
                     }
+                    // Time spent waiting for the core (backpressure) is not the peer's idling.
+                    last_read = tokio::time::Instant::now();
                 }
                 let read = tokio::select! {
                     r = read_into(&mut rd, &mut framer) => r,
