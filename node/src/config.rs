@@ -75,6 +75,11 @@ pub struct Config {
     /// (milliseconds). Past it, its requests are answered 503 (with Retry-After) at once.
     #[serde(default = "default_sip_peer_timeout_ms")]
     pub sip_peer_timeout_ms: u64,
+    /// Most SIP messages waiting to be sent to one other node. Past it, a request for that
+    /// node is answered 503 (with Retry-After) at once instead of waiting its turn (queues
+    /// push back, they never drop in silence). Also bounded at 8 MiB of messages.
+    #[serde(default = "default_sip_peer_queue")]
+    pub sip_peer_queue: usize,
     /// Where to serve Prometheus metrics over HTTP (optional).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -125,6 +130,9 @@ fn default_max_expires() -> u32 {
 }
 fn default_sip_peer_timeout_ms() -> u64 {
     500
+}
+fn default_sip_peer_queue() -> usize {
+    8192
 }
 fn default_sip_pending() -> usize {
     10_000
@@ -249,6 +257,9 @@ impl Config {
         if self.min_expires > self.max_expires {
             return Err(bad("min_expires", "must not exceed max_expires"));
         }
+        if self.sip_peer_queue == 0 {
+            return Err(bad("sip_peer_queue", "must be at least 1"));
+        }
         if self.lookup_connections == 0 {
             return Err(bad("lookup_connections", "must be at least 1"));
         }
@@ -302,6 +313,20 @@ mod tests {
         assert!(dns.eventservers.is_empty());
         let err = parse("domain = \"\"").validate(p).unwrap_err().to_string();
         assert!(err.contains("domain"), "{err}");
+    }
+    #[test]
+    fn sip_peer_queue_key() {
+        let p = Path::new("node.toml");
+        let es = "eventservers = [\"127.0.0.1:8000\"]\n";
+        assert_eq!(parse(es).sip_peer_queue, 8192);
+        let c = parse(&format!("{es}sip_peer_queue = 4"));
+        c.validate(p).unwrap();
+        assert_eq!(c.sip_peer_queue, 4);
+        let err = parse(&format!("{es}sip_peer_queue = 0"))
+            .validate(p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sip_peer_queue"), "{err}");
     }
     #[test]
     fn relay_keys() {
