@@ -424,9 +424,7 @@ impl Caller {
                 continue;
             };
             let cid = r.call_id();
-            if !want.contains(&cid)
-                || got.contains_key(&cid)
-                || !r.status().is_some_and(|s| s >= 200)
+            if !want.contains(&cid) || got.contains_key(&cid) || r.status().is_none_or(|s| s < 200)
             {
                 continue;
             }
