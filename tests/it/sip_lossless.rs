@@ -462,7 +462,15 @@ fn reachable(caller: &mut Caller, callee: &Callee, proxy: SocketAddr, user: &str
             return seen.into_iter().next().expect("the callee saw the OPTIONS");
         }
     }
-    panic!("OPTIONS to {user} through {proxy}: no 200 in 5 s");
+    let seen: Vec<String> = callee
+        .received("OPTIONS", &format!("{id}@lossless"))
+        .iter()
+        .map(|m| m.from.to_string())
+        .collect();
+    panic!(
+        "OPTIONS {id} to {user} through {proxy}: no final answer in 5 s (the phone got it from \
+         {seen:?})"
+    );
 }
 
 fn ms(d: Duration) -> u128 {
