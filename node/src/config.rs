@@ -110,6 +110,11 @@ pub struct Config {
     /// stream readers wait.
     #[serde(default = "default_sip_inbound_queue")]
     pub sip_inbound_queue: usize,
+    /// Most SIP messages waiting to be sent to one other node. Past it, a request for that
+    /// node is answered 503 (with Retry-After) at once instead of waiting its turn (queues
+    /// push back, they never drop in silence). Also bounded at 8 MiB of messages.
+    #[serde(default = "default_sip_peer_queue")]
+    pub sip_peer_queue: usize,
     /// Where to serve Prometheus metrics over HTTP (optional).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -160,6 +165,9 @@ fn default_max_expires() -> u32 {
 }
 fn default_sip_peer_timeout_ms() -> u64 {
     500
+}
+fn default_sip_peer_queue() -> usize {
+    8192
 }
 fn default_sip_pending() -> usize {
     10_000
@@ -311,6 +319,9 @@ impl Config {
         if self.min_expires > self.max_expires {
             return Err(bad("min_expires", "must not exceed max_expires"));
         }
+        if self.sip_peer_queue == 0 {
+            return Err(bad("sip_peer_queue", "must be at least 1"));
+        }
         if self.lookup_connections == 0 {
             return Err(bad("lookup_connections", "must be at least 1"));
         }
@@ -439,6 +450,20 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{bad}: {err}");
         }
+    }
+    #[test]
+    fn sip_peer_queue_key() {
+        let p = Path::new("node.toml");
+        let es = "eventservers = [\"127.0.0.1:8000\"]\n";
+        assert_eq!(parse(es).sip_peer_queue, 8192);
+        let c = parse(&format!("{es}sip_peer_queue = 4"));
+        c.validate(p).unwrap();
+        assert_eq!(c.sip_peer_queue, 4);
+        let err = parse(&format!("{es}sip_peer_queue = 0"))
+            .validate(p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sip_peer_queue"), "{err}");
     }
     #[test]
     fn relay_keys() {

@@ -170,6 +170,7 @@ pub async fn start(
             view.clone(),
             PeerSipSettings {
                 call_timeout: peer_timeout,
+                queue: cfg.sip_peer_queue,
                 ..PeerSipSettings::default()
             },
         ));

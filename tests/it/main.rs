@@ -19,6 +19,7 @@ mod relay;
 mod restart;
 mod security;
 mod sip;
+mod sip_lossless;
 mod sip_tls;
 mod sip_transport;
 mod sipp;
