@@ -83,12 +83,18 @@ pub enum Hop {
 }
 
 impl Hop {
-    /// Whether the hop is a reliable transport (no retransmissions by the transactions).
+    /// Whether the transactions over this hop rely on the transport and do not retransmit:
+    /// TCP and TLS. UDP is not, and neither is the hop to another node: QUIC delivers what
+    /// it accepts, but a batch queued for a node can still fail after it left the worker (a
+    /// connection found dead, a node frozen and thawed), and a response has no receipt to
+    /// report that. So requests between nodes are retransmitted on the UDP timers (A, E),
+    /// and the receiving node's transactions absorb the copies and repeat their last
+    /// response, as SIP over UDP does.
     pub fn reliable(&self) -> bool {
-        !matches!(
+        matches!(
             self,
             Hop::Net {
-                proto: Transport::Udp,
+                proto: Transport::Tcp | Transport::Tls,
                 ..
             }
         )

@@ -286,6 +286,74 @@ fn a_binding_held_by_another_live_node_goes_through_that_node() {
 }
 
 #[test]
+fn a_request_to_another_node_is_retransmitted_until_answered() {
+    // Between nodes the transactions retransmit as over UDP: a batch that failed after it
+    // left the worker (a response has no receipt) is recovered by Timer A, and a provisional
+    // response stops it.
+    let mut h = H::new();
+    let f = flow("node2", Transport::Tcp, 9);
+    let inv = hop_of_binding(&mut h, f.clone());
+    let peer = Hop::Peer {
+        node: "node2".into(),
+        deliver: Some(f),
+    };
+    assert_eq!(inv.hop, peer);
+    let again = requests(&h.run_to(600), Method::Invite);
+    assert_eq!(again.len(), 1, "Timer A fired once by 600 ms");
+    assert_eq!(again[0].hop, peer);
+    assert_eq!(again[0].branch(), inv.branch(), "the same transaction");
+    let trying = answer(inv.req(), 100);
+    h.message(
+        Hop::Peer {
+            node: "node2".into(),
+            deliver: None,
+        },
+        &trying,
+    );
+    assert!(
+        requests(&h.run_to(10_000), Method::Invite).is_empty(),
+        "a provisional stops the retransmissions"
+    );
+}
+
+#[test]
+fn a_request_from_another_node_retransmitted_gets_the_same_answer() {
+    // The receiving side absorbs the copies: a REGISTER answered once is answered again from
+    // the completed table, not applied at the registrar twice.
+    let mut h = H::new();
+    let node2 = Hop::Peer {
+        node: "node2".into(),
+        deliver: None,
+    };
+    let reg = req("REGISTER", "sip:example.test").text();
+    let outs = h.message(node2.clone(), &reg);
+    let key = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Register { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .expect("the registrar asked");
+    let first = one(h.input(Input::Registered {
+        key,
+        result: Ok(Vec::new()),
+        at_ms: NOW_MS,
+    }));
+    assert_eq!(first.status(), 200);
+    let outs = h.message(node2.clone(), &reg);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Register { .. })),
+        "not applied twice: {outs:#?}"
+    );
+    let again = one(outs);
+    assert_eq!(again.hop, node2);
+    assert_eq!(
+        again.bytes, first.bytes,
+        "the same final response, from the table"
+    );
+}
+
+#[test]
 fn a_binding_held_by_a_dead_node_goes_straight_to_its_source_address() {
     let mut h = H::new();
     h.engine.env_mut().live.clear();
