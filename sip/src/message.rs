@@ -77,6 +77,15 @@ impl Method {
     /// The method's token.
     pub fn as_str(&self) -> &str {
         match self {
+            Method::Other(s) => s,
+            known => known.name().unwrap_or_default(),
+        }
+    }
+
+    /// The token of a method of RFC 3261 or its extensions, `None` for [`Method::Other`]
+    /// (a name that lives as long as the program, for counters keyed by method).
+    pub fn name(&self) -> Option<&'static str> {
+        Some(match self {
             Method::Invite => "INVITE",
             Method::Ack => "ACK",
             Method::Bye => "BYE",
@@ -91,8 +100,8 @@ impl Method {
             Method::Refer => "REFER",
             Method::Message => "MESSAGE",
             Method::Publish => "PUBLISH",
-            Method::Other(s) => s,
-        }
+            Method::Other(_) => return None,
+        })
     }
 }
 

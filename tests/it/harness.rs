@@ -1,6 +1,7 @@
 //! Starting farms of real processes and talking to them.
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -517,4 +518,55 @@ pub async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>,
             Err(_) => return Err("no answer in 3 s".into()),
         }
     }
+}
+
+/// A node's SIP address.
+pub fn sip_addr(farm: &Farm, node: &str) -> SocketAddr {
+    farm.file
+        .member(node)
+        .and_then(|m| m.addr("sip"))
+        .unwrap_or_else(|| panic!("{node} serves no SIP"))
+}
+
+/// An address of the farm's /24 (`127.0.N.last`), for SIPp and raw clients.
+pub fn client_ip(farm: &Farm, last: u8) -> IpAddr {
+    match farm.ip("node1") {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            IpAddr::from([o[0], o[1], o[2], last])
+        }
+        IpAddr::V6(_) => panic!("IPv4 farms only"),
+    }
+}
+
+/// Resident memory of a process in KiB.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Every `onehop_*` figure a daemon serves on `addr`.
+pub fn scrape(addr: SocketAddr) -> Option<BTreeMap<String, i64>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with("onehop_"))
+            .filter_map(|l| {
+                let (name, v) = l.rsplit_once(' ')?;
+                Some((name.to_string(), v.parse().ok()?))
+            })
+            .collect(),
+    )
 }

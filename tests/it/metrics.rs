@@ -4,30 +4,10 @@
 //! (queries by type, responses by rcode) are checked in `dns.rs`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::harness::{wait_for, Farm};
-
-/// Every `onehop_*` figure a daemon serves on `addr`.
-fn scrape(addr: SocketAddr) -> Option<BTreeMap<String, i64>> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("onehop_"))
-            .filter_map(|l| {
-                let (name, v) = l.rsplit_once(' ')?;
-                Some((name.to_string(), v.parse().ok()?))
-            })
-            .collect(),
-    )
-}
+use crate::harness::{scrape, wait_for, Farm};
 
 fn metrics_of(farm: &Farm, name: &str) -> BTreeMap<String, i64> {
     let addr = farm

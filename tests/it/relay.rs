@@ -13,20 +13,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::harness::{wait_for, Farm};
+use crate::harness::{client_ip, wait_for, Farm};
 
 const DOMAIN: &str = "example.test";
-
-/// An address of the farm's /24.
-fn client_ip(farm: &Farm, last: u8) -> IpAddr {
-    match farm.ip("node1") {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            IpAddr::from([o[0], o[1], o[2], last])
-        }
-        IpAddr::V6(_) => panic!("IPv4 farms only"),
-    }
-}
 
 /// The `onehop_*` figures served on a node's metrics address.
 fn metrics(farm: &Farm, node: &str) -> BTreeMap<String, i64> {

@@ -9,34 +9,15 @@
 //! from the test side.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{wait_for, Farm};
+use crate::harness::{client_ip, sip_addr, vm_rss_kib, wait_for, Farm};
 use crate::sipp::{require_sipp, Outcome, Sipp, Workdir};
 
 const DOMAIN: &str = "example.test";
-
-/// A node's SIP address.
-fn sip_addr(farm: &Farm, node: &str) -> SocketAddr {
-    farm.file
-        .member(node)
-        .and_then(|m| m.addr("sip"))
-        .unwrap_or_else(|| panic!("{node} serves no SIP"))
-}
-
-/// An address of the farm's /24 (`127.0.N.last`), for SIPp and raw clients.
-fn client_ip(farm: &Farm, last: u8) -> IpAddr {
-    match farm.ip("node1") {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            IpAddr::from([o[0], o[1], o[2], last])
-        }
-        IpAddr::V6(_) => panic!("IPv4 farms only"),
-    }
-}
 
 /// Starts a farm and waits until every node holds every node in its `registrar` and
 /// `sip_proxy` rings.
@@ -52,19 +33,6 @@ fn alive(pid: u32) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
     }
-}
-
-/// Resident memory of a process in KiB.
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Registers `user` with its contact at `local` through `proxy` (one SIPp REGISTER).

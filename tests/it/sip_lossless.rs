@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::harness::{until_all_nodes, wait_for, Farm};
+use crate::harness::{client_ip, sip_addr, until_all_nodes, wait_for, Farm};
 
 const DOMAIN: &str = "example.test";
 /// Two nodes, SIP proxy and registrar only (no media relay), no DNS server.
@@ -43,25 +43,6 @@ const BUDGET: Duration = Duration::from_secs(1);
 
 fn farm_up(base_ip: &str) -> Farm {
     Farm::up_with_rings(base_ip, FARM_ARGS, &["registrar", "sip_proxy"])
-}
-
-/// A node's SIP address.
-fn sip_addr(farm: &Farm, node: &str) -> SocketAddr {
-    farm.file
-        .member(node)
-        .and_then(|m| m.addr("sip"))
-        .unwrap_or_else(|| panic!("{node} serves no SIP"))
-}
-
-/// An address of the farm's /24 (`127.0.N.last`), for the test's user agents.
-fn client_ip(farm: &Farm, last: u8) -> IpAddr {
-    match farm.ip("node1") {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            IpAddr::from([o[0], o[1], o[2], last])
-        }
-        IpAddr::V6(_) => panic!("IPv4 farms only"),
-    }
 }
 
 /// A process's state letter from /proc (`T` when stopped), `None` when it is gone.

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::harness::{wait_for, Farm};
+use crate::harness::{client_ip, vm_rss_kib, wait_for, Farm};
 
 const DOMAIN: &str = "example.test";
 
@@ -83,17 +83,6 @@ fn sip_addr(farm: &Farm) -> SocketAddr {
         .member("node1")
         .and_then(|m| m.addr("sip"))
         .expect("node1 serves SIP")
-}
-
-/// An address of the farm's /24 for clients.
-fn client_ip(farm: &Farm, last: u8) -> IpAddr {
-    match farm.ip("node1") {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            IpAddr::from([o[0], o[1], o[2], last])
-        }
-        IpAddr::V6(_) => panic!("IPv4 farms only"),
-    }
 }
 
 /// An OPTIONS to the node itself from `from` over `proto`, with `pad` bytes of an extra
@@ -191,39 +180,6 @@ fn clock_ticks() -> u64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100)
-}
-
-/// Resident memory of a process in KiB.
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Every `onehop_*` figure the node serves.
-fn scrape(farm: &Farm) -> Option<BTreeMap<String, i64>> {
-    let addr = farm.file.member("node1")?.addr("metrics")?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("onehop_"))
-            .filter_map(|l| {
-                let (name, v) = l.rsplit_once(' ')?;
-                Some((name.to_string(), v.parse().ok()?))
-            })
-            .collect(),
-    )
 }
 
 fn figure(farm: &Farm, name: &str) -> Option<i64> {
@@ -575,4 +531,9 @@ fn ten_thousand_tcp_connections_hold_with_bounded_memory() {
         rss_end / 1024
     );
     assert!(closed.is_some(), "flows left open: {:?}", flows(&farm));
+}
+
+/// Every `onehop_*` figure node1 serves.
+fn scrape(farm: &Farm) -> Option<BTreeMap<String, i64>> {
+    crate::harness::scrape(farm.file.member("node1")?.addr("metrics")?)
 }

@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::sip::{Frame, FrameError, Limits, StreamFramer};
+use crate::sip::{Frame, FrameError, Limits, Message, StreamFramer};
 
 /// Largest UDP datagram accepted.
 pub const MAX_DATAGRAM: usize = 65_535;
@@ -283,6 +283,8 @@ struct FlowTable {
 }
 
 struct Counters {
+    /// The proxy's count of malformed messages (oversized ones are answered here).
+    malformed: Metric,
     flows: Metric,
     refused: Metric,
     pings: Metric,
@@ -293,6 +295,7 @@ struct Counters {
 impl Counters {
     fn new(metrics: &Metrics) -> Counters {
         Counters {
+            malformed: metrics.counter("sip_malformed_total", "Malformed SIP messages received."),
             flows: metrics.gauge("sip_tcp_flows", "Open SIP TCP and TLS connections."),
             refused: metrics.counter(
                 "sip_tcp_refused_total",
@@ -758,7 +761,14 @@ impl Transports {
             loop {
                 loop {
                     let bytes = match framer.next_frame() {
-                        Ok(Some(Frame::Message(m) | Frame::Oversized(m))) => m,
+                        Ok(Some(Frame::Message(m))) => m,
+                        Ok(Some(Frame::Oversized(m))) => {
+                            // Answered here, in the connection's order (513), not by a
+                            // worker: the next message on this connection may belong to
+                            // another worker, and its answer must not overtake this one.
+                            self.answer_oversized(id, &m, &limits);
+                            continue;
+                        }
                         Ok(Some(Frame::Ping)) => {
                             self.pong(id);
                             continue;
@@ -824,6 +834,22 @@ impl Transports {
     }
 
     /// Answers a keep-alive ping on flow `id` with a CRLF (dropped when its queue is full).
+    /// Answers a message over `max_message` (its first bytes, as the framer cut them) on its
+    /// connection: 513 when its header can be read, nothing otherwise.
+    fn answer_oversized(&self, id: u64, cut: &[u8], limits: &Limits) {
+        self.counters.malformed.inc();
+        let Err(e) = crate::sip::parse_with(cut, limits) else {
+            return;
+        };
+        let Some(resp) = e.response() else {
+            return;
+        };
+        let table = self.table.lock().expect("flows");
+        if let Some(flow) = table.by_id.get(&id) {
+            let _ = self.enqueue(flow, Message::Response(resp).to_bytes());
+        }
+    }
+
     fn pong(&self, id: u64) {
         self.counters.pings.inc();
         let table = self.table.lock().expect("flows");

@@ -373,23 +373,7 @@ pub struct Counts {
 
 impl Counts {
     fn method(&mut self, m: &Method) {
-        let name: &'static str = match m {
-            Method::Invite => "INVITE",
-            Method::Ack => "ACK",
-            Method::Bye => "BYE",
-            Method::Cancel => "CANCEL",
-            Method::Register => "REGISTER",
-            Method::Options => "OPTIONS",
-            Method::Info => "INFO",
-            Method::Update => "UPDATE",
-            Method::Prack => "PRACK",
-            Method::Subscribe => "SUBSCRIBE",
-            Method::Notify => "NOTIFY",
-            Method::Refer => "REFER",
-            Method::Message => "MESSAGE",
-            Method::Publish => "PUBLISH",
-            _ => "other",
-        };
+        let name = m.name().unwrap_or("other");
         match self.by_method.iter_mut().find(|(n, _)| *n == name) {
             Some((_, c)) => *c += 1,
             None => self.by_method.push((name, 1)),
