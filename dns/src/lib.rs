@@ -8,7 +8,8 @@
 //!   and a request.
 //! - [`server`]: [`DnsHandler`] (the zone snapshot in an `ArcSwap`, metrics, hickory's
 //!   `RequestHandler`) and [`DnsServer`] (the UDP and TCP sockets, bounded).
-//! - [`resolve`]: [`resolve_eventservers`], finding the event servers from the domain alone.
+//! - [`resolve_eventservers`] (from `onehop_overlay::bootstrap`, re-exported): finding the
+//!   event servers from the domain alone.
 //! - this file: joining as a `dns` member, applying statuses, staleness, leaving.
 //!
 //! The server answers SERVFAIL until the first network status arrives. When every event
