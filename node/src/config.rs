@@ -106,8 +106,8 @@ pub struct Config {
     /// header section on a stream closes the connection.
     #[serde(default = "default_sip_max_message")]
     pub sip_max_message: usize,
-    /// Received SIP messages waiting for the proxy core; beyond, datagrams are dropped and
-    /// stream readers wait.
+    /// Received SIP messages waiting for each SIP worker; beyond, datagrams for that worker
+    /// are dropped and stream readers wait.
     #[serde(default = "default_sip_inbound_queue")]
     pub sip_inbound_queue: usize,
     /// Most SIP messages waiting to be sent to one other node. Past it, a request for that

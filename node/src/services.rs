@@ -137,9 +137,6 @@ pub async fn start(
             send_queue: cfg.sip_tcp_send_queue,
             send_queue_bytes: cfg.sip_tcp_send_queue_bytes,
         };
-        let (transports, inbound) = Transports::bind(tcfg, metrics, cancel.clone())
-            .await
-            .with_context(|| format!("SIP on {listen}"))?;
         let mut pcfg = ProxyConfig::new(&domain, listen);
         pcfg.policy = RegistrarPolicy {
             min_expires: cfg.min_expires,
@@ -152,6 +149,12 @@ pub async fn start(
             n => n,
         };
         pcfg.max_message = cfg.sip_max_message;
+        // Each worker's inbox holds what the transports' inbound queue held.
+        pcfg.queue = cfg.sip_inbound_queue;
+        let (core, inboxes) = crate::proxy::core::inboxes(&pcfg);
+        let transports = Transports::bind_to(tcfg, Arc::new(core.clone()), metrics, cancel.clone())
+            .await
+            .with_context(|| format!("SIP on {listen}"))?;
         pcfg.dns_servers = cfg.dns_servers.clone();
         pcfg.tls_port = tls_port;
         pcfg.media_relay = Some(crate::proxy::media::MediaRelay {
@@ -174,11 +177,11 @@ pub async fn start(
                 ..PeerSipSettings::default()
             },
         ));
-        let core = crate::proxy::core::start(
+        crate::proxy::core::run(
             pcfg,
+            inboxes,
             identity.name.clone(),
             transports.clone(),
-            inbound,
             locator,
             link,
             view,

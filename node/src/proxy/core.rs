@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use super::media::{Done, MediaGate};
 use super::resolve::SipResolver;
-use super::transport::{Inbound, Proto, SendError, Transports};
+use super::transport::{Inbound, InboundSink, Proto, SendError, Transports};
 use super::{Locator, PeerLink, ProxyConfig, Receipt, SipEnvelope};
 use crate::sip::engine::{Counts, Engine, EngineConfig, Env, Input, MediaHook, Output, Resume};
 use crate::sip::registrar::Transport;
@@ -272,8 +272,38 @@ struct Worker {
 /// updates its figures.
 const BATCH: usize = 64;
 
-/// Starts the workers on `inbound` (the transports' channel); returns the handle for
-/// messages from other nodes.
+/// The workers' inboxes, made before the transports so that the transports can hand each
+/// message straight to its worker ([`CoreHandle`] is their [`InboundSink`]).
+pub struct Inboxes {
+    rx: Vec<mpsc::Receiver<Event>>,
+}
+
+/// The inboxes of `cfg.workers` workers, and the handle that feeds them.
+pub fn inboxes(cfg: &ProxyConfig) -> (CoreHandle, Inboxes) {
+    let n = cfg.workers.max(1);
+    let (tx, rx): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(cfg.queue.max(1024))).unzip();
+    (
+        CoreHandle {
+            workers: Arc::new(tx),
+        },
+        Inboxes { rx },
+    )
+}
+
+impl InboundSink for CoreHandle {
+    fn try_deliver(&self, m: Inbound) -> bool {
+        self.try_net(m)
+    }
+    fn deliver(&self, m: Inbound) -> super::BoxFut<bool> {
+        let w = shard_of(&m.bytes, self.workers.len());
+        let tx = self.workers[w].clone();
+        Box::pin(async move { tx.send(Event::Net(m)).await.is_ok() })
+    }
+}
+
+/// Starts the workers on `inbound` (a channel the transports feed, as in tests); returns the
+/// handle for messages from other nodes. The node itself uses [`inboxes`] and [`run`], so
+/// that the transports feed the workers with no task in between.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     cfg: ProxyConfig,
@@ -286,7 +316,36 @@ pub fn start(
     metrics: &Metrics,
     cancel: CancellationToken,
 ) -> CoreHandle {
-    let n = cfg.workers.max(1);
+    let (handle, boxes) = inboxes(&cfg);
+    run(
+        cfg,
+        boxes,
+        me,
+        transports,
+        locator,
+        peers,
+        view,
+        metrics,
+        cancel.clone(),
+    );
+    tokio::spawn(dispatch(inbound, handle.clone(), cancel));
+    handle
+}
+
+/// Starts one worker on each inbox.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    cfg: ProxyConfig,
+    inboxes: Inboxes,
+    me: String,
+    transports: Arc<Transports>,
+    locator: Arc<dyn Locator>,
+    peers: Arc<dyn PeerLink>,
+    view: watch::Receiver<Arc<View>>,
+    metrics: &Metrics,
+    cancel: CancellationToken,
+) {
+    let n = inboxes.rx.len();
     let resolver = match SipResolver::new(&cfg.dns_servers) {
         Ok(r) => Some(r),
         Err(e) => {
@@ -295,9 +354,7 @@ pub fn start(
         }
     };
     let tag = format!("oh{:x}", onehop_overlay::ring::position(&me) & 0xffff_ffff);
-    let mut senders = Vec::with_capacity(n);
-    for id in 0..n {
-        let (tx, rx) = mpsc::channel(cfg.queue.max(1024));
+    for (id, rx) in inboxes.rx.into_iter().enumerate() {
         let (answers, answers_rx) = mpsc::unbounded_channel();
         let media = cfg
             .media_relay
@@ -330,18 +387,11 @@ pub fn start(
             reported: (0, 0),
         };
         tokio::spawn(worker.run(rx, answers_rx, cancel.clone()));
-        senders.push(tx);
     }
-    let handle = CoreHandle {
-        workers: Arc::new(senders),
-    };
-    tokio::spawn(dispatch(inbound, handle.clone(), cancel));
-    handle
 }
 
-/// Hands each message from the transports to its worker. A datagram for a full worker is
-/// dropped (its sender retransmits); a message from a stream waits, which stops reading
-/// that stream (TCP pushes back).
+/// Hands each message from a channel to its worker. A datagram for a full worker is
+/// dropped (its sender retransmits); a message from a stream waits.
 async fn dispatch(
     mut inbound: mpsc::Receiver<Inbound>,
     core: CoreHandle,

@@ -101,6 +101,26 @@ pub struct Source {
     pub conn: u64,
 }
 
+/// Where received messages go: the proxy's workers, or a channel.
+pub trait InboundSink: Send + Sync + 'static {
+    /// Hands over a datagram without waiting; false when there is no room (it is dropped:
+    /// its sender retransmits).
+    fn try_deliver(&self, m: Inbound) -> bool;
+    /// Hands over a message read from a stream, waiting for room (the connection is not
+    /// read meanwhile: TCP pushes back); false when the receiver is gone.
+    fn deliver(&self, m: Inbound) -> super::BoxFut<bool>;
+}
+
+impl InboundSink for mpsc::Sender<Inbound> {
+    fn try_deliver(&self, m: Inbound) -> bool {
+        self.try_send(m).is_ok()
+    }
+    fn deliver(&self, m: Inbound) -> super::BoxFut<bool> {
+        let tx = self.clone();
+        Box::pin(async move { tx.send(m).await.is_ok() })
+    }
+}
+
 /// One inbound SIP message (bytes of exactly one message, or the first
 /// `max_message + 1` bytes of one over the cap, for the parser to answer 513).
 #[derive(Debug)]
@@ -341,7 +361,7 @@ pub struct Transports {
     next_id: AtomicU64,
     limit: Arc<Semaphore>,
     cfg: TransportConfig,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: Arc<dyn InboundSink>,
     cancel: CancellationToken,
     epoch: Instant,
     counters: Counters,
@@ -349,19 +369,32 @@ pub struct Transports {
 
 impl Transports {
     /// Binds UDP and TCP on `cfg.listen` (and TLS where configured) and starts receiving.
-    /// Returns the transports and the inbound channel.
+    /// Returns the transports and the inbound channel (of `cfg.queue` messages).
     pub async fn bind(
         cfg: TransportConfig,
         metrics: &Metrics,
         cancel: CancellationToken,
     ) -> std::io::Result<(Arc<Transports>, mpsc::Receiver<Inbound>)> {
+        let (tx, rx) = mpsc::channel(cfg.queue.max(16));
+        let t = Transports::bind_to(cfg, Arc::new(tx), metrics, cancel).await?;
+        Ok((t, rx))
+    }
+
+    /// Binds UDP and TCP on `cfg.listen` (and TLS where configured) and starts receiving,
+    /// handing every message to `sink` (a datagram without waiting, a stream's message
+    /// waiting for room).
+    pub async fn bind_to(
+        cfg: TransportConfig,
+        sink: Arc<dyn InboundSink>,
+        metrics: &Metrics,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Arc<Transports>> {
         let udp = UdpSocket::bind(cfg.listen).await?;
         // Bursts of REGISTERs overflow the default buffer (and cost 500 ms retransmissions).
         onehop_overlay::net::size_udp_buffers(&udp, 4 << 20);
         let udp = Arc::new(udp);
         let tcp = TcpListener::bind(cfg.listen).await?;
         let local = udp.local_addr()?;
-        let (tx, rx) = mpsc::channel(cfg.queue.max(16));
         let t = Arc::new(Transports {
             udp,
             local,
@@ -369,7 +402,7 @@ impl Transports {
             next_id: AtomicU64::new(1),
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,
-            inbound: tx,
+            inbound: sink,
             cancel,
             epoch: Instant::now(),
             counters: Counters::new(metrics),
@@ -383,7 +416,7 @@ impl Transports {
         }
         tokio::spawn(t.clone().udp_loop());
         tokio::spawn(t.clone().accept_loop(tcp));
-        Ok((t, rx))
+        Ok(t)
     }
 
     /// Our listening address.
@@ -604,7 +637,7 @@ impl Transports {
                             conn: 0,
                         },
                     };
-                    if self.inbound.try_send(msg).is_err() {
+                    if !self.inbound.try_deliver(msg) {
                         debug!(peer = %remote, "inbound queue full: datagram dropped");
                     }
                 }
@@ -785,7 +818,7 @@ impl Transports {
                         local,
                         conn: id,
                     };
-                    if self.inbound.send(Inbound { bytes, source }).await.is_err() {
+                    if !self.inbound.deliver(Inbound { bytes, source }).await {
                         return Close::Shutdown;
                     }
                     // Time spent waiting for the core (backpressure) is not the peer's idling.
