@@ -137,6 +137,24 @@ impl Farm {
         assert!(st.success(), "kill {sig} {name}");
     }
 
+    /// Stops `name` (SIGTERM, waiting at most 10 s for it to exit), adds `set` to its config
+    /// file and starts it again with its command line from farm.json.
+    pub fn restart_with_config(&mut self, name: &str, set: &[(&str, toml::Value)]) {
+        let m = self.file.member(name).expect("member").clone();
+        let text = std::fs::read_to_string(&m.config).expect("config");
+        let mut cfg: toml::Table = toml::from_str(&text).expect("toml");
+        for (k, v) in set {
+            cfg.insert((*k).into(), v.clone());
+        }
+        std::fs::write(&m.config, toml::to_string(&cfg).unwrap()).expect("write config");
+        self.signal(name, "-TERM");
+        assert!(
+            wait_for(Duration::from_secs(10), || (!alive(m.pid)).then_some(())).is_some(),
+            "{name} did not stop"
+        );
+        self.restart(name);
+    }
+
     /// Restarts a member with its exact command line from farm.json; the new process is
     /// stopped with the farm.
     pub fn restart(&mut self, name: &str) {
@@ -569,4 +587,14 @@ pub fn scrape(addr: SocketAddr) -> Option<BTreeMap<String, i64>> {
             })
             .collect(),
     )
+}
+
+/// Whether a process is alive (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+    }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{client_ip, sip_addr, vm_rss_kib, wait_for, Farm};
+use crate::harness::{alive, client_ip, sip_addr, vm_rss_kib, wait_for, Farm};
 use crate::sipp::{require_sipp, Outcome, Sipp, Workdir};
 
 const DOMAIN: &str = "example.test";
@@ -23,16 +23,6 @@ const DOMAIN: &str = "example.test";
 /// `sip_proxy` rings.
 fn farm_up(base_ip: &str, args: &[&str]) -> Farm {
     Farm::up_with_rings(base_ip, args, &["registrar", "sip_proxy"])
-}
-
-/// Whether a process is alive (not gone, not a zombie).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(s) => s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-    }
 }
 
 /// Registers `user` with its contact at `local` through `proxy` (one SIPp REGISTER).
@@ -904,17 +894,7 @@ fn bad_sip_is_answered_or_dropped_and_floods_get_503() {
 
     // Flood: node1 restarted with sip_pending = 8, then 50,000 REGISTERs as fast as a socket
     // can send them.
-    let m = farm.file.member("node1").unwrap().clone();
-    let text = std::fs::read_to_string(&m.config).expect("node1 config");
-    let mut cfg: toml::Table = toml::from_str(&text).expect("toml");
-    cfg.insert("sip_pending".into(), toml::Value::Integer(8));
-    std::fs::write(&m.config, toml::to_string(&cfg).unwrap()).expect("write config");
-    farm.signal("node1", "-TERM");
-    assert!(
-        wait_for(Duration::from_secs(10), || (!alive(m.pid)).then_some(())).is_some(),
-        "node1 did not stop"
-    );
-    farm.restart("node1");
+    farm.restart_with_config("node1", &[("sip_pending", toml::Value::Integer(8))]);
     let pid = farm.pid("node1");
     let back = wait_for(Duration::from_secs(20), || {
         let s = UdpSocket::bind(SocketAddr::new(me.ip(), 0)).ok()?;

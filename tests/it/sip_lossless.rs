@@ -85,20 +85,7 @@ impl Drop for Frozen {
 /// Restarts `node` with `key = value` added to its config file; returns when every node
 /// lists every node in its `registrar` and `sip_proxy` rings again (at most 20 s).
 fn restart_with(farm: &mut Farm, node: &str, key: &str, value: toml::Value) {
-    let m = farm.file.member(node).expect("member").clone();
-    let text = std::fs::read_to_string(&m.config).expect("config");
-    let mut cfg: toml::Table = toml::from_str(&text).expect("toml");
-    cfg.insert(key.into(), value);
-    std::fs::write(&m.config, toml::to_string(&cfg).unwrap()).expect("write config");
-    farm.signal(node, "-TERM");
-    assert!(
-        wait_for(Duration::from_secs(10), || proc_state(m.pid)
-            .is_none_or(|s| s == 'Z')
-            .then_some(()))
-        .is_some(),
-        "{node} did not stop"
-    );
-    farm.restart(node);
+    farm.restart_with_config(node, &[(key, value)]);
     let nodes = farm.names("node");
     let mut lookups = farm.lookups();
     for role in ["registrar", "sip_proxy"] {

@@ -33,19 +33,7 @@ fn one_node(base_ip: &str, set: &[(&str, toml::Value)]) -> Farm {
         ],
     );
     if !set.is_empty() {
-        let m = farm.file.member("node1").expect("node1").clone();
-        let text = std::fs::read_to_string(&m.config).expect("node1 config");
-        let mut cfg: toml::Table = toml::from_str(&text).expect("toml");
-        for (k, v) in set {
-            cfg.insert((*k).into(), v.clone());
-        }
-        std::fs::write(&m.config, toml::to_string(&cfg).unwrap()).expect("write config");
-        farm.signal("node1", "-TERM");
-        assert!(
-            wait_for(Duration::from_secs(10), || (!alive(m.pid)).then_some(())).is_some(),
-            "node1 did not stop"
-        );
-        farm.restart("node1");
+        farm.restart_with_config("node1", set);
     }
     let node = sip_addr(&farm);
     let sock = UdpSocket::bind(SocketAddr::new(client_ip(&farm, 250), 0)).expect("bind");
@@ -67,15 +55,6 @@ fn now_ns() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos()
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(s) => s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-    }
 }
 
 fn sip_addr(farm: &Farm) -> SocketAddr {

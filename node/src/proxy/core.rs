@@ -295,9 +295,8 @@ impl InboundSink for CoreHandle {
         self.try_net(m)
     }
     fn deliver(&self, m: Inbound) -> super::BoxFut<bool> {
-        let w = shard_of(&m.bytes, self.workers.len());
-        let tx = self.workers[w].clone();
-        Box::pin(async move { tx.send(Event::Net(m)).await.is_ok() })
+        let core = self.clone();
+        Box::pin(async move { core.net(m).await })
     }
 }
 

@@ -609,6 +609,26 @@ impl Transports {
         self.counters.flows.set(table.by_id.len() as i64);
     }
 
+    /// Runs an accepted connection as a flow until it ends.
+    async fn serve_accepted<S>(
+        &self,
+        stream: S,
+        local: SocketAddr,
+        remote: SocketAddr,
+        proto: Proto,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let (id, rx, shared) = {
+            let mut table = self.table.lock().expect("flows");
+            self.register_flow(&mut table, remote)
+        };
+        let why = self
+            .flow_io(id, stream, local, remote, proto, rx, &shared)
+            .await;
+        self.end_flow(id, why);
+    }
+
     fn end_flow(&self, id: u64, why: Close) {
         self.drop_flow(id);
         self.counters.closed(why);
@@ -664,14 +684,7 @@ impl Transports {
                         let _permit = permit;
                         let _ = sock.set_nodelay(true);
                         let local = sock.local_addr().unwrap_or(me.local);
-                        let (id, rx, shared) = {
-                            let mut table = me.table.lock().expect("flows");
-                            me.register_flow(&mut table, remote)
-                        };
-                        let why = me
-                            .flow_io(id, sock, local, remote, Proto::Tcp, rx, &shared)
-                            .await;
-                        me.end_flow(id, why);
+                        me.serve_accepted(sock, local, remote, Proto::Tcp).await;
                     });
                 }
                 Err(e) => {
@@ -724,14 +737,7 @@ impl Transports {
                         return;
                     }
                 };
-                let (id, rx, shared) = {
-                    let mut table = me.table.lock().expect("flows");
-                    me.register_flow(&mut table, remote)
-                };
-                let why = me
-                    .flow_io(id, tls, local, remote, Proto::Tls, rx, &shared)
-                    .await;
-                me.end_flow(id, why);
+                me.serve_accepted(tls, local, remote, Proto::Tls).await;
             });
         }
     }

@@ -640,7 +640,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 self.counts.method(&req.method);
                 self.on_request(req, from, source, deliver);
             }
-            Message::Response(resp) => self.on_response(resp, from),
+            Message::Response(resp) => self.on_response(resp),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::transaction::{Action, Actions, ClientState, ServerState, TransactionK
 use crate::{reply, Message, Method, Request, Response};
 
 impl<E: Env, M: MediaHook> Engine<E, M> {
-    pub(super) fn on_response(&mut self, resp: Response, from: Hop) {
+    pub(super) fn on_response(&mut self, resp: Response) {
         let now = self.now;
         if let Some(key) = TransactionKey::from_response(&resp) {
             if let Some(c) = self.clients.get_mut(&key) {
@@ -41,7 +41,6 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             }
         }
         // No transaction (a 2xx retransmission after ours ended, or a stray): forward by Via.
-        let _ = from;
         if !is_our_via(&resp, &self.local) {
             return;
         }
