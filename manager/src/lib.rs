@@ -7,11 +7,13 @@
 //!   and networking over a pluggable transport.
 //! - [`transport`]: that transport over QUIC with mutual TLS (UDP 8001).
 //! - [`members`]: the live-member picture built from the event servers' `members` topic.
+//! - [`provision`]: the provisioning data (domains, accounts, aliases, changes) in redb.
 //! - [`publisher`]: when and what the active manager publishes.
 //! - this file: wiring.
 
 pub mod config;
 pub mod members;
+pub mod provision;
 pub mod publisher;
 pub mod raft;
 pub mod transport;

@@ -1,8 +1,9 @@
 //! Active-manager election and the replicated provisioning store, on openraft 0.9.
 //!
 //! Three or more `onehop-manager` daemons form a static Raft cluster ([`start`]); the Raft leader
-//! whose quorum is current is the active manager ([`Leadership::is_me`]). The replicated state is a
-//! string map ([`Request`] / [`StoreReader`]) used as the farm's durable provisioning store.
+//! whose quorum is current is the active manager ([`Leadership::is_me`]). The replicated state is
+//! the farm's durable provisioning store ([`crate::provision`], in redb) and a small string map
+//! ([`Request`] / [`StoreReader`]).
 //!
 //! - [`types`]: openraft type configuration, node description, commands.
 //! - [`log_store`]: durable log + vote ([`openraft::storage::RaftLogStorage`]).
@@ -10,7 +11,7 @@
 //! - [`network`]: openraft networking over a pluggable [`RaftTransport`], and [`handle_rpc`].
 //! - [`handle`]: [`start`], [`RaftHandle`], [`RaftTimings`], [`Leadership`].
 
-mod disk;
+pub(crate) mod disk;
 pub mod handle;
 pub mod log_store;
 pub mod network;
@@ -25,5 +26,5 @@ pub use log_store::{LogReader, LogStore, OpenReport};
 pub use network::{
     handle_rpc, Connection, Network, RaftReply, RaftRpc, RaftTransport, TransportError,
 };
-pub use state_machine::{StateMachineData, StateMachineStore, StoreReader};
+pub use state_machine::{StateMachineStore, StoreReader};
 pub use types::{ManagerNode, NodeId, Request, Response, TypeConfig};

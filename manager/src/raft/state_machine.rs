@@ -1,14 +1,23 @@
-//! The replicated provisioning store: a `BTreeMap<String, String>` state machine with snapshots.
+//! The replicated state machine: the provisioning database ([`ProvisionDb`], redb) with
+//! snapshots kept as files.
 //!
-//! `apply()` only updates memory. Durability comes from the log (entries up to the persisted
-//! `committed` are re-applied by openraft on restart) plus the snapshot, which is written to
-//! `raft-snapshot` in the Raft directory (atomically) whenever one is built or installed, and
-//! loaded back on open.
+//! `apply()` commits each batch of entries to the database in one durable transaction together
+//! with `last_applied` (off the runtime's threads), so a restarted manager resumes from its
+//! database and openraft re-applies only what the database had not committed.
+//!
+//! Snapshots are dumps of one read transaction ([`ProvisionDb::dump`]) in
+//! `snapshot-<n>.data`; `snapshot.meta` (replaced atomically) names the current one with its
+//! Raft metadata, so a crash between writing a dump and naming it leaves the previous
+//! snapshot in force. openraft streams the file to a lagging manager in chunks, which writes
+//! them to `snapshot-<n>.recv` and restores its database from it ([`ProvisionDb::restore`]).
+//!
+//! A data directory written by an earlier version (the map kept in `raft-snapshot`) is
+//! migrated into the database on open.
 
 use std::collections::BTreeMap;
-use std::io::{self, Cursor};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
@@ -21,77 +30,90 @@ use super::types::{
     Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
+use crate::provision::db::{Pointers, ProvisionDb, Writer};
 
-const SNAPSHOT_FILE: &str = "raft-snapshot";
+/// The database file in the Raft directory.
+pub const DB_FILE: &str = "provision.redb";
+/// Names the current snapshot (atomically replaced).
+const META_FILE: &str = "snapshot.meta";
+/// The map of earlier versions, migrated on open.
+const LEGACY_SNAPSHOT: &str = "raft-snapshot";
 
-/// The applied state.
-#[derive(Clone, Debug, Default)]
-pub struct StateMachineData {
-    pub last_applied: Option<LogId>,
-    pub last_membership: StoredMembership,
-    pub kv: BTreeMap<String, String>,
+/// The current snapshot: its metadata and the file holding it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    /// File name in the Raft directory.
+    file: String,
+    /// Its size in bytes.
+    bytes: u64,
 }
 
-impl StateMachineData {
-    fn apply_request(&mut self, req: Request) -> Response {
-        match req {
-            Request::Set { key, value } => Response {
-                previous: self.kv.insert(key, value),
-            },
-            Request::Delete { key } => Response {
-                previous: self.kv.remove(&key),
-            },
-        }
-    }
+/// The snapshot format of earlier versions (a bincode map in one file).
+#[derive(Deserialize)]
+struct LegacySnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
 }
 
-/// Read-only handle on the applied provisioning state (local, possibly stale on a follower).
-#[derive(Clone, Debug, Default)]
+fn apply_request(w: &mut Writer<'_>, req: Request) -> io::Result<Response> {
+    Ok(match req {
+        Request::Set { key, value } => Response {
+            previous: w.kv_set(&key, &value)?,
+            ..Response::default()
+        },
+        Request::Delete { key } => Response {
+            previous: w.kv_delete(&key)?,
+            ..Response::default()
+        },
+        Request::Provision(cmd) => Response {
+            previous: None,
+            provision: Some(w.apply(*cmd)?),
+        },
+    })
+}
+
+/// Read-only handle on the applied state (local, possibly behind the leader on a follower).
+#[derive(Clone, Debug)]
 pub struct StoreReader {
-    data: Arc<RwLock<StateMachineData>>,
+    db: ProvisionDb,
 }
 
 impl StoreReader {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, StateMachineData> {
-        self.data.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Value of `key` as applied locally.
+    /// Value of `key` in the generic map as applied locally.
     pub async fn get(&self, key: &str) -> Option<String> {
-        self.read().kv.get(key).cloned()
+        self.db.kv_get(key).ok().flatten()
     }
 
-    /// Copy of the whole map as applied locally.
+    /// Copy of the generic map as applied locally.
     pub fn snapshot_map(&self) -> BTreeMap<String, String> {
-        self.read().kv.clone()
+        self.db.kv_all().unwrap_or_default()
     }
 
     /// Last log id applied to this state machine.
     pub fn last_applied(&self) -> Option<LogId> {
-        self.read().last_applied
+        self.db.applied().ok().and_then(|p| p.last_applied)
     }
-}
 
-/// A snapshot as kept in memory and on disk.
-#[derive(Serialize, Deserialize, Clone, Debug)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    /// bincode of the `BTreeMap<String, String>`.
-    data: Vec<u8>,
+    /// The provisioning database (reads only; writes go through Raft).
+    pub fn db(&self) -> &ProvisionDb {
+        &self.db
+    }
 }
 
 /// [`RaftStateMachine`] implementation.
 pub struct StateMachineStore {
-    data: Arc<RwLock<StateMachineData>>,
+    db: ProvisionDb,
     dir: PathBuf,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    current: Arc<Mutex<Option<CurrentSnapshot>>>,
+    receiving: Option<PathBuf>,
 }
 
-/// Builds snapshots from a consistent copy of the state machine.
+/// Builds snapshots from a consistent read of the database.
 pub struct SnapshotBuilder {
-    data: Arc<RwLock<StateMachineData>>,
+    db: ProvisionDb,
     dir: PathBuf,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    current: Arc<Mutex<Option<CurrentSnapshot>>>,
 }
 
 fn sm_err(verb: ErrorVerb, e: io::Error) -> StorageError {
@@ -102,90 +124,133 @@ fn snap_err(meta: Option<&SnapshotMeta>, verb: ErrorVerb, e: io::Error) -> Stora
     StorageError::from_io_error(ErrorSubject::Snapshot(meta.map(|m| m.signature())), verb, e)
 }
 
-fn to_snapshot(s: &StoredSnapshot) -> Snapshot {
-    Snapshot {
-        meta: s.meta.clone(),
-        snapshot: Box::new(Cursor::new(s.data.clone())),
-    }
+fn nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
 }
 
-async fn persist_snapshot(dir: &Path, snap: &StoredSnapshot) -> io::Result<()> {
-    let bytes = disk::encode(snap)?;
-    let dir = dir.to_path_buf();
-    disk::blocking(move || disk::write_atomic(&dir, SNAPSHOT_FILE, &bytes)).await
+async fn open_snapshot(dir: &Path, cur: &CurrentSnapshot) -> io::Result<Snapshot> {
+    let f = tokio::fs::File::open(dir.join(&cur.file)).await?;
+    Ok(Snapshot {
+        meta: cur.meta.clone(),
+        snapshot: Box::new(f),
+    })
+}
+
+/// Makes `next` the current snapshot (its file already in `dir`), then removes every other
+/// snapshot file. Blocking.
+fn name_current(dir: &Path, next: &CurrentSnapshot) -> io::Result<()> {
+    disk::write_atomic(dir, META_FILE, &disk::encode(next)?)?;
+    remove_other_snapshots(dir, Some(&next.file))
+}
+
+fn remove_other_snapshots(dir: &Path, keep: Option<&str>) -> io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with("snapshot-")
+            && (name.ends_with(".data") || name.ends_with(".recv") || name.ends_with(".tmp"));
+        if ours && Some(name.as_str()) != keep {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
 }
 
 impl StateMachineStore {
-    /// Open the state machine in `dir`, restoring the persisted snapshot if any. Blocking.
+    /// Open the state machine in `dir` (creating the database), migrating an earlier version's
+    /// map if there is one. Blocking.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        disk::remove_stale_tmp(dir, SNAPSHOT_FILE)?;
-        let mut data = StateMachineData::default();
-        let current = match disk::read_atomic(dir, SNAPSHOT_FILE)? {
+        disk::remove_stale_tmp(dir, META_FILE)?;
+        let db = ProvisionDb::open(&dir.join(DB_FILE))?;
+        let current: Option<CurrentSnapshot> = match disk::read_atomic(dir, META_FILE)? {
+            Some(bytes) => Some(disk::decode(&bytes)?),
             None => None,
-            Some(bytes) => {
-                let snap: StoredSnapshot = disk::decode(&bytes)?;
-                data.kv = disk::decode(&snap.data)?;
-                data.last_applied = snap.meta.last_log_id;
-                data.last_membership = snap.meta.last_membership.clone();
-                Some(snap)
-            }
         };
+        remove_other_snapshots(dir, current.as_ref().map(|c| c.file.as_str()))?;
+        if let Some(bytes) = disk::read_atomic(dir, LEGACY_SNAPSHOT)? {
+            let legacy: LegacySnapshot = disk::decode(&bytes)?;
+            let kv: BTreeMap<String, String> = disk::decode(&legacy.data)?;
+            if db.applied()?.last_applied.is_none() {
+                let ptr = Pointers {
+                    last_applied: legacy.meta.last_log_id,
+                    membership: legacy.meta.last_membership.clone(),
+                };
+                db.write(
+                    |w| {
+                        for (k, v) in &kv {
+                            w.kv_set(k, v)?;
+                        }
+                        Ok(())
+                    },
+                    &ptr,
+                )?;
+            }
+            std::fs::remove_file(dir.join(LEGACY_SNAPSHOT))?;
+            disk::sync_dir(dir)?;
+        }
         Ok(Self {
-            data: Arc::new(RwLock::new(data)),
+            db,
             dir: dir.to_path_buf(),
             current: Arc::new(Mutex::new(current)),
+            receiving: None,
         })
     }
 
-    /// A reader sharing this state machine's data.
+    /// A reader sharing this state machine's database.
     pub fn reader(&self) -> StoreReader {
         StoreReader {
-            data: self.data.clone(),
+            db: self.db.clone(),
         }
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, StateMachineData> {
-        self.data.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (last_applied, last_membership, kv_bytes) = {
-            let d = self.data.read().unwrap_or_else(PoisonError::into_inner);
-            let bytes = disk::encode(&d.kv).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            (d.last_applied, d.last_membership.clone(), bytes)
-        };
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let snapshot_id = match &last_applied {
-            Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
-            None => format!("--{nanos}"),
-        };
-        let snap = StoredSnapshot {
-            meta: SnapshotMeta {
-                last_log_id: last_applied,
-                last_membership,
-                snapshot_id,
-            },
-            data: kv_bytes,
-        };
-        let out = to_snapshot(&snap);
         // Serialises with `install_snapshot`; never replace a newer snapshot with an older one.
         let mut current = self.current.lock().await;
-        if current
-            .as_ref()
-            .is_some_and(|c| c.meta.last_log_id > snap.meta.last_log_id)
-        {
-            return Ok(out);
-        }
-        persist_snapshot(&self.dir, &snap)
+        let file = format!("snapshot-{}.data", nanos());
+        let (db, dir, name) = (self.db.clone(), self.dir.clone(), file.clone());
+        let (ptr, bytes) = disk::blocking(move || db.dump(&dir.join(&name)))
             .await
-            .map_err(|e| snap_err(Some(&snap.meta), ErrorVerb::Write, e))?;
-        *current = Some(snap);
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let snapshot_id = match &ptr.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, nanos()),
+            None => format!("--{}", nanos()),
+        };
+        let next = CurrentSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: ptr.last_applied,
+                last_membership: ptr.membership,
+                snapshot_id,
+            },
+            file,
+            bytes,
+        };
+        if let Some(cur) = current.as_ref() {
+            if cur.meta.last_log_id > next.meta.last_log_id {
+                let _ = std::fs::remove_file(self.dir.join(&next.file));
+                return open_snapshot(&self.dir, cur)
+                    .await
+                    .map_err(|e| snap_err(Some(&cur.meta), ErrorVerb::Read, e));
+            }
+        }
+        let (dir, n) = (self.dir.clone(), next.clone());
+        disk::blocking(move || name_current(&dir, &n))
+            .await
+            .map_err(|e| snap_err(Some(&next.meta), ErrorVerb::Write, e))?;
+        tracing::info!(
+            bytes = next.bytes,
+            last = ?next.meta.last_log_id,
+            "provisioning snapshot built"
+        );
+        let out = open_snapshot(&self.dir, &next)
+            .await
+            .map_err(|e| snap_err(Some(&next.meta), ErrorVerb::Read, e))?;
+        *current = Some(next);
         Ok(out)
     }
 }
@@ -194,8 +259,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let d = self.data.read().unwrap_or_else(PoisonError::into_inner);
-        Ok((d.last_applied, d.last_membership.clone()))
+        let db = self.db.clone();
+        let p = disk::blocking(move || db.applied())
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok((p.last_applied, p.membership))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
@@ -203,62 +271,122 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut d = self.write();
-        let mut out = Vec::new();
-        for entry in entries {
-            d.last_applied = Some(entry.log_id);
-            let resp = match entry.payload {
-                EntryPayload::Blank => Response::default(),
-                EntryPayload::Normal(req) => d.apply_request(req),
-                EntryPayload::Membership(m) => {
-                    d.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    Response::default()
-                }
-            };
-            out.push(resp);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let db = self.db.clone();
+        disk::blocking(move || {
+            let mut ptr = db.applied()?;
+            for e in &entries {
+                ptr.last_applied = Some(e.log_id);
+                if let EntryPayload::Membership(m) = &e.payload {
+                    ptr.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                }
+            }
+            db.write(
+                |w| {
+                    let mut out = Vec::with_capacity(entries.len());
+                    for e in entries {
+                        out.push(match e.payload {
+                            EntryPayload::Normal(req) => apply_request(w, req)?,
+                            EntryPayload::Blank | EntryPayload::Membership(_) => {
+                                Response::default()
+                            }
+                        });
+                    }
+                    Ok(out)
+                },
+                &ptr,
+            )
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Write, e))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            data: self.data.clone(),
+            db: self.db.clone(),
             dir: self.dir.clone(),
             current: self.current.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.dir.join(format!("snapshot-{}.recv", nanos()));
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(None, ErrorVerb::Write, e))?;
+        if let Some(old) = self.receiving.replace(path) {
+            let _ = tokio::fs::remove_file(old).await;
+        }
+        Ok(Box::new(f))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let kv: BTreeMap<String, String> =
-            disk::decode(&data).map_err(|e| snap_err(Some(meta), ErrorVerb::Read, e))?;
-        let snap = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
+        use tokio::io::AsyncSeekExt;
+        let err = |verb, e| snap_err(Some(meta), verb, e);
+        // The data may be any file (usually the one begin_receiving_snapshot made): copy it
+        // whole into a snapshot file of ours, then load that.
         let mut current = self.current.lock().await;
-        persist_snapshot(&self.dir, &snap)
+        let file = format!("snapshot-{}.data", nanos());
+        let mut src = *snapshot;
+        src.seek(std::io::SeekFrom::Start(0))
             .await
-            .map_err(|e| snap_err(Some(meta), ErrorVerb::Write, e))?;
-        {
-            let mut d = self.write();
-            d.kv = kv;
-            d.last_applied = meta.last_log_id;
-            d.last_membership = meta.last_membership.clone();
+            .map_err(|e| err(ErrorVerb::Read, e))?;
+        let bytes = {
+            let mut out = tokio::fs::File::create(self.dir.join(&file))
+                .await
+                .map_err(|e| err(ErrorVerb::Write, e))?;
+            let n = tokio::io::copy(&mut src, &mut out)
+                .await
+                .map_err(|e| err(ErrorVerb::Write, e))?;
+            out.sync_all().await.map_err(|e| err(ErrorVerb::Write, e))?;
+            n
+        };
+        drop(src);
+        if let Some(recv) = self.receiving.take() {
+            let _ = tokio::fs::remove_file(recv).await;
         }
-        *current = Some(snap);
+        let next = CurrentSnapshot {
+            meta: meta.clone(),
+            file,
+            bytes,
+        };
+        let (db, dir, n) = (self.db.clone(), self.dir.clone(), next.clone());
+        disk::blocking(move || {
+            let ptr = Pointers {
+                last_applied: n.meta.last_log_id,
+                membership: n.meta.last_membership.clone(),
+            };
+            let records = db.restore(&dir.join(&n.file), &ptr)?;
+            name_current(&dir, &n)?;
+            tracing::info!(records, bytes = n.bytes, "provisioning snapshot installed");
+            Ok(())
+        })
+        .await
+        .map_err(|e| err(ErrorVerb::Write, e))?;
+        *current = Some(next);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.current.lock().await.as_ref().map(to_snapshot))
+        let current = self.current.lock().await;
+        match current.as_ref() {
+            None => Ok(None),
+            Some(c) => open_snapshot(&self.dir, c)
+                .await
+                .map(Some)
+                .map_err(|e| snap_err(Some(&c.meta), ErrorVerb::Read, e)),
+        }
     }
 }

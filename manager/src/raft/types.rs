@@ -1,9 +1,10 @@
 //! Raft type configuration and the replicated command / response types.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
+
+use crate::provision::model::{ProvisionCommand, ProvisionResult};
 
 /// Raft node id of a manager.
 pub type NodeId = u64;
@@ -39,6 +40,8 @@ pub enum Request {
     Set { key: String, value: String },
     /// Remove `key` (no-op when absent).
     Delete { key: String },
+    /// A provisioning command (domains, accounts, aliases, imports).
+    Provision(Box<ProvisionCommand>),
 }
 
 /// Result of applying one [`Request`] (and of blank / membership entries, with `previous: None`).
@@ -46,6 +49,8 @@ pub enum Request {
 pub struct Response {
     /// The value the key had before the command was applied.
     pub previous: Option<String>,
+    /// What a provisioning command did.
+    pub provision: Option<ProvisionResult>,
 }
 
 openraft::declare_raft_types!(
@@ -56,7 +61,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = ManagerNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -1,0 +1,13 @@
+//! The farm's provisioning data, kept by the managers' Raft state machine: domains, subscriber
+//! accounts (credentials only as HA1 digests), aliases and a change log that any reader can
+//! follow from a version.
+//!
+//! - [`model`]: the records and the commands (replicated in the Raft log).
+//! - [`db`]: the redb database the state machine applies them to, with dumps and restores
+//!   for snapshots.
+
+pub mod db;
+pub mod model;
+
+#[cfg(test)]
+mod tests;
