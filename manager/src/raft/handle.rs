@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::log_store::LogStore;
-use super::network::{Network, RaftTransport};
+use super::network::{Forwarded, Network, RaftReply, RaftRpc, RaftTransport, TransportError};
 use super::state_machine::{StateMachineStore, StoreReader};
 use super::types::{ManagerNode, NodeId, Request, Response, TypeConfig};
+use futures::future::BoxFuture;
 
 /// Raft timer settings, in milliseconds.
 ///
@@ -165,7 +166,22 @@ pub enum WriteError {
     /// Raft is shutting down or failed.
     #[error("raft write failed: {0}")]
     Raft(RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>),
+    /// No leader was known within the deadline (an election, or no quorum). Nothing was
+    /// written.
+    #[error("no active manager within {0:?}")]
+    NoLeader(Duration),
+    /// The write was forwarded to the leader and failed there, or its outcome is unknown (the
+    /// leader or the link to it failed while it was in flight).
+    #[error("forwarded write: {0}")]
+    Forward(String),
 }
+
+/// Sends a client write to the leader (a [`RaftRpc::ClientWrite`] over the managers' transport).
+type ForwardFn = Arc<
+    dyn Fn(NodeId, ManagerNode, Request) -> BoxFuture<'static, Result<RaftReply, TransportError>>
+        + Send
+        + Sync,
+>;
 
 /// A running Raft member of the manager cluster.
 #[derive(Clone)]
@@ -177,6 +193,7 @@ pub struct RaftHandle {
     leadership_rx: watch::Receiver<Leadership>,
     watcher: AbortHandle,
     write_timeout: Duration,
+    forward: ForwardFn,
 }
 
 impl RaftHandle {
@@ -220,6 +237,70 @@ impl RaftHandle {
         }
     }
 
+    /// Replicate `req` wherever the leader is: written here when this manager leads, otherwise
+    /// forwarded to the leader over the managers' transport; waits through an election (up to
+    /// the write timeout). A forwarded write is awaited until this manager has applied it too,
+    /// so a read here right after sees it.
+    pub async fn propose(&self, req: Request) -> Result<Response, WriteError> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let mut leadership = self.leadership_rx.clone();
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(WriteError::NoLeader(self.write_timeout));
+            }
+            let (id, node) = match self.write(req.clone()).await {
+                Err(WriteError::ForwardToLeader {
+                    leader_id: Some(id),
+                    leader_node: Some(node),
+                }) if id != self.id => (id, node),
+                Err(WriteError::ForwardToLeader { .. }) => {
+                    // No leader known yet: wait for the next change of leadership.
+                    let _ = tokio::time::timeout(remaining, leadership.changed()).await;
+                    continue;
+                }
+                other => return other,
+            };
+            let call = (self.forward)(id, node.clone(), req.clone());
+            match tokio::time::timeout(remaining, call).await {
+                Err(_) => return Err(WriteError::Timeout(self.write_timeout)),
+                Ok(Err(TransportError::Unreachable(e))) => {
+                    return Err(WriteError::Forward(format!(
+                        "leader {} unreachable ({e}); the outcome is unknown",
+                        node.name
+                    )))
+                }
+                Ok(Err(e)) => return Err(WriteError::Forward(e.to_string())),
+                Ok(Ok(RaftReply::ClientWrite(Forwarded::Written { response, log_id }))) => {
+                    let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let _ = self
+                        .raft
+                        .wait(Some(wait.max(Duration::from_millis(100))))
+                        .applied_index_at_least(Some(log_id.index), "forwarded write")
+                        .await;
+                    return Ok(response);
+                }
+                Ok(Ok(RaftReply::ClientWrite(Forwarded::NotLeader { .. }))) => {
+                    // Leadership moved under us; nothing was written. Try again.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(50).min(remaining),
+                        leadership.changed(),
+                    )
+                    .await;
+                    continue;
+                }
+                Ok(Ok(RaftReply::ClientWrite(Forwarded::Failed(e)))) => {
+                    return Err(WriteError::Forward(e))
+                }
+                Ok(Ok(_)) => {
+                    return Err(WriteError::Forward(
+                        "unexpected reply to a forwarded write".into(),
+                    ))
+                }
+            }
+        }
+    }
+
     /// Stop the Raft node (idempotent). Leadership reports `is_me: false` afterwards.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         self.leadership_tx.stop();
@@ -257,10 +338,16 @@ pub async fn start<T: RaftTransport>(
     let store = sm.reader();
 
     let backoff = Duration::from_millis(timings.election_min_ms);
+    let transport = Arc::new(transport);
+    let fwd = transport.clone();
+    let forward: ForwardFn = Arc::new(move |id, node, req| {
+        let t = fwd.clone();
+        Box::pin(async move { t.call(id, &node, RaftRpc::ClientWrite(req)).await })
+    });
     let raft = Raft::new(
         id,
         Arc::new(config),
-        Network::new(transport, backoff),
+        Network::shared(transport, backoff),
         log_store,
         sm,
     )
@@ -315,6 +402,7 @@ pub async fn start<T: RaftTransport>(
         leadership_rx: rx,
         watcher: watcher.abort_handle(),
         write_timeout: Duration::from_millis(timings.election_max_ms.saturating_mul(10).max(2_000)),
+        forward,
     })
 }
 

@@ -24,7 +24,7 @@ mod tests;
 pub use handle::{start, Leadership, RaftHandle, RaftTimings, WriteError};
 pub use log_store::{LogReader, LogStore, OpenReport};
 pub use network::{
-    handle_rpc, Connection, Network, RaftReply, RaftRpc, RaftTransport, TransportError,
+    handle_rpc, Connection, Forwarded, Network, RaftReply, RaftRpc, RaftTransport, TransportError,
 };
 pub use state_machine::{StateMachineStore, StoreReader};
 pub use types::{ManagerNode, NodeId, Request, Response, TypeConfig};

@@ -21,7 +21,7 @@ use openraft::Raft;
 use serde::{Deserialize, Serialize};
 
 use super::disk;
-use super::types::{ManagerNode, NodeId, TypeConfig};
+use super::types::{LogId, ManagerNode, NodeId, Request, Response, TypeConfig};
 
 /// A Raft RPC sent from one manager to another.
 #[derive(Serialize, Deserialize, Debug)]
@@ -29,6 +29,8 @@ pub enum RaftRpc {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client write forwarded by a follower to the leader.
+    ClientWrite(Request),
 }
 
 /// The reply to a [`RaftRpc`], produced by [`handle_rpc`] on the receiving manager.
@@ -39,6 +41,22 @@ pub enum RaftReply {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
+    /// What became of a forwarded client write.
+    ClientWrite(Forwarded),
+}
+
+/// The outcome of a client write forwarded to the leader ([`RaftRpc::ClientWrite`]).
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Forwarded {
+    /// Committed and applied at `log_id`.
+    Written { response: Response, log_id: LogId },
+    /// The receiver is not the leader; `leader` is the one it knows, if any. Nothing was
+    /// written.
+    NotLeader {
+        leader: Option<(NodeId, ManagerNode)>,
+    },
+    /// The write failed or its outcome is unknown (no commit within the deadline).
+    Failed(String),
 }
 
 impl RaftRpc {
@@ -58,6 +76,7 @@ impl RaftRpc {
             RaftRpc::AppendEntries(_) => "AppendEntries",
             RaftRpc::Vote(_) => "Vote",
             RaftRpc::InstallSnapshot(_) => "InstallSnapshot",
+            RaftRpc::ClientWrite(_) => "ClientWrite",
         }
     }
 }
@@ -78,6 +97,7 @@ impl RaftReply {
             RaftReply::AppendEntries(_) => "AppendEntries",
             RaftReply::Vote(_) => "Vote",
             RaftReply::InstallSnapshot(_) => "InstallSnapshot",
+            RaftReply::ClientWrite(_) => "ClientWrite",
         }
     }
 }
@@ -116,6 +136,25 @@ pub async fn handle_rpc(raft: &Raft<TypeConfig>, rpc: RaftRpc) -> RaftReply {
         RaftRpc::InstallSnapshot(req) => {
             RaftReply::InstallSnapshot(raft.install_snapshot(req).await)
         }
+        RaftRpc::ClientWrite(req) => {
+            use openraft::error::ClientWriteError;
+            let out = match tokio::time::timeout(MAX_RPC_TIMEOUT, raft.client_write(req)).await {
+                Err(_) => Forwarded::Failed(format!(
+                    "not committed within {MAX_RPC_TIMEOUT:?}; the outcome is unknown"
+                )),
+                Ok(Ok(r)) => Forwarded::Written {
+                    response: r.data,
+                    log_id: r.log_id,
+                },
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    Forwarded::NotLeader {
+                        leader: f.leader_id.zip(f.leader_node),
+                    }
+                }
+                Ok(Err(e)) => Forwarded::Failed(e.to_string()),
+            };
+            RaftReply::ClientWrite(out)
+        }
     }
 }
 
@@ -133,10 +172,13 @@ pub struct Network<T> {
 impl<T: RaftTransport> Network<T> {
     /// `backoff` is how long openraft waits before retrying an unreachable peer.
     pub fn new(transport: T, backoff: Duration) -> Self {
-        Self {
-            transport: std::sync::Arc::new(transport),
-            backoff,
-        }
+        Self::shared(std::sync::Arc::new(transport), backoff)
+    }
+
+    /// The same over a transport shared with others (the write forwarding of
+    /// [`super::RaftHandle::propose`]).
+    pub fn shared(transport: std::sync::Arc<T>, backoff: Duration) -> Self {
+        Self { transport, backoff }
     }
 }
 

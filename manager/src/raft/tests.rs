@@ -661,6 +661,37 @@ async fn write_on_leader_is_readable_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_forwards_a_proposal_and_reads_it_back_at_once() {
+    use crate::provision::model::{ProvisionCommand, ProvisionOp};
+    let c = Cluster::new(3, RaftTimings::default()).await;
+    let (leader, _) = c.leader(Duration::from_secs(2)).await;
+    let follower = c.handles.keys().copied().find(|&id| id != leader).unwrap();
+    let fh = &c.handles[&follower];
+    let add = || {
+        Request::Provision(Box::new(ProvisionCommand {
+            at_ms: 1,
+            op: ProvisionOp::AddDomain {
+                name: "example.test".into(),
+            },
+        }))
+    };
+    let r = fh.propose(add()).await.unwrap();
+    let result = r.provision.expect("a provisioning result");
+    assert!(result.outcome.is_ok(), "{result:?}");
+    assert_eq!(result.version, 1);
+    // Read-your-writes on the follower that forwarded it.
+    assert!(fh.store().db().domain("example.test").unwrap().is_some());
+    // The same again: the leader's state machine refuses it, and the follower says so.
+    let r = fh.propose(add()).await.unwrap();
+    assert_eq!(r.provision.unwrap().outcome.unwrap_err().status, 409);
+    // On the leader, propose writes locally.
+    let lh = &c.handles[&leader];
+    let r = lh.propose(set("k", "v")).await.unwrap();
+    assert_eq!(r.previous, None);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarted_node_recovers_vote_log_and_state() {
     let mut c = Cluster::new(3, RaftTimings::default()).await;
     let (leader, _) = c.leader(Duration::from_secs(2)).await;
