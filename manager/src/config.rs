@@ -60,6 +60,19 @@ pub struct Config {
     /// QUIC keep-alive and idle timeout.
     #[serde(default)]
     pub quic: Timing,
+    /// TCP port of the provisioning API (HTTPS, admin certificates only); 0 turns it off.
+    #[serde(default = "default_api_port")]
+    pub api_port: u16,
+    /// Most provisioning API connections at once.
+    #[serde(default = "default_api_max_connections")]
+    pub api_max_connections: usize,
+}
+
+fn default_api_port() -> u16 {
+    crate::api::API_PORT
+}
+fn default_api_max_connections() -> usize {
+    256
 }
 
 fn default_raft_port() -> u16 {

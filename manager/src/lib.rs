@@ -11,6 +11,7 @@
 //! - [`publisher`]: when and what the active manager publishes.
 //! - this file: wiring.
 
+pub mod api;
 pub mod config;
 pub mod members;
 pub mod provision;
@@ -92,10 +93,32 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         conns.clone(),
     ));
 
+    let api_token = tokio_util::sync::CancellationToken::new();
+    let _stop_api = api_token.clone().drop_guard();
     let mut endpoints = vec![Endpoint {
         service: "raft".into(),
         addr: raft_addr,
     }];
+    if cfg.api_port != 0 {
+        let state = api::ApiState {
+            raft: raft.clone(),
+            name: name.clone(),
+            counters: Arc::new(api::ApiCounters::new(&metrics)),
+        };
+        let addr = api::serve(
+            SocketAddr::new(cfg.ip, cfg.api_port),
+            creds.clone(),
+            crl.clone(),
+            state,
+            cfg.api_max_connections,
+            api_token.clone(),
+        )
+        .await?;
+        endpoints.push(Endpoint {
+            service: "api".into(),
+            addr,
+        });
+    }
     if let Some(addr) = cfg.metrics {
         endpoints.push(Endpoint {
             service: "metrics".into(),
