@@ -20,6 +20,8 @@
 //! - [`registrar`]: the binding rules of section 10.3 over a serialisable binding set.
 //! - [`engine`]: the stateful proxy and registrar front as a state machine: messages and
 //!   answers in, with the time; messages to send, registrar and resolver requests out.
+//! - [`digest`]: digest authentication (section 22, RFC 8760): challenges, credentials,
+//!   verification, farm-wide stateless nonces and nonce-count replay protection.
 //! - [`proxy`]: section 16 helpers: validation, forwarding, branch computation, response
 //!   selection.
 //!
@@ -44,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+pub mod digest;
 pub mod engine;
 pub mod framer;
 pub mod headers;
