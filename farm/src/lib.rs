@@ -103,6 +103,10 @@ pub struct UpArgs {
     /// start-up, and `up` fails with the node's error.
     #[arg(long = "node-set", value_name = "KEY=VALUE", value_parser = parse_node_set)]
     pub node_set: Vec<String>,
+    /// Do not provision the demo domain and accounts (alice and bob, passwords printed) once the
+    /// farm is ready.
+    #[arg(long)]
+    pub no_demo_accounts: bool,
 }
 
 fn parse_node_set(s: &str) -> Result<String, String> {
@@ -150,6 +154,8 @@ pub mod ports {
     pub const LOOKUP: u16 = 9500;
     /// Prometheus metrics (TCP, HTTP).
     pub const METRICS: u16 = 9100;
+    /// Provisioning API (TCP, HTTPS).
+    pub const API: u16 = 8443;
 }
 
 fn abs(p: &Path) -> anyhow::Result<PathBuf> {
@@ -256,6 +262,11 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     write_farm_file(&dir, &farm)?;
     print_ready(&farm, started.elapsed(), args.dns_port);
+    if !args.no_demo_accounts {
+        if let Err(e) = rt.block_on(demo_accounts(&farm)) {
+            println!("  Demo accounts: not provisioned: {e:#}");
+        }
+    }
     if args.detach {
         children.detach();
         return Ok(());
@@ -276,6 +287,7 @@ fn member_ports(kind: Kind, dns_port: u16) -> BTreeMap<String, u16> {
         }
         Kind::Manager => {
             p.insert("raft".into(), ports::RAFT);
+            p.insert("api".into(), ports::API);
         }
         Kind::Dns => {
             p.insert("dns".into(), dns_port);
@@ -403,6 +415,50 @@ fn print_ready(farm: &FarmFile, took: Duration, dns_port: u16) {
         farm.dir.display(),
         farm.dir.display()
     );
+}
+
+/// The demo accounts `up` provisions.
+pub const DEMO_USERS: [&str; 2] = ["alice", "bob"];
+
+/// Provisions the farm's domain and the demo accounts with new passwords, and prints them. A
+/// farm restarted in the same directory keeps its accounts (and their passwords).
+async fn demo_accounts(farm: &FarmFile) -> anyhow::Result<()> {
+    use onehop_admin::client::ApiError;
+    use serde_json::json;
+    let client = onehop_admin::Client::for_farm(&farm.dir)?;
+    let ok_or_exists = |r: Result<serde_json::Value, ApiError>| match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.status() == Some(409) => Ok(None),
+        Err(e) => Err(e),
+    };
+    ok_or_exists(
+        client
+            .call(
+                hyper::Method::POST,
+                "/v1/domains",
+                Some(&json!({ "name": farm.domain })),
+            )
+            .await,
+    )?;
+    let admin = format!("{}/bin/onehop-admin --farm {}", farm.dir.display(), farm.dir.display());
+    for user in DEMO_USERS {
+        let password = onehop_admin::generate_password();
+        let body = json!({
+            "user": user,
+            "domain": farm.domain,
+            "password": password,
+            "display_name": format!("{}{}", user[..1].to_uppercase(), &user[1..]),
+        });
+        let aor = format!("{user}@{}", farm.domain);
+        match ok_or_exists(client.call(hyper::Method::POST, "/v1/accounts", Some(&body)).await)? {
+            Some(_) => println!("  Demo account: sip:{aor}  password {password}"),
+            None => println!(
+                "  Demo account: sip:{aor} exists already (new password: {admin} accounts update {aor} --generate-password)"
+            ),
+        }
+    }
+    println!("  Provisioning: {admin} --help");
+    Ok(())
 }
 
 fn down(dir: &Path) -> anyhow::Result<()> {

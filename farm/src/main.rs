@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         "onehop-node" => onehop_node::cli_main(args),
         "onehop-monitor" => onehop_monitor::cli_main(args),
         "onehop-certs" => onehop_certs::cli_main(args),
+        "onehop-admin" => onehop_admin::cli_main(args),
         _ => onehop_farm::cli_main(args),
     }
 }

@@ -14,13 +14,14 @@ use nix::unistd::Pid;
 use onehop_overlay::status::Kind;
 
 /// The programs this binary runs by name (see main.rs).
-pub const PROGRAMS: [&str; 6] = [
+pub const PROGRAMS: [&str; 7] = [
     "onehop-eventserver",
     "onehop-manager",
     "onehop-dns",
     "onehop-node",
     "onehop-monitor",
     "onehop-certs",
+    "onehop-admin",
 ];
 
 /// Links `DIR/bin/onehop-*` to this executable (a copy where a link is not possible), so each

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    onehop_admin::cli_main(std::env::args_os().collect())
+}
