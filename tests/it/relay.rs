@@ -354,6 +354,19 @@ Expires: 600\r\n",
         assert_ne!(to_caller_side, to_callee_side);
         uac.send(sip("node1"), &in_dialog("ACK", &ok, uac.addr(), call, 1));
 
+        // A stranger sending to both sides before either latched: dropped, and it latches
+        // nothing (the flows below check every datagram that arrives).
+        let strangers = metric(&farm, &relay, "relay_dropped_total{reason=\"stranger\"}");
+        stranger.send_to(b"intruder", to_caller_side).unwrap();
+        stranger.send_to(b"intruder", to_callee_side).unwrap();
+        until_metric(
+            &farm,
+            &relay,
+            "relay_dropped_total{reason=\"stranger\"}",
+            5,
+            |v| v >= strangers + 2,
+        );
+
         // RTP both ways, then RTCP both ways (port + 1).
         flow(
             &uac.rtp,

@@ -141,8 +141,8 @@ impl MediaHook for MediaGate {
     fn inbound(&mut self, msg: Message, from: &Hop, source: Option<SocketAddr>) -> Option<Message> {
         MediaGate::inbound(self, msg, from, source)
     }
-    fn invite_out(&mut self, key: &TransactionKey, req: &Request) -> bool {
-        MediaGate::invite_out(self, key, req)
+    fn invite_out(&mut self, key: &TransactionKey, req: &Request, from: &Hop) -> bool {
+        MediaGate::invite_out(self, key, req, from)
     }
     fn final_response(&mut self, key: &TransactionKey, status: u16) {
         MediaGate::final_response(self, key, status)

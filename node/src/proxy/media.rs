@@ -9,7 +9,9 @@
 //! call crossing two nodes therefore has its offer rewritten at the caller's node and its
 //! answer at the callee's node; both ask the same relay (the owner of the Call-ID on the
 //! `media_relay` ring), so the call is relayed once, with no state shared between the nodes
-//! and no marker in the messages.
+//! and no marker in the messages. Each request to the relay carries the IP address the
+//! message came from (its writer, or the writer's NAT): the relay lets the writer's media come
+//! from there as well as from the addresses its SDP names, and from nowhere else.
 //!
 //! Only the node where a call's initial INVITE enters creates its session (when
 //! `relay_media` is on there): it does so when the proxy has found where to send the INVITE,
@@ -30,7 +32,7 @@
 //! retransmit) and counted.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -109,6 +111,15 @@ enum Plan {
         response: bool,
         sdp: Sdp,
     },
+}
+
+/// The IP address a message from the network came from: its source, else its hop's address.
+fn source_ip(from: &Hop, source: Option<SocketAddr>) -> Option<IpAddr> {
+    match (source, from) {
+        (Some(s), _) => Some(s.ip()),
+        (None, Hop::Net { remote, .. }) => Some(remote.ip()),
+        (None, Hop::Peer { .. }) => None,
+    }
 }
 
 struct Counters {
@@ -290,9 +301,11 @@ impl MediaGate {
                 sdp,
             } => {
                 self.queues.insert(call_id.clone(), VecDeque::new());
-                let fut = self
-                    .control
-                    .update(call_id.clone(), from_tag, response, sdp.targets());
+                // Its writer (or the writer's NAT) may send media from where it came from.
+                let source = source_ip(&held.from, held.source);
+                let fut =
+                    self.control
+                        .update(call_id.clone(), from_tag, response, sdp.targets(), source);
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let held = match fut.await {
@@ -309,9 +322,10 @@ impl MediaGate {
         }
     }
 
-    /// An initial INVITE entering the farm is about to be forwarded: returns `true` when the
-    /// gate requested a relay session first (the core forwards on [`Resume::Forward`]).
-    pub fn invite_out(&mut self, key: &TransactionKey, req: &Request) -> bool {
+    /// An initial INVITE entering the farm from `from` is about to be forwarded: returns
+    /// `true` when the gate requested a relay session first (the core forwards on
+    /// [`Resume::Forward`]). The caller may send media from the INVITE's source address.
+    pub fn invite_out(&mut self, key: &TransactionKey, req: &Request, from: &Hop) -> bool {
         if !self.allocate
             || req.method != Method::Invite
             || req.headers.to().is_some_and(|t| t.tag().is_some())
@@ -345,9 +359,12 @@ impl MediaGate {
         }
         self.allocating.insert(key.clone(), false);
         let media = sdp.as_ref().map(Sdp::targets).unwrap_or_default();
-        let fut = self
-            .control
-            .allocate(call_id.to_string(), from_tag.to_string(), media);
+        let fut = self.control.allocate(
+            call_id.to_string(),
+            from_tag.to_string(),
+            media,
+            source_ip(from, None),
+        );
         let tx = self.tx.clone();
         let key = key.clone();
         let call_id = call_id.to_string();

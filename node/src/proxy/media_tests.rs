@@ -1,7 +1,7 @@
 //! The media gate alone (with a relay engine of its own in place of the farm's relays), and
 //! the proxy core with the gate on real UDP sockets: a whole relayed call.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,12 +49,14 @@ impl RelayControl for Local {
         call_id: String,
         from_tag: String,
         media: Vec<Option<Endpoint>>,
+        source: Option<IpAddr>,
     ) -> BoxFut<Allocation> {
         self.note(format!("allocate {call_id} {}", media.len()));
+        self.note(format!("source {call_id} {source:?}"));
         let r = match self
             .engine
             .as_ref()
-            .map(|e| e.allocate(&call_id, &from_tag, &media))
+            .map(|e| e.allocate(&call_id, &from_tag, &media, source))
         {
             Some(Ok(addrs)) => Allocation::Relayed {
                 relay: "local".into(),
@@ -72,10 +74,12 @@ impl RelayControl for Local {
         from_tag: String,
         response: bool,
         media: Vec<Option<Endpoint>>,
+        source: Option<IpAddr>,
     ) -> BoxFut<Option<Vec<Option<SocketAddr>>>> {
         self.note(format!("update {call_id} {response}"));
+        self.note(format!("source {call_id} {source:?}"));
         let r = self.engine.as_ref().and_then(|e| {
-            e.update(&call_id, &from_tag, response, &media)
+            e.update(&call_id, &from_tag, response, &media, source)
                 .ok()
                 .flatten()
         });
@@ -259,7 +263,7 @@ async fn offer_and_answer_are_rewritten_in_order_and_a_failure_frees() {
     let m = g.inbound(msg(&invite), &net(), None).expect("passes");
     assert_eq!(body_of(&m), sdp("198.51.100.7", 8000));
     let key = TransactionKey::server(&req).unwrap();
-    assert!(g.invite_out(&key, &req));
+    assert!(g.invite_out(&key, &req, &net()));
     assert_eq!(g.waiting(), (0, 1));
     let Resume::Forward(k, Some(fwd)) = g.done(next_done(&mut rx).await) else {
         panic!("forwarded with a new offer")
@@ -318,6 +322,20 @@ async fn offer_and_answer_are_rewritten_in_order_and_a_failure_frees() {
     assert_eq!(to_caller.ip().to_string(), "127.0.0.1");
     assert_ne!(to_caller, to_callee);
     assert_eq!(g.waiting(), (0, 0));
+    // The relay heard where the INVITE and the 183 came from (their writers may send media
+    // from there).
+    let sources: Vec<String> = local
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("source call-1"))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            "source call-1 Some(192.0.2.9)",
+            "source call-1 Some(192.0.2.9)"
+        ]
+    );
 
     // From another node: not ours to rewrite.
     let peer = Hop::Peer {
@@ -381,7 +399,7 @@ async fn failed_calls_free_their_session_and_untouched_cases() {
     // Busy: the final failure frees the session.
     let r = inv("busy", &sdp("198.51.100.7", 8000));
     let key = TransactionKey::server(&r).unwrap();
-    assert!(g.invite_out(&key, &r));
+    assert!(g.invite_out(&key, &r, &net()));
     assert!(matches!(
         g.done(next_done(&mut rx).await),
         Resume::Forward(..)
@@ -397,7 +415,7 @@ async fn failed_calls_free_their_session_and_untouched_cases() {
     // Cancelled while the relay was being asked: freed when the answer comes, not forwarded.
     let r = inv("cancelled", &sdp("198.51.100.7", 8000));
     let key = TransactionKey::server(&r).unwrap();
-    assert!(g.invite_out(&key, &r));
+    assert!(g.invite_out(&key, &r, &net()));
     g.final_response(&key, 487);
     assert!(matches!(g.done(next_done(&mut rx).await), Resume::Nothing));
     while local.engine.as_ref().unwrap().has("cancelled") {
@@ -408,7 +426,7 @@ async fn failed_calls_free_their_session_and_untouched_cases() {
     // A late offer (no SDP): the session is made; nothing to rewrite yet.
     let r = inv("late", "");
     let key = TransactionKey::server(&r).unwrap();
-    assert!(g.invite_out(&key, &r));
+    assert!(g.invite_out(&key, &r, &net()));
     assert!(matches!(
         g.done(next_done(&mut rx).await),
         Resume::Forward(_, None)
@@ -417,14 +435,14 @@ async fn failed_calls_free_their_session_and_untouched_cases() {
 
     // Malformed SDP, hold (nothing to relay): forwarded untouched, no session.
     let r = inv("bad", "v=0\r\nm=audio x\r\n");
-    assert!(!g.invite_out(&TransactionKey::server(&r).unwrap(), &r));
+    assert!(!g.invite_out(&TransactionKey::server(&r).unwrap(), &r, &net()));
     assert_eq!(metrics.value("relay_sdp_malformed_total"), Some(1));
     let r = inv("hold", &sdp("0.0.0.0", 8000));
-    assert!(!g.invite_out(&TransactionKey::server(&r).unwrap(), &r));
+    assert!(!g.invite_out(&TransactionKey::server(&r).unwrap(), &r, &net()));
     // A re-INVITE is not an allocation (it is an update at the inbound gate).
     let mut r = inv("re", &sdp("198.51.100.7", 8000));
     r.headers.set("To", "<sip:uas@example.test>;tag=uas");
-    assert!(!g.invite_out(&TransactionKey::server(&r).unwrap(), &r));
+    assert!(!g.invite_out(&TransactionKey::server(&r).unwrap(), &r, &net()));
     assert!(!local
         .log()
         .iter()
@@ -433,10 +451,10 @@ async fn failed_calls_free_their_session_and_untouched_cases() {
     // relay_media off: no session made here...
     let (mut off, _rx, _) = gate(local.clone(), false);
     let r = inv("off", &sdp("198.51.100.7", 8000));
-    assert!(!off.invite_out(&TransactionKey::server(&r).unwrap(), &r));
+    assert!(!off.invite_out(&TransactionKey::server(&r).unwrap(), &r, &net()));
     // ...and no relay live: none anywhere, counted.
     let (mut none, _rx, metrics) = gate(Local::new(None), true);
-    assert!(!none.invite_out(&TransactionKey::server(&r).unwrap(), &r));
+    assert!(!none.invite_out(&TransactionKey::server(&r).unwrap(), &r, &net()));
     assert_eq!(
         metrics.value("relay_allocations_total{result=\"unrelayed\"}"),
         Some(1)
@@ -634,5 +652,59 @@ async fn a_call_through_the_core_is_relayed_and_freed() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+
+    // A caller behind NAT: its SDP names a private address, its RTP comes from the address
+    // its INVITE came from. A stranger's packets, even the first of the call, go nowhere.
+    let private = sdp("10.0.0.2", 4000);
+    let invite = request(
+        "INVITE",
+        "sip:uas@example.test",
+        uac_addr,
+        "inv3",
+        "nat-call",
+        "caller",
+        None,
+        1,
+        None,
+        &private,
+    );
+    uac.send_to(invite.as_bytes(), listen).await.unwrap();
+    let got = recv_sip(&uas, |m| m.starts_with("INVITE ")).await;
+    let to_callee = media_of(sdp_body(&got));
+    uas.send_to(answer(&got, 200, uas_addr, &answer_sdp).as_bytes(), listen)
+        .await
+        .unwrap();
+    let ok = recv_sip(&uac, |m| m.starts_with("SIP/2.0 200")).await;
+    let to_caller = media_of(sdp_body(&ok));
+    let stranger = UdpSocket::bind("127.0.94.4:0").await.unwrap();
+    let strangers = |m: &Metrics| {
+        m.value("relay_dropped_total{reason=\"stranger\"}")
+            .unwrap_or(0)
+    };
+    let before = strangers(&relay_metrics);
+    stranger.send_to(b"intruder", to_caller).await.unwrap();
+    stranger.send_to(b"intruder", to_callee).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while strangers(&relay_metrics) < before + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "strangers not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The next datagrams each side receives are the other's: nothing of the stranger's.
+    uac_rtp
+        .send_to(b"from behind nat", to_caller)
+        .await
+        .unwrap();
+    assert_eq!(
+        recv_media(&uas_rtp).await,
+        (b"from behind nat".to_vec(), to_callee)
+    );
+    uas_rtp.send_to(b"to the nat", to_callee).await.unwrap();
+    assert_eq!(
+        recv_media(&uac_rtp).await,
+        (b"to the nat".to_vec(), to_caller)
+    );
     cancel.cancel();
 }

@@ -7,7 +7,7 @@
 //! members; updates and deletes walk the same list until one holds the session. A proxy whose
 //! node is the relay calls its engine directly.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use onehop_overlay::identity::Identity;
 use onehop_overlay::ring::position;
 use onehop_overlay::status::Role;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -32,7 +32,10 @@ pub const RELAY_TRIES: usize = 3;
 /// How long one relay may take to answer.
 pub const RELAY_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A request to a relay (bincode). Variants are only appended.
+/// A request to a relay (bincode). Variants are only appended, and so are fields: a field
+/// appended to a variant is read leniently (`appended`), so that a request from a node that
+/// predates it (the message ends before it) still decodes, with the field absent; a node
+/// that predates it reads the fields it knows and ignores the rest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelayRequest {
     /// Create (or find) the session of a call from its initial INVITE and apply the caller's
@@ -44,6 +47,10 @@ pub enum RelayRequest {
         from_tag: String,
         /// Per `m=` line, the caller's address, `None` for a stream not relayed.
         media: Vec<Option<Endpoint>>,
+        /// The IP address the INVITE came from (the caller, or its NAT), when known: the
+        /// caller may send media from there too.
+        #[serde(default, deserialize_with = "appended")]
+        source: Option<IpAddr>,
     },
     /// Apply an SDP body to the session of a call, if this relay holds it.
     Update {
@@ -55,6 +62,10 @@ pub enum RelayRequest {
         response: bool,
         /// Per `m=` line, the writer's address, `None` for a stream not relayed.
         media: Vec<Option<Endpoint>>,
+        /// The IP address the message came from (its writer, or the writer's NAT), when
+        /// known: the writer may send media from there too.
+        #[serde(default, deserialize_with = "appended")]
+        source: Option<IpAddr>,
     },
     /// Free the session of a call.
     Delete {
@@ -76,6 +87,17 @@ pub enum RelayReply {
     Deleted(bool),
 }
 
+/// Reads a field appended to a message: `None` when the message ends before it (bincode
+/// reads a struct as a fixed sequence of fields, so `#[serde(default)]` alone does not cover
+/// a message from an older node), or when it cannot be read.
+fn appended<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d).unwrap_or(None))
+}
+
 fn encode<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encode"))
 }
@@ -94,7 +116,8 @@ impl RelayEngine {
                 call_id,
                 from_tag,
                 media,
-            } => match self.allocate(&call_id, &from_tag, &media) {
+                source,
+            } => match self.allocate(&call_id, &from_tag, &media, source) {
                 Ok(a) => RelayReply::Relayed(a),
                 Err(r) => RelayReply::Refused(r.as_str().into()),
             },
@@ -103,7 +126,8 @@ impl RelayEngine {
                 from_tag,
                 response,
                 media,
-            } => match self.update(&call_id, &from_tag, response, &media) {
+                source,
+            } => match self.update(&call_id, &from_tag, response, &media, source) {
                 Ok(Some(a)) => RelayReply::Relayed(a),
                 Ok(None) => RelayReply::NoSession,
                 Err(r) => RelayReply::Refused(r.as_str().into()),
@@ -156,20 +180,23 @@ pub enum Allocation {
 pub trait RelayControl: Send + Sync + 'static {
     /// Whether any relay is live for `call_id`.
     fn available(&self, call_id: &str) -> bool;
-    /// Creates the session of a call.
+    /// Creates the session of a call; `source` is the IP address its INVITE came from.
     fn allocate(
         &self,
         call_id: String,
         from_tag: String,
         media: Vec<Option<Endpoint>>,
+        source: Option<IpAddr>,
     ) -> BoxFut<Allocation>;
-    /// Applies an SDP body to a call's session; `None` when no relay holds it (or it refused).
+    /// Applies an SDP body to a call's session; `source` is the IP address the message with
+    /// the body came from. `None` when no relay holds the session (or it refused).
     fn update(
         &self,
         call_id: String,
         from_tag: String,
         response: bool,
         media: Vec<Option<Endpoint>>,
+        source: Option<IpAddr>,
     ) -> BoxFut<Option<Vec<Option<SocketAddr>>>>;
     /// Frees a call's session wherever it is.
     fn delete(&self, call_id: String) -> BoxFut<()>;
@@ -256,6 +283,7 @@ impl RelayControl for RelayClient {
         call_id: String,
         from_tag: String,
         media: Vec<Option<Endpoint>>,
+        source: Option<IpAddr>,
     ) -> BoxFut<Allocation> {
         let candidates = self.candidates(&call_id);
         let (me, local, peer) = self.parts();
@@ -267,6 +295,7 @@ impl RelayControl for RelayClient {
                 call_id,
                 from_tag,
                 media,
+                source,
             };
             let mut why = Vec::new();
             for (i, (name, addr)) in candidates.iter().enumerate() {
@@ -293,6 +322,7 @@ impl RelayControl for RelayClient {
         from_tag: String,
         response: bool,
         media: Vec<Option<Endpoint>>,
+        source: Option<IpAddr>,
     ) -> BoxFut<Option<Vec<Option<SocketAddr>>>> {
         let candidates = self.candidates(&call_id);
         let (me, local, peer) = self.parts();
@@ -302,6 +332,7 @@ impl RelayControl for RelayClient {
                 from_tag,
                 response,
                 media,
+                source,
             };
             for (name, addr) in &candidates {
                 match Self::ask(&me, &local, &peer, name, addr, &req).await {
@@ -351,10 +382,83 @@ mod tests {
                     rtcp: None,
                 }),
             ],
+            source: Some("198.51.100.7".parse().unwrap()),
+        };
+        assert_eq!(decode::<RelayRequest>(&encode(&req)).unwrap(), req);
+        let req = RelayRequest::Allocate {
+            call_id: "a@b".into(),
+            from_tag: "t".into(),
+            media: Vec::new(),
+            source: Some("2001:db8::7".parse().unwrap()),
         };
         assert_eq!(decode::<RelayRequest>(&encode(&req)).unwrap(), req);
         assert!(decode::<RelayRequest>(&[9, 9, 9]).is_err());
         let reply = RelayReply::Relayed(vec![Some("192.0.2.2:40000".parse().unwrap()), None]);
         assert_eq!(decode::<RelayReply>(&encode(&reply)).unwrap(), reply);
+    }
+
+    /// The requests as nodes sent them before `source` was appended.
+    #[derive(Serialize)]
+    enum OldRequest {
+        Allocate {
+            call_id: String,
+            from_tag: String,
+            media: Vec<Option<Endpoint>>,
+        },
+        Update {
+            call_id: String,
+            from_tag: String,
+            response: bool,
+            media: Vec<Option<Endpoint>>,
+        },
+    }
+
+    #[test]
+    fn requests_of_older_nodes_still_decode_and_older_nodes_read_newer_ones() {
+        let media = vec![Some(Endpoint {
+            rtp: Some("192.0.2.1:4000".parse().unwrap()),
+            rtcp: None,
+        })];
+        let old = OldRequest::Allocate {
+            call_id: "c".into(),
+            from_tag: "t".into(),
+            media: media.clone(),
+        };
+        assert_eq!(
+            decode::<RelayRequest>(&encode(&old)).unwrap(),
+            RelayRequest::Allocate {
+                call_id: "c".into(),
+                from_tag: "t".into(),
+                media: media.clone(),
+                source: None,
+            }
+        );
+        let old = OldRequest::Update {
+            call_id: "c".into(),
+            from_tag: "t".into(),
+            response: true,
+            media: media.clone(),
+        };
+        assert_eq!(
+            decode::<RelayRequest>(&encode(&old)).unwrap(),
+            RelayRequest::Update {
+                call_id: "c".into(),
+                from_tag: "t".into(),
+                response: true,
+                media: media.clone(),
+                source: None,
+            }
+        );
+        // An older node reads the fields it knows of a newer request (bincode leaves the
+        // rest unread): the same bytes, with the new field after them.
+        let new = RelayRequest::Update {
+            call_id: "c".into(),
+            from_tag: "t".into(),
+            response: true,
+            media,
+            source: Some("198.51.100.7".parse().unwrap()),
+        };
+        let (old_bytes, new_bytes) = (encode(&old), encode(&new));
+        assert!(new_bytes.starts_with(&old_bytes));
     }
 }

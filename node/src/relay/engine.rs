@@ -5,11 +5,25 @@
 //! (RTCP) port: one pair faces the caller, the other the callee. What the caller sends to its
 //! pair goes out of the callee's pair, and back.
 //!
-//! Latching (symmetric RTP): the first packet a socket receives fixes that side's address for
-//! that socket; packets from any other address are dropped and counted (`stranger`). Until a
-//! side has latched, packets for it go to the address its SDP named. When a later offer or
-//! answer names another address for a side (a re-INVITE moving the media), that side latches
-//! again.
+//! Who may send (no open relay): a socket accepts packets only from the parties of its call.
+//! A side's *allowed* IP addresses, per stream, are the ones its SDP names for that stream
+//! (the `c=` address, and the address of `a=rtcp` when it has one) and the source IP of the
+//! last signalling message that brought that side's SDP (a phone behind NAT sends media from
+//! its NAT's public address, which its SDP does not name). Ports are not checked against the
+//! SDP (NAT changes them). A packet from any other IP address is dropped and counted
+//! (`stranger`), whether or not the side has latched yet: a third party's packet is never
+//! forwarded, not even the first one of a stream.
+//!
+//! Latching (symmetric RTP): the first allowed packet a socket receives fixes that side's
+//! whole address (IP and port) for that socket; from then on packets from any other address
+//! are dropped and counted (`stranger`), even from an allowed IP. Until a side has latched,
+//! packets for it go to the address its SDP named. When a later offer or answer names another
+//! address for a side (a re-INVITE moving the media), or the address it latched onto is no
+//! longer allowed, that side latches again, onto its new allowed addresses.
+//!
+//! Ports: each socket pair is taken at random (a CSPRNG) among the free pairs of the range
+//! freed longest ago, so that the ports of the next session cannot be guessed from the last
+//! one's, and a pair just freed is not reused at once (late packets of an old call).
 //!
 //! Forwarding: one task per socket pair (RTP, RTCP), reading both sockets; sends never wait
 //! (a full socket buffer drops the packet, counted `send`). A session ends on
@@ -24,6 +38,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use onehop_overlay::metrics::{Metric, Metrics};
+use rand::seq::SliceRandom;
+use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -38,7 +54,8 @@ pub const SETUP_IDLE: Duration = Duration::from_secs(180);
 /// Largest datagram relayed whole (RTP over Ethernet stays well below).
 const MAX_PACKET: usize = 4096;
 
-/// Sockets tried per port pair before giving up (ports taken by other programs are skipped).
+/// Port pairs tried per socket pair before giving up (ports taken by other programs are
+/// skipped).
 const BIND_TRIES: usize = 64;
 
 /// Settings of the engine.
@@ -63,6 +80,16 @@ pub enum Side {
     Caller,
     /// The party it called.
     Callee,
+}
+
+impl Side {
+    /// Index of the side in per-side arrays: caller 0, callee 1.
+    fn index(self) -> usize {
+        match self {
+            Side::Caller => 0,
+            Side::Callee => 1,
+        }
+    }
 }
 
 /// Why the engine refused.
@@ -90,23 +117,59 @@ impl Refusal {
     }
 }
 
-/// The two SDP addresses of a stream: where each side said it wants media.
+/// What the signalling says of one side of a stream: where it wants the media, and the
+/// addresses it may send from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Party {
+    /// The stream's addresses in that side's SDP.
+    sdp: Endpoint,
+    /// The source IP address of that side's last signalling message with SDP, when known.
+    signalling: Option<IpAddr>,
+}
+
+impl Party {
+    fn target(&self, rtcp: bool) -> Option<SocketAddr> {
+        if rtcp {
+            self.sdp.rtcp
+        } else {
+            self.sdp.rtp
+        }
+    }
+
+    /// Whether a packet from `ip` may come from this side: an address its SDP names for the
+    /// stream (RTP or RTCP), or its signalling source. Ports are not compared (NAT).
+    fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        [
+            self.sdp.rtp.map(|a| a.ip()),
+            self.sdp.rtcp.map(|a| a.ip()),
+            self.signalling,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|a| a.to_canonical() == ip)
+    }
+}
+
+/// The two sides of a stream, as the signalling describes them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Hints {
-    caller: Endpoint,
-    callee: Endpoint,
+    caller: Party,
+    callee: Party,
 }
 
 impl Hints {
-    fn get(&self, side: Side, rtcp: bool) -> Option<SocketAddr> {
-        let e = match side {
+    fn party(&self, side: Side) -> &Party {
+        match side {
             Side::Caller => &self.caller,
             Side::Callee => &self.callee,
-        };
-        if rtcp {
-            e.rtcp
-        } else {
-            e.rtp
+        }
+    }
+
+    fn party_mut(&mut self, side: Side) -> &mut Party {
+        match side {
+            Side::Caller => &mut self.caller,
+            Side::Callee => &mut self.callee,
         }
     }
 }
@@ -128,6 +191,9 @@ struct Session {
     activity: Arc<AtomicU64>,
     /// Whether the callee's side has sent SDP (the call is past ringing).
     answered: bool,
+    /// The source IP address of each side's last signalling message with SDP (caller,
+    /// callee), when the proxy knew it.
+    signalling: [Option<IpAddr>; 2],
     stop: CancellationToken,
 }
 
@@ -182,23 +248,28 @@ impl Counters {
     }
 }
 
-/// Free port pairs, least recently used first (a port just freed is reused last, so late
-/// packets of an old call do not latch a new one).
+/// Free port pairs (their RTP port), least recently freed first.
 struct PortPool {
     free: VecDeque<u16>,
 }
 
 impl PortPool {
     fn new((lo, hi): (u16, u16)) -> PortPool {
-        let first = lo + (lo % 2);
-        let free = (first..hi).step_by(2).collect();
-        PortPool { free }
+        let first = lo.saturating_add(lo % 2);
+        let mut free: Vec<u16> = (first..hi).step_by(2).collect();
+        free.shuffle(&mut rand::thread_rng());
+        PortPool { free: free.into() }
     }
 
-    /// Binds an RTP/RTCP pair on `ip`.
+    /// Binds an RTP/RTCP pair on `ip`, taken at random among the older half of the free
+    /// pairs (the half freed longest ago: a pair just freed is not reused at once). A pair
+    /// that will not bind (another program holds a port) goes to the back of the list; at
+    /// most [`BIND_TRIES`] pairs are tried.
     fn take(&mut self, ip: IpAddr) -> Option<(u16, UdpSocket, UdpSocket)> {
+        let mut rng = rand::thread_rng();
         for _ in 0..BIND_TRIES.min(self.free.len()) {
-            let port = self.free.pop_front()?;
+            let older = self.free.len().div_ceil(2);
+            let port = self.free.remove(rng.gen_range(0..older))?;
             match (bind(ip, port), bind(ip, port + 1)) {
                 (Ok(a), Ok(b)) => return Some((port, a, b)),
                 _ => self.free.push_back(port),
@@ -312,12 +383,15 @@ impl RelayEngine {
 
     /// Creates the session of `call_id` (or finds it: a retransmitted or repeated INVITE),
     /// whose caller has From tag `from_tag`, and applies the caller's streams `media` (empty
-    /// for an INVITE without SDP). Returns, per stream, the address the callee is to send to.
+    /// for an INVITE without SDP). `source` is the IP address the INVITE came from, when the
+    /// proxy knows it: the caller may send media from there too. Returns, per stream, the
+    /// address the callee is to send to.
     pub fn allocate(
         &self,
         call_id: &str,
         from_tag: &str,
         media: &[Option<Endpoint>],
+        source: Option<IpAddr>,
     ) -> Result<Vec<Option<SocketAddr>>, Refusal> {
         let mut st = self.inner.state.lock().expect("relay");
         let created = !st.sessions.contains_key(call_id);
@@ -343,13 +417,14 @@ impl RelayEngine {
                     touched_ms: self.now_ms(),
                     activity: Arc::new(AtomicU64::new(0)),
                     answered: false,
+                    signalling: [None, None],
                     stop: self.inner.stop.child_token(),
                 },
             );
             self.inner.m.sessions.set(st.sessions.len() as i64);
             debug!(%call_id, "relay session created");
         }
-        let r = self.apply(&mut st, call_id, Side::Caller, media);
+        let r = self.apply(&mut st, call_id, Side::Caller, media, source);
         if r.is_err() && created {
             // Nothing to keep of a session that could not take its first streams.
             self.remove(&mut st, call_id);
@@ -359,14 +434,18 @@ impl RelayEngine {
 
     /// Applies the streams of an SDP body to the session of `call_id`. The body came in a
     /// request (or, when `response`, in a response to a request) whose From tag is
-    /// `from_tag`; comparing it with the caller's tells who wrote it. Returns `Ok(None)` when
-    /// there is no such session, else per stream the address the other side is to send to.
+    /// `from_tag`; comparing it with the caller's tells who wrote it. `source` is the IP
+    /// address that message came from, when the proxy knows it (the writer may send media
+    /// from there too; when `None`, the writer's last known one stays). Returns `Ok(None)`
+    /// when there is no such session, else per stream the address the other side is to send
+    /// to.
     pub fn update(
         &self,
         call_id: &str,
         from_tag: &str,
         response: bool,
         media: &[Option<Endpoint>],
+        source: Option<IpAddr>,
     ) -> Result<Option<Vec<Option<SocketAddr>>>, Refusal> {
         let mut st = self.inner.state.lock().expect("relay");
         let Some(s) = st.sessions.get(call_id) else {
@@ -378,15 +457,18 @@ impl RelayEngine {
         } else {
             Side::Callee
         };
-        self.apply(&mut st, call_id, side, media).map(Some)
+        self.apply(&mut st, call_id, side, media, source).map(Some)
     }
 
+    /// Applies the SDP of `side` (`media`, which came from `source`) to a session: opens the
+    /// streams it adds, and sets what each stream's forwarding tasks know of that side.
     fn apply(
         &self,
         st: &mut State,
         call_id: &str,
         side: Side,
         media: &[Option<Endpoint>],
+        source: Option<IpAddr>,
     ) -> Result<Vec<Option<SocketAddr>>, Refusal> {
         if wanted_streams(media) > self.inner.s.max_streams {
             self.inner.m.refused(Refusal::TooManyStreams);
@@ -399,6 +481,11 @@ impl RelayEngine {
         if side == Side::Callee {
             session.answered = true;
         }
+        let slot = &mut session.signalling[side.index()];
+        if let Some(ip) = source {
+            *slot = Some(ip.to_canonical());
+        }
+        let signalling = *slot;
         let mut out = Vec::with_capacity(media.len());
         for (i, target) in media.iter().enumerate() {
             let Some(target) = target else {
@@ -418,14 +505,32 @@ impl RelayEngine {
                 }
             }
             let s = session.streams[i].as_ref().expect("stream opened");
-            s.hints.send_modify(|h| match side {
-                Side::Caller => h.caller = *target,
-                Side::Callee => h.callee = *target,
+            s.hints.send_if_modified(|h| {
+                let new = Party {
+                    sdp: *target,
+                    signalling,
+                };
+                let changed = *h.party(side) != new;
+                *h.party_mut(side) = new;
+                changed
             });
             out.push(Some(match side {
                 Side::Caller => s.callee_facing,
                 Side::Callee => s.caller_facing,
             }));
+        }
+        // The streams this body left out: the side's signalling source holds for them too.
+        for (i, s) in session.streams.iter().enumerate() {
+            let Some(s) = s else { continue };
+            if media.get(i).is_some_and(Option::is_some) {
+                continue;
+            }
+            s.hints.send_if_modified(|h| {
+                let p = h.party_mut(side);
+                let changed = p.signalling != signalling;
+                p.signalling = signalling;
+                changed
+            });
         }
         Ok(out)
     }
@@ -438,7 +543,11 @@ impl RelayEngine {
             pool.give(a_port);
             return None;
         };
-        let (hints, rx) = watch::channel(Hints::default());
+        // What is known of each side before its SDP names the stream: its signalling source.
+        let mut known = Hints::default();
+        known.caller.signalling = session.signalling[Side::Caller.index()];
+        known.callee.signalling = session.signalling[Side::Callee.index()];
+        let (hints, rx) = watch::channel(known);
         for (rtcp, a, b) in [(false, a_rtp, b_rtp), (true, a_rtcp, b_rtcp)] {
             tokio::spawn(pump(
                 a,
@@ -558,30 +667,35 @@ async fn pump(
         };
         if hints.has_changed().unwrap_or(false) {
             let new = *hints.borrow_and_update();
-            // A side whose SDP names a new address latches again.
-            for (i, side) in [Side::Caller, Side::Callee].into_iter().enumerate() {
-                if new.get(side, rtcp) != cur.get(side, rtcp) {
-                    latched[i] = None;
+            // A side whose SDP names another address than before (not a first one), or whose
+            // latched address is no longer allowed, latches again.
+            for side in [Side::Caller, Side::Callee] {
+                let (was, now) = (cur.party(side).target(rtcp), new.party(side));
+                let moved = was.is_some() && now.target(rtcp) != was;
+                let l = &mut latched[side.index()];
+                if moved || l.is_some_and(|a| !now.allows(a.ip())) {
+                    *l = None;
                 }
             }
             cur = new;
         }
-        let (me, other) = if from_caller { (0, 1) } else { (1, 0) };
-        match latched[me] {
-            None => latched[me] = Some(src),
-            Some(l) if l != src => {
+        let (me, other) = if from_caller {
+            (Side::Caller, Side::Callee)
+        } else {
+            (Side::Callee, Side::Caller)
+        };
+        match latched[me.index()] {
+            Some(l) if l == src => {}
+            None if cur.party(me).allows(src.ip()) => latched[me.index()] = Some(src),
+            // Another address than the one latched, or one the signalling does not name for
+            // this side: never forwarded.
+            _ => {
                 m.stranger.inc();
                 continue;
             }
-            Some(_) => {}
         }
         activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let other_side = if from_caller {
-            Side::Callee
-        } else {
-            Side::Caller
-        };
-        let Some(dst) = latched[other].or(cur.get(other_side, rtcp)) else {
+        let Some(dst) = latched[other.index()].or(cur.party(other).target(rtcp)) else {
             m.no_destination.inc();
             continue;
         };
@@ -605,308 +719,5 @@ async fn pump(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(lo: u16) -> RelaySettings {
-        RelaySettings {
-            ip: "127.0.0.1".parse().unwrap(),
-            ports: (lo, lo + 99),
-            idle: Duration::from_secs(60),
-            max_sessions: 4,
-            max_streams: 4,
-        }
-    }
-
-    async fn sock() -> UdpSocket {
-        UdpSocket::bind("127.0.0.1:0").await.unwrap()
-    }
-
-    fn ep(s: &UdpSocket) -> Option<Endpoint> {
-        let a = s.local_addr().unwrap();
-        Some(Endpoint {
-            rtp: Some(a),
-            rtcp: Some(SocketAddr::new(a.ip(), a.port() + 1)),
-        })
-    }
-
-    /// Receives one datagram, waiting at most 5 s.
-    async fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
-        let mut buf = vec![0u8; 2048];
-        let (n, from) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf))
-            .await
-            .expect("a packet within 5 s")
-            .unwrap();
-        (buf[..n].to_vec(), from)
-    }
-
-    /// Waits (at most 5 s) until a metric reaches `want`.
-    async fn until_metric(m: &Metrics, name: &str, want: i64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while m.value(name) != Some(want) {
-            assert!(
-                Instant::now() < deadline,
-                "{name} is {:?}, wanted {want}",
-                m.value(name)
-            );
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn latches_forwards_both_ways_and_drops_strangers() {
-        let metrics = Metrics::default();
-        let stop = CancellationToken::new();
-        let e = RelayEngine::start(settings(42000), &metrics, stop.clone());
-        let caller = sock().await;
-        let callee = sock().await;
-        let to_callee = e.allocate("call-1", "tagA", &[ep(&caller)]).unwrap()[0].unwrap();
-        let to_caller = e
-            .update("call-1", "tagA", true, &[ep(&callee)])
-            .unwrap()
-            .unwrap()[0]
-            .unwrap();
-        assert_ne!(to_callee, to_caller);
-        assert_eq!(to_caller.port() % 2, 0, "RTP on an even port");
-
-        // Caller -> relay -> callee: comes from the callee-facing address.
-        caller.send_to(b"rtp-from-caller", to_caller).await.unwrap();
-        let (data, from) = recv(&callee).await;
-        assert_eq!(
-            (data.as_slice(), from),
-            (&b"rtp-from-caller"[..], to_callee)
-        );
-        // And back.
-        callee.send_to(b"rtp-from-callee", to_callee).await.unwrap();
-        let (data, from) = recv(&caller).await;
-        assert_eq!(
-            (data.as_slice(), from),
-            (&b"rtp-from-callee"[..], to_caller)
-        );
-
-        // Another address sending to the caller-facing socket after latching: dropped.
-        let stranger = sock().await;
-        stranger.send_to(b"intruder", to_caller).await.unwrap();
-        until_metric(&metrics, "relay_dropped_total{reason=\"stranger\"}", 1).await;
-        caller.send_to(b"again", to_caller).await.unwrap();
-        let (data, _) = recv(&callee).await;
-        assert_eq!(data, b"again", "the intruder's packet never arrived");
-
-        // RTCP on port + 1, both ways.
-        let caller_rtcp = UdpSocket::bind(SocketAddr::new(
-            caller.local_addr().unwrap().ip(),
-            caller.local_addr().unwrap().port() + 1,
-        ))
-        .await;
-        if let Ok(caller_rtcp) = caller_rtcp {
-            let rtcp_in = SocketAddr::new(to_caller.ip(), to_caller.port() + 1);
-            let callee_rtcp_addr = SocketAddr::new(
-                callee.local_addr().unwrap().ip(),
-                callee.local_addr().unwrap().port() + 1,
-            );
-            if let Ok(callee_rtcp) = UdpSocket::bind(callee_rtcp_addr).await {
-                caller_rtcp.send_to(b"rtcp", rtcp_in).await.unwrap();
-                let (data, from) = recv(&callee_rtcp).await;
-                assert_eq!(data, b"rtcp");
-                assert_eq!(from.port(), to_callee.port() + 1);
-            }
-        }
-
-        assert!(metrics
-            .value("relay_packets_total{direction=\"caller_to_callee\"}")
-            .is_some_and(|n| n >= 2));
-        assert_eq!(
-            metrics.value("relay_packets_total{direction=\"callee_to_caller\"}"),
-            Some(1)
-        );
-        assert_eq!(
-            metrics.value("relay_bytes_total{direction=\"callee_to_caller\"}"),
-            Some(15)
-        );
-        assert_eq!(metrics.value("relay_sessions"), Some(1));
-        assert!(e.delete("call-1"));
-        assert!(!e.delete("call-1"));
-        assert_eq!(metrics.value("relay_sessions"), Some(0));
-        stop.cancel();
-    }
-
-    #[tokio::test]
-    async fn latching_holds_a_nat_address_before_the_sdp_one() {
-        let metrics = Metrics::default();
-        let e = RelayEngine::start(settings(42100), &metrics, CancellationToken::new());
-        let caller = sock().await;
-        let callee = sock().await;
-        // The caller's SDP names a private address nobody listens on (behind NAT).
-        let private = Some(Endpoint {
-            rtp: Some("127.0.0.1:9".parse().unwrap()),
-            rtcp: None,
-        });
-        let to_callee = e.allocate("c", "t", &[private]).unwrap()[0].unwrap();
-        let to_caller = e.update("c", "t", true, &[ep(&callee)]).unwrap().unwrap()[0].unwrap();
-        // The caller's first packet latches its real address...
-        caller.send_to(b"hello", to_caller).await.unwrap();
-        assert_eq!(recv(&callee).await.0, b"hello");
-        // ...so the callee's packets reach it there.
-        callee.send_to(b"reply", to_callee).await.unwrap();
-        assert_eq!(recv(&caller).await.0, b"reply");
-    }
-
-    #[tokio::test]
-    async fn sides_by_from_tag_and_unknown_sessions() {
-        let metrics = Metrics::default();
-        let e = RelayEngine::start(settings(42200), &metrics, CancellationToken::new());
-        assert_eq!(e.update("nope", "t", false, &[]), Ok(None));
-        let a = e.allocate("c", "caller", &[ep(&sock().await)]).unwrap();
-        // A re-INVITE from the callee (its own tag in From): the callee wrote it, so the
-        // caller is to send to the caller-facing address.
-        let b = e
-            .update("c", "callee", false, &[ep(&sock().await)])
-            .unwrap()
-            .unwrap();
-        // Its answer (a response, From still the callee's tag): written by the caller.
-        let c = e
-            .update("c", "callee", true, &[ep(&sock().await)])
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            a, c,
-            "the caller's SDP always gets the callee-facing address"
-        );
-        assert_ne!(a, b);
-        // A second allocation of the same call (a retransmission) finds the session.
-        assert_eq!(e.allocate("c", "caller", &[ep(&sock().await)]).unwrap(), a);
-        assert_eq!(e.sessions(), 1);
-        // Streams not to relay stay None; a stream added later gets ports.
-        let two = e
-            .update("c", "caller", false, &[None, ep(&sock().await)])
-            .unwrap()
-            .unwrap();
-        assert_eq!(two[0], None);
-        assert!(two[1].is_some());
-    }
-
-    #[tokio::test]
-    async fn refusals_draining_full_and_too_many_streams() {
-        let metrics = Metrics::default();
-        let e = RelayEngine::start(settings(42300), &metrics, CancellationToken::new());
-        let many = vec![ep(&sock().await); 5];
-        assert_eq!(e.allocate("x", "t", &many), Err(Refusal::TooManyStreams));
-        assert!(!e.has("x"), "a refused session is not kept");
-        for i in 0..4 {
-            e.allocate(&format!("c{i}"), "t", &[]).unwrap();
-        }
-        assert_eq!(e.allocate("c5", "t", &[]), Err(Refusal::Full));
-        e.delete("c0");
-        e.drain();
-        assert_eq!(e.allocate("c6", "t", &[]), Err(Refusal::Draining));
-        assert!(
-            e.allocate("c1", "t", &[]).is_ok(),
-            "calls in progress go on"
-        );
-        assert_eq!(
-            metrics.value("relay_refused_total{reason=\"full\"}"),
-            Some(1)
-        );
-        assert_eq!(
-            metrics.value("relay_refused_total{reason=\"draining\"}"),
-            Some(1)
-        );
-    }
-
-    #[tokio::test]
-    async fn runs_out_of_ports_and_reuses_freed_ones_last() {
-        let metrics = Metrics::default();
-        let mut s = settings(42400);
-        s.ports = (42400, 42407); // four pairs: two streams
-        s.max_sessions = 10;
-        let e = RelayEngine::start(s, &metrics, CancellationToken::new());
-        e.allocate("a", "t", &[ep(&sock().await)]).unwrap();
-        e.allocate("b", "t", &[ep(&sock().await)]).unwrap();
-        assert_eq!(
-            e.allocate("c", "t", &[ep(&sock().await)]),
-            Err(Refusal::NoPorts)
-        );
-        assert_eq!(
-            metrics.value("relay_refused_total{reason=\"no_ports\"}"),
-            Some(1)
-        );
-        e.delete("a");
-        // The sockets of "a" close as their tasks see the stop; its ports come back.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match e.allocate("c", "t", &[ep(&sock().await)]) {
-                Ok(v) => {
-                    assert!(v[0].is_some());
-                    break;
-                }
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(5)).await
-                }
-                Err(r) => panic!("ports never came back: {r:?}"),
-            }
-        }
-
-        // With ports to spare, the ones just freed are taken last.
-        let mut s = settings(42410);
-        s.ports = (42410, 42421);
-        let e = RelayEngine::start(s, &metrics, CancellationToken::new());
-        let x = e.allocate("x", "t", &[ep(&sock().await)]).unwrap()[0].unwrap();
-        e.delete("x");
-        let y = e.allocate("y", "t", &[ep(&sock().await)]).unwrap()[0].unwrap();
-        assert_ne!(x, y, "a pair just freed is not the next one taken");
-    }
-
-    #[tokio::test]
-    async fn idle_sessions_expire() {
-        let metrics = Metrics::default();
-        let mut s = settings(42500);
-        s.idle = Duration::from_secs(20);
-        let e = RelayEngine::start(s, &metrics, CancellationToken::new());
-        let t0 = e.now_ms();
-        // Answered: idle after 20 s.
-        e.allocate("answered", "t", &[]).unwrap();
-        e.update("answered", "t", true, &[]).unwrap();
-        // Ringing: kept for the setup time.
-        e.allocate("ringing", "t", &[]).unwrap();
-        assert_eq!(e.sweep_at(t0 + 10_000), 0);
-        assert_eq!(e.sessions(), 2);
-        assert_eq!(e.sweep_at(t0 + 25_000), 1);
-        assert!(!e.has("answered"), "idle for 25 s > 20 s");
-        assert!(e.has("ringing"), "unanswered calls wait for Timer C");
-        assert_eq!(e.sweep_at(t0 + 25_000 + SETUP_IDLE.as_millis() as u64), 1);
-        assert_eq!(e.sessions(), 0);
-        assert_eq!(
-            metrics.value("relay_sessions_freed_total{reason=\"idle\"}"),
-            Some(2)
-        );
-        assert_eq!(metrics.value("relay_sessions"), Some(0));
-    }
-
-    #[tokio::test]
-    async fn packets_keep_a_session_alive() {
-        let metrics = Metrics::default();
-        let mut s = settings(42600);
-        s.idle = Duration::from_secs(1);
-        let e = RelayEngine::start(s, &metrics, CancellationToken::new());
-        let caller = sock().await;
-        let callee = sock().await;
-        e.allocate("c", "t", &[ep(&caller)]).unwrap();
-        let to_caller = e.update("c", "t", true, &[ep(&callee)]).unwrap().unwrap()[0].unwrap();
-        // 2.5 s of media at 10 packets a second, longer than the idle timeout.
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(2500) {
-            caller.send_to(b"x", to_caller).await.unwrap();
-            recv(&callee).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(e.has("c"), "a session with media is not idle");
-        // Silence: freed within the idle timeout and a sweep.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while e.has("c") {
-            assert!(Instant::now() < deadline, "never freed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(start.elapsed() >= Duration::from_millis(3500));
-    }
-}
+#[path = "engine_tests.rs"]
+mod tests;

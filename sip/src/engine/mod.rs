@@ -278,9 +278,9 @@ pub trait MediaHook {
     /// A message from `from`: returns it when the engine handles it now, `None` when the
     /// hook holds it (it comes back through [`Resume::Dispatch`]) or dropped it.
     fn inbound(&mut self, msg: Message, from: &Hop, source: Option<SocketAddr>) -> Option<Message>;
-    /// An initial INVITE entering the farm is about to be forwarded: `true` when the hook
-    /// holds it (it goes on with [`Resume::Forward`]).
-    fn invite_out(&mut self, key: &TransactionKey, req: &Request) -> bool;
+    /// An initial INVITE entering the farm from `from` (the network) is about to be
+    /// forwarded: `true` when the hook holds it (it goes on with [`Resume::Forward`]).
+    fn invite_out(&mut self, key: &TransactionKey, req: &Request, from: &Hop) -> bool;
     /// The server transaction `key` sends its final response `status`.
     fn final_response(&mut self, key: &TransactionKey, status: u16);
     /// Work the hook started ended: what the engine does next.
@@ -296,7 +296,7 @@ impl MediaHook for NoMedia {
     fn inbound(&mut self, msg: Message, _: &Hop, _: Option<SocketAddr>) -> Option<Message> {
         Some(msg)
     }
-    fn invite_out(&mut self, _: &TransactionKey, _: &Request) -> bool {
+    fn invite_out(&mut self, _: &TransactionKey, _: &Request, _: &Hop) -> bool {
         false
     }
     fn final_response(&mut self, _: &TransactionKey, _: u16) {}

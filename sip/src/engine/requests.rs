@@ -430,7 +430,10 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         // Media relay: an initial INVITE entering the farm gets its relay session first, and
         // is forwarded on `Resume::Forward`.
         let held = matches!(entry.reply_to, Hop::Net { .. })
-            && self.media.as_mut().is_some_and(|g| g.invite_out(key, &req));
+            && self
+                .media
+                .as_mut()
+                .is_some_and(|g| g.invite_out(key, &req, &entry.reply_to));
         entry.request = Some(req);
         if !held {
             self.try_next_target(key);

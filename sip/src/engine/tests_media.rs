@@ -15,6 +15,8 @@ use crate::transaction::TransactionKey;
 #[derive(Default)]
 struct HoldInvites {
     held: Vec<(TransactionKey, Request)>,
+    /// Where each held INVITE came from.
+    from: Vec<Hop>,
     finals: Vec<(TransactionKey, u16)>,
 }
 
@@ -23,10 +25,11 @@ impl MediaHook for HoldInvites {
     fn inbound(&mut self, msg: Message, _: &Hop, _: Option<SocketAddr>) -> Option<Message> {
         Some(msg)
     }
-    fn invite_out(&mut self, key: &TransactionKey, req: &Request) -> bool {
+    fn invite_out(&mut self, key: &TransactionKey, req: &Request, from: &Hop) -> bool {
         let mut rewritten = req.clone();
         rewritten.headers.push("X-Relay", "192.0.2.9");
         self.held.push((key.clone(), rewritten));
+        self.from.push(from.clone());
         true
     }
     fn final_response(&mut self, key: &TransactionKey, status: u16) {
@@ -83,6 +86,11 @@ fn held_invite(e: &mut Engine<TestEnv, HoldInvites>, now: Instant) -> Transactio
     assert!(outs.is_empty(), "held while the relay is asked: {outs:#?}");
     let held: Vec<&TransactionKey> = e.media().unwrap().held.iter().map(|(k, _)| k).collect();
     assert_eq!(held, [&key]);
+    assert_eq!(
+        e.media().unwrap().from,
+        [udp(uac())],
+        "the hook hears where the INVITE came from (the caller's signalling source)"
+    );
     key
 }
 
