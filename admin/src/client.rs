@@ -107,15 +107,17 @@ impl Client {
     /// A client of the farm in `dir` (its `farm.json`), with the farm's admin certificate.
     pub fn for_farm(dir: &Path) -> anyhow::Result<Client> {
         let farm = FarmFile::load(dir)?;
-        let admin = farm
-            .admin
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("{}/farm.json names no admin certificate", dir.display()))?;
+        let admin = farm.admin.clone().ok_or_else(|| {
+            anyhow::anyhow!("{}/farm.json names no admin certificate", dir.display())
+        })?;
         let managers: Vec<SocketAddr> = farm
             .members
             .iter()
             .filter(|m| m.kind == "manager")
-            .map(|m| m.addr("api").unwrap_or_else(|| SocketAddr::new(m.ip, API_PORT)))
+            .map(|m| {
+                m.addr("api")
+                    .unwrap_or_else(|| SocketAddr::new(m.ip, API_PORT))
+            })
             .collect();
         Client::new(managers, &farm.client_tls(&admin))
     }
@@ -129,7 +131,10 @@ impl Client {
         content_type: &str,
         body: &Bytes,
     ) -> Result<(StatusCode, Bytes), Failure> {
-        let before = |e: String| Failure { sent: false, why: e };
+        let before = |e: String| Failure {
+            sent: false,
+            why: e,
+        };
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| before(format!("{addr}: connect timed out")))?
@@ -142,7 +147,7 @@ impl Client {
             .map_err(|e| before(format!("{addr}: TLS: {e}")))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| before(format!("{addr}: {e}")))?;
+            .map_err(|e| before(format!("{addr}: {}", chain(&e))))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -158,13 +163,13 @@ impl Client {
             let resp = sender
                 .send_request(req)
                 .await
-                .map_err(|e| after(format!("{addr}: {e}")))?;
+                .map_err(|e| after(format!("{addr}: {}", chain(&e))))?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| after(format!("{addr}: {e}")))?
+                .map_err(|e| after(format!("{addr}: {}", chain(&e))))?
                 .to_bytes();
             Ok((status, bytes))
         };
@@ -194,7 +199,10 @@ impl Client {
             let mut unavailable = None;
             for k in 0..n {
                 let i = (first + k) % n;
-                match self.once(self.managers[i], &method, path, content_type, &body).await {
+                match self
+                    .once(self.managers[i], &method, path, content_type, &body)
+                    .await
+                {
                     Ok((status, bytes)) => {
                         self.preferred.store(i, Ordering::Relaxed);
                         if status != StatusCode::SERVICE_UNAVAILABLE {
@@ -208,6 +216,12 @@ impl Client {
                         }
                         unavailable = Some(bytes);
                         break;
+                    }
+                    Err(f) if refused(&f.why) => {
+                        return Err(ApiError::Unreachable(format!(
+                            "{}: the manager refused this client's certificate (revoked, expired or not from the farm's CA?)",
+                            f.why
+                        )));
                     }
                     Err(f) if f.sent && !retry_safe => {
                         return Err(ApiError::Unreachable(format!(
@@ -236,12 +250,34 @@ impl Client {
         body: Option<&serde_json::Value>,
     ) -> Result<T, ApiError> {
         let bytes = match body {
-            Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| ApiError::Protocol(e.to_string()))?),
+            Some(v) => {
+                Bytes::from(serde_json::to_vec(v).map_err(|e| ApiError::Protocol(e.to_string()))?)
+            }
             None => Bytes::new(),
         };
-        let (status, bytes) = self.raw(method, path, "application/json", bytes, false).await?;
+        let (status, bytes) = self
+            .raw(method, path, "application/json", bytes, false)
+            .await?;
         decode(status, &bytes)
     }
+}
+
+/// An error with its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether a failure is the server refusing our certificate (no use trying again).
+fn refused(why: &str) -> bool {
+    let w = why.to_ascii_lowercase();
+    w.contains("alert") && (w.contains("certificate") || w.contains("revoked"))
 }
 
 /// Decodes an answer: 2xx as `T` (an empty body as JSON null), anything else as an error.

@@ -200,7 +200,10 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
             };
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("onehop-admin: error: {e}");
@@ -225,7 +228,9 @@ fn client(cli: &Cli) -> anyhow::Result<Client> {
         "say where the managers are: --farm DIR, or --api ADDR (repeatable) with --cert, --key and --ca"
     );
     let (Some(cert), Some(key), Some(ca)) = (&cli.cert, &cli.key, &cli.ca) else {
-        anyhow::bail!("--api needs --cert, --key and --ca (the admin certificate and the farm's CA)");
+        anyhow::bail!(
+            "--api needs --cert, --key and --ca (the admin certificate and the farm's CA)"
+        );
     };
     let managers = cli
         .api
@@ -265,12 +270,18 @@ fn read_first_line(r: &mut dyn BufRead, what: &str) -> anyhow::Result<String> {
 fn password(p: &PasswordArgs) -> anyhow::Result<Option<(String, bool)>> {
     if p.password_stdin {
         let stdin = std::io::stdin();
-        return Ok(Some((read_first_line(&mut stdin.lock(), "standard input")?, false)));
+        return Ok(Some((
+            read_first_line(&mut stdin.lock(), "standard input")?,
+            false,
+        )));
     }
     if let Some(f) = &p.password_file {
         let file = std::fs::File::open(f).with_context(|| format!("{}", f.display()))?;
         let mut r = std::io::BufReader::new(file);
-        return Ok(Some((read_first_line(&mut r, &f.display().to_string())?, false)));
+        return Ok(Some((
+            read_first_line(&mut r, &f.display().to_string())?,
+            false,
+        )));
     }
     if p.generate_password {
         return Ok(Some((generate_password(), true)));
@@ -309,7 +320,11 @@ fn account_line(a: &Value) -> String {
     let aliases: Vec<String> = a
         .get("aliases")
         .and_then(Value::as_array)
-        .map(|v| v.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     format!(
         "{}{}{}{}",
@@ -364,13 +379,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let v: Value = c
                 .call(Method::POST, "/v1/domains", Some(&json!({ "name": name })))
                 .await?;
-            print(j, &v, |v| format!("added domain {}", v["name"].as_str().unwrap_or(name)));
+            print(j, &v, |v| {
+                format!("added domain {}", v["name"].as_str().unwrap_or(name))
+            });
         }
         Command::Domains(DomainCmd::Remove { name }) => {
             let _: Value = c
-                .call(Method::DELETE, &format!("/v1/domains/{}", client::segment(name)), None)
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/domains/{}", client::segment(name)),
+                    None,
+                )
                 .await?;
-            print(j, &json!({ "removed": name }), |_| format!("removed domain {name}"));
+            print(j, &json!({ "removed": name }), |_| {
+                format!("removed domain {name}")
+            });
         }
         Command::Accounts(AccountCmd::Add {
             aor,
@@ -382,7 +405,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some((pw, generated)) = password(p)? else {
                 anyhow::bail!("give the password with --password-stdin or --password-file, or --generate-password");
             };
-            let mut body = json!({ "user": user, "domain": domain, "password": pw, "enabled": !disabled });
+            let mut body =
+                json!({ "user": user, "domain": domain, "password": pw, "enabled": !disabled });
             if let Some(d) = display_name {
                 body["display_name"] = json!(d);
             }
@@ -394,7 +418,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Accounts(AccountCmd::Get { aor }) => {
             let v: Value = c
-                .call(Method::GET, &format!("/v1/accounts/{}", client::segment(aor)), None)
+                .call(
+                    Method::GET,
+                    &format!("/v1/accounts/{}", client::segment(aor)),
+                    None,
+                )
                 .await?;
             print(j, &v, account_line);
         }
@@ -428,7 +456,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "nothing to change: give a password option, --display-name, --clear-display-name, --enable or --disable"
             );
             let v: Value = c
-                .call(Method::PATCH, &format!("/v1/accounts/{}", client::segment(aor)), Some(&body))
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/accounts/{}", client::segment(aor)),
+                    Some(&body),
+                )
                 .await?;
             print(j, &v, |v| format!("updated {}", account_line(v)));
             if let Some((pw, true)) = pw {
@@ -437,7 +469,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Accounts(AccountCmd::Remove { aor }) => {
             let _: Value = c
-                .call(Method::DELETE, &format!("/v1/accounts/{}", client::segment(aor)), None)
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/accounts/{}", client::segment(aor)),
+                    None,
+                )
                 .await?;
             print(j, &json!({ "removed": aor }), |_| format!("removed {aor}"));
         }
@@ -451,7 +487,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut after = after.clone();
             let mut out = Vec::new();
             loop {
-                let mut q = format!("/v1/accounts?limit={limit}&prefix={}", client::segment(prefix));
+                let mut q = format!(
+                    "/v1/accounts?limit={limit}&prefix={}",
+                    client::segment(prefix)
+                );
                 if let Some(d) = domain {
                     q.push_str(&format!("&domain={}", client::segment(d)));
                 }
@@ -494,23 +533,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(&json!({ "alias": alias })),
                 )
                 .await?;
-            print(j, &v, |v| format!("{alias} now reaches {}", account_line(v)));
+            print(j, &v, |v| {
+                format!("{alias} now reaches {}", account_line(v))
+            });
         }
         Command::Aliases(AliasCmd::Get { alias }) => {
             let v: Value = c
-                .call(Method::GET, &format!("/v1/aliases/{}", client::segment(alias)), None)
+                .call(
+                    Method::GET,
+                    &format!("/v1/aliases/{}", client::segment(alias)),
+                    None,
+                )
                 .await?;
-            print(j, &v, |v| format!("{alias} -> {}", v["aor"].as_str().unwrap_or("?")));
+            print(j, &v, |v| {
+                format!("{alias} -> {}", v["aor"].as_str().unwrap_or("?"))
+            });
         }
         Command::Aliases(AliasCmd::Remove { alias }) => {
             let _: Value = c
-                .call(Method::DELETE, &format!("/v1/aliases/{}", client::segment(alias)), None)
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/aliases/{}", client::segment(alias)),
+                    None,
+                )
                 .await?;
-            print(j, &json!({ "removed": alias }), |_| format!("removed alias {alias}"));
+            print(j, &json!({ "removed": alias }), |_| {
+                format!("removed alias {alias}")
+            });
         }
         Command::Changes { since, limit } => {
             let v: Value = c
-                .call(Method::GET, &format!("/v1/changes?since={since}&limit={limit}"), None)
+                .call(
+                    Method::GET,
+                    &format!("/v1/changes?since={since}&limit={limit}"),
+                    None,
+                )
                 .await?;
             print(j, &v, |v| {
                 let mut lines: Vec<String> = v["changes"]
@@ -524,7 +581,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             .or(c["aor"].as_str())
                             .or(c["name"].as_str())
                             .unwrap_or("");
-                        let alias = c["alias"].as_str().map(|a| format!(" {a} ->")).unwrap_or_default();
+                        let alias = c["alias"]
+                            .as_str()
+                            .map(|a| format!(" {a} ->"))
+                            .unwrap_or_default();
                         format!("{:>8}  {what}{alias} {subject}", c["version"])
                     })
                     .collect();
@@ -543,8 +603,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One chunk of rows, re-encoded as CSV with the header, and the number of its first row.
-fn chunks(path: &Path, size: usize) -> anyhow::Result<(u64, Vec<(u64, u64, Vec<u8>)>)> {
+/// Chunks of rows of a CSV file, each re-encoded with the header: (number of its first row,
+/// rows, CSV). A row whose user and domain came earlier in the file is not sent; it is
+/// reported as (row, message) and ends its chunk, so that the rows of a chunk stay numbered
+/// in sequence.
+type Chunks = (u64, Vec<(u64, u64, Vec<u8>)>, Vec<(u64, String)>);
+
+fn chunks(path: &Path, size: usize) -> anyhow::Result<Chunks> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
@@ -554,12 +619,49 @@ fn chunks(path: &Path, size: usize) -> anyhow::Result<(u64, Vec<(u64, u64, Vec<u
         .headers()
         .with_context(|| format!("{}: the header row", path.display()))?
         .clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(name))
+    };
+    let (user_col, domain_col) = (col("user"), col("domain"));
+    let mut seen = std::collections::HashMap::<(String, String), u64>::new();
+    let mut dups = Vec::new();
     let mut out = Vec::new();
     let mut total = 0u64;
     let mut cur: Option<(u64, u64, csv::Writer<Vec<u8>>)> = None;
+    let close = |cur: &mut Option<(u64, u64, csv::Writer<Vec<u8>>)>,
+                 out: &mut Vec<(u64, u64, Vec<u8>)>|
+     -> anyhow::Result<()> {
+        if let Some((first, n, w)) = cur.take() {
+            out.push((
+                first,
+                n,
+                w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?,
+            ));
+        }
+        Ok(())
+    };
     for rec in rdr.records() {
         total += 1;
         let rec = rec.with_context(|| format!("{}: row {total}", path.display()))?;
+        if let (Some(u), Some(d)) = (user_col, domain_col) {
+            if let (Some(user), Some(domain)) = (rec.get(u), rec.get(d)) {
+                let key = (user.trim().to_string(), domain.trim().to_ascii_lowercase());
+                if let Some(first) = seen.get(&key) {
+                    dups.push((
+                        total,
+                        format!(
+                            "{}@{} appears twice in this file (first at row {first})",
+                            key.0, key.1
+                        ),
+                    ));
+                    close(&mut cur, &mut out)?;
+                    continue;
+                }
+                seen.insert(key, total);
+            }
+        }
         let (_, n, w) = cur.get_or_insert_with(|| {
             let mut w = csv::Writer::from_writer(Vec::new());
             let _ = w.write_record(&headers);
@@ -568,14 +670,11 @@ fn chunks(path: &Path, size: usize) -> anyhow::Result<(u64, Vec<(u64, u64, Vec<u
         w.write_record(&rec)?;
         *n += 1;
         if *n as usize == size {
-            let (first, n, w) = cur.take().expect("a chunk");
-            out.push((first, n, w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?));
+            close(&mut cur, &mut out)?;
         }
     }
-    if let Some((first, n, w)) = cur.take() {
-        out.push((first, n, w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?));
-    }
-    Ok((total, out))
+    close(&mut cur, &mut out)?;
+    Ok((total, out, dups))
 }
 
 async fn import(c: &Client, args: &ImportArgs, json_out: bool) -> anyhow::Result<ExitCode> {
@@ -587,14 +686,22 @@ async fn import(c: &Client, args: &ImportArgs, json_out: bool) -> anyhow::Result
         Some(id) => id.clone(),
         None => format!("import-{:016x}", rand::random::<u64>()),
     };
-    let (total, chunks) = chunks(&args.file, args.chunk)?;
+    let (total, chunks, dups) = chunks(&args.file, args.chunk)?;
     if !json_out {
         eprintln!(
             "{} {} rows from {} (import id {id}{})",
-            if args.dry_run { "checking" } else { "importing" },
+            if args.dry_run {
+                "checking"
+            } else {
+                "importing"
+            },
             total,
             args.file.display(),
-            if args.dry_run { "" } else { "; run again with --import-id to resume" }
+            if args.dry_run {
+                ""
+            } else {
+                "; run again with --import-id to resume"
+            }
         );
     }
     let bar = if json_out {
@@ -608,8 +715,13 @@ async fn import(c: &Client, args: &ImportArgs, json_out: bool) -> anyhow::Result
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let (mut added, mut failed, mut replayed) = (0u64, 0u64, 0u64);
-    let mut errors: Vec<Value> = Vec::new();
+    let (mut added, mut replayed) = (0u64, 0u64);
+    let mut errors: Vec<Value> = dups
+        .iter()
+        .map(|(row, message)| json!({ "row": row, "code": "exists", "field": "user", "message": message }))
+        .collect();
+    let mut failed = dups.len() as u64;
+    bar.inc(failed);
     for (first, n, body) in chunks {
         let path = format!(
             "/v1/import?import={}&first_row={first}&dry_run={}",
@@ -633,6 +745,7 @@ async fn import(c: &Client, args: &ImportArgs, json_out: bool) -> anyhow::Result
         bar.set_message(format!("{added} added, {failed} refused"));
     }
     bar.finish();
+    errors.sort_by_key(|e| e["row"].as_u64());
     let summary = json!({
         "import": id,
         "dry_run": args.dry_run,
@@ -650,7 +763,11 @@ async fn import(c: &Client, args: &ImportArgs, json_out: bool) -> anyhow::Result
             out,
             "{}: {total} rows, {added} {}, {failed} refused{}",
             if args.dry_run { "dry run" } else { "import" },
-            if args.dry_run { "would be added" } else { "added" },
+            if args.dry_run {
+                "would be added"
+            } else {
+                "added"
+            },
             if replayed > 0 {
                 format!(" ({replayed} batches had landed before and were not applied again)")
             } else {
@@ -663,11 +780,18 @@ async fn import(c: &Client, args: &ImportArgs, json_out: bool) -> anyhow::Result
                 "  row {}: {}{}",
                 e["row"],
                 e["message"].as_str().unwrap_or(""),
-                e["field"].as_str().map(|f| format!(" (field {f})")).unwrap_or_default()
+                e["field"]
+                    .as_str()
+                    .map(|f| format!(" (field {f})"))
+                    .unwrap_or_default()
             )?;
         }
         if errors.len() > 100 {
-            writeln!(out, "  ... {} more (--json lists them all)", errors.len() - 100)?;
+            writeln!(
+                out,
+                "  ... {} more (--json lists them all)",
+                errors.len() - 100
+            )?;
         }
     }
     Ok(if failed == 0 {

@@ -440,7 +440,11 @@ async fn demo_accounts(farm: &FarmFile) -> anyhow::Result<()> {
             )
             .await,
     )?;
-    let admin = format!("{}/bin/onehop-admin --farm {}", farm.dir.display(), farm.dir.display());
+    let admin = format!(
+        "{}/bin/onehop-admin --farm {}",
+        farm.dir.display(),
+        farm.dir.display()
+    );
     for user in DEMO_USERS {
         let password = onehop_admin::generate_password();
         let body = json!({

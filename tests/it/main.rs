@@ -14,6 +14,7 @@ mod frames;
 mod interdomain;
 mod metrics;
 mod monitor;
+mod provisioning;
 mod registrar_crash;
 mod relay;
 mod restart;

@@ -151,7 +151,9 @@ pub async fn serve(
                 let state = crl.current();
                 match tls_config(&creds, &state) {
                     Ok(cfg) => tls.store(cfg),
-                    Err(e) => warn!(cause = %e, "provisioning API: cannot rebuild TLS for the new CRL"),
+                    Err(e) => {
+                        warn!(cause = %e, "provisioning API: cannot rebuild TLS for the new CRL")
+                    }
                 }
                 let conns = live.conns.lock().unwrap_or_else(|e| e.into_inner());
                 for (serial, token) in conns.values() {
@@ -188,19 +190,20 @@ pub async fn serve(
                 (app.clone(), live.clone(), state.clone(), shutdown.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        state.counters.refused.inc();
-                        info!(%peer, cause = %e, "provisioning API: handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        state.counters.refused.inc();
-                        debug!(%peer, "provisioning API: handshake timed out");
-                        return;
-                    }
-                };
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            state.counters.refused.inc();
+                            info!(%peer, cause = %e, "provisioning API: handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            state.counters.refused.inc();
+                            debug!(%peer, "provisioning API: handshake timed out");
+                            return;
+                        }
+                    };
                 let identity = stream
                     .get_ref()
                     .1
@@ -235,7 +238,10 @@ pub async fn serve(
                         info!(%peer, "provisioning API: connection closed (certificate revoked or shutting down)");
                     }
                 }
-                live.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                live.conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
             });
         }
     });

@@ -31,7 +31,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &str, field: Option<&str>, message: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        code: &str,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             body: ErrorBody {
@@ -44,7 +49,12 @@ impl ApiError {
     }
 
     fn internal(e: impl std::fmt::Display) -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", None, e.to_string())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            None,
+            e.to_string(),
+        )
     }
 }
 
@@ -121,7 +131,10 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
 }
 
 async fn propose(s: &ApiState, op: ProvisionOp) -> ApiResult<ProvisionResult> {
-    let req = Request::Provision(Box::new(ProvisionCommand { at_ms: now_ms(), op }));
+    let req = Request::Provision(Box::new(ProvisionCommand {
+        at_ms: now_ms(),
+        op,
+    }));
     let resp = s.raft.propose(req).await?;
     resp.provision
         .ok_or_else(|| ApiError::internal("the state machine gave no provisioning result"))
@@ -182,16 +195,26 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/accounts", get(list_accounts).post(add_account))
         .route(
             "/v1/accounts/{aor}",
-            get(get_account).patch(update_account).delete(remove_account),
+            get(get_account)
+                .patch(update_account)
+                .delete(remove_account),
         )
         .route("/v1/accounts/{aor}/aliases", post(add_alias))
         .route("/v1/aliases/{alias}", get(get_alias).delete(remove_alias))
         .route("/v1/import", post(import))
         .route("/v1/changes", get(changes))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", None, "no such resource (see docs/provisioning.md)")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                None,
+                "no such resource (see docs/provisioning.md)",
+            )
         })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), admins_only))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admins_only,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -200,9 +223,12 @@ async fn status(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>>
     let counts = read(&s, |db| db.counts()).await?;
     let l = s.raft.current_leadership();
     let m = s.raft.raft().metrics().borrow().clone();
-    let leader = l
-        .leader
-        .and_then(|id| m.membership_config.nodes().find(|(k, _)| **k == id).map(|(_, n)| n.name.clone()));
+    let leader = l.leader.and_then(|id| {
+        m.membership_config
+            .nodes()
+            .find(|(k, _)| **k == id)
+            .map(|(_, n)| n.name.clone())
+    });
     Ok(Json(json!({
         "manager": s.name,
         "term": l.term,
@@ -230,7 +256,9 @@ async fn get_domain(
     let n = name.clone();
     match read(&s, move |db| db.domain(&n)).await? {
         Some(d) => Ok(Json(DomainView::from(&d))),
-        None => Err(ProvError::not_found("name", format!("domain {name} is not provisioned")).into()),
+        None => {
+            Err(ProvError::not_found("name", format!("domain {name} is not provisioned")).into())
+        }
     }
 }
 
@@ -244,9 +272,14 @@ async fn add_domain(State(s): State<ApiState>, body: Bytes) -> ApiResult<Respons
     }
 }
 
-async fn remove_domain(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn remove_domain(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     let name = check_domain("name", &name)?;
-    propose(&s, ProvisionOp::RemoveDomain { name }).await?.outcome?;
+    propose(&s, ProvisionOp::RemoveDomain { name })
+        .await?
+        .outcome?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -293,7 +326,9 @@ fn new_account(b: AccountBody) -> Result<NewAccount, ProvError> {
         b.ha1_md5.as_deref(),
         b.ha1_sha256.as_deref(),
     )?
-    .ok_or_else(|| ProvError::invalid("password", "a password (or both HA1 digests) is required"))?;
+    .ok_or_else(|| {
+        ProvError::invalid("password", "a password (or both HA1 digests) is required")
+    })?;
     Ok(NewAccount {
         user: b.user,
         domain,
@@ -308,7 +343,9 @@ async fn add_account(State(s): State<ApiState>, body: Bytes) -> ApiResult<Respon
     let account = new_account(b)?;
     let r = propose(&s, ProvisionOp::AddAccount { account }).await?;
     match r.outcome? {
-        Applied::Account(a) => Ok((StatusCode::CREATED, Json(AccountView::from(&*a))).into_response()),
+        Applied::Account(a) => {
+            Ok((StatusCode::CREATED, Json(AccountView::from(&*a))).into_response())
+        }
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
 }
@@ -362,7 +399,10 @@ async fn update_account(
     }
 }
 
-async fn remove_account(State(s): State<ApiState>, Path(aor): Path<String>) -> ApiResult<StatusCode> {
+async fn remove_account(
+    State(s): State<ApiState>,
+    Path(aor): Path<String>,
+) -> ApiResult<StatusCode> {
     let (user, domain) = parse_aor("aor", &aor)?;
     propose(
         &s,
@@ -391,7 +431,12 @@ async fn list_accounts(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(q) = q.map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("query"), e.body_text())
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("query"),
+            e.body_text(),
+        )
     })?;
     let domain = match &q.domain {
         Some(d) => Some(check_domain("domain", d)?),
@@ -429,7 +474,9 @@ async fn add_alias(
     )
     .await?;
     match r.outcome? {
-        Applied::Alias(a) => Ok((StatusCode::CREATED, Json(AccountView::from(&*a))).into_response()),
+        Applied::Alias(a) => {
+            Ok((StatusCode::CREATED, Json(AccountView::from(&*a))).into_response())
+        }
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
 }
@@ -447,7 +494,10 @@ async fn get_alias(
     }
 }
 
-async fn remove_alias(State(s): State<ApiState>, Path(alias): Path<String>) -> ApiResult<StatusCode> {
+async fn remove_alias(
+    State(s): State<ApiState>,
+    Path(alias): Path<String>,
+) -> ApiResult<StatusCode> {
     let (u, d) = parse_aor("alias", &alias)?;
     propose(
         &s,
@@ -474,7 +524,12 @@ async fn changes(
     q: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(q) = q.map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("query"), e.body_text())
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("query"),
+            e.body_text(),
+        )
     })?;
     let limit = q.limit.unwrap_or(1000);
     if limit == 0 || limit > 10 * MAX_PAGE {
@@ -539,27 +594,47 @@ pub(crate) fn parse_csv(
         .from_reader(body);
     let headers = rdr
         .headers()
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("header"), format!("the CSV header row cannot be read: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                Some("header"),
+                format!("the CSV header row cannot be read: {e}"),
+            )
+        })?
         .clone();
     let mut col = [None; COLUMNS.len()];
     for (i, h) in headers.iter().enumerate() {
         match COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(h)) {
             Some(k) if col[k].is_none() => col[k] = Some(i),
             Some(_) => {
-                return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("header"), format!("column {h:?} appears twice")))
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    Some("header"),
+                    format!("column {h:?} appears twice"),
+                ))
             }
             None => {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid",
                     Some("header"),
-                    format!("unknown column {h:?}; the columns are {}", COLUMNS.join(", ")),
+                    format!(
+                        "unknown column {h:?}; the columns are {}",
+                        COLUMNS.join(", ")
+                    ),
                 ))
             }
         }
     }
     if col[0].is_none() || col[1].is_none() {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("header"), "the header row must name the columns user and domain"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("header"),
+            "the header row must name the columns user and domain",
+        ));
     }
     if col[2].is_none() && (col[5].is_none() || col[6].is_none()) {
         return Err(ApiError::new(
@@ -576,7 +651,10 @@ pub(crate) fn parse_csv(
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
-                out.push((row, Err(ProvError::invalid("row", format!("not a CSV row: {e}")))));
+                out.push((
+                    row,
+                    Err(ProvError::invalid("row", format!("not a CSV row: {e}"))),
+                ));
                 continue;
             }
         };
@@ -585,7 +663,11 @@ pub(crate) fn parse_csv(
                 row,
                 Err(ProvError::invalid(
                     "row",
-                    format!("{} fields where the header has {}", rec.len(), headers.len()),
+                    format!(
+                        "{} fields where the header has {}",
+                        rec.len(),
+                        headers.len()
+                    ),
                 )),
             ));
             continue;
@@ -595,7 +677,13 @@ pub(crate) fn parse_csv(
             None | Some("true") | Some("yes") | Some("1") => true,
             Some("false") | Some("no") | Some("0") => false,
             Some(other) => {
-                out.push((row, Err(ProvError::invalid("enabled", format!("{other:?} is not true or false")))));
+                out.push((
+                    row,
+                    Err(ProvError::invalid(
+                        "enabled",
+                        format!("{other:?} is not true or false"),
+                    )),
+                ));
                 continue;
             }
         };
@@ -612,7 +700,10 @@ pub(crate) fn parse_csv(
             if seen.insert((a.user.clone(), a.domain.clone())) {
                 Ok(a)
             } else {
-                Err(ProvError::exists("user", format!("{}@{} appears twice in this import", a.user, a.domain)))
+                Err(ProvError::exists(
+                    "user",
+                    format!("{}@{} appears twice in this import", a.user, a.domain),
+                ))
             }
         });
         out.push((row, result));
@@ -623,9 +714,14 @@ pub(crate) fn parse_csv(
 fn check_import_id(id: &str) -> Result<(), ProvError> {
     if id.is_empty()
         || id.len() > 64
-        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
-        return Err(ProvError::invalid("import", "1 to 64 letters, digits, '.', '_' or '-'"));
+        return Err(ProvError::invalid(
+            "import",
+            "1 to 64 letters, digits, '.', '_' or '-'",
+        ));
     }
     Ok(())
 }
@@ -636,7 +732,12 @@ async fn import(
     body: Bytes,
 ) -> ApiResult<Json<ImportReport>> {
     let Query(q) = q.map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("query"), e.body_text())
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("query"),
+            e.body_text(),
+        )
     })?;
     let import = match q.import {
         Some(id) => {
@@ -684,11 +785,20 @@ async fn import(
                 for (row, a) in rows {
                     let aor = format!("{}@{}", a.user, a.domain);
                     let err = if db.domain(&a.domain)?.is_none() {
-                        Some(ProvError::not_found("domain", format!("domain {} is not provisioned", a.domain)))
+                        Some(ProvError::not_found(
+                            "domain",
+                            format!("domain {} is not provisioned", a.domain),
+                        ))
                     } else if db.account(&aor)?.is_some() {
-                        Some(ProvError::exists("user", format!("account {aor} exists already")))
+                        Some(ProvError::exists(
+                            "user",
+                            format!("account {aor} exists already"),
+                        ))
                     } else if let Some(owner) = db.alias(&aor)? {
-                        Some(ProvError::exists("user", format!("{aor} is an alias of {owner} already")))
+                        Some(ProvError::exists(
+                            "user",
+                            format!("{aor} is an alias of {owner} already"),
+                        ))
                     } else {
                         None
                     };
