@@ -212,6 +212,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         // Serialises with `install_snapshot`; never replace a newer snapshot with an older one.
         let mut current = self.current.lock().await;
+        let started = std::time::Instant::now();
         let file = format!("snapshot-{}.data", nanos());
         let (db, dir, name) = (self.db.clone(), self.dir.clone(), file.clone());
         let (ptr, bytes) = disk::blocking(move || db.dump(&dir.join(&name)))
@@ -245,6 +246,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         tracing::info!(
             bytes = next.bytes,
             last = ?next.meta.last_log_id,
+            ms = started.elapsed().as_millis() as u64,
             "provisioning snapshot built"
         );
         let out = open_snapshot(&self.dir, &next)
@@ -335,6 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         use tokio::io::AsyncSeekExt;
         let err = |verb, e| snap_err(Some(meta), verb, e);
+        let started = std::time::Instant::now();
         // The data may be any file (usually the one begin_receiving_snapshot made): copy it
         // whole into a snapshot file of ours, then load that.
         let mut current = self.current.lock().await;
@@ -370,7 +373,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             let records = db.restore(&dir.join(&n.file), &ptr)?;
             name_current(&dir, &n)?;
-            tracing::info!(records, bytes = n.bytes, "provisioning snapshot installed");
+            tracing::info!(
+                records,
+                bytes = n.bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "provisioning snapshot installed"
+            );
             Ok(())
         })
         .await
