@@ -203,6 +203,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/aliases/{alias}", get(get_alias).delete(remove_alias))
         .route("/v1/import", post(import))
         .route("/v1/changes", get(changes))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                None,
+                "this path does not take that method (see docs/provisioning.md)",
+            )
+        })
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -794,13 +802,13 @@ async fn import(
                             "user",
                             format!("account {aor} exists already"),
                         ))
-                    } else if let Some(owner) = db.alias(&aor)? {
-                        Some(ProvError::exists(
-                            "user",
-                            format!("{aor} is an alias of {owner} already"),
-                        ))
                     } else {
-                        None
+                        db.alias(&aor)?.map(|owner| {
+                            ProvError::exists(
+                                "user",
+                                format!("{aor} is an alias of {owner} already"),
+                            )
+                        })
                     };
                     out.push((row, err));
                 }

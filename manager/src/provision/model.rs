@@ -8,9 +8,7 @@
 
 use std::fmt;
 
-use md5::Md5;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Most characters of a user part.
 pub const MAX_USER: usize = 64;
@@ -37,18 +35,19 @@ impl fmt::Debug for Ha1 {
 }
 
 impl Ha1 {
-    /// The digests of `user`'s `password` in `realm` (the account's domain).
+    /// The digests of `user`'s `password` in `realm` (the account's domain), computed by the
+    /// SIP crate's digest module (the one the proxies verify with).
     pub fn from_password(user: &str, realm: &str, password: &str) -> Ha1 {
-        let mut md5 = Md5::new();
-        let mut sha = Sha256::new();
-        for part in [user, ":", realm, ":", password] {
-            md5.update(part.as_bytes());
-            sha.update(part.as_bytes());
-        }
-        Ha1 {
-            md5: md5.finalize().into(),
-            sha256: sha.finalize().into(),
-        }
+        use onehop_sip::digest::{ha1, Algorithm};
+        let mut out = Ha1 {
+            md5: [0; 16],
+            sha256: [0; 32],
+        };
+        out.md5
+            .copy_from_slice(ha1(Algorithm::Md5, user, realm, password).as_bytes());
+        out.sha256
+            .copy_from_slice(ha1(Algorithm::Sha256, user, realm, password).as_bytes());
+        out
     }
 
     /// Digests given in hex (32 and 64 hex digits), as exported from another registrar.
