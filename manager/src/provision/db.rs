@@ -21,7 +21,7 @@
 //! Accounts and aliases are keyed by domain first, so a domain's accounts are one range.
 //!
 //! # Snapshot file
-//! A sequence of frames (`len: u32 LE`, `crc32: u32 LE`, bincode [`SnapRecord`]), opening with
+//! A sequence of frames (`len: u32 LE`, `crc32: u32 LE`, bincode `SnapRecord`), opening with
 //! a header and closing with an end record that counts the records, so a cut or damaged file is
 //! refused rather than half loaded.
 
