@@ -134,6 +134,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         subscribe: vec![Topic::Members, Topic::Network, Topic::Crl, Topic::Manager],
         ..Default::default()
     };
+    let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    provision::push::spawn(
+        raft.clone(),
+        endpoint.clone(),
+        conns.clone(),
+        status_rx,
+        &metrics,
+        api_token.clone(),
+    );
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
     info!(%name, id = cfg.id, raft = %raft_addr, "manager started");
 
@@ -166,7 +175,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                         true
                     }
                     ClientEvent::Down { .. } => false,
-                    ClientEvent::Event(ev) => publisher.on_event(&ev),
+                    ClientEvent::Event(ev) => {
+                        if let onehop_overlay::wire::Payload::Network(s) = &ev.payload {
+                            status_tx.send_if_modified(|held| {
+                                let newer = s.supersedes(held.as_ref());
+                                if newer {
+                                    *held = Some(s.clone());
+                                }
+                                newer
+                            });
+                        }
+                        publisher.on_event(&ev)
+                    }
                 };
                 if changed && publisher.is_active() && due.is_none() {
                     due = Some(tokio::time::Instant::now() + batch);

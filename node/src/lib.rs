@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod lookup;
 pub mod peer;
+pub mod provision;
 pub mod proxy;
 pub mod relay;
 pub mod roles;

@@ -1,9 +1,10 @@
 //! Node-to-node requests over QUIC with mutual TLS (UDP [`PEER_PORT`], 8002).
 //!
-//! Every node serves the peer port and calls other nodes on theirs. Only `node` certificates
-//! are accepted on either side: a caller checks that the callee presents the `node`
-//! certificate of the member it meant to reach, the server refuses connections from any other
-//! kind (and says so in its log).
+//! Every node serves the peer port and calls other nodes on theirs. A caller checks that the
+//! callee presents the `node` certificate of the member it meant to reach. The server accepts
+//! `node` certificates for every service and `manager` certificates for the `provision`
+//! service alone (the active manager pushes accounts to their owners); it refuses connections
+//! from any other kind, and calls of a manager to another service (and says so in its log).
 //!
 //! # Wire format
 //!
@@ -87,11 +88,19 @@ pub enum Service {
     Sip = 1,
     /// Media relay sessions ([`crate::relay::control`]).
     Relay = 2,
+    /// Provisioning data pushed by the active manager ([`crate::provision`]); the only
+    /// service a `manager` certificate may call.
+    Provision = 3,
 }
 
 impl Service {
     /// Every service, in wire order.
-    pub const ALL: [Service; 3] = [Service::Store, Service::Sip, Service::Relay];
+    pub const ALL: [Service; 4] = [
+        Service::Store,
+        Service::Sip,
+        Service::Relay,
+        Service::Provision,
+    ];
 
     /// The service with this wire id, if it is one we know.
     pub fn from_u8(id: u8) -> Option<Service> {
@@ -104,6 +113,7 @@ impl Service {
             Service::Store => "store",
             Service::Sip => "sip",
             Service::Relay => "relay",
+            Service::Provision => "provision",
         }
     }
 }
@@ -625,12 +635,12 @@ pub async fn serve(
                 }
             };
             let id = match peer_identity(&conn) {
-                Ok(id) if id.kind == Kind::Node => id,
+                Ok(id) if id.kind == Kind::Node || id.kind == Kind::Manager => id,
                 Ok(id) => {
-                    warn!(peer = %peer_label(Some(&id.name), remote), peer_kind = %id.kind, "refused peer connection: a {} certificate; only node certificates may use the peer port", id.kind);
+                    warn!(peer = %peer_label(Some(&id.name), remote), peer_kind = %id.kind, "refused peer connection: a {} certificate; only node (and, for provisioning, manager) certificates may use the peer port", id.kind);
                     conn.close(
                         CloseCode::Forbidden.varint(),
-                        b"only node certificates may use the peer port",
+                        b"only node and manager certificates may use the peer port",
                     );
                     return;
                 }
@@ -724,6 +734,13 @@ async fn serve_stream(
     };
     let answer = match Service::from_u8(id) {
         None => response_frame(STATUS_REFUSED, format!("unknown service {id}").as_bytes()),
+        Some(service) if from.kind != Kind::Node && service != Service::Provision => {
+            warn!(%service, peer_kind = %from.kind, "refused a peer call: the service is for nodes only");
+            response_frame(
+                STATUS_REFUSED,
+                format!("service {service} is for nodes only").as_bytes(),
+            )
+        }
         Some(service) => match handlers.get(service) {
             None => response_frame(
                 STATUS_REFUSED,

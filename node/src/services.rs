@@ -88,6 +88,7 @@ pub async fn start(
     );
     if identity.roles.iter().any(|r| r.as_str() == REGISTRAR) {
         store.register_updater(REGISTRAR, Arc::new(RegistrarUpdater));
+        crate::provision::serve(&peer, store.clone(), metrics);
     }
 
     let relay = if identity

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod overrides;
+pub mod provision;
 pub mod ring;
 pub mod status;
 pub mod tls;

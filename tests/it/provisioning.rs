@@ -693,3 +693,76 @@ fn the_leader_killed_during_an_import_and_every_manager_restarted_lose_no_accoun
     }
     assert!(leader(&c).is_some(), "a leader after the restart");
 }
+
+/// The node that owns `aor` on the registrar ring, by the lookup interface.
+fn owner_of(farm: &Farm, aor: &str) -> String {
+    let ip = farm.lookup("node1").ask(&format!("lookup registrar for {aor}"));
+    farm.file
+        .members
+        .iter()
+        .find(|m| m.ip.to_string() == ip)
+        .unwrap_or_else(|| panic!("no member at {ip:?}"))
+        .name
+        .clone()
+}
+
+fn provision_version(farm: &Farm, node: &str) -> i64 {
+    let m = farm.file.member(node).unwrap();
+    crate::harness::scrape(m.addr("metrics").unwrap())
+        .and_then(|m| m.get("onehop_provision_version").copied())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_account_change_reaches_its_owner_within_a_second() {
+    let farm = Farm::up_with_rings(
+        "127.0.183.1",
+        &["--dns", "0", "--no-demo-accounts"],
+        &["registrar"],
+    );
+    let c = Client::for_farm(farm.path()).unwrap();
+    assert_eq!(call(&c, Method::POST, "/v1/domains", Some(json!({"name": "example.test"}))).0, 201);
+    for (i, user) in ["dora", "emil", "fay", "gus"].iter().enumerate() {
+        let start = Instant::now();
+        let (s, v) = call(
+            &c,
+            Method::POST,
+            "/v1/accounts",
+            Some(json!({"user": user, "domain": "example.test", "password": format!("secret-{user}-1")})),
+        );
+        assert_eq!(s, 201, "{v}");
+        let version = v["updated_version"].as_i64().unwrap();
+        let aor = format!("{user}@example.test");
+        let owner = owner_of(&farm, &aor);
+        let took = wait_for(Duration::from_secs(5), || {
+            (provision_version(&farm, &owner) >= version).then(|| start.elapsed())
+        });
+        within_budget(&format!("account {i} at its owner {owner}"), took, Duration::from_secs(1), 1.5);
+        // A password change, the same way.
+        let start = Instant::now();
+        let (s, v) = call(
+            &c,
+            Method::PATCH,
+            &format!("/v1/accounts/{aor}"),
+            Some(json!({"password": format!("secret-{user}-2")})),
+        );
+        assert_eq!(s, 200, "{v}");
+        let version = v["updated_version"].as_i64().unwrap();
+        let took = wait_for(Duration::from_secs(5), || {
+            (provision_version(&farm, &owner) >= version).then(|| start.elapsed())
+        });
+        within_budget(&format!("password change {i} at {owner}"), took, Duration::from_secs(1), 1.5);
+    }
+    // Every push was held by its replica set; none failed for good.
+    let applied: i64 = farm
+        .names("node")
+        .iter()
+        .map(|n| {
+            let m = farm.file.member(n).unwrap();
+            crate::harness::scrape(m.addr("metrics").unwrap())
+                .and_then(|m| m.get("onehop_provision_changes_applied_total").copied())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(applied, 8, "each of the 8 changes applied once at an owner");
+}

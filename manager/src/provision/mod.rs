@@ -5,9 +5,11 @@
 //! - [`model`]: the records and the commands (replicated in the Raft log).
 //! - [`db`]: the redb database the state machine applies them to, with dumps and restores
 //!   for snapshots.
+//! - [`push`]: the active manager pushing account changes to the nodes that own them.
 
 pub mod db;
 pub mod model;
+pub mod push;
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,8 @@ use tracing::debug;
 use super::core::CoreHandle;
 use super::{BoxFut, LocateError, Locator, PeerLink, Receipt, SipEnvelope};
 use crate::peer::{PeerAddr, PeerHandler, PeerNet, Service};
+use onehop_overlay::provision::{AccountRecord, PushOp};
+
 use crate::sip::registrar::{
     Binding, Bindings, ContactInfo, Flow, RegisterContacts, RegisterInfo, RegistrarPolicy,
 };
@@ -121,7 +123,50 @@ impl RegisterOp {
     }
 }
 
-/// Applies REGISTERs at the AOR's owner (RFC 3261 section 10.3 rules), atomically per AOR.
+/// What the registrar keeps under an AOR: its bindings and, once the active manager pushed it,
+/// its account. Encoded as the bindings followed by the rest, so a node of an earlier version
+/// (which decodes the bindings and ignores what follows) still reads the bindings.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AorEntry {
+    bindings: Bindings,
+    account: Option<AccountRecord>,
+    /// The highest account change version applied (a put or a removal): older changes are
+    /// ignored.
+    seen: u64,
+}
+
+fn decode_entry(b: &[u8]) -> Result<AorEntry, String> {
+    decode::<AorEntry>(b).or_else(|_| {
+        decode::<Bindings>(b).map(|bindings| AorEntry {
+            bindings,
+            ..AorEntry::default()
+        })
+    })
+}
+
+/// An entry holding an account never expires (it goes with a removal).
+const NEVER: u64 = u64::MAX / 4;
+
+/// First byte of the registrar ops of this version. An earlier version's `RegisterOp` never
+/// starts with it (a bincode varint never does), so both are told apart.
+const OP_TAG: u8 = 0xFF;
+
+/// A registrar op of this version.
+#[derive(Debug, Serialize, Deserialize)]
+enum RegistrarOp {
+    /// An account change pushed by the active manager.
+    Account(PushOp),
+}
+
+/// The store op applying `op` to its AOR's entry.
+pub fn account_op(op: &PushOp) -> Bytes {
+    let mut out = vec![OP_TAG];
+    out.extend_from_slice(&encode(&RegistrarOp::Account(op.clone())));
+    Bytes::from(out)
+}
+
+/// Applies REGISTERs (RFC 3261 section 10.3 rules) and account changes at the AOR's owner,
+/// atomically per AOR.
 pub struct RegistrarUpdater;
 
 fn expiry(b: &Bindings) -> u64 {
@@ -132,6 +177,21 @@ fn expiry(b: &Bindings) -> u64 {
         .unwrap_or(0)
 }
 
+impl AorEntry {
+    /// The value to store and its expiry; `None` when nothing is left.
+    fn stored(&self, now_ms: u64) -> (Option<Bytes>, u64) {
+        if self.account.is_some() {
+            return (Some(encode(self)), NEVER);
+        }
+        let live = self.bindings.current(now_ms);
+        if live.is_empty() && self.bindings.is_empty() {
+            (None, now_ms)
+        } else {
+            (Some(encode(self)), expiry(&self.bindings).max(now_ms + 1))
+        }
+    }
+}
+
 impl Updater for RegistrarUpdater {
     fn apply(
         &self,
@@ -140,23 +200,31 @@ impl Updater for RegistrarUpdater {
         op: &[u8],
         now_ms: u64,
     ) -> Result<(Option<Bytes>, u64, Bytes), String> {
-        let op: RegisterOp = decode(op)?;
-        let mut bindings: Bindings = match current {
-            Some(b) => decode(b)?,
-            None => Bindings::new(),
+        let mut entry = match current {
+            Some(b) => decode_entry(b)?,
+            None => AorEntry::default(),
         };
-        bindings.purge(now_ms);
+        entry.bindings.purge(now_ms);
+        if let Some((&OP_TAG, rest)) = op.split_first() {
+            let RegistrarOp::Account(change) = decode(rest)?;
+            let newer = change.version() > entry.seen;
+            if newer {
+                entry.seen = change.version();
+                entry.account = match change {
+                    PushOp::Put { account, .. } => Some(account),
+                    PushOp::Remove { .. } => None,
+                };
+            }
+            let (value, until) = entry.stored(now_ms);
+            return Ok((value, until, encode(&newer)));
+        }
+        let op: RegisterOp = decode(op)?;
         let (info, policy) = op.info();
-        match bindings.apply_register(&info, now_ms, &policy) {
+        match entry.bindings.apply_register(&info, now_ms, &policy) {
             Ok(now_bound) => {
                 let reply = encode(&RegisterReply::Ok(now_bound));
-                let live = bindings.current(now_ms);
-                if live.is_empty() && bindings.is_empty() {
-                    Ok((None, now_ms, reply))
-                } else {
-                    let until = expiry(&bindings).max(now_ms + 1);
-                    Ok((Some(encode(&bindings)), until, reply))
-                }
+                let (value, until) = entry.stored(now_ms);
+                Ok((value, until, reply))
             }
             Err(e) => {
                 let le: LocateError = e.into();
@@ -175,7 +243,11 @@ impl Updater for RegistrarUpdater {
                 });
                 // Nothing changes: keep what was held.
                 let keep = current.cloned();
-                let until = expiry(&bindings).max(now_ms + 1);
+                let until = if entry.account.is_some() {
+                    NEVER
+                } else {
+                    expiry(&entry.bindings).max(now_ms + 1)
+                };
                 Ok((keep, until, reply))
             }
         }
@@ -539,5 +611,116 @@ impl PeerHandler for SipHandler {
                 Err(e) => Bytes::from(format!("bad envelope: {e}")),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod account_tests {
+    use super::*;
+
+    fn record(version: u64, enabled: bool) -> AccountRecord {
+        AccountRecord {
+            version,
+            enabled,
+            ha1_md5: [version as u8; 16],
+            ha1_sha256: [version as u8; 32],
+            display_name: None,
+        }
+    }
+
+    fn put(version: u64) -> Bytes {
+        account_op(&PushOp::Put {
+            aor: "alice@example.test".into(),
+            account: record(version, true),
+        })
+    }
+
+    fn register(cseq: u32) -> Bytes {
+        let info = RegisterInfo {
+            aor: "alice@example.test".into(),
+            call_id: "c1".into(),
+            cseq,
+            expires: Some(600),
+            contacts: RegisterContacts::Set(vec![ContactInfo {
+                uri: "sip:alice@192.0.2.1:5060".into(),
+                expires: None,
+                q: None,
+            }]),
+            flow: None,
+            received: None,
+        };
+        encode(&RegisterOp::new(info, &RegistrarPolicy::default()))
+    }
+
+    fn apply(current: Option<&Bytes>, op: &[u8]) -> (Option<Bytes>, u64, Bytes) {
+        RegistrarUpdater
+            .apply("alice@example.test", current, op, 1_000_000)
+            .unwrap()
+    }
+
+    #[test]
+    fn an_account_lives_beside_the_bindings_and_only_newer_changes_apply() {
+        let (v, until, reply) = apply(None, &put(5));
+        assert_eq!(until, NEVER, "an account does not expire");
+        assert!(decode::<bool>(&reply).unwrap());
+        let v = v.unwrap();
+        assert_eq!(decode_entry(&v).unwrap().account, Some(record(5, true)));
+        // A REGISTER keeps the account; the bindings are read as before (an earlier version's
+        // reader decodes the bindings at the front and ignores the rest).
+        let (v, until, _) = apply(Some(&v), &register(1));
+        let v = v.unwrap();
+        assert_eq!(until, NEVER);
+        let e = decode_entry(&v).unwrap();
+        assert_eq!(e.account, Some(record(5, true)));
+        assert_eq!(e.bindings.current(1_000_000).len(), 1);
+        assert_eq!(decode::<Bindings>(&v).unwrap().current(1_000_000).len(), 1);
+        // An older change (a push sent again after a failover) changes nothing.
+        let (v2, _, reply) = apply(Some(&v), &put(4));
+        assert!(!decode::<bool>(&reply).unwrap());
+        assert_eq!(decode_entry(&v2.unwrap()).unwrap().account, Some(record(5, true)));
+        // A newer one replaces it.
+        let (v, _, _) = apply(Some(&v), &account_op(&PushOp::Put {
+            aor: "alice@example.test".into(),
+            account: record(9, false),
+        }));
+        let v = v.unwrap();
+        assert_eq!(decode_entry(&v).unwrap().account, Some(record(9, false)));
+        // A removal takes the account and leaves the bindings, which expire as before.
+        let (v, until, _) = apply(Some(&v), &account_op(&PushOp::Remove {
+            aor: "alice@example.test".into(),
+            version: 10,
+        }));
+        let e = decode_entry(&v.unwrap()).unwrap();
+        assert_eq!((e.account, e.seen), (None, 10));
+        assert!(until < NEVER && until > 1_000_000);
+        // Removing an account with no bindings leaves nothing.
+        let (v, _, _) = apply(None, &put(3));
+        let (v, _, _) = apply(v.as_ref(), &account_op(&PushOp::Remove {
+            aor: "alice@example.test".into(),
+            version: 4,
+        }));
+        assert!(v.is_none());
+    }
+
+    #[test]
+    fn an_entry_written_by_an_earlier_version_is_read() {
+        let mut b = Bindings::new();
+        let info = RegisterOp::new(
+            decode::<RegisterOp>(&register(1)).unwrap().info().0,
+            &RegistrarPolicy::default(),
+        )
+        .info()
+        .0;
+        b.apply_register(&info, 1_000_000, &RegistrarPolicy::default())
+            .unwrap();
+        let old = encode(&b);
+        let (v, _, _) = apply(Some(&old), &put(2));
+        let e = decode_entry(&v.unwrap()).unwrap();
+        assert_eq!(e.bindings.current(1_000_000).len(), 1);
+        assert_eq!(e.account, Some(record(2, true)));
+        // Garbage is an error, not a panic.
+        assert!(RegistrarUpdater
+            .apply("alice@example.test", None, &[OP_TAG, 0xFF, 0xFF], 1)
+            .is_err());
     }
 }
