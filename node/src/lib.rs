@@ -257,7 +257,7 @@ fn spawn_stats(
                 _ = stop.cancelled() => return,
             }
             stored.set(store.local_len() as i64);
-            let registered = store.local_len_role("registrar");
+            let registered = store.local_count_role("registrar", crate::proxy::glue::has_bindings);
             aors.set(registered as i64);
             let mut figures = vec![
                 ("store_entries".to_string(), store.local_len() as f64),

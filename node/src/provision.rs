@@ -78,7 +78,10 @@ impl ProvisionHandler {
         let mut results = vec![None; batch.ops.len()];
         let mut by_aor: BTreeMap<String, Vec<(usize, PushOp)>> = BTreeMap::new();
         for (i, op) in batch.ops.into_iter().enumerate() {
-            by_aor.entry(op.aor().to_string()).or_default().push((i, op));
+            by_aor
+                .entry(op.aor().to_string())
+                .or_default()
+                .push((i, op));
         }
         let groups: Vec<Vec<(usize, PushOp)>> = by_aor.into_values().collect();
         let done: Vec<Vec<(usize, Option<String>, u64)>> = futures::stream::iter(groups)
@@ -111,13 +114,17 @@ impl PeerHandler for ProvisionHandler {
         Box::pin(async move {
             if from.kind != Kind::Manager {
                 warn!(peer = %from.name, kind = %from.kind, "refused a provisioning push: only managers push");
-                return Bytes::from(encode(&PushReply { results: Vec::new() }));
+                return Bytes::from(encode(&PushReply {
+                    results: Vec::new(),
+                }));
             }
             match decode::<PushBatch>(&body) {
                 Ok(batch) => Bytes::from(encode(&self.batch(batch).await)),
                 Err(e) => {
                     warn!(peer = %from.name, cause = %e, "a malformed provisioning push");
-                    Bytes::from(encode(&PushReply { results: Vec::new() }))
+                    Bytes::from(encode(&PushReply {
+                        results: Vec::new(),
+                    }))
                 }
             }
         })

@@ -696,7 +696,9 @@ fn the_leader_killed_during_an_import_and_every_manager_restarted_lose_no_accoun
 
 /// The node that owns `aor` on the registrar ring, by the lookup interface.
 fn owner_of(farm: &Farm, aor: &str) -> String {
-    let ip = farm.lookup("node1").ask(&format!("lookup registrar for {aor}"));
+    let ip = farm
+        .lookup("node1")
+        .ask(&format!("lookup registrar for {aor}"));
     farm.file
         .members
         .iter()
@@ -721,14 +723,25 @@ fn an_account_change_reaches_its_owner_within_a_second() {
         &["registrar"],
     );
     let c = Client::for_farm(farm.path()).unwrap();
-    assert_eq!(call(&c, Method::POST, "/v1/domains", Some(json!({"name": "example.test"}))).0, 201);
+    assert_eq!(
+        call(
+            &c,
+            Method::POST,
+            "/v1/domains",
+            Some(json!({"name": "example.test"}))
+        )
+        .0,
+        201
+    );
     for (i, user) in ["dora", "emil", "fay", "gus"].iter().enumerate() {
         let start = Instant::now();
         let (s, v) = call(
             &c,
             Method::POST,
             "/v1/accounts",
-            Some(json!({"user": user, "domain": "example.test", "password": format!("secret-{user}-1")})),
+            Some(
+                json!({"user": user, "domain": "example.test", "password": format!("secret-{user}-1")}),
+            ),
         );
         assert_eq!(s, 201, "{v}");
         let version = v["updated_version"].as_i64().unwrap();
@@ -737,7 +750,12 @@ fn an_account_change_reaches_its_owner_within_a_second() {
         let took = wait_for(Duration::from_secs(5), || {
             (provision_version(&farm, &owner) >= version).then(|| start.elapsed())
         });
-        within_budget(&format!("account {i} at its owner {owner}"), took, Duration::from_secs(1), 1.5);
+        within_budget(
+            &format!("account {i} at its owner {owner}"),
+            took,
+            Duration::from_secs(1),
+            1.5,
+        );
         // A password change, the same way.
         let start = Instant::now();
         let (s, v) = call(
@@ -751,7 +769,12 @@ fn an_account_change_reaches_its_owner_within_a_second() {
         let took = wait_for(Duration::from_secs(5), || {
             (provision_version(&farm, &owner) >= version).then(|| start.elapsed())
         });
-        within_budget(&format!("password change {i} at {owner}"), took, Duration::from_secs(1), 1.5);
+        within_budget(
+            &format!("password change {i} at {owner}"),
+            took,
+            Duration::from_secs(1),
+            1.5,
+        );
     }
     // Every push was held by its replica set; none failed for good.
     let applied: i64 = farm

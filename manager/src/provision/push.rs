@@ -76,7 +76,11 @@ struct Pusher {
 }
 
 impl Pusher {
-    async fn connection(&mut self, name: &str, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    async fn connection(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, String> {
         if let Some(c) = self.conns.get(name) {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
@@ -93,7 +97,10 @@ impl Pusher {
         let id = peer_identity(&conn).map_err(|e| e.to_string())?;
         if id.kind != Kind::Node || id.name != name {
             conn.close(CloseCode::Forbidden.varint(), b"not the expected node");
-            return Err(format!("{addr} is {} ({}), not node {name}", id.name, id.kind));
+            return Err(format!(
+                "{addr} is {} ({}), not node {name}",
+                id.name, id.kind
+            ));
         }
         self.table.insert(id, conn.clone());
         self.conns.insert(name.to_string(), conn.clone());
@@ -127,7 +134,10 @@ impl Pusher {
             .await
             .map_err(|_| format!("{name}: no answer within {CALL_TIMEOUT:?}"))??;
         if reply.results.len() != n {
-            return Err(format!("{name} answered {} results for {n} changes", reply.results.len()));
+            return Err(format!(
+                "{name} answered {} results for {n} changes",
+                reply.results.len()
+            ));
         }
         match reply.results.iter().flatten().next() {
             None => Ok(()),
@@ -144,12 +154,19 @@ impl Pusher {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         let (ops, upto): (Vec<PushOp>, u64) = if page.truncated {
-            info!(from, first = page.first, "the change log no longer reaches the version pushed: pushing every account");
+            info!(
+                from,
+                first = page.first,
+                "the change log no longer reaches the version pushed: pushing every account"
+            );
             (self.all_accounts().await?, page.version)
         } else {
             let upto = page.changes.last().map_or(from, |c| c.version);
             (
-                page.changes.iter().flat_map(|c| ops_of(&c.what, c.version)).collect(),
+                page.changes
+                    .iter()
+                    .flat_map(|c| ops_of(&c.what, c.version))
+                    .collect(),
                 upto,
             )
         };
@@ -321,7 +338,12 @@ mod tests {
             created_ms: 1,
             updated_ms: 2,
         };
-        let ops = ops_of(&ChangeKind::AccountPut { account: Box::new(a.clone()) }, 7);
+        let ops = ops_of(
+            &ChangeKind::AccountPut {
+                account: Box::new(a.clone()),
+            },
+            7,
+        );
         assert_eq!(
             ops,
             vec![PushOp::Put {
@@ -336,10 +358,25 @@ mod tests {
             }]
         );
         assert_eq!(
-            ops_of(&ChangeKind::AccountRemoved { aor: "alice@example.test".into(), aliases: vec![] }, 9),
-            vec![PushOp::Remove { aor: "alice@example.test".into(), version: 9 }]
+            ops_of(
+                &ChangeKind::AccountRemoved {
+                    aor: "alice@example.test".into(),
+                    aliases: vec![]
+                },
+                9
+            ),
+            vec![PushOp::Remove {
+                aor: "alice@example.test".into(),
+                version: 9
+            }]
         );
-        assert!(ops_of(&ChangeKind::DomainAdded { name: "x.test".into() }, 1).is_empty());
+        assert!(ops_of(
+            &ChangeKind::DomainAdded {
+                name: "x.test".into()
+            },
+            1
+        )
+        .is_empty());
         assert!(format!("{:?}", ops[0]).contains("<redacted>"));
     }
 }

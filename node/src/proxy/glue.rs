@@ -144,6 +144,12 @@ fn decode_entry(b: &[u8]) -> Result<AorEntry, String> {
     })
 }
 
+/// Whether a registrar entry holds bindings (live, or expired and not purged yet), without
+/// decoding it: the entry starts with the bindings' count (a bincode varint, 0 for none).
+pub fn has_bindings(value: &[u8]) -> bool {
+    value.first().is_some_and(|&n| n != 0)
+}
+
 /// An entry holding an account never expires (it goes with a removal).
 const NEVER: u64 = u64::MAX / 4;
 
@@ -665,6 +671,7 @@ mod account_tests {
         assert!(decode::<bool>(&reply).unwrap());
         let v = v.unwrap();
         assert_eq!(decode_entry(&v).unwrap().account, Some(record(5, true)));
+        assert!(!has_bindings(&v));
         // A REGISTER keeps the account; the bindings are read as before (an earlier version's
         // reader decodes the bindings at the front and ignores the rest).
         let (v, until, _) = apply(Some(&v), &register(1));
@@ -674,31 +681,44 @@ mod account_tests {
         assert_eq!(e.account, Some(record(5, true)));
         assert_eq!(e.bindings.current(1_000_000).len(), 1);
         assert_eq!(decode::<Bindings>(&v).unwrap().current(1_000_000).len(), 1);
+        assert!(has_bindings(&v));
         // An older change (a push sent again after a failover) changes nothing.
         let (v2, _, reply) = apply(Some(&v), &put(4));
         assert!(!decode::<bool>(&reply).unwrap());
-        assert_eq!(decode_entry(&v2.unwrap()).unwrap().account, Some(record(5, true)));
+        assert_eq!(
+            decode_entry(&v2.unwrap()).unwrap().account,
+            Some(record(5, true))
+        );
         // A newer one replaces it.
-        let (v, _, _) = apply(Some(&v), &account_op(&PushOp::Put {
-            aor: "alice@example.test".into(),
-            account: record(9, false),
-        }));
+        let (v, _, _) = apply(
+            Some(&v),
+            &account_op(&PushOp::Put {
+                aor: "alice@example.test".into(),
+                account: record(9, false),
+            }),
+        );
         let v = v.unwrap();
         assert_eq!(decode_entry(&v).unwrap().account, Some(record(9, false)));
         // A removal takes the account and leaves the bindings, which expire as before.
-        let (v, until, _) = apply(Some(&v), &account_op(&PushOp::Remove {
-            aor: "alice@example.test".into(),
-            version: 10,
-        }));
+        let (v, until, _) = apply(
+            Some(&v),
+            &account_op(&PushOp::Remove {
+                aor: "alice@example.test".into(),
+                version: 10,
+            }),
+        );
         let e = decode_entry(&v.unwrap()).unwrap();
         assert_eq!((e.account, e.seen), (None, 10));
         assert!(until < NEVER && until > 1_000_000);
         // Removing an account with no bindings leaves nothing.
         let (v, _, _) = apply(None, &put(3));
-        let (v, _, _) = apply(v.as_ref(), &account_op(&PushOp::Remove {
-            aor: "alice@example.test".into(),
-            version: 4,
-        }));
+        let (v, _, _) = apply(
+            v.as_ref(),
+            &account_op(&PushOp::Remove {
+                aor: "alice@example.test".into(),
+                version: 4,
+            }),
+        );
         assert!(v.is_none());
     }
 

@@ -536,6 +536,16 @@ impl Machine {
         })
     }
 
+    /// Entries of `role` with a live value here for which `pred` holds on the value.
+    pub fn local_count_role(&self, role: &str, now: u64, pred: impl Fn(&[u8]) -> bool) -> usize {
+        self.data.get(role).map_or(0, |m| {
+            m.values()
+                .filter_map(|e| e.live_value(now))
+                .filter(|v| pred(v))
+                .count()
+        })
+    }
+
     /// Keys of `role` with a live entry here, sorted.
     pub fn local_keys(&self, role: &str, now: u64) -> Vec<String> {
         self.data

@@ -432,6 +432,14 @@ impl Store {
             .local_len_role(role, driver::now_ms())
     }
 
+    /// Entries of `role` with a live value on this node for which `pred` holds on the value.
+    pub fn local_count_role(&self, role: &str, pred: impl Fn(&[u8]) -> bool) -> usize {
+        self.inner
+            .lock()
+            .machine
+            .local_count_role(role, driver::now_ms(), pred)
+    }
+
     /// Keys of `role` with a live entry on this node, sorted.
     pub fn local_keys(&self, role: &str) -> Vec<String> {
         self.inner.lock().machine.local_keys(role, driver::now_ms())
