@@ -789,3 +789,83 @@ fn an_account_change_reaches_its_owner_within_a_second() {
         .sum();
     assert_eq!(applied, 8, "each of the 8 changes applied once at an owner");
 }
+
+#[test]
+fn a_manager_that_was_down_catches_up_from_a_snapshot() {
+    let mut farm = Farm::up(
+        "127.0.184.1",
+        &["--nodes", "1", "--dns", "0", "--no-demo-accounts"],
+    );
+    let c = Client::for_farm(farm.path()).unwrap();
+    assert_eq!(
+        call(
+            &c,
+            Method::POST,
+            "/v1/domains",
+            Some(json!({"name": "example.test"}))
+        )
+        .0,
+        201
+    );
+    let leader_name = leader(&c).expect("a leader");
+    let names = farm.names("manager");
+    let down = names.iter().find(|n| **n != leader_name).unwrap().clone();
+    let down_i = names.iter().position(|n| *n == down).unwrap();
+    farm.signal(&down, "-KILL");
+    // 1,200 Raft entries (one import batch per row) while it is down: the others take a
+    // snapshot after 1,000 and drop the log behind it.
+    let file = farm.path().join("rows.csv");
+    std::fs::write(&file, csv(0..1_200, "")).unwrap();
+    let out = admin(
+        &farm,
+        &[
+            "--json",
+            "import",
+            file.to_str().unwrap(),
+            "--chunk",
+            "1",
+            "--import-id",
+            "lag",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let snapshots = wait_for(Duration::from_secs(20), || {
+        names
+            .iter()
+            .filter(|n| **n != down)
+            .all(|n| farm.log(n).contains("provisioning snapshot built"))
+            .then_some(())
+    });
+    assert!(snapshots.is_some(), "no snapshot was built");
+    farm.restart(&down);
+    let start = Instant::now();
+    let one = Client::new(
+        vec![managers(&farm)[down_i]],
+        &farm.file.client_tls(farm.file.admin.as_ref().unwrap()),
+    )
+    .unwrap();
+    let caught = wait_for(Duration::from_secs(60), || {
+        let (s, v) = call(&one, Method::GET, "/v1/status", None);
+        (s == 200 && v["accounts"].as_u64() == Some(1_200)).then(|| start.elapsed())
+    });
+    println!(
+        "{down} caught up in {caught:?}; its log: {}",
+        farm.log(&down)
+            .lines()
+            .filter(|l| l.contains("snapshot"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    assert!(caught.is_some(), "{down} did not catch up");
+    assert!(
+        farm.log(&down).contains("provisioning snapshot installed"),
+        "it caught up from the log, not a snapshot"
+    );
+    let (s, v) = call(&one, Method::GET, "/v1/accounts/u01199@example.test", None);
+    assert_eq!(
+        (s, v["display_name"].as_str()),
+        (200, Some("User 1199")),
+        "{v}"
+    );
+    assert!(!farm.log(&down).contains("panicked"), "{}", farm.log(&down));
+}
