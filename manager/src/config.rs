@@ -66,6 +66,14 @@ pub struct Config {
     /// Most provisioning API connections at once.
     #[serde(default = "default_api_max_connections")]
     pub api_max_connections: usize,
+    /// Page cache of the provisioning database, in MiB: most of its memory (a store larger than
+    /// this is read from disk as needed).
+    #[serde(default = "default_provision_cache_mib")]
+    pub provision_cache_mib: u64,
+}
+
+fn default_provision_cache_mib() -> u64 {
+    (crate::provision::db::DEFAULT_CACHE >> 20) as u64
 }
 
 fn default_api_port() -> u16 {
@@ -153,6 +161,12 @@ impl Config {
         }
         if self.batch_ms > 1000 {
             return Err(bad("batch_ms", "must be at most 1000".into()));
+        }
+        if !(16..=1 << 20).contains(&self.provision_cache_mib) {
+            return Err(bad(
+                "provision_cache_mib",
+                "must be 16 to 1048576 (MiB)".into(),
+            ));
         }
         if self.republish_ms < 100 {
             return Err(bad("republish_ms", "must be at least 100".into()));

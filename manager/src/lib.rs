@@ -84,9 +84,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         })
         .collect();
     let transport = transport::QuicTransport::new(endpoint.clone(), conns.clone());
-    let raft = raft::start(cfg.id, &cfg.data_dir, peers, transport, cfg.raft)
-        .await
-        .context("starting raft")?;
+    let raft = raft::start_with_cache(
+        cfg.id,
+        &cfg.data_dir,
+        peers,
+        transport,
+        cfg.raft,
+        (cfg.provision_cache_mib as usize) << 20,
+    )
+    .await
+    .context("starting raft")?;
     tokio::spawn(transport::serve(
         endpoint.clone(),
         raft.raft().clone(),

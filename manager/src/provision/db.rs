@@ -60,6 +60,9 @@ pub const BATCHES_KEPT: u64 = 100_000;
 /// Most rows one listing returns.
 pub const MAX_PAGE: usize = 1_000;
 
+/// The database's page cache by default (redb's own default is 1 GiB).
+pub const DEFAULT_CACHE: usize = 256 << 20;
+
 /// The format of the snapshot file.
 const SNAPSHOT_FORMAT: u32 = 1;
 
@@ -172,9 +175,15 @@ impl ProvisionDb {
     /// Another instance in this process that still holds the file (a Raft node being shut
     /// down and started again) is waited for, at most 5 s.
     pub fn open(path: &Path) -> io::Result<ProvisionDb> {
+        ProvisionDb::open_with_cache(path, DEFAULT_CACHE)
+    }
+
+    /// [`ProvisionDb::open`] with `cache` bytes of page cache (which bounds most of the
+    /// database's memory: the pages of a large store are read from the file as needed).
+    pub fn open_with_cache(path: &Path, cache: usize) -> io::Result<ProvisionDb> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let db = loop {
-            match Database::create(path) {
+            match Database::builder().set_cache_size(cache).create(path) {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
                     if std::time::Instant::now() < deadline =>

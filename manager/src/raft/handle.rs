@@ -321,6 +321,26 @@ pub async fn start<T: RaftTransport>(
     transport: T,
     timings: RaftTimings,
 ) -> anyhow::Result<RaftHandle> {
+    start_with_cache(
+        id,
+        dir,
+        peers,
+        transport,
+        timings,
+        crate::provision::db::DEFAULT_CACHE,
+    )
+    .await
+}
+
+/// [`start`] with `cache` bytes of page cache for the provisioning database.
+pub async fn start_with_cache<T: RaftTransport>(
+    id: NodeId,
+    dir: &Path,
+    peers: BTreeMap<NodeId, ManagerNode>,
+    transport: T,
+    timings: RaftTimings,
+    cache: usize,
+) -> anyhow::Result<RaftHandle> {
     anyhow::ensure!(
         peers.contains_key(&id),
         "raft peers {:?} do not contain this manager ({id})",
@@ -330,7 +350,10 @@ pub async fn start<T: RaftTransport>(
 
     let d = dir.to_path_buf();
     let (log_store, sm) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        Ok((LogStore::open(&d)?, StateMachineStore::open(&d)?))
+        Ok((
+            LogStore::open(&d)?,
+            StateMachineStore::open_with_cache(&d, cache)?,
+        ))
     })
     .await
     .context("raft storage open task")?

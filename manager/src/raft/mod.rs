@@ -21,7 +21,7 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use handle::{start, Leadership, RaftHandle, RaftTimings, WriteError};
+pub use handle::{start, start_with_cache, Leadership, RaftHandle, RaftTimings, WriteError};
 pub use log_store::{LogReader, LogStore, OpenReport};
 pub use network::{
     handle_rpc, Connection, Forwarded, Network, RaftReply, RaftRpc, RaftTransport, TransportError,

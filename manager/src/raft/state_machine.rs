@@ -163,9 +163,14 @@ impl StateMachineStore {
     /// Open the state machine in `dir` (creating the database), migrating an earlier version's
     /// map if there is one. Blocking.
     pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_with_cache(dir, crate::provision::db::DEFAULT_CACHE)
+    }
+
+    /// [`StateMachineStore::open`] with `cache` bytes of database page cache. Blocking.
+    pub fn open_with_cache(dir: &Path, cache: usize) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         disk::remove_stale_tmp(dir, META_FILE)?;
-        let db = ProvisionDb::open(&dir.join(DB_FILE))?;
+        let db = ProvisionDb::open_with_cache(&dir.join(DB_FILE), cache)?;
         let current: Option<CurrentSnapshot> = match disk::read_atomic(dir, META_FILE)? {
             Some(bytes) => Some(disk::decode(&bytes)?),
             None => None,
