@@ -567,6 +567,24 @@ fn a_revoked_admin_certificate_is_refused_within_a_second() {
     assert_eq!(call(&c, Method::GET, "/v1/status", None).0, 200);
 }
 
+/// A farm of one node without the demo accounts, its admin client, and the domain
+/// example.test provisioned.
+fn farm_with_domain(base_ip: &str) -> (Farm, Client) {
+    let farm = Farm::up(
+        base_ip,
+        &["--nodes", "1", "--dns", "0", "--no-demo-accounts"],
+    );
+    let c = Client::for_farm(farm.path()).unwrap();
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/v1/domains",
+        Some(json!({"name": "example.test"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    (farm, c)
+}
+
 fn leader(c: &Client) -> Option<String> {
     let (s, v) = call(c, Method::GET, "/v1/status", None);
     (s == 200)
@@ -576,21 +594,7 @@ fn leader(c: &Client) -> Option<String> {
 
 #[test]
 fn the_leader_killed_during_an_import_and_every_manager_restarted_lose_no_account() {
-    let mut farm = Farm::up(
-        "127.0.182.1",
-        &["--nodes", "1", "--dns", "0", "--no-demo-accounts"],
-    );
-    let c = Client::for_farm(farm.path()).unwrap();
-    assert_eq!(
-        call(
-            &c,
-            Method::POST,
-            "/v1/domains",
-            Some(json!({"name": "example.test"}))
-        )
-        .0,
-        201
-    );
+    let (mut farm, c) = farm_with_domain("127.0.182.1");
     let file = farm.path().join("big.csv");
     std::fs::write(&file, csv(0..10_000, "")).unwrap();
 
@@ -792,21 +796,7 @@ fn an_account_change_reaches_its_owner_within_a_second() {
 
 #[test]
 fn a_manager_that_was_down_catches_up_from_a_snapshot() {
-    let mut farm = Farm::up(
-        "127.0.184.1",
-        &["--nodes", "1", "--dns", "0", "--no-demo-accounts"],
-    );
-    let c = Client::for_farm(farm.path()).unwrap();
-    assert_eq!(
-        call(
-            &c,
-            Method::POST,
-            "/v1/domains",
-            Some(json!({"name": "example.test"}))
-        )
-        .0,
-        201
-    );
+    let (mut farm, c) = farm_with_domain("127.0.184.1");
     let leader_name = leader(&c).expect("a leader");
     let names = farm.names("manager");
     let down = names.iter().find(|n| **n != leader_name).unwrap().clone();

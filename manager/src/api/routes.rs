@@ -156,6 +156,24 @@ async fn read<T: Send + 'static>(
     }
 }
 
+/// `user@domain` from a path parameter, checked, with the domain lower-cased.
+fn aor_param(field: &str, raw: &str) -> ApiResult<String> {
+    let (user, domain) = parse_aor(field, raw)?;
+    Ok(format!("{user}@{domain}"))
+}
+
+/// A query string, or 422 naming it.
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(q)| q).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("query"),
+            e.body_text(),
+        )
+    })
+}
+
 /// Only `admin` certificates may use the API.
 async fn admins_only(
     Extension(Caller(id)): Extension<Caller>,
@@ -362,8 +380,7 @@ async fn get_account(
     State(s): State<ApiState>,
     Path(aor): Path<String>,
 ) -> ApiResult<Json<AccountView>> {
-    let (user, domain) = parse_aor("aor", &aor)?;
-    let key = format!("{user}@{domain}");
+    let key = aor_param("aor", &aor)?;
     let k = key.clone();
     match read(&s, move |db| db.account(&k)).await? {
         Some(a) => Ok(Json(AccountView::from(&a))),
@@ -411,15 +428,10 @@ async fn remove_account(
     State(s): State<ApiState>,
     Path(aor): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (user, domain) = parse_aor("aor", &aor)?;
-    propose(
-        &s,
-        ProvisionOp::RemoveAccount {
-            aor: format!("{user}@{domain}"),
-        },
-    )
-    .await?
-    .outcome?;
+    let aor = aor_param("aor", &aor)?;
+    propose(&s, ProvisionOp::RemoveAccount { aor })
+        .await?
+        .outcome?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -438,14 +450,7 @@ async fn list_accounts(
     State(s): State<ApiState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            Some("query"),
-            e.body_text(),
-        )
-    })?;
+    let q = query(q)?;
     let domain = match &q.domain {
         Some(d) => Some(check_domain("domain", d)?),
         None => None,
@@ -470,17 +475,10 @@ async fn add_alias(
     Path(aor): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let (user, domain) = parse_aor("aor", &aor)?;
+    let aor = aor_param("aor", &aor)?;
     let b: AliasBody = parse(&body)?;
-    let (au, ad) = parse_aor("alias", &b.alias)?;
-    let r = propose(
-        &s,
-        ProvisionOp::AddAlias {
-            alias: format!("{au}@{ad}"),
-            aor: format!("{user}@{domain}"),
-        },
-    )
-    .await?;
+    let alias = aor_param("alias", &b.alias)?;
+    let r = propose(&s, ProvisionOp::AddAlias { alias, aor }).await?;
     match r.outcome? {
         Applied::Alias(a) => {
             Ok((StatusCode::CREATED, Json(AccountView::from(&*a))).into_response())
@@ -493,8 +491,7 @@ async fn get_alias(
     State(s): State<ApiState>,
     Path(alias): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let (u, d) = parse_aor("alias", &alias)?;
-    let alias = format!("{u}@{d}");
+    let alias = aor_param("alias", &alias)?;
     let a = alias.clone();
     match read(&s, move |db| db.alias(&a)).await? {
         Some(aor) => Ok(Json(json!({ "alias": alias, "aor": aor }))),
@@ -506,15 +503,10 @@ async fn remove_alias(
     State(s): State<ApiState>,
     Path(alias): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (u, d) = parse_aor("alias", &alias)?;
-    propose(
-        &s,
-        ProvisionOp::RemoveAlias {
-            alias: format!("{u}@{d}"),
-        },
-    )
-    .await?
-    .outcome?;
+    let alias = aor_param("alias", &alias)?;
+    propose(&s, ProvisionOp::RemoveAlias { alias })
+        .await?
+        .outcome?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -531,14 +523,7 @@ async fn changes(
     State(s): State<ApiState>,
     q: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            Some("query"),
-            e.body_text(),
-        )
-    })?;
+    let q = query(q)?;
     let limit = q.limit.unwrap_or(1000);
     if limit == 0 || limit > 10 * MAX_PAGE {
         return Err(ProvError::invalid("limit", format!("must be 1 to {}", 10 * MAX_PAGE)).into());
@@ -739,14 +724,7 @@ async fn import(
     q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> ApiResult<Json<ImportReport>> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            Some("query"),
-            e.body_text(),
-        )
-    })?;
+    let q = query(q)?;
     let import = match q.import {
         Some(id) => {
             check_import_id(&id)?;
