@@ -859,3 +859,67 @@ fn a_manager_that_was_down_catches_up_from_a_snapshot() {
     );
     assert!(!farm.log(&down).contains("panicked"), "{}", farm.log(&down));
 }
+
+#[test]
+fn pushed_accounts_keep_two_copies_when_a_node_dies() {
+    let mut farm = Farm::up_with_rings(
+        "127.0.185.1",
+        &["--dns", "0", "--no-demo-accounts"],
+        &["registrar"],
+    );
+    let c = Client::for_farm(farm.path()).unwrap();
+    let (s, _) = call(
+        &c,
+        Method::POST,
+        "/v1/domains",
+        Some(json!({"name": "example.test"})),
+    );
+    assert_eq!(s, 201);
+    let file = farm.path().join("rows.csv");
+    std::fs::write(&file, csv(0..300, "")).unwrap();
+    let out = admin(&farm, &["--json", "import", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // Nothing is registered: the store entries are the accounts, each on R = 2 registrars.
+    let entries = |farm: &Farm, nodes: &[String]| -> i64 {
+        nodes
+            .iter()
+            .map(|n| {
+                let m = farm.file.member(n).unwrap();
+                crate::harness::scrape(m.addr("metrics").unwrap())
+                    .and_then(|m| m.get("onehop_store_entries").copied())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let nodes = farm.names("node");
+    let held = wait_for(Duration::from_secs(20), || {
+        (entries(&farm, &nodes) == 600).then_some(())
+    });
+    assert!(
+        held.is_some(),
+        "300 accounts on 2 registrars each: {}",
+        entries(&farm, &nodes)
+    );
+    // A node dies: the two left hold every account twice again.
+    farm.signal("node3", "-KILL");
+    let left: Vec<String> = nodes.iter().filter(|n| *n != "node3").cloned().collect();
+    let restored = wait_for(Duration::from_secs(30), || {
+        (entries(&farm, &left) == 600).then_some(())
+    });
+    assert!(
+        restored.is_some(),
+        "after node3 died: {} copies on node1 and node2",
+        entries(&farm, &left)
+    );
+    // It comes back: two copies in all again, some of them its.
+    farm.restart("node3");
+    let back = wait_for(Duration::from_secs(30), || {
+        (entries(&farm, &nodes) == 600 && entries(&farm, &["node3".to_string()]) > 0).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "after node3 came back: {} copies, {} on node3",
+        entries(&farm, &nodes),
+        entries(&farm, &["node3".to_string()])
+    );
+}
