@@ -268,6 +268,13 @@ impl ProvisionDb {
         Ok(out)
     }
 
+    /// The change version (the last change applied; 0 before any).
+    pub fn version(&self) -> io::Result<u64> {
+        let tx = self.read()?;
+        let meta = tx.open_table(META).map_err(io_err)?;
+        Ok(get_meta(&meta, "version")?.unwrap_or(0))
+    }
+
     /// Counts of domains, accounts, aliases and the version.
     pub fn counts(&self) -> io::Result<Counts> {
         let tx = self.read()?;
@@ -439,67 +446,27 @@ impl ProvisionDb {
             version: get_meta(&meta, "version")?.unwrap_or(0),
             first_change: get_meta(&meta, "first_change")?.unwrap_or(0),
         })?;
-        for r in tx.open_table(KV).map_err(io_err)?.iter().map_err(io_err)? {
-            let (k, v) = r.map_err(io_err)?;
-            w.put(&SnapRecord::Kv(k.value().into(), v.value().into()))?;
-        }
-        for r in tx
-            .open_table(DOMAINS)
-            .map_err(io_err)?
-            .iter()
-            .map_err(io_err)?
-        {
-            let (_, v) = r.map_err(io_err)?;
-            w.put(&SnapRecord::Domain(disk::decode(v.value())?))?;
-        }
-        for r in tx
-            .open_table(ACCOUNTS)
-            .map_err(io_err)?
-            .iter()
-            .map_err(io_err)?
-        {
-            let (_, v) = r.map_err(io_err)?;
-            w.put(&SnapRecord::Account(Box::new(disk::decode(v.value())?)))?;
-        }
-        for r in tx
-            .open_table(ALIASES)
-            .map_err(io_err)?
-            .iter()
-            .map_err(io_err)?
-        {
-            let (k, v) = r.map_err(io_err)?;
-            w.put(&SnapRecord::Alias(k.value().into(), v.value().into()))?;
-        }
-        for r in tx
-            .open_table(CHANGES)
-            .map_err(io_err)?
-            .iter()
-            .map_err(io_err)?
-        {
-            let (_, v) = r.map_err(io_err)?;
-            w.put(&SnapRecord::Change(disk::decode(v.value())?))?;
-        }
-        for r in tx
-            .open_table(BATCHES)
-            .map_err(io_err)?
-            .iter()
-            .map_err(io_err)?
-        {
-            let (k, v) = r.map_err(io_err)?;
-            w.put(&SnapRecord::Batch(
-                k.value().into(),
-                disk::decode(v.value())?,
-            ))?;
-        }
-        for r in tx
-            .open_table(BATCH_ORDER)
-            .map_err(io_err)?
-            .iter()
-            .map_err(io_err)?
-        {
-            let (k, v) = r.map_err(io_err)?;
-            w.put(&SnapRecord::BatchOrder(k.value(), v.value().into()))?;
-        }
+        dump_table(&tx, KV, &mut w, |k, v| {
+            Ok(SnapRecord::Kv(k.into(), v.into()))
+        })?;
+        dump_table(&tx, DOMAINS, &mut w, |_, v| {
+            Ok(SnapRecord::Domain(disk::decode(v)?))
+        })?;
+        dump_table(&tx, ACCOUNTS, &mut w, |_, v| {
+            Ok(SnapRecord::Account(Box::new(disk::decode(v)?)))
+        })?;
+        dump_table(&tx, ALIASES, &mut w, |k, v| {
+            Ok(SnapRecord::Alias(k.into(), v.into()))
+        })?;
+        dump_table(&tx, CHANGES, &mut w, |_, v| {
+            Ok(SnapRecord::Change(disk::decode(v)?))
+        })?;
+        dump_table(&tx, BATCHES, &mut w, |k, v| {
+            Ok(SnapRecord::Batch(k.into(), disk::decode(v)?))
+        })?;
+        dump_table(&tx, BATCH_ORDER, &mut w, |k, v| {
+            Ok(SnapRecord::BatchOrder(k, v.into()))
+        })?;
         let records = w.records;
         w.put(&SnapRecord::End { records })?;
         let bytes = w.bytes;
@@ -632,6 +599,25 @@ impl SnapWriter {
         self.bytes += (FRAME_HEADER + payload.len()) as u64;
         Ok(())
     }
+}
+
+/// Writes one record per row of `table`, made by `rec` from the row's key and value.
+fn dump_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &ReadTransaction,
+    table: TableDefinition<K, V>,
+    w: &mut SnapWriter,
+    rec: impl for<'a> Fn(K::SelfType<'a>, V::SelfType<'a>) -> io::Result<SnapRecord>,
+) -> io::Result<()> {
+    for r in tx
+        .open_table(table)
+        .map_err(io_err)?
+        .iter()
+        .map_err(io_err)?
+    {
+        let (k, v) = r.map_err(io_err)?;
+        w.put(&rec(k.value(), v.value())?)?;
+    }
+    Ok(())
 }
 
 fn read_record(r: &mut impl Read) -> io::Result<Option<SnapRecord>> {

@@ -368,9 +368,8 @@ pub fn check_user(field: &str, user: &str) -> Result<(), ProvError> {
     while i < b.len() {
         let c = b[i];
         if c == b'%' {
-            let ok = i + 2 < b.len()
-                && b[i + 1].is_ascii_hexdigit()
-                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+            let hex = |j: usize| b.get(j).is_some_and(u8::is_ascii_hexdigit);
+            let ok = hex(i + 1) && hex(i + 2);
             if !ok {
                 return Err(ProvError::invalid(
                     field,

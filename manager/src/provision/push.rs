@@ -280,7 +280,7 @@ pub fn spawn(
             let Some(st) = status.borrow_and_update().clone() else {
                 continue;
             };
-            let version = p.raft.store().db().counts().map(|c| c.version).unwrap_or(0);
+            let version = p.raft.store().db().version().unwrap_or(0);
             if version > from {
                 match p.round(from, &st).await {
                     Ok(v) => {
