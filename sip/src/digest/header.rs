@@ -95,7 +95,7 @@ impl fmt::Display for Param {
 }
 
 /// A quality of protection in credentials.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Qop {
     /// `auth`: the one we offer and check.
     Auth,
@@ -147,7 +147,7 @@ pub enum AuthHeaderError {
 
 /// Digest credentials from an `Authorization` or `Proxy-Authorization` value. The
 /// password is not here: only the `response` computed from it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     /// `username`, unquoted.
     pub username: String,

@@ -49,6 +49,7 @@
 //! [`Ha1`] and the nonce keys print as redacted in `Debug` output and are zeroed when
 //! dropped; responses are compared with [`subtle`].
 
+pub mod guard;
 pub mod header;
 pub mod nonce;
 pub mod replay;
@@ -66,19 +67,22 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
+pub use guard::{Admit, FailureGuard, GuardPolicy};
 pub use header::{
     challenge_values, credentials_for_realm, credentials_in_headers, AuthHeaderError, Challenge,
     Credentials, Param, Qop,
 };
 pub use nonce::{NonceError, NonceInfo, NonceKey, NonceKeyError, NonceKeys};
-pub use replay::{NonceCounts, Replay};
+pub use replay::{NonceCounts, RecentNonces, Replay, RECENT_NONCES};
 
 /// How long a nonce stays valid by default: 5 minutes. A client holding an older one gets
 /// `stale=true` and retries with a fresh nonce without asking its user.
 pub const DEFAULT_NONCE_LIFETIME_MS: u64 = 5 * 60 * 1000;
 
 /// A digest algorithm we support.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Algorithm {
     /// `MD5` (RFC 2617), kept for the clients that know nothing else.
     Md5,
@@ -362,6 +366,35 @@ pub fn verify(
             .map_err(VerifyError::Replay)?;
     }
     Ok(info)
+}
+
+/// The second half of a verification split across the farm. The node that received the
+/// request checked the realm, the algorithm and the nonce ([`NonceKeys::check`]) and sends
+/// the credentials with what the nonce said (`issued_ms`, or `None` when it had expired) to
+/// the node that holds the subscriber's record, which calls this: the `qop` rules, the
+/// response (in constant time), the nonce's age, then the count in the subscriber's
+/// [`RecentNonces`], recorded only when all else passed. Every request authenticated as
+/// one subscriber meets at that node, so a replayed count is refused wherever it arrived.
+pub fn verify_at_owner(
+    creds: &Credentials,
+    method: &str,
+    ha1_for_alg: impl FnOnce(Algorithm) -> Option<Ha1>,
+    issued_ms: Option<u64>,
+    lifetime_ms: u64,
+    counts: &mut RecentNonces,
+    now_ms: u64,
+) -> Result<(), VerifyError> {
+    check_qop(creds, false)?;
+    let ha1 = ha1_for_alg(creds.algorithm).ok_or(VerifyError::UnknownUser)?;
+    check_response(creds, method, &ha1, false)?;
+    let issued = issued_ms.ok_or(VerifyError::Stale)?;
+    let nc = creds.nc.ok_or(VerifyError::QopRequired)?;
+    counts
+        .accept(&creds.nonce, issued, nc, now_ms, lifetime_ms)
+        .map_err(|r| match r {
+            Replay::Expired => VerifyError::Stale,
+            r => VerifyError::Replay(r),
+        })
 }
 
 /// The arithmetic alone: whether `creds.response` is right for `method` and `ha1`,

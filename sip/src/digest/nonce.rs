@@ -182,6 +182,31 @@ impl NonceKeys {
         Ok(())
     }
 
+    /// A short tag binding a dialog's Call-ID to the farm's key, for the Record-Route a
+    /// proxy inserts (`;ohs=TAG`): a request that comes back inside the dialog with the
+    /// tag proves the route was ours for that call, which an outsider cannot forge. 12
+    /// base64url characters: the key id and 8 bytes of HMAC-SHA256 over a label and the
+    /// Call-ID.
+    pub fn route_tag(&self, call_id: &str) -> String {
+        Self::tag_with(&self.current, call_id)
+    }
+
+    /// Whether `tag` is [`NonceKeys::route_tag`] of `call_id` under the current or the
+    /// previous key (compared in constant time). Never panics.
+    pub fn check_route_tag(&self, call_id: &str, tag: &str) -> bool {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .any(|k| bool::from(Self::tag_with(k, call_id).as_bytes().ct_eq(tag.as_bytes())))
+    }
+
+    fn tag_with(key: &NonceKey, call_id: &str) -> String {
+        let mac = key.mac(b"record-route\0", call_id);
+        let mut raw = [0u8; 9];
+        raw[0] = key.id;
+        raw[1..].copy_from_slice(&mac[..8]);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
     /// A nonce for `realm` issued at `now_ms` (wall-clock milliseconds) with the current
     /// key; `random` should come from a CSPRNG, fresh for each nonce.
     pub fn issue(&self, now_ms: u64, random: [u8; 8], realm: &str) -> String {
@@ -247,6 +272,23 @@ mod tests {
 
     fn keys() -> NonceKeys {
         NonceKeys::new(key(1, 0x11), None).unwrap()
+    }
+
+    #[test]
+    fn route_tags_bind_the_call_and_the_key() {
+        let k = keys();
+        let tag = k.route_tag("call-1@host");
+        assert_eq!(tag.len(), 12);
+        assert!(k.check_route_tag("call-1@host", &tag));
+        assert!(!k.check_route_tag("call-2@host", &tag));
+        assert!(!k.check_route_tag("call-1@host", "AAAAAAAAAAAA"));
+        assert!(!k.check_route_tag("call-1@host", ""));
+        let other = NonceKeys::new(key(2, 0x22), None).unwrap();
+        assert!(!other.check_route_tag("call-1@host", &tag));
+        // After a rotation the previous key's tags still pass.
+        let mut rotated = keys();
+        rotated.rotate(key(2, 0x22)).unwrap();
+        assert!(rotated.check_route_tag("call-1@host", &tag));
     }
 
     /// Re-encodes `nonce` with byte `i` xor-ed with `mask`.

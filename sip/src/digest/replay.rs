@@ -37,7 +37,7 @@ pub enum Replay {
 }
 
 /// The counts seen for one nonce.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Window {
     /// The highest count accepted.
     highest: u32,
@@ -185,6 +185,85 @@ impl NonceCounts {
     }
 }
 
+/// Most nonces [`RecentNonces`] remembers for one subscriber: a phone uses one nonce at a
+/// time, two around a refresh.
+pub const RECENT_NONCES: usize = 8;
+
+/// The nonce counts of one subscriber, small enough to live in the subscriber's record at
+/// the node that owns its AOR (and to be replicated with it): every request authenticated
+/// as that subscriber is checked there, so a replay is refused wherever it arrives.
+///
+/// The same rules as [`NonceCounts`], for at most [`RECENT_NONCES`] nonces: when full, the
+/// nonce issued earliest is forgotten and its issue time becomes a floor below which an
+/// unknown nonce is refused ([`Replay::Evicted`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecentNonces {
+    /// `(nonce, issued_ms, window)`, in no particular order.
+    entries: Vec<(String, u64, Window)>,
+    /// The latest issue time of a nonce forgotten for room.
+    floor_ms: u64,
+}
+
+impl RecentNonces {
+    /// Records count `nc` for `nonce` issued at `issued_ms`, or refuses it; entries of
+    /// nonces older than `lifetime_ms` at `now_ms` are dropped first.
+    pub fn accept(
+        &mut self,
+        nonce: &str,
+        issued_ms: u64,
+        nc: u32,
+        now_ms: u64,
+        lifetime_ms: u64,
+    ) -> Result<(), Replay> {
+        if nc == 0 {
+            return Err(Replay::Zero);
+        }
+        let expired = |issued: u64| now_ms.saturating_sub(issued) > lifetime_ms;
+        self.entries.retain(|(_, issued, _)| !expired(*issued));
+        if expired(issued_ms) {
+            return Err(Replay::Expired);
+        }
+        if let Some((_, _, w)) = self.entries.iter_mut().find(|(n, _, _)| n == nonce) {
+            return w.accept(nc);
+        }
+        if self.floor_ms > 0 && issued_ms <= self.floor_ms {
+            return Err(Replay::Evicted);
+        }
+        self.entries.push((
+            nonce.to_owned(),
+            issued_ms,
+            Window {
+                highest: nc,
+                seen: 1,
+            },
+        ));
+        while self.entries.len() > RECENT_NONCES {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, issued, _))| *issued)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            let (_, issued, _) = self.entries.swap_remove(oldest);
+            self.floor_ms = self.floor_ms.max(issued);
+        }
+        Ok(())
+    }
+
+    /// How many nonces are remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -302,6 +381,40 @@ mod tests {
         assert!(c.is_empty());
         // Expiry is not eviction: no floor was set.
         assert_eq!(c.accept("c", at(T0 + LIFE), 1, T0 + LIFE), Ok(()));
+    }
+
+    #[test]
+    fn recent_nonces_follow_the_same_rules_in_a_small_space() {
+        let mut r = RecentNonces::default();
+        assert_eq!(r.accept("n", T0, 1, T0, LIFE), Ok(()));
+        assert_eq!(r.accept("n", T0, 1, T0, LIFE), Err(Replay::Seen));
+        assert_eq!(r.accept("n", T0, 3, T0, LIFE), Ok(()));
+        assert_eq!(r.accept("n", T0, 2, T0, LIFE), Ok(()));
+        assert_eq!(r.accept("n", T0, 0, T0, LIFE), Err(Replay::Zero));
+        // Full: the earliest issued is forgotten and becomes the floor.
+        for i in 1..=RECENT_NONCES as u64 {
+            assert_eq!(r.accept(&format!("m{i}"), T0 + i, 1, T0 + i, LIFE), Ok(()));
+        }
+        assert_eq!(r.len(), RECENT_NONCES);
+        assert_eq!(r.accept("n", T0, 4, T0 + 9, LIFE), Err(Replay::Evicted));
+        assert_eq!(r.accept("m8", T0 + 8, 1, T0 + 9, LIFE), Err(Replay::Seen));
+        // Expired nonces leave, and are refused.
+        assert_eq!(
+            r.accept("late", T0 + LIFE + 100, 1, T0 + LIFE + 100, LIFE),
+            Ok(())
+        );
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r.accept("m1", T0 + 1, 2, T0 + LIFE + 100, LIFE),
+            Err(Replay::Expired)
+        );
+        // It survives a round trip through its encoding (it is replicated with its record).
+        let text = serde_json::to_string(&r).unwrap();
+        let mut back: RecentNonces = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            back.accept("late", T0 + LIFE + 100, 1, T0 + LIFE + 100, LIFE),
+            Err(Replay::Seen)
+        );
     }
 
     proptest! {

@@ -29,15 +29,20 @@
 //!
 //! # Layout
 //! - this file: the types of the interface and the [`Engine`]'s entry points.
+//! - `auth.rs`: who may use the farm: digest challenges (401, 407), the check of
+//!   credentials split with the subscriber's registrar, and the relaying rules (403).
 //! - `requests.rs`: requests (routing, REGISTER, lookups, targets, CANCEL).
 //! - `responses.rs`: responses, transaction actions, timers and sending.
 //! - `tests*.rs`: a test per proxy behaviour, with no sockets (harness in `tests.rs`).
 
+mod auth;
 mod requests;
 mod responses;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_auth;
 #[cfg(test)]
 mod tests_calls;
 #[cfg(test)]
@@ -125,6 +130,14 @@ pub enum LocateError {
     },
     /// The registrar ring cannot be reached now: answer 503 with Retry-After.
     Unavailable(String),
+    /// The credentials were not accepted (a wrong password, an unknown or unprovisioned
+    /// user, a replayed nonce count): answer 401 or 407 with a fresh challenge, with
+    /// `stale=true` when `stale` (the client proved its password; only its nonce was
+    /// unusable).
+    Unauthorized {
+        /// The nonce (or its count) was unusable, the response right.
+        stale: bool,
+    },
 }
 
 impl From<RegisterError> for LocateError {
@@ -171,6 +184,13 @@ pub enum Input<D> {
         /// Wall-clock milliseconds now.
         at_ms: u64,
     },
+    /// The subscriber's registrar checked credentials ([`Output::Authenticate`]).
+    Authenticated {
+        /// The request's server transaction.
+        key: TransactionKey,
+        /// `Ok` when the credentials are right; why not otherwise.
+        result: Result<(), LocateError>,
+    },
     /// A lookup answered ([`Output::Lookup`]).
     Located {
         /// The request's server transaction.
@@ -216,6 +236,19 @@ pub enum Output {
         info: RegisterInfo,
         /// The registrar's rules.
         policy: RegistrarPolicy,
+        /// The credentials to check against the AOR's account before applying it, when
+        /// the engine authenticates.
+        auth: Option<Box<AuthCheck>>,
+    },
+    /// Check credentials at the registrar of `aor` (whose account holds the HA1s and
+    /// the nonce counts); answer with [`Input::Authenticated`].
+    Authenticate {
+        /// The request's server transaction.
+        key: TransactionKey,
+        /// The canonical AOR the credentials claim (the From of the request).
+        aor: String,
+        /// What to check.
+        auth: Box<AuthCheck>,
     },
     /// Look up the live bindings of `aor`; answer with [`Input::Located`].
     Lookup {
@@ -247,6 +280,42 @@ pub trait Env {
     fn node_is_live(&self, name: &str) -> bool;
     /// Whether the TCP or TLS flow `conn` is still open here.
     fn has_flow(&self, conn: u64) -> bool;
+    /// Whether a request from `ip` may try authenticating now (see
+    /// [`crate::digest::FailureGuard`]); a slowed address's attempt is recorded. The one
+    /// query that may change what the environment holds. Open by default.
+    fn admit(&self, ip: IpAddr) -> crate::digest::Admit {
+        let _ = ip;
+        crate::digest::Admit::Open
+    }
+    /// A request from `ip` failed authentication (counted against it). Nothing by default.
+    fn auth_failed(&self, ip: IpAddr) {
+        let _ = ip;
+    }
+}
+
+/// Credentials for the subscriber's registrar to check (the second half of
+/// [`crate::digest::verify_at_owner`]); the node that received the request already checked
+/// the realm, the user against the AOR, and the nonce.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuthCheck {
+    /// The credentials as parsed.
+    pub credentials: crate::digest::Credentials,
+    /// The request's method (it enters the digest).
+    pub method: String,
+    /// When the nonce was issued (wall-clock ms); `None` when it had expired.
+    pub issued_ms: Option<u64>,
+    /// The nonce lifetime, in milliseconds.
+    pub lifetime_ms: u64,
+}
+
+/// Who may use the farm's SIP service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Nobody is challenged and anything is relayed: for tests and closed networks only.
+    Off,
+    /// RFC 3261 section 22 digest: REGISTERs for our domains and requests from our domains
+    /// are challenged; requests from elsewhere reach only our users (403 otherwise).
+    Digest,
 }
 
 /// A message held by the media hook while its call waits for a relay.
@@ -331,6 +400,13 @@ pub struct EngineConfig {
     pub max_message: usize,
     /// Seconds in the Retry-After of a 503 (overload, an unreachable next hop).
     pub retry_after: u32,
+    /// Who is challenged and what is relayed.
+    pub auth: AuthMode,
+    /// How long a nonce stays valid, in milliseconds.
+    pub nonce_lifetime_ms: u64,
+    /// Mixed into the nonces this engine issues, with a counter, so that nonces differ
+    /// (supply a random value per engine).
+    pub seed: u64,
 }
 
 impl EngineConfig {
@@ -348,6 +424,9 @@ impl EngineConfig {
             timer_c: Duration::from_secs(180),
             max_message: 65_535,
             retry_after: 5,
+            auth: AuthMode::Off,
+            nonce_lifetime_ms: crate::digest::DEFAULT_NONCE_LIFETIME_MS,
+            seed: 0,
         }
     }
 }
@@ -402,6 +481,8 @@ struct ServerEntry {
     /// When Timer C fires for the INVITE forwarded now: set when a branch starts, moved on
     /// by each provisional response (16.7 step 2). Earlier heap entries are stale.
     timer_c: Option<Instant>,
+    /// Waiting for the subscriber's registrar to check credentials.
+    auth: Option<auth::AuthWait>,
 }
 
 struct ClientEntry {
@@ -485,6 +566,12 @@ pub struct Engine<E: Env, M: MediaHook = NoMedia> {
     pending: usize,
     out: VecDeque<Output>,
     counts: Counts,
+    /// The farm's nonce keys, once known (until then authenticated requests get 503).
+    keys: Option<crate::digest::NonceKeys>,
+    /// The wall clock at an instant: nonces carry wall-clock times.
+    wall: (Instant, u64),
+    /// Nonces issued, for their uniqueness.
+    nonce_seq: u64,
 }
 
 impl<E: Env, M: MediaHook> Engine<E, M> {
@@ -513,7 +600,51 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             pending: 0,
             out: VecDeque::new(),
             counts: Counts::default(),
+            keys: None,
+            wall: (now, 0),
+            nonce_seq: 0,
         }
+    }
+
+    /// Sets the farm's nonce keys (see [`crate::digest::NonceKeys`]); with none, requests
+    /// that need authenticating get 503.
+    pub fn set_keys(&mut self, keys: Option<crate::digest::NonceKeys>) {
+        self.keys = keys;
+    }
+
+    /// Whether the engine holds nonce keys.
+    pub fn has_keys(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// The domains served besides the configured one (provisioned domains): requests for
+    /// them are routed by registration and their subscribers authenticated.
+    pub fn set_domains(&mut self, domains: &[String]) {
+        let mut all = vec![self.cfg.domain.clone()];
+        for d in domains {
+            let d = d.to_ascii_lowercase();
+            if !all.contains(&d) {
+                all.push(d);
+            }
+        }
+        self.local.domains = all;
+    }
+
+    /// The domains served.
+    pub fn domains(&self) -> &[String] {
+        &self.local.domains
+    }
+
+    /// Tells the engine the wall-clock time (`unix_ms`, milliseconds since the Unix epoch)
+    /// at instant `at`; nonces carry wall-clock times. Call it at start and now and then.
+    pub fn set_wall_clock(&mut self, at: Instant, unix_ms: u64) {
+        self.wall = (at, unix_ms);
+    }
+
+    /// The wall clock now, in milliseconds since the Unix epoch.
+    fn wall_ms(&self) -> u64 {
+        let (at, ms) = self.wall;
+        ms + self.now.saturating_duration_since(at).as_millis() as u64
     }
 
     /// The settings.
@@ -549,6 +680,10 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             Input::Registered { key, result, at_ms } => {
                 self.pending = self.pending.saturating_sub(1);
                 self.on_registered(key, result, at_ms);
+            }
+            Input::Authenticated { key, result } => {
+                self.pending = self.pending.saturating_sub(1);
+                self.on_authenticated(key, result);
             }
             Input::Located { key, result } => {
                 self.pending = self.pending.saturating_sub(1);

@@ -4,7 +4,11 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use super::{uri_addr, Engine, Env, Hop, LocateError, MediaHook, Output, ServerEntry, TimerRef};
+use super::auth::Gate;
+use super::{
+    uri_addr, AuthCheck, AuthMode, Engine, Env, Hop, LocateError, MediaHook, Output, ServerEntry,
+    TimerRef,
+};
 use crate::proxy::{
     forward_request, next_hop, preprocess_route, validate_request, ViaParams, ACCEPT, ALLOW,
 };
@@ -94,10 +98,34 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 best: None,
                 done: false,
                 timer_c: None,
+                auth: None,
             },
         );
         self.server_actions(&key, first);
 
+        let mut check = None;
+        if self.cfg.auth == AuthMode::Digest && deliver.is_none() && matches!(from, Hop::Net { .. })
+        {
+            match self.admission(&key, &mut req, source) {
+                Gate::Pass => {}
+                Gate::Register(c) => check = Some(c),
+                Gate::Done => return,
+            }
+        }
+        self.route(key, req, from, source, deliver, check);
+    }
+
+    /// Routes a request that passed the checks: to a flow another node asked for, to the
+    /// registrar, to the bindings of an AOR of ours, or onward.
+    pub(super) fn route(
+        &mut self,
+        key: TransactionKey,
+        mut req: Request,
+        from: Hop,
+        source: Option<SocketAddr>,
+        deliver: Option<Flow>,
+        check: Option<Box<AuthCheck>>,
+    ) {
         preprocess_route(&mut req, &self.local);
         if let Some(flow) = deliver {
             // Another node routed this request to a client flow we hold.
@@ -110,7 +138,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         let ours = self.local.is_our_domain(&req.uri) || self.local.is_local_uri(&req.uri);
         if !routed && ours {
             match req.method {
-                Method::Register => self.start_register(key, req, &from, source),
+                Method::Register => self.start_register(key, req, &from, source, check),
                 Method::Options if req.uri.user().is_none() => {
                     let resp = reply(&req, 200, None, Some(&self.cfg.tag))
                         .with_header("Allow", ALLOW)
@@ -219,6 +247,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         req: Request,
         from: &Hop,
         source: Option<SocketAddr>,
+        auth: Option<Box<AuthCheck>>,
     ) {
         if !self.may_wait(&key) {
             return;
@@ -253,6 +282,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             key,
             info,
             policy: self.cfg.policy.clone(),
+            auth,
         });
     }
 
@@ -295,6 +325,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 self.respond(key, resp);
             }
             LocateError::Unavailable(_) => self.respond_unavailable(key),
+            LocateError::Unauthorized { stale } => self.auth_refused(key, stale),
         }
     }
 
@@ -468,7 +499,8 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 Hop::Net { proto, .. } => *proto,
                 Hop::Peer { .. } => Transport::Udp,
             });
-            self.record_route_value(proto)
+            let call_id = req.headers.call_id().unwrap_or_default();
+            self.record_route_value(proto, call_id)
         });
         let fwd = forward_request(&req, &target, &via, rr.as_deref(), &self.local);
         let is_invite = fwd.method == Method::Invite;
@@ -530,13 +562,22 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         }
     }
 
-    fn record_route_value(&self, proto: Transport) -> String {
+    /// Our Record-Route for a dialog of `call_id`; when we authenticate, signed for that
+    /// Call-ID (`;ohs=`, see [`crate::digest::NonceKeys::route_tag`]), so that requests
+    /// inside the dialog are told from forged ones.
+    fn record_route_value(&self, proto: Transport, call_id: &str) -> String {
         let l = self.cfg.listen;
+        let sig = match (&self.keys, self.cfg.auth) {
+            (Some(keys), AuthMode::Digest) => {
+                format!(";{}={}", super::auth::ROUTE_TAG, keys.route_tag(call_id))
+            }
+            _ => String::new(),
+        };
         match proto {
-            Transport::Udp => format!("<sip:{}:{};lr>", l.ip(), l.port()),
-            Transport::Tcp => format!("<sip:{}:{};transport=tcp;lr>", l.ip(), l.port()),
+            Transport::Udp => format!("<sip:{}:{};lr{sig}>", l.ip(), l.port()),
+            Transport::Tcp => format!("<sip:{}:{};transport=tcp;lr{sig}>", l.ip(), l.port()),
             Transport::Tls => format!(
-                "<sip:{}:{};transport=tls;lr>",
+                "<sip:{}:{};transport=tls;lr{sig}>",
                 l.ip(),
                 self.cfg.tls_port.unwrap_or(5061)
             ),

@@ -72,6 +72,10 @@ pub(super) struct TestEnv {
     pub nodes: HashMap<IpAddr, String>,
     pub live: HashSet<String>,
     pub flows: HashSet<u64>,
+    /// What `admit` answers (open when unset).
+    pub admit: std::cell::Cell<Option<crate::digest::Admit>>,
+    /// The addresses reported by `auth_failed`.
+    pub failed: std::cell::RefCell<Vec<IpAddr>>,
 }
 
 impl TestEnv {
@@ -93,6 +97,12 @@ impl Env for TestEnv {
     }
     fn has_flow(&self, conn: u64) -> bool {
         self.flows.contains(&conn)
+    }
+    fn admit(&self, _ip: IpAddr) -> crate::digest::Admit {
+        self.admit.get().unwrap_or(crate::digest::Admit::Open)
+    }
+    fn auth_failed(&self, ip: IpAddr) {
+        self.failed.borrow_mut().push(ip);
     }
 }
 
@@ -266,6 +276,7 @@ pub(super) struct Req {
     call: String,
     cseq: u32,
     to: String,
+    from: String,
     extra: Vec<String>,
     max_forwards: Option<u32>,
 }
@@ -282,6 +293,7 @@ pub(super) fn req(method: &str, uri: &str) -> Req {
         call: "call-1@198.51.100.10".into(),
         cseq: 1,
         to: "<sip:bob@example.test>".into(),
+        from: "<sip:alice@example.test>;tag=a1".into(),
         extra: Vec::new(),
         max_forwards: Some(70),
     }
@@ -308,6 +320,10 @@ impl Req {
         self.to = to.into();
         self
     }
+    pub fn from(mut self, from: &str) -> Req {
+        self.from = from.into();
+        self
+    }
     pub fn max_forwards(mut self, n: Option<u32>) -> Req {
         self.max_forwards = n;
         self
@@ -326,7 +342,7 @@ impl Req {
         if let Some(n) = self.max_forwards {
             s.push_str(&format!("Max-Forwards: {n}\r\n"));
         }
-        s.push_str("From: <sip:alice@example.test>;tag=a1\r\n");
+        s.push_str(&format!("From: {}\r\n", self.from));
         s.push_str(&format!("To: {}\r\n", self.to));
         s.push_str(&format!("Call-ID: {}\r\n", self.call));
         s.push_str(&format!("CSeq: {} {}\r\n", self.cseq, self.method));

@@ -20,7 +20,10 @@ fn register_over_udp_asks_the_registrar_with_the_flow_then_answers_200_with_expi
         .text();
     let outs = h.udp(uac(), &text);
     assert_eq!(outs.len(), 1, "only the registrar write: {outs:#?}");
-    let Output::Register { key, info, policy } = &outs[0] else {
+    let Output::Register {
+        key, info, policy, ..
+    } = &outs[0]
+    else {
         panic!("a Register expected: {outs:#?}");
     };
     assert_eq!(info.aor, "alice@example.test");
