@@ -115,6 +115,32 @@ pub struct Config {
     /// push back, they never drop in silence). Also bounded at 8 MiB of messages.
     #[serde(default = "default_sip_peer_queue")]
     pub sip_peer_queue: usize,
+    /// Who may use SIP: `"digest"` (the default) challenges REGISTERs for the farm's
+    /// domains (401) and requests from them (407) with digest authentication, and relays
+    /// requests from elsewhere only to the farm's own users (403 otherwise); `"off"`
+    /// challenges nobody and relays anything, for closed test networks only.
+    #[serde(default)]
+    pub sip_auth: SipAuth,
+    /// How long a digest nonce stays valid, in seconds; an older one gets `stale=true`.
+    #[serde(default = "default_sip_nonce_lifetime_secs")]
+    pub sip_nonce_lifetime_secs: u64,
+    /// Failed authentications from one source address are counted over this many seconds.
+    #[serde(default = "default_sip_auth_window_secs")]
+    pub sip_auth_window_secs: u64,
+    /// From this many failures in the window, a source may try once per
+    /// `sip_auth_slow_interval_ms`; sooner attempts get 403.
+    #[serde(default = "default_sip_auth_slow_after")]
+    pub sip_auth_slow_after: u32,
+    /// The least time between two attempts of a slowed source, in milliseconds.
+    #[serde(default = "default_sip_auth_slow_interval_ms")]
+    pub sip_auth_slow_interval_ms: u64,
+    /// At this many failures in the window, a source is refused (403) for
+    /// `sip_auth_block_secs`.
+    #[serde(default = "default_sip_auth_block_after")]
+    pub sip_auth_block_after: u32,
+    /// How long a blocked source stays refused, in seconds.
+    #[serde(default = "default_sip_auth_block_secs")]
+    pub sip_auth_block_secs: u64,
     /// Where to serve Prometheus metrics over HTTP (optional).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -199,6 +225,36 @@ fn default_sip_max_message() -> usize {
 fn default_sip_inbound_queue() -> usize {
     transport::DEFAULT_INBOUND_QUEUE
 }
+fn default_sip_nonce_lifetime_secs() -> u64 {
+    onehop_sip::digest::DEFAULT_NONCE_LIFETIME_MS / 1000
+}
+fn default_sip_auth_window_secs() -> u64 {
+    60
+}
+fn default_sip_auth_slow_after() -> u32 {
+    5
+}
+fn default_sip_auth_slow_interval_ms() -> u64 {
+    1000
+}
+fn default_sip_auth_block_after() -> u32 {
+    20
+}
+fn default_sip_auth_block_secs() -> u64 {
+    300
+}
+
+/// Who may use SIP (config key `sip_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SipAuth {
+    /// Digest authentication and no open relay.
+    #[default]
+    Digest,
+    /// Nobody challenged, anything relayed (closed test networks only).
+    Off,
+}
+
 fn default_points() -> u32 {
     onehop_overlay::ring::DEFAULT_POINTS
 }
@@ -318,6 +374,18 @@ impl Config {
         }
         if self.min_expires > self.max_expires {
             return Err(bad("min_expires", "must not exceed max_expires"));
+        }
+        if self.sip_nonce_lifetime_secs < 10 || self.sip_nonce_lifetime_secs > 86_400 {
+            return Err(bad(
+                "sip_nonce_lifetime_secs",
+                "must be between 10 and 86400 seconds",
+            ));
+        }
+        if self.sip_auth_slow_after == 0 || self.sip_auth_block_after < self.sip_auth_slow_after {
+            return Err(bad(
+                "sip_auth_block_after",
+                "must be at least sip_auth_slow_after, which must be at least 1",
+            ));
         }
         if self.sip_peer_queue == 0 {
             return Err(bad("sip_peer_queue", "must be at least 1"));

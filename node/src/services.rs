@@ -150,6 +150,19 @@ pub async fn start(
             n => n,
         };
         pcfg.max_message = cfg.sip_max_message;
+        pcfg.auth = match cfg.sip_auth {
+            crate::config::SipAuth::Digest => crate::proxy::AuthMode::Digest,
+            crate::config::SipAuth::Off => crate::proxy::AuthMode::Off,
+        };
+        pcfg.nonce_lifetime_ms = cfg.sip_nonce_lifetime_secs * 1000;
+        pcfg.guard = crate::proxy::GuardPolicy {
+            window_ms: cfg.sip_auth_window_secs * 1000,
+            slow_after: cfg.sip_auth_slow_after,
+            slow_interval_ms: cfg.sip_auth_slow_interval_ms,
+            block_after: cfg.sip_auth_block_after,
+            block_ms: cfg.sip_auth_block_secs * 1000,
+            ..crate::proxy::GuardPolicy::default()
+        };
         // Each worker's inbox holds what the transports' inbound queue held.
         pcfg.queue = cfg.sip_inbound_queue;
         let (core, inboxes) = crate::proxy::core::inboxes(&pcfg);
@@ -207,7 +220,7 @@ pub async fn start(
             });
             info!(port, "SIP over TLS listening");
         }
-        info!(%listen, %domain, workers, "SIP proxy and registrar listening (UDP, TCP)");
+        info!(%listen, %domain, workers, auth = ?cfg.sip_auth, "SIP proxy and registrar listening (UDP, TCP)");
         sip = Some(transports);
     }
     Ok((endpoints, Services { store, sip, relay }))

@@ -23,6 +23,17 @@ pub fn farm_bin() -> PathBuf {
     }
 }
 
+/// The nodes of a test farm do not authenticate SIP unless the test asks for it (with
+/// `--node-set sip_auth="digest"`): most tests register AORs that no account backs, and are
+/// about routing, replication and transport. The tests of authentication are in `auth.rs`.
+fn open_sip(args: &[&str]) -> Vec<&'static str> {
+    if args.iter().any(|a| a.starts_with("sip_auth=")) {
+        Vec::new()
+    } else {
+        vec!["--node-set", "sip_auth=\"off\""]
+    }
+}
+
 /// A farm started with `--detach`, stopped on drop.
 pub struct Farm {
     pub dir: tempfile::TempDir,
@@ -81,6 +92,7 @@ impl Farm {
             ])
             .arg(dir.path())
             .args(args)
+            .args(open_sip(args))
             .output()
             .expect("run onehop-farm up");
         assert!(

@@ -16,7 +16,7 @@
 //! failed sends; bounded by what it started, since `max_pending` and the peer queues bound
 //! that).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +30,8 @@ use tracing::{debug, warn};
 use super::media::{Done, MediaGate};
 use super::resolve::SipResolver;
 use super::transport::{Inbound, InboundSink, Proto, SendError, Transports};
-use super::{Locator, PeerLink, ProxyConfig, Receipt, SipEnvelope};
+use super::{FarmSettings, Locator, PeerLink, ProxyConfig, Receipt, SipEnvelope};
+use crate::sip::digest::{Admit, FailureGuard, GuardPolicy};
 use crate::sip::engine::{Counts, Engine, EngineConfig, Env, Input, MediaHook, Output, Resume};
 use crate::sip::registrar::Transport;
 use crate::sip::transaction::TransactionKey;
@@ -109,6 +110,69 @@ pub struct NodeEnv {
     me: String,
     view: watch::Receiver<Arc<View>>,
     transports: Arc<Transports>,
+    guard: Arc<SourceGuard>,
+}
+
+/// The failure guard shared by the workers (a source's requests spread over all of them).
+/// Looked at only when a request carries credentials, and locked only when some address is
+/// tracked.
+pub struct SourceGuard {
+    guard: std::sync::Mutex<FailureGuard>,
+    tracked: std::sync::atomic::AtomicBool,
+    failures: Metric,
+    refused: Metric,
+    blocked: Metric,
+}
+
+impl SourceGuard {
+    /// A guard with `policy`, counting in `metrics`.
+    pub fn new(policy: GuardPolicy, metrics: &Metrics) -> SourceGuard {
+        SourceGuard {
+            guard: std::sync::Mutex::new(FailureGuard::new(policy)),
+            tracked: std::sync::atomic::AtomicBool::new(false),
+            failures: metrics.counter(
+                "sip_auth_failures_total",
+                "SIP requests whose credentials were refused (wrong password, unknown user).",
+            ),
+            refused: metrics.counter(
+                "sip_auth_throttled_total",
+                "SIP requests refused without a check because their source failed too often.",
+            ),
+            blocked: metrics.counter(
+                "sip_auth_sources_blocked_total",
+                "Source addresses blocked for a while after repeated failures.",
+            ),
+        }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Admit {
+        use std::sync::atomic::Ordering;
+        if !self.tracked.load(Ordering::Relaxed) {
+            return Admit::Open;
+        }
+        let mut g = self.guard.lock().expect("source guard");
+        let admit = g.admit(ip, onehop_overlay::daemon::now_ms());
+        self.tracked.store(!g.is_empty(), Ordering::Relaxed);
+        if !admit.allowed() {
+            self.refused.inc();
+        }
+        admit
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        use std::sync::atomic::Ordering;
+        self.failures.inc();
+        let mut g = self.guard.lock().expect("source guard");
+        let now = onehop_overlay::daemon::now_ms();
+        if g.len() >= g.policy().max_sources / 2 {
+            g.purge(now);
+        }
+        if g.failed(ip, now) {
+            self.blocked.inc();
+            warn!(source = %ip, "SIP source blocked after repeated authentication failures");
+        }
+        self.tracked.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Env for NodeEnv {
@@ -133,6 +197,14 @@ impl Env for NodeEnv {
 
     fn has_flow(&self, conn: u64) -> bool {
         self.transports.has_flow(conn)
+    }
+
+    fn admit(&self, ip: IpAddr) -> Admit {
+        self.guard.admit(ip)
+    }
+
+    fn auth_failed(&self, ip: IpAddr) {
+        self.guard.failed(ip);
     }
 }
 
@@ -266,6 +338,8 @@ struct Worker {
     counters: Counters,
     /// The gauges' values this worker added, to add only the change.
     reported: (i64, i64),
+    /// The farm's keys and domains as they change.
+    farm: Option<watch::Receiver<Arc<FarmSettings>>>,
 }
 
 /// Most events a worker takes from its inboxes before it carries out the outputs and
@@ -353,6 +427,7 @@ pub fn run(
         }
     };
     let tag = format!("oh{:x}", onehop_overlay::ring::position(&me) & 0xffff_ffff);
+    let guard = Arc::new(SourceGuard::new(cfg.guard, metrics));
     for (id, rx) in inboxes.rx.into_iter().enumerate() {
         let (answers, answers_rx) = mpsc::unbounded_channel();
         let media = cfg
@@ -368,14 +443,26 @@ pub fn run(
         ecfg.max_transactions = cfg.max_transactions.div_ceil(n);
         ecfg.timer_c = cfg.timer_c;
         ecfg.max_message = cfg.max_message;
+        ecfg.auth = cfg.auth;
+        ecfg.nonce_lifetime_ms = cfg.nonce_lifetime_ms;
+        ecfg.seed = rand::random();
         let env = NodeEnv {
             me: me.clone(),
             view: view.clone(),
             transports: transports.clone(),
+            guard: guard.clone(),
         };
+        let now = Instant::now();
+        let mut engine = Engine::new(ecfg, env, media, now);
+        engine.set_wall_clock(now, onehop_overlay::daemon::now_ms());
+        if let Some(farm) = &cfg.farm {
+            let f = farm.borrow().clone();
+            engine.set_keys(f.keys.clone());
+            engine.set_domains(&f.domains);
+        }
         let worker = Worker {
             id,
-            engine: Engine::new(ecfg, env, media, Instant::now()),
+            engine,
             listen: cfg.listen,
             transports: transports.clone(),
             locator: locator.clone(),
@@ -384,6 +471,7 @@ pub fn run(
             answers,
             counters: Counters::new(metrics),
             reported: (0, 0),
+            farm: cfg.farm.clone(),
         };
         tokio::spawn(worker.run(rx, answers_rx, cancel.clone()));
     }
@@ -421,6 +509,8 @@ impl Worker {
         mut answers: mpsc::UnboundedReceiver<Event>,
         cancel: CancellationToken,
     ) {
+        let mut farm = self.farm.take();
+        let mut clock_set = Instant::now();
         loop {
             let next = self.engine.poll_timeout();
             let sleep = async {
@@ -429,9 +519,31 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            let farm_changed = async {
+                match farm.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            if clock_set.elapsed() >= std::time::Duration::from_secs(1) {
+                clock_set = Instant::now();
+                self.engine
+                    .set_wall_clock(clock_set, onehop_overlay::daemon::now_ms());
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
+                alive = farm_changed => {
+                    match (alive, farm.as_ref()) {
+                        (true, Some(rx)) => {
+                            let f = rx.borrow().clone();
+                            self.engine.set_keys(f.keys.clone());
+                            self.engine.set_domains(&f.domains);
+                        }
+                        _ => farm = None,
+                    }
+                    continue;
+                }
                 a = answers.recv() => match a {
                     Some(a) => self.on_event(a),
                     None => return,
@@ -499,13 +611,26 @@ impl Worker {
                         }
                     }
                 }
-                Output::Register { key, info, policy } => {
-                    let fut = self.locator.register(info, policy);
+                Output::Register {
+                    key,
+                    info,
+                    policy,
+                    auth,
+                } => {
+                    let fut = self.locator.register(info, policy, auth);
                     let tx = self.answers.clone();
                     tokio::spawn(async move {
                         let result = fut.await;
                         let at_ms = onehop_overlay::daemon::now_ms();
                         let _ = tx.send(Event::Answer(Input::Registered { key, result, at_ms }));
+                    });
+                }
+                Output::Authenticate { key, aor, auth } => {
+                    let fut = self.locator.authenticate(aor, auth);
+                    let tx = self.answers.clone();
+                    tokio::spawn(async move {
+                        let result = fut.await;
+                        let _ = tx.send(Event::Answer(Input::Authenticated { key, result }));
                     });
                 }
                 Output::Lookup { key, aor } => {

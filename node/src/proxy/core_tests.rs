@@ -112,6 +112,7 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
     let uac_addr = uac.local_addr().unwrap();
     let uas_addr = uas.local_addr().unwrap();
     let mut cfg = ProxyConfig::new("example.test", listen);
+    cfg.auth = crate::proxy::AuthMode::Off;
     cfg.max_transactions = 20;
     let metrics = Metrics::default();
     let (_view_tx, view) = watch::channel(Arc::new(View::default()));

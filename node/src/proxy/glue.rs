@@ -16,6 +16,9 @@ use super::{BoxFut, LocateError, Locator, PeerLink, Receipt, SipEnvelope};
 use crate::peer::{PeerAddr, PeerHandler, PeerNet, Service};
 use onehop_overlay::provision::{AccountRecord, PushOp};
 
+use crate::sip::digest::{verify_at_owner, Algorithm, Ha1, RecentNonces};
+use crate::sip::engine::AuthCheck;
+
 use crate::sip::registrar::{
     Binding, Bindings, ContactInfo, Flow, RegisterContacts, RegisterInfo, RegistrarPolicy,
 };
@@ -56,6 +59,39 @@ enum RegisterReply {
         reason: String,
         min_expires: Option<u32>,
     },
+    /// The credentials were not accepted (`stale`: only the nonce or its count was).
+    Unauthorized {
+        stale: bool,
+    },
+    /// No account is held for the AOR: the entry node reloads it from the managers.
+    NoAccount,
+    /// The account is blocked.
+    Blocked,
+}
+
+impl RegisterReply {
+    /// The outcome for the engine; `NoAccount` is the caller's to handle first.
+    fn into_result(self) -> Result<Vec<Binding>, LocateError> {
+        match self {
+            RegisterReply::Ok(b) => Ok(b),
+            RegisterReply::Rejected {
+                status,
+                reason,
+                min_expires,
+            } => Err(LocateError::Rejected {
+                status,
+                reason,
+                min_expires,
+            }),
+            RegisterReply::Unauthorized { stale } => Err(LocateError::Unauthorized { stale }),
+            RegisterReply::NoAccount => Err(LocateError::Unauthorized { stale: false }),
+            RegisterReply::Blocked => Err(LocateError::Rejected {
+                status: 403,
+                reason: "Account Blocked".into(),
+                min_expires: None,
+            }),
+        }
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Bytes {
@@ -124,8 +160,9 @@ impl RegisterOp {
 }
 
 /// What the registrar keeps under an AOR: its bindings and, once the active manager pushed it,
-/// its account. Encoded as the bindings followed by the rest, so a node of an earlier version
-/// (which decodes the bindings and ignores what follows) still reads the bindings.
+/// its account, with the nonce counts of the requests authenticated as it. Encoded as the
+/// bindings followed by the rest, each version appending its fields, so a node of an earlier
+/// version (which decodes what it knows and ignores what follows) still reads the bindings.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct AorEntry {
     bindings: Bindings,
@@ -133,15 +170,63 @@ struct AorEntry {
     /// The highest account change version applied (a put or a removal): older changes are
     /// ignored.
     seen: u64,
+    /// The nonce counts used by this subscriber: a replay is refused at this one place.
+    nonces: RecentNonces,
+}
+
+/// [`AorEntry`] as the previous version wrote it (no nonce counts).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AorEntryV1 {
+    bindings: Bindings,
+    account: Option<AccountRecord>,
+    seen: u64,
 }
 
 fn decode_entry(b: &[u8]) -> Result<AorEntry, String> {
-    decode::<AorEntry>(b).or_else(|_| {
-        decode::<Bindings>(b).map(|bindings| AorEntry {
-            bindings,
-            ..AorEntry::default()
+    decode::<AorEntry>(b)
+        .or_else(|_| {
+            decode::<AorEntryV1>(b).map(|v1| AorEntry {
+                bindings: v1.bindings,
+                account: v1.account,
+                seen: v1.seen,
+                nonces: RecentNonces::default(),
+            })
         })
-    })
+        .or_else(|_| {
+            decode::<Bindings>(b).map(|bindings| AorEntry {
+                bindings,
+                ..AorEntry::default()
+            })
+        })
+}
+
+impl AorEntry {
+    /// Checks credentials against the account held: the response with its HA1, then the
+    /// nonce count, recorded only when all passed.
+    fn authenticate(&mut self, auth: &AuthCheck, now_ms: u64) -> Result<(), RegisterReply> {
+        let Some(account) = &self.account else {
+            return Err(RegisterReply::NoAccount);
+        };
+        if !account.enabled {
+            return Err(RegisterReply::Blocked);
+        }
+        let ha1 = |alg: Algorithm| match alg {
+            Algorithm::Md5 => Ha1::from_bytes(alg, &account.ha1_md5),
+            Algorithm::Sha256 => Ha1::from_bytes(alg, &account.ha1_sha256),
+        };
+        verify_at_owner(
+            &auth.credentials,
+            &auth.method,
+            ha1,
+            auth.issued_ms,
+            auth.lifetime_ms,
+            &mut self.nonces,
+            now_ms,
+        )
+        .map_err(|e| RegisterReply::Unauthorized {
+            stale: e.is_stale(),
+        })
+    }
 }
 
 /// Whether a registrar entry holds bindings (live, or expired and not purged yet), without
@@ -162,13 +247,25 @@ const OP_TAG: u8 = 0xFF;
 enum RegistrarOp {
     /// An account change pushed by the active manager.
     Account(PushOp),
+    /// A REGISTER whose credentials are checked against the account first.
+    Register {
+        op: RegisterOp,
+        auth: Box<AuthCheck>,
+    },
+    /// The credentials of a request from this AOR (answered as a `RegisterReply`, with no
+    /// bindings when accepted).
+    Authenticate(Box<AuthCheck>),
+}
+
+fn tagged(op: &RegistrarOp) -> Bytes {
+    let mut out = vec![OP_TAG];
+    out.extend_from_slice(&encode(op));
+    Bytes::from(out)
 }
 
 /// The store op applying `op` to its AOR's entry.
 pub fn account_op(op: &PushOp) -> Bytes {
-    let mut out = vec![OP_TAG];
-    out.extend_from_slice(&encode(&RegistrarOp::Account(op.clone())));
-    Bytes::from(out)
+    tagged(&RegistrarOp::Account(op.clone()))
 }
 
 /// Applies REGISTERs (RFC 3261 section 10.3 rules) and account changes at the AOR's owner,
@@ -184,6 +281,15 @@ fn expiry(b: &Bindings) -> u64 {
 }
 
 impl AorEntry {
+    /// The expiry of the entry as held.
+    fn until(&self, now_ms: u64) -> u64 {
+        if self.account.is_some() {
+            NEVER
+        } else {
+            expiry(&self.bindings).max(now_ms + 1)
+        }
+    }
+
     /// The value to store and its expiry; `None` when nothing is left.
     fn stored(&self, now_ms: u64) -> (Option<Bytes>, u64) {
         if self.account.is_some() {
@@ -211,20 +317,38 @@ impl Updater for RegistrarUpdater {
             None => AorEntry::default(),
         };
         entry.bindings.purge(now_ms);
-        if let Some((&OP_TAG, rest)) = op.split_first() {
-            let RegistrarOp::Account(change) = decode(rest)?;
-            let newer = change.version() > entry.seen;
-            if newer {
-                entry.seen = change.version();
-                entry.account = match change {
-                    PushOp::Put { account, .. } => Some(account),
-                    PushOp::Remove { .. } => None,
-                };
-            }
-            let (value, until) = entry.stored(now_ms);
-            return Ok((value, until, encode(&newer)));
-        }
-        let op: RegisterOp = decode(op)?;
+        let op: RegisterOp = match op.split_first() {
+            Some((&OP_TAG, rest)) => match decode(rest)? {
+                RegistrarOp::Account(change) => {
+                    let newer = change.version() > entry.seen;
+                    if newer {
+                        entry.seen = change.version();
+                        entry.account = match change {
+                            PushOp::Put { account, .. } => Some(account),
+                            PushOp::Remove { .. } => None,
+                        };
+                    }
+                    let (value, until) = entry.stored(now_ms);
+                    return Ok((value, until, encode(&newer)));
+                }
+                RegistrarOp::Authenticate(auth) => {
+                    return Ok(match entry.authenticate(&auth, now_ms) {
+                        Ok(()) => {
+                            let (value, until) = entry.stored(now_ms);
+                            (value, until, encode(&RegisterReply::Ok(Vec::new())))
+                        }
+                        Err(reply) => (current.cloned(), entry.until(now_ms), encode(&reply)),
+                    });
+                }
+                RegistrarOp::Register { op, auth } => {
+                    if let Err(reply) = entry.authenticate(&auth, now_ms) {
+                        return Ok((current.cloned(), entry.until(now_ms), encode(&reply)));
+                    }
+                    op
+                }
+            },
+            _ => decode(op)?,
+        };
         let (info, policy) = op.info();
         match entry.bindings.apply_register(&info, now_ms, &policy) {
             Ok(now_bound) => {
@@ -248,28 +372,131 @@ impl Updater for RegistrarUpdater {
                     min_expires,
                 });
                 // Nothing changes: keep what was held.
-                let keep = current.cloned();
-                let until = if entry.account.is_some() {
-                    NEVER
-                } else {
-                    expiry(&entry.bindings).max(now_ms + 1)
-                };
-                Ok((keep, until, reply))
+                Ok((current.cloned(), entry.until(now_ms), reply))
             }
         }
     }
 }
 
+/// Where a node reloads an account its registrar cache lacks: the managers.
+pub trait AccountSource: Send + Sync + 'static {
+    /// The account at `aor` as the managers hold it now (`None`: not provisioned).
+    fn fetch(&self, aor: String) -> BoxFut<Result<Option<AccountRecord>, String>>;
+}
+
+/// How long an AOR the managers said was not provisioned is not asked for again (a
+/// provisioned account is pushed to its registrar anyway; this only bounds the questions an
+/// unprovisioned AOR's REGISTERs cause).
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Most AORs remembered as not provisioned.
+const NEGATIVE_MAX: usize = 100_000;
+
 /// Bindings kept in the replicated store.
 pub struct StoreLocator {
     store: Store,
+    accounts: Option<Arc<dyn AccountSource>>,
+    /// AORs recently found not provisioned, and when.
+    unknown: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
 }
 
 impl StoreLocator {
     /// A locator over `store`, whose `registrar` updater must be [`RegistrarUpdater`].
     pub fn new(store: Store) -> StoreLocator {
         store.register_updater(REGISTRAR, Arc::new(RegistrarUpdater));
-        StoreLocator { store }
+        StoreLocator {
+            store,
+            accounts: None,
+            unknown: Arc::default(),
+        }
+    }
+
+    /// Reload accounts missing at their registrar from `source` before refusing.
+    pub fn with_accounts(mut self, source: Arc<dyn AccountSource>) -> StoreLocator {
+        self.accounts = Some(source);
+        self
+    }
+
+    /// Applies `op` at the AOR's owner. When the owner holds no account for it, reloads the
+    /// account from the managers, puts it in the store and applies `op` once more, so a
+    /// provisioned user is never refused because a cache is cold.
+    fn apply(
+        &self,
+        aor: String,
+        op: Bytes,
+        need_acks: bool,
+    ) -> BoxFut<Result<Vec<Binding>, LocateError>> {
+        let store = self.store.clone();
+        let accounts = self.accounts.clone();
+        let unknown = self.unknown.clone();
+        Box::pin(async move {
+            let reply = update(&store, &aor, op.clone(), need_acks).await?;
+            if !matches!(reply, RegisterReply::NoAccount) {
+                return reply.into_result();
+            }
+            let Some(source) = accounts else {
+                return reply.into_result();
+            };
+            {
+                let mut unknown = unknown.lock().expect("unknown AORs");
+                if let Some(at) = unknown.get(&aor) {
+                    if at.elapsed() < NEGATIVE_TTL {
+                        return reply.into_result();
+                    }
+                    unknown.remove(&aor);
+                }
+            }
+            match source.fetch(aor.clone()).await {
+                Ok(Some(account)) => {
+                    debug!(%aor, "account reloaded from the managers");
+                    let put = account_op(&PushOp::Put {
+                        aor: aor.clone(),
+                        account,
+                    });
+                    store
+                        .update(REGISTRAR, &aor, put)
+                        .await
+                        .map_err(|e| LocateError::Unavailable(e.to_string()))?;
+                    update(&store, &aor, op, need_acks).await?.into_result()
+                }
+                Ok(None) => {
+                    let mut unknown = unknown.lock().expect("unknown AORs");
+                    if unknown.len() >= NEGATIVE_MAX {
+                        unknown.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
+                        if unknown.len() >= NEGATIVE_MAX {
+                            unknown.clear();
+                        }
+                    }
+                    unknown.insert(aor, std::time::Instant::now());
+                    reply.into_result()
+                }
+                // The managers cannot be asked now: say so rather than refuse the user.
+                Err(e) => Err(LocateError::Unavailable(format!(
+                    "account not cached and the managers did not answer: {e}"
+                ))),
+            }
+        })
+    }
+}
+
+/// One registrar op at the AOR's owner; with `need_acks`, held by the replica set.
+async fn update(
+    store: &Store,
+    aor: &str,
+    op: Bytes,
+    need_acks: bool,
+) -> Result<RegisterReply, LocateError> {
+    match store.update(REGISTRAR, aor, op).await {
+        Ok((reply, acks)) => {
+            let reply = decode::<RegisterReply>(&reply).map_err(LocateError::Unavailable)?;
+            if need_acks && matches!(reply, RegisterReply::Ok(_)) && acks.held < acks.wanted {
+                return Err(LocateError::Unavailable(format!(
+                    "binding held by {} of {} registrars",
+                    acks.held, acks.wanted
+                )));
+            }
+            Ok(reply)
+        }
+        Err(e) => Err(LocateError::Unavailable(e.to_string())),
     }
 }
 
@@ -278,36 +505,21 @@ impl Locator for StoreLocator {
         &self,
         info: RegisterInfo,
         policy: RegistrarPolicy,
+        auth: Option<Box<AuthCheck>>,
     ) -> BoxFut<Result<Vec<Binding>, LocateError>> {
         let aor = info.aor.clone();
-        let op = encode(&RegisterOp::new(info, &policy));
-        let store = self.store.clone();
-        Box::pin(async move {
-            match store.update(REGISTRAR, &aor, op).await {
-                Ok((reply, acks)) => {
-                    if acks.held < acks.wanted {
-                        return Err(LocateError::Unavailable(format!(
-                            "binding held by {} of {} registrars",
-                            acks.held, acks.wanted
-                        )));
-                    }
-                    match decode::<RegisterReply>(&reply) {
-                        Ok(RegisterReply::Ok(b)) => Ok(b),
-                        Ok(RegisterReply::Rejected {
-                            status,
-                            reason,
-                            min_expires,
-                        }) => Err(LocateError::Rejected {
-                            status,
-                            reason,
-                            min_expires,
-                        }),
-                        Err(e) => Err(LocateError::Unavailable(e)),
-                    }
-                }
-                Err(e) => Err(LocateError::Unavailable(e.to_string())),
-            }
-        })
+        let op = RegisterOp::new(info, &policy);
+        let op = match auth {
+            // Without credentials the op is the earlier version's, which every node reads.
+            None => encode(&op),
+            Some(auth) => tagged(&RegistrarOp::Register { op, auth }),
+        };
+        self.apply(aor, op, true)
+    }
+
+    fn authenticate(&self, aor: String, auth: Box<AuthCheck>) -> BoxFut<Result<(), LocateError>> {
+        let fut = self.apply(aor, tagged(&RegistrarOp::Authenticate(auth)), false);
+        Box::pin(async move { fut.await.map(|_| ()) })
     }
 
     fn lookup(&self, aor: String) -> BoxFut<Result<Vec<Binding>, LocateError>> {
@@ -720,6 +932,118 @@ mod account_tests {
             }),
         );
         assert!(v.is_none());
+    }
+
+    /// alice's credentials (password "pw") for REGISTER, answering a nonce issued at
+    /// `NOW_MS` with count `nc`.
+    fn creds(password: &str, nc: u32) -> Box<AuthCheck> {
+        use crate::sip::digest::{Challenge, Credentials, NonceKey, NonceKeys};
+        let keys = NonceKeys::new(NonceKey::new(1, [3; 32]), None).unwrap();
+        let challenge = Challenge {
+            realm: "example.test".into(),
+            nonce: keys.issue(1_000_000, [1; 8], "example.test"),
+            algorithm: Algorithm::Sha256,
+            stale: false,
+            opaque: None,
+        };
+        Box::new(AuthCheck {
+            credentials: Credentials::answer(
+                &challenge,
+                "alice",
+                password,
+                "REGISTER",
+                "sip:example.test",
+                "cn",
+                nc,
+            ),
+            method: "REGISTER".into(),
+            issued_ms: Some(1_000_000),
+            lifetime_ms: 300_000,
+        })
+    }
+
+    fn pw_account(version: u64, enabled: bool) -> Bytes {
+        account_op(&PushOp::Put {
+            aor: "alice@example.test".into(),
+            account: AccountRecord {
+                version,
+                enabled,
+                ha1_md5: Ha1::compute(Algorithm::Md5, "alice", "example.test", "pw")
+                    .as_bytes()
+                    .try_into()
+                    .unwrap(),
+                ha1_sha256: Ha1::compute(Algorithm::Sha256, "alice", "example.test", "pw")
+                    .as_bytes()
+                    .try_into()
+                    .unwrap(),
+                display_name: None,
+            },
+        })
+    }
+
+    fn authed_register(auth: Box<AuthCheck>) -> Bytes {
+        let op: RegisterOp = decode(&register(1)).unwrap();
+        tagged(&RegistrarOp::Register { op, auth })
+    }
+
+    fn reply_of(out: &(Option<Bytes>, u64, Bytes)) -> RegisterReply {
+        decode(&out.2).unwrap()
+    }
+
+    #[test]
+    fn credentials_are_checked_against_the_account_at_the_owner() {
+        // No account held: the entry node is told to reload it.
+        let out = apply(None, &authed_register(creds("pw", 1)));
+        assert!(matches!(reply_of(&out), RegisterReply::NoAccount));
+        assert!(out.0.is_none(), "nothing stored");
+        let (v, _, _) = apply(None, &pw_account(3, true));
+        let v = v.unwrap();
+        // A wrong password: refused, nothing changes.
+        let out = apply(Some(&v), &authed_register(creds("nope", 1)));
+        assert!(matches!(
+            reply_of(&out),
+            RegisterReply::Unauthorized { stale: false }
+        ));
+        assert_eq!(out.0.as_ref(), Some(&v));
+        // The right one: bound, and the count recorded.
+        let out = apply(Some(&v), &authed_register(creds("pw", 1)));
+        assert!(matches!(reply_of(&out), RegisterReply::Ok(b) if b.len() == 1));
+        let v = out.0.unwrap();
+        assert_eq!(decode_entry(&v).unwrap().nonces.len(), 1);
+        // The same count again (a replay): stale, wherever it arrived.
+        let out = apply(Some(&v), &authed_register(creds("pw", 1)));
+        assert!(matches!(
+            reply_of(&out),
+            RegisterReply::Unauthorized { stale: true }
+        ));
+        // Requests other than REGISTER are checked the same way.
+        let out = apply(
+            Some(&v),
+            &tagged(&RegistrarOp::Authenticate(creds("pw", 2))),
+        );
+        assert!(matches!(reply_of(&out), RegisterReply::Ok(b) if b.is_empty()));
+        let v = out.0.unwrap();
+        assert_eq!(
+            decode_entry(&v).unwrap().bindings.current(1_000_000).len(),
+            1
+        );
+        // A blocked account: refused even with the right password.
+        let (v, _, _) = apply(Some(&v), &pw_account(4, false));
+        let out = apply(v.as_ref(), &authed_register(creds("pw", 3)));
+        assert!(matches!(reply_of(&out), RegisterReply::Blocked));
+    }
+
+    #[test]
+    fn an_entry_of_the_previous_version_keeps_its_account() {
+        let v1 = encode(&AorEntryV1 {
+            bindings: Bindings::new(),
+            account: Some(record(5, true)),
+            seen: 5,
+        });
+        let e = decode_entry(&v1).unwrap();
+        assert_eq!(e.account, Some(record(5, true)));
+        assert_eq!(e.seen, 5);
+        assert!(e.nonces.is_empty());
     }
 
     #[test]

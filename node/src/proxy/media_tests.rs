@@ -530,6 +530,7 @@ async fn a_call_through_the_core_is_relayed_and_freed() {
         cancel.clone(),
     );
     let mut cfg = ProxyConfig::new("example.test", listen);
+    cfg.auth = crate::proxy::AuthMode::Off;
     cfg.media_relay = Some(MediaRelay {
         control: Local::new(Some(engine.clone())),
         allocate: true,

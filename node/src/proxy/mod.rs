@@ -30,6 +30,7 @@ pub(crate) mod test_support;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,17 +40,24 @@ use crate::sip::registrar::{Binding, Flow, RegisterInfo, RegistrarPolicy};
 /// A boxed future, for the object-safe traits below.
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-pub use crate::sip::engine::LocateError;
+pub use crate::sip::digest::{GuardPolicy, NonceKeys};
+pub use crate::sip::engine::{AuthCheck, AuthMode, LocateError};
 
 /// Where the bindings live: the replicated store on the `registrar` ring.
 pub trait Locator: Send + Sync + 'static {
     /// Applies a REGISTER at the AOR's owner; returns the current contacts once min(R, live
     /// registrars) hold them.
+    /// With `auth`, the credentials are checked against the AOR's account first (in the
+    /// same step, at the owner).
     fn register(
         &self,
         info: RegisterInfo,
         policy: RegistrarPolicy,
+        auth: Option<Box<AuthCheck>>,
     ) -> BoxFut<Result<Vec<Binding>, LocateError>>;
+    /// Checks the credentials of a request from `aor` at its registrar (the account and the
+    /// nonce counts live there).
+    fn authenticate(&self, aor: String, auth: Box<AuthCheck>) -> BoxFut<Result<(), LocateError>>;
     /// The live contacts of an AOR (empty when unregistered).
     fn lookup(&self, aor: String) -> BoxFut<Result<Vec<Binding>, LocateError>>;
 }
@@ -121,6 +129,23 @@ pub struct ProxyConfig {
     pub tls_port: Option<u16>,
     /// The media relays, when calls' media is relayed (see [`media`]).
     pub media_relay: Option<media::MediaRelay>,
+    /// Who is challenged and what is relayed.
+    pub auth: AuthMode,
+    /// How long a digest nonce stays valid, in milliseconds.
+    pub nonce_lifetime_ms: u64,
+    /// How failed authentications slow, then refuse, their source address.
+    pub guard: GuardPolicy,
+    /// The farm's nonce keys and provisioned domains as they change (none: neither).
+    pub farm: Option<tokio::sync::watch::Receiver<Arc<FarmSettings>>>,
+}
+
+/// What the farm tells the proxy at run time.
+#[derive(Debug, Clone, Default)]
+pub struct FarmSettings {
+    /// The keys nonces are issued and checked with (the same on every node).
+    pub keys: Option<NonceKeys>,
+    /// The provisioned domains (besides the configured one).
+    pub domains: Vec<String>,
 }
 
 impl ProxyConfig {
@@ -139,6 +164,10 @@ impl ProxyConfig {
             dns_servers: Vec::new(),
             tls_port: None,
             media_relay: None,
+            auth: AuthMode::Digest,
+            nonce_lifetime_ms: crate::sip::digest::DEFAULT_NONCE_LIFETIME_MS,
+            guard: GuardPolicy::default(),
+            farm: None,
         }
     }
 }

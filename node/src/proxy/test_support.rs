@@ -16,7 +16,16 @@ impl Locator for OneCallee {
         &self,
         _info: RegisterInfo,
         _policy: RegistrarPolicy,
+        _auth: Option<Box<crate::proxy::AuthCheck>>,
     ) -> BoxFut<Result<Vec<Binding>, LocateError>> {
+        Box::pin(async { Err(LocateError::Unavailable("not in this test".into())) })
+    }
+
+    fn authenticate(
+        &self,
+        _aor: String,
+        _auth: Box<crate::proxy::AuthCheck>,
+    ) -> BoxFut<Result<(), LocateError>> {
         Box::pin(async { Err(LocateError::Unavailable("not in this test".into())) })
     }
 
