@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod auth;
 mod deploy;
 mod dns;
 mod eventserver_loss;

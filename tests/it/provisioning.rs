@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{wait_for, within_budget, Farm};
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -22,7 +22,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// One HTTPS request; the status and the JSON body (null when empty).
-fn call(c: &Client, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) fn call(c: &Client, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let bytes = body
         .map(|b| Bytes::from(serde_json::to_vec(&b).unwrap()))
         .unwrap_or_default();
@@ -699,7 +699,7 @@ fn the_leader_killed_during_an_import_and_every_manager_restarted_lose_no_accoun
 }
 
 /// The node that owns `aor` on the registrar ring, by the lookup interface.
-fn owner_of(farm: &Farm, aor: &str) -> String {
+pub(crate) fn owner_of(farm: &Farm, aor: &str) -> String {
     let ip = farm
         .lookup("node1")
         .ask(&format!("lookup registrar for {aor}"));
@@ -712,7 +712,7 @@ fn owner_of(farm: &Farm, aor: &str) -> String {
         .clone()
 }
 
-fn provision_version(farm: &Farm, node: &str) -> i64 {
+pub(crate) fn provision_version(farm: &Farm, node: &str) -> i64 {
     let m = farm.file.member(node).unwrap();
     crate::harness::scrape(m.addr("metrics").unwrap())
         .and_then(|m| m.get("onehop_provision_version").copied())
