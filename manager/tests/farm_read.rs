@@ -64,7 +64,7 @@ fn client(pki: &mut Pki, name: &str, kind: Kind, host: u8, manager: SocketAddr) 
         None,
     )
     .unwrap();
-    FarmClient::new(ep, Arc::new(move || vec![manager]))
+    FarmClient::new(ep, Arc::new(move || vec![manager]), ConnTable::default())
 }
 
 async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T

@@ -30,7 +30,7 @@ use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::net::peer_identity;
+use crate::net::{peer_identity, ConnTable};
 use crate::provision::{AccountRecord, FarmInfo, FarmReply, FarmRequest};
 use crate::status::{Kind, NetworkStatus};
 use crate::wire::{decode_body, encode_frame, read_frame, CloseCode};
@@ -77,6 +77,7 @@ struct Held {
 struct Inner {
     endpoint: quinn::Endpoint,
     managers: ManagerSource,
+    table: ConnTable,
     held: Mutex<Option<Held>>,
     /// When the active manager was last tried while connected to another.
     tried_active: std::sync::Mutex<Option<Instant>>,
@@ -97,22 +98,27 @@ impl std::fmt::Debug for FarmClient {
 
 impl FarmClient {
     /// A client that connects from `endpoint` (whose default client configuration presents
-    /// the member's certificate) to the managers `managers` lists.
-    pub fn new(endpoint: quinn::Endpoint, managers: ManagerSource) -> FarmClient {
+    /// the member's certificate) to the managers `managers` lists. Its connection is recorded
+    /// in `table`, so that the member's CRL enforcement closes it when the manager's
+    /// certificate is revoked.
+    pub fn new(endpoint: quinn::Endpoint, managers: ManagerSource, table: ConnTable) -> FarmClient {
         FarmClient {
             inner: Arc::new(Inner {
                 endpoint,
                 managers,
+                table,
                 held: Mutex::new(None),
                 tried_active: std::sync::Mutex::new(None),
             }),
         }
     }
 
-    /// A client that finds the managers in the network status `status` holds.
+    /// A client that finds the managers in the network status `status` holds (see
+    /// [`FarmClient::new`]).
     pub fn with_status(
         endpoint: quinn::Endpoint,
         status: watch::Receiver<Option<NetworkStatus>>,
+        table: ConnTable,
     ) -> FarmClient {
         FarmClient::new(
             endpoint,
@@ -123,6 +129,7 @@ impl FarmClient {
                     .map(managers_of)
                     .unwrap_or_default()
             }),
+            table,
         )
     }
 
@@ -168,8 +175,7 @@ impl FarmClient {
             Ok(r) => r,
             Err(_) => {
                 if let Some(h) = self.inner.held.lock().await.take() {
-                    h.conn
-                        .close(CloseCode::Normal.varint(), b"no answer in time");
+                    self.drop_conn(&h.conn, b"no answer in time");
                 }
                 Err(format!("no answer within {CALL_TIMEOUT:?}"))
             }
@@ -183,7 +189,13 @@ impl FarmClient {
             .is_some_and(|h| h.conn.stable_id() == conn.stable_id())
         {
             *held = None;
+            self.inner.table.remove(conn);
         }
+    }
+
+    fn drop_conn(&self, conn: &quinn::Connection, why: &[u8]) {
+        conn.close(CloseCode::Normal.varint(), why);
+        self.inner.table.remove(conn);
     }
 
     /// The connection held, or a new one to the first manager that answers.
@@ -206,7 +218,7 @@ impl FarmClient {
                             addr: *active,
                             conn: conn.clone(),
                         }) {
-                            old.conn.close(CloseCode::Normal.varint(), b"moved");
+                            self.drop_conn(&old.conn, b"moved");
                         }
                         return Ok(conn);
                     }
@@ -214,7 +226,7 @@ impl FarmClient {
                 return Ok(current);
             }
             if let Some(old) = held.take() {
-                old.conn.close(CloseCode::Normal.varint(), b"manager gone");
+                self.drop_conn(&old.conn, b"manager gone");
             }
         }
         if managers.is_empty() {
@@ -270,6 +282,7 @@ impl FarmClient {
                 id.name, id.kind
             ));
         }
+        self.inner.table.insert(id, conn.clone());
         Ok(conn)
     }
 }
