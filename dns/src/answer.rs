@@ -5,10 +5,11 @@
 //! Neither touches a socket, so every DNS behaviour is tested without one:
 //!
 //! - before the first network status (no zone): SERVFAIL;
-//! - a name outside the zone, a class other than IN, a zone transfer: REFUSED; never recursion
-//!   (RA is always clear);
+//! - a name under none of the apexes served (the configured domain and the provisioned ones),
+//!   a class other than IN, a zone transfer: REFUSED; never recursion (RA is always clear);
 //! - inside the zone: AA set; a missing name is NXDOMAIN and a name without the type is NODATA,
-//!   both with the SOA in the authority section;
+//!   both with the SOA of the name's apex (the longest one it is under) in the authority
+//!   section;
 //! - SRV RRsets of proxies are answered as a random slice of at most K records, in random
 //!   order; the additional section carries the addresses of the SRV/NS targets (and, for
 //!   NAPTR, the SRV slices it points to with their addresses);
@@ -219,26 +220,27 @@ pub(crate) fn resolve<'z, R: Rng + ?Sized>(
     if q.query_class() != DNSClass::IN {
         return reply.rcode(ResponseCode::Refused);
     }
-    // ENUM extension point: with several zones, pick the one whose apex is the longest suffix
-    // of the name here.
     let Some(zone) = zone else {
         return reply.rcode(ResponseCode::ServFail);
     };
-    if !zone.origin.zone_of(q.name()) {
-        return reply.rcode(ResponseCode::Refused);
-    }
-    reply.metadata.authoritative = true;
+    // The apex is the longest one the name is under: a name the zone holds knows it; for
+    // any other, the apexes are looked up (REFUSED when the name is under none).
     let Some(node) = zone.node(q.name()) else {
-        reply.authorities.push(&zone.soa);
+        let Some(apex) = zone.apex_of(q.name()) else {
+            return reply.rcode(ResponseCode::Refused);
+        };
+        reply.metadata.authoritative = true;
+        reply.authorities.push(&apex.soa);
         return reply.rcode(ResponseCode::NXDomain);
     };
+    reply.metadata.authoritative = true;
     for set in &node.sets {
         if qtype == RecordType::ANY || set.rtype == qtype {
             reply.answers.extend(set_records(zone, set, rng));
         }
     }
     if reply.answers.is_empty() {
-        reply.authorities.push(&zone.soa);
+        reply.authorities.push(&zone.apex_of_node(node).soa);
     } else {
         reply.additionals = additionals(zone, &reply.answers, rng);
     }

@@ -1,5 +1,5 @@
-//! onehop-dns: the authoritative DNS server of the SIP domain, kept in sync with the live
-//! members through the network status.
+//! onehop-dns: the authoritative DNS server of the SIP domain and of every provisioned
+//! domain, kept in sync with the live members through the network status.
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration.
@@ -10,7 +10,8 @@
 //!   `RequestHandler`) and [`DnsServer`] (the UDP and TCP sockets, bounded).
 //! - [`resolve_eventservers`] (from `onehop_overlay::bootstrap`, re-exported): finding the
 //!   event servers from the domain alone.
-//! - this file: joining as a `dns` member, applying statuses, staleness, leaving.
+//! - this file: joining as a `dns` member, applying statuses, following the provisioned
+//!   domains from the managers (`onehop_overlay::farm_client`), staleness, leaving.
 //!
 //! The server answers SERVFAIL until the first network status arrives. When every event
 //! server is unreachable it keeps answering from the last status it applied, logs that once,
@@ -33,11 +34,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient};
 use onehop_overlay::crl::CrlStore;
+use onehop_overlay::farm_client::{self, FarmClient};
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable};
 use onehop_overlay::status::{Endpoint, Kind};
 use onehop_overlay::tls::Credentials;
 use onehop_overlay::wire::{Announce, Payload, Topic};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use answer::{answer, answer_bytes, AnswerOptions, Outcome, Transport};
@@ -120,6 +124,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         subscribe: vec![Topic::Network, Topic::Crl],
         ..Default::default()
     };
+    let (status_tx, status_rx) = watch::channel(None);
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    follow_domains(
+        FarmClient::with_status(endpoint.clone(), status_rx, conns.clone()),
+        handler.clone(),
+        cancel.clone(),
+    );
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
     info!(name = %identity.name, domain = %cfg.domain, dns = %dns_addr, "dns server started; SERVFAIL until the first network status");
 
@@ -131,6 +143,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 ClientEvent::Event(ev) => {
                     if let Payload::Network(status) = &ev.payload {
                         if handler.apply_status(status) {
+                            status_tx.send_replace(Some(status.clone()));
                             let zone = handler.zone();
                             info!(
                                 term = status.term,
@@ -185,6 +198,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     client.leave(Duration::from_secs(1)).await;
     server.shutdown();
     Ok(())
+}
+
+/// Follows the provisioned domains from the managers' farm-read service and makes the
+/// server authoritative for each of them too (a change is served within about a second).
+fn follow_domains(client: FarmClient, handler: Arc<DnsHandler>, cancel: CancellationToken) {
+    let mut farm = farm_client::follow(client, false, cancel);
+    tokio::spawn(async move {
+        loop {
+            let domains = farm.borrow_and_update().domains.clone();
+            if handler.set_domains(&domains) {
+                info!(domains = domains.len(), "provisioned domains served");
+            }
+            if farm.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// The `onehop-dns` program.

@@ -1,7 +1,8 @@
 //! The request handler (zone snapshot, metrics) and the thin socket layer around it.
 //!
 //! [`DnsHandler`] holds the current [`Zone`] in an `ArcSwapOption`: answering loads it without
-//! blocking, a newer network status swaps a whole new zone in. It implements hickory-server's
+//! blocking, a newer network status or a change of the provisioned domains
+//! ([`DnsHandler::set_domains`]) swaps a whole new zone in. It implements hickory-server's
 //! [`RequestHandler`], so it can be hosted by `hickory_server::Server` (for DoT or DoH later),
 //! and offers [`DnsHandler::respond`] for raw datagrams.
 //!
@@ -16,12 +17,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use hickory_proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -35,6 +36,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, warn, Instrument};
 
 use crate::answer::{answer_bytes, fit, resolve, size_limit, AnswerOptions, Outcome, Transport};
+use crate::config::parse_domain;
 use crate::zone::{Zone, ZoneConfig};
 
 /// Query types counted under their own label; the rest count as `OTHER`.
@@ -82,6 +84,7 @@ pub struct DnsMetrics {
     serial: Metric,
     stale: Metric,
     members: Metric,
+    domains: Metric,
 }
 
 impl DnsMetrics {
@@ -124,6 +127,10 @@ impl DnsMetrics {
                 "dns_zone_members",
                 "Members in the status the zone was built from.",
             ),
+            domains: m.gauge(
+                "dns_zone_domains",
+                "Domains answered for: the configured one and the provisioned ones.",
+            ),
         }
     }
 
@@ -154,6 +161,17 @@ pub struct DnsHandler {
     zone_config: ZoneConfig,
     opts: AnswerOptions,
     metrics: DnsMetrics,
+    /// What the zone is built from; held under the lock while a zone is built and swapped,
+    /// so a status and a domain change never undo each other. Never taken when answering.
+    inputs: Mutex<Inputs>,
+}
+
+/// The inputs of the zone served.
+#[derive(Debug, Default)]
+struct Inputs {
+    status: Option<NetworkStatus>,
+    /// The provisioned domains, parsed, sorted, without the configured domain.
+    domains: Vec<Name>,
 }
 
 impl DnsHandler {
@@ -164,6 +182,7 @@ impl DnsHandler {
             zone_config,
             opts,
             metrics: DnsMetrics::new(metrics),
+            inputs: Mutex::new(Inputs::default()),
         }
     }
 
@@ -181,18 +200,50 @@ impl DnsHandler {
     pub fn set_zone(&self, zone: Zone) {
         self.metrics.serial.set(zone.serial() as i64);
         self.metrics.members.set(zone.member_count() as i64);
+        self.metrics.domains.set(zone.apexes().count() as i64);
         self.zone.store(Some(Arc::new(zone)));
     }
 
-    /// Builds and serves the zone of `status` if it supersedes the one held; returns whether
-    /// it did.
+    /// Builds and serves the zone of `status` (with the provisioned domains held) if it
+    /// supersedes the one held; returns whether it did.
     pub fn apply_status(&self, status: &NetworkStatus) -> bool {
+        let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(held) = self.zone.load().as_ref() {
             if (status.term, status.version) <= held.status_key() {
                 return false;
             }
         }
-        self.set_zone(Zone::from_status(status, &self.zone_config));
+        inputs.status = Some(status.clone());
+        self.set_zone(Zone::build(status, &self.zone_config, &inputs.domains));
+        true
+    }
+
+    /// Answers for the provisioned `domains` (besides the configured domain) from now on;
+    /// the zone is rebuilt from the status held, if any. Names that are not valid domains
+    /// are left out (and logged). Returns whether the set changed.
+    pub fn set_domains(&self, domains: &[String]) -> bool {
+        let own = LowerName::new(&self.zone_config.domain);
+        let mut parsed: Vec<Name> = domains
+            .iter()
+            .filter_map(|d| match parse_domain(d) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    warn!(domain = %d, cause = %e, "provisioned domain left out of DNS");
+                    None
+                }
+            })
+            .filter(|n| LowerName::new(n) != own)
+            .collect();
+        parsed.sort();
+        parsed.dedup();
+        let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        if inputs.domains == parsed {
+            return false;
+        }
+        inputs.domains = parsed;
+        if let Some(status) = &inputs.status {
+            self.set_zone(Zone::build(status, &self.zone_config, &inputs.domains));
+        }
         true
     }
 

@@ -18,13 +18,24 @@
 //! The SRV names of the transports offered always exist (NODATA, not NXDOMAIN, while no proxy
 //! is live), and so do the empty non-terminals `_udp.DOMAIN` and `_tcp.DOMAIN`.
 //!
+//! # Provisioned domains
+//!
+//! [`Zone::build`] also makes the server authoritative for every provisioned domain P the
+//! managers hold (the farm's SIP domains): P gets its own SOA (same serial), NS, the NAPTR
+//! records and the three SRV names, with exactly the records of DOMAIN. Their targets stay
+//! the members' names under DOMAIN (`NAME.DOMAIN`, whose addresses DOMAIN holds and the
+//! additional section carries): P has no member host names and no `_eventserver._udp`, so one
+//! member address lives in one place. All apexes share one name table; each name knows its
+//! apex (the longest apex it is under), so answering a name costs one lookup whatever the
+//! number of domains, and a name under no apex costs one lookup per label.
+//!
 //! # ENUM (extension point)
 //!
-//! ENUM (NAPTR `E2U+sip` under an ENUM suffix) is not built yet. It will be a second [`Zone`]
-//! with its own apex and SOA, built by a sibling of [`Zone::from_status`] from the provisioned
-//! numbers, and held next to this one in the server's snapshot; the answering code then picks
-//! the zone whose apex is the longest suffix of the query name (see
-//! `crate::answer::resolve`), and everything else (NODATA/NXDOMAIN, slicing, sizes) is shared.
+//! ENUM (NAPTR `E2U+sip` under an ENUM suffix) is not built yet. It will be one more apex
+//! with its own SOA (as the provisioned domains are), its names built by a sibling of
+//! [`Zone::build`] from the provisioned numbers; the answering code already picks the
+//! longest apex of the query name (see `crate::answer::resolve`), and everything else
+//! (NODATA/NXDOMAIN, slicing, sizes) is shared.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -111,6 +122,15 @@ pub(crate) struct RrSet {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Node {
     pub(crate) sets: Vec<RrSet>,
+    /// Index in [`Zone::apexes`] of the apex the name is under (the longest one).
+    pub(crate) apex: usize,
+}
+
+/// One apex served: the configured domain or a provisioned one.
+#[derive(Debug, Clone)]
+pub(crate) struct Apex {
+    pub(crate) name: LowerName,
+    pub(crate) soa: Record,
 }
 
 impl Node {
@@ -131,11 +151,15 @@ impl Node {
     }
 }
 
-/// An immutable snapshot of everything answered for one apex.
+/// An immutable snapshot of everything answered: the configured domain's zone and those of
+/// the provisioned domains.
 #[derive(Debug, Clone)]
 pub struct Zone {
     pub(crate) origin: LowerName,
     pub(crate) soa: Record,
+    /// Every apex served; the configured domain first.
+    pub(crate) apexes: Vec<Apex>,
+    apex_index: HashMap<LowerName, usize>,
     pub(crate) nodes: HashMap<LowerName, Node>,
     pub(crate) srv_slice: usize,
     term: u64,
@@ -165,18 +189,18 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn add(&mut self, name: Name, rdata: RData, sliced: bool) {
+    fn add(&mut self, apex: &Name, name: Name, rdata: RData, sliced: bool) {
         let record = Record::from_rdata(name.clone(), self.cfg.ttl, rdata);
-        self.touch(&name);
+        self.touch(apex, &name);
         self.nodes
             .entry(LowerName::new(&name))
             .or_default()
             .push(record, sliced);
     }
 
-    /// Makes `name` and every name between it and the apex exist.
-    fn touch(&mut self, name: &Name) {
-        let apex_labels = self.cfg.domain.num_labels();
+    /// Makes `name` and every name between it and `apex` exist.
+    fn touch(&mut self, apex: &Name, name: &Name) {
+        let apex_labels = apex.num_labels();
         let mut n = name.clone();
         while n.num_labels() >= apex_labels {
             self.nodes.entry(LowerName::new(&n)).or_default();
@@ -188,79 +212,53 @@ impl Builder<'_> {
     }
 
     fn address(&mut self, host: &Name, ip: IpAddr) {
+        let domain = &self.cfg.domain;
         match ip {
             IpAddr::V4(v4) if !v4.is_unspecified() => {
-                self.add(host.clone(), RData::A(A(v4)), false)
+                self.add(domain, host.clone(), RData::A(A(v4)), false)
             }
             IpAddr::V6(v6) if !v6.is_unspecified() => {
-                self.add(host.clone(), RData::AAAA(AAAA(v6)), false)
+                self.add(domain, host.clone(), RData::AAAA(AAAA(v6)), false)
             }
             _ => {}
         }
     }
 }
 
-fn port_of(member: &Member, service: &str, default: u16) -> u16 {
-    member
-        .endpoint(service)
-        .map(|a| a.port())
-        .filter(|p| *p != 0)
-        .unwrap_or(default)
-}
-
-impl Zone {
-    /// Builds the zone for `status`. Pure: the same status and configuration give the same
-    /// zone. Members whose name cannot be a DNS label are left out.
-    pub fn from_status(status: &NetworkStatus, cfg: &ZoneConfig) -> Zone {
-        let domain = &cfg.domain;
-        let mut b = Builder {
-            cfg,
-            nodes: HashMap::new(),
-        };
-        let members: Vec<(&Member, Name)> = status
-            .members
-            .iter()
-            .filter(|m| m.kind.is_member())
-            .filter_map(|m| host_name(&m.name, domain).map(|h| (m, h)))
-            .collect();
-
-        // SOA and NS at the apex.
-        let dns: Vec<&Name> = members
-            .iter()
-            .filter(|(m, _)| m.kind == Kind::Dns)
-            .map(|(_, h)| h)
-            .collect();
+impl Builder<'_> {
+    /// SOA, NS, NAPTR and the SIP SRV names at `apex`, with targets under the configured
+    /// domain; returns the SOA.
+    fn sip_apex(
+        &mut self,
+        apex: &Name,
+        dns: &[&Name],
+        proxies: &[&(&Member, Name)],
+        serial: u32,
+    ) -> Record {
+        let cfg = self.cfg;
         let mname = dns
             .first()
             .map(|h| (*h).clone())
-            .unwrap_or_else(|| domain.clone());
-        let rname = under(&["hostmaster"], domain);
+            .unwrap_or_else(|| apex.clone());
+        let rname = under(&["hostmaster"], apex);
         let soa = Record::from_rdata(
-            domain.clone(),
+            apex.clone(),
             cfg.ttl,
-            RData::SOA(SOA::new(
-                mname,
-                rname,
-                serial_of(status.term, status.version),
-                60,
-                10,
-                3600,
-                cfg.ttl,
-            )),
+            RData::SOA(SOA::new(mname, rname, serial, 60, 10, 3600, cfg.ttl)),
         );
-        b.touch(domain);
-        b.nodes
-            .entry(LowerName::new(domain))
+        self.touch(apex, apex);
+        self.nodes
+            .entry(LowerName::new(apex))
             .or_default()
             .push(soa.clone(), false);
-        for h in &dns {
-            b.add(domain.clone(), RData::NS(NS((*h).clone())), false);
+        for h in dns {
+            self.add(apex, apex.clone(), RData::NS(NS((*h).clone())), false);
         }
 
         // NAPTR at the apex and the SRV names they point to.
-        let sip_udp = under(&["_sip", "_udp"], domain);
-        let sip_tcp = under(&["_sip", "_tcp"], domain);
-        let sips_tcp = under(&["_sips", "_tcp"], domain);
+        let sip_udp = under(&["_sip", "_udp"], apex);
+        let sip_tcp = under(&["_sip", "_tcp"], apex);
+        let sips_tcp = under(&["_sips", "_tcp"], apex);
         let offered: Vec<(u16, &str, &Name, &str, u16)> = [
             (
                 cfg.transports.tls,
@@ -300,24 +298,104 @@ impl Zone {
                 Vec::new().into_boxed_slice(),
                 (*target).clone(),
             );
-            b.add(domain.clone(), RData::NAPTR(naptr), false);
+            self.add(apex, apex.clone(), RData::NAPTR(naptr), false);
         }
         for (_, _, srv_name, endpoint, default_port) in &offered {
-            b.touch(srv_name);
-            for (m, host) in members.iter().filter(|(m, _)| m.has_role(Role::SIP_PROXY)) {
+            self.touch(apex, srv_name);
+            for (m, host) in proxies.iter().map(|p| (&p.0, &p.1)) {
                 let port = port_of(m, endpoint, *default_port);
                 let srv = SRV::new(SRV_PRIORITY, SRV_WEIGHT, port, host.clone());
-                b.add((*srv_name).clone(), RData::SRV(srv), true);
+                self.add(apex, (*srv_name).clone(), RData::SRV(srv), true);
             }
+        }
+        soa
+    }
+}
+
+/// The index of the longest apex `name` is at or under.
+fn apex_under(index: &HashMap<LowerName, usize>, name: &LowerName) -> Option<usize> {
+    let mut n = name.clone();
+    loop {
+        if let Some(i) = index.get(&n) {
+            return Some(*i);
+        }
+        if n.is_root() {
+            return None;
+        }
+        n = n.base_name();
+    }
+}
+
+fn port_of(member: &Member, service: &str, default: u16) -> u16 {
+    member
+        .endpoint(service)
+        .map(|a| a.port())
+        .filter(|p| *p != 0)
+        .unwrap_or(default)
+}
+
+impl Zone {
+    /// Builds the zone for `status` (the configured domain only). Pure: the same status and
+    /// configuration give the same zone. Members whose name cannot be a DNS label are left
+    /// out.
+    pub fn from_status(status: &NetworkStatus, cfg: &ZoneConfig) -> Zone {
+        Zone::build(status, cfg, &[])
+    }
+
+    /// Builds the zone for `status` with the provisioned `domains` too (see the module
+    /// documentation; the configured domain, repeats, the root and names too long to hold
+    /// the SRV names are skipped). Pure.
+    pub fn build(status: &NetworkStatus, cfg: &ZoneConfig, domains: &[Name]) -> Zone {
+        let domain = &cfg.domain;
+        let mut b = Builder {
+            cfg,
+            nodes: HashMap::new(),
+        };
+        let members: Vec<(&Member, Name)> = status
+            .members
+            .iter()
+            .filter(|m| m.kind.is_member())
+            .filter_map(|m| host_name(&m.name, domain).map(|h| (m, h)))
+            .collect();
+        let dns: Vec<&Name> = members
+            .iter()
+            .filter(|(m, _)| m.kind == Kind::Dns)
+            .map(|(_, h)| h)
+            .collect();
+        let proxies: Vec<&(&Member, Name)> = members
+            .iter()
+            .filter(|(m, _)| m.has_role(Role::SIP_PROXY))
+            .collect();
+        let serial = serial_of(status.term, status.version);
+
+        let mut apexes = vec![Apex {
+            name: LowerName::new(domain),
+            soa: b.sip_apex(domain, &dns, &proxies, serial),
+        }];
+        let mut apex_index = HashMap::from([(LowerName::new(domain), 0)]);
+        for d in domains {
+            let mut d = d.to_lowercase();
+            d.set_fqdn(true);
+            // Room for the SRV names under it (as `parse_domain` checks).
+            if d.is_root() || d.len() > 255 - 64 {
+                continue;
+            }
+            let name = LowerName::new(&d);
+            if apex_index.contains_key(&name) {
+                continue;
+            }
+            let soa = b.sip_apex(&d, &dns, &proxies, serial);
+            apex_index.insert(name.clone(), apexes.len());
+            apexes.push(Apex { name, soa });
         }
 
         // Event servers, for bootstrap.
         let es_name = under(&["_eventserver", "_udp"], domain);
-        b.touch(&es_name);
+        b.touch(domain, &es_name);
         for (m, host) in members.iter().filter(|(m, _)| m.kind == Kind::Eventserver) {
             let port = port_of(m, "eventserver", EVENTSERVER_PORT);
             let srv = SRV::new(SRV_PRIORITY, SRV_WEIGHT, port, host.clone());
-            b.add(es_name.clone(), RData::SRV(srv), true);
+            b.add(domain, es_name.clone(), RData::SRV(srv), true);
         }
 
         // Addresses of every live member.
@@ -325,10 +403,18 @@ impl Zone {
             b.address(host, m.ip);
         }
 
+        let mut nodes = b.nodes;
+        if apexes.len() > 1 {
+            for (name, node) in nodes.iter_mut() {
+                node.apex = apex_under(&apex_index, name).unwrap_or(0);
+            }
+        }
         Zone {
             origin: LowerName::new(domain),
-            soa,
-            nodes: b.nodes,
+            soa: apexes[0].soa.clone(),
+            apexes,
+            apex_index,
+            nodes,
             srv_slice: cfg.srv_slice.max(1),
             term: status.term,
             version: status.version,
@@ -380,6 +466,31 @@ impl Zone {
 
     pub(crate) fn node(&self, name: &LowerName) -> Option<&Node> {
         self.nodes.get(name)
+    }
+
+    /// The apex a name of the zone is under.
+    pub(crate) fn apex_of_node(&self, node: &Node) -> &Apex {
+        &self.apexes[node.apex.min(self.apexes.len() - 1)]
+    }
+
+    /// The apex `name` is at or under (the longest), for a name the zone does not hold.
+    pub(crate) fn apex_of(&self, name: &LowerName) -> Option<&Apex> {
+        if self.apexes.len() == 1 {
+            return self.origin.zone_of(name).then(|| &self.apexes[0]);
+        }
+        apex_under(&self.apex_index, name).map(|i| &self.apexes[i])
+    }
+
+    /// Every apex served: the configured domain first, then the provisioned domains.
+    pub fn apexes(&self) -> impl Iterator<Item = Name> + '_ {
+        self.apexes.iter().map(|a| (*a.name).clone())
+    }
+
+    /// The SOA record of the apex `name`, if this zone serves it.
+    pub fn soa_of(&self, name: &Name) -> Option<&Record> {
+        self.apex_index
+            .get(&LowerName::new(name))
+            .map(|i| &self.apexes[*i].soa)
     }
 }
 

@@ -587,3 +587,139 @@ fn any_query_answers_every_rrset_at_the_name() {
         assert!(!of_type(&m.answers, t).is_empty(), "{t}");
     }
 }
+
+fn multi(domains: &[&str]) -> Zone {
+    let names: Vec<_> = domains.iter().map(|d| name(d)).collect();
+    Zone::build(&status(3, 7, 6, false), &cfg(), &names)
+}
+
+#[test]
+fn provisioned_domains_answer_like_the_farm_domain() {
+    let z = multi(&["second.test", "Third.Example", "example.test"]);
+    let apexes: Vec<String> = z.apexes().map(|n| n.to_string()).collect();
+    assert_eq!(
+        apexes,
+        ["example.test.", "second.test.", "third.example."],
+        "the configured domain once, the others lower-cased"
+    );
+    for d in ["second.test", "THIRD.example"] {
+        let m = ask(&z, d, RecordType::NAPTR);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{d}");
+        assert!(m.metadata.authoritative);
+        let mut targets: Vec<String> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::NAPTR(n) => Some(n.replacement.to_string()),
+                _ => None,
+            })
+            .collect();
+        targets.sort();
+        let d = d.to_ascii_lowercase();
+        assert_eq!(
+            targets,
+            [format!("_sip._tcp.{d}."), format!("_sip._udp.{d}.")]
+        );
+        // The SRV slices and the proxies' addresses come along.
+        assert!(!of_type(&m.additionals, RecordType::SRV).is_empty());
+        assert!(!of_type(&m.additionals, RecordType::A).is_empty());
+
+        for srv in ["_sip._udp", "_sip._tcp"] {
+            let m = ask(&z, &format!("{srv}.{d}"), RecordType::SRV);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            let targets = srv_targets(&m.answers);
+            assert_eq!(targets.len(), 4, "a slice of K = 4 of the 6 proxies");
+            // Targets are the members' names under the farm domain, with their addresses.
+            assert!(
+                targets.iter().all(|(t, _)| t.ends_with(".example.test.")),
+                "{targets:?}"
+            );
+            assert_eq!(of_type(&m.additionals, RecordType::A).len(), 4);
+        }
+        let m = ask(&z, &d, RecordType::SOA);
+        let RData::SOA(soa) = &m.answers[0].data else {
+            panic!("no SOA for {d}")
+        };
+        assert_eq!(soa.serial, serial_of(3, 7));
+        assert_eq!(soa.mname.to_string(), "dns1.example.test.");
+        assert_eq!(soa.rname.to_string(), format!("hostmaster.{d}."));
+        let m = ask(&z, &d, RecordType::NS);
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(of_type(&m.additionals, RecordType::A).len(), 1);
+    }
+}
+
+#[test]
+fn provisioned_domains_have_their_own_negative_answers() {
+    let z = multi(&["second.test"]);
+    // No member names, no event servers under a provisioned domain: NXDOMAIN with its SOA.
+    for qname in ["node001.second.test", "_eventserver._udp.second.test"] {
+        let m = ask(&z, qname, RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{qname}");
+        assert!(m.metadata.authoritative);
+        assert_eq!(m.authorities[0].name.to_string(), "second.test.");
+    }
+    // NODATA at an existing name: the apex's SOA.
+    let m = ask(&z, "_sip._udp.second.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty());
+    assert_eq!(m.authorities[0].name.to_string(), "second.test.");
+    // The farm domain's names still answer as before.
+    let m = ask(&z, "node001.example.test", RecordType::A);
+    assert_eq!(m.answers.len(), 1);
+    let m = ask(&z, "nothing.example.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(m.authorities[0].name.to_string(), "example.test.");
+    // Names under no apex are still refused.
+    for qname in ["other.test", "test", "second.test.com", "example.com"] {
+        let m = ask(&z, qname, RecordType::NAPTR);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{qname}");
+        assert!(!m.metadata.authoritative);
+    }
+}
+
+#[test]
+fn nested_domains_pick_the_longest_apex() {
+    // A provisioned domain under the farm domain, and one above it.
+    let z = multi(&["eu.example.test", "test"]);
+    let m = ask(&z, "eu.example.test", RecordType::NAPTR);
+    assert_eq!(m.answers.len(), 2);
+    let m = ask(&z, "missing.eu.example.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(m.authorities[0].name.to_string(), "eu.example.test.");
+    let m = ask(&z, "missing.example.test", RecordType::A);
+    assert_eq!(m.authorities[0].name.to_string(), "example.test.");
+    let m = ask(&z, "other.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(m.authorities[0].name.to_string(), "test.");
+    let m = ask(&z, "_sip._udp.example.test", RecordType::SRV);
+    assert_eq!(srv_targets(&m.answers).len(), 4);
+}
+
+#[test]
+fn the_handler_follows_domain_changes() {
+    let metrics = onehop_overlay::metrics::Metrics::default();
+    let h = onehop_dns::DnsHandler::new(cfg(), AnswerOptions::default(), &metrics);
+    // Domains before any status are kept for the first zone.
+    assert!(h.set_domains(&["second.test".into()]));
+    assert!(!h.set_domains(&["second.test".into()]));
+    assert!(h.zone().is_none());
+    assert!(h.apply_status(&status(1, 1, 2, false)));
+    let apexes = |h: &onehop_dns::DnsHandler| -> Vec<String> {
+        h.zone().unwrap().apexes().map(|n| n.to_string()).collect()
+    };
+    assert_eq!(apexes(&h), ["example.test.", "second.test."]);
+    // A newer status keeps the domains; bad names and the configured domain are left out.
+    assert!(h.apply_status(&status(1, 2, 2, false)));
+    assert!(!h.set_domains(&[
+        "second.test".into(),
+        "bad..name".into(),
+        "EXAMPLE.test".into(),
+        "x".repeat(300),
+    ]));
+    assert_eq!(apexes(&h), ["example.test.", "second.test."]);
+    assert_eq!(metrics.value("dns_zone_domains"), Some(2));
+    assert!(h.set_domains(&[]));
+    assert_eq!(apexes(&h), ["example.test."]);
+    assert_eq!(h.zone().unwrap().status_key(), (1, 2));
+}

@@ -5,7 +5,10 @@
 //! - [`config`]: the TOML configuration.
 //! - [`raft`]: openraft storage (vote and log on disk), state machine (the provisioning store)
 //!   and networking over a pluggable transport.
-//! - [`transport`]: that transport over QUIC with mutual TLS (UDP 8001).
+//! - [`transport`]: that transport over QUIC with mutual TLS (UDP 8001), which also serves
+//!   the farm-read protocol to nodes and DNS servers.
+//! - [`farm_read`]: the farm-read service (domains, the SIP nonce key, single accounts) and
+//!   the making of the farm's nonce key.
 //! - [`members`]: the live-member picture built from the event servers' `members` topic.
 //! - [`provision`]: the provisioning data (domains, accounts, aliases, changes) in redb.
 //! - [`publisher`]: when and what the active manager publishes.
@@ -13,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+pub mod farm_read;
 pub mod members;
 pub mod provision;
 pub mod publisher;
@@ -98,10 +102,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         endpoint.clone(),
         raft.raft().clone(),
         conns.clone(),
+        farm_read::FarmReads::new(raft.store().db().clone(), &metrics),
     ));
 
     let api_token = tokio_util::sync::CancellationToken::new();
     let _stop_api = api_token.clone().drop_guard();
+    farm_read::spawn_nonce_keeper(raft.clone(), api_token.clone());
     let mut endpoints = vec![Endpoint {
         service: "raft".into(),
         addr: raft_addr,

@@ -1,7 +1,9 @@
 //! Raft RPCs between managers over QUIC with mutual TLS (UDP 8001).
 //!
 //! One bidirectional stream per RPC: the caller writes one frame (the request) and finishes;
-//! the callee answers with one frame. Only peers holding a `manager` certificate are served.
+//! the callee answers with one frame. Only peers holding a `manager` certificate are served
+//! Raft; `node` and `dns` certificates are served the farm-read protocol on the same port
+//! ([`crate::farm_read`]), and every other kind is refused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -120,18 +122,38 @@ impl RaftTransport for QuicTransport {
     }
 }
 
-/// The server side: serves Raft RPCs from other managers until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, raft: Raft<TypeConfig>, table: ConnTable) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+/// Handshakes in progress at once; more are refused.
+pub const MAX_HANDSHAKES: usize = 256;
+/// Connections of other managers (Raft) at once. Counted apart from members', so that many
+/// nodes never crowd Raft out.
+pub const MAX_MANAGER_CONNECTIONS: usize = 64;
+/// Connections of nodes and DNS servers (farm reads) at once; one per member is the norm.
+pub const MAX_MEMBER_CONNECTIONS: usize = 1024;
+
+/// The server side until the endpoint closes: Raft RPCs from other managers, and the
+/// farm-read service ([`crate::farm_read`]) for nodes and DNS servers. Any other certificate
+/// kind is refused with [`CloseCode::Forbidden`]; revoked certificates never get past the
+/// handshake (the endpoint's verifier holds the CRL) and connections are recorded in `table`
+/// so that a later revocation closes them.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    raft: Raft<TypeConfig>,
+    table: ConnTable,
+    farm: crate::farm_read::FarmReads,
+) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let managers = Arc::new(tokio::sync::Semaphore::new(MAX_MANAGER_CONNECTIONS));
+    let members = Arc::new(tokio::sync::Semaphore::new(MAX_MEMBER_CONNECTIONS));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
             incoming.refuse();
             continue;
         };
         let raft = raft.clone();
         let table = table.clone();
+        let farm = farm.clone();
+        let (managers, members) = (managers.clone(), members.clone());
         tokio::spawn(async move {
-            let _permit = permit;
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
@@ -140,19 +162,38 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: Raft<TypeConfig>, table: Con
                     return;
                 }
             };
+            drop(handshake);
             let id = match peer_identity(&conn) {
-                Ok(id) if id.kind == Kind::Manager => id,
-                Ok(id) => {
-                    warn!(peer = %peer_label(Some(&id.name), remote), peer_kind = %id.kind, "refused raft connection: not a manager certificate");
-                    conn.close(CloseCode::Forbidden.varint(), b"only managers speak raft");
-                    return;
-                }
+                Ok(id) => id,
                 Err(e) => {
                     warn!(peer = %remote, cause = %e, "refused raft connection");
                     conn.close(CloseCode::Forbidden.varint(), b"unusable certificate");
                     return;
                 }
             };
+            let pool = match id.kind {
+                Kind::Manager => managers,
+                k if crate::farm_read::may_read(k) => members,
+                _ => {
+                    warn!(peer = %peer_label(Some(&id.name), remote), peer_kind = %id.kind, "refused raft connection: neither a manager nor a member that may read farm settings");
+                    conn.close(
+                        CloseCode::Forbidden.varint(),
+                        b"only managers speak raft; only nodes and dns servers read farm settings",
+                    );
+                    return;
+                }
+            };
+            let Ok(_permit) = pool.try_acquire_owned() else {
+                warn!(peer = %peer_label(Some(&id.name), remote), peer_kind = %id.kind, "refused connection: too many connections of its kind");
+                conn.close(CloseCode::Busy.varint(), b"too many connections");
+                return;
+            };
+            if id.kind != Kind::Manager {
+                table.insert(id.clone(), conn.clone());
+                farm.serve_connection(conn.clone(), id).await;
+                table.remove(&conn);
+                return;
+            }
             table.insert(id.clone(), conn.clone());
             let span = tracing::info_span!("raft", peer = %peer_label(Some(&id.name), remote));
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {

@@ -1,6 +1,7 @@
 //! The node's own services beside the lookup interface: node-to-node requests (QUIC, port
 //! 8002), the replicated store on the rings, for `sip_proxy` nodes SIP on port 5060, and for
-//! `media_relay` nodes the media relay (UDP ports of `relay_ports`).
+//! `media_relay` nodes the media relay (UDP ports of `relay_ports`); and, on every node, the
+//! farm's settings followed from the managers ([`Services::farm_info`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,9 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use onehop_overlay::crl::CrlStore;
+use onehop_overlay::farm_client::{self, managers_of, FarmClient};
 use onehop_overlay::identity::Identity;
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable};
+use onehop_overlay::provision::FarmInfo;
 use onehop_overlay::status::{Endpoint, Role};
 use onehop_overlay::tls::Credentials;
 use tokio::sync::watch;
@@ -37,6 +40,11 @@ pub struct Services {
     pub sip: Option<Arc<Transports>>,
     /// The media relay, when this node is a `media_relay`.
     pub relay: Option<RelayEngine>,
+    /// The client of the managers' farm-read service (accounts for a cold registrar cache).
+    pub farm: FarmClient,
+    /// The farm's settings as followed from the managers: domains and the SIP nonce key
+    /// (`FarmInfo::default()` until the first answer).
+    pub farm_info: watch::Receiver<Arc<FarmInfo>>,
 }
 
 /// Starts the peer transport, the store and SIP; returns the endpoints to announce.
@@ -68,6 +76,13 @@ pub async fn start(
         peer_conns.clone(),
         cfg.quic,
         Some(peer_cfg.max_streams as u32),
+    );
+    let (farm, farm_info) = follow_farm(
+        peer_ep.clone(),
+        peer_conns.clone(),
+        view.clone(),
+        metrics,
+        cancel.clone(),
     );
     let peer = PeerNet::new(peer_ep, peer_conns, peer_cfg);
     peer.spawn_server(cancel.clone());
@@ -223,7 +238,62 @@ pub async fn start(
         info!(%listen, %domain, workers, auth = ?cfg.sip_auth, "SIP proxy and registrar listening (UDP, TCP)");
         sip = Some(transports);
     }
-    Ok((endpoints, Services { store, sip, relay }))
+    Ok((
+        endpoints,
+        Services {
+            store,
+            sip,
+            relay,
+            farm,
+            farm_info,
+        },
+    ))
+}
+
+/// Starts following the farm's settings from the managers over the peer endpoint (the
+/// managers are those of the status in `view`), and keeps the `farm_version` and
+/// `farm_nonce_key` gauges up to date.
+fn follow_farm(
+    endpoint: quinn::Endpoint,
+    table: ConnTable,
+    view: watch::Receiver<Arc<View>>,
+    metrics: &Metrics,
+    cancel: CancellationToken,
+) -> (FarmClient, watch::Receiver<Arc<FarmInfo>>) {
+    let client = FarmClient::new(
+        endpoint,
+        Arc::new(move || {
+            view.borrow()
+                .status
+                .as_ref()
+                .map(managers_of)
+                .unwrap_or_default()
+        }),
+        table,
+    );
+    let info = farm_client::follow(client.clone(), true, cancel);
+    let version = metrics.gauge(
+        "farm_version",
+        "Provisioning change version of the farm settings last read from the managers.",
+    );
+    let has_key = metrics.gauge(
+        "farm_nonce_key",
+        "1 once this node holds the farm's SIP nonce key from the managers, else 0.",
+    );
+    let mut rx = info.clone();
+    tokio::spawn(async move {
+        loop {
+            {
+                let i = rx.borrow_and_update();
+                version.set(i.version as i64);
+                has_key.set(i64::from(i.nonce_key.is_some()));
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    (client, info)
 }
 
 /// The TLS server configuration of SIP from a PEM chain and key (TLS 1.2 and 1.3: phones

@@ -11,6 +11,8 @@
 //! - [`bootstrap`]: finding the event servers through DNS from the domain alone.
 //! - [`client`]: a member's (or monitor's) sessions with every event server.
 //! - [`crl`]: the revocation list in force, verified, persisted and hot-swapped.
+//! - [`provision`]: what managers push to nodes and what members read from managers;
+//!   [`farm_client`]: the members' client of the managers' farm-read service.
 //! - [`daemon`], [`metrics`], [`farmfile`]: config loading and logging, Prometheus metrics,
 //!   and the `farm.json` contract; [`overrides`] (configuration keys given on the command
 //!   line) and [`logging`] (log lines naming the member and the peer) serve [`daemon`].
@@ -21,6 +23,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod crl;
 pub mod daemon;
+pub mod farm_client;
 pub mod farmfile;
 pub mod identity;
 pub mod logging;

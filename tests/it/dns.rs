@@ -1212,3 +1212,119 @@ fn servfail_before_a_status_and_stale_answers_without_event_servers() {
         fresh.as_secs_f64() * 1e3
     );
 }
+
+/// The farm read service (issue 10): a domain provisioned through `onehop-admin` is answered
+/// (NAPTR and the SIP SRV names, with the live proxies) by the DNS within a deadline, and
+/// REFUSED again once removed. Every node holds the farm's SIP nonce key soon after the farm
+/// is up.
+#[test]
+fn a_provisioned_domain_is_served_and_refused_again_once_removed() {
+    require_dig();
+    let farm = Farm::up(
+        "127.0.186.1",
+        &["--nodes", "2", "--dns", "1", "--dns-port", DNS_PORT],
+    );
+    let up = Instant::now();
+    let dir = farm.path().to_str().unwrap().to_string();
+    let admin = |args: &[&str]| {
+        let mut all = vec!["--farm", dir.as_str()];
+        all.extend_from_slice(args);
+        let out = farm.tool("onehop-admin", &all);
+        assert!(
+            out.status.success(),
+            "onehop-admin {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (_, addr) = dns_members(&farm).remove(0);
+    let proxies = proxy_hosts(&farm);
+    assert_eq!(proxies.len(), 2);
+    let refused = || {
+        ask(addr, "second.test.", RecordType::NAPTR)
+            .is_some_and(|m| m.metadata.response_code == ResponseCode::Refused)
+    };
+    assert!(
+        refused(),
+        "second.test is not served before it is provisioned"
+    );
+
+    // Every node gets the nonce key from the managers without being asked to.
+    for node in farm.names("node") {
+        let metrics_addr = farm.file.member(&node).unwrap().addr("metrics").unwrap();
+        let took = wait_for(Duration::from_secs(5), || {
+            (metric(metrics_addr, "onehop_farm_nonce_key") == Some(1)).then(|| up.elapsed())
+        });
+        let took =
+            took.unwrap_or_else(|| panic!("{node} has no nonce key 5 s after the farm is up"));
+        println!("{node}: nonce key held {took:?} after the farm was up");
+    }
+
+    admin(&["domains", "add", "second.test"]);
+    let added = Instant::now();
+    let served = wait_for(Duration::from_secs(5), || {
+        let naptr = ask(addr, "second.test.", RecordType::NAPTR)?;
+        let srv = ask(addr, "_sip._udp.second.test.", RecordType::SRV)?;
+        (naptr.metadata.response_code == ResponseCode::NoError
+            && naptr.answers.len() == 2
+            && srv_hosts(&srv) == proxies)
+            .then(|| added.elapsed())
+    });
+    let served = served.expect("second.test answered within 5 s of being added");
+    println!("second.test answered {served:?} after `domains add`");
+
+    // What dig sees: authoritative NAPTR and SRV, targets the proxies under the farm domain.
+    let out = dig(addr, &["second.test", "NAPTR"]);
+    assert_eq!(status_and_aa(&out), ("NOERROR".into(), true), "{out}");
+    let mut naptr = section(&out, "ANSWER");
+    naptr.sort();
+    assert_eq!(
+        naptr,
+        [
+            "second.test. 5 IN NAPTR 100 50 \"s\" \"SIP+D2U\" \"\" _sip._udp.second.test.",
+            "second.test. 5 IN NAPTR 90 50 \"s\" \"SIP+D2T\" \"\" _sip._tcp.second.test.",
+        ],
+        "{out}"
+    );
+    for name in ["_sip._udp.second.test", "_sip._tcp.second.test"] {
+        let out = dig(addr, &[name, "SRV"]);
+        assert_eq!(status_and_aa(&out), ("NOERROR".into(), true), "{out}");
+        let mut targets: Vec<String> = section(&out, "ANSWER")
+            .iter()
+            .filter_map(|l| l.split(' ').next_back())
+            .map(|t| t.trim_end_matches('.').to_string())
+            .collect();
+        targets.sort();
+        assert_eq!(targets, proxies, "{out}");
+        let additional = section(&out, "ADDITIONAL");
+        for p in &proxies {
+            assert!(
+                additional
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{p}. 5 IN A "))),
+                "{name}: no address for {p}:\n{out}"
+            );
+        }
+    }
+    let out = dig(addr, &["second.test", "SOA"]);
+    assert_eq!(status_and_aa(&out), ("NOERROR".into(), true), "{out}");
+    let out = dig(addr, &["nosuch.second.test", "A"]);
+    assert_eq!(status_and_aa(&out), ("NXDOMAIN".into(), true), "{out}");
+    assert!(
+        section(&out, "AUTHORITY")[0].starts_with("second.test. 5 IN SOA "),
+        "{out}"
+    );
+
+    admin(&["domains", "remove", "second.test"]);
+    let removed = Instant::now();
+    let gone = wait_for(Duration::from_secs(5), || {
+        refused().then(|| removed.elapsed())
+    });
+    let gone = gone.expect("second.test REFUSED within 5 s of being removed");
+    println!("second.test REFUSED {gone:?} after `domains remove`");
+    let out = dig(addr, &["_sip._udp.second.test", "SRV"]);
+    assert_eq!(status_and_aa(&out), ("REFUSED".into(), false), "{out}");
+    // The farm's own domain is untouched.
+    let out = dig(addr, &[DOMAIN, "NAPTR"]);
+    assert_eq!(status_and_aa(&out), ("NOERROR".into(), true), "{out}");
+}

@@ -9,7 +9,7 @@
 //! # Tables
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `last_applied`, `membership`, `version`, `first_change` | bincode |
+//! | `meta` | `last_applied`, `membership`, `version`, `first_change`, `nonce_key` | bincode |
 //! | `kv` | key | value (the generic map of [`crate::raft::Request::Set`]) |
 //! | `domains` | name | [`Domain`] |
 //! | `accounts` | `domain \0 user` | [`Account`] |
@@ -30,6 +30,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use onehop_overlay::provision::NonceSecret;
 use redb::{
     Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
@@ -105,6 +106,20 @@ pub struct ChangePage {
     pub truncated: bool,
 }
 
+/// The `meta` key of the farm's SIP nonce key.
+const NONCE_KEY: &str = "nonce_key";
+
+/// What [`ProvisionDb::farm_view`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FarmView {
+    /// The change version.
+    pub version: u64,
+    /// Every provisioned domain, lower-case, sorted.
+    pub domains: Vec<String>,
+    /// The farm's SIP nonce key, if made.
+    pub nonce_key: Option<NonceSecret>,
+}
+
 /// Counts of what the store holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -118,7 +133,7 @@ pub struct Counts {
     pub version: u64,
 }
 
-/// What one record of a snapshot file holds.
+/// What one record of a snapshot file holds (variants only appended).
 #[derive(Serialize, Deserialize, Debug)]
 enum SnapRecord {
     Header {
@@ -136,6 +151,8 @@ enum SnapRecord {
     End {
         records: u64,
     },
+    /// The farm's SIP nonce key (`meta` `nonce_key`), when one was made.
+    NonceKey(NonceSecret),
 }
 
 /// The Raft state machine's pointers as stored.
@@ -273,6 +290,50 @@ impl ProvisionDb {
         let tx = self.read()?;
         let meta = tx.open_table(META).map_err(io_err)?;
         Ok(get_meta(&meta, "version")?.unwrap_or(0))
+    }
+
+    /// The farm's SIP nonce key, once the active manager made one.
+    pub fn nonce_key(&self) -> io::Result<Option<NonceSecret>> {
+        let tx = self.read()?;
+        let meta = tx.open_table(META).map_err(io_err)?;
+        get_meta(&meta, NONCE_KEY)
+    }
+
+    /// What the farm-read service answers, from one read transaction: the change version,
+    /// every domain name (sorted) and the nonce key.
+    pub fn farm_view(&self) -> io::Result<FarmView> {
+        let tx = self.read()?;
+        let meta = tx.open_table(META).map_err(io_err)?;
+        let t = tx.open_table(DOMAINS).map_err(io_err)?;
+        let mut domains = Vec::new();
+        for r in t.iter().map_err(io_err)? {
+            let (k, _) = r.map_err(io_err)?;
+            domains.push(k.value().to_ascii_lowercase());
+        }
+        domains.sort();
+        domains.dedup();
+        Ok(FarmView {
+            version: get_meta(&meta, "version")?.unwrap_or(0),
+            domains,
+            nonce_key: get_meta(&meta, NONCE_KEY)?,
+        })
+    }
+
+    /// The account `aor` (`user@domain`) with the change version it was read at, from one
+    /// read transaction.
+    pub fn account_at(&self, aor: &str) -> io::Result<(u64, Option<Account>)> {
+        let tx = self.read()?;
+        let meta = tx.open_table(META).map_err(io_err)?;
+        let version = get_meta(&meta, "version")?.unwrap_or(0);
+        let Some(key) = key_of_aor(aor) else {
+            return Ok((version, None));
+        };
+        let t = tx.open_table(ACCOUNTS).map_err(io_err)?;
+        let account = match t.get(key.as_str()).map_err(io_err)? {
+            Some(v) => Some(disk::decode(v.value())?),
+            None => None,
+        };
+        Ok((version, account))
     }
 
     /// Counts of domains, accounts, aliases and the version.
@@ -446,6 +507,9 @@ impl ProvisionDb {
             version: get_meta(&meta, "version")?.unwrap_or(0),
             first_change: get_meta(&meta, "first_change")?.unwrap_or(0),
         })?;
+        if let Some(key) = get_meta::<NonceSecret>(&meta, NONCE_KEY)? {
+            w.put(&SnapRecord::NonceKey(key))?;
+        }
         dump_table(&tx, KV, &mut w, |k, v| {
             Ok(SnapRecord::Kv(k.into(), v.into()))
         })?;
@@ -551,6 +615,10 @@ impl ProvisionDb {
                     }
                     SnapRecord::BatchOrder(k, v) => {
                         order.insert(k, v.as_str()).map_err(io_err)?;
+                    }
+                    SnapRecord::NonceKey(key) => {
+                        meta.insert(NONCE_KEY, disk::encode(&key)?.as_slice())
+                            .map_err(io_err)?;
                     }
                     SnapRecord::End { records: n } => {
                         if n != records + 1 {
@@ -725,6 +793,18 @@ impl<'t> Writer<'t> {
             .remove(key)
             .map_err(io_err)?
             .map(|v| v.value().to_string()))
+    }
+
+    /// Sets the farm's SIP nonce key unless one is set; whether it was set now. Not a
+    /// provisioning change (the change version stays).
+    pub fn set_nonce_key_once(&mut self, key: &NonceSecret) -> io::Result<bool> {
+        if self.meta.get(NONCE_KEY).map_err(io_err)?.is_some() {
+            return Ok(false);
+        }
+        self.meta
+            .insert(NONCE_KEY, disk::encode(key)?.as_slice())
+            .map_err(io_err)?;
+        Ok(true)
     }
 
     fn log(&mut self, at_ms: u64, what: ChangeKind) -> io::Result<u64> {

@@ -41,7 +41,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Raft map key recording the version pushed.
 pub const PUSHED_KEY: &str = "provision_pushed";
 
-fn record(a: &Account) -> AccountRecord {
+/// What a node holds of an account.
+pub(crate) fn record(a: &Account) -> AccountRecord {
     AccountRecord {
         version: a.updated_version,
         enabled: a.enabled,

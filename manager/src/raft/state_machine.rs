@@ -70,6 +70,10 @@ fn apply_request(w: &mut Writer<'_>, req: Request) -> io::Result<Response> {
             previous: None,
             provision: Some(w.apply(*cmd)?),
         },
+        Request::SetNonceKey(key) => {
+            w.set_nonce_key_once(&key)?;
+            Response::default()
+        }
     })
 }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use onehop_overlay::provision::NonceSecret;
 use serde::{Deserialize, Serialize};
 
 use crate::provision::model::{ProvisionCommand, ProvisionResult};
@@ -42,6 +43,9 @@ pub enum Request {
     Delete { key: String },
     /// A provisioning command (domains, accounts, aliases, imports).
     Provision(Box<ProvisionCommand>),
+    /// Sets the farm's SIP nonce key unless one is set already (write once: a later leader
+    /// never replaces it). Its `Debug` output redacts the secret.
+    SetNonceKey(NonceSecret),
 }
 
 /// Result of applying one [`Request`] (and of blank / membership entries, with `previous: None`).
