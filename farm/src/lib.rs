@@ -19,7 +19,7 @@ mod process;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -367,7 +367,48 @@ async fn wait_ready(
         let _ = tokio::time::timeout(Duration::from_millis(200), watch.status.changed()).await;
     };
     watch.client.stop();
-    result
+    result?;
+    nodes_hold_the_key(farm, deadline).await
+}
+
+/// Waits until every node says (in its metrics) that it holds the farm's SIP nonce key from
+/// the managers: until then a node answers REGISTERs with 503.
+async fn nodes_hold_the_key(farm: &FarmFile, deadline: Instant) -> anyhow::Result<()> {
+    let nodes: Vec<&FarmMember> = farm.members.iter().filter(|m| m.kind == "node").collect();
+    loop {
+        let mut missing = Vec::new();
+        for n in &nodes {
+            let addr = SocketAddr::new(n.ip, ports::METRICS);
+            if metric(addr, "onehop_farm_nonce_key").await != Some(1) {
+                missing.push(n.name.as_str());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "nodes without the farm's SIP nonce key (no manager answered them?): {} (see {}/logs)",
+                missing.join(", "),
+                farm.dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One value of a member's metrics (HTTP on its metrics port), if it answers.
+async fn metric(addr: SocketAddr, name: &str) -> Option<i64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    tokio::time::timeout(Duration::from_secs(1), fetch).await.ok()?
 }
 
 fn print_ready(farm: &FarmFile, took: Duration, dns_port: u16) {

@@ -13,7 +13,7 @@ use onehop_overlay::farm_client::{self, managers_of, FarmClient};
 use onehop_overlay::identity::Identity;
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable};
-use onehop_overlay::provision::FarmInfo;
+use onehop_overlay::provision::{AccountRecord, FarmInfo};
 use onehop_overlay::status::{Endpoint, Role};
 use onehop_overlay::tls::Credentials;
 use tokio::sync::watch;
@@ -26,7 +26,9 @@ use crate::proxy::glue::{
     PeerSip, PeerSipSettings, RegistrarUpdater, SipHandler, StoreLocator, REGISTRAR,
 };
 use crate::proxy::transport::{TransportConfig, Transports};
-use crate::proxy::ProxyConfig;
+use crate::proxy::glue::AccountSource;
+use crate::proxy::{BoxFut, FarmSettings, NonceKeys, ProxyConfig};
+use crate::sip::digest::NonceKey;
 use crate::relay::{RelayClient, RelayEngine, RelayHandler, RelaySettings};
 use crate::sip::registrar::RegistrarPolicy;
 use crate::store::{Store, StoreConfig};
@@ -195,7 +197,10 @@ pub async fn start(
             )),
             allocate: cfg.relay_media,
         });
-        let locator = Arc::new(StoreLocator::new(store.clone()));
+        pcfg.farm = Some(proxy_settings(farm_info.clone(), cancel.clone()));
+        let locator = Arc::new(
+            StoreLocator::new(store.clone()).with_accounts(Arc::new(ManagerAccounts(farm.clone()))),
+        );
         let peer_timeout = Duration::from_millis(cfg.sip_peer_timeout_ms);
         let link = Arc::new(PeerSip::new(
             peer.clone(),
@@ -294,6 +299,51 @@ fn follow_farm(
         }
     });
     (client, info)
+}
+
+/// The proxy's view of the farm's settings: the nonce keys and the provisioned domains,
+/// changed only when they change.
+fn proxy_settings(
+    mut info: watch::Receiver<Arc<FarmInfo>>,
+    cancel: CancellationToken,
+) -> watch::Receiver<Arc<FarmSettings>> {
+    fn settings(i: &FarmInfo) -> FarmSettings {
+        FarmSettings {
+            keys: i.nonce_key.as_ref().and_then(|k| {
+                NonceKeys::new(NonceKey::new(k.id, k.secret), None).ok()
+            }),
+            domains: i.domains.clone(),
+        }
+    }
+    let first = settings(&info.borrow_and_update());
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        let mut last = info.borrow().as_ref().clone();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = info.changed() => if changed.is_err() { return },
+            }
+            let now = info.borrow_and_update().as_ref().clone();
+            // The version moves with every provisioning change; the proxy cares only for the
+            // key and the domains.
+            if now.nonce_key != last.nonce_key || now.domains != last.domains {
+                let _ = tx.send(Arc::new(settings(&now)));
+            }
+            last = now;
+        }
+    });
+    rx
+}
+
+/// Accounts reloaded from the managers when a registrar's cache lacks one.
+struct ManagerAccounts(FarmClient);
+
+impl AccountSource for ManagerAccounts {
+    fn fetch(&self, aor: String) -> BoxFut<Result<Option<AccountRecord>, String>> {
+        let client = self.0.clone();
+        Box::pin(async move { client.account(&aor).await.map(|(_, account)| account) })
+    }
 }
 
 /// The TLS server configuration of SIP from a PEM chain and key (TLS 1.2 and 1.3: phones
