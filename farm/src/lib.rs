@@ -408,7 +408,9 @@ async fn metric(addr: SocketAddr, name: &str) -> Option<i64> {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     };
-    tokio::time::timeout(Duration::from_secs(1), fetch).await.ok()?
+    tokio::time::timeout(Duration::from_secs(1), fetch)
+        .await
+        .ok()?
 }
 
 fn print_ready(farm: &FarmFile, took: Duration, dns_port: u16) {

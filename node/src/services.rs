@@ -22,14 +22,14 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::peer::{PeerConfig, PeerNet, Service};
+use crate::proxy::glue::AccountSource;
 use crate::proxy::glue::{
     PeerSip, PeerSipSettings, RegistrarUpdater, SipHandler, StoreLocator, REGISTRAR,
 };
 use crate::proxy::transport::{TransportConfig, Transports};
-use crate::proxy::glue::AccountSource;
 use crate::proxy::{BoxFut, FarmSettings, NonceKeys, ProxyConfig};
-use crate::sip::digest::NonceKey;
 use crate::relay::{RelayClient, RelayEngine, RelayHandler, RelaySettings};
+use crate::sip::digest::NonceKey;
 use crate::sip::registrar::RegistrarPolicy;
 use crate::store::{Store, StoreConfig};
 use crate::view::View;
@@ -309,9 +309,10 @@ fn proxy_settings(
 ) -> watch::Receiver<Arc<FarmSettings>> {
     fn settings(i: &FarmInfo) -> FarmSettings {
         FarmSettings {
-            keys: i.nonce_key.as_ref().and_then(|k| {
-                NonceKeys::new(NonceKey::new(k.id, k.secret), None).ok()
-            }),
+            keys: i
+                .nonce_key
+                .as_ref()
+                .and_then(|k| NonceKeys::new(NonceKey::new(k.id, k.secret), None).ok()),
             domains: i.domains.clone(),
         }
     }

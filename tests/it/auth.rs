@@ -195,27 +195,17 @@ fn metric(farm: &Farm, node: &str, name: &str) -> i64 {
 }
 
 /// A 3-node farm that authenticates, with example.test and three accounts: alice (enabled),
-/// bob (blocked) and carol; the guard is tightened so the test sees it act quickly.
-fn auth_farm(base_ip: &str) -> (Farm, Client) {
-    let farm = Farm::up_with_rings(
-        base_ip,
-        &[
-            "--dns",
-            "0",
-            "--no-demo-accounts",
-            "--node-set",
-            "sip_auth=\"digest\"",
-            "--node-set",
-            "sip_auth_slow_after=3",
-            "--node-set",
-            "sip_auth_slow_interval_ms=300",
-            "--node-set",
-            "sip_auth_block_after=6",
-            "--node-set",
-            "sip_auth_block_secs=3",
-        ],
-        &["registrar", "sip_proxy"],
-    );
+/// bob (blocked) and carol; `extra` arguments for `up` (the guard's settings, say).
+fn auth_farm(base_ip: &str, extra: &[&str]) -> (Farm, Client) {
+    let mut args = vec![
+        "--dns",
+        "0",
+        "--no-demo-accounts",
+        "--node-set",
+        "sip_auth=\"digest\"",
+    ];
+    args.extend_from_slice(extra);
+    let farm = Farm::up_with_rings(base_ip, &args, &["registrar", "sip_proxy"]);
     let c = Client::for_farm(farm.path()).unwrap();
     let (s, v) = call(
         &c,
@@ -249,7 +239,7 @@ fn auth_farm(base_ip: &str) -> (Farm, Client) {
 
 #[test]
 fn digest_registration_is_checked_farm_wide() {
-    let (farm, c) = auth_farm("127.0.190.1");
+    let (farm, c) = auth_farm("127.0.190.1", &[]);
     let nodes: Vec<SocketAddr> = farm
         .names("node")
         .iter()
@@ -384,7 +374,20 @@ fn digest_registration_is_checked_farm_wide() {
 
 #[test]
 fn a_source_that_keeps_failing_is_slowed_then_refused_for_a_while() {
-    let (farm, _c) = auth_farm("127.0.191.1");
+    // The guard tightened, so the test sees it act quickly.
+    let (farm, _c) = auth_farm(
+        "127.0.191.1",
+        &[
+            "--node-set",
+            "sip_auth_slow_after=3",
+            "--node-set",
+            "sip_auth_slow_interval_ms=300",
+            "--node-set",
+            "sip_auth_block_after=6",
+            "--node-set",
+            "sip_auth_block_secs=3",
+        ],
+    );
     let n1 = sip_addr(&farm, "node1");
     let mut guesser = Phone::new(client_ip(&farm, 210), "carol");
     // Three failures: slowed (sip_auth_slow_after=3).
