@@ -121,6 +121,13 @@ pub struct Config {
     /// challenges nobody and relays anything, for closed test networks only.
     #[serde(default)]
     pub sip_auth: SipAuth,
+    /// The digest algorithms a 401/407 offers, in the order sent: a client takes the first it
+    /// supports (RFC 8760). `"MD5"`, `"SHA-256"`, or both. The default, `["MD5", "SHA-256"]`,
+    /// puts MD5 first because many deployed phones and test tools (SIPp 3.6, baresip 1.0)
+    /// give up on a SHA-256 challenge they meet first; a farm whose phones all speak RFC 8760
+    /// sets `["SHA-256", "MD5"]`.
+    #[serde(default = "default_sip_auth_algorithms")]
+    pub sip_auth_algorithms: Vec<String>,
     /// How long a digest nonce stays valid, in seconds; an older one gets `stale=true`.
     #[serde(default = "default_sip_nonce_lifetime_secs")]
     pub sip_nonce_lifetime_secs: u64,
@@ -227,6 +234,9 @@ fn default_sip_inbound_queue() -> usize {
 }
 fn default_sip_nonce_lifetime_secs() -> u64 {
     onehop_sip::digest::DEFAULT_NONCE_LIFETIME_MS / 1000
+}
+fn default_sip_auth_algorithms() -> Vec<String> {
+    vec!["MD5".into(), "SHA-256".into()]
 }
 fn default_sip_auth_window_secs() -> u64 {
     60
@@ -335,6 +345,19 @@ impl DaemonConfig for Config {
 }
 
 impl Config {
+    /// The digest algorithms to challenge with, in order (validated by [`Config::validate`]).
+    pub fn auth_algorithms(&self) -> Vec<onehop_sip::digest::Algorithm> {
+        let mut out = Vec::new();
+        for a in &self.sip_auth_algorithms {
+            if let Ok(a) = onehop_sip::digest::Algorithm::parse(a) {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        out
+    }
+
     /// Loads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         <Config as DaemonConfig>::load_with(path, &[])
@@ -374,6 +397,17 @@ impl Config {
         }
         if self.min_expires > self.max_expires {
             return Err(bad("min_expires", "must not exceed max_expires"));
+        }
+        if self.sip_auth_algorithms.is_empty()
+            || self
+                .sip_auth_algorithms
+                .iter()
+                .any(|a| onehop_sip::digest::Algorithm::parse(a).is_err())
+        {
+            return Err(bad(
+                "sip_auth_algorithms",
+                "list \"MD5\", \"SHA-256\" or both, in the order to offer them",
+            ));
         }
         if self.sip_nonce_lifetime_secs < 10 || self.sip_nonce_lifetime_secs > 86_400 {
             return Err(bad(

@@ -172,6 +172,7 @@ pub async fn start(
             crate::config::SipAuth::Off => crate::proxy::AuthMode::Off,
         };
         pcfg.nonce_lifetime_ms = cfg.sip_nonce_lifetime_secs * 1000;
+        pcfg.algorithms = cfg.auth_algorithms();
         pcfg.guard = crate::proxy::GuardPolicy {
             window_ms: cfg.sip_auth_window_secs * 1000,
             slow_after: cfg.sip_auth_slow_after,

@@ -445,6 +445,7 @@ pub fn run(
         ecfg.max_message = cfg.max_message;
         ecfg.auth = cfg.auth;
         ecfg.nonce_lifetime_ms = cfg.nonce_lifetime_ms;
+        ecfg.algorithms = cfg.algorithms.clone();
         ecfg.seed = rand::random();
         let env = NodeEnv {
             me: me.clone(),

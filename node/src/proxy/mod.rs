@@ -133,6 +133,8 @@ pub struct ProxyConfig {
     pub auth: AuthMode,
     /// How long a digest nonce stays valid, in milliseconds.
     pub nonce_lifetime_ms: u64,
+    /// The digest algorithms challenged with, in order.
+    pub algorithms: Vec<crate::sip::digest::Algorithm>,
     /// How failed authentications slow, then refuse, their source address.
     pub guard: GuardPolicy,
     /// The farm's nonce keys and provisioned domains as they change (none: neither).
@@ -166,6 +168,10 @@ impl ProxyConfig {
             media_relay: None,
             auth: AuthMode::Digest,
             nonce_lifetime_ms: crate::sip::digest::DEFAULT_NONCE_LIFETIME_MS,
+            algorithms: vec![
+                crate::sip::digest::Algorithm::Md5,
+                crate::sip::digest::Algorithm::Sha256,
+            ],
             guard: GuardPolicy::default(),
             farm: None,
         }

@@ -22,7 +22,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{AuthCheck, Engine, Env, LocateError, MediaHook, Output};
-use crate::digest::{challenge_values, credentials_in_headers, Credentials, NonceError};
+use crate::digest::{credentials_in_headers, Challenge, Credentials, NonceError};
 use crate::transaction::TransactionKey;
 use crate::typed::NameAddr;
 use crate::{reply, Method, Request, Uri};
@@ -168,6 +168,11 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 return None;
             }
         }
+        if !self.cfg.algorithms.contains(&creds.algorithm) {
+            // An algorithm this farm does not offer: the challenge lists those it does.
+            self.challenge(key, false);
+            return None;
+        }
         if creds.username != *user {
             self.respond_status(key, 403, "Authentication ID Does Not Match");
             return None;
@@ -218,8 +223,15 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             ("Proxy-Authenticate", "Proxy Authentication Required")
         };
         let mut resp = reply(&req, wait.status, Some(reason), Some(&self.cfg.tag));
-        for value in challenge_values(&wait.realm, &nonce, stale, None) {
-            resp = resp.with_header(header, &value);
+        for &algorithm in &self.cfg.algorithms {
+            let value = Challenge {
+                realm: wait.realm.clone(),
+                nonce: nonce.clone(),
+                algorithm,
+                stale,
+                opaque: None,
+            };
+            resp = resp.with_header(header, &value.to_string());
         }
         self.respond(key, resp);
     }

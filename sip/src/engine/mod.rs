@@ -404,6 +404,9 @@ pub struct EngineConfig {
     pub auth: AuthMode,
     /// How long a nonce stays valid, in milliseconds.
     pub nonce_lifetime_ms: u64,
+    /// The digest algorithms challenged with, in the order the challenges are sent (the
+    /// client takes the first it supports); credentials with another are challenged again.
+    pub algorithms: Vec<crate::digest::Algorithm>,
     /// Mixed into the nonces this engine issues, with a counter, so that nonces differ
     /// (supply a random value per engine).
     pub seed: u64,
@@ -426,6 +429,7 @@ impl EngineConfig {
             retry_after: 5,
             auth: AuthMode::Off,
             nonce_lifetime_ms: crate::digest::DEFAULT_NONCE_LIFETIME_MS,
+            algorithms: crate::digest::PREFERENCE.to_vec(),
             seed: 0,
         }
     }

@@ -498,6 +498,52 @@ fn every_provisioned_domain_is_served_with_its_own_realm() {
 }
 
 #[test]
+fn the_challenges_follow_the_configured_algorithms() {
+    let mut h = H::with(|c| {
+        c.auth = AuthMode::Digest;
+        c.algorithms = vec![crate::digest::Algorithm::Md5, crate::digest::Algorithm::Sha256];
+    });
+    h.engine.set_keys(Some(keys()));
+    h.engine.set_wall_clock(h.t0, NOW_MS);
+    let r = one(h.udp(uac(), &register().text()));
+    let algs: Vec<String> = r
+        .msg
+        .headers()
+        .all("WWW-Authenticate")
+        .map(|v| Challenge::parse(v.value()).unwrap().algorithm.to_string())
+        .collect();
+    assert_eq!(algs, ["MD5", "SHA-256"]);
+    // SHA-256 only: MD5 credentials get a fresh challenge, not a check.
+    let mut h = H::with(|c| {
+        c.auth = AuthMode::Digest;
+        c.algorithms = vec![crate::digest::Algorithm::Sha256];
+    });
+    h.engine.set_keys(Some(keys()));
+    h.engine.set_wall_clock(h.t0, NOW_MS);
+    let r = one(h.udp(uac(), &register().text()));
+    let ch: Vec<Challenge> = r
+        .msg
+        .headers()
+        .all("WWW-Authenticate")
+        .map(|v| Challenge::parse(v.value()).unwrap())
+        .collect();
+    assert_eq!(ch.len(), 1);
+    let md5 = Challenge {
+        algorithm: crate::digest::Algorithm::Md5,
+        ..ch[0].clone()
+    };
+    let auth = answer_with(&md5, "alice", PASSWORD, "REGISTER", "sip:example.test");
+    let r = one(h.udp(
+        uac(),
+        &register()
+            .branch("z9hG4bKmd5")
+            .header(&format!("Authorization: {auth}"))
+            .text(),
+    ));
+    assert_eq!(r.status(), 401);
+}
+
+#[test]
 fn with_authentication_off_nothing_is_challenged() {
     let mut h = H::new();
     let outs = h.udp(uac(), &register().text());
