@@ -501,7 +501,10 @@ fn every_provisioned_domain_is_served_with_its_own_realm() {
 fn the_challenges_follow_the_configured_algorithms() {
     let mut h = H::with(|c| {
         c.auth = AuthMode::Digest;
-        c.algorithms = vec![crate::digest::Algorithm::Md5, crate::digest::Algorithm::Sha256];
+        c.algorithms = vec![
+            crate::digest::Algorithm::Md5,
+            crate::digest::Algorithm::Sha256,
+        ];
     });
     h.engine.set_keys(Some(keys()));
     h.engine.set_wall_clock(h.t0, NOW_MS);
