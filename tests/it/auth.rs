@@ -562,3 +562,109 @@ fn sipp_registers_100000_provisioned_accounts_with_digest() {
         .sum();
     assert_eq!(failures, 0, "no credentials refused");
 }
+
+/// An authenticated call between two phones on two nodes, with SIPp: bob registers through
+/// node2 (challenged, answered), alice calls him through node1 (407, answered), the call is
+/// set up and ended with a BYE that follows the signed route set. bob's phone never sees
+/// alice's credentials.
+#[test]
+fn an_authenticated_call_crosses_two_nodes() {
+    crate::sipp::require_sipp();
+    const CALLS: usize = 10;
+    let farm = Farm::up_with_rings(
+        "127.0.193.1",
+        &[
+            "--dns",
+            "0",
+            "--no-demo-accounts",
+            "--node-set",
+            "sip_auth=\"digest\"",
+        ],
+        &["registrar", "sip_proxy"],
+    );
+    let c = Client::for_farm(farm.path()).unwrap();
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/v1/domains",
+        Some(json!({"name": DOMAIN})),
+    );
+    assert_eq!(s, 201, "{v}");
+    for user in ["alice", "bob"] {
+        let (s, v) = call(
+            &c,
+            Method::POST,
+            "/v1/accounts",
+            Some(json!({"user": user, "domain": DOMAIN, "password": format!("pw-{user}-secret")})),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let (n1, n2) = (sip_addr(&farm, "node1"), sip_addr(&farm, "node2"));
+    let dir = crate::sipp::Workdir::new("onehop-sipp-authcall-");
+    let bob = SocketAddr::new(client_ip(&farm, 110), 5060);
+    let reg = dir.csv(
+        "bob.csv",
+        ["bob;example.test;[authentication username=bob password=pw-bob-secret]"].into_iter(),
+    );
+    crate::sipp::Sipp::new(&dir, "reg_bob", "register_auth.xml")
+        .inf(&reg)
+        .local(bob.ip(), bob.port())
+        .remote(n2)
+        .calls(1)
+        .timeout(Duration::from_secs(20))
+        .run()
+        .assert_all(1);
+    let uas = crate::sipp::Sipp::new(&dir, "uas_call", "uas_call.xml")
+        .service("bob")
+        .local(bob.ip(), bob.port())
+        .calls(CALLS)
+        .trace_msg()
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    let calls = dir.csv(
+        "alice.csv",
+        ["alice;example.test;[authentication username=alice password=pw-alice-secret];bob"].into_iter(),
+    );
+    let uac = crate::sipp::Sipp::new(&dir, "uac_auth_call", "uac_auth_call.xml")
+        .inf(&calls)
+        .local(client_ip(&farm, 111), 5060)
+        .remote(n1)
+        .calls(CALLS)
+        .limit(2)
+        .rate(10)
+        .trace_msg()
+        .timeout(Duration::from_secs(60))
+        .run();
+    let uas = uas.wait();
+    uac.assert_all(CALLS as u64);
+    uas.assert_all(CALLS as u64);
+    let invites: Vec<_> = uas
+        .received()
+        .filter(|m| m.method() == Some("INVITE"))
+        .collect();
+    assert_eq!(invites.len(), CALLS);
+    for m in &invites {
+        assert!(
+            m.header("Proxy-Authorization", None).is_empty(),
+            "our credentials are consumed: {}",
+            m.text
+        );
+        assert!(
+            m.header("Record-Route", None)
+                .iter()
+                .any(|rr| rr.contains(";ohs=")),
+            "a signed route: {}",
+            m.text
+        );
+    }
+    let failures: i64 = farm
+        .names("node")
+        .iter()
+        .map(|n| metric(&farm, n, "onehop_sip_auth_failures_total"))
+        .sum();
+    assert_eq!(failures, 0);
+    println!(
+        "AUTH calls: {CALLS} authenticated calls alice@node1 -> bob@node2, mean setup {:.1} ms",
+        uac.response_time_ms()
+    );
+}
