@@ -623,7 +623,8 @@ fn an_authenticated_call_crosses_two_nodes() {
         .spawn();
     let calls = dir.csv(
         "alice.csv",
-        ["alice;example.test;[authentication username=alice password=pw-alice-secret];bob"].into_iter(),
+        ["alice;example.test;[authentication username=alice password=pw-alice-secret];bob"]
+            .into_iter(),
     );
     let uac = crate::sipp::Sipp::new(&dir, "uac_auth_call", "uac_auth_call.xml")
         .inf(&calls)
@@ -667,4 +668,205 @@ fn an_authenticated_call_crosses_two_nodes() {
         "AUTH calls: {CALLS} authenticated calls alice@node1 -> bob@node2, mean setup {:.1} ms",
         uac.response_time_ms()
     );
+}
+
+/// Whether Debian's baresip is installed (`tests/run` installs `baresip-core`).
+fn have_baresip() -> bool {
+    std::process::Command::new("baresip")
+        .arg("-h")
+        .output()
+        .is_ok()
+}
+
+/// A baresip configuration directory for `user` at `addr`, finding the farm through the DNS
+/// server `dns` alone (RFC 3263: NAPTR, SRV, A), with no sound device.
+fn baresip_dir(
+    root: &std::path::Path,
+    user: &str,
+    password: &str,
+    addr: IpAddr,
+    dns: SocketAddr,
+    answer: &str,
+) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = root.join(user);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "poll_method epoll\n\
+         sip_listen {addr}:5060\n\
+         net_interface {addr}\n\
+         dns_server {dns}\n\
+         call_local_timeout 120\n\
+         audio_source ausine,440\n\
+         ausrc_srate 48000\n\
+         ausrc_channels 2\n\
+         audio_player aubridge,nil\n\
+         audio_alert aubridge,nil\n\
+         rtp_ports 20000-20999\n\
+         module_path /usr/lib/baresip/modules\n\
+         module g711.so\n\
+         module ausine.so\n\
+         module aubridge.so\n\
+         module_tmp uuid.so\n\
+         module_tmp account.so\n\
+         module_app menu.so\n\
+         statmode_default off\n"
+    );
+    std::fs::write(dir.join("config"), config).unwrap();
+    let accounts = dir.join("accounts");
+    std::fs::write(
+        &accounts,
+        format!("<sip:{user}@{DOMAIN}>;auth_pass={password};regint=600;answermode={answer}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&accounts, std::fs::Permissions::from_mode(0o600)).unwrap();
+    dir
+}
+
+/// A baresip process, killed on drop; its output in `log`.
+struct Baresip {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Baresip {
+    fn start(dir: &std::path::Path, secs: u32, command: Option<&str>) -> Baresip {
+        let log = dir.join("out.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = std::process::Command::new("baresip");
+        cmd.arg("-f").arg(dir).arg("-t").arg(secs.to_string());
+        if let Some(c) = command {
+            cmd.arg("-e").arg(c);
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start baresip");
+        Baresip { child, log }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (at most `within`) for a line containing `what`.
+    fn wait_for(&self, what: &str, within: Duration) {
+        if wait_for(within, || self.text().contains(what).then_some(())).is_none() {
+            panic!("baresip never logged `{what}`:\n{}", self.text());
+        }
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two Debian softphones (baresip 1.0.0) that know only the domain and the farm's DNS server
+/// register with their passwords and call each other: DNS finds the proxies, the REGISTERs are
+/// challenged (401), the INVITE too (407), the call is set up with media through the farm's
+/// relay and ended with a BYE. A third phone with a wrong password is refused. baresip 1.0
+/// answers only a lone MD5 challenge, so this farm offers MD5 alone (`sip_auth_algorithms`).
+#[test]
+fn baresip_phones_that_know_only_the_domain_register_and_call() {
+    if !have_baresip() {
+        panic!("baresip is not installed: run tests/run (it installs baresip-core)");
+    }
+    let farm = Farm::up_with_rings(
+        "127.0.194.1",
+        &[
+            "--dns",
+            "1",
+            "--dns-port",
+            "5353",
+            "--no-demo-accounts",
+            "--node-set",
+            "sip_auth=\"digest\"",
+            "--node-set",
+            "sip_auth_algorithms=[\"MD5\"]",
+        ],
+        &["registrar", "sip_proxy"],
+    );
+    let c = Client::for_farm(farm.path()).unwrap();
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/v1/domains",
+        Some(json!({"name": DOMAIN})),
+    );
+    assert_eq!(s, 201, "{v}");
+    for user in ["alice", "bob"] {
+        let (s, v) = call(
+            &c,
+            Method::POST,
+            "/v1/accounts",
+            Some(json!({"user": user, "domain": DOMAIN, "password": format!("{user}-secret-pw")})),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let dns_member = farm.names("dns")[0].clone();
+    let dns = SocketAddr::new(farm.ip(&dns_member), 5353);
+    let root = tempfile::tempdir().unwrap();
+    let bob_dir = baresip_dir(
+        root.path(),
+        "bob",
+        "bob-secret-pw",
+        client_ip(&farm, 120),
+        dns,
+        "auto",
+    );
+    let alice_dir = baresip_dir(
+        root.path(),
+        "alice",
+        "alice-secret-pw",
+        client_ip(&farm, 121),
+        dns,
+        "manual",
+    );
+    let mallory_dir = baresip_dir(
+        root.path(),
+        "mallory",
+        "guessed-pw",
+        client_ip(&farm, 122),
+        dns,
+        "manual",
+    );
+
+    let bob = Baresip::start(&bob_dir, 40, None);
+    bob.wait_for("bob@example.test: {0/", Duration::from_secs(20));
+    bob.wait_for("200 OK () [1 binding]", Duration::from_secs(20));
+    // alice dials at start-up and hangs up when her 12 s are over.
+    let alice = Baresip::start(&alice_dir, 12, Some("/dial sip:bob@example.test"));
+    alice.wait_for(
+        "Call established: sip:bob@example.test",
+        Duration::from_secs(20),
+    );
+    bob.wait_for(
+        "Call established: sip:alice@example.test",
+        Duration::from_secs(10),
+    );
+    for phone in [&alice, &bob] {
+        phone.wait_for(
+            "incoming rtp for 'audio' established",
+            Duration::from_secs(10),
+        );
+    }
+    bob.wait_for(
+        "Call with sip:alice@example.test terminated",
+        Duration::from_secs(30),
+    );
+    assert!(
+        alice.text().contains("200 OK () [1 binding]"),
+        "alice registered too:\n{}",
+        alice.text()
+    );
+    // A wrong password: refused (401; baresip tries again at once with each fresh nonce, and
+    // the failure guard then answers 403).
+    let mallory = Baresip::start(&mallory_dir, 20, None);
+    mallory.wait_for("reg: sip:mallory@example.test: 40", Duration::from_secs(15));
+    assert!(!mallory.text().contains("[1 binding]"), "{}", mallory.text());
 }
