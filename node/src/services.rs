@@ -199,9 +199,19 @@ pub async fn start(
             allocate: cfg.relay_media,
         });
         pcfg.farm = Some(proxy_settings(farm_info.clone(), cancel.clone()));
-        let locator = Arc::new(
-            StoreLocator::new(store.clone()).with_accounts(Arc::new(ManagerAccounts(farm.clone()))),
-        );
+        let locator = Arc::new(StoreLocator::new(store.clone()).with_accounts(Arc::new(
+            ManagerAccounts {
+                client: farm.clone(),
+                asked: metrics.counter(
+                    "provision_reloads_total",
+                    "Accounts a registrar lacked and asked the managers for (a cold cache).",
+                ),
+                found: metrics.counter(
+                    "provision_reloads_found_total",
+                    "Accounts the managers had when a registrar lacked them.",
+                ),
+            },
+        )));
         let peer_timeout = Duration::from_millis(cfg.sip_peer_timeout_ms);
         let link = Arc::new(PeerSip::new(
             peer.clone(),
@@ -339,12 +349,24 @@ fn proxy_settings(
 }
 
 /// Accounts reloaded from the managers when a registrar's cache lacks one.
-struct ManagerAccounts(FarmClient);
+struct ManagerAccounts {
+    client: FarmClient,
+    asked: onehop_overlay::metrics::Metric,
+    found: onehop_overlay::metrics::Metric,
+}
 
 impl AccountSource for ManagerAccounts {
     fn fetch(&self, aor: String) -> BoxFut<Result<Option<AccountRecord>, String>> {
-        let client = self.0.clone();
-        Box::pin(async move { client.account(&aor).await.map(|(_, account)| account) })
+        let client = self.client.clone();
+        let found = self.found.clone();
+        self.asked.inc();
+        Box::pin(async move {
+            let account = client.account(&aor).await.map(|(_, account)| account)?;
+            if account.is_some() {
+                found.inc();
+            }
+            Ok(account)
+        })
     }
 }
 

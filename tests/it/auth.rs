@@ -868,5 +868,55 @@ fn baresip_phones_that_know_only_the_domain_register_and_call() {
     // the failure guard then answers 403).
     let mallory = Baresip::start(&mallory_dir, 20, None);
     mallory.wait_for("reg: sip:mallory@example.test: 40", Duration::from_secs(15));
-    assert!(!mallory.text().contains("[1 binding]"), "{}", mallory.text());
+    assert!(
+        !mallory.text().contains("[1 binding]"),
+        "{}",
+        mallory.text()
+    );
+}
+
+/// A registrar whose cache was lost (every node killed and started again, after the accounts
+/// were pushed) reloads an account from the managers before it answers: the subscriber
+/// registers at once, and an unprovisioned AOR is still refused.
+#[test]
+fn a_cold_registrar_reloads_accounts_from_the_managers() {
+    let (mut farm, _c) = auth_farm("127.0.197.1", &[]);
+    let nodes = farm.names("node");
+    let version = {
+        let c = Client::for_farm(farm.path()).unwrap();
+        let (_, v) = call(&c, Method::GET, "/v1/status", None);
+        v["version"].as_i64().unwrap()
+    };
+    wait_for(Duration::from_secs(10), || {
+        (pushed_version(&farm) >= version).then_some(())
+    })
+    .expect("the accounts were pushed");
+    for n in &nodes {
+        farm.signal(n, "-KILL");
+    }
+    for n in &nodes {
+        farm.restart(n);
+    }
+    let n1 = sip_addr(&farm, "node1");
+    let mut carol = Phone::new(client_ip(&farm, 220), "carol");
+    // The nodes are back (challenging again) with empty stores.
+    wait_for(Duration::from_secs(20), || {
+        (nodes
+            .iter()
+            .all(|n| metric(&farm, n, "onehop_farm_nonce_key") == 1)
+            && carol.register(n1, None).status == 401)
+            .then_some(())
+    })
+    .expect("the nodes are back");
+    farm.wait_rings(&["registrar"]);
+    let (r, _) = carol.register_with(n1, n1, "pw-carol-1");
+    assert_eq!(r.status, 200, "{} {}", r.status, r.reason);
+    let asked: i64 = nodes
+        .iter()
+        .map(|n| metric(&farm, n, "onehop_provision_reloads_found_total"))
+        .sum();
+    assert!(asked >= 1, "the account came from the managers");
+    let mut mallory = Phone::new(client_ip(&farm, 221), "mallory");
+    let (r, _) = mallory.register_with(n1, n1, "guess");
+    assert_eq!(r.status, 401);
 }

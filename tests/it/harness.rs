@@ -53,8 +53,15 @@ impl Farm {
     /// of each of `roles` (a node without the status yet answers SIP with 503).
     pub fn up_with_rings(base_ip: &str, args: &[&str], roles: &[&str]) -> Farm {
         let farm = Farm::up(base_ip, args);
-        let nodes = farm.names("node");
-        let mut lookups = farm.lookups();
+        farm.wait_rings(roles);
+        farm
+    }
+
+    /// Waits (at most 10 s) until every node lists every node in its ring of each of
+    /// `roles`.
+    pub fn wait_rings(&self, roles: &[&str]) {
+        let nodes = self.names("node");
+        let mut lookups = self.lookups();
         for role in roles {
             let all = |a: &str| nodes.iter().all(|n| a.contains(&format!("{n}=")));
             until_all_nodes(
@@ -66,7 +73,6 @@ impl Farm {
             )
             .unwrap_or_else(|| panic!("not every node lists every {role}"));
         }
-        farm
     }
 
     /// A second farm beside this one (for tests that need two), started under this one's turn.
