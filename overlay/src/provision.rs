@@ -55,13 +55,30 @@ pub enum PushOp {
         /// The change that removed it.
         version: u64,
     },
+    /// Requests for `alias` now reach the account at `target` (applied only if newer).
+    Alias {
+        /// The alias AOR, `user@domain`.
+        alias: String,
+        /// The account's AOR.
+        target: String,
+        /// The change that made it.
+        version: u64,
+    },
+    /// The alias was removed at change `version` (applied only if newer).
+    AliasRemove {
+        /// The alias AOR.
+        alias: String,
+        /// The change that removed it.
+        version: u64,
+    },
 }
 
 impl PushOp {
-    /// The AOR the change is about.
+    /// The AOR the change is about (the alias, for an alias).
     pub fn aor(&self) -> &str {
         match self {
             PushOp::Put { aor, .. } | PushOp::Remove { aor, .. } => aor,
+            PushOp::Alias { alias, .. } | PushOp::AliasRemove { alias, .. } => alias,
         }
     }
 
@@ -69,7 +86,9 @@ impl PushOp {
     pub fn version(&self) -> u64 {
         match self {
             PushOp::Put { account, .. } => account.version,
-            PushOp::Remove { version, .. } => *version,
+            PushOp::Remove { version, .. }
+            | PushOp::Alias { version, .. }
+            | PushOp::AliasRemove { version, .. } => *version,
         }
     }
 }

@@ -120,6 +120,24 @@ impl Phone {
         let _ = self.sock.send_to(ack.as_bytes(), to);
     }
 
+    /// Waits (at most 5 s) for a request sent to this phone, answers it `status` and returns
+    /// its text.
+    fn answer_request(&self, status: u16) -> String {
+        let mut buf = vec![0u8; 65_535];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let Ok((len, from)) = self.sock.recv_from(&mut buf) else {
+                continue;
+            };
+            if let Ok(Message::Request(req)) = parse(&buf[..len]) {
+                let resp = onehop_sip::reply(&req, status, None, Some("ph"));
+                self.sock.send_to(&resp.to_bytes(), from).unwrap();
+                return String::from_utf8_lossy(&buf[..len]).into_owned();
+            }
+        }
+        panic!("no request reached {}", self.me);
+    }
+
     fn register(&mut self, proxy: SocketAddr, auth: Option<&str>) -> Response {
         let aor = format!("<sip:{}@{DOMAIN}>", self.user);
         let extra: Vec<String> = auth
@@ -345,6 +363,32 @@ fn digest_registration_is_checked_farm_wide() {
     );
     assert_ne!(r.status, 403, "to our user: {} {}", r.status, r.reason);
     assert_ne!(r.status, 407);
+
+    // An alias reaches its account's phone.
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/v1/accounts/alice@example.test/aliases",
+        Some(json!({"alias": "alice.smith@example.test"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let alias_version = {
+        let (_, v) = call(&c, Method::GET, "/v1/status", None);
+        v["version"].as_i64().unwrap()
+    };
+    wait_for(Duration::from_secs(5), || {
+        (pushed_version(&farm) >= alias_version).then_some(())
+    })
+    .expect("the alias pushed");
+    let target = "sip:alice.smith@example.test";
+    let sender = std::thread::scope(|scope| {
+        let asked = scope
+            .spawn(|| stranger.request(n3, "MESSAGE", target, from, &format!("<{target}>"), &[]));
+        let got = alice.answer_request(200);
+        assert!(got.starts_with("MESSAGE "), "{got}");
+        asked.join().unwrap()
+    });
+    assert_eq!(sender.status, 200, "the alias reached alice's phone");
 
     // A password change takes effect at every node within a second.
     let start = Instant::now();

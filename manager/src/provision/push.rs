@@ -52,18 +52,32 @@ pub(crate) fn record(a: &Account) -> AccountRecord {
     }
 }
 
-/// The push ops of a change (none for domain and alias changes).
+/// The push ops of a change (none for domain changes).
 fn ops_of(kind: &ChangeKind, version: u64) -> Vec<PushOp> {
     match kind {
         ChangeKind::AccountPut { account } => vec![PushOp::Put {
             aor: account.aor(),
             account: record(account),
         }],
-        ChangeKind::AccountRemoved { aor, .. } => vec![PushOp::Remove {
+        ChangeKind::AccountRemoved { aor, aliases } => std::iter::once(PushOp::Remove {
             aor: aor.clone(),
             version,
+        })
+        .chain(aliases.iter().map(|alias| PushOp::AliasRemove {
+            alias: alias.clone(),
+            version,
+        }))
+        .collect(),
+        ChangeKind::AliasAdded { alias, aor } => vec![PushOp::Alias {
+            alias: alias.clone(),
+            target: aor.clone(),
+            version,
         }],
-        _ => Vec::new(),
+        ChangeKind::AliasRemoved { alias, .. } => vec![PushOp::AliasRemove {
+            alias: alias.clone(),
+            version,
+        }],
+        ChangeKind::DomainAdded { .. } | ChangeKind::DomainRemoved { .. } => Vec::new(),
     }
 }
 
@@ -209,10 +223,17 @@ impl Pusher {
             let mut after: Option<String> = None;
             loop {
                 let page = db.accounts(None, "", after.as_deref(), super::db::MAX_PAGE)?;
-                out.extend(page.accounts.iter().map(|a| PushOp::Put {
-                    aor: a.aor(),
-                    account: record(a),
-                }));
+                for a in &page.accounts {
+                    out.push(PushOp::Put {
+                        aor: a.aor(),
+                        account: record(a),
+                    });
+                    out.extend(a.aliases.iter().map(|alias| PushOp::Alias {
+                        alias: alias.clone(),
+                        target: a.aor(),
+                        version: a.updated_version,
+                    }));
+                }
                 match page.next {
                     Some(n) => after = Some(n),
                     None => return Ok::<_, std::io::Error>(out),

@@ -172,6 +172,8 @@ struct AorEntry {
     seen: u64,
     /// The nonce counts used by this subscriber: a replay is refused at this one place.
     nonces: RecentNonces,
+    /// When this AOR is an alias: the account's AOR, whose bindings requests reach.
+    alias_of: Option<String>,
 }
 
 /// [`AorEntry`] as the previous version wrote it (no nonce counts).
@@ -189,7 +191,7 @@ fn decode_entry(b: &[u8]) -> Result<AorEntry, String> {
                 bindings: v1.bindings,
                 account: v1.account,
                 seen: v1.seen,
-                nonces: RecentNonces::default(),
+                ..AorEntry::default()
             })
         })
         .or_else(|_| {
@@ -283,7 +285,7 @@ fn expiry(b: &Bindings) -> u64 {
 impl AorEntry {
     /// The expiry of the entry as held.
     fn until(&self, now_ms: u64) -> u64 {
-        if self.account.is_some() {
+        if self.account.is_some() || self.alias_of.is_some() {
             NEVER
         } else {
             expiry(&self.bindings).max(now_ms + 1)
@@ -292,7 +294,7 @@ impl AorEntry {
 
     /// The value to store and its expiry; `None` when nothing is left.
     fn stored(&self, now_ms: u64) -> (Option<Bytes>, u64) {
-        if self.account.is_some() {
+        if self.account.is_some() || self.alias_of.is_some() {
             return (Some(encode(self)), NEVER);
         }
         let live = self.bindings.current(now_ms);
@@ -323,10 +325,12 @@ impl Updater for RegistrarUpdater {
                     let newer = change.version() > entry.seen;
                     if newer {
                         entry.seen = change.version();
-                        entry.account = match change {
-                            PushOp::Put { account, .. } => Some(account),
-                            PushOp::Remove { .. } => None,
-                        };
+                        match change {
+                            PushOp::Put { account, .. } => entry.account = Some(account),
+                            PushOp::Remove { .. } => entry.account = None,
+                            PushOp::Alias { target, .. } => entry.alias_of = Some(target),
+                            PushOp::AliasRemove { .. } => entry.alias_of = None,
+                        }
                     }
                     let (value, until) = entry.stored(now_ms);
                     return Ok((value, until, encode(&newer)));
@@ -522,16 +526,28 @@ impl Locator for StoreLocator {
         Box::pin(async move { fut.await.map(|_| ()) })
     }
 
+    /// The live bindings of `aor`; for an alias, those of the account it names (one step:
+    /// an alias of an alias is not followed).
     fn lookup(&self, aor: String) -> BoxFut<Result<Vec<Binding>, LocateError>> {
         let store = self.store.clone();
         Box::pin(async move {
-            match store.get(REGISTRAR, &aor).await {
-                Ok(Some(bytes)) => {
-                    let b: Bindings = decode(&bytes).map_err(LocateError::Unavailable)?;
-                    Ok(b.current(onehop_overlay::daemon::now_ms()))
-                }
-                Ok(None) => Ok(Vec::new()),
-                Err(e) => Err(LocateError::Unavailable(e.to_string())),
+            let now = onehop_overlay::daemon::now_ms();
+            let entry = match store.get(REGISTRAR, &aor).await {
+                Ok(Some(bytes)) => decode_entry(&bytes).map_err(LocateError::Unavailable)?,
+                Ok(None) => return Ok(Vec::new()),
+                Err(e) => return Err(LocateError::Unavailable(e.to_string())),
+            };
+            let live = entry.bindings.current(now);
+            match entry.alias_of {
+                Some(target) if live.is_empty() => match store.get(REGISTRAR, &target).await {
+                    Ok(Some(bytes)) => Ok(decode_entry(&bytes)
+                        .map_err(LocateError::Unavailable)?
+                        .bindings
+                        .current(now)),
+                    Ok(None) => Ok(Vec::new()),
+                    Err(e) => Err(LocateError::Unavailable(e.to_string())),
+                },
+                _ => Ok(live),
             }
         })
     }
@@ -1031,6 +1047,33 @@ mod account_tests {
         let (v, _, _) = apply(Some(&v), &pw_account(4, false));
         let out = apply(v.as_ref(), &authed_register(creds("pw", 3)));
         assert!(matches!(reply_of(&out), RegisterReply::Blocked));
+    }
+
+    #[test]
+    fn an_alias_names_its_account_until_removed() {
+        let alias = |version: u64| {
+            account_op(&PushOp::Alias {
+                alias: "al@example.test".into(),
+                target: "alice@example.test".into(),
+                version,
+            })
+        };
+        let (v, until, _) = apply(None, &alias(7));
+        assert_eq!(until, NEVER, "an alias does not expire");
+        let e = decode_entry(&v.clone().unwrap()).unwrap();
+        assert_eq!(e.alias_of.as_deref(), Some("alice@example.test"));
+        assert!(!has_bindings(v.as_ref().unwrap()));
+        // An older removal changes nothing; a newer one leaves nothing.
+        let remove = |version: u64| {
+            account_op(&PushOp::AliasRemove {
+                alias: "al@example.test".into(),
+                version,
+            })
+        };
+        let (v2, _, _) = apply(v.as_ref(), &remove(6));
+        assert_eq!(v2, v);
+        let (v3, _, _) = apply(v.as_ref(), &remove(8));
+        assert!(v3.is_none());
     }
 
     #[test]
