@@ -61,6 +61,8 @@
 #      BASE_IP=127.0.95.1 (farm; node1 = BASE_IP+6), SIPP_IP=127.0.96.1 SIPP_PORT=5070,
 #      KAM_HOST=127.0.97.1 KAM_PORT=5060 KAM_CHILDREN=4,
 #      FARM_ROLES=sip_proxy,registrar, FARM_BIN (default target/release/onehop-farm),
+#      FARM_NODE_SET (node settings for every node, space-separated KEY=VALUE, each passed as
+#      `onehop-farm up --node-set KEY=VALUE`; e.g. FARM_NODE_SET='sip_auth_algorithms=["MD5"]'),
 #      SKIP_BUILD=1 SKIP_INSTALL=1, WORK=/tmp/onehop-bench-auth,
 #      PUSH_WAIT=180 (s for the accounts to reach the nodes), DRAIN=20 (s for the registrations
 #      in flight after the load stops), LOAD_MAX=1.5 LOAD_WAIT=300 LOAD_WAIT_EACH=90 (wait
@@ -107,6 +109,7 @@ KAM_HOST=${KAM_HOST:-127.0.97.1}
 KAM_PORT=${KAM_PORT:-5060}
 KAM_CHILDREN=${KAM_CHILDREN:-4}
 FARM_ROLES=${FARM_ROLES:-sip_proxy,registrar}
+read -ra FARM_SETS <<<"${FARM_NODE_SET:-}"
 PUSH_WAIT=${PUSH_WAIT:-180}
 DRAIN=${DRAIN:-20}
 LOAD_MAX=${LOAD_MAX:-1.5}
@@ -335,11 +338,12 @@ farm_counters() {  # the responses the nodes sent, and the AORs they hold
 # farm_start LOG: a fresh farm (its Raft data removed first, so no account survives a run),
 # the domain and the N accounts provisioned and pushed to the nodes
 farm_start() {
-    local log=$1 admin
+    local log=$1 admin kv sets=()
+    for kv in "${FARM_SETS[@]}"; do sets+=(--node-set "$kv"); done
     farm_down
     rm -rf "${FARM:?}/data"
     timeout 180 "$FARM_BIN" up --detach --dir "$FARM" --base-ip "$BASE_IP" --nodes 3 --dns 0 \
-        --domain "$DOMAIN" --roles "$FARM_ROLES" --no-demo-accounts >"$log" 2>&1 || {
+        --domain "$DOMAIN" --roles "$FARM_ROLES" --no-demo-accounts "${sets[@]}" >"$log" 2>&1 || {
         echo "auth.sh: onehop-farm up failed; its output ($log):" >&2
         tail -20 "$log" | sed 's/^/    /' >&2
         return 1
@@ -398,7 +402,7 @@ run_one() {
     onehop)
         farm_start "$d/farm-up.log" || { farm_down; return 1; }
         target="$NODE1_IP:$NODE1_SIP"
-        label="onehop, 3 nodes ($FARM_ROLES), R=2, SIPp via node1"
+        label="onehop, 3 nodes ($FARM_ROLES), R=2${FARM_NODE_SET:+, $FARM_NODE_SET}, SIPp via node1"
         [ -n "$SRV_CPU" ] && for p in $(farm_pids); do taskset -a -p -c "$SRV_CPU" "$p" >/dev/null 2>&1; done
         ;;
     esac
@@ -449,7 +453,7 @@ for rep in $(seq "$REPS"); do
 done
 
 # --- the table -----------------------------------------------------------------------------------
-python3 - "$ALL" "$N" "$LIMIT" "$DURATION" "$KAM_CHILDREN" "$PINNED" "$FARM_ROLES" <<'PY' | tee "$OUT/summary.md"
+python3 - "$ALL" "$N" "$LIMIT" "$DURATION" "$KAM_CHILDREN" "$PINNED" "$FARM_ROLES${FARM_NODE_SET:+; $FARM_NODE_SET}" <<'PY' | tee "$OUT/summary.md"
 import statistics, sys
 path, n, limit, dur, kch, pinned, roles = sys.argv[1:8]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
