@@ -123,9 +123,10 @@ pub struct Config {
     pub sip_auth: SipAuth,
     /// The digest algorithms a 401/407 offers, in the order sent: a client takes the first it
     /// supports (RFC 8760). `"MD5"`, `"SHA-256"`, or both. The default, `["MD5", "SHA-256"]`,
-    /// puts MD5 first because many deployed phones and test tools (SIPp 3.6, baresip 1.0)
-    /// give up on a SHA-256 challenge they meet first; a farm whose phones all speak RFC 8760
-    /// sets `["SHA-256", "MD5"]`.
+    /// puts MD5 first because deployed phones and test tools give up on a SHA-256 challenge
+    /// they meet first (SIPp 3.6); some give up on any second challenge (baresip 1.0: a farm
+    /// of those sets `["MD5"]`). A farm whose phones all speak RFC 8760 sets
+    /// `["SHA-256", "MD5"]`.
     #[serde(default = "default_sip_auth_algorithms")]
     pub sip_auth_algorithms: Vec<String>,
     /// How long a digest nonce stays valid, in seconds; an older one gets `stale=true`.
