@@ -176,8 +176,13 @@ impl Phone {
     }
 }
 
-/// The challenges of a 401/407: SHA-256 first, then MD5, one nonce.
+/// The challenges of a 401/407: SHA-256 first, then MD5, one nonce, for our domain.
 fn challenges(r: &Response, header: &str) -> Vec<Challenge> {
+    challenges_in(r, header, DOMAIN)
+}
+
+/// The challenges of a 401/407 for `realm`: SHA-256 first, then MD5, one nonce.
+fn challenges_in(r: &Response, header: &str, realm: &str) -> Vec<Challenge> {
     let all: Vec<Challenge> = r
         .headers
         .all(header)
@@ -187,7 +192,7 @@ fn challenges(r: &Response, header: &str) -> Vec<Challenge> {
     assert_eq!(all[0].algorithm.as_str(), "SHA-256");
     assert_eq!(all[1].algorithm.as_str(), "MD5");
     assert_eq!(all[0].nonce, all[1].nonce);
-    assert_eq!(all[0].realm, DOMAIN);
+    assert_eq!(all[0].realm, realm);
     all
 }
 
@@ -389,6 +394,55 @@ fn digest_registration_is_checked_farm_wide() {
         asked.join().unwrap()
     });
     assert_eq!(sender.status, 200, "the alias reached alice's phone");
+
+    // A second domain, provisioned while the farm runs, is served by every proxy with its
+    // own realm.
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/v1/domains",
+        Some(json!({"name": "second.test"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/v1/accounts",
+        Some(json!({"user": "erin", "domain": "second.test", "password": "pw-erin-second"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let mut erin = Phone::new(client_ip(&farm, 205), "erin");
+    let aor = "<sip:erin@second.test>";
+    for &p in &nodes {
+        let challenge = wait_for(Duration::from_secs(5), || {
+            let r = erin.request(p, "REGISTER", "sip:second.test", aor, aor, &[]);
+            (r.status == 401).then_some(r)
+        })
+        .unwrap_or_else(|| panic!("{p} never challenged a REGISTER for second.test"));
+        let ch = &challenges_in(&challenge, "WWW-Authenticate", "second.test")[0];
+        let auth = Credentials::answer(
+            ch,
+            "erin",
+            "pw-erin-second",
+            "REGISTER",
+            "sip:second.test",
+            "c2",
+            1,
+        );
+        let r = erin.request(
+            p,
+            "REGISTER",
+            "sip:second.test",
+            aor,
+            aor,
+            &[format!("Authorization: {auth}")],
+        );
+        assert_eq!(
+            r.status, 200,
+            "erin@second.test at {p}: {} {}",
+            r.status, r.reason
+        );
+    }
 
     // A password change takes effect at every node within a second.
     let start = Instant::now();
