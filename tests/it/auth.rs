@@ -217,22 +217,13 @@ fn metric(farm: &Farm, node: &str, name: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// A 3-node farm that authenticates, with example.test and three accounts: alice (enabled),
-/// bob (blocked) and carol; `extra` arguments for `up` (the guard's settings, say).
-fn auth_farm(base_ip: &str, extra: &[&str]) -> (Farm, Client) {
-    let mut args = vec![
-        "--dns",
-        "0",
-        "--no-demo-accounts",
-        "--node-set",
-        "sip_auth=\"digest\"",
-        // SHA-256 first (RFC 8760's preference; this client speaks both). The default order
-        // is checked by the SIPp tests, whose SIPp knows MD5 only.
-        "--node-set",
-        "sip_auth_algorithms=[\"SHA-256\", \"MD5\"]",
-    ];
-    args.extend_from_slice(extra);
-    let farm = Farm::up_with_rings(base_ip, &args, &["registrar", "sip_proxy"]);
+/// A farm whose nodes authenticate, with `args` for `up` after `--no-demo-accounts` and
+/// `sip_auth="digest"`, the domain example.test provisioned and `accounts` (user, password,
+/// enabled) in it; waits until every node holds every registrar and proxy in its rings.
+fn digest_farm(base_ip: &str, args: &[&str], accounts: &[(&str, &str, bool)]) -> (Farm, Client) {
+    let mut all = vec!["--no-demo-accounts", "--node-set", "sip_auth=\"digest\""];
+    all.extend_from_slice(args);
+    let farm = Farm::up_with_rings(base_ip, &all, &["registrar", "sip_proxy"]);
     let c = Client::for_farm(farm.path()).unwrap();
     let (s, v) = call(
         &c,
@@ -241,17 +232,39 @@ fn auth_farm(base_ip: &str, extra: &[&str]) -> (Farm, Client) {
         Some(json!({"name": DOMAIN})),
     );
     assert_eq!(s, 201, "{v}");
-    for (user, enabled) in [("alice", true), ("bob", false), ("carol", true)] {
+    for (user, password, enabled) in accounts {
         let (s, v) = call(
             &c,
             Method::POST,
             "/v1/accounts",
-            Some(
-                json!({"user": user, "domain": DOMAIN, "password": format!("pw-{user}-1"), "enabled": enabled}),
-            ),
+            Some(json!({"user": user, "domain": DOMAIN, "password": password, "enabled": enabled})),
         );
         assert_eq!(s, 201, "{v}");
     }
+    (farm, c)
+}
+
+/// A 3-node farm that authenticates, with example.test and three accounts: alice (enabled),
+/// bob (blocked) and carol; `extra` arguments for `up` (the guard's settings, say).
+fn auth_farm(base_ip: &str, extra: &[&str]) -> (Farm, Client) {
+    let mut args = vec![
+        "--dns",
+        "0",
+        // SHA-256 first (RFC 8760's preference; this client speaks both). The default order
+        // is checked by the SIPp tests, whose SIPp knows MD5 only.
+        "--node-set",
+        "sip_auth_algorithms=[\"SHA-256\", \"MD5\"]",
+    ];
+    args.extend_from_slice(extra);
+    let (farm, c) = digest_farm(
+        base_ip,
+        &args,
+        &[
+            ("alice", "pw-alice-1", true),
+            ("bob", "pw-bob-1", false),
+            ("carol", "pw-carol-1", true),
+        ],
+    );
     // Every node holds the farm's nonce key: a REGISTER is challenged, not refused with 503.
     let mut probe = Phone::new(client_ip(&farm, 200), "alice");
     for node in farm.names("node") {
@@ -549,25 +562,7 @@ fn pushed_version(farm: &Farm) -> i64 {
 fn sipp_registers_100000_provisioned_accounts_with_digest() {
     crate::sipp::require_sipp();
     const USERS: usize = 100_000;
-    let farm = Farm::up_with_rings(
-        "127.0.192.1",
-        &[
-            "--dns",
-            "0",
-            "--no-demo-accounts",
-            "--node-set",
-            "sip_auth=\"digest\"",
-        ],
-        &["registrar", "sip_proxy"],
-    );
-    let c = Client::for_farm(farm.path()).unwrap();
-    let (s, v) = call(
-        &c,
-        Method::POST,
-        "/v1/domains",
-        Some(json!({"name": DOMAIN})),
-    );
-    assert_eq!(s, 201, "{v}");
+    let (farm, c) = digest_farm("127.0.192.1", &["--dns", "0"], &[]);
     let dir = crate::sipp::Workdir::new("onehop-sipp-auth-");
     let password = |i: usize| {
         format!(
@@ -679,34 +674,14 @@ fn sipp_registers_100000_provisioned_accounts_with_digest() {
 fn an_authenticated_call_crosses_two_nodes() {
     crate::sipp::require_sipp();
     const CALLS: usize = 10;
-    let farm = Farm::up_with_rings(
+    let (farm, _c) = digest_farm(
         "127.0.193.1",
+        &["--dns", "0"],
         &[
-            "--dns",
-            "0",
-            "--no-demo-accounts",
-            "--node-set",
-            "sip_auth=\"digest\"",
+            ("alice", "pw-alice-secret", true),
+            ("bob", "pw-bob-secret", true),
         ],
-        &["registrar", "sip_proxy"],
     );
-    let c = Client::for_farm(farm.path()).unwrap();
-    let (s, v) = call(
-        &c,
-        Method::POST,
-        "/v1/domains",
-        Some(json!({"name": DOMAIN})),
-    );
-    assert_eq!(s, 201, "{v}");
-    for user in ["alice", "bob"] {
-        let (s, v) = call(
-            &c,
-            Method::POST,
-            "/v1/accounts",
-            Some(json!({"user": user, "domain": DOMAIN, "password": format!("pw-{user}-secret")})),
-        );
-        assert_eq!(s, 201, "{v}");
-    }
     let (n1, n2) = (sip_addr(&farm, "node1"), sip_addr(&farm, "node2"));
     let dir = crate::sipp::Workdir::new("onehop-sipp-authcall-");
     let bob = SocketAddr::new(client_ip(&farm, 110), 5060);
@@ -884,38 +859,22 @@ fn baresip_phones_that_know_only_the_domain_register_and_call() {
     if !have_baresip() {
         panic!("baresip is not installed: run tests/run (it installs baresip-core)");
     }
-    let farm = Farm::up_with_rings(
+    // baresip 1.0 answers only a lone MD5 challenge.
+    let (farm, _c) = digest_farm(
         "127.0.194.1",
         &[
             "--dns",
             "1",
             "--dns-port",
             "5353",
-            "--no-demo-accounts",
-            "--node-set",
-            "sip_auth=\"digest\"",
             "--node-set",
             "sip_auth_algorithms=[\"MD5\"]",
         ],
-        &["registrar", "sip_proxy"],
+        &[
+            ("alice", "alice-secret-pw", true),
+            ("bob", "bob-secret-pw", true),
+        ],
     );
-    let c = Client::for_farm(farm.path()).unwrap();
-    let (s, v) = call(
-        &c,
-        Method::POST,
-        "/v1/domains",
-        Some(json!({"name": DOMAIN})),
-    );
-    assert_eq!(s, 201, "{v}");
-    for user in ["alice", "bob"] {
-        let (s, v) = call(
-            &c,
-            Method::POST,
-            "/v1/accounts",
-            Some(json!({"user": user, "domain": DOMAIN, "password": format!("{user}-secret-pw")})),
-        );
-        assert_eq!(s, 201, "{v}");
-    }
     let dns_member = farm.names("dns")[0].clone();
     let dns = SocketAddr::new(farm.ip(&dns_member), 5353);
     let root = tempfile::tempdir().unwrap();

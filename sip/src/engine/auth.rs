@@ -90,7 +90,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                     return Gate::Done;
                 };
                 self.strip_credentials(req, &from.1);
-                if !self.may_wait_auth(key) {
+                if !self.may_wait(key) {
                     return Gate::Done;
                 }
                 if let Some(entry) = self.servers.get_mut(key) {
@@ -110,16 +110,6 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 Gate::Done
             }
         }
-    }
-
-    /// Whether another request may wait for the registrar; answers 503 when not.
-    fn may_wait_auth(&mut self, key: &TransactionKey) -> bool {
-        if self.pending >= self.cfg.max_pending {
-            self.counts.overload += 1;
-            self.respond_unavailable(key);
-            return false;
-        }
-        true
     }
 
     /// The credentials for `aor`'s realm, checked as far as this node can: `Some` to have

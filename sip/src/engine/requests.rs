@@ -166,7 +166,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
 
     /// Whether another request may wait for the registrar or the resolver; answers 503
     /// when not.
-    fn may_wait(&mut self, key: &TransactionKey) -> bool {
+    pub(super) fn may_wait(&mut self, key: &TransactionKey) -> bool {
         if self.pending >= self.cfg.max_pending {
             self.counts.overload += 1;
             self.respond_unavailable(key);

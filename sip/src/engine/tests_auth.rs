@@ -15,9 +15,15 @@ fn keys() -> NonceKeys {
 
 /// An engine that authenticates, holding the farm's keys, its wall clock at `NOW_MS`.
 fn authed() -> H {
+    authed_with(|_| {})
+}
+
+/// [`authed`] with the defaults `f` changes.
+fn authed_with(f: impl FnOnce(&mut EngineConfig)) -> H {
     let mut h = H::with(|c| {
         c.auth = AuthMode::Digest;
         c.seed = 42;
+        f(c);
     });
     h.engine.set_keys(Some(keys()));
     h.engine.set_wall_clock(h.t0, NOW_MS);
@@ -499,15 +505,12 @@ fn every_provisioned_domain_is_served_with_its_own_realm() {
 
 #[test]
 fn the_challenges_follow_the_configured_algorithms() {
-    let mut h = H::with(|c| {
-        c.auth = AuthMode::Digest;
+    let mut h = authed_with(|c| {
         c.algorithms = vec![
             crate::digest::Algorithm::Md5,
             crate::digest::Algorithm::Sha256,
         ];
     });
-    h.engine.set_keys(Some(keys()));
-    h.engine.set_wall_clock(h.t0, NOW_MS);
     let r = one(h.udp(uac(), &register().text()));
     let algs: Vec<String> = r
         .msg
@@ -517,12 +520,9 @@ fn the_challenges_follow_the_configured_algorithms() {
         .collect();
     assert_eq!(algs, ["MD5", "SHA-256"]);
     // SHA-256 only: MD5 credentials get a fresh challenge, not a check.
-    let mut h = H::with(|c| {
-        c.auth = AuthMode::Digest;
+    let mut h = authed_with(|c| {
         c.algorithms = vec![crate::digest::Algorithm::Sha256];
     });
-    h.engine.set_keys(Some(keys()));
-    h.engine.set_wall_clock(h.t0, NOW_MS);
     let r = one(h.udp(uac(), &register().text()));
     let ch: Vec<Challenge> = r
         .msg
