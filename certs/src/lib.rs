@@ -18,6 +18,7 @@
 //! directory at once may lose an index update.
 
 mod cli;
+pub mod testing;
 pub use cli::cli_main;
 
 use std::fmt;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onehop_certs::{Ca, IssueRequest};
+use onehop_certs::testing::TestPki;
 use onehop_manager::farm_read::{spawn_nonce_keeper, FarmReads};
 use onehop_manager::provision::model::{Ha1, NewAccount, ProvisionCommand, ProvisionOp};
 use onehop_manager::raft::{self, ManagerNode, RaftTimings, Request};
@@ -16,46 +16,20 @@ use onehop_overlay::crl::CrlState;
 use onehop_overlay::farm_client::{follow, FarmClient};
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable, Timing};
-use onehop_overlay::status::{Kind, Role};
-use onehop_overlay::tls::{Credentials, TlsFiles};
+use onehop_overlay::status::Kind;
 use tokio_util::sync::CancellationToken;
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::init(dir.path().join("ca"), "example.test").unwrap();
-        Pki { dir, ca }
-    }
-
-    fn issue(&mut self, name: &str, kind: Kind, ip: IpAddr) -> Arc<Credentials> {
-        let mut req = IssueRequest::new(name, kind).ips([ip]);
-        if kind == Kind::Node {
-            req = req.roles([Role::new("registrar").unwrap()]);
-        }
-        let issued = self.ca.issue(&req, self.dir.path().join("certs")).unwrap();
-        Arc::new(
-            Credentials::load(&TlsFiles {
-                ca: self.ca.cert_path(),
-                cert: issued.cert_path,
-                key: issued.key_path,
-                crl: None,
-            })
-            .unwrap(),
-        )
-    }
-}
 
 fn ip(host: u8) -> IpAddr {
     IpAddr::from([127, 0, 187, host])
 }
 
-fn client(pki: &mut Pki, name: &str, kind: Kind, host: u8, manager: SocketAddr) -> FarmClient {
-    let creds = pki.issue(name, kind, ip(host));
+fn client(pki: &mut TestPki, name: &str, kind: Kind, host: u8, manager: SocketAddr) -> FarmClient {
+    let roles: &[&str] = if kind == Kind::Node {
+        &["registrar"]
+    } else {
+        &[]
+    };
+    let creds = pki.issue(name, kind, ip(host), roles).unwrap();
     let ep = net::endpoint(
         SocketAddr::new(ip(host), 0),
         &creds,
@@ -87,9 +61,10 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_read_what_their_certificate_allows() {
-    let mut pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
     let addr = SocketAddr::new(ip(1), 8001);
-    let creds = pki.issue("m1", Kind::Manager, ip(1));
+    let creds = pki.issue("m1", Kind::Manager, ip(1), &[]).unwrap();
     let endpoint = net::endpoint(
         addr,
         &creds,

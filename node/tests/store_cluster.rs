@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use onehop_certs::{Ca, IssueRequest};
+use onehop_certs::testing::TestPki;
 use onehop_node::peer::{PeerConfig, PeerNet, PEER_PORT};
 use onehop_node::store::{PutOrGet, Store, StoreConfig, StoreError, Updater};
 use onehop_node::view::View;
@@ -17,42 +17,11 @@ use onehop_overlay::crl::CrlState;
 use onehop_overlay::net::{self, ConnTable, Timing};
 use onehop_overlay::ring::{position, Rings};
 use onehop_overlay::status::{Endpoint, Kind, Member, NetworkStatus, Role};
-use onehop_overlay::tls::{Credentials, TlsFiles};
+use onehop_overlay::tls::Credentials;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const ROLE: &str = "registrar";
-
-/// A CA in a temporary directory, issuing node certificates.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::init(dir.path().join("ca"), "example.test").unwrap();
-        Pki { dir, ca }
-    }
-
-    fn node(&mut self, name: &str, ip: IpAddr) -> Arc<Credentials> {
-        let req = IssueRequest::new(name, Kind::Node)
-            .roles([Role::new(ROLE).unwrap()])
-            .ips([ip]);
-        let out = self.dir.path().join("certs");
-        let issued = self.ca.issue(&req, &out).unwrap();
-        Arc::new(
-            Credentials::load(&TlsFiles {
-                ca: self.ca.cert_path(),
-                cert: issued.cert_path,
-                key: issued.key_path,
-                crl: None,
-            })
-            .unwrap(),
-        )
-    }
-}
 
 /// One node: its transport, its store and the sender of its view.
 struct Node {
@@ -241,12 +210,16 @@ async fn read_all(nodes: &[&Node], keys: &[String]) {
 async fn ten_thousand_keys_survive_a_crash_and_move_back_after_a_rejoin() {
     const N: usize = 10_000;
     const R: usize = 2;
-    let mut pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
     let names = ["node1", "node2", "node3", "node4", "node5"];
     let creds: Vec<Arc<Credentials>> = names
         .iter()
         .enumerate()
-        .map(|(i, n)| pki.node(n, ip(50, i as u8 + 1)))
+        .map(|(i, n)| {
+            pki.issue(n, Kind::Node, ip(50, i as u8 + 1), &[ROLE])
+                .unwrap()
+        })
         .collect();
     let mut nodes = Vec::new();
     for (i, c) in creds.iter().enumerate() {
@@ -366,10 +339,18 @@ fn count(b: &Bytes) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_updates_from_several_nodes_lose_nothing() {
-    let mut pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
     let mut nodes = Vec::new();
     for i in 0..3u8 {
-        let c = pki.node(&format!("node{}", i + 1), ip(52, i + 1));
+        let c = pki
+            .issue(
+                &format!("node{}", i + 1),
+                Kind::Node,
+                ip(52, i + 1),
+                &[ROLE],
+            )
+            .unwrap();
         nodes.push(Node::start(&c, ip(52, i + 1), test_config()).await);
     }
     for n in &nodes {
@@ -442,10 +423,18 @@ async fn concurrent_updates_from_several_nodes_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_put_or_get_and_remove() {
-    let mut pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
     let mut nodes = Vec::new();
     for i in 0..3u8 {
-        let c = pki.node(&format!("node{}", i + 1), ip(53, i + 1));
+        let c = pki
+            .issue(
+                &format!("node{}", i + 1),
+                Kind::Node,
+                ip(53, i + 1),
+                &[ROLE],
+            )
+            .unwrap();
         nodes.push(Node::start(&c, ip(53, i + 1), test_config()).await);
     }
     let all: Vec<&Node> = nodes.iter().collect();
@@ -565,9 +554,10 @@ async fn expiry_put_or_get_and_remove() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_holds_everything_and_hands_over_to_a_joiner() {
-    let mut pki = Pki::new();
-    let c1 = pki.node("node1", ip(54, 1));
-    let c2 = pki.node("node2", ip(54, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
+    let c1 = pki.issue("node1", Kind::Node, ip(54, 1), &[ROLE]).unwrap();
+    let c2 = pki.issue("node2", Kind::Node, ip(54, 2), &[ROLE]).unwrap();
     let n1 = Node::start(&c1, ip(54, 1), test_config()).await;
     set_view(&[&n1], &[&n1], 1);
     let keys: Vec<String> = (0..500).map(|i| format!("solo{i}@example.test")).collect();

@@ -7,47 +7,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use onehop_certs::{Ca, IssueRequest};
+use onehop_certs::testing::TestPki;
 use onehop_node::peer::{
     PeerAddr, PeerConfig, PeerError, PeerHandler, PeerNet, Service, PEER_PORT,
 };
 use onehop_overlay::crl::CrlState;
 use onehop_overlay::identity::Identity;
 use onehop_overlay::net::{self, ConnTable, Timing};
-use onehop_overlay::status::{Kind, Role};
-use onehop_overlay::tls::{Credentials, TlsFiles};
+use onehop_overlay::status::Kind;
+use onehop_overlay::tls::Credentials;
 use onehop_overlay::wire::CloseCode;
 use tokio_util::sync::CancellationToken;
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::init(dir.path().join("ca"), "example.test").unwrap();
-        Pki { dir, ca }
-    }
-
-    fn issue(&mut self, name: &str, kind: Kind, ip: IpAddr) -> Arc<Credentials> {
-        let mut req = IssueRequest::new(name, kind).ips([ip]);
-        if kind == Kind::Node {
-            req = req.roles([Role::new("registrar").unwrap()]);
-        }
-        let issued = self.ca.issue(&req, self.dir.path().join("certs")).unwrap();
-        Arc::new(
-            Credentials::load(&TlsFiles {
-                ca: self.ca.cert_path(),
-                cert: issued.cert_path,
-                key: issued.key_path,
-                crl: None,
-            })
-            .unwrap(),
-        )
-    }
-}
 
 fn ip(host: u8) -> IpAddr {
     IpAddr::from([127, 0, 51, host])
@@ -109,11 +79,18 @@ const T: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_errors_and_bad_frames() {
-    let mut pki = Pki::new();
-    let a_creds = pki.issue("node-a", Kind::Node, ip(1));
-    let b_creds = pki.issue("node-b", Kind::Node, ip(2));
-    let raw_creds = pki.issue("node-raw", Kind::Node, ip(3));
-    let mon_creds = pki.issue("mon", Kind::Monitor, ip(4));
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
+    let a_creds = pki
+        .issue("node-a", Kind::Node, ip(1), &["registrar"])
+        .unwrap();
+    let b_creds = pki
+        .issue("node-b", Kind::Node, ip(2), &["registrar"])
+        .unwrap();
+    let raw_creds = pki
+        .issue("node-raw", Kind::Node, ip(3), &["registrar"])
+        .unwrap();
+    let mon_creds = pki.issue("mon", Kind::Monitor, ip(4), &[]).unwrap();
     let (a, a_stop) = start(&a_creds, ip(1), true);
     let (b, b_stop) = start(&b_creds, ip(2), true);
     a.register(Service::Store, Arc::new(Echo));
@@ -298,10 +275,17 @@ impl PeerHandler for Gauge {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_and_calls_are_bounded() {
-    let mut pki = Pki::new();
-    let server_creds = pki.issue("node-s", Kind::Node, ip(10));
-    let c1_creds = pki.issue("node-c1", Kind::Node, ip(11));
-    let c2_creds = pki.issue("node-c2", Kind::Node, ip(12));
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
+    let server_creds = pki
+        .issue("node-s", Kind::Node, ip(10), &["registrar"])
+        .unwrap();
+    let c1_creds = pki
+        .issue("node-c1", Kind::Node, ip(11), &["registrar"])
+        .unwrap();
+    let c2_creds = pki
+        .issue("node-c2", Kind::Node, ip(12), &["registrar"])
+        .unwrap();
     let endpoint = net::endpoint(
         SocketAddr::new(ip(10), PEER_PORT),
         &server_creds,
