@@ -37,6 +37,10 @@ pub struct Config {
     /// Most lookup-interface connections served at once.
     #[serde(default = "default_lookup_connections")]
     pub lookup_connections: usize,
+    /// A lookup-interface connection that sends nothing for this long is closed, in seconds
+    /// (connections are bounded by `lookup_connections`; idle clients must not hold them all).
+    #[serde(default = "default_lookup_idle_secs")]
+    pub lookup_idle_secs: u64,
     /// Points each member places on a role's ring.
     #[serde(default = "default_points")]
     pub points: u32,
@@ -175,6 +179,9 @@ pub struct Config {
 
 fn default_lookup_port() -> u16 {
     LOOKUP_PORT
+}
+fn default_lookup_idle_secs() -> u64 {
+    crate::lookup::DEFAULT_TIMEOUTS.idle.as_secs()
 }
 fn default_lookup_connections() -> usize {
     1024
@@ -424,6 +431,9 @@ impl Config {
         }
         if self.sip_peer_queue == 0 {
             return Err(bad("sip_peer_queue", "must be at least 1"));
+        }
+        if self.lookup_idle_secs == 0 {
+            return Err(bad("lookup_idle_secs", "must be at least 1"));
         }
         if self.lookup_connections == 0 {
             return Err(bad("lookup_connections", "must be at least 1"));

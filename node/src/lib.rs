@@ -92,8 +92,20 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let slot = store_slot.clone();
     let holds: lookup::Holds =
         Arc::new(move |role: &str, key: &str| slot.get().is_some_and(|s| s.holds(role, key)));
+    let timeouts = lookup::Timeouts {
+        idle: Duration::from_secs(cfg.lookup_idle_secs),
+        ..lookup::DEFAULT_TIMEOUTS
+    };
     let lookup_task = tokio::spawn(async move {
-        lookup::serve(lookup_addr, listener_view, max, served, Some(holds)).await
+        lookup::serve_with(
+            lookup_addr,
+            listener_view,
+            max,
+            served,
+            Some(holds),
+            timeouts,
+        )
+        .await
     });
     // Fail early if the port is taken.
     tokio::task::yield_now().await;

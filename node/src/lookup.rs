@@ -176,6 +176,22 @@ fn no_role(view: &View, role: &str, out: &mut String) {
     }
 }
 
+/// How long a lookup connection may stay silent, and how long a write to it may take, by
+/// default: an idle or stalled client gives its slot back (the connections are bounded).
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    idle: std::time::Duration::from_secs(60),
+    write: std::time::Duration::from_secs(10),
+};
+
+/// The timeouts of a lookup connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A connection that sends nothing for this long is closed.
+    pub idle: std::time::Duration,
+    /// A write (answers to a client that stopped reading) that takes longer closes it.
+    pub write: std::time::Duration,
+}
+
 /// Serves the lookup interface on `addr` until the task is dropped.
 pub async fn serve(
     addr: SocketAddr,
@@ -183,6 +199,18 @@ pub async fn serve(
     max_connections: usize,
     served: Metric,
     holds: Option<Holds>,
+) -> std::io::Result<()> {
+    serve_with(addr, view, max_connections, served, holds, DEFAULT_TIMEOUTS).await
+}
+
+/// [`serve`] with the connections' timeouts.
+pub async fn serve_with(
+    addr: SocketAddr,
+    view: Arc<ArcSwap<View>>,
+    max_connections: usize,
+    served: Metric,
+    holds: Option<Holds>,
+    timeouts: Timeouts,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     let limit = Arc::new(Semaphore::new(max_connections));
@@ -206,7 +234,7 @@ pub async fn serve(
         tokio::spawn(
             async move {
                 let _permit = permit;
-                if let Err(e) = connection(sock, view, served, holds).await {
+                if let Err(e) = connection(sock, view, served, holds, timeouts).await {
                     debug!(cause = %e, "lookup connection ended");
                 }
             }
@@ -220,18 +248,31 @@ async fn connection(
     view: Arc<ArcSwap<View>>,
     served: Metric,
     holds: Option<Holds>,
+    timeouts: Timeouts,
 ) -> std::io::Result<()> {
     let _ = sock.set_nodelay(true);
+    let timed_out =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string());
+    // Every write is bounded in time: a client that stops reading loses its connection.
+    macro_rules! write_all {
+        ($bytes:expr) => {
+            tokio::time::timeout(timeouts.write, sock.write_all($bytes))
+                .await
+                .map_err(|_| timed_out("write timed out"))??
+        };
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0usize;
     let mut out = String::with_capacity(64 * 1024);
     loop {
         if filled == buf.len() {
             // A line longer than the buffer cannot be valid.
-            sock.write_all(b"error line too long\r\n").await?;
+            write_all!(b"error line too long\r\n");
             return Ok(());
         }
-        let n = sock.read(&mut buf[filled..]).await?;
+        let n = tokio::time::timeout(timeouts.idle, sock.read(&mut buf[filled..]))
+            .await
+            .map_err(|_| timed_out("idle"))??;
         if n == 0 {
             return Ok(());
         }
@@ -262,12 +303,12 @@ async fn connection(
         buf.copy_within(start..filled, 0);
         filled -= start;
         if filled > MAX_LINE {
-            sock.write_all(out.as_bytes()).await?;
-            sock.write_all(b"error line too long\r\n").await?;
+            write_all!(out.as_bytes());
+            write_all!(b"error line too long\r\n");
             return Ok(());
         }
         if !out.is_empty() {
-            sock.write_all(out.as_bytes()).await?;
+            write_all!(out.as_bytes());
             out.clear();
             served.add(answered);
         }
@@ -277,6 +318,66 @@ async fn connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_idle_connection_gives_its_slot_back() {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let metrics = onehop_overlay::metrics::Metrics::default();
+        let served = metrics.counter("lookups_total", "answered");
+        let timeouts = Timeouts {
+            idle: std::time::Duration::from_millis(200),
+            ..DEFAULT_TIMEOUTS
+        };
+        tokio::spawn(serve_with(
+            addr,
+            Arc::new(ArcSwap::from_pointee(view(3))),
+            1,
+            served,
+            None,
+            timeouts,
+        ));
+        let connect = || async {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                if let Ok(s) = TcpStream::connect(addr).await {
+                    return s;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "never listening");
+                tokio::task::yield_now().await;
+            }
+        };
+        // The one slot, taken by a client that asks once and then says nothing.
+        let mut idle = BufReader::new(connect().await);
+        idle.get_mut().write_all(b"status\r\n").await.unwrap();
+        let mut line = String::new();
+        idle.read_line(&mut line).await.unwrap();
+        assert!(
+            line.starts_with("term ") || line.starts_with("error"),
+            "{line}"
+        );
+        // The server closes it once idle (read gives end of stream), well within 5 s.
+        line.clear();
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(5), idle.read_line(&mut line))
+                .await
+                .expect("closed by the server");
+        assert_eq!(closed.unwrap(), 0);
+        // The slot is free again: a new client is served.
+        let mut next = BufReader::new(connect().await);
+        next.get_mut().write_all(b"status\r\n").await.unwrap();
+        line.clear();
+        tokio::time::timeout(std::time::Duration::from_secs(5), next.read_line(&mut line))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(!line.is_empty());
+    }
     use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};
 
     fn view(n: usize) -> View {

@@ -154,7 +154,9 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
         let (mut sock, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning on the error.
                 warn!(cause = %e, "metrics accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -172,9 +174,13 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            // A scraper that stops reading loses the connection (and its slot) after 10 s.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                sock.write_all(head.as_bytes()).await?;
+                sock.write_all(body.as_bytes()).await?;
+                sock.shutdown().await
+            })
+            .await;
         });
     }
 }
