@@ -355,42 +355,39 @@ fn a_refused_caller_gets_407_again() {
     let outs = h.udp(uac(), &req("OPTIONS", "sip:bob@example.test").text());
     let ch = challenges(&one(outs), "Proxy-Authenticate");
     let auth = answer_with(&ch[0], "alice", "wrong", "OPTIONS", "sip:bob@example.test");
-    let outs = h.udp(
-        uac(),
-        &req("OPTIONS", "sip:bob@example.test")
-            .branch("z9hG4bKopt2")
-            .header(&format!("Proxy-Authorization: {auth}"))
-            .text(),
-    );
-    let Some(Output::Authenticate { key, .. }) = outs.first() else {
-        panic!("{outs:#?}");
+    // The OPTIONS again with the credentials (a new transaction), and what the engine answers
+    // once the registrar gave `verdict`.
+    let mut answered = |branch: &str, verdict: LocateError| {
+        let outs = h.udp(
+            uac(),
+            &req("OPTIONS", "sip:bob@example.test")
+                .branch(branch)
+                .header(&format!("Proxy-Authorization: {auth}"))
+                .text(),
+        );
+        let Some(Output::Authenticate { key, .. }) = outs.first() else {
+            panic!("{outs:#?}");
+        };
+        one(h.input(Input::Authenticated {
+            key: key.clone(),
+            result: Err(verdict),
+        }))
     };
-    let r = one(h.input(Input::Authenticated {
-        key: key.clone(),
-        result: Err(LocateError::Unauthorized { stale: false }),
-    }));
+    let r = answered("z9hG4bKopt2", LocateError::Unauthorized { stale: false });
     assert_eq!(r.status(), 407);
-    assert_eq!(h.engine.env().failed.borrow().len(), 1);
     // A blocked account: 403 from the registrar.
-    let outs = h.udp(
-        uac(),
-        &req("OPTIONS", "sip:bob@example.test")
-            .branch("z9hG4bKopt3")
-            .header(&format!("Proxy-Authorization: {auth}"))
-            .text(),
-    );
-    let Some(Output::Authenticate { key, .. }) = outs.first() else {
-        panic!("{outs:#?}");
+    let blocked = LocateError::Rejected {
+        status: 403,
+        reason: "Account Blocked".into(),
+        min_expires: None,
     };
-    let r = one(h.input(Input::Authenticated {
-        key: key.clone(),
-        result: Err(LocateError::Rejected {
-            status: 403,
-            reason: "Account Blocked".into(),
-            min_expires: None,
-        }),
-    }));
+    let r = answered("z9hG4bKopt3", blocked);
     assert_eq!(r.status(), 403);
+    assert_eq!(
+        h.engine.env().failed.borrow().len(),
+        1,
+        "only the wrong password counts"
+    );
 }
 
 #[test]
