@@ -166,12 +166,15 @@ fn figure(farm: &Farm, name: &str) -> Option<i64> {
 }
 
 /// A REGISTER-sized OPTIONS whose header section is padded to about 64 KiB, written one byte
-/// per write (TCP_NODELAY), is answered; the node's CPU time for it stays linear (well under
-/// a second; the old framer rescanned the buffer from its start on every read: up to 64K
-/// reads of up to 64 KiB, about 2 GiB of scanning). Printed beside the CPU time of the same
-/// message sent in one write.
+/// per write (TCP_NODELAY), is answered whole, like the same message sent in one write. The
+/// node's CPU time for each is printed, not asserted: on a loaded machine it is dominated by
+/// one wake-up per read (25 µs each on a 2-core CI runner) and says nothing about the
+/// framer. That the framer's work is linear however the stream is cut (it rescanned the
+/// buffer from its start on every read: about 2 GiB of scanning for this message) is
+/// asserted by counting the bytes it examines, in `onehop_sip::framer`'s
+/// `a_header_dripped_a_byte_at_a_time_costs_linear_work`.
 #[test]
-fn a_64k_header_dripped_a_byte_at_a_time_costs_linear_time() {
+fn a_64k_header_dripped_a_byte_at_a_time_is_answered() {
     let farm = one_node("127.0.160.1", &[]);
     let node = sip_addr(&farm);
     let pid = farm.pid("node1");
@@ -229,10 +232,13 @@ fn a_64k_header_dripped_a_byte_at_a_time_costs_linear_time() {
     );
     assert!(got.starts_with("SIP/2.0 200 OK"), "dripped: {got:?}");
     assert!(got.contains("Call-ID: drip@onehop-it"), "{got}");
-    assert!(
-        drip_cpu < Duration::from_secs(1),
-        "the dripped header cost the node {drip_cpu:?} of CPU"
-    );
+    // The node is still whole and answers the next message on the same connection.
+    let next = options("TCP", from, "after-drip", 1, 0);
+    drip.write_all(next.as_bytes()).unwrap();
+    let got = read_until(&mut drip, Duration::from_secs(10), |t| {
+        t.contains("Call-ID: after-drip@onehop-it")
+    });
+    assert!(got.contains("Call-ID: after-drip@onehop-it"), "{got}");
 }
 
 /// A TCP client that connects and sends nothing is closed after the idle timeout (1 s here),
