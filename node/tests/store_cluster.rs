@@ -587,3 +587,98 @@ async fn a_single_node_holds_everything_and_hands_over_to_a_joiner() {
     n1.shutdown.cancel();
     n2.shutdown.cancel();
 }
+
+/// Views that follow each other quickly while requests keep arriving: every request makes the
+/// store catch up with the node's latest view, and one that read the view just before a newer
+/// one was applied must not put the older rings back (the store would then settle its
+/// hand-off on rings no other node holds, leaving keys on too few of their replicas until the
+/// next change). Membership flips forty times between four nodes and three, under reads;
+/// after the last view every key is on exactly its replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_view_changes_under_requests_never_roll_the_rings_back() {
+    const N: usize = 2_000;
+    const R: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..4u8 {
+        let c = pki
+            .issue(
+                &format!("node{}", i + 1),
+                Kind::Node,
+                ip(55, i + 1),
+                &[ROLE],
+            )
+            .unwrap();
+        nodes.push(Node::start(&c, ip(55, i + 1), test_config()).await);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let three: Vec<&Node> = nodes[..3].iter().collect();
+    set_view(&all, &all, 1);
+    let keys: Vec<String> = (0..N).map(|i| format!("flip{i}@example.test")).collect();
+    let results: Vec<Result<_, StoreError>> = stream::iter(keys.iter().enumerate())
+        .map(|(i, k)| {
+            let store = nodes[i % nodes.len()].store.clone();
+            async move {
+                store
+                    .put(
+                        ROLE,
+                        k,
+                        Bytes::from(format!("binding of {k}")),
+                        Duration::from_secs(3600),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(results.iter().all(Result::is_ok), "every put stored");
+    wait_for(
+        "placed under the first view",
+        Duration::from_secs(20),
+        || placed(&all, &set_view(&[], &all, 1), &keys, R),
+    )
+    .await;
+
+    // Readers on every node while the views flip.
+    let stop = CancellationToken::new();
+    let mut readers = Vec::new();
+    for (r, n) in nodes.iter().enumerate() {
+        let store = n.store.clone();
+        let keys = keys.clone();
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut i = r;
+            while !stop.is_cancelled() {
+                let batch = (0..16).map(|j| {
+                    let store = store.clone();
+                    let k = keys[(i + j * 97) % keys.len()].clone();
+                    async move { store.get(ROLE, &k).await }
+                });
+                futures::future::join_all(batch).await;
+                i += 16;
+            }
+        }));
+    }
+    let mut version = 1;
+    for round in 0..40 {
+        version += 1;
+        let members = if round % 2 == 0 { &three } else { &all };
+        set_view(&all, members, version);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    version += 1;
+    let last = set_view(&all, &all, version);
+    stop.cancel();
+    for r in readers {
+        r.await.unwrap();
+    }
+    let took = wait_for(
+        "every key on exactly its replicas after the last view",
+        Duration::from_secs(30),
+        || placed(&all, &last, &keys, R),
+    )
+    .await;
+    println!("{N} keys placed {took:?} after 40 view changes under reads");
+}

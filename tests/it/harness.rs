@@ -206,6 +206,18 @@ impl Farm {
             .expect("run tool")
     }
 
+    /// Revokes `name`'s certificate on the farm's CA (`onehop-certs revoke`); with `publish`,
+    /// also pushes the new list through the farm's event servers (`--publish --farm`).
+    pub fn revoke(&self, name: &str, publish: bool) -> std::process::Output {
+        let ca = self.path().join("ca");
+        let farm = self.path().to_str().unwrap().to_string();
+        let mut args = vec!["revoke", "--dir", ca.to_str().unwrap(), "--name", name];
+        if publish {
+            args.extend(["--publish", "--farm", &farm]);
+        }
+        self.tool("onehop-certs", &args)
+    }
+
     /// Issues a certificate from the farm's CA (extra `onehop-certs issue` arguments allowed).
     pub fn issue(&self, name: &str, kind: &str, extra: &[&str]) {
         let ca = self.path().join("ca");

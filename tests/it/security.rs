@@ -293,21 +293,8 @@ fn revoke_publish_disconnects_everywhere_within_budget() {
     )
     .expect("node9 joined");
 
-    let ca = farm.path().join("ca");
     let start = Instant::now();
-    let out = farm.tool(
-        "onehop-certs",
-        &[
-            "revoke",
-            "--dir",
-            ca.to_str().unwrap(),
-            "--name",
-            "node9",
-            "--publish",
-            "--farm",
-            farm.path().to_str().unwrap(),
-        ],
-    );
+    let out = farm.revoke("node9", true);
     let cli_took = start.elapsed();
     assert!(
         out.status.success(),
