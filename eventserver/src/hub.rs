@@ -285,13 +285,18 @@ impl Hub {
     }
 
     /// A publication from the session.
+    ///
+    /// A revocation list is verified and persisted before the hub's lock is taken (signature
+    /// checks and a file write must not hold up every other session).
     pub fn publish(&self, sid: u64, seq: u64, payload: Payload) -> Result<(), Refusal> {
-        let mut st = self.state.lock().expect("hub");
-        let s = st
-            .sessions
-            .get(&sid)
-            .ok_or_else(|| Refusal("no session".into()))?;
-        let (origin, kind) = (s.id.name.clone(), s.id.kind);
+        let (origin, kind) = {
+            let st = self.state.lock().expect("hub");
+            let s = st
+                .sessions
+                .get(&sid)
+                .ok_or_else(|| Refusal("no session".into()))?;
+            (s.id.name.clone(), s.id.kind)
+        };
         let topic = payload.topic();
         if let Err(why) = may_publish(kind, topic) {
             self.counters.refused.inc();
@@ -299,6 +304,15 @@ impl Hub {
                 "publication on {topic:?} from {origin} ({kind}) refused: {why}"
             )));
         }
+        if let Payload::Crl(der) = &payload {
+            if let Err(e) = self.crl.apply_der(der) {
+                self.counters.refused.inc();
+                return Err(Refusal(format!(
+                    "revocation list from {origin} refused: {e}"
+                )));
+            }
+        }
+        let mut st = self.state.lock().expect("hub");
         let ev = Event {
             origin: origin.clone(),
             origin_kind: kind,
@@ -320,16 +334,9 @@ impl Hub {
                 let frame = encode_frame(&ServerMsg::Event(ev.clone()));
                 st.network = Some((frame, key));
             }
-            Payload::Crl(der) => {
-                match self.crl.apply_der(der) {
-                    Ok(_) => {}
-                    Err(e) => {
-                        self.counters.refused.inc();
-                        return Err(Refusal(format!(
-                            "revocation list from {origin} refused: {e}"
-                        )));
-                    }
-                }
+            // Retained only while it is the list in force: of two lists published at once,
+            // the older must not be the one handed to new subscribers.
+            Payload::Crl(der) if self.crl.current().der.as_deref() == Some(der.as_slice()) => {
                 st.crl = Some(encode_frame(&ServerMsg::Event(ev.clone())));
             }
             _ => {}

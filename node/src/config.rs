@@ -64,6 +64,15 @@ pub struct Config {
     /// Members holding each key of the replicated store (R), the owner included.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// Most entries the node's replicated store holds (bindings, accounts, tombstones): a
+    /// write of a new key beyond is refused (a REGISTER gets 503), a replication or hand-off
+    /// batch is refused and retried by its sender, never dropped.
+    #[serde(default = "default_store_max_entries")]
+    pub store_max_entries: usize,
+    /// Most bytes the node's replicated store holds (keys, values and 128 bytes per entry),
+    /// refused the same way.
+    #[serde(default = "default_store_max_bytes")]
+    pub store_max_bytes: usize,
     /// Shortest registration accepted, in seconds (shorter ones get 423 Interval Too Brief).
     #[serde(default = "default_min_expires")]
     pub min_expires: u32,
@@ -197,6 +206,12 @@ fn default_peer_port() -> u16 {
 }
 fn default_replicas() -> usize {
     2
+}
+fn default_store_max_entries() -> usize {
+    4_000_000
+}
+fn default_store_max_bytes() -> usize {
+    2 << 30
 }
 fn default_min_expires() -> u32 {
     60
@@ -402,6 +417,12 @@ impl Config {
         }
         if self.replicas == 0 || self.replicas > 5 {
             return Err(bad("replicas", "must be between 1 and 5"));
+        }
+        if self.store_max_entries < 100 {
+            return Err(bad("store_max_entries", "must be at least 100"));
+        }
+        if self.store_max_bytes < 1 << 20 {
+            return Err(bad("store_max_bytes", "must be at least 1048576 (1 MiB)"));
         }
         if self.min_expires > self.max_expires {
             return Err(bad("min_expires", "must not exceed max_expires"));

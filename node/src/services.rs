@@ -96,6 +96,8 @@ pub async fn start(
     let store = Store::start(
         StoreConfig {
             replicas: cfg.replicas,
+            max_entries: cfg.store_max_entries,
+            max_bytes: cfg.store_max_bytes,
             ..StoreConfig::default()
         },
         peer.clone(),

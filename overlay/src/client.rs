@@ -392,8 +392,16 @@ impl EventClient {
                             continue;
                         }
                         if let (Payload::Crl(der), Some(store)) = (&ev.payload, &self.inner.crl) {
-                            if let Err(e) = store.apply_der(der) {
-                                warn!(origin = %ev.origin, cause = %e, "published CRL refused");
+                            // Signature checks and a file write: off the runtime's threads.
+                            let (store, der) = (store.clone(), der.clone());
+                            let taken =
+                                tokio::task::spawn_blocking(move || store.apply_der(&der)).await;
+                            match taken {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => {
+                                    warn!(origin = %ev.origin, cause = %e, "published CRL refused")
+                                }
+                                Err(e) => warn!(cause = %e, "revocation list check failed"),
                             }
                         }
                         if tx.send(ClientEvent::Event(Arc::new(ev))).await.is_err() {

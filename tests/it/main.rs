@@ -25,4 +25,5 @@ mod sip_lossless;
 mod sip_tls;
 mod sip_transport;
 mod sipp;
+mod store_caps;
 mod timing;

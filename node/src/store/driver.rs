@@ -3,6 +3,7 @@
 //! [`PeerNet`]. All decisions about what to send, merge and drop are the machine's.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -104,6 +105,9 @@ pub(super) struct Inner {
     pub shutdown: CancellationToken,
     /// Replication to each peer, coalesced while calls to it are in flight.
     pub replicas: Arc<Coalescer<Result<Response, PeerError>>>,
+    /// Writes and batches refused because the store was full, and when that was last logged.
+    pub full: AtomicU64,
+    pub full_logged: AtomicU64,
 }
 
 /// The replica coalescer's sender: one `Replicate` call with the batch, to the member named;
@@ -369,9 +373,28 @@ impl Inner {
     }
 
     fn receive(self: &Arc<Self>, from: &str, pushes: Vec<Push>) -> Response {
-        let (missing, actions) = self.lock().machine.receive(from, pushes, now_ms());
-        self.execute(actions);
-        Response::Held { missing }
+        let taken = self.lock().machine.receive(from, pushes, now_ms());
+        match taken {
+            Ok((missing, actions)) => {
+                self.execute(actions);
+                Response::Held { missing }
+            }
+            Err(full) => {
+                self.refused_full(&full);
+                Response::Failed(full)
+            }
+        }
+    }
+
+    /// Counts and logs (at most once a second) a write or batch refused by a full store.
+    pub fn refused_full(&self, full: &Failure) {
+        let n = self.full.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let last = self.full_logged.load(Ordering::Relaxed);
+        if n == 0 || now.saturating_sub(last) >= 1_000 {
+            self.full_logged.store(now, Ordering::Relaxed);
+            warn!(answer = ?full, max_entries = self.cfg.max_entries, max_bytes = self.cfg.max_bytes, refused = n + 1, "store full: write refused");
+        }
     }
 
     /// `Ok` when this node owns `key` under its ring, else the answer to give.
@@ -448,7 +471,12 @@ impl Inner {
         };
         let applied = match applied {
             Ok(a) => a,
-            Err(f) => return Response::Failed(f),
+            Err(f) => {
+                if matches!(f, Failure::Full { .. }) {
+                    self.refused_full(&f);
+                }
+                return Response::Failed(f);
+            }
         };
         let Some(item) = applied.item else {
             // Put-or-get found a value: nothing written, nothing to replicate.

@@ -75,6 +75,12 @@ pub(crate) struct MachineConfig {
     pub retry_max_ms: u64,
     /// Largest value accepted from a write (the updater's result included).
     pub max_value: usize,
+    /// Most entries held (tombstones included); a write or a batch that would add more is
+    /// refused with [`Failure::Full`].
+    pub max_entries: usize,
+    /// Most bytes held (keys, values and a fixed overhead per entry, [`cost`]); a write or a
+    /// batch that would grow the store past it is refused with [`Failure::Full`].
+    pub max_bytes: usize,
 }
 
 impl Default for MachineConfig {
@@ -90,8 +96,16 @@ impl Default for MachineConfig {
             retry_base_ms: 100,
             retry_max_ms: 2_000,
             max_value: 256 << 10,
+            max_entries: usize::MAX,
+            max_bytes: usize::MAX,
         }
     }
+}
+
+/// What an entry costs the store: its key, its value, and a fixed overhead for the maps,
+/// the expiry index and the version.
+pub(crate) fn cost(key: &StoreKey, entry: &Entry) -> usize {
+    key.role.len() + 2 * key.key.len() + entry.value.as_ref().map_or(0, Bytes::len) + 128
 }
 
 /// What happened, for the machine.
@@ -297,6 +311,9 @@ pub(crate) struct Machine {
     plan: Plan,
     next_batch: u64,
     dropped: usize,
+    /// Entries held, and what they cost ([`cost`]).
+    entries: usize,
+    bytes: usize,
 }
 
 fn names(ring: Option<&Ring>, pos: u64, n: usize) -> Vec<&str> {
@@ -329,7 +346,36 @@ impl Machine {
             plan: Plan::default(),
             next_batch: 0,
             dropped: 0,
+            entries: 0,
+            bytes: 0,
         }
+    }
+
+    /// Bytes held, as [`cost`] counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether `added` more entries costing `grown` more bytes fit under the caps; the
+    /// refusal to give when not.
+    fn room(&self, added: usize, grown: usize) -> Result<(), Failure> {
+        if added > 0 && self.entries.saturating_add(added) > self.cfg.max_entries
+            || grown > 0 && self.bytes.saturating_add(grown) > self.cfg.max_bytes
+        {
+            return Err(Failure::Full {
+                entries: self.entries as u64,
+                bytes: self.bytes as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets `key`'s entry (handed over, or purged).
+    fn forget(&mut self, key: &StoreKey) -> Option<Entry> {
+        let e = self.data.get_mut(&key.role)?.remove(&key.key)?;
+        self.entries -= 1;
+        self.bytes -= cost(key, &e);
+        Some(e)
     }
 
     /// The current ring-change number.
@@ -471,6 +517,11 @@ impl Machine {
                 max: self.cfg.max_value,
             });
         }
+        let before = self.entry(key).map_or(0, |e| cost(key, e));
+        self.room(
+            usize::from(self.entry(key).is_none()),
+            cost(key, &entry).saturating_sub(before),
+        )?;
         self.merge(key.clone(), entry.clone());
         Ok(Applied {
             outcome,
@@ -490,8 +541,13 @@ impl Machine {
             }
         }
         let expires = entry.expires_at_ms;
-        if let Some(old) = slot.insert(key.key.clone(), entry) {
-            self.expiry.remove(&(old.expires_at_ms, key.clone()));
+        self.bytes += cost(&key, &entry);
+        match slot.insert(key.key.clone(), entry) {
+            Some(old) => {
+                self.bytes -= cost(&key, &old);
+                self.expiry.remove(&(old.expires_at_ms, key.clone()));
+            }
+            None => self.entries += 1,
         }
         self.expiry.insert((expires, key));
         true
@@ -500,7 +556,32 @@ impl Machine {
     /// Takes a batch of entries and checks from `_from` (replication or transfer). Returns
     /// the indexes of the checks for keys not held at that version, and what to do (entries
     /// for keys this node should not hold are handed on).
-    pub fn receive(&mut self, _from: &str, pushes: Vec<Push>, now: u64) -> (Vec<u32>, Vec<Action>) {
+    ///
+    /// A batch whose new entries would not fit under the caps is refused whole
+    /// ([`Failure::Full`]): the sender keeps its copies and tries again later, so nothing is
+    /// lost to a full store.
+    pub fn receive(
+        &mut self,
+        _from: &str,
+        pushes: Vec<Push>,
+        now: u64,
+    ) -> Result<(Vec<u32>, Vec<Action>), Failure> {
+        let (mut added, mut grown) = (0usize, 0usize);
+        for push in &pushes {
+            if let Push::Full(item) = push {
+                match self.entry(&item.key) {
+                    Some(held) if held.version >= item.entry.version => {}
+                    Some(held) => {
+                        grown += cost(&item.key, &item.entry).saturating_sub(cost(&item.key, held))
+                    }
+                    None => {
+                        added += 1;
+                        grown += cost(&item.key, &item.entry);
+                    }
+                }
+            }
+        }
+        self.room(added, grown)?;
         let mut missing = Vec::new();
         for (i, push) in pushes.into_iter().enumerate() {
             match push {
@@ -517,7 +598,7 @@ impl Machine {
         }
         let mut out = Vec::new();
         self.finish(now, &mut out);
-        (missing, out)
+        Ok((missing, out))
     }
 
     /// Live entries held.
@@ -768,11 +849,9 @@ impl Machine {
         self.plan.waiting.remove(key);
         let placed = self.ring(&key.role).is_some();
         if placed && !self.in_set(key, &self.me) {
-            if let Some(m) = self.data.get_mut(&key.role) {
-                if let Some(e) = m.remove(&key.key) {
-                    self.expiry.remove(&(e.expires_at_ms, key.clone()));
-                    self.dropped += 1;
-                }
+            if let Some(e) = self.forget(key) {
+                self.expiry.remove(&(e.expires_at_ms, key.clone()));
+                self.dropped += 1;
             }
         }
     }
@@ -785,11 +864,9 @@ impl Machine {
                 _ => break,
             }
             let (exp, key) = self.expiry.pop_first().expect("checked");
-            if let Some(m) = self.data.get_mut(&key.role) {
-                if m.get(&key.key).is_some_and(|e| e.expires_at_ms == exp) {
-                    m.remove(&key.key);
-                    purged += 1;
-                }
+            if self.entry(&key).is_some_and(|e| e.expires_at_ms == exp) {
+                self.forget(&key);
+                purged += 1;
             }
             self.plan.waiting.remove(&key);
         }
