@@ -81,6 +81,9 @@ pub(crate) struct MachineConfig {
     /// Most bytes held (keys, values and a fixed overhead per entry, [`cost`]); a write or a
     /// batch that would grow the store past it is refused with [`Failure::Full`].
     pub max_bytes: usize,
+    /// How long after a hand-off settles the node checks that the other members of each
+    /// replica set it is in hold the keys it holds (a repair pass; see [`Machine::verify`]).
+    pub verify_after_ms: u64,
 }
 
 impl Default for MachineConfig {
@@ -98,6 +101,7 @@ impl Default for MachineConfig {
             max_value: 256 << 10,
             max_entries: usize::MAX,
             max_bytes: usize::MAX,
+            verify_after_ms: 2_000,
         }
     }
 }
@@ -286,6 +290,8 @@ struct Plan {
     waiting: HashMap<StoreKey, BTreeSet<String>>,
     /// Work was added since the last [`Action::Settled`].
     busy: bool,
+    /// This plan is a repair pass, not a hand-off.
+    verifying: bool,
 }
 
 impl Plan {
@@ -314,6 +320,8 @@ pub(crate) struct Machine {
     /// Entries held, and what they cost ([`cost`]).
     entries: usize,
     bytes: usize,
+    /// When the repair pass after the last hand-off is due.
+    verify_at: Option<u64>,
 }
 
 fn names(ring: Option<&Ring>, pos: u64, n: usize) -> Vec<&str> {
@@ -348,6 +356,7 @@ impl Machine {
             dropped: 0,
             entries: 0,
             bytes: 0,
+            verify_at: None,
         }
     }
 
@@ -401,7 +410,12 @@ impl Machine {
                     self.plan.busy = true;
                 }
             }
-            Input::Tick => {}
+            Input::Tick => {
+                if self.verify_at.is_some_and(|at| now >= at) && self.idle() {
+                    self.verify_at = None;
+                    self.verify(now);
+                }
+            }
             Input::Purge => self.purge(now, &mut out),
         }
         self.finish(now, &mut out);
@@ -686,6 +700,7 @@ impl Machine {
         } = self;
         plan.epoch += 1;
         plan.busy = true;
+        plan.verifying = false;
         // What the cancelled plan still owed is owed under the new one too.
         let mut owed: HashMap<StoreKey, Vec<String>> = HashMap::new();
         for (name, p) in plan.peers.iter_mut() {
@@ -745,6 +760,55 @@ impl Machine {
             }
         }
         plan.peers.retain(|_, p| !p.idle());
+    }
+
+    /// Nothing is being sent, handed over or waited for.
+    fn idle(&self) -> bool {
+        !self.plan.busy
+            && self.plan.waiting.is_empty()
+            && self.plan.peers.values().all(PeerState::idle)
+    }
+
+    /// The repair pass, run once after each hand-off settles: for every key held whose
+    /// replica set includes this node, the other members of the set are asked whether they
+    /// hold it at this version ([`Push::Check`], a key and a version each), and those that do
+    /// not get it. A copy that a hand-off missed (a transfer cut short by the next change, a
+    /// member that came back empty between two views this node never saw apart) is restored
+    /// within seconds instead of at the next membership change.
+    pub fn verify(&mut self, now: u64) {
+        let Machine {
+            me,
+            cfg,
+            data,
+            rings,
+            plan,
+            ..
+        } = self;
+        plan.epoch += 1;
+        plan.busy = true;
+        plan.verifying = true;
+        for p in plan.peers.values_mut() {
+            p.seq = 0;
+        }
+        let me = me.as_str();
+        for (role, keys) in data.iter() {
+            let Some(ring) = rings.get(role).filter(|r| r.points() > 0) else {
+                continue;
+            };
+            for (key, entry) in keys {
+                if entry.is_expired(now) {
+                    continue;
+                }
+                let set = names(Some(ring), position(key), cfg.replicas);
+                if !set.contains(&me) {
+                    continue;
+                }
+                for p in set.iter().filter(|p| **p != me) {
+                    plan.peer(p)
+                        .enqueue(StoreKey::new(role.as_str(), key.as_str()), Mode::Check);
+                }
+            }
+        }
     }
 
     /// An entry for a key whose replica set does not include this node is handed on to that
@@ -888,6 +952,9 @@ impl Machine {
         {
             self.plan.busy = false;
             self.plan.peers.clear();
+            if !self.plan.verifying {
+                self.verify_at = Some(now.saturating_add(self.cfg.verify_after_ms));
+            }
             out.push(Action::Settled {
                 epoch: self.plan.epoch,
             });

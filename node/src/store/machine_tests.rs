@@ -1066,3 +1066,72 @@ fn a_full_store_refuses_new_keys_and_batches_and_frees_room_as_it_drops() {
         )
         .is_ok());
 }
+
+/// The repair pass: a member that lost its copies while no ring change showed it (a restart
+/// between two views its peers never saw apart) gets them back from the others' check after
+/// their hand-off settled; a member that holds them is only asked (no entry is sent again).
+#[test]
+fn the_repair_pass_after_a_hand_off_restores_a_copy_lost_unseen() {
+    let r = rings(&["a", "b", "c"]);
+    let mut sim = Sim::new(&["a", "b", "c"], &r, 300);
+    let theirs = |m: &str| {
+        (0..300)
+            .map(key)
+            .filter(|k| set(&r, k).iter().any(|s| s == m))
+            .count()
+    };
+    let before_full = sim.full.clone();
+    // b comes back empty, on the same rings.
+    sim.nodes.insert("b".into(), Machine::new("b", cfg()));
+    sim.nodes
+        .get_mut("b")
+        .unwrap()
+        .handle(Input::Rings(r.clone()), NOW);
+    assert_eq!(sim.nodes["b"].stored(), 0);
+    // Before the pass is due nothing is sent.
+    for name in ["a", "c"] {
+        let acts = sim
+            .nodes
+            .get_mut(name)
+            .unwrap()
+            .handle(Input::Tick, NOW + 1_000);
+        assert!(sends(&acts).is_empty(), "{acts:?}");
+    }
+    for name in ["a", "c"] {
+        let acts = sim
+            .nodes
+            .get_mut(name)
+            .unwrap()
+            .handle(Input::Tick, NOW + 3_000);
+        assert!(!sends(&acts).is_empty(), "{name} checks its peers");
+        for a in acts {
+            sim.queue.push_back((name.to_string(), a));
+        }
+    }
+    sim.run();
+    assert_eq!(
+        sim.nodes["b"].stored(),
+        theirs("b"),
+        "b holds its keys again"
+    );
+    assert_eq!(sim.nodes["a"].stored(), theirs("a"));
+    assert_eq!(sim.nodes["c"].stored(), theirs("c"));
+    // Only b was sent entries; a and c were only asked.
+    for name in ["a", "c"] {
+        let full = |m: &BTreeMap<String, usize>| m.get(name).copied().unwrap_or(0);
+        assert_eq!(
+            full(&sim.full),
+            full(&before_full),
+            "{name} was sent entries"
+        );
+    }
+    // Once done, the pass is not repeated.
+    for name in ["a", "c"] {
+        let acts = sim
+            .nodes
+            .get_mut(name)
+            .unwrap()
+            .handle(Input::Tick, NOW + 60_000);
+        assert!(sends(&acts).is_empty(), "{acts:?}");
+    }
+}

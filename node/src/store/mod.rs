@@ -258,6 +258,10 @@ pub struct StoreConfig {
     /// Most bytes this node holds (keys, values and 128 bytes of overhead per entry), with
     /// the same refusal as [`StoreConfig::max_entries`].
     pub max_bytes: usize,
+    /// How long after a hand-off settles the node checks, key by key, that the other members
+    /// of every replica set it is in hold what it holds, and sends what they lack (a repair
+    /// pass: a key and a version per key and member, so a few tens of bytes per key).
+    pub verify_after: Duration,
 }
 
 impl Default for StoreConfig {
@@ -277,6 +281,7 @@ impl Default for StoreConfig {
             tombstone_ttl: Duration::from_secs(600),
             max_entries: 4_000_000,
             max_bytes: 2 << 30,
+            verify_after: Duration::from_secs(2),
         }
     }
 }
@@ -296,6 +301,7 @@ impl StoreConfig {
             max_value: self.max_value,
             max_entries: self.max_entries.max(1),
             max_bytes: self.max_bytes.max(1),
+            verify_after_ms: self.verify_after.as_millis() as u64,
         }
     }
 }
