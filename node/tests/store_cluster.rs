@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use onehop_certs::testing::TestPki;
 use onehop_node::peer::{PeerConfig, PeerNet, PEER_PORT};
-use onehop_node::store::{PutOrGet, Store, StoreConfig, StoreError, Updater};
+use onehop_node::store::{Acks, PutOrGet, Store, StoreConfig, StoreError, Updater};
 use onehop_node::view::View;
 use onehop_overlay::crl::CrlState;
 use onehop_overlay::net::{self, ConnTable, Timing};
@@ -184,6 +184,32 @@ fn lcg(state: &mut u64) -> u64 {
     *state >> 33
 }
 
+/// Puts `binding of KEY` for an hour for each of `keys`, key i through `nodes[via[i]]`, 64
+/// at a time; the results in no particular order.
+async fn put_bindings(
+    nodes: &[Node],
+    keys: &[String],
+    via: &[usize],
+) -> Vec<Result<Acks, StoreError>> {
+    stream::iter(keys.iter().zip(via))
+        .map(|(k, &i)| {
+            let store = nodes[i].store.clone();
+            async move {
+                store
+                    .put(
+                        ROLE,
+                        k,
+                        Bytes::from(format!("binding of {k}")),
+                        Duration::from_secs(3600),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
+}
+
 async fn read_all(nodes: &[&Node], keys: &[String]) {
     let jobs = nodes.iter().flat_map(|n| keys.iter().map(move |k| (*n, k)));
     let missing: Vec<String> = stream::iter(jobs)
@@ -235,23 +261,7 @@ async fn ten_thousand_keys_survive_a_crash_and_move_back_after_a_rejoin() {
         .map(|_| (lcg(&mut seed) % nodes.len() as u64) as usize)
         .collect();
     let started = Instant::now();
-    let results: Vec<Result<_, StoreError>> = stream::iter(keys.iter().zip(&via))
-        .map(|(k, &i)| {
-            let store = nodes[i].store.clone();
-            async move {
-                store
-                    .put(
-                        ROLE,
-                        k,
-                        Bytes::from(format!("binding of {k}")),
-                        Duration::from_secs(3600),
-                    )
-                    .await
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let results = put_bindings(&nodes, &keys, &via).await;
     let put_time = started.elapsed();
     for r in &results {
         let acks = r.as_ref().expect("put");
@@ -616,23 +626,8 @@ async fn rapid_view_changes_under_requests_never_roll_the_rings_back() {
     let three: Vec<&Node> = nodes[..3].iter().collect();
     set_view(&all, &all, 1);
     let keys: Vec<String> = (0..N).map(|i| format!("flip{i}@example.test")).collect();
-    let results: Vec<Result<_, StoreError>> = stream::iter(keys.iter().enumerate())
-        .map(|(i, k)| {
-            let store = nodes[i % nodes.len()].store.clone();
-            async move {
-                store
-                    .put(
-                        ROLE,
-                        k,
-                        Bytes::from(format!("binding of {k}")),
-                        Duration::from_secs(3600),
-                    )
-                    .await
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let via: Vec<usize> = (0..N).map(|i| i % nodes.len()).collect();
+    let results = put_bindings(&nodes, &keys, &via).await;
     assert!(results.iter().all(Result::is_ok), "every put stored");
     wait_for(
         "placed under the first view",

@@ -408,6 +408,68 @@ impl Lookup {
     }
 }
 
+/// Where the registrar copies of `aors` are, seen through the lookup interfaces (port 9500)
+/// of `nodes` (name and address): `Ok` when every node holds the same status and each AOR
+/// is held by exactly its two replicas under it (the `replicas` and `holds` verbs), the
+/// hand-off complete; otherwise what is wrong (what each node holds, a few misplaced AORs,
+/// the statuses).
+pub fn placement(nodes: &[(&str, IpAddr)], aors: &[String]) -> Result<(), String> {
+    let lookup = |ip: IpAddr| Lookup::connect(SocketAddr::new(ip, 9500));
+    let statuses: std::collections::BTreeSet<_> =
+        nodes.iter().map(|(_, ip)| lookup(*ip).status()).collect();
+    if statuses.len() != 1 || statuses.contains(&None) {
+        return Err(format!("statuses differ: {statuses:?}"));
+    }
+    let by_ip: BTreeMap<String, &str> = nodes.iter().map(|(n, ip)| (ip.to_string(), *n)).collect();
+    let asks: Vec<String> = aors
+        .iter()
+        .map(|a| format!("replicas registrar for {a}"))
+        .collect();
+    let want: Vec<std::collections::BTreeSet<&str>> = lookup(nodes[0].1)
+        .ask_many(&asks)
+        .iter()
+        .map(|line| {
+            line.split_whitespace()
+                .map(|ip| by_ip.get(ip).copied().unwrap_or("?"))
+                .collect()
+        })
+        .collect();
+    let holds: Vec<String> = aors
+        .iter()
+        .map(|a| format!("holds registrar for {a}"))
+        .collect();
+    let mut have = vec![std::collections::BTreeSet::new(); aors.len()];
+    let mut per_node = Vec::new();
+    for (n, ip) in nodes {
+        let mut held = 0;
+        for (i, a) in lookup(*ip).ask_many(&holds).iter().enumerate() {
+            if a == "Yes" {
+                have[i].insert(*n);
+                held += 1;
+            }
+        }
+        per_node.push(format!("{n} holds {held}"));
+    }
+    let wrong: Vec<usize> = (0..aors.len())
+        .filter(|&i| want[i].len() != 2 || want[i] != have[i])
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    let examples: Vec<String> = wrong
+        .iter()
+        .take(3)
+        .map(|&i| format!("{} on {:?}, wanted {:?}", aors[i], have[i], want[i]))
+        .collect();
+    Err(format!(
+        "{} of {} AORs misplaced ({}; {}) under {statuses:?}",
+        wrong.len(),
+        aors.len(),
+        per_node.join(", "),
+        examples.join("; ")
+    ))
+}
+
 /// Parses `term T version V manager NAME`.
 pub fn parse_status(line: &str) -> Option<(u64, u64, String)> {
     let w: Vec<&str> = line.split(' ').collect();

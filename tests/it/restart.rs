@@ -2,10 +2,10 @@
 //! does) comes back with an empty store within the managers' batching window. The farm must
 //! still see it leave and come back, so that every binding is again on its two registrars.
 
-use std::net::UdpSocket;
+use std::net::{IpAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::harness::{wait_for, Farm};
+use crate::harness::{placement, wait_for, Farm};
 use crate::metrics::register;
 
 /// Whether process `pid` is gone (or a zombie).
@@ -16,6 +16,16 @@ fn gone(pid: u32) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
+}
+
+/// SIGTERM to `name`, and as soon as the process is gone, the same command line again (as
+/// `systemctl restart` does).
+fn restart_in_place(farm: &mut Farm, name: &str) {
+    let pid = farm.pid(name);
+    farm.signal(name, "-TERM");
+    let exited = wait_for(Duration::from_secs(5), || gone(pid).then_some(()));
+    assert!(exited.is_some(), "{name} left within 5 s");
+    farm.restart(name);
 }
 
 #[test]
@@ -110,17 +120,16 @@ fn bindings_keep_two_copies_through_changes_in_quick_succession() {
         assert!(register(&sock, node1, user, i as u32), "REGISTER {aor}");
     }
     let all = ["node1", "node2", "node3", "node4"];
-    let placed = |farm: &Farm, nodes: &[&str]| placement(farm, nodes, &aors);
+    let placed = |farm: &Farm, nodes: &[&str]| {
+        let at: Vec<(&str, IpAddr)> = nodes.iter().map(|n| (*n, farm.ip(n))).collect();
+        placement(&at, &aors)
+    };
     assert_eq!(placed(&farm, &all), Ok(()), "placed after the REGISTERs");
 
     for n in [
         "node2", "node3", "node4", "node1", "node2", "node3", "node4", "node1",
     ] {
-        let pid = farm.pid(n);
-        farm.signal(n, "-TERM");
-        let exited = wait_for(Duration::from_secs(5), || gone(pid).then_some(()));
-        assert!(exited.is_some(), "{n} left within 5 s");
-        farm.restart(n);
+        restart_in_place(&mut farm, n);
         let back = wait_for(Duration::from_secs(20), || placed(&farm, &all).ok());
         assert!(
             back.is_some(),
@@ -142,11 +151,7 @@ fn bindings_keep_two_copies_through_changes_in_quick_succession() {
         "node",
         &["--roles", "sip_proxy,registrar,media_relay", "--ip", &ip2],
     );
-    let pid = farm.pid("node2");
-    farm.signal("node2", "-TERM");
-    let exited = wait_for(Duration::from_secs(5), || gone(pid).then_some(()));
-    assert!(exited.is_some(), "node2 left within 5 s");
-    farm.restart("node2");
+    restart_in_place(&mut farm, "node2");
     let back = wait_for(Duration::from_secs(20), || placed(&farm, &all).ok());
     assert!(
         back.is_some(),
@@ -176,56 +181,4 @@ fn bindings_keep_two_copies_through_changes_in_quick_succession() {
         aors.len(),
         healed.unwrap()
     );
-}
-
-/// `Ok` when every node of `nodes` holds the same status and each AOR is held by exactly its
-/// replica set under it (the `replicas` verb); otherwise what is wrong.
-fn placement(farm: &Farm, nodes: &[&str], aors: &[String]) -> Result<(), String> {
-    let statuses: std::collections::BTreeSet<_> =
-        nodes.iter().map(|n| farm.lookup(n).status()).collect();
-    if statuses.len() != 1 || statuses.contains(&None) {
-        return Err(format!("statuses differ: {statuses:?}"));
-    }
-    let by_ip: std::collections::BTreeMap<String, &str> =
-        nodes.iter().map(|n| (farm.ip(n).to_string(), *n)).collect();
-    let asks: Vec<String> = aors
-        .iter()
-        .map(|a| format!("replicas registrar for {a}"))
-        .collect();
-    let want: Vec<std::collections::BTreeSet<&str>> = farm
-        .lookup(nodes[0])
-        .ask_many(&asks)
-        .iter()
-        .map(|line| {
-            line.split_whitespace()
-                .map(|ip| by_ip.get(ip).copied().unwrap_or("?"))
-                .collect()
-        })
-        .collect();
-    let holds: Vec<String> = aors
-        .iter()
-        .map(|a| format!("holds registrar for {a}"))
-        .collect();
-    let mut have = vec![std::collections::BTreeSet::new(); aors.len()];
-    let mut per_node = Vec::new();
-    for n in nodes {
-        let mut held = 0;
-        for (i, a) in farm.lookup(n).ask_many(&holds).iter().enumerate() {
-            if a == "Yes" {
-                have[i].insert(*n);
-                held += 1;
-            }
-        }
-        per_node.push(format!("{n} {held}"));
-    }
-    let wrong = (0..aors.len()).filter(|&i| have[i] != want[i]).count();
-    if wrong == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "{wrong} of {} AORs not on exactly their replicas (held: {})",
-            aors.len(),
-            per_node.join(", ")
-        ))
-    }
 }

@@ -5,41 +5,10 @@
 //! counted in `store_full_refusals_total`.
 
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::{scrape, Farm};
-
-/// Sends a REGISTER for `user` and returns the final response's status line.
-fn register_status(sock: &UdpSocket, proxy: std::net::SocketAddr, user: &str, n: u32) -> String {
-    let from = sock.local_addr().unwrap();
-    let msg = format!(
-        "REGISTER sip:example.test SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {from};branch=z9hG4bK-cap{n};rport\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:{user}@example.test>;tag=c{n}\r\n\
-         To: <sip:{user}@example.test>\r\n\
-         Call-ID: cap{n}@onehop-it\r\n\
-         CSeq: {n} REGISTER\r\n\
-         Contact: <sip:{user}@{from}>\r\n\
-         Expires: 600\r\n\
-         Content-Length: 0\r\n\r\n"
-    );
-    sock.send_to(msg.as_bytes(), proxy).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut buf = vec![0u8; 65_535];
-    while Instant::now() < deadline {
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let Ok((len, _)) = sock.recv_from(&mut buf) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&buf[..len]).to_string();
-        if text.contains(&format!("branch=z9hG4bK-cap{n};")) && !text.starts_with("SIP/2.0 1") {
-            return text;
-        }
-    }
-    String::from("no answer")
-}
+use crate::metrics::register_answer;
 
 #[test]
 fn a_full_store_refuses_new_aors_with_503_and_counts_it() {
@@ -62,7 +31,7 @@ fn a_full_store_refuses_new_aors_with_503_and_counts_it() {
     let mut ok = 0;
     let mut refused = Vec::new();
     for i in 0..130u32 {
-        let answer = register_status(&sock, sip, &format!("c{i}"), i + 1);
+        let answer = register_answer(&sock, sip, &format!("c{i}"), i + 1);
         if answer.starts_with("SIP/2.0 200") {
             ok += 1;
         } else {
@@ -81,7 +50,7 @@ fn a_full_store_refuses_new_aors_with_503_and_counts_it() {
         );
     }
     // A refresh of an AOR held is still taken.
-    let again = register_status(&sock, sip, "c5", 1_000);
+    let again = register_answer(&sock, sip, "c5", 1_000);
     assert!(again.starts_with("SIP/2.0 200"), "{again}");
     let figures = crate::harness::wait_for(Duration::from_secs(5), || {
         let m = scrape(metrics)?;

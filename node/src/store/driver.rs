@@ -75,13 +75,12 @@ impl State {
     /// then shown the rings without it first, so that what it held is copied to others and
     /// handed back to it.
     pub fn advance(&mut self, view: Arc<View>, now: u64) -> Option<Vec<Action>> {
-        let newer = match (&self.view, &view.status) {
-            (None, _) => true,
-            (Some(held), Some(status)) => {
-                !Arc::ptr_eq(held, &view) && status.supersedes(held.status.as_ref())
-            }
-            (Some(_), None) => false,
-        };
+        // The same view again is not newer either: a status does not supersede itself.
+        let newer = self.view.as_ref().is_none_or(|held| {
+            view.status
+                .as_ref()
+                .is_some_and(|s| s.supersedes(held.status.as_ref()))
+        });
         if !newer {
             return None;
         }
@@ -390,8 +389,8 @@ impl Inner {
     pub fn refused_full(&self, full: &Failure) {
         let n = self.full.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
-        let last = self.full_logged.load(Ordering::Relaxed);
-        if n == 0 || now.saturating_sub(last) >= 1_000 {
+        // `full_logged` starts at 0, so the first refusal is always logged.
+        if now.saturating_sub(self.full_logged.load(Ordering::Relaxed)) >= 1_000 {
             self.full_logged.store(now, Ordering::Relaxed);
             warn!(answer = ?full, max_entries = self.cfg.max_entries, max_bytes = self.cfg.max_bytes, refused = n + 1, "store full: write refused");
         }

@@ -379,12 +379,20 @@ impl Machine {
         Ok(())
     }
 
-    /// Forgets `key`'s entry (handed over, or purged).
-    fn forget(&mut self, key: &StoreKey) -> Option<Entry> {
-        let e = self.data.get_mut(&key.role)?.remove(&key.key)?;
+    /// Forgets `key`'s entry (handed over, or purged), with its place in the expiry index;
+    /// returns whether one was held.
+    fn forget(&mut self, key: &StoreKey) -> bool {
+        let Some(e) = self
+            .data
+            .get_mut(&key.role)
+            .and_then(|m| m.remove(&key.key))
+        else {
+            return false;
+        };
         self.entries -= 1;
         self.bytes -= cost(key, &e);
-        Some(e)
+        self.expiry.remove(&(e.expires_at_ms, key.clone()));
+        true
     }
 
     /// The current ring-change number.
@@ -411,7 +419,7 @@ impl Machine {
                 }
             }
             Input::Tick => {
-                if self.verify_at.is_some_and(|at| now >= at) && self.idle() {
+                if self.verify_at.is_some_and(|at| now >= at) && !self.plan.busy && self.drained() {
                     self.verify_at = None;
                     self.verify(now);
                 }
@@ -531,11 +539,8 @@ impl Machine {
                 max: self.cfg.max_value,
             });
         }
-        let before = self.entry(key).map_or(0, |e| cost(key, e));
-        self.room(
-            usize::from(self.entry(key).is_none()),
-            cost(key, &entry).saturating_sub(before),
-        )?;
+        let (added, before) = self.entry(key).map_or((1, 0), |e| (0, cost(key, e)));
+        self.room(added, cost(key, &entry).saturating_sub(before))?;
         self.merge(key.clone(), entry.clone());
         Ok(Applied {
             outcome,
@@ -762,11 +767,10 @@ impl Machine {
         plan.peers.retain(|_, p| !p.idle());
     }
 
-    /// Nothing is being sent, handed over or waited for.
-    fn idle(&self) -> bool {
-        !self.plan.busy
-            && self.plan.waiting.is_empty()
-            && self.plan.peers.values().all(PeerState::idle)
+    /// Nothing is left to send, hand over or wait for (the plan may still have to report
+    /// that it settled).
+    fn drained(&self) -> bool {
+        self.plan.waiting.is_empty() && self.plan.peers.values().all(PeerState::idle)
     }
 
     /// The repair pass, run once after each hand-off settles: for every key held whose
@@ -787,9 +791,6 @@ impl Machine {
         plan.epoch += 1;
         plan.busy = true;
         plan.verifying = true;
-        for p in plan.peers.values_mut() {
-            p.seq = 0;
-        }
         let me = me.as_str();
         for (role, keys) in data.iter() {
             let Some(ring) = rings.get(role).filter(|r| r.points() > 0) else {
@@ -912,11 +913,8 @@ impl Machine {
         }
         self.plan.waiting.remove(key);
         let placed = self.ring(&key.role).is_some();
-        if placed && !self.in_set(key, &self.me) {
-            if let Some(e) = self.forget(key) {
-                self.expiry.remove(&(e.expires_at_ms, key.clone()));
-                self.dropped += 1;
-            }
+        if placed && !self.in_set(key, &self.me) && self.forget(key) {
+            self.dropped += 1;
         }
     }
 
@@ -946,10 +944,7 @@ impl Machine {
             out.push(Action::Dropped { keys: self.dropped });
             self.dropped = 0;
         }
-        if self.plan.busy
-            && self.plan.waiting.is_empty()
-            && self.plan.peers.values().all(PeerState::idle)
-        {
+        if self.plan.busy && self.drained() {
             self.plan.busy = false;
             self.plan.peers.clear();
             if !self.plan.verifying {

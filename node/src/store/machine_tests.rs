@@ -191,6 +191,11 @@ impl Sim {
         true
     }
 
+    /// Time passes at `name`: what it does then, not yet delivered.
+    fn tick(&mut self, name: &str, at: u64) -> Vec<Action> {
+        self.nodes.get_mut(name).unwrap().handle(Input::Tick, at)
+    }
+
     fn run(&mut self) {
         let mut steps = 0;
         while self.step() {
@@ -1090,19 +1095,11 @@ fn the_repair_pass_after_a_hand_off_restores_a_copy_lost_unseen() {
     assert_eq!(sim.nodes["b"].stored(), 0);
     // Before the pass is due nothing is sent.
     for name in ["a", "c"] {
-        let acts = sim
-            .nodes
-            .get_mut(name)
-            .unwrap()
-            .handle(Input::Tick, NOW + 1_000);
+        let acts = sim.tick(name, NOW + 1_000);
         assert!(sends(&acts).is_empty(), "{acts:?}");
     }
     for name in ["a", "c"] {
-        let acts = sim
-            .nodes
-            .get_mut(name)
-            .unwrap()
-            .handle(Input::Tick, NOW + 3_000);
+        let acts = sim.tick(name, NOW + 3_000);
         assert!(!sends(&acts).is_empty(), "{name} checks its peers");
         for a in acts {
             sim.queue.push_back((name.to_string(), a));
@@ -1127,11 +1124,7 @@ fn the_repair_pass_after_a_hand_off_restores_a_copy_lost_unseen() {
     }
     // Once done, the pass is not repeated.
     for name in ["a", "c"] {
-        let acts = sim
-            .nodes
-            .get_mut(name)
-            .unwrap()
-            .handle(Input::Tick, NOW + 60_000);
+        let acts = sim.tick(name, NOW + 60_000);
         assert!(sends(&acts).is_empty(), "{acts:?}");
     }
 }
