@@ -27,7 +27,9 @@ pub struct Config {
     #[serde(default = "default_subscriber_queue")]
     pub subscriber_queue: usize,
     /// Bytes of events queued for one subscriber before it is disconnected as too slow
-    /// (16 MiB by default; at least 2 MiB, two frames at the 1 MiB frame cap).
+    /// (16 MiB by default; at least 4 MiB: what a new subscriber is sent at once, the member
+    /// snapshot and the retained `network` and `crl` values, may be three frames at the 1 MiB
+    /// cap, and one event more).
     #[serde(default = "default_subscriber_queue_bytes")]
     pub subscriber_queue_bytes: usize,
     /// Certificate, key, CA and CRL.
@@ -49,8 +51,9 @@ fn default_subscriber_queue_bytes() -> usize {
     16 << 20
 }
 
-/// The least `subscriber_queue_bytes` accepted: two frames at the frame cap.
-pub const MIN_SUBSCRIBER_QUEUE_BYTES: usize = 2 * onehop_overlay::wire::MAX_FRAME;
+/// The least `subscriber_queue_bytes` accepted: the three frames a new subscriber is sent at
+/// once and one more, at the frame cap.
+pub const MIN_SUBSCRIBER_QUEUE_BYTES: usize = 4 * onehop_overlay::wire::MAX_FRAME;
 
 /// The named flags of `onehop-eventserver`, each a shorthand for `--set KEY=VALUE`.
 pub const FLAGS: &[ConfigFlag] = &[
@@ -102,7 +105,7 @@ impl Config {
             return Err(bad(
                 "subscriber_queue_bytes",
                 &format!(
-                    "must be at least {MIN_SUBSCRIBER_QUEUE_BYTES} (two frames at the 1 MiB frame cap)"
+                    "must be at least {MIN_SUBSCRIBER_QUEUE_BYTES} (four frames at the 1 MiB frame cap)"
                 ),
             ));
         }
