@@ -151,8 +151,10 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
             endpoints,
         }),
         subscribe: vec![Topic::Network, Topic::Crl],
+        metrics: Some(metrics.clone()),
         ..Default::default()
-    };
+    }
+    .with_limits(cfg.eventclient);
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
     spawn_stats(
         client.clone(),

@@ -33,6 +33,9 @@ use crate::view::View;
 
 /// The longest request line accepted.
 pub const MAX_LINE: usize = 4096;
+/// Most bytes of answers a connection holds before writing them (plus one answer): pipelined
+/// requests are answered in order, and the answers are written as they reach this.
+pub const MAX_PENDING_ANSWERS: usize = 64 * 1024;
 
 /// What the lookup interface can see of this node's replicated store.
 pub type Holds = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
@@ -263,7 +266,7 @@ async fn connection(
     }
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0usize;
-    let mut out = String::with_capacity(64 * 1024);
+    let mut out = String::with_capacity(MAX_PENDING_ANSWERS);
     loop {
         if filled == buf.len() {
             // A line longer than the buffer cannot be valid.
@@ -298,6 +301,15 @@ async fn connection(
                     out.push_str("error request is not UTF-8\r\n");
                     answered += 1;
                 }
+            }
+            // One read may hold thousands of pipelined requests, each answered with up to a
+            // whole member list: write as the answers pile up, so what waits for the client
+            // stays within MAX_PENDING_ANSWERS (plus one answer).
+            if out.len() >= MAX_PENDING_ANSWERS {
+                write_all!(out.as_bytes());
+                out.clear();
+                served.add(answered);
+                answered = 0;
             }
         }
         buf.copy_within(start..filled, 0);
@@ -378,6 +390,69 @@ mod tests {
             .unwrap();
         assert!(!line.is_empty());
     }
+    #[tokio::test]
+    async fn thousands_of_pipelined_requests_with_long_answers_are_all_answered_in_order() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let metrics = onehop_overlay::metrics::Metrics::default();
+        let served = metrics.counter("lookups_total", "answered");
+        tokio::spawn(serve_with(
+            addr,
+            Arc::new(ArcSwap::from_pointee(view(250))),
+            1,
+            served.clone(),
+            None,
+            DEFAULT_TIMEOUTS,
+        ));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut sock = loop {
+            if let Ok(s) = TcpStream::connect(addr).await {
+                break s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never listening");
+            tokio::task::yield_now().await;
+        };
+        // 3,000 requests in one write (57 KB, one read's worth), each answered with 250
+        // members (about 4 KB): over 10 MB of answers for one read.
+        let n = 3000;
+        let requests = "members registrar\r\n".repeat(n);
+        let expected = ask(&view(250), "members registrar");
+        assert!(expected.len() > 2000, "{}", expected.len());
+        let (mut rd, mut wr) = sock.split();
+        let write = async {
+            wr.write_all(requests.as_bytes()).await.unwrap();
+            wr.write_all(b"status\r\n").await.unwrap();
+        };
+        let read = async {
+            let want = expected.len() * n;
+            let mut got = Vec::with_capacity(want + 100);
+            let mut chunk = vec![0u8; 1 << 16];
+            while !got.ends_with(b"manager1\r\n") {
+                let k = rd.read(&mut chunk).await.unwrap();
+                assert!(k > 0, "closed after {} bytes", got.len());
+                got.extend_from_slice(&chunk[..k]);
+            }
+            got
+        };
+        let (_, got) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures::future::join(write, read),
+        )
+        .await
+        .expect("answered within 30 s");
+        let text = String::from_utf8(got).unwrap();
+        let (answers, last) = text.split_at(expected.len() * n);
+        assert_eq!(
+            answers,
+            expected.repeat(n),
+            "every answer whole and in order"
+        );
+        assert!(last.starts_with("term 3 version 7"), "{last}");
+        assert_eq!(served.get(), n as i64 + 1);
+    }
+
     use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};
 
     fn view(n: usize) -> View {

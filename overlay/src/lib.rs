@@ -13,6 +13,7 @@
 //! - [`crl`]: the revocation list in force, verified, persisted and hot-swapped.
 //! - [`provision`]: what managers push to nodes and what members read from managers;
 //!   [`farm_client`]: the members' client of the managers' farm-read service.
+//! - [`budget`]: byte bounds shared by the producers and the consumer of a queue.
 //! - [`daemon`], [`metrics`], [`farmfile`]: config loading and logging, Prometheus metrics,
 //!   and the `farm.json` contract; [`overrides`] (configuration keys given on the command
 //!   line) and [`logging`] (log lines naming the member and the peer) serve [`daemon`].
@@ -20,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod bootstrap;
+pub mod budget;
 pub mod client;
 pub mod crl;
 pub mod daemon;

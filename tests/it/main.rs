@@ -16,6 +16,7 @@ mod interdomain;
 mod metrics;
 mod monitor;
 mod provisioning;
+mod queue_bytes;
 mod registrar_crash;
 mod relay;
 mod restart;

@@ -150,7 +150,7 @@ fn client_with(
     farm: &Farm,
     name: &str,
     opts: ClientOptions,
-) -> (EventClient, tokio::sync::mpsc::Receiver<ClientEvent>) {
+) -> (EventClient, onehop_overlay::client::EventReceiver) {
     let (cert, key) = certs(farm, name);
     let tls = TlsFiles {
         ca: farm.path().join("ca/ca.pem"),
@@ -174,7 +174,7 @@ fn client_with(
 
 fn next_down(
     rt: &tokio::runtime::Runtime,
-    rx: &mut tokio::sync::mpsc::Receiver<ClientEvent>,
+    rx: &mut onehop_overlay::client::EventReceiver,
 ) -> String {
     rt.block_on(async {
         loop {
