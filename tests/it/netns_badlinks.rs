@@ -14,8 +14,9 @@ const LOSS_PCT: u8 = 5;
 const DELAY: Duration = Duration::from_millis(50);
 /// How long the farm runs on bad links before the budgets are measured.
 const RUN: Duration = Duration::from_secs(20);
-/// Slack on the design's budgets for a loaded 2-core machine.
-const SLACK: f64 = 2.5;
+/// Slack on the design's budgets for a loaded 2-core machine (and QUIC's retransmissions of
+/// the lost packets).
+const SLACK: f64 = 3.0;
 
 /// A budget check with the links' delay added: the design's budgets are for one machine, and
 /// a path of `hops` one-way trips between hosts adds `hops` x the delay to it. Prints the
