@@ -132,6 +132,8 @@ struct Counters {
     queued_bytes: Metric,
     deepest_bytes: Metric,
     dropped: Metric,
+    term: Metric,
+    version: Metric,
 }
 
 /// The hub. Cheap to share behind an `Arc`.
@@ -221,6 +223,14 @@ impl Hub {
                 dropped: metrics.counter(
                     "eventserver_dropped_total",
                     "Events not queued because a subscriber's queue was full.",
+                ),
+                term: metrics.gauge(
+                    "status_term",
+                    "Term of the retained network status (0 before the first).",
+                ),
+                version: metrics.gauge(
+                    "status_version",
+                    "Version of the retained network status (0 before the first).",
                 ),
             },
         }
@@ -464,6 +474,8 @@ impl Hub {
                 }
                 let frame = encode_frame(&ServerMsg::Event(ev.clone()));
                 st.network = Some((frame, key));
+                self.counters.term.set(key.0 as i64);
+                self.counters.version.set(key.1 as i64);
             }
             // Retained only while it is the list in force: of two lists published at once,
             // the older must not be the one handed to new subscribers.
@@ -877,7 +889,8 @@ mod tests {
 
     #[test]
     fn retained_network_status_only_moves_forward() {
-        let (hub, _) = hub();
+        let (hub, m) = hub();
+        assert_eq!(metric(&m, "status_term"), 0);
         let (tx, _rx) = mpsc::channel(64);
         let mgr = hub.open(
             id("manager1", Kind::Manager, &[]),
@@ -895,6 +908,11 @@ mod tests {
         };
         hub.publish(mgr, 1, st(2, 5)).unwrap();
         hub.publish(mgr, 2, st(1, 9)).unwrap();
+        // The metrics show the retained status, not the stale one.
+        assert_eq!(
+            (metric(&m, "status_term"), metric(&m, "status_version")),
+            (2, 5)
+        );
         let (tx, mut rx) = mpsc::channel(64);
         let late = hub.open(
             id("node1", Kind::Node, &[]),

@@ -14,8 +14,8 @@
 //! Every member binds its own loopback address, from `--base-ip` up in the order event
 //! servers, managers, DNS servers, nodes, with the standard ports.
 
-mod plan;
-mod process;
+pub mod plan;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -279,7 +279,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn member_ports(kind: Kind, dns_port: u16) -> BTreeMap<String, u16> {
+/// The ports a member of `kind` serves (`farm.json`'s `ports`), with DNS on `dns_port`.
+pub fn member_ports(kind: Kind, dns_port: u16) -> BTreeMap<String, u16> {
     let mut p = BTreeMap::new();
     match kind {
         Kind::Eventserver => {

@@ -13,6 +13,12 @@ use onehop_overlay::farmfile::FarmFile;
 /// Farms start many processes on a 2-core machine: one at a time keeps timings honest.
 static FARM_LOCK: Mutex<()> = Mutex::new(());
 
+/// Takes this test's turn to run a farm (see [`FARM_LOCK`]); for farms started without
+/// [`Farm::up`] (the network-namespace farms of `netns.rs`).
+pub fn farm_turn() -> MutexGuard<'static, ()> {
+    FARM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The farm launcher (which also runs every daemon through its links): this build's, or the
 /// one named by `ONEHOP_FARM_BIN` (to run the tests against another build, say the one before
 /// a fix, to see a test fail).
