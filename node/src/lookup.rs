@@ -13,6 +13,9 @@
 //! | `owner ROLE for KEY` | `NAME IP` of the owner |
 //! | `holds ROLE for KEY` | `Yes` when this node holds a live value for KEY in ROLE's replicated store, else `No` |
 //!
+//! Text of the request echoed in an error line (a role, an address) has its control
+//! characters escaped (`\0`, `\r`, `\u{85}`), so that an answer is always one line.
+//!
 //! KEY is hashed as given, except that a `sip:`/`sips:` URI is first reduced to its canonical
 //! AOR (`user@host`, host lower-cased), so `lookup registrar for sip:alice@Example.test:5060`
 //! and `lookup registrar for alice@example.test` agree. Blank lines get no answer.
@@ -60,7 +63,8 @@ pub fn answer_with(line: &str, view: &View, holds: Option<&Holds>, out: &mut Str
                         let _ = write!(out, "{}", m.ip);
                     }
                     None => {
-                        let _ = write!(out, "error no live member has role {role}");
+                        let _ =
+                            write!(out, "error no live member has role {}", role.escape_debug());
                     }
                 },
                 None => no_role(view, role, out),
@@ -122,7 +126,7 @@ pub fn answer_with(line: &str, view: &View, holds: Option<&Holds>, out: &mut Str
                     out.push_str(if online { "Yes" } else { "No" });
                 }
                 Err(_) => {
-                    let _ = write!(out, "error not an IP address: {}", ip.trim());
+                    let _ = write!(out, "error not an IP address: {}", ip.trim().escape_debug());
                 }
             },
             None => out.push_str("error usage: is_online IP as ROLE"),
@@ -172,7 +176,7 @@ fn no_role(view: &View, role: &str, out: &mut String) {
     if view.status.is_none() {
         out.push_str("error no network status yet");
     } else {
-        let _ = write!(out, "error no live member has role {role}");
+        let _ = write!(out, "error no live member has role {}", role.escape_debug());
     }
 }
 
@@ -494,6 +498,36 @@ mod tests {
         let mut out = String::new();
         assert!(!answer("  ", &v, &mut out));
         assert!(out.is_empty());
+    }
+
+    /// Found by fuzzing (`lookup_line`): text echoed in an error line kept its control
+    /// characters, so a NUL, a bare CR or a NEL from the request (which a client splitting
+    /// lines on any line break takes for an end of line) came back inside the answer.
+    #[test]
+    fn echoed_text_is_escaped() {
+        let v = view(2);
+        for (line, want) in [
+            (
+                "is_online 10.0.1\0R as registrar",
+                "error not an IP address: 10.0.1\\0R\r\n",
+            ),
+            (
+                "lookup reg\ristrar for x",
+                "error no live member has role reg\\ristrar\r\n",
+            ),
+            (
+                "replicas a\u{85}b for x",
+                "error no live member has role a\\u{85}b\r\n",
+            ),
+        ] {
+            let got = ask(&v, line);
+            assert_eq!(got, want, "{line:?}");
+            assert!(!got.trim_end().chars().any(char::is_control), "{got:?}");
+        }
+        assert_eq!(
+            ask(&v, "lookup xcap-server for x"),
+            "error no live member has role xcap-server\r\n"
+        );
     }
 
     /// A read full of pipelined `members` requests is answered in pieces of about
