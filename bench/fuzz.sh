@@ -41,7 +41,7 @@ dict_of() {
 }
 
 start=$(date +%s)
-cargo +nightly fuzz build --sanitizer "$sanitizer" $targets
+cargo +nightly fuzz build --sanitizer "$sanitizer"
 echo "fuzz: built in $(( $(date +%s) - start )) s (sanitizer $sanitizer)"
 
 mkdir -p fuzz/target/logs

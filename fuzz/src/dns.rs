@@ -18,7 +18,10 @@ fn member(name: &str, kind: Kind, roles: &[&str], ip: &str, endpoints: &[(&str, 
     Member {
         name: name.into(),
         kind,
-        roles: roles.iter().map(|r| Role::new(r).expect("a role")).collect(),
+        roles: roles
+            .iter()
+            .map(|r| Role::new(r).expect("a role"))
+            .collect(),
         endpoints: endpoints
             .iter()
             .map(|(s, p)| Endpoint {
@@ -38,11 +41,35 @@ fn zone() -> &'static Zone {
     ZONE.get_or_init(|| {
         let mut members = vec![
             member("dns1", Kind::Dns, &[], "10.0.0.53", &[("dns", 53)]),
-            member("es1", Kind::Eventserver, &[], "10.0.0.1", &[("eventserver", 8000)]),
-            member("es2", Kind::Eventserver, &[], "10.0.0.2", &[("eventserver", 8000)]),
+            member(
+                "es1",
+                Kind::Eventserver,
+                &[],
+                "10.0.0.1",
+                &[("eventserver", 8000)],
+            ),
+            member(
+                "es2",
+                Kind::Eventserver,
+                &[],
+                "10.0.0.2",
+                &[("eventserver", 8000)],
+            ),
             member("mgr1", Kind::Manager, &[], "10.0.0.10", &[("raft", 8001)]),
-            member("reg1", Kind::Node, &["registrar"], "10.0.2.1", &[("lookup", 9500)]),
-            member("node6", Kind::Node, &["sip_proxy"], "fd00::6", &[("sip", 5060)]),
+            member(
+                "reg1",
+                Kind::Node,
+                &["registrar"],
+                "10.0.2.1",
+                &[("lookup", 9500)],
+            ),
+            member(
+                "node6",
+                Kind::Node,
+                &["sip_proxy"],
+                "fd00::6",
+                &[("sip", 5060)],
+            ),
         ];
         for i in 1..=11 {
             members.push(member(
@@ -102,8 +129,8 @@ pub fn dns_answer(data: &[u8]) {
         "{} bytes over {transport:?} (limit {limit})",
         out.bytes.len()
     );
-    let resp = Message::from_vec(&out.bytes)
-        .unwrap_or_else(|e| panic!("our answer does not decode: {e}"));
+    let resp =
+        Message::from_vec(&out.bytes).unwrap_or_else(|e| panic!("our answer does not decode: {e}"));
     assert_eq!(resp.metadata.message_type, MessageType::Response);
     assert_eq!(resp.metadata.id, u16::from_be_bytes([raw[0], raw[1]]));
     assert!(!resp.metadata.recursion_available);

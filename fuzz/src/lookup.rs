@@ -74,5 +74,8 @@ pub fn lookup_line(data: &[u8]) {
             break;
         }
     }
-    assert!(!data[at..].contains(&b'\n'), "a complete line left unanswered");
+    assert!(
+        !data[at..].contains(&b'\n'),
+        "a complete line left unanswered"
+    );
 }

@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
-use onehop_overlay::provision::{AccountRecord, FarmInfo, FarmReply, FarmRequest, PushBatch, PushOp};
+use onehop_overlay::provision::{
+    AccountRecord, FarmInfo, FarmReply, FarmRequest, PushBatch, PushOp,
+};
 use onehop_overlay::status::{Endpoint, Kind, Member, NetworkStatus, Role};
 use onehop_overlay::wire::{
-    encode_frame, Announce, ClientMsg, Event, LogEvent, Level, MemberEvent, Payload, ServerMsg,
+    encode_frame, Announce, ClientMsg, Event, Level, LogEvent, MemberEvent, Payload, ServerMsg,
     SessionMember, Stats, Topic,
 };
 
@@ -245,9 +247,18 @@ fn sip_parse() -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .map(|(n, m)| (n.to_string(), m))
         .collect();
-    out.push(("sipp-invite".into(), invite("caller", "2000", "4242-1-0", &[])));
-    out.push(("sipp-register".into(), register("1000", "4242-1-0", 1, 3600)));
-    out.push(("ringing".into(), callee_response("180 Ringing", "z9hG4bKoh1")));
+    out.push((
+        "sipp-invite".into(),
+        invite("caller", "2000", "4242-1-0", &[]),
+    ));
+    out.push((
+        "sipp-register".into(),
+        register("1000", "4242-1-0", 1, 3600),
+    ));
+    out.push((
+        "ringing".into(),
+        callee_response("180 Ringing", "z9hG4bKoh1"),
+    ));
     out
 }
 
@@ -297,16 +308,40 @@ fn sip_engine() -> Vec<(String, Vec<u8>)> {
     const AUTH: u8 = 0x40;
     let mut call = Vec::new();
     record(&mut call, ANSWER, &register("bob", "reg1", 1, 600));
-    record(&mut call, ANSWER | AUTH | 3 << 2, &register("bob", "reg2", 2, 600));
-    record(&mut call, ANSWER | 1 << 2, &invite("alice", "bob", "inv1", &[]));
-    record(&mut call, ANSWER | AUTH, &invite("alice", "bob", "inv2", &[]));
-    record(&mut call, 3 | 2 << 2, &callee_response("180 Ringing", "z9hG4bKoh1"));
+    record(
+        &mut call,
+        ANSWER | AUTH | 3 << 2,
+        &register("bob", "reg2", 2, 600),
+    );
+    record(
+        &mut call,
+        ANSWER | 1 << 2,
+        &invite("alice", "bob", "inv1", &[]),
+    );
+    record(
+        &mut call,
+        ANSWER | AUTH,
+        &invite("alice", "bob", "inv2", &[]),
+    );
+    record(
+        &mut call,
+        3 | 2 << 2,
+        &callee_response("180 Ringing", "z9hG4bKoh1"),
+    );
     record(&mut call, 3, &callee_response("200 OK", "z9hG4bKoh1"));
     let mut bye = Vec::new();
     record(&mut bye, ANSWER, &register("carol", "reg3", 1, 60));
-    record(&mut bye, ANSWER | AUTH | 1, &register("carol", "reg4", 2, 60));
+    record(
+        &mut bye,
+        ANSWER | AUTH | 1,
+        &register("carol", "reg4", 2, 60),
+    );
     record(&mut bye, 2, &rfc_messages()[7].1);
-    record(&mut bye, ANSWER | 0x80, &invite("dave", "carol", "inv3", &[]));
+    record(
+        &mut bye,
+        ANSWER | 0x80,
+        &invite("dave", "carol", "inv3", &[]),
+    );
     record(&mut bye, 0, &rfc_messages()[0].1);
     record(&mut bye, 5 << 2, &rfc_messages()[4].1);
     vec![
@@ -335,7 +370,12 @@ fn status() -> NetworkStatus {
         version: 12,
         manager: "manager1".into(),
         members: vec![
-            member("node1", Kind::Node, &["sip_proxy", "registrar"], "127.0.1.7"),
+            member(
+                "node1",
+                Kind::Node,
+                &["sip_proxy", "registrar"],
+                "127.0.1.7",
+            ),
             member("node2", Kind::Node, &["media_relay"], "fd00::2"),
             member("es1", Kind::Eventserver, &[], "127.0.1.1"),
         ],
@@ -495,16 +535,46 @@ fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
 fn dns_answer() -> Vec<(String, Vec<u8>)> {
     let asks = [
         ("naptr", "example.test.", RecordType::NAPTR, Some(1232), 0u8),
-        ("srv-udp", "_sip._udp.example.test.", RecordType::SRV, None, 0),
-        ("srv-tcp-over-tcp", "_sip._tcp.example.test.", RecordType::SRV, None, 1),
-        ("eventserver", "_eventserver._udp.example.test.", RecordType::SRV, Some(4096), 0),
+        (
+            "srv-udp",
+            "_sip._udp.example.test.",
+            RecordType::SRV,
+            None,
+            0,
+        ),
+        (
+            "srv-tcp-over-tcp",
+            "_sip._tcp.example.test.",
+            RecordType::SRV,
+            None,
+            1,
+        ),
+        (
+            "eventserver",
+            "_eventserver._udp.example.test.",
+            RecordType::SRV,
+            Some(4096),
+            0,
+        ),
         ("a-node", "node001.example.test.", RecordType::A, None, 0),
-        ("aaaa-node", "node6.example.test.", RecordType::AAAA, Some(512), 0),
+        (
+            "aaaa-node",
+            "node6.example.test.",
+            RecordType::AAAA,
+            Some(512),
+            0,
+        ),
         ("soa", "example.test.", RecordType::SOA, None, 0),
         ("ns-other-domain", "other.test.", RecordType::NS, None, 0),
         ("nxdomain", "nobody.example.test.", RecordType::A, None, 0),
         ("refused", "example.com.", RecordType::A, None, 0),
-        ("enum", "4.3.2.1.5.5.5.2.1.2.1.e164.arpa.", RecordType::NAPTR, None, 0),
+        (
+            "enum",
+            "4.3.2.1.5.5.5.2.1.2.1.e164.arpa.",
+            RecordType::NAPTR,
+            None,
+            0,
+        ),
         ("before-status", "example.test.", RecordType::NAPTR, None, 2),
     ];
     asks.iter()
@@ -587,6 +657,10 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     ];
     per_target
         .into_iter()
-        .flat_map(|(t, seeds)| seeds.into_iter().map(move |(n, b)| (t, format!("seed-{n}"), b)))
+        .flat_map(|(t, seeds)| {
+            seeds
+                .into_iter()
+                .map(move |(n, b)| (t, format!("seed-{n}"), b))
+        })
         .collect()
 }

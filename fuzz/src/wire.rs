@@ -3,7 +3,9 @@
 
 use onehop_overlay::provision::{self, FarmReply, FarmRequest, PushBatch, PushReply};
 use onehop_overlay::status::NetworkStatus;
-use onehop_overlay::wire::{decode_body, encode_frame, read_frame, ClientMsg, ServerMsg, MAX_FRAME};
+use onehop_overlay::wire::{
+    decode_body, encode_frame, read_frame, ClientMsg, ServerMsg, MAX_FRAME,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 fn dir(kind: &str, target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(kind).join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(kind)
+        .join(target)
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -53,9 +55,16 @@ fn the_corpus_holds_the_seeds() {
         }
         let held = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{}: {e} (ONEHOP_WRITE_SEEDS=1 writes it)", path.display()));
-        assert!(held == bytes, "{} differs from src/seeds.rs", path.display());
+        assert!(
+            held == bytes,
+            "{} differs from src/seeds.rs",
+            path.display()
+        );
     }
     for (target, _) in onehop_fuzz::TARGETS {
-        assert!(!files(&dir("corpus", target)).is_empty(), "{target} has no seed");
+        assert!(
+            !files(&dir("corpus", target)).is_empty(),
+            "{target} has no seed"
+        );
     }
 }
