@@ -360,17 +360,18 @@ impl Sdp {
             }
             out.extend_from_slice(&b[end.clone()]);
             for (_, line) in insert.iter().filter(|(after, _)| *after == i) {
-                let ending: &[u8] = if end.is_empty() {
-                    b"\r\n"
+                let ending = &b[end.clone()];
+                if ending.ends_with(b"\n") {
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(ending);
                 } else {
-                    &b[end.clone()]
-                };
-                if end.is_empty() {
-                    out.extend_from_slice(ending);
-                }
-                out.extend_from_slice(line);
-                if !end.is_empty() {
-                    out.extend_from_slice(ending);
+                    // The body's last line, with no line end or a lone CR (no LF follows):
+                    // end it with CRLF and leave the inserted line, now the last, as it was.
+                    if ending.is_empty() {
+                        out.push(b'\r');
+                    }
+                    out.push(b'\n');
+                    out.extend_from_slice(line);
                 }
             }
         }
@@ -436,6 +437,24 @@ a=sendrecv\r\n";
                 }),
             ]
         );
+    }
+
+    /// Found by fuzzing (`sdp_rewrite`): a body whose last line ends in a lone CR got a line
+    /// inserted after it with CR alone between them, which is no line end: the inserted
+    /// `c=` merged into the `m=` line and the stream went to the relay's address.
+    #[test]
+    fn a_line_inserted_after_a_last_line_ending_in_cr_is_a_line_of_its_own() {
+        let offer = "v=0\r\nc=IN IP4 198.51.100.10\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\n\
+                     m=video 57312 RTP/AVP 31\r";
+        let sdp = Sdp::parse(Bytes::from_static(offer.as_bytes())).unwrap();
+        let out = sdp.rewrite(&[Some(sa("192.0.2.21:40000")), None]);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "v=0\r\nc=IN IP4 192.0.2.21\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n\
+             m=video 57312 RTP/AVP 31\r\nc=IN IP4 198.51.100.10"
+        );
+        let again = Sdp::parse(out).unwrap();
+        assert_eq!(again.targets()[1], sdp.targets()[1]);
     }
 
     #[test]
