@@ -36,9 +36,6 @@ use crate::view::View;
 
 /// The longest request line accepted.
 pub const MAX_LINE: usize = 4096;
-/// Most bytes of answers a connection holds before writing them (plus one answer): pipelined
-/// requests are answered in order, and the answers are written as they reach this.
-pub const MAX_PENDING_ANSWERS: usize = 64 * 1024;
 
 /// What the lookup interface can see of this node's replicated store.
 pub type Holds = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
@@ -270,7 +267,7 @@ async fn connection(
     }
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0usize;
-    let mut out = String::with_capacity(MAX_PENDING_ANSWERS);
+    let mut out = String::with_capacity(MAX_ANSWER_BYTES);
     loop {
         if filled == buf.len() {
             // A line longer than the buffer cannot be valid.
@@ -300,15 +297,6 @@ async fn connection(
             }
             if !more {
                 break;
-            }
-            // One read may hold thousands of pipelined requests, each answered with up to a
-            // whole member list: write as the answers pile up, so what waits for the client
-            // stays within MAX_PENDING_ANSWERS (plus one answer).
-            if out.len() >= MAX_PENDING_ANSWERS {
-                write_all!(out.as_bytes());
-                out.clear();
-                served.add(answered);
-                answered = 0;
             }
         }
         buf.copy_within(start..filled, 0);
