@@ -278,13 +278,15 @@ fn spawn_stats(
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            stored.set(store.local_len() as i64);
+            let (live, registered) = store
+                .live_counts("registrar", crate::proxy::glue::has_bindings)
+                .await;
+            stored.set(live as i64);
             bytes.set(store.held_bytes() as i64);
             full.set(store.full_refusals() as i64);
-            let registered = store.local_count_role("registrar", crate::proxy::glue::has_bindings);
             aors.set(registered as i64);
             let mut figures = vec![
-                ("store_entries".to_string(), store.local_len() as f64),
+                ("store_entries".to_string(), live as f64),
                 ("bindings".to_string(), registered as f64),
             ];
             for name in [

@@ -233,15 +233,20 @@ impl Inner {
         }
     }
 
-    /// Runs until shutdown: follows the view, ticks the machine, purges.
+    /// Runs until shutdown: follows the view, ticks the machine, purges, walks what is held
+    /// after a ring change.
     pub async fn run(self: Arc<Self>, mut view: watch::Receiver<Arc<View>>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_purge = Instant::now();
         let mut view_open = true;
         loop {
+            // The walk that plans a hand-off or a repair pass goes a chunk per turn, with the
+            // lock given back and the runtime's other tasks run in between.
+            let scanning = self.lock().machine.scanning();
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
+                _ = tokio::task::yield_now(), if scanning => self.handle(Input::Scan),
                 r = view.changed(), if view_open => match r {
                     Ok(()) => self.sync(),
                     Err(_) => view_open = false,

@@ -84,6 +84,10 @@ pub(crate) struct MachineConfig {
     /// How long after a hand-off settles the node checks that the other members of each
     /// replica set it is in hold the keys it holds (a repair pass; see [`Machine::verify`]).
     pub verify_after_ms: u64,
+    /// Most entries looked at per call when planning a hand-off or a repair pass: the walk
+    /// over everything held goes a chunk per call ([`Input::Scan`]), so that no call holds
+    /// the store for longer than this many entries take.
+    pub scan_chunk: usize,
 }
 
 impl Default for MachineConfig {
@@ -102,6 +106,7 @@ impl Default for MachineConfig {
             max_entries: usize::MAX,
             max_bytes: usize::MAX,
             verify_after_ms: 2_000,
+            scan_chunk: 4_096,
         }
     }
 }
@@ -142,6 +147,9 @@ pub(crate) enum Input {
     },
     /// Time passed: retry what is due.
     Tick,
+    /// Go on with the walk that plans a hand-off or a repair pass (see
+    /// [`Machine::scanning`]); every other input takes a step of it as well.
+    Scan,
     /// Purge expired entries (bounded).
     Purge,
 }
@@ -292,6 +300,25 @@ struct Plan {
     busy: bool,
     /// This plan is a repair pass, not a hand-off.
     verifying: bool,
+    /// The walk over what is held that builds this plan, while it is under way.
+    scan: Option<Scan>,
+}
+
+/// A walk over every entry held, a chunk of [`MachineConfig::scan_chunk`] entries per call:
+/// the plan of a hand-off after a ring change, or of a repair pass. Until it ends the plan
+/// has not settled and no transfer is sent its end marker.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Per role whose rings changed: the rings before the earliest change whose plan has
+    /// not been walked over every key. A newer change during the walk restarts it from the
+    /// first key against these, so that a member that arrived in a change whose walk was cut
+    /// short is still sent every key it lacks (keys already walked may be sent twice;
+    /// merging by version makes that harmless).
+    before: HashMap<String, Rings>,
+    /// What cancelled plans still owed, per key: the members to send it to in full.
+    owed: HashMap<StoreKey, Vec<String>>,
+    /// The last entry looked at (`None` before the first).
+    after: Option<StoreKey>,
 }
 
 impl Plan {
@@ -329,6 +356,24 @@ fn names(ring: Option<&Ring>, pos: u64, n: usize) -> Vec<&str> {
         Some(r) => r.replicas_at(pos, n).map(|m| m.name.as_str()).collect(),
         None => Vec::new(),
     }
+}
+
+/// Every entry held after `from` (all of them when `None`), in key order.
+fn entries_after<'a>(
+    data: &'a BTreeMap<String, BTreeMap<String, Entry>>,
+    from: Option<&'a StoreKey>,
+) -> impl Iterator<Item = (&'a str, &'a str, &'a Entry)> + 'a {
+    use std::ops::Bound;
+    let first = from.map_or(Bound::Unbounded, |k| Bound::Included(k.role.as_str()));
+    data.range::<str, _>((first, Bound::Unbounded))
+        .flat_map(move |(role, keys)| {
+            let lower = match from {
+                Some(k) if k.role == *role => Bound::Excluded(k.key.as_str()),
+                _ => Bound::Unbounded,
+            };
+            keys.range::<str, _>((lower, Bound::Unbounded))
+                .map(move |(key, e)| (role.as_str(), key.as_str(), e))
+        })
 }
 
 fn same_members(a: Option<&Ring>, b: Option<&Ring>) -> bool {
@@ -421,11 +466,13 @@ impl Machine {
             Input::Tick => {
                 if self.verify_at.is_some_and(|at| now >= at) && !self.plan.busy && self.drained() {
                     self.verify_at = None;
-                    self.verify(now);
+                    self.verify();
                 }
             }
             Input::Purge => self.purge(now, &mut out),
+            Input::Scan => {}
         }
+        self.scan_step(now);
         self.finish(now, &mut out);
         out
     }
@@ -689,33 +736,33 @@ impl Machine {
         for role in &changed {
             self.prev.insert(role.clone(), (old.clone(), now));
         }
-        self.replan(&changed, now);
+        self.replan(&changed, &old);
     }
 
-    /// Rebuilds the transfer plan after a ring change (a new epoch).
-    fn replan(&mut self, changed: &BTreeSet<String>, now: u64) {
-        let Machine {
-            me,
-            cfg,
-            data,
-            rings,
-            prev,
-            plan,
-            ..
-        } = self;
+    /// Starts a new transfer plan after a ring change (a new epoch): what a cancelled plan
+    /// still owed is kept, and the walk over every key held starts (or starts again, see
+    /// [`Scan::before`]).
+    fn replan(&mut self, changed: &BTreeSet<String>, old: &Rings) {
+        let plan = &mut self.plan;
         plan.epoch += 1;
         plan.busy = true;
         plan.verifying = false;
+        let mut scan = plan.scan.take().unwrap_or_default();
+        for role in changed {
+            scan.before
+                .entry(role.clone())
+                .or_insert_with(|| old.clone());
+        }
+        scan.after = None;
         // What the cancelled plan still owed is owed under the new one too.
-        let mut owed: HashMap<StoreKey, Vec<String>> = HashMap::new();
         for (name, p) in plan.peers.iter_mut() {
             for (k, _) in p.queued.drain() {
-                owed.entry(k).or_default().push(name.clone());
+                scan.owed.entry(k).or_default().push(name.clone());
             }
             p.queue.clear();
             if let Some(f) = &p.inflight {
                 for (k, _, _) in &f.sent {
-                    owed.entry(k.clone()).or_default().push(name.clone());
+                    scan.owed.entry(k.clone()).or_default().push(name.clone());
                 }
             }
             p.seq = 0;
@@ -724,62 +771,20 @@ impl Machine {
             p.failures = 0;
         }
         plan.waiting.clear();
-        let me = me.as_str();
-        for (role, keys) in data.iter() {
-            let Some(ring) = rings.get(role).filter(|r| r.points() > 0) else {
-                continue;
-            };
-            let before = if changed.contains(role) {
-                prev.get(role).and_then(|(r, _)| r.get(role))
-            } else {
-                Some(ring)
-            };
-            for (key, entry) in keys {
-                if entry.is_expired(now) {
-                    continue;
-                }
-                let pos = position(key);
-                let new = names(Some(ring), pos, cfg.replicas);
-                let old = names(before, pos, cfg.replicas);
-                let k = StoreKey::new(role.as_str(), key.as_str());
-                let owed_to = |p: &str| owed.get(&k).is_some_and(|o| o.iter().any(|n| n == p));
-                if new.contains(&me) {
-                    for p in new.iter().filter(|p| **p != me) {
-                        if !old.contains(p) || owed_to(p) {
-                            plan.peer(p).enqueue(k.clone(), Mode::Full);
-                        }
-                    }
-                } else {
-                    let mut waiting = BTreeSet::new();
-                    for p in &new {
-                        let mode = if old.contains(p) && !owed_to(p) {
-                            Mode::Check
-                        } else {
-                            Mode::Full
-                        };
-                        plan.peer(p).enqueue(k.clone(), mode);
-                        waiting.insert(p.to_string());
-                    }
-                    plan.waiting.insert(k, waiting);
-                }
-            }
-        }
-        plan.peers.retain(|_, p| !p.idle());
+        plan.scan = Some(scan);
     }
 
-    /// Nothing is left to send, hand over or wait for (the plan may still have to report
-    /// that it settled).
-    fn drained(&self) -> bool {
-        self.plan.waiting.is_empty() && self.plan.peers.values().all(PeerState::idle)
+    /// A walk that plans a hand-off or a repair pass is under way: feed [`Input::Scan`]
+    /// until it is not.
+    pub fn scanning(&self) -> bool {
+        self.plan.scan.is_some()
     }
 
-    /// The repair pass, run once after each hand-off settles: for every key held whose
-    /// replica set includes this node, the other members of the set are asked whether they
-    /// hold it at this version ([`Push::Check`], a key and a version each), and those that do
-    /// not get it. A copy that a hand-off missed (a transfer cut short by the next change, a
-    /// member that came back empty between two views this node never saw apart) is restored
-    /// within seconds instead of at the next membership change.
-    pub fn verify(&mut self, now: u64) {
+    /// Looks at the next [`MachineConfig::scan_chunk`] entries of the walk under way, if
+    /// any, and plans what they need: for a hand-off, the pushes and checks of the module
+    /// documentation; for a repair pass, a check to every other member of each replica set
+    /// this node is in.
+    fn scan_step(&mut self, now: u64) {
         let Machine {
             me,
             cfg,
@@ -788,28 +793,107 @@ impl Machine {
             plan,
             ..
         } = self;
-        plan.epoch += 1;
-        plan.busy = true;
-        plan.verifying = true;
+        let Some(mut scan) = plan.scan.take() else {
+            return;
+        };
         let me = me.as_str();
-        for (role, keys) in data.iter() {
+        let from = scan.after.take();
+        let mut walk = entries_after(data, from.as_ref());
+        for (role, key, entry) in walk.by_ref().take(cfg.scan_chunk.max(1)) {
+            scan.after = Some(StoreKey::new(role, key));
             let Some(ring) = rings.get(role).filter(|r| r.points() > 0) else {
                 continue;
             };
-            for (key, entry) in keys {
-                if entry.is_expired(now) {
-                    continue;
+            if entry.is_expired(now) {
+                continue;
+            }
+            let pos = position(key);
+            let new = names(Some(ring), pos, cfg.replicas);
+            let k = StoreKey::new(role, key);
+            if plan.verifying {
+                if new.contains(&me) {
+                    for p in new.iter().filter(|p| **p != me) {
+                        plan.peer(p).enqueue(k.clone(), Mode::Check);
+                    }
                 }
-                let set = names(Some(ring), position(key), cfg.replicas);
-                if !set.contains(&me) {
-                    continue;
+                continue;
+            }
+            let before = match scan.before.get(role) {
+                Some(old) => old.get(role),
+                None => Some(ring),
+            };
+            let old = names(before, pos, cfg.replicas);
+            let owed_to = |p: &str| scan.owed.get(&k).is_some_and(|o| o.iter().any(|n| n == p));
+            if new.contains(&me) {
+                for p in new.iter().filter(|p| **p != me) {
+                    if !old.contains(p) || owed_to(p) {
+                        plan.peer(p).enqueue(k.clone(), Mode::Full);
+                    }
                 }
-                for p in set.iter().filter(|p| **p != me) {
-                    plan.peer(p)
-                        .enqueue(StoreKey::new(role.as_str(), key.as_str()), Mode::Check);
+            } else {
+                let mut waiting = BTreeSet::new();
+                for p in &new {
+                    let mode = if old.contains(p) && !owed_to(p) {
+                        Mode::Check
+                    } else {
+                        Mode::Full
+                    };
+                    plan.peer(p).enqueue(k.clone(), mode);
+                    waiting.insert(p.to_string());
                 }
+                plan.waiting.insert(k, waiting);
             }
         }
+        if walk.next().is_none() {
+            plan.peers.retain(|_, p| !p.idle());
+        } else {
+            plan.scan = Some(scan);
+        }
+    }
+
+    /// Calls `f` with the role and value of each live entry, at most `budget` entries from
+    /// the one after `after` (from the first when `None`); returns where to go on from, or
+    /// `None` when every entry has been looked at. Counting a large store this way never
+    /// holds it for longer than `budget` entries take.
+    pub fn walk_live(
+        &self,
+        after: Option<&StoreKey>,
+        budget: usize,
+        now: u64,
+        mut f: impl FnMut(&str, &[u8]),
+    ) -> Option<StoreKey> {
+        let mut walk = entries_after(&self.data, after);
+        let mut last = None;
+        for (role, key, entry) in walk.by_ref().take(budget.max(1)) {
+            if let Some(v) = entry.live_value(now) {
+                f(role, v);
+            }
+            last = Some((role, key));
+        }
+        walk.next()?;
+        last.map(|(role, key)| StoreKey::new(role, key))
+    }
+
+    /// Nothing is left to send, hand over or wait for (the plan may still have to report
+    /// that it settled).
+    fn drained(&self) -> bool {
+        self.plan.scan.is_none()
+            && self.plan.waiting.is_empty()
+            && self.plan.peers.values().all(PeerState::idle)
+    }
+
+    /// The repair pass, run once after each hand-off settles: for every key held whose
+    /// replica set includes this node, the other members of the set are asked whether they
+    /// hold it at this version ([`Push::Check`], a key and a version each), and those that do
+    /// not get it. A copy that a hand-off missed (a transfer cut short by the next change, a
+    /// member that came back empty between two views this node never saw apart) is restored
+    /// within seconds instead of at the next membership change.
+    pub fn verify(&mut self) {
+        let plan = &mut self.plan;
+        plan.epoch += 1;
+        plan.busy = true;
+        plan.verifying = true;
+        plan.scan = Some(Scan::default());
     }
 
     /// An entry for a key whose replica set does not include this node is handed on to that
@@ -1024,7 +1108,8 @@ impl Machine {
             while p.queue.front().is_some_and(|k| !p.queued.contains_key(k)) {
                 p.queue.pop_front();
             }
-            let last = p.queued.is_empty();
+            // The end marker only once the walk has planned every key.
+            let last = p.queued.is_empty() && plan.scan.is_none();
             if pushes.is_empty() && !p.open {
                 continue;
             }

@@ -302,6 +302,7 @@ impl StoreConfig {
             max_entries: self.max_entries.max(1),
             max_bytes: self.max_bytes.max(1),
             verify_after_ms: self.verify_after.as_millis() as u64,
+            scan_chunk: MachineConfig::default().scan_chunk,
         }
     }
 }
@@ -467,6 +468,33 @@ impl Store {
             .lock()
             .machine
             .local_count_role(role, driver::now_ms(), pred)
+    }
+
+    /// Live entries held by this node, and those of `role` for which `pred` holds on the
+    /// value: counted a chunk of entries at a time, the store's lock given back and the
+    /// runtime's other tasks run between chunks (a periodic count of millions of entries
+    /// never holds up requests).
+    pub async fn live_counts(&self, role: &str, pred: impl Fn(&[u8]) -> bool) -> (usize, usize) {
+        const CHUNK: usize = 4_096;
+        let (mut all, mut matching) = (0, 0);
+        let mut after = None;
+        loop {
+            after = self.inner.lock().machine.walk_live(
+                after.as_ref(),
+                CHUNK,
+                driver::now_ms(),
+                |r, v| {
+                    all += 1;
+                    if r == role && pred(v) {
+                        matching += 1;
+                    }
+                },
+            );
+            if after.is_none() {
+                return (all, matching);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Bytes this node's store holds, as [`StoreConfig::max_bytes`] counts them.
