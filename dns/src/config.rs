@@ -59,6 +59,9 @@ pub struct Config {
     /// QUIC keep-alive and idle timeout of the event-server sessions.
     #[serde(default)]
     pub quic: Timing,
+    /// When the certificates and the revocation list are reported as nearing their end.
+    #[serde(default)]
+    pub cert_warnings: onehop_overlay::certwatch::CertWarnings,
 }
 
 /// Which SIP transports are published (RFC 3263 NAPTR services and SRV names).
@@ -194,6 +197,9 @@ impl Config {
                 "quic.idle_timeout_ms",
                 "must be greater than quic.keepalive_ms",
             ));
+        }
+        if let Err((key, problem)) = self.cert_warnings.check() {
+            return Err(bad(&key, &problem));
         }
         Ok(())
     }

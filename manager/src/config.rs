@@ -60,6 +60,13 @@ pub struct Config {
     /// QUIC keep-alive and idle timeout.
     #[serde(default)]
     pub quic: Timing,
+    /// Bounds on QUIC handshakes: in progress at once, per source address, and when clients
+    /// must first prove their address.
+    #[serde(default)]
+    pub quic_admission: onehop_overlay::admission::Admission,
+    /// When the certificates and the revocation list are reported as nearing their end.
+    #[serde(default)]
+    pub cert_warnings: onehop_overlay::certwatch::CertWarnings,
     /// TCP port of the provisioning API (HTTPS, admin certificates only); 0 turns it off.
     #[serde(default = "default_api_port")]
     pub api_port: u16,
@@ -185,6 +192,12 @@ impl Config {
                 "quic.idle_timeout_ms",
                 "must be greater than quic.keepalive_ms".into(),
             ));
+        }
+        if let Err((key, problem)) = self.quic_admission.check() {
+            return Err(bad(&key, problem));
+        }
+        if let Err((key, problem)) = self.cert_warnings.check() {
+            return Err(bad(&key, problem));
         }
         Ok(())
     }

@@ -175,6 +175,13 @@ pub struct Config {
     /// QUIC keep-alive and idle timeout.
     #[serde(default)]
     pub quic: Timing,
+    /// Bounds on QUIC handshakes at the peer port: in progress at once, per source address,
+    /// and when clients must first prove their address.
+    #[serde(default)]
+    pub quic_admission: onehop_overlay::admission::Admission,
+    /// When the certificates and the revocation list are reported as nearing their end.
+    #[serde(default)]
+    pub cert_warnings: onehop_overlay::certwatch::CertWarnings,
 }
 
 fn default_lookup_port() -> u16 {
@@ -490,6 +497,12 @@ impl Config {
                 "quic.idle_timeout_ms",
                 "must be greater than quic.keepalive_ms",
             ));
+        }
+        if let Err((key, problem)) = self.quic_admission.check() {
+            return Err(bad(&key, &problem));
+        }
+        if let Err((key, problem)) = self.cert_warnings.check() {
+            return Err(bad(&key, &problem));
         }
         Ok(())
     }

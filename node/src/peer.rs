@@ -56,8 +56,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
+use onehop_overlay::admission::{Admission, HandshakeGate};
 use onehop_overlay::identity::Identity;
 use onehop_overlay::logging::peer_label;
+use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{describe_handshake_error, peer_identity, ConnTable};
 use onehop_overlay::status::{Kind, Member};
 use onehop_overlay::wire::{read_frame, CloseCode, MAX_FRAME};
@@ -253,6 +255,7 @@ pub struct PeerNet {
     config: PeerConfig,
     handlers: Handlers,
     conns: Mutex<HashMap<String, Slot>>,
+    gate: HandshakeGate,
 }
 
 impl fmt::Debug for PeerNet {
@@ -277,12 +280,25 @@ impl PeerNet {
     /// [`onehop_overlay::net::endpoint`] with `Some(max_streams)` so that it also serves).
     /// Connections both ways are recorded in `table` so that revoked peers are cut off.
     pub fn new(endpoint: quinn::Endpoint, table: ConnTable, config: PeerConfig) -> Arc<PeerNet> {
+        let gate = HandshakeGate::new(Admission::default(), &Metrics::default());
+        PeerNet::with_gate(endpoint, table, config, gate)
+    }
+
+    /// [`PeerNet::new`] with the gate its server's handshakes pass (see
+    /// [`onehop_overlay::admission`]).
+    pub fn with_gate(
+        endpoint: quinn::Endpoint,
+        table: ConnTable,
+        config: PeerConfig,
+        gate: HandshakeGate,
+    ) -> Arc<PeerNet> {
         Arc::new(PeerNet {
             endpoint,
             table,
             config,
             handlers: Handlers::default(),
             conns: Mutex::new(HashMap::new()),
+            gate,
         })
     }
 
@@ -310,12 +326,13 @@ impl PeerNet {
     /// Serves the registered handlers on the endpoint until `shutdown` is cancelled or the
     /// endpoint is closed. See [`serve`].
     pub fn spawn_server(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(serve(
+        tokio::spawn(serve_gated(
             self.endpoint.clone(),
             self.handlers.clone(),
             self.config,
             self.table.clone(),
             shutdown,
+            self.gate.clone(),
         ))
     }
 
@@ -601,6 +618,23 @@ pub async fn serve(
     table: ConnTable,
     shutdown: CancellationToken,
 ) {
+    let gate = HandshakeGate::new(Admission::default(), &Metrics::default());
+    serve_gated(endpoint, handlers, config, table, shutdown, gate).await
+}
+
+/// Handshake refusals logged at WARN: at most 20 per 10 s, whatever a storm sends.
+static REFUSALS: std::sync::LazyLock<onehop_overlay::admission::LogBudget> =
+    std::sync::LazyLock::new(onehop_overlay::admission::handshake_log_budget);
+
+/// [`serve`], each handshake first passing `gate`.
+pub async fn serve_gated(
+    endpoint: quinn::Endpoint,
+    handlers: Handlers,
+    config: PeerConfig,
+    table: ConnTable,
+    shutdown: CancellationToken,
+    gate: HandshakeGate,
+) {
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let streams = Arc::new(Semaphore::new(config.max_streams));
     loop {
@@ -616,6 +650,9 @@ pub async fn serve(
             incoming.refuse();
             continue;
         };
+        let Some((incoming, handshake)) = gate.screen(incoming) else {
+            continue;
+        };
         let handlers = handlers.clone();
         let table = table.clone();
         let streams = streams.clone();
@@ -623,14 +660,24 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let remote = incoming.remote_address();
-            let conn = match tokio::time::timeout(config.connect_timeout, incoming).await {
+            let handshake = tokio::time::timeout(
+                config.connect_timeout,
+                HandshakeGate::handshake(incoming, handshake),
+            );
+            let conn = match handshake.await {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    warn!(peer = %remote, "refused peer connection: {}", describe_handshake_error(&e));
-                    return;
-                }
-                Err(_) => {
-                    warn!(peer = %remote, "refused peer connection: handshake timed out");
+                failed => {
+                    let why = match failed {
+                        Ok(Err(why)) => why,
+                        _ => "handshake timed out".to_string(),
+                    };
+                    match REFUSALS.allow(std::time::Instant::now()) {
+                        Some(0) => warn!(peer = %remote, "refused peer connection: {why}"),
+                        Some(n) => {
+                            warn!(peer = %remote, suppressed = n, "refused peer connection: {why} ({n} more refusals not logged)")
+                        }
+                        None => debug!(peer = %remote, "refused peer connection: {why}"),
+                    }
                     return;
                 }
             };
