@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use onehop_overlay::client::QueueLimits;
 use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
@@ -56,12 +57,16 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Certificate (of kind `dns`), key, CA and CRL.
     pub tls: TlsFiles,
-    /// QUIC keep-alive and idle timeout of the event-server sessions.
+    /// QUIC keep-alive, idle timeout and per-connection buffers.
     #[serde(default)]
     pub quic: Timing,
     /// When the certificates and the revocation list are reported as nearing their end.
     #[serde(default)]
     pub cert_warnings: onehop_overlay::certwatch::CertWarnings,
+    /// Bounds of the queues between this daemon and the event servers (received events, and
+    /// publications per event server), in entries and in bytes.
+    #[serde(default)]
+    pub eventclient: QueueLimits,
 }
 
 /// Which SIP transports are published (RFC 3263 NAPTR services and SRV names).
@@ -192,11 +197,11 @@ impl Config {
         if self.tcp_idle_timeout_ms < 100 {
             return Err(bad("tcp_idle_timeout_ms", "must be at least 100"));
         }
-        if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
-            return Err(bad(
-                "quic.idle_timeout_ms",
-                "must be greater than quic.keepalive_ms",
-            ));
+        if let Some((key, problem)) = self.quic.problem() {
+            return Err(bad(key, &problem));
+        }
+        if let Some((key, problem)) = self.eventclient.problem() {
+            return Err(bad(&format!("eventclient.{key}"), &problem));
         }
         if let Err((key, problem)) = self.cert_warnings.check() {
             return Err(bad(&key, &problem));

@@ -122,8 +122,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             endpoints,
         }),
         subscribe: vec![Topic::Network, Topic::Crl],
+        metrics: Some(metrics.clone()),
         ..Default::default()
-    };
+    }
+    .with_limits(cfg.eventclient);
     let (status_tx, status_rx) = watch::channel(None);
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();

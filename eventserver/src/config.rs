@@ -28,9 +28,15 @@ pub struct Config {
     /// Events queued for one subscriber before it is disconnected as too slow.
     #[serde(default = "default_subscriber_queue")]
     pub subscriber_queue: usize,
+    /// Bytes of events queued for one subscriber before it is disconnected as too slow
+    /// (16 MiB by default; at least 4 MiB: what a new subscriber is sent at once, the member
+    /// snapshot and the retained `network` and `crl` values, may be three frames at the 1 MiB
+    /// cap, and one event more).
+    #[serde(default = "default_subscriber_queue_bytes")]
+    pub subscriber_queue_bytes: usize,
     /// Certificate, key, CA and CRL.
     pub tls: TlsFiles,
-    /// QUIC keep-alive and idle timeout.
+    /// QUIC keep-alive, idle timeout and per-connection buffers.
     #[serde(default)]
     pub quic: Timing,
     /// Bounds on QUIC handshakes: in progress at once, per source address, and when clients
@@ -49,6 +55,14 @@ fn default_max_connections() -> usize {
 fn default_subscriber_queue() -> usize {
     4096
 }
+
+fn default_subscriber_queue_bytes() -> usize {
+    16 << 20
+}
+
+/// The least `subscriber_queue_bytes` accepted: the three frames a new subscriber is sent at
+/// once and one more, at the frame cap.
+pub const MIN_SUBSCRIBER_QUEUE_BYTES: usize = 4 * onehop_overlay::wire::MAX_FRAME;
 
 /// The named flags of `onehop-eventserver`, each a shorthand for `--set KEY=VALUE`.
 pub const FLAGS: &[ConfigFlag] = &[
@@ -96,10 +110,12 @@ impl Config {
         if self.subscriber_queue < 16 {
             return Err(bad("subscriber_queue", "must be at least 16"));
         }
-        if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
+        if self.subscriber_queue_bytes < MIN_SUBSCRIBER_QUEUE_BYTES {
             return Err(bad(
-                "quic.idle_timeout_ms",
-                "must be greater than quic.keepalive_ms",
+                "subscriber_queue_bytes",
+                &format!(
+                    "must be at least {MIN_SUBSCRIBER_QUEUE_BYTES} (four frames at the 1 MiB frame cap)"
+                ),
             ));
         }
         if let Err((key, problem)) = self.quic_admission.check() {
@@ -107,6 +123,9 @@ impl Config {
         }
         if let Err((key, problem)) = self.cert_warnings.check() {
             return Err(bad(&key, &problem));
+        }
+        if let Some((key, problem)) = self.quic.problem() {
+            return Err(bad(key, &problem));
         }
         Ok(())
     }

@@ -3,12 +3,25 @@
 //! The hub holds no sockets: each session gives it a bounded queue of encoded frames and the
 //! connection (so the hub can close a slow subscriber or a replaced session). Every decision is
 //! made under one lock, without awaiting.
+//!
+//! # Queue bounds
+//! A subscriber's queue is bounded twice: in frames (the channel's depth, `subscriber_queue`)
+//! and in bytes (a [`ByteBudget`], `subscriber_queue_bytes`): every queued frame carries a
+//! [`Charge`] of its length, given back when the session's writer has handed the frame to
+//! QUIC. A subscriber whose queue is full by either bound is disconnected as too slow (never
+//! waited for: the hub serves everyone under one lock), with a log line naming the bound and
+//! a count in `eventserver_slow_subscribers_by_bound_total{bound=...}`. A broadcast frame is
+//! encoded once and shared by every queue it is in (and, written with `write_chunk`, by the
+//! QUIC send buffers too), so the memory the queues hold is at most the byte bound per topic
+//! for broadcasts plus each session's own frames (its snapshot), whatever the number of
+//! subscribers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use onehop_overlay::budget::{ByteBudget, Charge};
 use onehop_overlay::client::seq_base;
 use onehop_overlay::crl::CrlStore;
 use onehop_overlay::identity::Identity;
@@ -20,18 +33,81 @@ use onehop_overlay::wire::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+/// Most endpoints a member may announce (a node announces five or six).
+pub const MAX_ENDPOINTS: usize = 32;
+/// Longest service name of an announced endpoint, in bytes.
+pub const MAX_SERVICE_NAME: usize = 32;
+
 /// Why a client's message was refused; the session ends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Refusal(pub String);
 
+/// A frame queued for one session, holding its length of the session's byte budget until it
+/// is dropped (after the session's writer handed it to QUIC).
+#[derive(Debug)]
+pub struct Queued {
+    /// The encoded frame (length prefix included).
+    pub frame: Bytes,
+    _charge: Charge,
+}
+
+impl Queued {
+    /// `frame` charged to `budget`; `None` when it does not fit.
+    pub fn new(frame: Bytes, budget: &ByteBudget) -> Option<Queued> {
+        let charge = budget.try_take(frame.len())?;
+        Some(Queued {
+            frame,
+            _charge: charge,
+        })
+    }
+}
+
+/// Which bound of a subscriber's queue a frame did not fit under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    /// The queue holds `subscriber_queue` frames.
+    Entries,
+    /// The queue holds `subscriber_queue_bytes` bytes.
+    Bytes,
+    /// The session's writer is gone (the session is ending).
+    Closed,
+}
+
+impl Overflow {
+    fn label(self) -> &'static str {
+        match self {
+            Overflow::Entries => "entries",
+            Overflow::Bytes => "bytes",
+            Overflow::Closed => "closed",
+        }
+    }
+}
+
 struct Session {
     id: Identity,
     member: Option<SessionMember>,
     topics: u8,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Queued>,
+    budget: ByteBudget,
     conn: Option<quinn::Connection>,
     left: bool,
+    /// Disconnected as too slow; nothing more is queued for it.
+    cut: bool,
+}
+
+impl Session {
+    /// Queues `frame` without waiting.
+    fn offer(&self, frame: &Bytes) -> Result<(), Overflow> {
+        let Some(q) = Queued::new(frame.clone(), &self.budget) else {
+            return Err(Overflow::Bytes);
+        };
+        match self.tx.try_send(q) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Overflow::Entries),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Overflow::Closed),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -49,9 +125,15 @@ struct Counters {
     delivered: Metric,
     slow: Metric,
     refused: Metric,
+    slow_entries: Metric,
+    slow_bytes: Metric,
     queued: Metric,
     deepest: Metric,
+    queued_bytes: Metric,
+    deepest_bytes: Metric,
     dropped: Metric,
+    term: Metric,
+    version: Metric,
 }
 
 /// The hub. Cheap to share behind an `Arc`.
@@ -87,6 +169,8 @@ pub fn may_publish(kind: Kind, topic: Topic) -> Result<(), String> {
 impl Hub {
     /// A hub named after the event server's certificate.
     pub fn new(name: String, crl: Arc<CrlStore>, metrics: &Metrics) -> Hub {
+        const SLOW_BY_BOUND: &str =
+            "Subscribers disconnected as too slow, by the bound their queue reached.";
         Hub {
             name,
             seq: AtomicU64::new(seq_base()),
@@ -107,6 +191,14 @@ impl Hub {
                     "eventserver_slow_subscribers_total",
                     "Subscribers disconnected for a full queue.",
                 ),
+                slow_entries: metrics.counter(
+                    "eventserver_slow_subscribers_by_bound_total{bound=\"entries\"}",
+                    SLOW_BY_BOUND,
+                ),
+                slow_bytes: metrics.counter(
+                    "eventserver_slow_subscribers_by_bound_total{bound=\"bytes\"}",
+                    SLOW_BY_BOUND,
+                ),
                 refused: metrics.counter(
                     "eventserver_refused_total",
                     "Sessions ended for a forbidden message.",
@@ -119,9 +211,26 @@ impl Hub {
                     "eventserver_queue_depth_max",
                     "Events waiting in the fullest subscriber queue.",
                 ),
+                queued_bytes: metrics.gauge(
+                    "eventserver_queued_bytes",
+                    "Bytes waiting in subscribers' queues, all subscribers together (a frame \
+                     queued for several subscribers counts once per subscriber).",
+                ),
+                deepest_bytes: metrics.gauge(
+                    "eventserver_queue_bytes_max",
+                    "Bytes waiting in the fullest subscriber queue (in bytes).",
+                ),
                 dropped: metrics.counter(
                     "eventserver_dropped_total",
                     "Events not queued because a subscriber's queue was full.",
+                ),
+                term: metrics.gauge(
+                    "status_term",
+                    "Term of the retained network status (0 before the first).",
+                ),
+                version: metrics.gauge(
+                    "status_version",
+                    "Version of the retained network status (0 before the first).",
                 ),
             },
         }
@@ -132,11 +241,13 @@ impl Hub {
         &self.name
     }
 
-    /// Registers a new session; returns its id.
+    /// Registers a new session whose frames go on `tx`, each charged to `budget` (the session's
+    /// bound in bytes; see the module documentation); returns its id.
     pub fn open(
         &self,
         id: Identity,
-        tx: mpsc::Sender<Bytes>,
+        tx: mpsc::Sender<Queued>,
+        budget: ByteBudget,
         conn: Option<quinn::Connection>,
     ) -> u64 {
         let sid = match &conn {
@@ -151,8 +262,10 @@ impl Hub {
                 member: None,
                 topics: 0,
                 tx,
+                budget,
                 conn,
                 left: false,
+                cut: false,
             },
         );
         self.counters.sessions.set(st.sessions.len() as i64);
@@ -188,6 +301,27 @@ impl Hub {
             return Err(Refusal(format!(
                 "{} announced twice on one session",
                 id.name
+            )));
+        }
+        // What a member announces is held for as long as its session lives, sent in every
+        // snapshot and put in every status: bounded, so that a member's entry stays small.
+        if a.endpoints.len() > MAX_ENDPOINTS {
+            return Err(Refusal(format!(
+                "{} announced {} endpoints; at most {MAX_ENDPOINTS} are accepted",
+                id.name,
+                a.endpoints.len()
+            )));
+        }
+        if let Some(e) = a
+            .endpoints
+            .iter()
+            .find(|e| e.service.is_empty() || e.service.len() > MAX_SERVICE_NAME)
+        {
+            return Err(Refusal(format!(
+                "{} announced an endpoint whose service name has {} bytes; 1 to \
+                 {MAX_SERVICE_NAME} are accepted",
+                id.name,
+                e.service.len()
             )));
         }
         let mut roles = a.roles.clone();
@@ -259,11 +393,12 @@ impl Hub {
             }
         }
         for f in first {
-            if s.tx.try_send(f).is_err() {
+            if let Err(why) = s.offer(&f) {
                 self.counters.dropped.inc();
-                warn!(peer = %s.id.name, "subscriber queue full at subscription");
+                warn!(peer = %s.id.name, bound = why.label(), "subscriber queue full at subscription");
             }
         }
+        self.sample_queues_locked(&st);
     }
 
     /// Samples the subscribers' queues into the depth gauges (after every broadcast, and
@@ -275,23 +410,34 @@ impl Hub {
 
     fn sample_queues_locked(&self, st: &State) {
         let (mut total, mut deepest) = (0usize, 0usize);
+        let (mut bytes, mut deepest_bytes) = (0usize, 0usize);
         for s in st.sessions.values() {
             let depth = s.tx.max_capacity() - s.tx.capacity();
             total += depth;
             deepest = deepest.max(depth);
+            let b = s.budget.used();
+            bytes += b;
+            deepest_bytes = deepest_bytes.max(b);
         }
         self.counters.queued.set(total as i64);
         self.counters.deepest.set(deepest as i64);
+        self.counters.queued_bytes.set(bytes as i64);
+        self.counters.deepest_bytes.set(deepest_bytes as i64);
     }
 
     /// A publication from the session.
+    ///
+    /// A revocation list is verified and persisted before the hub's lock is taken (signature
+    /// checks and a file write must not hold up every other session).
     pub fn publish(&self, sid: u64, seq: u64, payload: Payload) -> Result<(), Refusal> {
-        let mut st = self.state.lock().expect("hub");
-        let s = st
-            .sessions
-            .get(&sid)
-            .ok_or_else(|| Refusal("no session".into()))?;
-        let (origin, kind) = (s.id.name.clone(), s.id.kind);
+        let (origin, kind) = {
+            let st = self.state.lock().expect("hub");
+            let s = st
+                .sessions
+                .get(&sid)
+                .ok_or_else(|| Refusal("no session".into()))?;
+            (s.id.name.clone(), s.id.kind)
+        };
         let topic = payload.topic();
         if let Err(why) = may_publish(kind, topic) {
             self.counters.refused.inc();
@@ -299,6 +445,15 @@ impl Hub {
                 "publication on {topic:?} from {origin} ({kind}) refused: {why}"
             )));
         }
+        if let Payload::Crl(der) = &payload {
+            if let Err(e) = self.crl.apply_der(der) {
+                self.counters.refused.inc();
+                return Err(Refusal(format!(
+                    "revocation list from {origin} refused: {e}"
+                )));
+            }
+        }
+        let mut st = self.state.lock().expect("hub");
         let ev = Event {
             origin: origin.clone(),
             origin_kind: kind,
@@ -319,17 +474,12 @@ impl Hub {
                 }
                 let frame = encode_frame(&ServerMsg::Event(ev.clone()));
                 st.network = Some((frame, key));
+                self.counters.term.set(key.0 as i64);
+                self.counters.version.set(key.1 as i64);
             }
-            Payload::Crl(der) => {
-                match self.crl.apply_der(der) {
-                    Ok(_) => {}
-                    Err(e) => {
-                        self.counters.refused.inc();
-                        return Err(Refusal(format!(
-                            "revocation list from {origin} refused: {e}"
-                        )));
-                    }
-                }
+            // Retained only while it is the list in force: of two lists published at once,
+            // the older must not be the one handed to new subscribers.
+            Payload::Crl(der) if self.crl.current().der.as_deref() == Some(der.as_slice()) => {
                 st.crl = Some(encode_frame(&ServerMsg::Event(ev.clone())));
             }
             _ => {}
@@ -410,28 +560,46 @@ impl Hub {
         let frame = encode_frame(&ServerMsg::Event(ev.clone()));
         let mut slow = Vec::new();
         for (sid, s) in st.sessions.iter() {
-            if s.topics & bit == 0 {
+            if s.topics & bit == 0 || s.cut {
                 continue;
             }
-            match s.tx.try_send(frame.clone()) {
+            match s.offer(&frame) {
                 Ok(()) => self.counters.delivered.inc(),
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(Overflow::Closed) => {}
+                Err(why) => {
                     self.counters.dropped.inc();
-                    slow.push(*sid)
+                    slow.push((*sid, why))
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
         self.sample_queues_locked(st);
-        for sid in slow {
-            if let Some(s) = st.sessions.get(&sid) {
+        for (sid, why) in slow {
+            if let Some(s) = st.sessions.get_mut(&sid) {
+                s.cut = true;
                 self.counters.slow.inc();
-                warn!(peer = %s.id.name, "subscriber too slow: its queue is full; disconnecting it");
+                let (queued, queued_bytes) =
+                    (s.tx.max_capacity() - s.tx.capacity(), s.budget.used());
+                let reason: &[u8] = match why {
+                    Overflow::Bytes => {
+                        self.counters.slow_bytes.inc();
+                        warn!(
+                            peer = %s.id.name, bound = "bytes", queued, queued_bytes,
+                            max_bytes = s.budget.cap(), frame = frame.len(),
+                            "subscriber too slow: its queue is full in bytes; disconnecting it"
+                        );
+                        b"subscriber too slow: event queue full (bytes)"
+                    }
+                    _ => {
+                        self.counters.slow_entries.inc();
+                        warn!(
+                            peer = %s.id.name, bound = "entries", queued, queued_bytes,
+                            "subscriber too slow: its queue is full; disconnecting it"
+                        );
+                        b"subscriber too slow: event queue full"
+                    }
+                };
                 if let Some(c) = &s.conn {
-                    c.close(
-                        CloseCode::SlowSubscriber.varint(),
-                        b"subscriber too slow: event queue full",
-                    );
+                    c.close(CloseCode::SlowSubscriber.varint(), reason);
                 }
             }
         }
@@ -489,11 +657,21 @@ mod tests {
     fn a_slow_subscriber_is_cut_off_and_its_queue_stays_bounded() {
         let (hub, m) = hub();
         let (tx, rx) = mpsc::channel(16);
-        let slow = hub.open(id("watcher", Kind::Monitor, &[]), tx, None);
+        let slow = hub.open(
+            id("watcher", Kind::Monitor, &[]),
+            tx,
+            ByteBudget::new(1 << 30),
+            None,
+        );
         hub.subscribe(slow, &[Topic::Members]);
         for i in 0..100 {
             let (t, _r) = mpsc::channel(16);
-            let s = hub.open(id(&format!("node{i}"), Kind::Node, &["registrar"]), t, None);
+            let s = hub.open(
+                id(&format!("node{i}"), Kind::Node, &["registrar"]),
+                t,
+                ByteBudget::new(1 << 30),
+                None,
+            );
             hub.announce(s, announce(&["registrar"]), "127.0.0.1".parse().unwrap())
                 .unwrap();
         }
@@ -507,15 +685,139 @@ mod tests {
         assert!(metric(&m, "eventserver_queued_events") >= 16);
     }
 
+    fn log(text: &str) -> Payload {
+        Payload::Log(onehop_overlay::wire::LogEvent {
+            time_ms: 1,
+            level: onehop_overlay::wire::Level::Info,
+            text: text.into(),
+        })
+    }
+
+    #[test]
+    fn a_subscriber_over_its_byte_bound_is_cut_off_and_the_others_keep_getting_events() {
+        let (hub, m) = hub();
+        // Room for 4,096 frames but only 8 KiB: large events fill it in bytes first.
+        let (tx, slow_rx) = mpsc::channel(4096);
+        let slow = hub.open(
+            id("watcher", Kind::Monitor, &[]),
+            tx,
+            ByteBudget::new(8 << 10),
+            None,
+        );
+        hub.subscribe(slow, &[Topic::Events]);
+        let (tx, mut fast_rx) = mpsc::channel(4096);
+        let fast = hub.open(
+            id("reader", Kind::Monitor, &[]),
+            tx,
+            ByteBudget::new(8 << 10),
+            None,
+        );
+        hub.subscribe(fast, &[Topic::Events]);
+        let (tx, _r) = mpsc::channel(16);
+        let publisher = hub.open(
+            id("node1", Kind::Node, &[]),
+            tx,
+            ByteBudget::new(1 << 20),
+            None,
+        );
+        let text = "x".repeat(3000);
+        let mut read = 0;
+        for seq in 0..20 {
+            hub.publish(publisher, seq, log(&text)).unwrap();
+            // The fast subscriber's writer takes each frame off at once.
+            while let Ok(q) = fast_rx.try_recv() {
+                assert!(q.frame.len() > 3000);
+                read += 1;
+            }
+        }
+        assert_eq!(read, 20, "the subscriber that reads got every event");
+        let held: usize = {
+            let mut rx = slow_rx;
+            let mut n = 0;
+            while let Ok(q) = rx.try_recv() {
+                n += q.frame.len();
+            }
+            n
+        };
+        assert!(held <= 8 << 10, "{held} bytes queued past the 8 KiB bound");
+        assert!(
+            held > 4 << 10,
+            "the queue filled up to its bound first: {held} bytes"
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "eventserver_slow_subscribers_by_bound_total{bound=\"bytes\"}"
+            ),
+            1,
+            "cut once, not at every later event"
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "eventserver_slow_subscribers_by_bound_total{bound=\"entries\"}"
+            ),
+            0
+        );
+        assert_eq!(metric(&m, "eventserver_slow_subscribers_total"), 1);
+        assert_eq!(metric(&m, "eventserver_dropped_total"), 1);
+    }
+
+    #[test]
+    fn byte_gauges_follow_the_queues() {
+        let (hub, m) = hub();
+        let (tx, mut rx) = mpsc::channel(64);
+        let w = hub.open(
+            id("watcher", Kind::Monitor, &[]),
+            tx,
+            ByteBudget::new(1 << 20),
+            None,
+        );
+        hub.subscribe(w, &[Topic::Events]);
+        let (tx, _r) = mpsc::channel(16);
+        let p = hub.open(
+            id("node1", Kind::Node, &[]),
+            tx,
+            ByteBudget::new(1 << 20),
+            None,
+        );
+        hub.publish(p, 1, log(&"y".repeat(1000))).unwrap();
+        hub.publish(p, 2, log(&"y".repeat(2000))).unwrap();
+        let queued = metric(&m, "eventserver_queue_bytes_max");
+        assert!((3000..3200).contains(&queued), "{queued}");
+        assert_eq!(metric(&m, "eventserver_queued_bytes"), queued);
+        let first = rx.try_recv().unwrap();
+        drop(first);
+        hub.sample_queues();
+        let left = metric(&m, "eventserver_queue_bytes_max");
+        assert!(
+            (2000..2100).contains(&left),
+            "the first frame's bytes came back: {left}"
+        );
+        while rx.try_recv().is_ok() {}
+        hub.sample_queues();
+        assert_eq!(metric(&m, "eventserver_queue_bytes_max"), 0);
+    }
+
     #[test]
     fn queue_gauges_follow_a_draining_queue() {
         let (hub, m) = hub();
         let (tx, mut rx) = mpsc::channel(64);
-        let w = hub.open(id("watcher", Kind::Monitor, &[]), tx, None);
+        let w = hub.open(
+            id("watcher", Kind::Monitor, &[]),
+            tx,
+            ByteBudget::new(1 << 30),
+            None,
+        );
         hub.subscribe(w, &[Topic::Members]);
         for i in 0..5 {
             let (t, _r) = mpsc::channel(16);
-            let s = hub.open(id(&format!("node{i}"), Kind::Node, &["registrar"]), t, None);
+            let s = hub.open(
+                id(&format!("node{i}"), Kind::Node, &["registrar"]),
+                t,
+                ByteBudget::new(1 << 30),
+                None,
+            );
             hub.announce(s, announce(&["registrar"]), "127.0.0.1".parse().unwrap())
                 .unwrap();
         }
@@ -533,7 +835,12 @@ mod tests {
     fn roles_outside_the_certificate_and_forbidden_topics_are_refused() {
         let (hub, _) = hub();
         let (tx, _rx) = mpsc::channel(16);
-        let s = hub.open(id("node1", Kind::Node, &["registrar"]), tx, None);
+        let s = hub.open(
+            id("node1", Kind::Node, &["registrar"]),
+            tx,
+            ByteBudget::new(1 << 30),
+            None,
+        );
         let err = hub.announce(
             s,
             announce(&["registrar", "sip_proxy"]),
@@ -544,7 +851,12 @@ mod tests {
         let err = hub.publish(s, 1, Payload::Network(status)).unwrap_err();
         assert!(err.0.contains("only managers may publish network status"));
         let (tx, _rx) = mpsc::channel(16);
-        let mon = hub.open(id("mon", Kind::Monitor, &[]), tx, None);
+        let mon = hub.open(
+            id("mon", Kind::Monitor, &[]),
+            tx,
+            ByteBudget::new(1 << 30),
+            None,
+        );
         assert!(hub
             .announce(mon, announce(&[]), "127.0.0.1".parse().unwrap())
             .is_err());
@@ -552,10 +864,54 @@ mod tests {
     }
 
     #[test]
-    fn retained_network_status_only_moves_forward() {
+    fn announcements_are_bounded_in_size() {
         let (hub, _) = hub();
+        let ep = |service: &str| onehop_overlay::status::Endpoint {
+            service: service.into(),
+            addr: "127.0.0.1:9".parse().unwrap(),
+        };
+        let (tx, _rx) = mpsc::channel(16);
+        let s = hub.open(
+            id("node1", Kind::Node, &[]),
+            tx,
+            ByteBudget::new(1 << 20),
+            None,
+        );
+        let many = Announce {
+            roles: vec![],
+            endpoints: (0..=MAX_ENDPOINTS).map(|i| ep(&format!("s{i}"))).collect(),
+        };
+        let err = hub
+            .announce(s, many, "127.0.0.1".parse().unwrap())
+            .unwrap_err();
+        assert!(err.0.contains("33 endpoints; at most 32"), "{}", err.0);
+        let long = Announce {
+            roles: vec![],
+            endpoints: vec![ep(&"x".repeat(MAX_SERVICE_NAME + 1))],
+        };
+        let err = hub
+            .announce(s, long, "127.0.0.1".parse().unwrap())
+            .unwrap_err();
+        assert!(err.0.contains("33 bytes"), "{}", err.0);
+        let fine = Announce {
+            roles: vec![],
+            endpoints: vec![ep("lookup"), ep("peer"), ep("sip")],
+        };
+        hub.announce(s, fine, "127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(hub.members(), vec!["node1".to_string()]);
+    }
+
+    #[test]
+    fn retained_network_status_only_moves_forward() {
+        let (hub, m) = hub();
+        assert_eq!(metric(&m, "status_term"), 0);
         let (tx, _rx) = mpsc::channel(64);
-        let mgr = hub.open(id("manager1", Kind::Manager, &[]), tx, None);
+        let mgr = hub.open(
+            id("manager1", Kind::Manager, &[]),
+            tx,
+            ByteBudget::new(1 << 30),
+            None,
+        );
         let st = |term, version| {
             Payload::Network(onehop_overlay::status::NetworkStatus {
                 term,
@@ -566,10 +922,20 @@ mod tests {
         };
         hub.publish(mgr, 1, st(2, 5)).unwrap();
         hub.publish(mgr, 2, st(1, 9)).unwrap();
+        // The metrics show the retained status, not the stale one.
+        assert_eq!(
+            (metric(&m, "status_term"), metric(&m, "status_version")),
+            (2, 5)
+        );
         let (tx, mut rx) = mpsc::channel(64);
-        let late = hub.open(id("node1", Kind::Node, &[]), tx, None);
+        let late = hub.open(
+            id("node1", Kind::Node, &[]),
+            tx,
+            ByteBudget::new(1 << 30),
+            None,
+        );
         hub.subscribe(late, &[Topic::Network]);
-        let frame = rx.try_recv().unwrap();
+        let frame = rx.try_recv().unwrap().frame;
         let msg: ServerMsg = onehop_overlay::wire::decode_body(&frame[4..]).unwrap();
         match msg {
             ServerMsg::Event(Event {

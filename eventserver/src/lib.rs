@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
 use onehop_overlay::admission::HandshakeGate;
+use onehop_overlay::budget::ByteBudget;
 use onehop_overlay::certwatch::CertWatch;
 use onehop_overlay::crl::CrlStore;
 use onehop_overlay::identity::Identity;
@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 pub use config::Config;
-use hub::Hub;
+use hub::{Hub, Queued};
 
 /// Handshake refusals logged at WARN: at most 20 per 10 s, whatever a storm sends.
 static REFUSALS: std::sync::LazyLock<onehop_overlay::admission::LogBudget> =
@@ -99,7 +99,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             };
             let hub = hub.clone();
             let conns = conns.clone();
-            let queue = cfg.subscriber_queue;
+            let queue = QueueBounds {
+                frames: cfg.subscriber_queue,
+                bytes: cfg.subscriber_queue_bytes,
+            };
             tokio::spawn(async move {
                 let _permit = permit;
                 handle(incoming, handshake, hub, conns, queue).await;
@@ -116,12 +119,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     Ok(())
 }
 
+/// The bounds of one subscriber's queue.
+#[derive(Debug, Clone, Copy)]
+struct QueueBounds {
+    frames: usize,
+    bytes: usize,
+}
+
 async fn handle(
     incoming: quinn::Incoming,
     handshake: onehop_overlay::admission::HandshakePermit,
     hub: Arc<Hub>,
     conns: ConnTable,
-    queue: usize,
+    queue: QueueBounds,
 ) {
     let remote = incoming.remote_address();
     let conn = match HandshakeGate::handshake(incoming, handshake).await {
@@ -155,7 +165,7 @@ async fn handle(
     conns.remove(&conn);
 }
 
-async fn session(conn: quinn::Connection, id: Identity, hub: Arc<Hub>, queue: usize) {
+async fn session(conn: quinn::Connection, id: Identity, hub: Arc<Hub>, queue: QueueBounds) {
     let (mut send, mut recv) =
         match tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await {
             Ok(Ok(s)) => s,
@@ -169,17 +179,20 @@ async fn session(conn: quinn::Connection, id: Identity, hub: Arc<Hub>, queue: us
                 return;
             }
         };
-    let (tx, mut rx) = mpsc::channel::<Bytes>(queue);
+    let (tx, mut rx) = mpsc::channel::<Queued>(queue.frames);
+    let budget = ByteBudget::new(queue.bytes);
     let welcome = encode_frame(&ServerMsg::Welcome {
         server: hub.name().to_string(),
     });
     if send.write_all(&welcome).await.is_err() {
         return;
     }
-    let sid = hub.open(id.clone(), tx.clone(), Some(conn.clone()));
+    let sid = hub.open(id.clone(), tx.clone(), budget.clone(), Some(conn.clone()));
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if send.write_all(&frame).await.is_err() {
+        while let Some(q) = rx.recv().await {
+            // `write_chunk` hands QUIC the shared frame itself (no copy per subscriber); the
+            // frame's bytes go back to the session's budget once QUIC holds it.
+            if send.write_chunk(q.frame.clone()).await.is_err() {
                 break;
             }
         }
@@ -216,9 +229,12 @@ async fn session(conn: quinn::Connection, id: Identity, hub: Arc<Hub>, queue: us
         };
         if let Err(refusal) = result {
             warn!("refused: {refusal}");
-            let _ = tx.try_send(encode_frame(&ServerMsg::Refused {
+            let refused = encode_frame(&ServerMsg::Refused {
                 reason: refusal.0.clone(),
-            }));
+            });
+            if let Some(q) = Queued::new(refused, &budget) {
+                let _ = tx.try_send(q);
+            }
             break format!("refused: {refusal}");
         }
     };

@@ -15,8 +15,8 @@
 //! servers, managers, DNS servers, nodes, with the standard ports.
 
 pub mod flood;
-mod plan;
-mod process;
+pub mod plan;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -421,7 +421,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn member_ports(kind: Kind, dns_port: u16) -> BTreeMap<String, u16> {
+/// The ports a member of `kind` serves (`farm.json`'s `ports`), with DNS on `dns_port`.
+pub fn member_ports(kind: Kind, dns_port: u16) -> BTreeMap<String, u16> {
     let mut p = BTreeMap::new();
     match kind {
         Kind::Eventserver => {

@@ -20,7 +20,7 @@ pub struct Planned {
     pub name: String,
     /// Its kind.
     pub kind: Kind,
-    /// Its own loopback address.
+    /// Its own address (loopback for `onehop-farm up`).
     pub ip: Ipv4Addr,
     /// Roles (nodes only).
     pub roles: Vec<String>,
@@ -29,7 +29,21 @@ pub struct Planned {
 }
 
 /// Lays out the members: event servers, managers, DNS servers, nodes, addresses from the base up.
+/// The base must be a loopback address: `onehop-farm up` runs every member on this machine's
+/// loopback interface.
 pub fn plan(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
+    if !args.base_ip.is_loopback() {
+        bail!(
+            "--base-ip {} is not a loopback address (use 127.x.y.z)",
+            args.base_ip
+        );
+    }
+    layout(args)
+}
+
+/// [`plan`] from any IPv4 base address, for farms whose members live in network namespaces
+/// of their own (each with its own interface and address, as the integration tests run them).
+pub fn layout(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
     for r in &args.roles {
         Role::new(r).map_err(|e| anyhow::anyhow!("--roles: {e}"))?;
     }
@@ -40,12 +54,6 @@ pub fn plan(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
     {
         bail!(
             "--base-ip {} leaves no room for {total} members",
-            args.base_ip
-        );
-    }
-    if !args.base_ip.is_loopback() {
-        bail!(
-            "--base-ip {} is not a loopback address (use 127.x.y.z)",
             args.base_ip
         );
     }

@@ -28,13 +28,19 @@ pub const PROGRAMS: [&str; 7] = [
 /// daemon runs from the same build as the farm and shows its own name in `ps`.
 pub fn link_binaries(dir: &Path) -> anyhow::Result<BTreeMap<Kind, PathBuf>> {
     let me = std::env::current_exe().context("cannot find this program's path")?;
+    link_binaries_of(&me, dir)
+}
+
+/// [`link_binaries`] for another build of this program (`me`): a test that starts members
+/// itself links them to the `onehop-farm` it was built with.
+pub fn link_binaries_of(me: &Path, dir: &Path) -> anyhow::Result<BTreeMap<Kind, PathBuf>> {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
     for prog in PROGRAMS {
         let target = bin.join(prog);
         let _ = std::fs::remove_file(&target);
-        if std::fs::hard_link(&me, &target).is_err() {
-            std::fs::copy(&me, &target)
+        if std::fs::hard_link(me, &target).is_err() {
+            std::fs::copy(me, &target)
                 .with_context(|| format!("cannot place {}", target.display()))?;
         }
     }

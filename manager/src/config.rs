@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use onehop_overlay::client::QueueLimits;
 use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
@@ -57,7 +58,7 @@ pub struct Config {
     pub raft: RaftTimings,
     /// Certificate, key, CA and CRL.
     pub tls: TlsFiles,
-    /// QUIC keep-alive and idle timeout.
+    /// QUIC keep-alive, idle timeout and per-connection buffers.
     #[serde(default)]
     pub quic: Timing,
     /// Bounds on QUIC handshakes: in progress at once, per source address, and when clients
@@ -67,6 +68,10 @@ pub struct Config {
     /// When the certificates and the revocation list are reported as nearing their end.
     #[serde(default)]
     pub cert_warnings: onehop_overlay::certwatch::CertWarnings,
+    /// Bounds of the queues between this daemon and the event servers (received events, and
+    /// publications per event server), in entries and in bytes.
+    #[serde(default)]
+    pub eventclient: QueueLimits,
     /// TCP port of the provisioning API (HTTPS, admin certificates only); 0 turns it off.
     #[serde(default = "default_api_port")]
     pub api_port: u16,
@@ -187,11 +192,11 @@ impl Config {
                     .into(),
             ));
         }
-        if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
-            return Err(bad(
-                "quic.idle_timeout_ms",
-                "must be greater than quic.keepalive_ms".into(),
-            ));
+        if let Some((key, problem)) = self.quic.problem() {
+            return Err(bad(key, problem));
+        }
+        if let Some((key, problem)) = self.eventclient.problem() {
+            return Err(bad(&format!("eventclient.{key}"), problem));
         }
         if let Err((key, problem)) = self.quic_admission.check() {
             return Err(bad(&key, problem));

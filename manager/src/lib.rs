@@ -146,8 +146,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             endpoints,
         }),
         subscribe: vec![Topic::Members, Topic::Network, Topic::Crl, Topic::Manager],
+        metrics: Some(metrics.clone()),
         ..Default::default()
-    };
+    }
+    .with_limits(cfg.eventclient);
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
     provision::push::spawn(
         raft.clone(),

@@ -30,13 +30,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient};
+use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient, EventReceiver};
 use onehop_overlay::crl::CrlStore;
 use onehop_overlay::net::{self, ConnTable, Timing};
 use onehop_overlay::status::NetworkStatus;
 use onehop_overlay::tls::{Credentials, TlsFiles};
 use onehop_overlay::wire::{Payload, Topic};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub mod cli;
 pub mod follow;
@@ -63,7 +63,7 @@ pub fn start_session(
     tls: &TlsFiles,
     eventservers: Vec<SocketAddr>,
     topics: Vec<Topic>,
-) -> anyhow::Result<(EventClient, mpsc::Receiver<ClientEvent>)> {
+) -> anyhow::Result<(EventClient, EventReceiver)> {
     let creds = Arc::new(Credentials::load(tls)?);
     let crl = CrlStore::open(creds.ca.to_vec(), None)?;
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");

@@ -259,6 +259,32 @@ pub struct App {
 /// Event servers report the same departure within this window; one line is logged.
 const DEPARTURE_WINDOW_MS: u64 = 5_000;
 
+/// Longest log line kept, in bytes: a published line may be up to the 1 MiB frame cap, and
+/// the log keeps `log_capacity` lines, so each is cut here (with a note of what was cut) to
+/// keep the log within `log_capacity` x 2 KiB.
+pub const MAX_LOG_TEXT: usize = 2048;
+/// Most load figures kept per member, and the longest figure name (bytes); the rest of a
+/// publication is ignored.
+pub const MAX_FIGURES: usize = 64;
+/// See [`MAX_FIGURES`].
+pub const MAX_FIGURE_NAME: usize = 64;
+
+/// `text` cut to at most [`MAX_LOG_TEXT`] bytes at a character boundary, saying how much was
+/// cut.
+pub fn clip_log_text(mut text: String) -> String {
+    if text.len() <= MAX_LOG_TEXT {
+        return text;
+    }
+    let total = text.len();
+    let mut end = MAX_LOG_TEXT - 40;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!(" ... ({} of {total} bytes cut)", total - end));
+    text
+}
+
 impl App {
     /// A UI for a session with these event servers.
     pub fn new(eventservers: &[SocketAddr], opts: Options) -> App {
@@ -422,6 +448,7 @@ impl App {
     }
 
     fn push_log(&mut self, level: Level, time_ms: u64, text: String) {
+        let text = clip_log_text(text);
         let width = ui::log_width(self);
         if self.scroll.log > 0 {
             // Keep the view where the reader scrolled it.
@@ -504,7 +531,13 @@ impl App {
                     ev.origin.clone(),
                     Figures {
                         at_ms: now,
-                        figures: st.figures.clone(),
+                        figures: st
+                            .figures
+                            .iter()
+                            .filter(|(name, _)| name.len() <= MAX_FIGURE_NAME)
+                            .take(MAX_FIGURES)
+                            .cloned()
+                            .collect(),
                     },
                 );
             }

@@ -346,6 +346,40 @@ fn the_log_keeps_its_capacity() {
 }
 
 #[test]
+fn log_lines_and_figures_near_the_frame_cap_are_clipped() {
+    let mut a = app();
+    let mut text = "é".repeat(500_000);
+    text.push('!');
+    a.apply(
+        T0,
+        publication(
+            "manager1",
+            Kind::Manager,
+            1,
+            Payload::Log(LogEvent {
+                time_ms: T0,
+                level: Level::Info,
+                text,
+            }),
+        ),
+    );
+    let kept = &a.log[0].text;
+    assert!(kept.len() <= crate::state::MAX_LOG_TEXT, "{}", kept.len());
+    assert!(kept.starts_with("éé"), "cut at a character boundary");
+    assert!(kept.ends_with("of 1000001 bytes cut)"), "{kept}");
+
+    let mut figures: Vec<(String, f64)> = (0..1000).map(|i| (format!("f{i}"), 1.0)).collect();
+    figures.insert(0, ("n".repeat(10_000), 2.0));
+    a.apply(
+        T0,
+        publication("node1", Kind::Node, 2, Payload::Stats(Stats { figures })),
+    );
+    let kept = &a.stats["node1"].figures;
+    assert_eq!(kept.len(), crate::state::MAX_FIGURES);
+    assert_eq!(kept[0].0, "f0", "a name past the limit is left out");
+}
+
+#[test]
 fn a_lookup_shows_the_owner_and_replicas_on_every_ring_and_follows_the_status() {
     let mut a = app();
     let s = farm_status(1, &["node1", "node2", "node3"]);

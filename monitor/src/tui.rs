@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
 use futures::StreamExt;
-use onehop_overlay::client::ClientEvent;
+use onehop_overlay::client::EventReceiver;
 use ratatui::DefaultTerminal;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 
 use crate::format::now_ms;
 use crate::state::{App, Input};
@@ -20,7 +19,7 @@ const BATCH: usize = 256;
 
 /// Takes over the terminal (raw mode, alternate screen), runs the UI until the user quits
 /// (or a signal ends it), and gives the terminal back, also on error and on panic.
-pub async fn run(mut app: App, mut events: mpsc::Receiver<ClientEvent>) -> anyhow::Result<()> {
+pub async fn run(mut app: App, mut events: EventReceiver) -> anyhow::Result<()> {
     let mut terminal = ratatui::try_init()?;
     let result = event_loop(&mut terminal, &mut app, &mut events).await;
     ratatui::restore();
@@ -30,7 +29,7 @@ pub async fn run(mut app: App, mut events: mpsc::Receiver<ClientEvent>) -> anyho
 async fn event_loop(
     terminal: &mut DefaultTerminal,
     app: &mut App,
-    events: &mut mpsc::Receiver<ClientEvent>,
+    events: &mut EventReceiver,
 ) -> anyhow::Result<()> {
     let size = terminal.size()?;
     app.apply(now_ms(), Input::Resize(size.width, size.height));

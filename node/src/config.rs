@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use onehop_overlay::client::QueueLimits;
 use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
@@ -64,6 +65,15 @@ pub struct Config {
     /// Members holding each key of the replicated store (R), the owner included.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// Most entries the node's replicated store holds (bindings, accounts, tombstones): a
+    /// write of a new key beyond is refused (a REGISTER gets 503), a replication or hand-off
+    /// batch is refused and retried by its sender, never dropped.
+    #[serde(default = "default_store_max_entries")]
+    pub store_max_entries: usize,
+    /// Most bytes the node's replicated store holds (keys, values and 128 bytes per entry),
+    /// refused the same way.
+    #[serde(default = "default_store_max_bytes")]
+    pub store_max_bytes: usize,
     /// Shortest registration accepted, in seconds (shorter ones get 423 Interval Too Brief).
     #[serde(default = "default_min_expires")]
     pub min_expires: u32,
@@ -114,11 +124,31 @@ pub struct Config {
     /// are dropped and stream readers wait.
     #[serde(default = "default_sip_inbound_queue")]
     pub sip_inbound_queue: usize,
+    /// Bytes of received SIP messages waiting for each SIP worker (16 MiB; at least
+    /// sip_max_message); beyond, datagrams for that worker are dropped (counted in
+    /// `sip_inbound_dropped_total{bound="bytes"}`) and stream readers wait.
+    #[serde(default = "default_sip_inbound_queue_bytes")]
+    pub sip_inbound_queue_bytes: usize,
+    /// Bytes of SIP messages each worker holds back behind calls waiting for their media
+    /// relay (4 MiB; at least sip_max_message); beyond, such messages are dropped (their
+    /// senders retransmit) and counted in `relay_held_dropped_total`.
+    #[serde(default = "default_sip_held_bytes")]
+    pub sip_held_bytes: usize,
     /// Most SIP messages waiting to be sent to one other node. Past it, a request for that
     /// node is answered 503 (with Retry-After) at once instead of waiting its turn (queues
     /// push back, they never drop in silence). Also bounded at 8 MiB of messages.
     #[serde(default = "default_sip_peer_queue")]
     pub sip_peer_queue: usize,
+    /// Bytes of SIP messages waiting to be sent to one other node (8 MiB; at least
+    /// sip_max_message); past it, a request for that node is answered 503 at once, as past
+    /// sip_peer_queue.
+    #[serde(default = "default_sip_peer_queue_bytes")]
+    pub sip_peer_queue_bytes: usize,
+    /// Bytes of requests from other nodes (and managers) being read or handled at once on the
+    /// peer port (64 MiB; at least 1 MiB, one request at the frame cap); past it, a request
+    /// is read only when room frees, and QUIC makes its sender wait.
+    #[serde(default = "default_peer_inflight_bytes")]
+    pub peer_inflight_bytes: usize,
     /// Who may use SIP: `"digest"` (the default) challenges REGISTERs for the farm's
     /// domains (401) and requests from them (407) with digest authentication, and relays
     /// requests from elsewhere only to the farm's own users (403 otherwise); `"off"`
@@ -172,7 +202,7 @@ pub struct Config {
     pub relay_max_sessions: usize,
     /// Certificate, key, CA and CRL.
     pub tls: TlsFiles,
-    /// QUIC keep-alive and idle timeout.
+    /// QUIC keep-alive, idle timeout and per-connection buffers.
     #[serde(default)]
     pub quic: Timing,
     /// Bounds on QUIC handshakes at the peer port: in progress at once, per source address,
@@ -182,6 +212,10 @@ pub struct Config {
     /// When the certificates and the revocation list are reported as nearing their end.
     #[serde(default)]
     pub cert_warnings: onehop_overlay::certwatch::CertWarnings,
+    /// Bounds of the queues between this daemon and the event servers (received events, and
+    /// publications per event server), in entries and in bytes.
+    #[serde(default)]
+    pub eventclient: QueueLimits,
 }
 
 fn default_lookup_port() -> u16 {
@@ -205,6 +239,12 @@ fn default_peer_port() -> u16 {
 fn default_replicas() -> usize {
     2
 }
+fn default_store_max_entries() -> usize {
+    4_000_000
+}
+fn default_store_max_bytes() -> usize {
+    2 << 30
+}
 fn default_min_expires() -> u32 {
     60
 }
@@ -216,6 +256,18 @@ fn default_sip_peer_timeout_ms() -> u64 {
 }
 fn default_sip_peer_queue() -> usize {
     8192
+}
+fn default_sip_peer_queue_bytes() -> usize {
+    8 << 20
+}
+fn default_peer_inflight_bytes() -> usize {
+    crate::peer::DEFAULT_MAX_INFLIGHT_BYTES
+}
+fn default_sip_held_bytes() -> usize {
+    crate::proxy::media::DEFAULT_HELD_BYTES
+}
+fn default_sip_inbound_queue_bytes() -> usize {
+    16 << 20
 }
 fn default_sip_pending() -> usize {
     10_000
@@ -410,6 +462,12 @@ impl Config {
         if self.replicas == 0 || self.replicas > 5 {
             return Err(bad("replicas", "must be between 1 and 5"));
         }
+        if self.store_max_entries < 100 {
+            return Err(bad("store_max_entries", "must be at least 100"));
+        }
+        if self.store_max_bytes < 1 << 20 {
+            return Err(bad("store_max_bytes", "must be at least 1048576 (1 MiB)"));
+        }
         if self.min_expires > self.max_expires {
             return Err(bad("min_expires", "must not exceed max_expires"));
         }
@@ -473,10 +531,20 @@ impl Config {
         if !(1024..=1 << 20).contains(&self.sip_max_message) {
             return Err(bad("sip_max_message", "must be between 1024 and 1048576"));
         }
-        if self.sip_tcp_send_queue_bytes < self.sip_max_message {
+        for (key, bytes) in [
+            ("sip_tcp_send_queue_bytes", self.sip_tcp_send_queue_bytes),
+            ("sip_inbound_queue_bytes", self.sip_inbound_queue_bytes),
+            ("sip_peer_queue_bytes", self.sip_peer_queue_bytes),
+            ("sip_held_bytes", self.sip_held_bytes),
+        ] {
+            if bytes < self.sip_max_message {
+                return Err(bad(key, "must be at least sip_max_message"));
+            }
+        }
+        if self.peer_inflight_bytes < onehop_overlay::wire::MAX_FRAME {
             return Err(bad(
-                "sip_tcp_send_queue_bytes",
-                "must be at least sip_max_message",
+                "peer_inflight_bytes",
+                "must be at least 1048576 (one request at the frame cap)",
             ));
         }
         let r = self.relay_ports;
@@ -492,11 +560,11 @@ impl Config {
         if self.relay_max_sessions == 0 {
             return Err(bad("relay_max_sessions", "must be at least 1"));
         }
-        if self.quic.idle_timeout_ms <= self.quic.keepalive_ms {
-            return Err(bad(
-                "quic.idle_timeout_ms",
-                "must be greater than quic.keepalive_ms",
-            ));
+        if let Some((key, problem)) = self.quic.problem() {
+            return Err(bad(key, &problem));
+        }
+        if let Some((key, problem)) = self.eventclient.problem() {
+            return Err(bad(&format!("eventclient.{key}"), &problem));
         }
         if let Err((key, problem)) = self.quic_admission.check() {
             return Err(bad(&key, &problem));

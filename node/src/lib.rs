@@ -151,8 +151,10 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
             endpoints,
         }),
         subscribe: vec![Topic::Network, Topic::Crl],
+        metrics: Some(metrics.clone()),
         ..Default::default()
-    };
+    }
+    .with_limits(cfg.eventclient);
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
     let cert_watch =
         onehop_overlay::certwatch::CertWatch::new(&creds, crl.clone(), cfg.cert_warnings, &metrics)
@@ -263,6 +265,14 @@ fn spawn_stats(
         "registrar_aors",
         "AORs with live bindings held on this node (as their owner or a replica).",
     );
+    let bytes = metrics.gauge(
+        "store_bytes",
+        "Bytes held in the replicated store (keys, values and 128 bytes per entry), bounded by store_max_bytes.",
+    );
+    let full = metrics.counter(
+        "store_full_refusals_total",
+        "Writes and replication or transfer batches refused because the store held store_max_entries or store_max_bytes.",
+    );
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         // Relayed packets counted at the last tick, for packets_per_s.
@@ -273,6 +283,8 @@ fn spawn_stats(
                 _ = stop.cancelled() => return,
             }
             stored.set(store.local_len() as i64);
+            bytes.set(store.held_bytes() as i64);
+            full.set(store.full_refusals() as i64);
             let registered = store.local_count_role("registrar", crate::proxy::glue::has_bindings);
             aors.set(registered as i64);
             let mut figures = vec![

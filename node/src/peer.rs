@@ -35,6 +35,14 @@
 //! - Concurrent calls being handled over all connections: [`PeerConfig::max_streams`]; the
 //!   server stops accepting streams until a permit frees, which QUIC's stream credit turns into
 //!   backpressure on the callers.
+//! - Bytes of requests being read or handled over all connections:
+//!   [`PeerConfig::max_inflight_bytes`]. A stream's body is read only once its length (from
+//!   the frame's prefix) fits under the bound; until then the stream waits unread, and QUIC's
+//!   flow control makes its caller wait. Without it, `max_streams` calls of up to the frame
+//!   cap each could hold a GiB of requests. Counted in `peer_inflight_bytes` (gauge) and
+//!   `peer_inflight_waits_total` (calls that had to wait for room).
+//! - Data received and not yet read: QUIC's stream window per stream (`quic.stream_window_bytes`),
+//!   for at most the endpoint's `max_bidi` streams per connection.
 //! - Outgoing: one cached connection per peer name; concurrent calls to a peer share it and
 //!   wait for each other only while it is being (re)established.
 //!
@@ -57,12 +65,13 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use onehop_overlay::admission::{Admission, HandshakeGate};
+use onehop_overlay::budget::ByteBudget;
 use onehop_overlay::identity::Identity;
 use onehop_overlay::logging::peer_label;
-use onehop_overlay::metrics::Metrics;
+use onehop_overlay::metrics::{Metric, Metrics};
 use onehop_overlay::net::{describe_handshake_error, peer_identity, ConnTable};
 use onehop_overlay::status::{Kind, Member};
-use onehop_overlay::wire::{read_frame, CloseCode, MAX_FRAME};
+use onehop_overlay::wire::{read_frame_body, read_frame_len, CloseCode, MAX_FRAME};
 use quinn::ConnectionError;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -230,9 +239,15 @@ pub struct PeerConfig {
     pub max_connections: usize,
     /// Most incoming calls being handled at once, over all connections.
     pub max_streams: usize,
+    /// Most bytes of incoming requests being read or handled at once, over all connections
+    /// (at least `max_frame`, so that a request at the cap is served).
+    pub max_inflight_bytes: usize,
     /// How long a connection attempt (handshake included) may take.
     pub connect_timeout: Duration,
 }
+
+/// Default [`PeerConfig::max_inflight_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 << 20;
 
 impl Default for PeerConfig {
     fn default() -> Self {
@@ -240,8 +255,44 @@ impl Default for PeerConfig {
             max_frame: MAX_FRAME,
             max_connections: 1024,
             max_streams: 1024,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
             connect_timeout: Duration::from_secs(1),
         }
+    }
+}
+
+/// The server's figures (when given a registry with [`PeerNet::count_in`]).
+#[derive(Clone)]
+struct Counters {
+    inflight: Metric,
+    waits: Metric,
+}
+
+/// What every served stream shares: the bound in bytes and the figures.
+#[derive(Clone)]
+struct Inflight {
+    bytes: ByteBudget,
+    counters: Option<Counters>,
+}
+
+impl Inflight {
+    fn sample(&self) {
+        if let Some(c) = &self.counters {
+            c.inflight.set(self.bytes.used() as i64);
+        }
+    }
+}
+
+/// A request's room under the bound; the gauge follows it in and out.
+struct Held<'a> {
+    charge: Option<onehop_overlay::budget::Charge>,
+    inflight: &'a Inflight,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        drop(self.charge.take());
+        self.inflight.sample();
     }
 }
 
@@ -256,6 +307,7 @@ pub struct PeerNet {
     handlers: Handlers,
     conns: Mutex<HashMap<String, Slot>>,
     gate: HandshakeGate,
+    counters: std::sync::OnceLock<Counters>,
 }
 
 impl fmt::Debug for PeerNet {
@@ -299,7 +351,23 @@ impl PeerNet {
             handlers: Handlers::default(),
             conns: Mutex::new(HashMap::new()),
             gate,
+            counters: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts the server's figures (`peer_inflight_bytes`, `peer_inflight_waits_total`) in
+    /// `metrics`; call before [`PeerNet::spawn_server`].
+    pub fn count_in(&self, metrics: &Metrics) {
+        let _ = self.counters.set(Counters {
+            inflight: metrics.gauge(
+                "peer_inflight_bytes",
+                "Bytes of node-to-node requests being read or handled.",
+            ),
+            waits: metrics.counter(
+                "peer_inflight_waits_total",
+                "Node-to-node requests whose reading waited for room under peer_inflight_bytes.",
+            ),
+        });
     }
 
     /// The limits in force.
@@ -326,13 +394,18 @@ impl PeerNet {
     /// Serves the registered handlers on the endpoint until `shutdown` is cancelled or the
     /// endpoint is closed. See [`serve`].
     pub fn spawn_server(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(serve_gated(
+        let inflight = Inflight {
+            bytes: ByteBudget::new(self.config.max_inflight_bytes),
+            counters: self.counters.get().cloned(),
+        };
+        tokio::spawn(serve_bounded(
             self.endpoint.clone(),
             self.handlers.clone(),
             self.config,
             self.table.clone(),
             shutdown,
             self.gate.clone(),
+            inflight,
         ))
     }
 
@@ -619,21 +692,25 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let gate = HandshakeGate::new(Admission::default(), &Metrics::default());
-    serve_gated(endpoint, handlers, config, table, shutdown, gate).await
+    let inflight = Inflight {
+        bytes: ByteBudget::new(config.max_inflight_bytes),
+        counters: None,
+    };
+    serve_bounded(endpoint, handlers, config, table, shutdown, gate, inflight).await
 }
 
 /// Handshake refusals logged at WARN: at most 20 per 10 s, whatever a storm sends.
 static REFUSALS: std::sync::LazyLock<onehop_overlay::admission::LogBudget> =
     std::sync::LazyLock::new(onehop_overlay::admission::handshake_log_budget);
 
-/// [`serve`], each handshake first passing `gate`.
-pub async fn serve_gated(
+async fn serve_bounded(
     endpoint: quinn::Endpoint,
     handlers: Handlers,
     config: PeerConfig,
     table: ConnTable,
     shutdown: CancellationToken,
     gate: HandshakeGate,
+    inflight: Inflight,
 ) {
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let streams = Arc::new(Semaphore::new(config.max_streams));
@@ -657,6 +734,7 @@ pub async fn serve_gated(
         let table = table.clone();
         let streams = streams.clone();
         let shutdown = shutdown.clone();
+        let inflight = inflight.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let remote = incoming.remote_address();
@@ -699,9 +777,17 @@ pub async fn serve_gated(
             };
             let span = tracing::info_span!("peer", peer = %peer_label(Some(&id.name), remote));
             table.insert(id.clone(), conn.clone());
-            serve_connection(&conn, Arc::new(id), &handlers, config, &streams, &shutdown)
-                .instrument(span)
-                .await;
+            serve_connection(
+                &conn,
+                Arc::new(id),
+                &handlers,
+                config,
+                &streams,
+                &shutdown,
+                &inflight,
+            )
+            .instrument(span)
+            .await;
             table.remove(&conn);
         });
     }
@@ -714,6 +800,7 @@ async fn serve_connection(
     config: PeerConfig,
     streams: &Arc<Semaphore>,
     shutdown: &CancellationToken,
+    inflight: &Inflight,
 ) {
     debug!("peer connection up");
     loop {
@@ -739,12 +826,13 @@ async fn serve_connection(
         let handlers = handlers.clone();
         let conn = conn.clone();
         let shutdown = shutdown.clone();
+        let inflight = inflight.clone();
         tokio::spawn(
             async move {
                 let _permit = permit;
                 // A call ends with its connection or the server: its handler is dropped.
                 tokio::select! {
-                    _ = serve_stream(send, recv, &id, &handlers, config.max_frame) => {}
+                    _ = serve_stream(send, recv, &id, &handlers, config.max_frame, &inflight) => {}
                     _ = conn.closed() => {}
                     _ = shutdown.cancelled() => {}
                 }
@@ -760,14 +848,38 @@ async fn serve_stream(
     from: &Identity,
     handlers: &Handlers,
     max_frame: usize,
+    inflight: &Inflight,
 ) {
     let close = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: CloseCode| {
         let _ = recv.stop(code.varint());
         let _ = send.reset(code.varint());
     };
-    let body = match read_frame(&mut recv, max_frame).await {
-        Ok(Some(b)) => b,
+    let len = match read_frame_len(&mut recv, max_frame).await {
+        Ok(Some(len)) => len,
         Ok(None) => return,
+        Err(e) => {
+            warn!(cause = %e, "closing peer stream: bad frame");
+            close(&mut send, &mut recv, e.close_code());
+            return;
+        }
+    };
+    // Room for the body before reading it; held until the answer is written.
+    let charge = match inflight.bytes.try_take(len) {
+        Some(c) => c,
+        None => {
+            if let Some(c) = &inflight.counters {
+                c.waits.inc();
+            }
+            inflight.bytes.take(len).await
+        }
+    };
+    let _held = Held {
+        charge: Some(charge),
+        inflight,
+    };
+    inflight.sample();
+    let body = match read_frame_body(&mut recv, len).await {
+        Ok(b) => b,
         Err(e) => {
             warn!(cause = %e, "closing peer stream: bad frame");
             close(&mut send, &mut recv, e.close_code());

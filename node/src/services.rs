@@ -61,7 +61,10 @@ pub async fn start(
 ) -> anyhow::Result<(Vec<Endpoint>, Services)> {
     let mut endpoints = Vec::new();
     let peer_addr = SocketAddr::new(cfg.ip, cfg.peer_port);
-    let peer_cfg = PeerConfig::default();
+    let peer_cfg = PeerConfig {
+        max_inflight_bytes: cfg.peer_inflight_bytes,
+        ..PeerConfig::default()
+    };
     let peer_ep = net::endpoint(
         peer_addr,
         creds,
@@ -88,6 +91,7 @@ pub async fn start(
     );
     let gate = onehop_overlay::admission::HandshakeGate::new(cfg.quic_admission, metrics);
     let peer = PeerNet::with_gate(peer_ep, peer_conns, peer_cfg, gate);
+    peer.count_in(metrics);
     peer.spawn_server(cancel.clone());
     endpoints.push(Endpoint {
         service: "peer".into(),
@@ -97,6 +101,8 @@ pub async fn start(
     let store = Store::start(
         StoreConfig {
             replicas: cfg.replicas,
+            max_entries: cfg.store_max_entries,
+            max_bytes: cfg.store_max_bytes,
             ..StoreConfig::default()
         },
         peer.clone(),
@@ -184,7 +190,9 @@ pub async fn start(
         };
         // Each worker's inbox holds what the transports' inbound queue held.
         pcfg.queue = cfg.sip_inbound_queue;
-        let (core, inboxes) = crate::proxy::core::inboxes(&pcfg);
+        pcfg.queue_bytes = cfg.sip_inbound_queue_bytes;
+        pcfg.held_bytes = cfg.sip_held_bytes;
+        let (core, inboxes) = crate::proxy::core::inboxes(&pcfg, metrics);
         let transports = Transports::bind_to(tcfg, Arc::new(core.clone()), metrics, cancel.clone())
             .await
             .with_context(|| format!("SIP on {listen}"))?;
@@ -214,15 +222,18 @@ pub async fn start(
             },
         )));
         let peer_timeout = Duration::from_millis(cfg.sip_peer_timeout_ms);
-        let link = Arc::new(PeerSip::new(
-            peer.clone(),
-            view.clone(),
-            PeerSipSettings {
-                call_timeout: peer_timeout,
-                queue: cfg.sip_peer_queue,
-                ..PeerSipSettings::default()
-            },
-        ));
+        let link = Arc::new(
+            PeerSip::new(
+                peer.clone(),
+                view.clone(),
+                PeerSipSettings {
+                    call_timeout: peer_timeout,
+                    queue: cfg.sip_peer_queue,
+                    queue_bytes: cfg.sip_peer_queue_bytes,
+                },
+            )
+            .count_in(metrics),
+        );
         crate::proxy::core::run(
             pcfg,
             inboxes,

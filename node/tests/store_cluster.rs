@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use onehop_certs::testing::TestPki;
 use onehop_node::peer::{PeerConfig, PeerNet, PEER_PORT};
-use onehop_node::store::{PutOrGet, Store, StoreConfig, StoreError, Updater};
+use onehop_node::store::{Acks, PutOrGet, Store, StoreConfig, StoreError, Updater};
 use onehop_node::view::View;
 use onehop_overlay::crl::CrlState;
 use onehop_overlay::net::{self, ConnTable, Timing};
@@ -184,6 +184,32 @@ fn lcg(state: &mut u64) -> u64 {
     *state >> 33
 }
 
+/// Puts `binding of KEY` for an hour for each of `keys`, key i through `nodes[via[i]]`, 64
+/// at a time; the results in no particular order.
+async fn put_bindings(
+    nodes: &[Node],
+    keys: &[String],
+    via: &[usize],
+) -> Vec<Result<Acks, StoreError>> {
+    stream::iter(keys.iter().zip(via))
+        .map(|(k, &i)| {
+            let store = nodes[i].store.clone();
+            async move {
+                store
+                    .put(
+                        ROLE,
+                        k,
+                        Bytes::from(format!("binding of {k}")),
+                        Duration::from_secs(3600),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
+}
+
 async fn read_all(nodes: &[&Node], keys: &[String]) {
     let jobs = nodes.iter().flat_map(|n| keys.iter().map(move |k| (*n, k)));
     let missing: Vec<String> = stream::iter(jobs)
@@ -235,23 +261,7 @@ async fn ten_thousand_keys_survive_a_crash_and_move_back_after_a_rejoin() {
         .map(|_| (lcg(&mut seed) % nodes.len() as u64) as usize)
         .collect();
     let started = Instant::now();
-    let results: Vec<Result<_, StoreError>> = stream::iter(keys.iter().zip(&via))
-        .map(|(k, &i)| {
-            let store = nodes[i].store.clone();
-            async move {
-                store
-                    .put(
-                        ROLE,
-                        k,
-                        Bytes::from(format!("binding of {k}")),
-                        Duration::from_secs(3600),
-                    )
-                    .await
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let results = put_bindings(&nodes, &keys, &via).await;
     let put_time = started.elapsed();
     for r in &results {
         let acks = r.as_ref().expect("put");
@@ -586,4 +596,84 @@ async fn a_single_node_holds_everything_and_hands_over_to_a_joiner() {
     .await;
     n1.shutdown.cancel();
     n2.shutdown.cancel();
+}
+
+/// Views that follow each other quickly while requests keep arriving: every request makes the
+/// store catch up with the node's latest view, and one that read the view just before a newer
+/// one was applied must not put the older rings back (the store would then settle its
+/// hand-off on rings no other node holds, leaving keys on too few of their replicas until the
+/// next change). Membership flips forty times between four nodes and three, under reads;
+/// after the last view every key is on exactly its replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_view_changes_under_requests_never_roll_the_rings_back() {
+    const N: usize = 2_000;
+    const R: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..4u8 {
+        let c = pki
+            .issue(
+                &format!("node{}", i + 1),
+                Kind::Node,
+                ip(55, i + 1),
+                &[ROLE],
+            )
+            .unwrap();
+        nodes.push(Node::start(&c, ip(55, i + 1), test_config()).await);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let three: Vec<&Node> = nodes[..3].iter().collect();
+    set_view(&all, &all, 1);
+    let keys: Vec<String> = (0..N).map(|i| format!("flip{i}@example.test")).collect();
+    let via: Vec<usize> = (0..N).map(|i| i % nodes.len()).collect();
+    let results = put_bindings(&nodes, &keys, &via).await;
+    assert!(results.iter().all(Result::is_ok), "every put stored");
+    wait_for(
+        "placed under the first view",
+        Duration::from_secs(20),
+        || placed(&all, &set_view(&[], &all, 1), &keys, R),
+    )
+    .await;
+
+    // Readers on every node while the views flip.
+    let stop = CancellationToken::new();
+    let mut readers = Vec::new();
+    for (r, n) in nodes.iter().enumerate() {
+        let store = n.store.clone();
+        let keys = keys.clone();
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut i = r;
+            while !stop.is_cancelled() {
+                let batch = (0..16).map(|j| {
+                    let store = store.clone();
+                    let k = keys[(i + j * 97) % keys.len()].clone();
+                    async move { store.get(ROLE, &k).await }
+                });
+                futures::future::join_all(batch).await;
+                i += 16;
+            }
+        }));
+    }
+    let mut version = 1;
+    for round in 0..40 {
+        version += 1;
+        let members = if round % 2 == 0 { &three } else { &all };
+        set_view(&all, members, version);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    version += 1;
+    let last = set_view(&all, &all, version);
+    stop.cancel();
+    for r in readers {
+        r.await.unwrap();
+    }
+    let took = wait_for(
+        "every key on exactly its replicas after the last view",
+        Duration::from_secs(30),
+        || placed(&all, &last, &keys, R),
+    )
+    .await;
+    println!("{N} keys placed {took:?} after 40 view changes under reads");
 }

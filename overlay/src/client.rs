@@ -6,6 +6,18 @@
 //! connected event server; received events are deduplicated by `(origin, seq)` and delivered on
 //! one bounded channel, together with [`ClientEvent::Up`]/[`ClientEvent::Down`] notices. A CRL
 //! received on the `crl` topic is handed to the CRL store (which verifies it) when one is given.
+//!
+//! # Bounds
+//! Both directions are bounded in entries and in bytes ([`QueueLimits`], the `[eventclient]`
+//! table of every daemon's configuration):
+//! - received events wait for the daemon in one channel of at most `events` events and
+//!   `events_bytes` bytes (counted as the frames' lengths); when it is full, the sessions stop
+//!   reading, and an event server that has to wait too long for us cuts us off as a slow
+//!   subscriber (we reconnect and get its snapshot);
+//! - publications wait for each event server in a queue of at most `publish` frames and
+//!   `publish_bytes` bytes; beyond, a publication is dropped for that server (the others
+//!   still get it, and subscribers dedupe), logged and counted in
+//!   `eventclient_dropped_total{bound=...}`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,14 +29,73 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::budget::{ByteBudget, Charge};
 use crate::crl::CrlStore;
 use crate::logging::peer_label;
+use crate::metrics::{Metric, Metrics};
 use crate::net::{peer_identity, ConnTable};
 use crate::status::Kind;
 use crate::wire::{
-    encode_frame, read_msg, Announce, ClientMsg, CloseCode, Event, Payload, ServerMsg, Topic,
-    MAX_FRAME,
+    decode_body, encode_frame, read_frame, read_msg, Announce, ClientMsg, CloseCode, Event,
+    Payload, ServerMsg, Topic, MAX_FRAME,
 };
+
+/// The bounds of the client's queues (the `[eventclient]` table of a daemon's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueLimits {
+    /// Received events waiting for the daemon, at most.
+    pub events: usize,
+    /// Bytes of received events waiting for the daemon, at most (at least 2 MiB: two frames at
+    /// the frame cap).
+    pub events_bytes: usize,
+    /// Publications waiting for each event server, at most; beyond, a publication is dropped
+    /// for that server.
+    pub publish: usize,
+    /// Bytes of publications waiting for each event server, at most (at least 2 MiB).
+    pub publish_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            events: 4096,
+            events_bytes: 16 << 20,
+            publish: 1024,
+            publish_bytes: 8 << 20,
+        }
+    }
+}
+
+impl QueueLimits {
+    /// The least byte bound accepted: two frames at the frame cap.
+    pub const MIN_BYTES: usize = 2 * MAX_FRAME;
+
+    /// What is wrong with these limits, as `(key, problem)` (keys relative to the table).
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.events < 16 {
+            return Some(("events", "must be at least 16".into()));
+        }
+        if self.publish < 16 {
+            return Some(("publish", "must be at least 16".into()));
+        }
+        for (key, v) in [
+            ("events_bytes", self.events_bytes),
+            ("publish_bytes", self.publish_bytes),
+        ] {
+            if v < Self::MIN_BYTES {
+                return Some((
+                    key,
+                    format!(
+                        "must be at least {} (two frames at the 1 MiB frame cap)",
+                        Self::MIN_BYTES
+                    ),
+                ));
+            }
+        }
+        None
+    }
+}
 
 /// What the client is to do.
 #[derive(Debug, Clone)]
@@ -40,17 +111,62 @@ pub struct ClientOptions {
     /// Depth of each event server's outgoing queue; publications beyond it are dropped for that
     /// server (the others still get them).
     pub out_queue: usize,
+    /// Bytes of the channel that delivers events (the frames' lengths); the sessions stop
+    /// reading while it is full.
+    pub queue_bytes: usize,
+    /// Bytes of each event server's outgoing queue; publications beyond it are dropped for
+    /// that server.
+    pub out_queue_bytes: usize,
+    /// Where to count dropped publications and waits for room (none: not counted).
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
+        let limits = QueueLimits::default();
         ClientOptions {
             eventservers: Vec::new(),
             announce: None,
             subscribe: Vec::new(),
-            queue: 4096,
-            out_queue: 1024,
+            queue: limits.events,
+            out_queue: limits.publish,
+            queue_bytes: limits.events_bytes,
+            out_queue_bytes: limits.publish_bytes,
+            metrics: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// These options with the queue bounds of `limits`.
+    pub fn with_limits(self, limits: QueueLimits) -> ClientOptions {
+        ClientOptions {
+            queue: limits.events,
+            queue_bytes: limits.events_bytes,
+            out_queue: limits.publish,
+            out_queue_bytes: limits.publish_bytes,
+            ..self
+        }
+    }
+}
+
+/// The channel of what the client delivers, bounded in events and bytes.
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::Receiver<(ClientEvent, Option<Charge>)>,
+}
+
+impl EventReceiver {
+    /// The next event; `None` once every session task has ended.
+    ///
+    /// Cancel safety: cancel-safe (nothing is taken off the channel unless this completes).
+    pub async fn recv(&mut self) -> Option<ClientEvent> {
+        self.rx.recv().await.map(|(ev, _charge)| ev)
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<ClientEvent, mpsc::error::TryRecvError> {
+        self.rx.try_recv().map(|(ev, _charge)| ev)
     }
 }
 
@@ -78,13 +194,46 @@ pub enum ClientEvent {
 }
 
 enum Outgoing {
-    Frame(Bytes),
+    Frame(Bytes, Charge),
     Leave,
+}
+
+/// An event server's outgoing queue.
+struct Link {
+    server: String,
+    tx: mpsc::Sender<Outgoing>,
+    bytes: ByteBudget,
+}
+
+struct Counters {
+    dropped_entries: Option<Metric>,
+    dropped_bytes: Option<Metric>,
+    waits: Option<Metric>,
+}
+
+impl Counters {
+    fn new(metrics: Option<&Metrics>) -> Counters {
+        const DROPPED: &str =
+            "Publications dropped for one event server because its outgoing queue was full, by bound.";
+        Counters {
+            dropped_entries: metrics
+                .map(|m| m.counter("eventclient_dropped_total{bound=\"entries\"}", DROPPED)),
+            dropped_bytes: metrics
+                .map(|m| m.counter("eventclient_dropped_total{bound=\"bytes\"}", DROPPED)),
+            waits: metrics.map(|m| {
+                m.counter(
+                    "eventclient_full_waits_total",
+                    "Times a session stopped reading from its event server because the received \
+                     events waiting for the daemon filled their byte bound.",
+                )
+            }),
+        }
+    }
 }
 
 struct Inner {
     seq: AtomicU64,
-    links: Mutex<HashMap<SocketAddr, (String, mpsc::Sender<Outgoing>)>>,
+    links: Mutex<HashMap<SocketAddr, Link>>,
     seen: Mutex<HashMap<String, u64>>,
     stopping: AtomicBool,
     stop: Notify,
@@ -92,6 +241,7 @@ struct Inner {
     crl: Option<Arc<CrlStore>>,
     live_sessions: AtomicU64,
     closed: Notify,
+    counters: Counters,
 }
 
 /// Handle to the sessions; cheap to clone.
@@ -118,8 +268,9 @@ impl EventClient {
         opts: ClientOptions,
         conns: ConnTable,
         crl: Option<Arc<CrlStore>>,
-    ) -> (EventClient, mpsc::Receiver<ClientEvent>) {
+    ) -> (EventClient, EventReceiver) {
         let (tx, rx) = mpsc::channel(opts.queue.max(16));
+        let inbound = ByteBudget::new(opts.queue_bytes);
         let inner = Arc::new(Inner {
             seq: AtomicU64::new(seq_base()),
             links: Mutex::new(HashMap::new()),
@@ -130,15 +281,19 @@ impl EventClient {
             crl,
             live_sessions: AtomicU64::new(0),
             closed: Notify::new(),
+            counters: Counters::new(opts.metrics.as_ref()),
         });
         let client = EventClient { inner, endpoint };
         for addr in opts.eventservers.clone() {
             let c = client.clone();
-            let tx = tx.clone();
+            let tx = Delivery {
+                tx: tx.clone(),
+                bytes: inbound.clone(),
+            };
             let opts = opts.clone();
             tokio::spawn(async move { c.session_loop(addr, opts, tx).await });
         }
-        (client, rx)
+        (client, EventReceiver { rx })
     }
 
     /// Publishes to every connected event server; returns to how many it was queued.
@@ -147,13 +302,30 @@ impl EventClient {
         let frame = encode_frame(&ClientMsg::Publish { seq, payload });
         let links = self.inner.links.lock().expect("links");
         let mut n = 0;
-        for (addr, (server, tx)) in links.iter() {
-            match tx.try_send(Outgoing::Frame(frame.clone())) {
+        for (addr, link) in links.iter() {
+            let Some(charge) = link.bytes.try_take(frame.len()) else {
+                if let Some(m) = &self.inner.counters.dropped_bytes {
+                    m.inc();
+                }
+                warn!(
+                    peer = %peer_label(Some(&link.server), *addr),
+                    queued_bytes = link.bytes.used(),
+                    max_bytes = link.bytes.cap(),
+                    "outgoing queue full in bytes: publication dropped"
+                );
+                continue;
+            };
+            match link.tx.try_send(Outgoing::Frame(frame.clone(), charge)) {
                 Ok(()) => n += 1,
-                Err(_) => warn!(
-                    peer = %peer_label(Some(server), *addr),
-                    "outgoing queue full: publication dropped"
-                ),
+                Err(_) => {
+                    if let Some(m) = &self.inner.counters.dropped_entries {
+                        m.inc();
+                    }
+                    warn!(
+                        peer = %peer_label(Some(&link.server), *addr),
+                        "outgoing queue full: publication dropped"
+                    )
+                }
             }
         }
         n
@@ -162,7 +334,7 @@ impl EventClient {
     /// Names of the event servers with an established session.
     pub fn connected(&self) -> Vec<String> {
         let links = self.inner.links.lock().expect("links");
-        let mut v: Vec<String> = links.values().map(|(s, _)| s.clone()).collect();
+        let mut v: Vec<String> = links.values().map(|l| l.server.clone()).collect();
         v.sort();
         v
     }
@@ -173,7 +345,7 @@ impl EventClient {
         self.inner.stopping.store(true, Ordering::SeqCst);
         let senders: Vec<_> = {
             let links = self.inner.links.lock().expect("links");
-            links.values().map(|(_, tx)| tx.clone()).collect()
+            links.values().map(|l| l.tx.clone()).collect()
         };
         for tx in senders {
             let _ = tx.send(Outgoing::Leave).await;
@@ -219,22 +391,21 @@ impl EventClient {
         }
     }
 
-    async fn session_loop(
-        self,
-        addr: SocketAddr,
-        opts: ClientOptions,
-        tx: mpsc::Sender<ClientEvent>,
-    ) {
+    async fn session_loop(self, addr: SocketAddr, opts: ClientOptions, tx: Delivery) {
         let mut backoff = Duration::from_millis(50);
         while !self.inner.stopping.load(Ordering::SeqCst) {
             let started = tokio::time::Instant::now();
             let (server, reason) = self.session(addr, &opts, &tx).await;
             if tx
-                .send(ClientEvent::Down {
-                    server: server.clone(),
-                    addr,
-                    reason: reason.clone(),
-                })
+                .tx
+                .send((
+                    ClientEvent::Down {
+                        server: server.clone(),
+                        addr,
+                        reason: reason.clone(),
+                    },
+                    None,
+                ))
                 .await
                 .is_err()
             {
@@ -265,7 +436,7 @@ impl EventClient {
         &self,
         addr: SocketAddr,
         opts: &ClientOptions,
-        tx: &mpsc::Sender<ClientEvent>,
+        tx: &Delivery,
     ) -> (Option<String>, String) {
         let connecting = match self.endpoint.connect(addr, &addr.ip().to_string()) {
             Ok(c) => c,
@@ -312,7 +483,7 @@ impl EventClient {
         server: &str,
         addr: SocketAddr,
         opts: &ClientOptions,
-        tx: &mpsc::Sender<ClientEvent>,
+        tx: &Delivery,
     ) -> String {
         let (mut send, mut recv) = match conn.open_bi().await {
             Ok(s) => s,
@@ -349,18 +520,25 @@ impl EventClient {
             Err(_) => return "no welcome in time".into(),
         }
         let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(opts.out_queue.max(16));
-        self.inner
-            .links
-            .lock()
-            .expect("links")
-            .insert(addr, (server.to_string(), out_tx));
+        self.inner.links.lock().expect("links").insert(
+            addr,
+            Link {
+                server: server.to_string(),
+                tx: out_tx,
+                bytes: ByteBudget::new(opts.out_queue_bytes),
+            },
+        );
         self.inner.live_sessions.fetch_add(1, Ordering::SeqCst);
         let _guard = SessionGuard(&self.inner);
         if tx
-            .send(ClientEvent::Up {
-                server: server.to_string(),
-                addr,
-            })
+            .tx
+            .send((
+                ClientEvent::Up {
+                    server: server.to_string(),
+                    addr,
+                },
+                None,
+            ))
             .await
             .is_err()
         {
@@ -368,11 +546,12 @@ impl EventClient {
         }
         let writer = async {
             while let Some(out) = out_rx.recv().await {
+                // The frame's bytes go back to the queue's budget once QUIC holds it.
                 let frame = match &out {
-                    Outgoing::Frame(f) => f.clone(),
+                    Outgoing::Frame(f, _charge) => f.clone(),
                     Outgoing::Leave => encode_frame(&ClientMsg::Leave),
                 };
-                if let Err(e) = send.write_all(&frame).await {
+                if let Err(e) = send.write_chunk(frame).await {
                     return format!("send: {e}");
                 }
                 if matches!(out, Outgoing::Leave) {
@@ -386,17 +565,44 @@ impl EventClient {
         };
         let reader = async {
             loop {
-                match read_msg::<ServerMsg, _>(&mut recv, MAX_FRAME).await {
+                let (msg, len) = match read_frame(&mut recv, MAX_FRAME).await {
+                    Ok(Some(body)) => (decode_body::<ServerMsg>(&body).map(Some), body.len()),
+                    Ok(None) => (Ok(None), 0),
+                    Err(e) => (Err(e), 0),
+                };
+                match msg {
                     Ok(Some(ServerMsg::Event(ev))) => {
                         if !self.first_time(&ev) {
                             continue;
                         }
                         if let (Payload::Crl(der), Some(store)) = (&ev.payload, &self.inner.crl) {
-                            if let Err(e) = store.apply_der(der) {
-                                warn!(origin = %ev.origin, cause = %e, "published CRL refused");
+                            // Signature checks and a file write: off the runtime's threads.
+                            let (store, der) = (store.clone(), der.clone());
+                            let taken =
+                                tokio::task::spawn_blocking(move || store.apply_der(&der)).await;
+                            match taken {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => {
+                                    warn!(origin = %ev.origin, cause = %e, "published CRL refused")
+                                }
+                                Err(e) => warn!(cause = %e, "revocation list check failed"),
                             }
                         }
-                        if tx.send(ClientEvent::Event(Arc::new(ev))).await.is_err() {
+                        let charge = match tx.bytes.try_take(len) {
+                            Some(c) => c,
+                            None => {
+                                if let Some(m) = &self.inner.counters.waits {
+                                    m.inc();
+                                }
+                                tx.bytes.take(len).await
+                            }
+                        };
+                        if tx
+                            .tx
+                            .send((ClientEvent::Event(Arc::new(ev)), Some(charge)))
+                            .await
+                            .is_err()
+                        {
                             return "client dropped".to_string();
                         }
                     }
@@ -417,6 +623,13 @@ impl EventClient {
             _ = stop => "stopped".to_string(),
         }
     }
+}
+
+/// Where the sessions deliver: the channel and its byte budget.
+#[derive(Clone)]
+struct Delivery {
+    tx: mpsc::Sender<(ClientEvent, Option<Charge>)>,
+    bytes: ByteBudget,
 }
 
 struct SessionGuard<'a>(&'a Inner);

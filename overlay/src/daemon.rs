@@ -111,6 +111,14 @@ pub trait DaemonConfig: Sized + serde::Serialize + DeserializeOwned {
             .map_err(|e| overrides::attribute(e, overrides))?;
         Ok(c)
     }
+    /// [`DaemonConfig::load_with`] on the file's text already read (`path` only names it in
+    /// errors): what a daemon does with its config file, without the file system.
+    fn parse_with(path: &Path, text: &str, overrides: &[Override]) -> Result<Self, ConfigError> {
+        let c: Self = overrides::parse_with(path, text, overrides)?;
+        c.check(path)
+            .map_err(|e| overrides::attribute(e, overrides))?;
+        Ok(c)
+    }
     /// The certificate files; the certificate names the member on every log line.
     fn tls(&self) -> &TlsFiles;
 }

@@ -15,6 +15,7 @@
 //!   [`certwatch`]: the certificates and the list over time, reported before they bite.
 //! - [`provision`]: what managers push to nodes and what members read from managers;
 //!   [`farm_client`]: the members' client of the managers' farm-read service.
+//! - [`budget`]: byte bounds shared by the producers and the consumer of a queue.
 //! - [`daemon`], [`metrics`], [`farmfile`]: config loading and logging, Prometheus metrics,
 //!   and the `farm.json` contract; [`overrides`] (configuration keys given on the command
 //!   line) and [`logging`] (log lines naming the member and the peer) serve [`daemon`].
@@ -24,6 +25,7 @@
 pub mod admission;
 pub mod bootstrap;
 pub mod certwatch;
+pub mod budget;
 pub mod client;
 pub mod crl;
 pub mod daemon;

@@ -17,7 +17,12 @@ use crate::identity::{identity_from_der, Identity, Serial};
 use crate::tls::{Credentials, TlsError};
 use crate::wire::CloseCode;
 
-/// QUIC timing knobs.
+/// QUIC timing knobs, and the buffers QUIC keeps per connection (the `[quic]` table).
+///
+/// What one connection can make a daemon hold, in bytes: data received and not yet read is at
+/// most `stream_window_bytes` per stream (and the peer may open only the streams the endpoint
+/// allows: the connection's window is that many streams' worth); data written and not yet
+/// acknowledged is at most `send_window_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timing {
@@ -25,14 +30,53 @@ pub struct Timing {
     pub keepalive_ms: u64,
     /// A connection with no traffic for this long (milliseconds) is dead: its member is lost.
     pub idle_timeout_ms: u64,
+    /// Bytes a peer may send on one stream before we read them (QUIC stream flow control;
+    /// quinn's default, 1,250,000).
+    pub stream_window_bytes: u64,
+    /// Bytes written on a connection and not yet acknowledged by the peer, at most; a writer
+    /// waits past it (quinn's default, 10,000,000).
+    pub send_window_bytes: u64,
 }
+
+/// Default `stream_window_bytes` (quinn's own default).
+pub const DEFAULT_STREAM_WINDOW: u64 = 1_250_000;
+/// Default `send_window_bytes` (quinn's own default).
+pub const DEFAULT_SEND_WINDOW: u64 = 10_000_000;
 
 impl Default for Timing {
     fn default() -> Self {
         Timing {
             keepalive_ms: 100,
             idle_timeout_ms: 600,
+            stream_window_bytes: DEFAULT_STREAM_WINDOW,
+            send_window_bytes: DEFAULT_SEND_WINDOW,
         }
+    }
+}
+
+impl Timing {
+    /// What is wrong with these settings, as `(key, problem)` with keys under `quic.`.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.idle_timeout_ms <= self.keepalive_ms {
+            return Some((
+                "quic.idle_timeout_ms",
+                "must be greater than quic.keepalive_ms".into(),
+            ));
+        }
+        if !(16 << 10..=1 << 30).contains(&self.stream_window_bytes) {
+            return Some((
+                "quic.stream_window_bytes",
+                "must be between 16384 and 1073741824".into(),
+            ));
+        }
+        let frame = crate::wire::MAX_FRAME as u64 + 4;
+        if !(frame..=1 << 30).contains(&self.send_window_bytes) {
+            return Some((
+                "quic.send_window_bytes",
+                format!("must be between {frame} (one frame at the 1 MiB cap) and 1073741824"),
+            ));
+        }
+        None
     }
 }
 
@@ -64,6 +108,16 @@ fn transport(timing: Timing, max_bidi: u32) -> Arc<quinn::TransportConfig> {
     ));
     t.max_concurrent_bidi_streams(max_bidi.into());
     t.max_concurrent_uni_streams(0u32.into());
+    // Received and unread: a window per stream, and for the connection as many windows as
+    // the peer may open streams (quinn's default connection window is unlimited: this is the
+    // bound it had in effect, written down).
+    let stream = timing.stream_window_bytes.min(u32::MAX as u64) as u32;
+    t.stream_receive_window(stream.into());
+    t.receive_window(
+        quinn::VarInt::from_u64(stream as u64 * max_bidi.max(1) as u64)
+            .unwrap_or(quinn::VarInt::MAX),
+    );
+    t.send_window(timing.send_window_bytes);
     Arc::new(t)
 }
 

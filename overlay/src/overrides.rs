@@ -279,15 +279,25 @@ pub fn load_with<T: DeserializeOwned>(
         path: path.display().to_string(),
         source,
     })?;
+    parse_with(path, &text, overrides)
+}
+
+/// [`load_with`] on a config file's text already read (`path` only names it in errors): parses
+/// the TOML, applies `overrides` in order and deserializes the result into the config type.
+pub fn parse_with<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    overrides: &[Override],
+) -> Result<T, ConfigError> {
     if overrides.is_empty() {
-        return toml::from_str(&text).map_err(|e| parse_error(path, &e));
+        return toml::from_str(text).map_err(|e| parse_error(path, &e));
     }
-    let table: toml::Table = toml::from_str(&text).map_err(|e| parse_error(path, &e))?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| parse_error(path, &e))?;
     let mut doc = toml::Value::Table(table);
     for o in overrides {
         o.apply(&mut doc)?;
     }
-    T::deserialize(doc).map_err(|e| explain::<T>(path, &text, &e, overrides))
+    T::deserialize(doc).map_err(|e| explain::<T>(path, text, &e, overrides))
 }
 
 /// Names the flag behind a validation error ([`ConfigError::Invalid`]) when the key it is

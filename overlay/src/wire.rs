@@ -348,6 +348,21 @@ pub async fn read_frame<R>(stream: &mut R, max: usize) -> Result<Option<Vec<u8>>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
+    match read_frame_len(stream, max).await? {
+        None => Ok(None),
+        Some(len) => read_frame_body(stream, len).await.map(Some),
+    }
+}
+
+/// Reads a frame's length prefix and checks it against `max`; `Ok(None)` when the stream ends
+/// cleanly before it. With [`read_frame_body`], lets a reader reserve room for the body (a
+/// byte budget) between the two.
+///
+/// Cancel safety: not cancel-safe (a partly read prefix is lost).
+pub async fn read_frame_len<R>(stream: &mut R, max: usize) -> Result<Option<usize>, WireError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
     let mut got = 0;
@@ -366,6 +381,17 @@ where
     if len > max {
         return Err(WireError::Oversized { len, cap: max });
     }
+    Ok(Some(len))
+}
+
+/// Reads a frame body of `len` bytes (its prefix read and checked by [`read_frame_len`]).
+///
+/// Cancel safety: not cancel-safe (a partly read body is lost).
+pub async fn read_frame_body<R>(stream: &mut R, len: usize) -> Result<Vec<u8>, WireError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -374,7 +400,7 @@ where
             WireError::Io(e)
         }
     })?;
-    Ok(Some(body))
+    Ok(body)
 }
 
 /// Reads and decodes one message; `Ok(None)` at a clean end of stream.

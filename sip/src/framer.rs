@@ -90,6 +90,8 @@ pub struct StreamFramer {
     examined: u64,
     /// The error that broke the stream, returned again by every later call.
     failed: Option<FrameError>,
+    /// How much of a CRLF CRLF ping the line ends between messages have matched (0 to 3).
+    ping: u8,
 }
 
 impl StreamFramer {
@@ -104,6 +106,7 @@ impl StreamFramer {
             discard: 0,
             examined: 0,
             failed: None,
+            ping: 0,
         }
     }
 
@@ -155,30 +158,35 @@ impl StreamFramer {
         }
         if self.pending.is_none() {
             if self.scan.scanned == 0 {
-                // Between messages: CRLFs are keep-alives.
-                let lead = self
-                    .buf
-                    .iter()
-                    .position(|&b| b != b'\r' && b != b'\n')
-                    .unwrap_or(self.buf.len());
-                self.examined += (lead + 1).min(self.buf.len()) as u64;
-                if lead > 0 {
-                    let ping = self.buf[..lead].windows(4).any(|w| w == b"\r\n\r\n");
-                    self.examined += lead as u64;
-                    if !ping && lead == self.buf.len() && lead < 4 {
-                        // Possibly the first half of a ping split across reads: keep it.
-                        return Ok(None);
-                    }
-                    self.buf.advance(lead);
-                    if ping {
+                // Between messages: CR and LF bytes are keep-alives, and each CRLF CRLF among
+                // them a ping. The match is carried across reads, so the pings found do not
+                // depend on how the reads cut the stream.
+                let mut i = 0;
+                while let Some(&b) = self.buf.get(i).filter(|b| matches!(b, b'\r' | b'\n')) {
+                    i += 1;
+                    self.ping = match (self.ping, b) {
+                        (2, b'\r') => 3,
+                        (_, b'\r') => 1,
+                        (1, b'\n') => 2,
+                        (3, b'\n') => 4,
+                        _ => 0,
+                    };
+                    if self.ping == 4 {
+                        self.ping = 0;
+                        self.examined += i as u64;
+                        self.buf.advance(i);
                         self.release_if_empty();
                         return Ok(Some(Frame::Ping));
                     }
                 }
+                self.examined += (i + 1).min(self.buf.len()) as u64;
+                self.buf.advance(i);
                 if self.buf.is_empty() {
                     self.release_if_empty();
                     return Ok(None);
                 }
+                // A message starts: line ends before it were not a ping.
+                self.ping = 0;
             }
             let Some(body_start) = self.scan_head() else {
                 if self.buf.len() > self.max_message {
@@ -189,6 +197,13 @@ impl StreamFramer {
                 }
                 return Ok(None);
             };
+            if body_start > self.max_message {
+                // A header section over the cap is that, whatever else is wrong with it and
+                // however the reads cut it (found whole in one read or not).
+                return Err(self.fail(FrameError::TooLarge {
+                    limit: self.max_message,
+                }));
+            }
             let length = match std::mem::take(&mut self.scan).length {
                 Some(Ok(n)) => n,
                 Some(Err(e)) => return Err(self.fail(e)),
@@ -358,6 +373,38 @@ mod tests {
         assert_eq!(drip.buffered(), 0);
     }
 
+    /// Found by fuzzing (`sip_framer`): a header section over the cap, with no
+    /// Content-Length, was refused as too large when it arrived in small reads but as
+    /// missing its Content-Length when one read held it whole.
+    #[test]
+    fn a_header_section_over_the_cap_is_too_large_however_it_arrives() {
+        let small = Limits {
+            max_message: 300,
+            ..Limits::default()
+        };
+        let text = String::from_utf8(options(250)).unwrap();
+        let msg = text.replace("Content-Length: 4\r\n", "");
+        assert!(msg.len() > 300 && msg.len() < 600, "{}", msg.len());
+        for read in [1, 7, 300, msg.len()] {
+            let mut f = StreamFramer::new(&small).answer_oversized();
+            let mut got = Ok(None);
+            for chunk in msg.as_bytes().chunks(read) {
+                if f.feed(chunk).is_err() {
+                    break;
+                }
+                got = f.next_frame();
+                if got.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(
+                got,
+                Err(FrameError::TooLarge { limit: 300 }),
+                "reads of {read}"
+            );
+        }
+    }
+
     #[test]
     fn pings_are_answered_and_lone_crlfs_skipped() {
         let mut f = StreamFramer::new(&Limits::default());
@@ -374,11 +421,44 @@ mod tests {
                 Frame::Ping
             ]
         );
-        f.feed(b"\r\n\r").unwrap();
+        // The trailing lone CRLF and a ping split across reads: the first CRLF CRLF among
+        // them is a ping, wherever the reads cut.
+        f.feed(b"\r").unwrap();
         assert_eq!(f.next_frame(), Ok(None));
-        f.feed(b"\n").unwrap();
+        f.feed(b"\n\r").unwrap();
         assert_eq!(f.next_frame(), Ok(Some(Frame::Ping)));
+        assert_eq!(f.next_frame(), Ok(None));
+        f.feed(b"\n\r\n").unwrap();
+        assert_eq!(f.next_frame(), Ok(Some(Frame::Ping)));
+        f.feed(b"\r\n").unwrap();
+        assert_eq!(f.next_frame(), Ok(None), "a lone CRLF");
         assert_eq!(f.buffered(), 0);
+    }
+
+    /// Found by fuzzing (`sip_framer`): a ping after a stray LF (`LF CRLF CRLF`) was found
+    /// when one read held it but lost when the reads cut it after four bytes, and two pings
+    /// in one read counted as one. Every cut of such runs now gives the same pings.
+    #[test]
+    fn pings_do_not_depend_on_the_cuts() {
+        for (run, pings) in [
+            (&b"\n\r\n\r\n"[..], 1),
+            (b"\r\n\r\n\r\n\r\n", 2),
+            (b"\r\r\n\n\r\n\r\n", 1),
+            (b"\r\n\r\r\n\r\n", 1),
+        ] {
+            for cut in 0..=run.len() {
+                let mut f = StreamFramer::new(&Limits::default());
+                f.feed(&run[..cut]).unwrap();
+                let mut got = all_frames(&mut f);
+                f.feed(&run[cut..]).unwrap();
+                got.extend(all_frames(&mut f));
+                f.feed(&options(0)).unwrap();
+                got.extend(all_frames(&mut f));
+                let mut want = vec![Frame::Ping; pings];
+                want.push(Frame::Message(Bytes::from(options(0))));
+                assert_eq!(got, want, "{run:?} cut at {cut}");
+            }
+        }
     }
 
     /// Every cut of a two-message stream with pings frames the same.

@@ -182,7 +182,14 @@ impl Uri {
                 _ => return false,
             }
         }
+        let mut seen: Vec<&str> = Vec::new();
         for (name, value) in self.params().iter() {
+            // A repeated parameter counts once, with its first value (the one `param` gives):
+            // otherwise `;user=a;user=b` would not be equivalent to itself.
+            if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            seen.push(name);
             if let Some(theirs) = other.param(name) {
                 if !same(value.unwrap_or(""), theirs) {
                     return false;
@@ -369,6 +376,19 @@ impl std::str::FromStr for Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`sip_headers`): a URI repeating a parameter with another value was
+    /// not equivalent to itself, since each repetition was compared with the first value of
+    /// the other URI's.
+    #[test]
+    fn a_repeated_parameter_keeps_a_uri_equivalent_to_itself() {
+        let u = Uri::parse("sip:+1212@gw.example.test;user=phone;foo=1;user=ip;FOO=2").unwrap();
+        assert!(u.equivalent(&u));
+        let first = Uri::parse("sip:+1212@gw.example.test;user=phone;foo=1").unwrap();
+        assert!(u.equivalent(&first) && first.equivalent(&u));
+        let other = Uri::parse("sip:+1212@gw.example.test;user=ip").unwrap();
+        assert!(!u.equivalent(&other) && !other.equivalent(&u));
+    }
 
     #[test]
     fn parts() {

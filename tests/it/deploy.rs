@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 
-use crate::harness::{farm_bin, parse_status, Farm, Lookup};
+use crate::harness::{farm_bin, parse_status, placement, Farm, Lookup};
 
 /// The daemons a configuration file or a unit can be for.
 const DAEMONS: [&str; 4] = ["eventserver", "manager", "dns", "node"];
@@ -1090,46 +1090,15 @@ impl LiveFarm {
     /// Waits until every node holds the same status and every AOR is held by exactly its
     /// replica set under that status (the `replicas` verb): the hand-off is complete.
     fn until_placed(&self, nodes: &[&str], aors: &[String], after: &str) {
-        let by_ip: BTreeMap<String, &str> =
-            nodes.iter().map(|n| (self.ip(n).to_string(), *n)).collect();
-        let asks: Vec<String> = aors
-            .iter()
-            .map(|a| format!("replicas registrar for {a}"))
-            .collect();
-        eventually(
-            Duration::from_secs(20),
-            &format!("every binding on its 2 replicas among {nodes:?} after {after}"),
-            || {
-                let statuses: BTreeSet<Option<(u64, u64, String)>> =
-                    nodes.iter().map(|n| self.try_status(n)).collect();
-                if statuses.len() != 1 || statuses.contains(&None) {
-                    return false;
-                }
-                let want: Vec<BTreeSet<&str>> = self
-                    .lookup(nodes[0])
-                    .ask_many(&asks)
-                    .iter()
-                    .map(|line| {
-                        line.split_whitespace()
-                            .map(|ip| by_ip.get(ip).copied().unwrap_or("?"))
-                            .collect()
-                    })
-                    .collect();
-                let mut have: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); aors.len()];
-                let holds: Vec<String> = aors
-                    .iter()
-                    .map(|a| format!("holds registrar for {a}"))
-                    .collect();
-                for n in nodes {
-                    for (i, a) in self.lookup(n).ask_many(&holds).iter().enumerate() {
-                        if a == "Yes" {
-                            have[i].insert(n);
-                        }
-                    }
-                }
-                want.iter().all(|w| w.len() == 2) && want == have
-            },
-        );
+        let at: Vec<(&str, IpAddr)> = nodes.iter().map(|n| (*n, self.ip(n))).collect();
+        let start = Instant::now();
+        while let Err(seen) = placement(&at, aors) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "every binding on its 2 replicas among {nodes:?} after {after}: not within 20 s: {seen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -13,6 +13,12 @@ use onehop_overlay::farmfile::FarmFile;
 /// Farms start many processes on a 2-core machine: one at a time keeps timings honest.
 static FARM_LOCK: Mutex<()> = Mutex::new(());
 
+/// Takes this test's turn to run a farm (see [`FARM_LOCK`]); for farms started without
+/// [`Farm::up`] (the network-namespace farms of `netns.rs`).
+pub fn farm_turn() -> MutexGuard<'static, ()> {
+    FARM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The farm launcher (which also runs every daemon through its links): this build's, or the
 /// one named by `ONEHOP_FARM_BIN` (to run the tests against another build, say the one before
 /// a fix, to see a test fail).
@@ -223,6 +229,18 @@ impl Farm {
             .expect("run tool")
     }
 
+    /// Revokes `name`'s certificate on the farm's CA (`onehop-certs revoke`); with `publish`,
+    /// also pushes the new list through the farm's event servers (`--publish --farm`).
+    pub fn revoke(&self, name: &str, publish: bool) -> std::process::Output {
+        let ca = self.path().join("ca");
+        let farm = self.path().to_str().unwrap().to_string();
+        let mut args = vec!["revoke", "--dir", ca.to_str().unwrap(), "--name", name];
+        if publish {
+            args.extend(["--publish", "--farm", &farm]);
+        }
+        self.tool("onehop-certs", &args)
+    }
+
     /// Issues a certificate from the farm's CA (extra `onehop-certs issue` arguments allowed).
     pub fn issue(&self, name: &str, kind: &str, extra: &[&str]) {
         let ca = self.path().join("ca");
@@ -429,6 +447,68 @@ impl Lookup {
     pub fn status(&mut self) -> Option<(u64, u64, String)> {
         parse_status(&self.ask("status"))
     }
+}
+
+/// Where the registrar copies of `aors` are, seen through the lookup interfaces (port 9500)
+/// of `nodes` (name and address): `Ok` when every node holds the same status and each AOR
+/// is held by exactly its two replicas under it (the `replicas` and `holds` verbs), the
+/// hand-off complete; otherwise what is wrong (what each node holds, a few misplaced AORs,
+/// the statuses).
+pub fn placement(nodes: &[(&str, IpAddr)], aors: &[String]) -> Result<(), String> {
+    let lookup = |ip: IpAddr| Lookup::connect(SocketAddr::new(ip, 9500));
+    let statuses: std::collections::BTreeSet<_> =
+        nodes.iter().map(|(_, ip)| lookup(*ip).status()).collect();
+    if statuses.len() != 1 || statuses.contains(&None) {
+        return Err(format!("statuses differ: {statuses:?}"));
+    }
+    let by_ip: BTreeMap<String, &str> = nodes.iter().map(|(n, ip)| (ip.to_string(), *n)).collect();
+    let asks: Vec<String> = aors
+        .iter()
+        .map(|a| format!("replicas registrar for {a}"))
+        .collect();
+    let want: Vec<std::collections::BTreeSet<&str>> = lookup(nodes[0].1)
+        .ask_many(&asks)
+        .iter()
+        .map(|line| {
+            line.split_whitespace()
+                .map(|ip| by_ip.get(ip).copied().unwrap_or("?"))
+                .collect()
+        })
+        .collect();
+    let holds: Vec<String> = aors
+        .iter()
+        .map(|a| format!("holds registrar for {a}"))
+        .collect();
+    let mut have = vec![std::collections::BTreeSet::new(); aors.len()];
+    let mut per_node = Vec::new();
+    for (n, ip) in nodes {
+        let mut held = 0;
+        for (i, a) in lookup(*ip).ask_many(&holds).iter().enumerate() {
+            if a == "Yes" {
+                have[i].insert(*n);
+                held += 1;
+            }
+        }
+        per_node.push(format!("{n} holds {held}"));
+    }
+    let wrong: Vec<usize> = (0..aors.len())
+        .filter(|&i| want[i].len() != 2 || want[i] != have[i])
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    let examples: Vec<String> = wrong
+        .iter()
+        .take(3)
+        .map(|&i| format!("{} on {:?}, wanted {:?}", aors[i], have[i], want[i]))
+        .collect();
+    Err(format!(
+        "{} of {} AORs misplaced ({}; {}) under {statuses:?}",
+        wrong.len(),
+        aors.len(),
+        per_node.join(", "),
+        examples.join("; ")
+    ))
 }
 
 /// Parses `term T version V manager NAME`.

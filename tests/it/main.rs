@@ -1,7 +1,8 @@
 //! Integration tests: every test starts a farm of real processes (each member on its own
 //! loopback address) with `onehop-farm up --detach` and talks to it as a client would.
 //! Farms are started one at a time (see `harness::Farm`), so timings are measured on a machine
-//! not busy with another farm.
+//! not busy with another farm. The `netns_*` tests run each member in a network namespace of
+//! its own instead, so links between members can be cut, made lossy or slow (`netns.rs`).
 
 mod harness;
 
@@ -17,7 +18,12 @@ mod frames;
 mod interdomain;
 mod metrics;
 mod monitor;
+mod netns;
+mod netns_badlinks;
+mod netns_partition;
+mod netns_pause;
 mod provisioning;
+mod queue_bytes;
 mod registrar_crash;
 mod relay;
 mod restart;
@@ -27,4 +33,5 @@ mod sip_lossless;
 mod sip_tls;
 mod sip_transport;
 mod sipp;
+mod store_caps;
 mod timing;

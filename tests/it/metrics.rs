@@ -21,6 +21,12 @@ fn metrics_of(farm: &Farm, name: &str) -> BTreeMap<String, i64> {
 
 /// A REGISTER of `user` from `from`, and whether it got 200.
 pub(crate) fn register(sock: &UdpSocket, proxy: SocketAddr, user: &str, n: u32) -> bool {
+    register_answer(sock, proxy, user, n).starts_with("SIP/2.0 200")
+}
+
+/// A REGISTER of `user` from `from` (branch and Call-ID numbered `n`), and its final answer
+/// (empty when none came within 5 s).
+pub(crate) fn register_answer(sock: &UdpSocket, proxy: SocketAddr, user: &str, n: u32) -> String {
     let from = sock.local_addr().unwrap();
     let msg = format!(
         "REGISTER sip:example.test SIP/2.0\r\n\
@@ -45,10 +51,10 @@ pub(crate) fn register(sock: &UdpSocket, proxy: SocketAddr, user: &str, n: u32) 
         };
         let text = String::from_utf8_lossy(&buf[..len]);
         if text.contains(&format!("branch=z9hG4bK-m{n};")) && !text.starts_with("SIP/2.0 1") {
-            return text.starts_with("SIP/2.0 200");
+            return text.into_owned();
         }
     }
-    false
+    String::new()
 }
 
 #[test]

@@ -527,20 +527,7 @@ fn a_revoked_admin_certificate_is_refused_within_a_second() {
     farm.issue("ops", "admin", &[]);
     let ops = client_as(&farm, "ops");
     assert_eq!(call(&ops, Method::GET, "/v1/status", None).0, 200);
-    let ca = farm.path().join("ca");
-    let out = farm.tool(
-        "onehop-certs",
-        &[
-            "revoke",
-            "--dir",
-            ca.to_str().unwrap(),
-            "--name",
-            "ops",
-            "--publish",
-            "--farm",
-            farm.path().to_str().unwrap(),
-        ],
-    );
+    let out = farm.revoke("ops", true);
     assert!(out.status.success(), "{out:?}");
     let start = Instant::now();
     let refused = wait_for(Duration::from_secs(5), || {

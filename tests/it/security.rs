@@ -150,7 +150,7 @@ fn client_with(
     farm: &Farm,
     name: &str,
     opts: ClientOptions,
-) -> (EventClient, tokio::sync::mpsc::Receiver<ClientEvent>) {
+) -> (EventClient, onehop_overlay::client::EventReceiver) {
     let (cert, key) = certs(farm, name);
     let tls = TlsFiles {
         ca: farm.path().join("ca/ca.pem"),
@@ -174,7 +174,7 @@ fn client_with(
 
 fn next_down(
     rt: &tokio::runtime::Runtime,
-    rx: &mut tokio::sync::mpsc::Receiver<ClientEvent>,
+    rx: &mut onehop_overlay::client::EventReceiver,
 ) -> String {
     rt.block_on(async {
         loop {
@@ -293,21 +293,8 @@ fn revoke_publish_disconnects_everywhere_within_budget() {
     )
     .expect("node9 joined");
 
-    let ca = farm.path().join("ca");
     let start = Instant::now();
-    let out = farm.tool(
-        "onehop-certs",
-        &[
-            "revoke",
-            "--dir",
-            ca.to_str().unwrap(),
-            "--name",
-            "node9",
-            "--publish",
-            "--farm",
-            farm.path().to_str().unwrap(),
-        ],
-    );
+    let out = farm.revoke("node9", true);
     let cli_took = start.elapsed();
     assert!(
         out.status.success(),

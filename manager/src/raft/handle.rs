@@ -370,7 +370,7 @@ pub async fn start_with_cache<T: RaftTransport>(
     let raft = Raft::new(
         id,
         Arc::new(config),
-        Network::shared(transport, backoff),
+        Network::shared(id, transport, backoff),
         log_store,
         sm,
     )

@@ -10,13 +10,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::RPCTypes;
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
 
@@ -165,20 +166,26 @@ const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// openraft network factory over a [`RaftTransport`].
 pub struct Network<T> {
+    me: NodeId,
     transport: std::sync::Arc<T>,
     backoff: Duration,
 }
 
 impl<T: RaftTransport> Network<T> {
-    /// `backoff` is how long openraft waits before retrying an unreachable peer.
-    pub fn new(transport: T, backoff: Duration) -> Self {
-        Self::shared(std::sync::Arc::new(transport), backoff)
+    /// The network of manager `me`; `backoff` is how long openraft waits before retrying an
+    /// unreachable peer.
+    pub fn new(me: NodeId, transport: T, backoff: Duration) -> Self {
+        Self::shared(me, std::sync::Arc::new(transport), backoff)
     }
 
     /// The same over a transport shared with others (the write forwarding of
     /// [`super::RaftHandle::propose`]).
-    pub fn shared(transport: std::sync::Arc<T>, backoff: Duration) -> Self {
-        Self { transport, backoff }
+    pub fn shared(me: NodeId, transport: std::sync::Arc<T>, backoff: Duration) -> Self {
+        Self {
+            me,
+            transport,
+            backoff,
+        }
     }
 }
 
@@ -187,21 +194,29 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for Network<T> {
 
     async fn new_client(&mut self, target: NodeId, node: &ManagerNode) -> Self::Network {
         Connection {
+            me: self.me,
             transport: self.transport.clone(),
             target,
             node: node.clone(),
             backoff: self.backoff,
+            last_slow_warning: None,
         }
     }
 }
 
 /// Client for one peer.
 pub struct Connection<T> {
+    me: NodeId,
     transport: std::sync::Arc<T>,
     target: NodeId,
     node: ManagerNode,
     backoff: Duration,
+    /// When a late heartbeat was last logged (one warning per [`SLOW_WARNING_EVERY`]).
+    last_slow_warning: Option<std::time::Instant>,
 }
+
+/// A peer whose replies keep missing the heartbeat deadline is logged at most this often.
+const SLOW_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 type RpcResult<R, E = openraft::error::Infallible> =
     Result<R, RPCError<NodeId, ManagerNode, RaftError<NodeId, E>>>;
@@ -215,12 +230,43 @@ impl<T: RaftTransport> Connection<T> {
         }
     }
 
-    fn unreachable<E: std::error::Error>(
-        &self,
+    /// The openraft error for a failed exchange. A reply that missed its deadline is a
+    /// `Timeout`, which openraft retries at its next heartbeat; only a peer that cannot be
+    /// reached at all is `Unreachable`, after which openraft leaves it alone for `backoff`
+    /// (`election_min_ms`). Reporting a late reply as unreachable stopped the heartbeats to a
+    /// slow follower for that long, and the follower, hearing nothing, started an election.
+    fn failed<E: std::error::Error>(
+        &mut self,
+        action: RPCTypes,
         e: TransportError,
     ) -> RPCError<NodeId, ManagerNode, E> {
-        tracing::debug!(target_id = self.target, node = %self.node, "raft rpc failed: {e}");
-        RPCError::Unreachable(Unreachable::new(&e))
+        match e {
+            TransportError::Timeout(timeout) => {
+                if action == RPCTypes::AppendEntries
+                    && self
+                        .last_slow_warning
+                        .is_none_or(|t| t.elapsed() >= SLOW_WARNING_EVERY)
+                {
+                    self.last_slow_warning = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        target_id = self.target,
+                        node = %self.node,
+                        "raft heartbeat to manager {} not answered within {timeout:?} (raft.heartbeat_ms, also the deadline of every heartbeat): if the managers are that far apart, raise the [raft] timings (see docs/decisions.md)",
+                        self.target
+                    );
+                }
+                RPCError::Timeout(Timeout {
+                    action,
+                    id: self.me,
+                    target: self.target,
+                    timeout,
+                })
+            }
+            e => {
+                tracing::debug!(target_id = self.target, node = %self.node, "raft rpc failed: {e}");
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+        }
     }
 
     fn unexpected<E: std::error::Error>(
@@ -256,7 +302,7 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for Connection<T> {
         {
             Ok(RaftReply::AppendEntries(res)) => res.map_err(|e| self.remote(e)),
             Ok(other) => Err(self.unexpected("AppendEntries", &other)),
-            Err(e) => Err(self.unreachable(e)),
+            Err(e) => Err(self.failed(RPCTypes::AppendEntries, e)),
         }
     }
 
@@ -271,7 +317,7 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for Connection<T> {
         {
             Ok(RaftReply::InstallSnapshot(res)) => res.map_err(|e| self.remote(e)),
             Ok(other) => Err(self.unexpected("InstallSnapshot", &other)),
-            Err(e) => Err(self.unreachable(e)),
+            Err(e) => Err(self.failed(RPCTypes::InstallSnapshot, e)),
         }
     }
 
@@ -283,7 +329,7 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for Connection<T> {
         match self.send(RaftRpc::Vote(rpc), option.hard_ttl()).await {
             Ok(RaftReply::Vote(res)) => res.map_err(|e| self.remote(e)),
             Ok(other) => Err(self.unexpected("Vote", &other)),
-            Err(e) => Err(self.unreachable(e)),
+            Err(e) => Err(self.failed(RPCTypes::Vote, e)),
         }
     }
 

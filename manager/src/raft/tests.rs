@@ -891,3 +891,92 @@ async fn start_rejects_bad_config() {
         .await
         .is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// the client side of the network: what openraft is told when an RPC fails
+
+/// A transport whose every call takes `delay` and then answers `result`.
+struct SlowTransport {
+    delay: Duration,
+    unreachable: bool,
+}
+
+impl RaftTransport for SlowTransport {
+    fn call(
+        &self,
+        target: NodeId,
+        _node: &ManagerNode,
+        _rpc: RaftRpc,
+    ) -> impl Future<Output = Result<RaftReply, TransportError>> + Send {
+        let (delay, unreachable) = (self.delay, self.unreachable);
+        async move {
+            tokio::time::sleep(delay).await;
+            if unreachable {
+                Err(TransportError::Unreachable(format!("node {target}")))
+            } else {
+                Ok(RaftReply::AppendEntries(Ok(
+                    openraft::raft::AppendEntriesResponse::Success,
+                )))
+            }
+        }
+    }
+}
+
+async fn heartbeat_over(
+    transport: SlowTransport,
+) -> Result<
+    openraft::raft::AppendEntriesResponse<NodeId>,
+    openraft::error::RPCError<NodeId, ManagerNode, openraft::error::RaftError<NodeId>>,
+> {
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    let mut net = network::Network::new(1, transport, Duration::from_millis(300));
+    let mut conn = net
+        .new_client(2, &ManagerNode::new("manager2", "127.0.0.1:8001"))
+        .await;
+    let req = openraft::raft::AppendEntriesRequest {
+        vote: Vote::new_committed(3, 1),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    conn.append_entries(req, RPCOption::new(Duration::from_millis(100)))
+        .await
+}
+
+/// A reply later than the RPC deadline is a timeout (openraft sends the next heartbeat at its
+/// next tick), not an unreachable peer (openraft then stops replicating to it for `backoff`,
+/// 300 ms by default, and the follower, hearing nothing, starts an election). On links with
+/// a round trip near `heartbeat_ms` the managers changed leader every few seconds.
+#[tokio::test]
+async fn a_late_reply_is_a_timeout_not_an_unreachable_peer() {
+    use openraft::error::RPCError;
+    let late = heartbeat_over(SlowTransport {
+        delay: Duration::from_millis(150),
+        unreachable: false,
+    })
+    .await;
+    match late {
+        Err(RPCError::Timeout(t)) => {
+            assert_eq!((t.id, t.target), (1, 2));
+            assert_eq!(t.timeout, Duration::from_millis(100));
+        }
+        other => panic!("a late reply gave {other:?}, not a timeout"),
+    }
+    // A peer that cannot be reached is still reported so (openraft backs off from it).
+    let down = heartbeat_over(SlowTransport {
+        delay: Duration::from_millis(1),
+        unreachable: true,
+    })
+    .await;
+    assert!(
+        matches!(down, Err(RPCError::Unreachable(_))),
+        "an unreachable peer gave {down:?}"
+    );
+    // In time: the reply.
+    let ok = heartbeat_over(SlowTransport {
+        delay: Duration::from_millis(50),
+        unreachable: false,
+    })
+    .await;
+    assert!(ok.is_ok(), "{ok:?}");
+}

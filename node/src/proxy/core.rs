@@ -11,7 +11,9 @@
 //!
 //! # Queues
 //! Each worker has two inboxes: `events` (messages from the network and from other nodes;
-//! bounded, so a busy worker pushes back on its senders) and `answers` (the results of work
+//! bounded in messages, `sip_inbound_queue`, and in bytes, `sip_inbound_queue_bytes`, so a
+//! busy worker pushes back on its senders; a datagram that finds either bound full is
+//! dropped and counted in `sip_inbound_dropped_total{bound=...}`) and `answers` (the results of work
 //! the worker itself started: registrar writes, lookups, resolutions, relay sessions,
 //! failed sends; bounded by what it started, since `max_pending` and the peer queues bound
 //! that).
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use onehop_overlay::budget::{ByteBudget, Charge};
 use onehop_overlay::metrics::{Metric, Metrics};
 use onehop_overlay::status::Role;
 use tokio::sync::{mpsc, watch};
@@ -69,34 +72,60 @@ pub fn shard_of(bytes: &[u8], workers: usize) -> usize {
     }
 }
 
+/// An event in a worker's inbox, with the bytes it holds of that inbox's bound.
+type Queued = (Event, Option<Charge>);
+
 /// A handle to give the workers messages from other nodes.
 #[derive(Clone)]
 pub struct CoreHandle {
-    workers: Arc<Vec<mpsc::Sender<Event>>>,
+    workers: Arc<Vec<mpsc::Sender<Queued>>>,
+    bytes: Arc<Vec<ByteBudget>>,
+    dropped_entries: Metric,
+    dropped_bytes: Metric,
 }
 
 impl CoreHandle {
     /// Queues a message from node `node` for its worker, waiting while that worker's inbox is
-    /// full (pushing back on the sender); false when the worker is gone.
+    /// full in messages or bytes (pushing back on the sender); false when the worker is gone.
+    ///
+    /// Cancel safety: cancel-safe; a message not queued holds no room.
     pub async fn from_peer(&self, node: String, env: SipEnvelope) -> bool {
         let w = shard_of(&env.bytes, self.workers.len());
+        let charge = self.bytes[w].take(env.bytes.len()).await;
         self.workers[w]
-            .send(Event::Peer { node, env })
+            .send((Event::Peer { node, env }, Some(charge)))
             .await
             .is_ok()
     }
 
     /// Queues a message from the network for its worker; false when the worker's inbox is
-    /// full (a UDP message is then dropped: its sender retransmits).
+    /// full in messages or bytes (a UDP message is then dropped, and counted: its sender
+    /// retransmits).
     pub fn try_net(&self, m: Inbound) -> bool {
         let w = shard_of(&m.bytes, self.workers.len());
-        self.workers[w].try_send(Event::Net(m)).is_ok()
+        let Some(charge) = self.bytes[w].try_take(m.bytes.len()) else {
+            self.dropped_bytes.inc();
+            return false;
+        };
+        match self.workers[w].try_send((Event::Net(m), Some(charge))) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped_entries.inc();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
-    /// Queues a message from the network for its worker, waiting while the inbox is full.
+    /// Queues a message from the network for its worker, waiting while the inbox is full in
+    /// messages or bytes.
     pub async fn net(&self, m: Inbound) -> bool {
         let w = shard_of(&m.bytes, self.workers.len());
-        self.workers[w].send(Event::Net(m)).await.is_ok()
+        let charge = self.bytes[w].take(m.bytes.len()).await;
+        self.workers[w]
+            .send((Event::Net(m), Some(charge)))
+            .await
+            .is_ok()
     }
 
     /// How many workers there are.
@@ -349,16 +378,27 @@ const BATCH: usize = 64;
 /// The workers' inboxes, made before the transports so that the transports can hand each
 /// message straight to its worker ([`CoreHandle`] is their [`InboundSink`]).
 pub struct Inboxes {
-    rx: Vec<mpsc::Receiver<Event>>,
+    rx: Vec<mpsc::Receiver<Queued>>,
 }
 
-/// The inboxes of `cfg.workers` workers, and the handle that feeds them.
-pub fn inboxes(cfg: &ProxyConfig) -> (CoreHandle, Inboxes) {
+/// The inboxes of `cfg.workers` workers (each of `cfg.queue` messages and `cfg.queue_bytes`
+/// bytes), and the handle that feeds them; datagrams dropped at a full inbox are counted in
+/// `metrics`.
+pub fn inboxes(cfg: &ProxyConfig, metrics: &Metrics) -> (CoreHandle, Inboxes) {
+    const DROPPED: &str =
+        "SIP datagrams dropped because their worker's inbox was full, by the bound reached.";
     let n = cfg.workers.max(1);
     let (tx, rx): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(cfg.queue.max(1024))).unzip();
+    let bytes = (0..n)
+        .map(|_| ByteBudget::new(cfg.queue_bytes.max(cfg.max_message)))
+        .collect();
     (
         CoreHandle {
             workers: Arc::new(tx),
+            bytes: Arc::new(bytes),
+            dropped_entries: metrics
+                .counter("sip_inbound_dropped_total{bound=\"entries\"}", DROPPED),
+            dropped_bytes: metrics.counter("sip_inbound_dropped_total{bound=\"bytes\"}", DROPPED),
         },
         Inboxes { rx },
     )
@@ -389,7 +429,7 @@ pub fn start(
     metrics: &Metrics,
     cancel: CancellationToken,
 ) -> CoreHandle {
-    let (handle, boxes) = inboxes(&cfg);
+    let (handle, boxes) = inboxes(&cfg, metrics);
     run(
         cfg,
         boxes,
@@ -430,10 +470,9 @@ pub fn run(
     let guard = Arc::new(SourceGuard::new(cfg.guard, metrics));
     for (id, rx) in inboxes.rx.into_iter().enumerate() {
         let (answers, answers_rx) = mpsc::unbounded_channel();
-        let media = cfg
-            .media_relay
-            .clone()
-            .map(|link| MediaGate::new(link, answers.clone(), metrics));
+        let media = cfg.media_relay.clone().map(|link| {
+            MediaGate::new(link, answers.clone(), metrics).with_held_bytes(cfg.held_bytes)
+        });
         let mut ecfg = EngineConfig::new(&me, &cfg.domain, cfg.listen);
         ecfg.tag = tag.clone();
         ecfg.tls_port = cfg.tls_port;
@@ -506,7 +545,7 @@ async fn dispatch(
 impl Worker {
     async fn run(
         mut self,
-        mut events: mpsc::Receiver<Event>,
+        mut events: mpsc::Receiver<Queued>,
         mut answers: mpsc::UnboundedReceiver<Event>,
         cancel: CancellationToken,
     ) {
@@ -550,11 +589,11 @@ impl Worker {
                     None => return,
                 },
                 e = events.recv() => match e {
-                    Some(e) => {
+                    Some((e, _charge)) => {
                         self.on_event(e);
                         for _ in 1..BATCH {
                             match events.try_recv() {
-                                Ok(e) => self.on_event(e),
+                                Ok((e, _charge)) => self.on_event(e),
                                 Err(_) => break,
                             }
                         }

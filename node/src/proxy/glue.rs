@@ -14,6 +14,7 @@ use tracing::debug;
 use super::core::CoreHandle;
 use super::{BoxFut, LocateError, Locator, PeerLink, Receipt, SipEnvelope};
 use crate::peer::{PeerAddr, PeerHandler, PeerNet, Service};
+use onehop_overlay::metrics::{Metric, Metrics};
 use onehop_overlay::provision::{AccountRecord, PushOp};
 
 use crate::sip::digest::{verify_at_owner, Algorithm, Ha1, RecentNonces};
@@ -569,6 +570,7 @@ pub struct PeerSip {
     view: watch::Receiver<Arc<View>>,
     settings: PeerSipSettings,
     queues: std::sync::Mutex<HashMap<String, Queue>>,
+    full: Option<(Metric, Metric)>,
 }
 
 /// Bounds and timeouts of SIP between nodes.
@@ -616,7 +618,20 @@ impl PeerSip {
             view,
             settings,
             queues: std::sync::Mutex::new(HashMap::new()),
+            full: None,
         }
+    }
+
+    /// Counts the messages refused at a full queue in `metrics`
+    /// (`sip_peer_queue_full_total{bound="entries"|"bytes"}`).
+    pub fn count_in(mut self, metrics: &Metrics) -> PeerSip {
+        const FULL: &str =
+            "SIP messages for another node refused (503) because its queue was full, by bound.";
+        self.full = Some((
+            metrics.counter("sip_peer_queue_full_total{bound=\"entries\"}", FULL),
+            metrics.counter("sip_peer_queue_full_total{bound=\"bytes\"}", FULL),
+        ));
+        self
     }
 
     fn enqueue(
@@ -658,6 +673,9 @@ impl PeerSip {
             };
             let len = item.0.bytes.len();
             if q.bytes.load(Ordering::Relaxed) + len > self.settings.queue_bytes {
+                if let Some((_, bytes)) = &self.full {
+                    bytes.inc();
+                }
                 return Err(format!(
                     "queue to {node} full ({} bytes)",
                     self.settings.queue_bytes
@@ -669,10 +687,13 @@ impl PeerSip {
                     return Ok(());
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    if let Some((entries, _)) = &self.full {
+                        entries.inc();
+                    }
                     return Err(format!(
                         "queue to {node} full ({} messages)",
                         self.settings.queue
-                    ))
+                    ));
                 }
                 Err(mpsc::error::TrySendError::Closed(e)) => {
                     queues.remove(&node);

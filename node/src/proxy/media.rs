@@ -28,8 +28,9 @@
 //! # Order
 //! A message waiting for a relay holds back the later messages of the same call that came
 //! from the network (a 200 must not overtake the 183 before it); other calls are not held.
-//! At most [`MAX_HELD`] messages wait in all; beyond, new ones are dropped (UDP senders
-//! retransmit) and counted.
+//! At most [`MAX_HELD`] messages, and [`DEFAULT_HELD_BYTES`] bytes of them (`sip_held_bytes`),
+//! wait in each worker; beyond, new ones are dropped (UDP senders retransmit) and counted in
+//! `relay_held_dropped_total`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +49,9 @@ use crate::sip::{Message, Method, Request};
 
 /// Most messages held back for calls waiting for a relay, over all calls.
 pub const MAX_HELD: usize = 4096;
+/// Default most bytes of messages held back for calls waiting for a relay, over all calls
+/// (`sip_held_bytes`; a message counts its encoded length).
+pub const DEFAULT_HELD_BYTES: usize = 4 << 20;
 /// Most messages held back for one call.
 const MAX_HELD_PER_CALL: usize = 64;
 /// Most initial INVITEs waiting for a relay at once; beyond, calls go unrelayed.
@@ -136,8 +140,10 @@ pub struct MediaGate {
     allocate: bool,
     tx: mpsc::UnboundedSender<Event>,
     /// Calls with a message at a relay now, and the messages that arrived behind it.
-    queues: HashMap<String, VecDeque<Held>>,
+    queues: HashMap<String, VecDeque<(Held, usize)>>,
     held: usize,
+    held_bytes: usize,
+    max_held_bytes: usize,
     /// INVITE server transactions waiting for a session; `true` once they ended meanwhile.
     allocating: HashMap<TransactionKey, bool>,
     /// INVITE server transactions with a session created here, until their final response.
@@ -178,6 +184,8 @@ impl MediaGate {
             tx,
             queues: HashMap::new(),
             held: 0,
+            held_bytes: 0,
+            max_held_bytes: DEFAULT_HELD_BYTES,
             allocating: HashMap::new(),
             allocated: HashMap::new(),
             counters: Counters {
@@ -261,16 +269,26 @@ impl MediaGate {
         }
         if !self.queues.is_empty() {
             if let Some(q) = msg.headers().call_id().and_then(|c| self.queues.get_mut(c)) {
-                if q.len() >= MAX_HELD_PER_CALL || self.held >= MAX_HELD {
+                // Held messages are few (those behind a call's relay request): encoding one
+                // to learn its size costs less than keeping sizes on every message.
+                let size = msg.to_bytes().len();
+                if q.len() >= MAX_HELD_PER_CALL
+                    || self.held >= MAX_HELD
+                    || self.held_bytes + size > self.max_held_bytes
+                {
                     self.counters.held_dropped.inc();
                     return None;
                 }
-                q.push_back(Held {
-                    msg,
-                    from: from.clone(),
-                    source,
-                });
+                q.push_back((
+                    Held {
+                        msg,
+                        from: from.clone(),
+                        source,
+                    },
+                    size,
+                ));
                 self.held += 1;
+                self.held_bytes += size;
                 return None;
             }
         }
@@ -445,13 +463,14 @@ impl MediaGate {
             Done::Inbound { call_id, held } => {
                 let mut out = vec![held];
                 let mut behind = self.queues.remove(&call_id).unwrap_or_default();
-                while let Some(next) = behind.pop_front() {
+                while let Some((next, size)) = behind.pop_front() {
                     self.held = self.held.saturating_sub(1);
+                    self.held_bytes = self.held_bytes.saturating_sub(size);
                     match self.start(next) {
                         Some(h) => out.push(h),
                         None => {
                             // At a relay again (its call holds a new queue): the rest waits
-                            // behind it.
+                            // behind it (still counted).
                             self.queues.entry(call_id).or_default().extend(behind);
                             return Resume::Dispatch(out);
                         }
@@ -495,6 +514,17 @@ impl MediaGate {
     /// Messages held and sessions being requested (for tests).
     pub fn waiting(&self) -> (usize, usize) {
         (self.held, self.allocating.len())
+    }
+
+    /// Bytes of the messages held (for tests).
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// Holds at most `bytes` of messages behind calls waiting for a relay (`sip_held_bytes`).
+    pub fn with_held_bytes(mut self, bytes: usize) -> MediaGate {
+        self.max_held_bytes = bytes;
+        self
     }
 }
 

@@ -240,6 +240,58 @@ fn gate(
 const UAC: &str = "198.51.100.7:5060";
 
 #[tokio::test]
+async fn messages_held_behind_a_relay_request_are_bounded_in_bytes() {
+    let local = Local::new(Some(engine(43100, "127.0.0.1")));
+    let uac: SocketAddr = UAC.parse().unwrap();
+    let invite = request(
+        "INVITE",
+        "sip:uas@example.test",
+        uac,
+        "inv1",
+        "call-1",
+        "a",
+        None,
+        1,
+        None,
+        &sdp("198.51.100.7", 8000),
+    );
+    let ringing = answer(&invite, 180, uac, "");
+    let ok = answer(&invite, 200, uac, "");
+    let ringing_len = msg(&ringing).to_bytes().len();
+    // Room for the 180 behind the 183, not for the 200 as well.
+    let (g, mut rx, metrics) = gate(local.clone(), true);
+    let mut g = g.with_held_bytes(ringing_len + 10);
+    let Message::Request(req) = msg(&invite) else {
+        unreachable!()
+    };
+    g.inbound(msg(&invite), &net(), None).expect("passes");
+    let key = TransactionKey::server(&req).unwrap();
+    assert!(g.invite_out(&key, &req, &net()));
+    let Resume::Forward(..) = g.done(next_done(&mut rx).await) else {
+        panic!("forwarded")
+    };
+    let early = answer(&invite, 183, uac, &sdp("203.0.113.5", 9000));
+    assert!(
+        g.inbound(msg(&early), &net(), None).is_none(),
+        "at the relay"
+    );
+    assert!(g.inbound(msg(&ringing), &net(), None).is_none(), "held");
+    assert_eq!(g.held_bytes(), ringing_len);
+    assert!(g.inbound(msg(&ok), &net(), None).is_none(), "dropped");
+    assert_eq!(g.waiting(), (1, 0), "only the 180 is held");
+    assert_eq!(metrics.value("relay_held_dropped_total"), Some(1));
+    let Resume::Dispatch(out) = g.done(next_done(&mut rx).await) else {
+        panic!("released")
+    };
+    let codes: Vec<u16> = out
+        .iter()
+        .map(|h| h.msg.as_response().unwrap().status)
+        .collect();
+    assert_eq!(codes, [183, 180]);
+    assert_eq!(g.held_bytes(), 0, "the bytes held are given back");
+}
+
+#[tokio::test]
 async fn offer_and_answer_are_rewritten_in_order_and_a_failure_frees() {
     let local = Local::new(Some(engine(43000, "127.0.0.1")));
     let (mut g, mut rx, metrics) = gate(local.clone(), true);

@@ -119,6 +119,12 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Depth of each worker's inbox of messages.
     pub queue: usize,
+    /// Bytes of SIP messages in each worker's inbox, at most (datagrams beyond are dropped,
+    /// stream and node-to-node messages wait).
+    pub queue_bytes: usize,
+    /// Bytes of messages each worker holds back behind calls waiting for their media relay,
+    /// at most (beyond, they are dropped and counted; UDP senders retransmit).
+    pub held_bytes: usize,
     /// Timer C: an INVITE proxied without a final response for this long is cancelled (408).
     pub timer_c: Duration,
     /// Largest SIP message accepted (513 beyond).
@@ -161,6 +167,8 @@ impl ProxyConfig {
             max_transactions: 200_000,
             workers: 1,
             queue: 8192,
+            queue_bytes: 16 << 20,
+            held_bytes: media::DEFAULT_HELD_BYTES,
             timer_c: Duration::from_secs(180),
             max_message: 65_535,
             dns_servers: Vec::new(),

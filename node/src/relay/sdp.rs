@@ -342,6 +342,14 @@ impl Sdp {
                     .and_then(|(_, r)| *r)
                     .unwrap_or(*ip);
                 replace[c.line] = Some(conn_line(first_relying.ip()));
+                // Relayed streams relying on it whose relay address differs get their own.
+                for (m, r) in self.media.iter().zip(&relayed) {
+                    if let Some(addr) = r {
+                        if m.conn.is_none() && addr.ip() != first_relying.ip() {
+                            insert.push((m.head_end, conn_line(addr.ip())));
+                        }
+                    }
+                }
             }
         }
         let mut out = Vec::with_capacity(b.len() + 64);
@@ -352,17 +360,18 @@ impl Sdp {
             }
             out.extend_from_slice(&b[end.clone()]);
             for (_, line) in insert.iter().filter(|(after, _)| *after == i) {
-                let ending: &[u8] = if end.is_empty() {
-                    b"\r\n"
+                let ending = &b[end.clone()];
+                if ending.ends_with(b"\n") {
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(ending);
                 } else {
-                    &b[end.clone()]
-                };
-                if end.is_empty() {
-                    out.extend_from_slice(ending);
-                }
-                out.extend_from_slice(line);
-                if !end.is_empty() {
-                    out.extend_from_slice(ending);
+                    // The body's last line, with no line end or a lone CR (no LF follows):
+                    // end it with CRLF and leave the inserted line, now the last, as it was.
+                    if ending.is_empty() {
+                        out.push(b'\r');
+                    }
+                    out.push(b'\n');
+                    out.extend_from_slice(line);
                 }
             }
         }
@@ -395,6 +404,58 @@ m=audio 49170 RTP/AVP 0 8 101\r\n\
 a=rtpmap:0 PCMU/8000\r\n\
 a=rtpmap:101 telephone-event/8000\r\n\
 a=sendrecv\r\n";
+
+    /// Found by fuzzing (`sdp_rewrite`): two streams relying on the session-level address,
+    /// relayed at different addresses, both got the first one's address.
+    #[test]
+    fn streams_sharing_the_session_address_can_go_to_different_relays() {
+        let offer = "v=0\r\nc=IN IP4 198.51.100.10\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\n\
+                     m=video 49180 RTP/AVP 31\r\ni=camera\r\na=rtcp:49190\r\n";
+        let sdp = Sdp::parse(Bytes::from_static(offer.as_bytes())).unwrap();
+        let relay = [
+            Some(sa("192.0.2.21:40000")),
+            Some(sa("[2001:db8::7]:40002")),
+        ];
+        let out = sdp.rewrite(&relay);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert_eq!(
+            text,
+            "v=0\r\nc=IN IP4 192.0.2.21\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n\
+             m=video 40002 RTP/AVP 31\r\ni=camera\r\nc=IN IP6 2001:db8::7\r\na=rtcp:40003\r\n"
+        );
+        let again = Sdp::parse(out).unwrap();
+        assert_eq!(
+            again.targets(),
+            vec![
+                Some(Endpoint {
+                    rtp: Some(sa("192.0.2.21:40000")),
+                    rtcp: Some(sa("192.0.2.21:40001")),
+                }),
+                Some(Endpoint {
+                    rtp: Some(sa("[2001:db8::7]:40002")),
+                    rtcp: Some(sa("[2001:db8::7]:40003")),
+                }),
+            ]
+        );
+    }
+
+    /// Found by fuzzing (`sdp_rewrite`): a body whose last line ends in a lone CR got a line
+    /// inserted after it with CR alone between them, which is no line end: the inserted
+    /// `c=` merged into the `m=` line and the stream went to the relay's address.
+    #[test]
+    fn a_line_inserted_after_a_last_line_ending_in_cr_is_a_line_of_its_own() {
+        let offer = "v=0\r\nc=IN IP4 198.51.100.10\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\n\
+                     m=video 57312 RTP/AVP 31\r";
+        let sdp = Sdp::parse(Bytes::from_static(offer.as_bytes())).unwrap();
+        let out = sdp.rewrite(&[Some(sa("192.0.2.21:40000")), None]);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "v=0\r\nc=IN IP4 192.0.2.21\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n\
+             m=video 57312 RTP/AVP 31\r\nc=IN IP4 198.51.100.10"
+        );
+        let again = Sdp::parse(out).unwrap();
+        assert_eq!(again.targets()[1], sdp.targets()[1]);
+    }
 
     #[test]
     fn offer_points_at_the_relay_and_keeps_the_rest() {

@@ -3,6 +3,7 @@
 //! [`PeerNet`]. All decisions about what to send, merge and drop are the machine's.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +61,39 @@ pub(super) struct State {
     pub view: Option<Arc<View>>,
 }
 
+impl State {
+    /// Feeds `view` to the machine if it is newer than the view it holds (its status
+    /// supersedes the held one); returns what to do, or `None` when `view` is not newer.
+    ///
+    /// Never older: every request catches the store up with the node's latest view, and one
+    /// that read it just before a newer one was applied must not put the older rings back
+    /// (the store would settle its hand-off on rings no other node holds, and stay there
+    /// until the next change). A restarted member (in both views, with a new `since`: the
+    /// managers stamp a member anew when it left and came back) starts with an empty store;
+    /// the managers publish its departure first, but views arrive through a watch channel
+    /// that keeps only the latest, so the departure may never be seen here: the machine is
+    /// then shown the rings without it first, so that what it held is copied to others and
+    /// handed back to it.
+    pub fn advance(&mut self, view: Arc<View>, now: u64) -> Option<Vec<Action>> {
+        // The same view again is not newer either: a status does not supersede itself.
+        let newer = self.view.as_ref().is_none_or(|held| {
+            view.status
+                .as_ref()
+                .is_some_and(|s| s.supersedes(held.status.as_ref()))
+        });
+        if !newer {
+            return None;
+        }
+        let mut actions = Vec::new();
+        if let Some(interim) = without_restarted(self.view.as_deref(), &view) {
+            actions.extend(self.machine.handle(Input::Rings(interim), now));
+        }
+        actions.extend(self.machine.handle(Input::Rings(view.rings.clone()), now));
+        self.view = Some(view);
+        Some(actions)
+    }
+}
+
 pub(super) struct Inner {
     pub cfg: StoreConfig,
     pub me: Arc<Identity>,
@@ -70,6 +104,9 @@ pub(super) struct Inner {
     pub shutdown: CancellationToken,
     /// Replication to each peer, coalesced while calls to it are in flight.
     pub replicas: Arc<Coalescer<Result<Response, PeerError>>>,
+    /// Writes and batches refused because the store was full, and when that was last logged.
+    pub full: AtomicU64,
+    pub full_logged: AtomicU64,
 }
 
 /// The replica coalescer's sender: one `Replicate` call with the batch, to the member named;
@@ -158,31 +195,17 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Feeds the latest view to the machine if it has not seen it yet.
-    ///
-    /// A member that restarted between the view held and this one (in both, with a new
-    /// `since`: the managers stamp a member anew when it left and came back) starts with an
-    /// empty store. The managers publish its departure first, but views arrive through a
-    /// watch channel that keeps only the latest, so the departure may never be seen here:
-    /// the machine is then shown the rings without it first, so that what it held is copied
-    /// to others and handed back to it.
+    /// Feeds the node's latest view to the machine if it has not seen it yet (see
+    /// [`State::advance`]). The view is read under the lock, so that views reach the machine
+    /// in the order the node applied them.
     pub fn sync(self: &Arc<Self>) {
-        let view = self.view.borrow().clone();
         let actions = {
             let mut st = self.lock();
-            if st.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, &view)) {
-                return;
+            let view = self.view.borrow().clone();
+            match st.advance(view, now_ms()) {
+                Some(actions) => actions,
+                None => return,
             }
-            let mut actions = Vec::new();
-            if let Some(interim) = without_restarted(st.view.as_deref(), &view) {
-                actions.extend(st.machine.handle(Input::Rings(interim), now_ms()));
-            }
-            st.view = Some(view.clone());
-            actions.extend(
-                st.machine
-                    .handle(Input::Rings(view.rings.clone()), now_ms()),
-            );
-            actions
         };
         self.execute(actions);
     }
@@ -265,7 +288,13 @@ impl Inner {
                 Input::Failed { peer, batch: id }
             }
             Err(e) => {
-                debug!(%peer, epoch, seq, entries = n, cause = %e, "transfer batch failed");
+                // A member of the view that does not take its transfer holds the hand-off up
+                // (retried with back-off); one that left is expected to fail.
+                if self.peer_addr(&peer).is_some() {
+                    warn!(%peer, epoch, seq, entries = n, cause = %e, "transfer batch failed, will retry");
+                } else {
+                    debug!(%peer, epoch, seq, entries = n, cause = %e, "transfer batch failed");
+                }
                 Input::Failed { peer, batch: id }
             }
         };
@@ -343,9 +372,28 @@ impl Inner {
     }
 
     fn receive(self: &Arc<Self>, from: &str, pushes: Vec<Push>) -> Response {
-        let (missing, actions) = self.lock().machine.receive(from, pushes, now_ms());
-        self.execute(actions);
-        Response::Held { missing }
+        let taken = self.lock().machine.receive(from, pushes, now_ms());
+        match taken {
+            Ok((missing, actions)) => {
+                self.execute(actions);
+                Response::Held { missing }
+            }
+            Err(full) => {
+                self.refused_full(&full);
+                Response::Failed(full)
+            }
+        }
+    }
+
+    /// Counts and logs (at most once a second) a write or batch refused by a full store.
+    pub fn refused_full(&self, full: &Failure) {
+        let n = self.full.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        // `full_logged` starts at 0, so the first refusal is always logged.
+        if now.saturating_sub(self.full_logged.load(Ordering::Relaxed)) >= 1_000 {
+            self.full_logged.store(now, Ordering::Relaxed);
+            warn!(answer = ?full, max_entries = self.cfg.max_entries, max_bytes = self.cfg.max_bytes, refused = n + 1, "store full: write refused");
+        }
     }
 
     /// `Ok` when this node owns `key` under its ring, else the answer to give.
@@ -422,7 +470,12 @@ impl Inner {
         };
         let applied = match applied {
             Ok(a) => a,
-            Err(f) => return Response::Failed(f),
+            Err(f) => {
+                if matches!(f, Failure::Full { .. }) {
+                    self.refused_full(&f);
+                }
+                return Response::Failed(f);
+            }
         };
         let Some(item) = applied.item else {
             // Put-or-get found a value: nothing written, nothing to replicate.
@@ -648,5 +701,102 @@ async fn pause(view: &mut watch::Receiver<Arc<View>>, deadline: Instant) {
             }
         }
         _ = tokio::time::sleep(wait) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use onehop_overlay::ring::Rings;
+    use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};
+
+    use super::*;
+    use crate::store::machine::MachineConfig;
+
+    fn view(names: &[&str], version: u64, since: u64) -> Arc<View> {
+        view_since(names, version, |_| since)
+    }
+
+    fn view_since(names: &[&str], version: u64, since: impl Fn(&str) -> u64) -> Arc<View> {
+        let members = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Member {
+                name: n.to_string(),
+                kind: Kind::Node,
+                roles: vec![Role::new("registrar").unwrap()],
+                endpoints: vec![],
+                since: since(n),
+                ip: IpAddr::from([127, 0, 0, i as u8 + 1]),
+            })
+            .collect();
+        let status = NetworkStatus {
+            term: 1,
+            version,
+            manager: "m1".into(),
+            members,
+        };
+        let rings = Rings::from_status(&status, 100);
+        Arc::new(View {
+            status: Some(status),
+            rings,
+        })
+    }
+
+    fn owners(st: &State) -> Vec<Vec<String>> {
+        (0..200)
+            .map(|i| {
+                let k = StoreKey::new("registrar", format!("user{i}@example.test"));
+                st.machine.placement(&k).set
+            })
+            .collect()
+    }
+
+    /// A request that read the node's view just before a newer one reached the machine
+    /// hands the older view in afterwards: it is ignored, and the machine keeps the rings of
+    /// the newest view (it used to put the older rings back, and settle its hand-off there).
+    #[test]
+    fn an_older_view_never_replaces_a_newer_one() {
+        let mut st = State {
+            machine: Machine::new("node1", MachineConfig::default()),
+            view: None,
+        };
+        let v10 = view(&["node1", "node3", "node4"], 10, 5);
+        let v11 = view(&["node1", "node2", "node3", "node4"], 11, 5);
+        assert!(st.advance(v10.clone(), 1_000).is_some());
+        let under_v10 = owners(&st);
+        assert!(st.advance(v11.clone(), 2_000).is_some());
+        let under_v11 = owners(&st);
+        assert_ne!(under_v10, under_v11, "node2 owns some of the keys");
+        assert!(
+            st.advance(v10.clone(), 3_000).is_none(),
+            "the older view is not applied"
+        );
+        assert_eq!(owners(&st), under_v11);
+        assert!(Arc::ptr_eq(st.view.as_ref().unwrap(), &v11));
+        // The same view again, or one with the same (term, version), is nothing new either.
+        assert!(st.advance(v11.clone(), 4_000).is_none());
+        assert!(st.advance(view(&["node1"], 11, 5), 5_000).is_none());
+        assert_eq!(owners(&st), under_v11);
+    }
+
+    /// A member that restarted between two views (a new `since` in both) is handed its keys
+    /// back: the machine sees the rings without it first (a ring change more than the view
+    /// itself makes).
+    #[test]
+    fn a_restarted_member_is_shown_gone_and_back() {
+        let mut st = State {
+            machine: Machine::new("node1", MachineConfig::default()),
+            view: None,
+        };
+        st.advance(view(&["node1", "node2"], 1, 5), 1_000).unwrap();
+        let again = view_since(&["node1", "node2"], 2, |n| if n == "node2" { 7 } else { 5 });
+        st.advance(again, 2_000).unwrap();
+        assert_eq!(
+            st.machine.epoch(),
+            3,
+            "one change for the interim rings, one back"
+        );
     }
 }

@@ -75,6 +75,15 @@ pub(crate) struct MachineConfig {
     pub retry_max_ms: u64,
     /// Largest value accepted from a write (the updater's result included).
     pub max_value: usize,
+    /// Most entries held (tombstones included); a write or a batch that would add more is
+    /// refused with [`Failure::Full`].
+    pub max_entries: usize,
+    /// Most bytes held (keys, values and a fixed overhead per entry, [`cost`]); a write or a
+    /// batch that would grow the store past it is refused with [`Failure::Full`].
+    pub max_bytes: usize,
+    /// How long after a hand-off settles the node checks that the other members of each
+    /// replica set it is in hold the keys it holds (a repair pass; see [`Machine::verify`]).
+    pub verify_after_ms: u64,
 }
 
 impl Default for MachineConfig {
@@ -90,8 +99,17 @@ impl Default for MachineConfig {
             retry_base_ms: 100,
             retry_max_ms: 2_000,
             max_value: 256 << 10,
+            max_entries: usize::MAX,
+            max_bytes: usize::MAX,
+            verify_after_ms: 2_000,
         }
     }
+}
+
+/// What an entry costs the store: its key, its value, and a fixed overhead for the maps,
+/// the expiry index and the version.
+pub(crate) fn cost(key: &StoreKey, entry: &Entry) -> usize {
+    key.role.len() + 2 * key.key.len() + entry.value.as_ref().map_or(0, Bytes::len) + 128
 }
 
 /// What happened, for the machine.
@@ -272,6 +290,8 @@ struct Plan {
     waiting: HashMap<StoreKey, BTreeSet<String>>,
     /// Work was added since the last [`Action::Settled`].
     busy: bool,
+    /// This plan is a repair pass, not a hand-off.
+    verifying: bool,
 }
 
 impl Plan {
@@ -297,6 +317,11 @@ pub(crate) struct Machine {
     plan: Plan,
     next_batch: u64,
     dropped: usize,
+    /// Entries held, and what they cost ([`cost`]).
+    entries: usize,
+    bytes: usize,
+    /// When the repair pass after the last hand-off is due.
+    verify_at: Option<u64>,
 }
 
 fn names(ring: Option<&Ring>, pos: u64, n: usize) -> Vec<&str> {
@@ -329,7 +354,45 @@ impl Machine {
             plan: Plan::default(),
             next_batch: 0,
             dropped: 0,
+            entries: 0,
+            bytes: 0,
+            verify_at: None,
         }
+    }
+
+    /// Bytes held, as [`cost`] counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether `added` more entries costing `grown` more bytes fit under the caps; the
+    /// refusal to give when not.
+    fn room(&self, added: usize, grown: usize) -> Result<(), Failure> {
+        if added > 0 && self.entries.saturating_add(added) > self.cfg.max_entries
+            || grown > 0 && self.bytes.saturating_add(grown) > self.cfg.max_bytes
+        {
+            return Err(Failure::Full {
+                entries: self.entries as u64,
+                bytes: self.bytes as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets `key`'s entry (handed over, or purged), with its place in the expiry index;
+    /// returns whether one was held.
+    fn forget(&mut self, key: &StoreKey) -> bool {
+        let Some(e) = self
+            .data
+            .get_mut(&key.role)
+            .and_then(|m| m.remove(&key.key))
+        else {
+            return false;
+        };
+        self.entries -= 1;
+        self.bytes -= cost(key, &e);
+        self.expiry.remove(&(e.expires_at_ms, key.clone()));
+        true
     }
 
     /// The current ring-change number.
@@ -355,7 +418,12 @@ impl Machine {
                     self.plan.busy = true;
                 }
             }
-            Input::Tick => {}
+            Input::Tick => {
+                if self.verify_at.is_some_and(|at| now >= at) && !self.plan.busy && self.drained() {
+                    self.verify_at = None;
+                    self.verify(now);
+                }
+            }
             Input::Purge => self.purge(now, &mut out),
         }
         self.finish(now, &mut out);
@@ -471,6 +539,8 @@ impl Machine {
                 max: self.cfg.max_value,
             });
         }
+        let (added, before) = self.entry(key).map_or((1, 0), |e| (0, cost(key, e)));
+        self.room(added, cost(key, &entry).saturating_sub(before))?;
         self.merge(key.clone(), entry.clone());
         Ok(Applied {
             outcome,
@@ -490,8 +560,13 @@ impl Machine {
             }
         }
         let expires = entry.expires_at_ms;
-        if let Some(old) = slot.insert(key.key.clone(), entry) {
-            self.expiry.remove(&(old.expires_at_ms, key.clone()));
+        self.bytes += cost(&key, &entry);
+        match slot.insert(key.key.clone(), entry) {
+            Some(old) => {
+                self.bytes -= cost(&key, &old);
+                self.expiry.remove(&(old.expires_at_ms, key.clone()));
+            }
+            None => self.entries += 1,
         }
         self.expiry.insert((expires, key));
         true
@@ -500,7 +575,32 @@ impl Machine {
     /// Takes a batch of entries and checks from `_from` (replication or transfer). Returns
     /// the indexes of the checks for keys not held at that version, and what to do (entries
     /// for keys this node should not hold are handed on).
-    pub fn receive(&mut self, _from: &str, pushes: Vec<Push>, now: u64) -> (Vec<u32>, Vec<Action>) {
+    ///
+    /// A batch whose new entries would not fit under the caps is refused whole
+    /// ([`Failure::Full`]): the sender keeps its copies and tries again later, so nothing is
+    /// lost to a full store.
+    pub fn receive(
+        &mut self,
+        _from: &str,
+        pushes: Vec<Push>,
+        now: u64,
+    ) -> Result<(Vec<u32>, Vec<Action>), Failure> {
+        let (mut added, mut grown) = (0usize, 0usize);
+        for push in &pushes {
+            if let Push::Full(item) = push {
+                match self.entry(&item.key) {
+                    Some(held) if held.version >= item.entry.version => {}
+                    Some(held) => {
+                        grown += cost(&item.key, &item.entry).saturating_sub(cost(&item.key, held))
+                    }
+                    None => {
+                        added += 1;
+                        grown += cost(&item.key, &item.entry);
+                    }
+                }
+            }
+        }
+        self.room(added, grown)?;
         let mut missing = Vec::new();
         for (i, push) in pushes.into_iter().enumerate() {
             match push {
@@ -517,7 +617,7 @@ impl Machine {
         }
         let mut out = Vec::new();
         self.finish(now, &mut out);
-        (missing, out)
+        Ok((missing, out))
     }
 
     /// Live entries held.
@@ -605,6 +705,7 @@ impl Machine {
         } = self;
         plan.epoch += 1;
         plan.busy = true;
+        plan.verifying = false;
         // What the cancelled plan still owed is owed under the new one too.
         let mut owed: HashMap<StoreKey, Vec<String>> = HashMap::new();
         for (name, p) in plan.peers.iter_mut() {
@@ -664,6 +765,51 @@ impl Machine {
             }
         }
         plan.peers.retain(|_, p| !p.idle());
+    }
+
+    /// Nothing is left to send, hand over or wait for (the plan may still have to report
+    /// that it settled).
+    fn drained(&self) -> bool {
+        self.plan.waiting.is_empty() && self.plan.peers.values().all(PeerState::idle)
+    }
+
+    /// The repair pass, run once after each hand-off settles: for every key held whose
+    /// replica set includes this node, the other members of the set are asked whether they
+    /// hold it at this version ([`Push::Check`], a key and a version each), and those that do
+    /// not get it. A copy that a hand-off missed (a transfer cut short by the next change, a
+    /// member that came back empty between two views this node never saw apart) is restored
+    /// within seconds instead of at the next membership change.
+    pub fn verify(&mut self, now: u64) {
+        let Machine {
+            me,
+            cfg,
+            data,
+            rings,
+            plan,
+            ..
+        } = self;
+        plan.epoch += 1;
+        plan.busy = true;
+        plan.verifying = true;
+        let me = me.as_str();
+        for (role, keys) in data.iter() {
+            let Some(ring) = rings.get(role).filter(|r| r.points() > 0) else {
+                continue;
+            };
+            for (key, entry) in keys {
+                if entry.is_expired(now) {
+                    continue;
+                }
+                let set = names(Some(ring), position(key), cfg.replicas);
+                if !set.contains(&me) {
+                    continue;
+                }
+                for p in set.iter().filter(|p| **p != me) {
+                    plan.peer(p)
+                        .enqueue(StoreKey::new(role.as_str(), key.as_str()), Mode::Check);
+                }
+            }
+        }
     }
 
     /// An entry for a key whose replica set does not include this node is handed on to that
@@ -767,13 +913,8 @@ impl Machine {
         }
         self.plan.waiting.remove(key);
         let placed = self.ring(&key.role).is_some();
-        if placed && !self.in_set(key, &self.me) {
-            if let Some(m) = self.data.get_mut(&key.role) {
-                if let Some(e) = m.remove(&key.key) {
-                    self.expiry.remove(&(e.expires_at_ms, key.clone()));
-                    self.dropped += 1;
-                }
-            }
+        if placed && !self.in_set(key, &self.me) && self.forget(key) {
+            self.dropped += 1;
         }
     }
 
@@ -785,11 +926,9 @@ impl Machine {
                 _ => break,
             }
             let (exp, key) = self.expiry.pop_first().expect("checked");
-            if let Some(m) = self.data.get_mut(&key.role) {
-                if m.get(&key.key).is_some_and(|e| e.expires_at_ms == exp) {
-                    m.remove(&key.key);
-                    purged += 1;
-                }
+            if self.entry(&key).is_some_and(|e| e.expires_at_ms == exp) {
+                self.forget(&key);
+                purged += 1;
             }
             self.plan.waiting.remove(&key);
         }
@@ -805,12 +944,12 @@ impl Machine {
             out.push(Action::Dropped { keys: self.dropped });
             self.dropped = 0;
         }
-        if self.plan.busy
-            && self.plan.waiting.is_empty()
-            && self.plan.peers.values().all(PeerState::idle)
-        {
+        if self.plan.busy && self.drained() {
             self.plan.busy = false;
             self.plan.peers.clear();
+            if !self.plan.verifying {
+                self.verify_at = Some(now.saturating_add(self.cfg.verify_after_ms));
+            }
             out.push(Action::Settled {
                 epoch: self.plan.epoch,
             });

@@ -169,7 +169,7 @@ impl Sim {
                     .iter()
                     .filter(|p| matches!(p, Push::Full(_)))
                     .count();
-                let (missing, acts) = to.receive(&from, b.pushes, NOW);
+                let (missing, acts) = to.receive(&from, b.pushes, NOW).expect("room");
                 for a in acts {
                     self.queue.push_back((b.peer.clone(), a));
                 }
@@ -189,6 +189,11 @@ impl Sim {
             self.queue.push_back((from.clone(), a));
         }
         true
+    }
+
+    /// Time passes at `name`: what it does then, not yet delivered.
+    fn tick(&mut self, name: &str, at: u64) -> Vec<Action> {
+        self.nodes.get_mut(name).unwrap().handle(Input::Tick, at)
     }
 
     fn run(&mut self) {
@@ -372,14 +377,16 @@ fn tombstones_win_over_older_values() {
     // A late transfer of the removed value (or an older one) changes nothing.
     assert!(!m.merge(k.clone(), value(10, "old")));
     assert!(!m.merge(k.clone(), value(9, "older")));
-    let (missing, _) = m.receive(
-        "b",
-        vec![Push::Full(Item {
-            key: k.clone(),
-            entry: value(10, "old"),
-        })],
-        NOW,
-    );
+    let (missing, _) = m
+        .receive(
+            "b",
+            vec![Push::Full(Item {
+                key: k.clone(),
+                entry: value(10, "old"),
+            })],
+            NOW,
+        )
+        .expect("room");
     assert!(missing.is_empty());
     assert_eq!(m.entry(&k), Some(&tomb));
     assert!(m.read(&k, NOW).is_none());
@@ -821,7 +828,9 @@ fn receivers_answer_checks_by_version() {
             origin: 0,
         },
     };
-    let (missing, _) = m.receive("b", vec![check(9), check(10), check(11), other], NOW);
+    let (missing, _) = m
+        .receive("b", vec![check(9), check(10), check(11), other], NOW)
+        .expect("room");
     assert_eq!(missing, vec![2, 3]);
 }
 
@@ -833,14 +842,16 @@ fn stray_entries_are_handed_on_and_dropped() {
         .map(key)
         .find(|k| !set(&r, k).contains(&"a".to_string()))
         .unwrap();
-    let (missing, actions) = m.receive(
-        "x",
-        vec![Push::Full(Item {
-            key: stray.clone(),
-            entry: value(5, "s"),
-        })],
-        NOW,
-    );
+    let (missing, actions) = m
+        .receive(
+            "x",
+            vec![Push::Full(Item {
+                key: stray.clone(),
+                entry: value(5, "s"),
+            })],
+            NOW,
+        )
+        .expect("room");
     assert!(missing.is_empty());
     let targets: BTreeSet<String> = sends(&actions).iter().map(|b| b.peer.clone()).collect();
     assert_eq!(targets, set(&r, &stray).into_iter().collect());
@@ -976,4 +987,144 @@ fn settles_once_the_handoff_is_done() {
             .collect();
     }
     assert!(all.contains(&Action::Settled { epoch: 2 }), "{all:?}");
+}
+
+/// The caps in entries and bytes: a write of a new key and a batch of new entries are
+/// refused when they would go past them (nothing of the batch is taken, so its sender keeps
+/// its copies); rewriting a held key in place is still allowed; what is handed over or
+/// purged gives its room back.
+#[test]
+fn a_full_store_refuses_new_keys_and_batches_and_frees_room_as_it_drops() {
+    let r = rings(&["a"]);
+    let mut m = Machine::new(
+        "a",
+        MachineConfig {
+            max_entries: 3,
+            ..cfg()
+        },
+    );
+    m.handle(Input::Rings(r.clone()), NOW);
+    let put = |m: &mut Machine, i: usize, v: &str| {
+        m.write(
+            &key(i),
+            Write::Put {
+                value: Bytes::from(v.to_string()),
+                ttl_ms: HOUR,
+            },
+            NOW,
+        )
+    };
+    for i in 0..3 {
+        assert!(put(&mut m, i, "v").is_ok());
+    }
+    let full = put(&mut m, 3, "v");
+    assert!(
+        matches!(full, Err(Failure::Full { entries: 3, .. })),
+        "{full:?}"
+    );
+    assert!(
+        put(&mut m, 1, "rewritten").is_ok(),
+        "a held key is rewritten"
+    );
+    let batch = vec![Push::Full(Item {
+        key: key(7),
+        entry: value(5, "x"),
+    })];
+    assert!(matches!(
+        m.receive("b", batch.clone(), NOW),
+        Err(Failure::Full { .. })
+    ));
+    assert!(
+        m.entry(&key(7)).is_none(),
+        "nothing of a refused batch is taken"
+    );
+    assert_eq!(m.stored(), 3);
+
+    // Bytes: one entry's cost more than what is held refuses the next one.
+    let mut b = Machine::new(
+        "a",
+        MachineConfig {
+            max_bytes: 1_000,
+            ..cfg()
+        },
+    );
+    b.handle(Input::Rings(r), NOW);
+    assert!(put(&mut b, 0, &"x".repeat(600)).is_ok());
+    let held = b.bytes();
+    assert_eq!(held, cost(&key(0), b.entry(&key(0)).unwrap()));
+    assert!(matches!(
+        put(&mut b, 1, &"y".repeat(600)),
+        Err(Failure::Full { .. })
+    ));
+    assert_eq!(b.bytes(), held, "a refused write costs nothing");
+    // Expired and purged, the room is back.
+    b.handle(Input::Purge, NOW + 2 * HOUR);
+    assert_eq!((b.bytes(), b.stored()), (0, 0));
+    assert!(b
+        .write(
+            &key(1),
+            Write::Put {
+                value: Bytes::from("y".repeat(600)),
+                ttl_ms: HOUR,
+            },
+            NOW + 2 * HOUR,
+        )
+        .is_ok());
+}
+
+/// The repair pass: a member that lost its copies while no ring change showed it (a restart
+/// between two views its peers never saw apart) gets them back from the others' check after
+/// their hand-off settled; a member that holds them is only asked (no entry is sent again).
+#[test]
+fn the_repair_pass_after_a_hand_off_restores_a_copy_lost_unseen() {
+    let r = rings(&["a", "b", "c"]);
+    let mut sim = Sim::new(&["a", "b", "c"], &r, 300);
+    let theirs = |m: &str| {
+        (0..300)
+            .map(key)
+            .filter(|k| set(&r, k).iter().any(|s| s == m))
+            .count()
+    };
+    let before_full = sim.full.clone();
+    // b comes back empty, on the same rings.
+    sim.nodes.insert("b".into(), Machine::new("b", cfg()));
+    sim.nodes
+        .get_mut("b")
+        .unwrap()
+        .handle(Input::Rings(r.clone()), NOW);
+    assert_eq!(sim.nodes["b"].stored(), 0);
+    // Before the pass is due nothing is sent.
+    for name in ["a", "c"] {
+        let acts = sim.tick(name, NOW + 1_000);
+        assert!(sends(&acts).is_empty(), "{acts:?}");
+    }
+    for name in ["a", "c"] {
+        let acts = sim.tick(name, NOW + 3_000);
+        assert!(!sends(&acts).is_empty(), "{name} checks its peers");
+        for a in acts {
+            sim.queue.push_back((name.to_string(), a));
+        }
+    }
+    sim.run();
+    assert_eq!(
+        sim.nodes["b"].stored(),
+        theirs("b"),
+        "b holds its keys again"
+    );
+    assert_eq!(sim.nodes["a"].stored(), theirs("a"));
+    assert_eq!(sim.nodes["c"].stored(), theirs("c"));
+    // Only b was sent entries; a and c were only asked.
+    for name in ["a", "c"] {
+        let full = |m: &BTreeMap<String, usize>| m.get(name).copied().unwrap_or(0);
+        assert_eq!(
+            full(&sim.full),
+            full(&before_full),
+            "{name} was sent entries"
+        );
+    }
+    // Once done, the pass is not repeated.
+    for name in ["a", "c"] {
+        let acts = sim.tick(name, NOW + 60_000);
+        assert!(sends(&acts).is_empty(), "{acts:?}");
+    }
 }

@@ -178,4 +178,12 @@ pub(crate) enum Failure {
     Malformed(String),
     /// The store is shutting down.
     Stopped,
+    /// The store holds as many entries or bytes as it may (`store_max_entries`,
+    /// `store_max_bytes`): nothing was written.
+    Full {
+        /// Entries held.
+        entries: u64,
+        /// Bytes held.
+        bytes: u64,
+    },
 }

@@ -195,6 +195,15 @@ pub enum StoreError {
     /// The answer made no sense for the request.
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The owner's store is full ([`StoreConfig::max_entries`], [`StoreConfig::max_bytes`]):
+    /// nothing was written.
+    #[error("the owner's store is full ({entries} entries, {bytes} bytes held)")]
+    Full {
+        /// Entries the owner holds.
+        entries: u64,
+        /// Bytes the owner holds.
+        bytes: u64,
+    },
 }
 
 impl StoreError {
@@ -207,6 +216,7 @@ impl StoreError {
             Failure::TooLarge { len, max } => StoreError::TooLarge { len, max },
             Failure::Malformed(why) => StoreError::Protocol(why),
             Failure::Stopped => StoreError::Stopped,
+            Failure::Full { entries, bytes } => StoreError::Full { entries, bytes },
         }
     }
 }
@@ -241,6 +251,17 @@ pub struct StoreConfig {
     pub handoff_window: Duration,
     /// A tombstone is kept at least this long.
     pub tombstone_ttl: Duration,
+    /// Most entries this node holds (tombstones included). A write of a new key, or a
+    /// replication or transfer batch, that would go past it is refused (the writer gets
+    /// [`StoreError::Full`]; a sender keeps its copies and retries).
+    pub max_entries: usize,
+    /// Most bytes this node holds (keys, values and 128 bytes of overhead per entry), with
+    /// the same refusal as [`StoreConfig::max_entries`].
+    pub max_bytes: usize,
+    /// How long after a hand-off settles the node checks, key by key, that the other members
+    /// of every replica set it is in hold what it holds, and sends what they lack (a repair
+    /// pass: a key and a version per key and member, so a few tens of bytes per key).
+    pub verify_after: Duration,
 }
 
 impl Default for StoreConfig {
@@ -258,6 +279,9 @@ impl Default for StoreConfig {
             transfer_peers: 4,
             handoff_window: Duration::from_secs(10),
             tombstone_ttl: Duration::from_secs(600),
+            max_entries: 4_000_000,
+            max_bytes: 2 << 30,
+            verify_after: Duration::from_secs(2),
         }
     }
 }
@@ -275,6 +299,9 @@ impl StoreConfig {
             retry_base_ms: 100,
             retry_max_ms: 2_000,
             max_value: self.max_value,
+            max_entries: self.max_entries.max(1),
+            max_bytes: self.max_bytes.max(1),
+            verify_after_ms: self.verify_after.as_millis() as u64,
         }
     }
 }
@@ -320,6 +347,8 @@ impl Store {
             }),
             updaters: RwLock::new(HashMap::new()),
             shutdown,
+            full: Default::default(),
+            full_logged: Default::default(),
         });
         let handler: Arc<dyn PeerHandler> = Arc::new(StoreHandler::new(&inner));
         peer.register(Service::Store, handler.clone());
@@ -438,6 +467,16 @@ impl Store {
             .lock()
             .machine
             .local_count_role(role, driver::now_ms(), pred)
+    }
+
+    /// Bytes this node's store holds, as [`StoreConfig::max_bytes`] counts them.
+    pub fn held_bytes(&self) -> usize {
+        self.inner.lock().machine.bytes()
+    }
+
+    /// Writes and batches refused so far because this node's store was full.
+    pub fn full_refusals(&self) -> u64 {
+        self.inner.full.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Keys of `role` with a live entry on this node, sorted.

@@ -465,7 +465,8 @@ pub fn challenge_values(
     })
 }
 
-/// Writes `s` as a quoted string: `"` and `\` escaped, control characters left out.
+/// Writes `s` as a quoted string: `"` and `\` escaped, a tab as it is, CR and LF left out,
+/// other control characters as quoted pairs.
 fn write_quoted(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
     f.write_str("\"")?;
     for c in s.chars() {
@@ -474,7 +475,15 @@ fn write_quoted(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
                 f.write_str("\\")?;
                 fmt::Write::write_char(f, c)?;
             }
-            c if c.is_ascii_control() => {}
+            // A tab is quoted text as it is; CR and LF cannot be written in a header value
+            // (a parsed value never holds them); other controls go as quoted pairs (RFC 3261
+            // section 25.1), so that a parsed value is written back unchanged.
+            '\t' => f.write_str("\t")?,
+            '\r' | '\n' => {}
+            c if c.is_ascii_control() => {
+                f.write_str("\\")?;
+                fmt::Write::write_char(f, c)?;
+            }
             c => fmt::Write::write_char(f, c)?,
         }
     }
