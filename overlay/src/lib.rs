@@ -24,8 +24,8 @@
 
 pub mod admission;
 pub mod bootstrap;
-pub mod certwatch;
 pub mod budget;
+pub mod certwatch;
 pub mod client;
 pub mod crl;
 pub mod daemon;

@@ -15,7 +15,7 @@
 //! | `lookup` | connections to the lookup interface: 100 pipelined lookups, garbage and an endless line, half a line held open |
 //! | `quic` | QUIC handshakes presenting a certificate the farm does not accept (another CA's) or none |
 //!
-//! [`probe`] measures the legitimate side at the same time: SIP OPTIONS over UDP (with RFC 3261
+//! [`probe()`] measures the legitimate side at the same time: SIP OPTIONS over UDP (with RFC 3261
 //! retransmissions) or each over a new TCP connection, DNS queries (retried as a stub
 //! resolver does), lookups each on a new connection, or event-server sessions opened with a
 //! good certificate; each attempt succeeds when answered within its deadline.

@@ -126,10 +126,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         let (user, realm, _) = aor;
         if self.keys.is_none() {
             // The farm's nonce key has not reached this node yet.
-            let Some(req) = self.servers.get(key).map(|e| e.txn.request().clone()) else {
-                return None;
-            };
-            let resp = self.unavailable(&req);
+            let resp = self.unavailable(req);
             self.respond_forget(key, resp);
             return None;
         }

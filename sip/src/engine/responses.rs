@@ -169,18 +169,25 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         if let (true, Some(gate)) = (resp.status >= 200, self.media.as_mut()) {
             gate.final_response(key, resp.status);
         }
+        if self.servers.get(key).is_none_or(|e| e.done) {
+            // Nothing waits, or the request was answered already and its transaction
+            // absorbs the retransmissions.
+            return;
+        }
         let Some(entry) = self.servers.remove(key) else {
             return;
         };
-        if entry.done {
-            return;
-        }
         self.counts.code(resp.status);
         self.send_bytes(entry.reply_to, resp.to_bytes(), None);
     }
 
     /// [`Self::respond_forget`] with a status and reason.
-    pub(super) fn respond_status_forget(&mut self, key: &TransactionKey, status: u16, reason: &str) {
+    pub(super) fn respond_status_forget(
+        &mut self,
+        key: &TransactionKey,
+        status: u16,
+        reason: &str,
+    ) {
         let Some(req) = self.servers.get(key).map(|e| e.txn.request().clone()) else {
             return;
         };

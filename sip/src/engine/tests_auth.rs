@@ -576,7 +576,10 @@ fn unauthenticated_requests_leave_no_state() {
             .branch(&format!("z9hG4bKinv{i}"))
             .call(&format!("i{i}@x"));
         let outs = h.udp(uac(), &invite.text());
-        assert!(responses(&outs).iter().any(|s| s.status() == 407), "{outs:#?}");
+        assert!(
+            responses(&outs).iter().any(|s| s.status() == 407),
+            "{outs:#?}"
+        );
         let relay = req("MESSAGE", "sip:someone@elsewhere.test")
             .from("<sip:mallory@elsewhere.test>;tag=m")
             .branch(&format!("z9hG4bKrel{i}"))
