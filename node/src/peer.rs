@@ -30,6 +30,8 @@
 //!
 //! - Incoming connections: at most [`PeerConfig::max_connections`] at once; past that a new
 //!   connection is refused before its handshake (`incoming.refuse()`).
+//! - Handshakes: each passes the server's [`HandshakeGate`] first (handshakes in progress,
+//!   per source address, stateless retry under load; [`PeerNet::with_gate`]).
 //! - Concurrent streams per connection: the endpoint's `max_bidi` (set by whoever built the
 //!   endpoint with [`onehop_overlay::net::endpoint`]); QUIC makes the caller wait.
 //! - Concurrent calls being handled over all connections: [`PeerConfig::max_streams`]; the

@@ -148,9 +148,10 @@ fn sip_dns_and_lookup_floods_leave_legitimate_traffic_served_with_flat_memory() 
     let dns = farm.file.member("dns1").unwrap();
     let from = client_ip(&farm, 200);
     // UDP floods at UDP_RATE; TCP floods as fast as 64 connections at once go.
+    let sip = node.addr("sip").unwrap();
     let cases = [
-        (Kind::SipUdp, node.addr("sip").unwrap(), node.pid, Some(UDP_RATE)),
-        (Kind::SipTcp, node.addr("sip").unwrap(), node.pid, None),
+        (Kind::SipUdp, sip, node.pid, Some(UDP_RATE)),
+        (Kind::SipTcp, sip, node.pid, None),
         (Kind::Dns, dns.addr("dns").unwrap(), dns.pid, Some(UDP_RATE)),
         (Kind::Lookup, node.addr("lookup").unwrap(), node.pid, None),
     ];
