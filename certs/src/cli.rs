@@ -37,6 +37,11 @@ enum Command {
         /// The CA directory (created if missing).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Validity of the CA certificate in days (default 3653, ten years). Every member
+        /// certificate stops working when the CA's ends; the daemons report it from 30 days
+        /// before.
+        #[arg(long, value_name = "N")]
+        days: Option<u32>,
     },
     /// Issue a certificate and its key.
     ///
@@ -88,6 +93,41 @@ enum Command {
         /// The member name whose certificate to revoke.
         #[arg(long, value_name = "NAME")]
         name: String,
+        /// Also publish the new revocation list through the event servers.
+        #[arg(long)]
+        publish: bool,
+        /// With --publish: a farm directory to take the admin certificate and the event
+        /// server addresses from.
+        #[arg(long, value_name = "DIR", requires = "publish")]
+        farm: Option<PathBuf>,
+        /// With --publish: the admin certificate to connect with.
+        #[arg(long, value_name = "FILE", requires = "publish")]
+        cert: Option<PathBuf>,
+        /// With --publish: the admin certificate's key.
+        #[arg(long, value_name = "FILE", requires = "publish")]
+        key: Option<PathBuf>,
+        /// With --publish: an event server address, HOST:PORT (repeatable).
+        #[arg(long = "eventserver", value_name = "ADDR", requires = "publish")]
+        eventservers: Vec<String>,
+    },
+    /// Sign the revocation list again, revoking nothing new.
+    ///
+    /// Re-signs DIR/crl.pem with every revoked serial, the next CRL number and a new next
+    /// update (seven days ahead unless told). A list past its next update is stale: the
+    /// daemons keep enforcing it but report it loudly (an ERROR line hourly, the metric
+    /// onehop_crl_stale), so run this well before then, from cron say, with --publish to
+    /// push it to the running network at once (daemons also reload crl.pem when it changes).
+    Crl {
+        /// The CA directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Days until the next update (default 7).
+        #[arg(long, value_name = "N", conflicts_with = "next_update")]
+        days: Option<u32>,
+        /// The next update, RFC 3339. May be in the past, to make a stale list for a test
+        /// (its this-update is then one day before).
+        #[arg(long, value_name = "RFC3339")]
+        next_update: Option<String>,
         /// Also publish the new revocation list through the event servers.
         #[arg(long)]
         publish: bool,
@@ -159,8 +199,11 @@ pub fn cli_main(args: Vec<std::ffi::OsString>) -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Init { domain, dir } => {
-            let ca = Ca::init(&dir, &domain)?;
+        Command::Init { domain, dir, days } => {
+            let ca = match days {
+                Some(d) => Ca::init_for_days(&dir, &domain, d)?,
+                None => Ca::init(&dir, &domain)?,
+            };
             println!(
                 "created the CA for {} in {}: ca.pem, ca.key, crl.pem, index.json",
                 ca.domain(),
@@ -217,6 +260,47 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "revoked {name} (serial {serial}); {} is now crl number {}",
                 ca.crl_path().display(),
                 ca.crl_number()
+            );
+            if publish {
+                publish_crl(PublishOptions {
+                    ca_dir: dir,
+                    crl_der: ca.crl_der(),
+                    farm,
+                    cert,
+                    key,
+                    eventservers,
+                })?;
+            }
+        }
+        Command::Crl {
+            dir,
+            days,
+            next_update,
+            publish,
+            farm,
+            cert,
+            key,
+            eventservers,
+        } => {
+            let mut ca = Ca::open(&dir)?;
+            let next = match (days, next_update) {
+                (_, Some(t)) => parse_time(&t)?,
+                (Some(0), None) => return Err(anyhow!("--days must be at least 1")),
+                (Some(d), None) => {
+                    time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(d))
+                }
+                (None, None) => {
+                    time::OffsetDateTime::now_utc() + time::Duration::days(crate::CRL_DAYS)
+                }
+            };
+            ca.refresh_crl_until(next)?;
+            println!(
+                "signed {} as crl number {}, next update {}",
+                ca.crl_path().display(),
+                ca.crl_number(),
+                ca.crl_next_update()
+                    .map(format_time)
+                    .unwrap_or_else(|| "none".into())
             );
             if publish {
                 publish_crl(PublishOptions {

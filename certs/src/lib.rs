@@ -570,6 +570,17 @@ impl Ca {
     /// Creates a new CA in `dir` (created if missing) for `domain`: `ca.pem`, `ca.key` (0600),
     /// an empty signed `crl.pem` and `index.json`. Fails if `dir/ca.pem` exists.
     pub fn init(dir: impl AsRef<Path>, domain: &str) -> Result<Ca> {
+        Ca::init_for_days(dir, domain, CA_DAYS as u32)
+    }
+
+    /// [`Ca::init`] with a CA certificate valid `days` days (at least 1) instead of
+    /// [`CA_DAYS`]: a short-lived CA, to see how a farm reports one nearing its end.
+    pub fn init_for_days(dir: impl AsRef<Path>, domain: &str, days: u32) -> Result<Ca> {
+        if days == 0 {
+            return Err(CertsError::BadValidity(
+                "--days must be at least 1".to_string(),
+            ));
+        }
         let dir = dir.as_ref().to_path_buf();
         let domain = check_domain(domain)?;
         if ca_file(&dir, CA_CERT_FILE).exists() {
@@ -591,7 +602,7 @@ impl Ca {
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
         let start = now();
         params.not_before = start;
-        params.not_after = start + Duration::days(CA_DAYS);
+        params.not_after = start + Duration::days(i64::from(days));
         let cert = params
             .self_signed(&key)
             .map_err(gen_err("the CA certificate"))?;
@@ -844,8 +855,38 @@ impl Ca {
         self.save_index()
     }
 
+    /// Re-signs `crl.pem` with a fresh number, revoking nothing new, with its next update at
+    /// `next_update`. A next update in the past makes a stale list (for tests of what the
+    /// daemons do with one): its this-update is then one day before the next update.
+    pub fn refresh_crl_until(&mut self, next_update: OffsetDateTime) -> Result<()> {
+        let now = now();
+        let this_update = if next_update > now {
+            now
+        } else {
+            next_update - Duration::days(1)
+        };
+        self.sign_crl_at(this_update, next_update)?;
+        self.save_index()
+    }
+
+    /// The `nextUpdate` of the CRL in `crl.pem`.
+    pub fn crl_next_update(&self) -> Option<OffsetDateTime> {
+        let der = self.crl_der();
+        let (_, crl) = CertificateRevocationList::from_der(&der).ok()?;
+        crl.next_update().map(|t| t.to_datetime())
+    }
+
     /// Signs and writes a CRL of every revoked certificate with the next CRL number.
     fn sign_crl(&mut self) -> Result<()> {
+        let this_update = now();
+        self.sign_crl_at(this_update, this_update + Duration::days(CRL_DAYS))
+    }
+
+    fn sign_crl_at(
+        &mut self,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<()> {
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
             .map_err(gen_err("the revocation list"))?;
         let (_, ca) = X509Certificate::from_der(&self.cert_der)
@@ -860,10 +901,9 @@ impl Ca {
             })
             .unwrap_or(KeyIdMethod::Sha256);
         let number = self.index.crl_number + 1;
-        let this_update = now();
         let params = CertificateRevocationListParams {
             this_update,
-            next_update: this_update + Duration::days(CRL_DAYS),
+            next_update,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: self

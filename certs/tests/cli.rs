@@ -359,3 +359,128 @@ fn publish_without_a_way_to_reach_event_servers_fails_after_writing_the_crl() {
     let out = certs(&["revoke", "--dir", &ca, "--name", "n1", "--farm", "x"]);
     assert!(!out.status.success());
 }
+
+fn crl_times(path: &Path) -> (u64, i64, i64) {
+    let der = pem_der(path);
+    let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
+    let number = crl
+        .crl_number()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap();
+    (
+        number,
+        crl.last_update().timestamp(),
+        crl.next_update().unwrap().timestamp(),
+    )
+}
+
+#[test]
+fn crl_re_signs_with_a_chosen_next_update_and_keeps_the_revocations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let out = tmp.path().join("out");
+    ok(&["init", "--domain", "example.test", "--dir", s(&ca)]);
+    ok(&[
+        "issue",
+        "--dir",
+        s(&ca),
+        "--name",
+        "node1",
+        "--kind",
+        "node",
+        "--out",
+        s(&out),
+    ]);
+    ok(&["revoke", "--dir", s(&ca), "--name", "node1"]);
+    let crl = ca.join("crl.pem");
+    let (n1, _, _) = crl_times(&crl);
+    let revoked = crl_serials(&pem_der(&crl)).unwrap();
+    assert_eq!(revoked.len(), 1);
+
+    // Default: seven days ahead.
+    let said = ok(&["crl", "--dir", s(&ca)]);
+    let (n2, this2, next2) = crl_times(&crl);
+    assert_eq!(n2, n1 + 1);
+    assert_eq!(next2 - this2, 7 * 86_400);
+    assert!(
+        said.contains(&format!("crl number {n2}, next update ")),
+        "{said}"
+    );
+    assert_eq!(crl_serials(&pem_der(&crl)).unwrap(), revoked);
+
+    // --days.
+    ok(&["crl", "--dir", s(&ca), "--days", "2"]);
+    let (n3, this3, next3) = crl_times(&crl);
+    assert_eq!((n3, next3 - this3), (n2 + 1, 2 * 86_400));
+
+    // A next update in the past: a stale list, one day of validity before it.
+    ok(&[
+        "crl",
+        "--dir",
+        s(&ca),
+        "--next-update",
+        "2020-01-02T00:00:00Z",
+    ]);
+    let (n4, this4, next4) = crl_times(&crl);
+    assert_eq!(n4, n3 + 1);
+    assert_eq!(next4, 1_577_923_200);
+    assert_eq!(this4, next4 - 86_400);
+    assert_eq!(crl_serials(&pem_der(&crl)).unwrap(), revoked);
+
+    fails(
+        &["crl", "--dir", s(&ca), "--days", "0"],
+        "--days must be at least 1",
+    );
+    fails(
+        &["crl", "--dir", s(&ca), "--next-update", "tomorrow"],
+        "tomorrow",
+    );
+    let both = certs(&[
+        "crl",
+        "--dir",
+        s(&ca),
+        "--days",
+        "1",
+        "--next-update",
+        "2030-01-01T00:00:00Z",
+    ]);
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--days and --next-update conflict"
+    );
+}
+
+#[test]
+fn init_days_makes_a_short_lived_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(&[
+        "init",
+        "--domain",
+        "example.test",
+        "--dir",
+        s(&ca),
+        "--days",
+        "20",
+    ]);
+    let der = pem_der(&ca.join("ca.pem"));
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let v = cert.validity();
+    assert_eq!(
+        v.not_after.timestamp() - v.not_before.timestamp(),
+        20 * 86_400
+    );
+    fails(
+        &[
+            "init",
+            "--domain",
+            "example.test",
+            "--dir",
+            s(&tmp.path().join("ca2")),
+            "--days",
+            "0",
+        ],
+        "--days must be at least 1",
+    );
+}

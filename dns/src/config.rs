@@ -60,6 +60,9 @@ pub struct Config {
     /// QUIC keep-alive, idle timeout and per-connection buffers.
     #[serde(default)]
     pub quic: Timing,
+    /// When the certificates and the revocation list are reported as nearing their end.
+    #[serde(default)]
+    pub cert_warnings: onehop_overlay::certwatch::CertWarnings,
     /// Bounds of the queues between this daemon and the event servers (received events, and
     /// publications per event server), in entries and in bytes.
     #[serde(default)]
@@ -199,6 +202,9 @@ impl Config {
         }
         if let Some((key, problem)) = self.eventclient.problem() {
             return Err(bad(&format!("eventclient.{key}"), &problem));
+        }
+        if let Err((key, problem)) = self.cert_warnings.check() {
+            return Err(bad(&key, &problem));
         }
         Ok(())
     }

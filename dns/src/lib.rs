@@ -135,6 +135,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         cancel.clone(),
     );
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
+    let cert_watch =
+        onehop_overlay::certwatch::CertWatch::new(&creds, crl.clone(), cfg.cert_warnings, &metrics)
+            .spawn(Some(onehop_overlay::certwatch::to_events(client.clone())));
     info!(name = %identity.name, domain = %cfg.domain, dns = %dns_addr, "dns server started; SERVFAIL until the first network status");
 
     let apply = async {
@@ -197,6 +200,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         _ = apply => {}
         _ = shutdown => info!("leaving"),
     }
+    cert_watch.abort();
     client.leave(Duration::from_secs(1)).await;
     server.shutdown();
     Ok(())

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use onehop_overlay::admission::Admission;
+use onehop_overlay::certwatch::CertWarnings;
 use onehop_overlay::daemon::{ConfigError, ConfigFlag, DaemonConfig, FlagValue};
 use onehop_overlay::net::Timing;
 use onehop_overlay::tls::TlsFiles;
@@ -37,6 +39,13 @@ pub struct Config {
     /// QUIC keep-alive, idle timeout and per-connection buffers.
     #[serde(default)]
     pub quic: Timing,
+    /// Bounds on QUIC handshakes: in progress at once, per source address, and when clients
+    /// must first prove their address.
+    #[serde(default)]
+    pub quic_admission: Admission,
+    /// When the certificates and the revocation list are reported as nearing their end.
+    #[serde(default)]
+    pub cert_warnings: CertWarnings,
 }
 
 fn default_max_connections() -> usize {
@@ -108,6 +117,12 @@ impl Config {
                     "must be at least {MIN_SUBSCRIBER_QUEUE_BYTES} (four frames at the 1 MiB frame cap)"
                 ),
             ));
+        }
+        if let Err((key, problem)) = self.quic_admission.check() {
+            return Err(bad(&key, &problem));
+        }
+        if let Err((key, problem)) = self.cert_warnings.check() {
+            return Err(bad(&key, &problem));
         }
         if let Some((key, problem)) = self.quic.problem() {
             return Err(bad(key, &problem));

@@ -531,6 +531,20 @@ impl Hub {
         v
     }
 
+    /// Publishes a line of this event server's own on `events` (to the sessions subscribed
+    /// now; the topic keeps nothing).
+    pub fn log(&self, level: onehop_overlay::wire::Level, text: String) {
+        let mut st = self.state.lock().expect("hub");
+        self.emit_locked(
+            &mut st,
+            Payload::Log(onehop_overlay::wire::LogEvent {
+                time_ms: onehop_overlay::daemon::now_ms(),
+                level,
+                text,
+            }),
+        );
+    }
+
     fn emit_locked(&self, st: &mut State, payload: Payload) {
         let ev = Event {
             origin: self.name.clone(),

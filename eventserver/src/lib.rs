@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use onehop_overlay::admission::HandshakeGate;
 use onehop_overlay::budget::ByteBudget;
+use onehop_overlay::certwatch::CertWatch;
 use onehop_overlay::crl::CrlStore;
 use onehop_overlay::identity::Identity;
 use onehop_overlay::logging::peer_label;
@@ -24,10 +26,14 @@ use onehop_overlay::net::{self, ConnTable};
 use onehop_overlay::tls::Credentials;
 use onehop_overlay::wire::{encode_frame, read_msg, ClientMsg, CloseCode, ServerMsg, MAX_FRAME};
 use tokio::sync::{mpsc, Semaphore};
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 pub use config::Config;
 use hub::{Hub, Queued};
+
+/// Handshake refusals logged at WARN: at most 20 per 10 s, whatever a storm sends.
+static REFUSALS: std::sync::LazyLock<onehop_overlay::admission::LogBudget> =
+    std::sync::LazyLock::new(onehop_overlay::admission::handshake_log_budget);
 
 /// Runs the event server until `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -55,6 +61,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         });
     }
     let hub = Arc::new(Hub::new(creds.identity.name.clone(), crl.clone(), &metrics));
+    let cert_watch;
+    {
+        // Our own certificates' lines go to our own subscribers.
+        let hub = hub.clone();
+        cert_watch = CertWatch::new(&creds, crl.clone(), cfg.cert_warnings, &metrics).spawn(Some(
+            Box::new(move |n| {
+                hub.log(n.level, n.text.clone());
+                true
+            }),
+        ));
+    }
+    let gate = HandshakeGate::new(cfg.quic_admission, &metrics);
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
     {
         // The queue gauges between broadcasts, as the subscribers drain them.
@@ -75,6 +93,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 incoming.refuse();
                 continue;
             };
+            // Refused or asked to retry here cost no crypto (see onehop_overlay::admission).
+            let Some((incoming, handshake)) = gate.screen(incoming) else {
+                continue;
+            };
             let hub = hub.clone();
             let conns = conns.clone();
             let queue = QueueBounds {
@@ -83,7 +105,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             };
             tokio::spawn(async move {
                 let _permit = permit;
-                handle(incoming, hub, conns, queue).await;
+                handle(incoming, handshake, hub, conns, queue).await;
             });
         }
     };
@@ -91,6 +113,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         _ = accept => {}
         _ = shutdown => info!("shutting down"),
     }
+    cert_watch.abort();
     endpoint.close(CloseCode::Shutdown.varint(), b"event server shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
@@ -103,12 +126,24 @@ struct QueueBounds {
     bytes: usize,
 }
 
-async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, conns: ConnTable, queue: QueueBounds) {
+async fn handle(
+    incoming: quinn::Incoming,
+    handshake: onehop_overlay::admission::HandshakePermit,
+    hub: Arc<Hub>,
+    conns: ConnTable,
+    queue: QueueBounds,
+) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    let conn = match HandshakeGate::handshake(incoming, handshake).await {
         Ok(c) => c,
-        Err(e) => {
-            warn!(peer = %remote, "refused connection: {}", net::describe_handshake_error(&e));
+        Err(why) => {
+            match REFUSALS.allow(std::time::Instant::now()) {
+                Some(0) => warn!(peer = %remote, "refused connection: {why}"),
+                Some(n) => {
+                    warn!(peer = %remote, suppressed = n, "refused connection: {why} ({n} more refusals not logged)")
+                }
+                None => debug!(peer = %remote, "refused connection: {why}"),
+            }
             return;
         }
     };

@@ -14,6 +14,7 @@
 //! Every member binds its own loopback address, from `--base-ip` up in the order event
 //! servers, managers, DNS servers, nodes, with the standard ports.
 
+pub mod flood;
 pub mod plan;
 pub mod process;
 
@@ -55,6 +56,63 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Flood one member from many source addresses and measure legitimate traffic meanwhile.
+    ///
+    /// For resilience tests on loopback (bench/floods.sh): binds one socket per source
+    /// address (127.0.0.0/8 is all local) and sends only to --target. Prints one JSON object:
+    /// the flood's tally, the probe's attempts, successes and latencies, and with --pid the
+    /// process's resident memory before, at its peak and after.
+    Flood(FloodArgs),
+}
+
+/// Options of `onehop-farm flood`.
+#[derive(Debug, clap::Args)]
+pub struct FloodArgs {
+    /// What to send.
+    #[arg(long, value_enum)]
+    pub kind: flood::Kind,
+    /// Where to: the member's address and port (SIP 5060, DNS 53, lookup 9500, QUIC 8000).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub target: SocketAddr,
+    /// Source addresses: FIRST/COUNT, e.g. 127.77.0.1/200.
+    #[arg(long, value_name = "FIRST/COUNT", default_value = "127.77.0.1/100")]
+    pub sources: String,
+    /// Seconds the flood lasts.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub secs: u64,
+    /// Datagrams, connections or handshakes per second in all (default: as fast as it goes).
+    #[arg(long, value_name = "N")]
+    pub rate: Option<u64>,
+    /// Connections or handshakes in flight at once (TCP and QUIC floods).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub concurrency: usize,
+    /// The SIP and DNS domain the messages name.
+    #[arg(long, value_name = "DOMAIN", default_value = "example.test")]
+    pub domain: String,
+    /// QUIC: the farm's CA certificate (the server is checked against it).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// QUIC: the certificate the flood presents (one the farm refuses); none without it.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// QUIC: its key.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Probe from this address while flooding (legitimate traffic of the same kind).
+    #[arg(long, value_name = "ADDR")]
+    pub probe_from: Option<IpAddr>,
+    /// Milliseconds between probe attempts.
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    pub probe_every_ms: u64,
+    /// QUIC probe: a certificate the farm accepts (a monitor's, say) and its key.
+    #[arg(long, value_name = "FILE", requires = "probe_key")]
+    pub probe_cert: Option<PathBuf>,
+    /// QUIC probe: its key.
+    #[arg(long, value_name = "FILE", requires = "probe_cert")]
+    pub probe_key: Option<PathBuf>,
+    /// Sample this process's resident memory (VmRSS) during the flood.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
 }
 
 /// Options of `onehop-farm up`.
@@ -132,6 +190,7 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up(args),
         Command::Down { dir } => down(&dir),
+        Command::Flood(args) => flood_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,6 +199,89 @@ pub fn cli_main(args: Vec<OsString>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `onehop-farm flood`: the flood and the probe side by side, one JSON object out.
+fn flood_cmd(a: FloodArgs) -> anyhow::Result<()> {
+    let sources = flood::parse_sources(&a.sources).map_err(anyhow::Error::msg)?;
+    if let Some(p) = a.probe_from {
+        if sources.contains(&p) {
+            bail!("--probe-from {p} is one of the flood's sources");
+        }
+    }
+    let quic = a.ca.clone().map(|ca| flood::QuicClient {
+        ca,
+        cert: a.cert.clone().zip(a.key.clone()),
+    });
+    let f = flood::Flood {
+        kind: a.kind,
+        target: a.target,
+        sources,
+        duration: Duration::from_secs(a.secs),
+        rate: a.rate,
+        concurrency: a.concurrency.max(1),
+        domain: a.domain.clone(),
+        quic: quic.clone(),
+    };
+    let probe = a.probe_from.map(|from| flood::probe::Probe {
+        kind: a.kind,
+        target: a.target,
+        from,
+        duration: Duration::from_secs(a.secs),
+        every: Duration::from_millis(a.probe_every_ms.max(1)),
+        domain: a.domain.clone(),
+        quic: a.ca.clone().map(|ca| flood::QuicClient {
+            ca,
+            cert: a.probe_cert.clone().zip(a.probe_key.clone()),
+        }),
+    });
+    let rt = tokio::runtime::Runtime::new()?;
+    let rss_before = a.pid.map(flood::vm_rss_kib);
+    let (peak, (tally, probed)) = rt.block_on(async {
+        let both = async {
+            let p = async {
+                match &probe {
+                    Some(p) => Some(flood::probe(p).await),
+                    None => None,
+                }
+            };
+            tokio::join!(flood::run(&f), p)
+        };
+        match a.pid {
+            Some(pid) => {
+                let (peak, out) = flood::watch_rss(pid, both).await;
+                (Some(peak), out)
+            }
+            None => (None, both.await),
+        }
+    });
+    let tally = tally.map_err(anyhow::Error::msg)?;
+    let mut out = serde_json::json!({
+        "kind": a.kind,
+        "target": a.target.to_string(),
+        "sources": f.sources.len(),
+        "secs": a.secs,
+        "flood": tally,
+    });
+    if let Some(p) = probed {
+        let p = p.map_err(anyhow::Error::msg)?;
+        out["probe"] = serde_json::json!({
+            "attempts": p.attempts,
+            "ok": p.ok,
+            "success_rate": p.success_rate(),
+            "p50_ms": p.percentile(50.0),
+            "p99_ms": p.percentile(99.0),
+        });
+    }
+    if let Some(pid) = a.pid {
+        out["rss_kib"] = serde_json::json!({
+            "before": rss_before,
+            "peak": peak,
+            "after": flood::vm_rss_kib(pid),
+        });
+    }
+    println!("{out}");
+    Ok(())
 }
 
 /// Well-known ports.

@@ -61,6 +61,13 @@ pub struct Config {
     /// QUIC keep-alive, idle timeout and per-connection buffers.
     #[serde(default)]
     pub quic: Timing,
+    /// Bounds on QUIC handshakes: in progress at once, per source address, and when clients
+    /// must first prove their address.
+    #[serde(default)]
+    pub quic_admission: onehop_overlay::admission::Admission,
+    /// When the certificates and the revocation list are reported as nearing their end.
+    #[serde(default)]
+    pub cert_warnings: onehop_overlay::certwatch::CertWarnings,
     /// Bounds of the queues between this daemon and the event servers (received events, and
     /// publications per event server), in entries and in bytes.
     #[serde(default)]
@@ -190,6 +197,12 @@ impl Config {
         }
         if let Some((key, problem)) = self.eventclient.problem() {
             return Err(bad(&format!("eventclient.{key}"), problem));
+        }
+        if let Err((key, problem)) = self.quic_admission.check() {
+            return Err(bad(&key, problem));
+        }
+        if let Err((key, problem)) = self.cert_warnings.check() {
+            return Err(bad(&key, problem));
         }
         Ok(())
     }

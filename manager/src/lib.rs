@@ -103,6 +103,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         raft.raft().clone(),
         conns.clone(),
         farm_read::FarmReads::new(raft.store().db().clone(), &metrics),
+        onehop_overlay::admission::HandshakeGate::new(cfg.quic_admission, &metrics),
     ));
 
     let api_token = tokio_util::sync::CancellationToken::new();
@@ -159,6 +160,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         api_token.clone(),
     );
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
+    let cert_watch =
+        onehop_overlay::certwatch::CertWatch::new(&creds, crl.clone(), cfg.cert_warnings, &metrics)
+            .spawn(Some(onehop_overlay::certwatch::to_events(client.clone())));
     info!(%name, id = cfg.id, raft = %raft_addr, "manager started");
 
     let mut publisher = Publisher::new(name.clone(), &metrics);
@@ -227,6 +231,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             }
         }
     }
+    cert_watch.abort();
     client.leave(Duration::from_secs(1)).await;
     if let Err(e) = raft.shutdown().await {
         warn!(cause = %e, "raft shutdown");

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use onehop_overlay::admission::HandshakeGate;
 use onehop_overlay::logging::peer_label;
 use onehop_overlay::net::{peer_identity, ConnTable};
 use onehop_overlay::status::Kind;
@@ -122,8 +123,9 @@ impl RaftTransport for QuicTransport {
     }
 }
 
-/// Handshakes in progress at once; more are refused.
-pub const MAX_HANDSHAKES: usize = 256;
+/// Handshake refusals logged at WARN: at most 20 per 10 s, whatever a storm sends.
+static REFUSALS: std::sync::LazyLock<onehop_overlay::admission::LogBudget> =
+    std::sync::LazyLock::new(onehop_overlay::admission::handshake_log_budget);
 /// Connections of other managers (Raft) at once. Counted apart from members', so that many
 /// nodes never crowd Raft out.
 pub const MAX_MANAGER_CONNECTIONS: usize = 64;
@@ -134,19 +136,19 @@ pub const MAX_MEMBER_CONNECTIONS: usize = 1024;
 /// farm-read service ([`crate::farm_read`]) for nodes and DNS servers. Any other certificate
 /// kind is refused with [`CloseCode::Forbidden`]; revoked certificates never get past the
 /// handshake (the endpoint's verifier holds the CRL) and connections are recorded in `table`
-/// so that a later revocation closes them.
+/// so that a later revocation closes them. Handshakes pass the `gate` first (bounded in
+/// progress and per source address, see [`onehop_overlay::admission`]).
 pub async fn serve(
     endpoint: quinn::Endpoint,
     raft: Raft<TypeConfig>,
     table: ConnTable,
     farm: crate::farm_read::FarmReads,
+    gate: HandshakeGate,
 ) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let managers = Arc::new(tokio::sync::Semaphore::new(MAX_MANAGER_CONNECTIONS));
     let members = Arc::new(tokio::sync::Semaphore::new(MAX_MEMBER_CONNECTIONS));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-            incoming.refuse();
+        let Some((incoming, handshake)) = gate.screen(incoming) else {
             continue;
         };
         let raft = raft.clone();
@@ -155,14 +157,19 @@ pub async fn serve(
         let (managers, members) = (managers.clone(), members.clone());
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let conn = match incoming.await {
+            let conn = match HandshakeGate::handshake(incoming, handshake).await {
                 Ok(c) => c,
-                Err(e) => {
-                    warn!(peer = %remote, "refused raft connection: {}", onehop_overlay::net::describe_handshake_error(&e));
+                Err(why) => {
+                    match REFUSALS.allow(std::time::Instant::now()) {
+                        Some(0) => warn!(peer = %remote, "refused raft connection: {why}"),
+                        Some(n) => {
+                            warn!(peer = %remote, suppressed = n, "refused raft connection: {why} ({n} more refusals not logged)")
+                        }
+                        None => debug!(peer = %remote, "refused raft connection: {why}"),
+                    }
                     return;
                 }
             };
-            drop(handshake);
             let id = match peer_identity(&conn) {
                 Ok(id) => id,
                 Err(e) => {

@@ -91,6 +91,7 @@ async fn members_read_what_their_certificate_allows() {
         raft.raft().clone(),
         table.clone(),
         FarmReads::new(raft.store().db().clone(), &metrics),
+        onehop_overlay::admission::HandshakeGate::new(Default::default(), &metrics),
     ));
     let cancel = CancellationToken::new();
     spawn_nonce_keeper(raft.clone(), cancel.clone());

@@ -122,7 +122,21 @@ async fn interrupted() {
     }
 }
 
+/// The ends of the monitor's own certificate and of the CA's, read from `tls`.
+fn own_certs(tls: &TlsFiles) -> Option<crate::state::OwnCerts> {
+    let creds = onehop_overlay::tls::Credentials::load(tls).ok()?;
+    Some(crate::state::OwnCerts {
+        name: creds.identity.name.clone(),
+        own_not_after: creds.identity.not_after,
+        ca_not_after: onehop_overlay::certwatch::not_after(&creds.ca)?,
+    })
+}
+
 async fn follow(cli: &Cli, tls: TlsFiles, es: Vec<SocketAddr>) -> anyhow::Result<()> {
+    let mut f = match own_certs(&tls) {
+        Some(c) => Follow::with_certs(&c, Default::default()),
+        None => Follow::new(),
+    };
     let (client, mut events) =
         start_session(&tls, es, WATCH_TOPICS.to_vec()).context("monitor session")?;
     let stop = async {
@@ -134,14 +148,29 @@ async fn follow(cli: &Cli, tls: TlsFiles, es: Vec<SocketAddr>) -> anyhow::Result
     tokio::pin!(stop);
     let interrupt = interrupted();
     tokio::pin!(interrupt);
-    let mut f = Follow::new();
     let mut out = std::io::stdout();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = tick.tick() => {
+                let mut closed = false;
+                for line in f.certs(now_ms()) {
+                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        closed = true;
+                        break;
+                    }
+                }
+                if closed {
+                    break;
+                }
+            }
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
                 let mut closed = false;
-                for line in f.lines(now_ms(), &ev) {
+                let now = now_ms();
+                let mut lines = f.lines(now, &ev);
+                lines.extend(f.certs(now));
+                for line in lines {
                     // A closed pipe (`| head`) ends the program quietly.
                     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
                         closed = true;
@@ -168,6 +197,7 @@ async fn ui(cli: &Cli, tls: TlsFiles, es: Vec<SocketAddr>) -> anyhow::Result<()>
         Options {
             points: cli.points,
             copies: cli.replicas,
+            certs: own_certs(&tls),
             ..Options::default()
         },
     );

@@ -10,7 +10,15 @@
 //! 2025-06-01T12:00:09.001Z status term 2 version 7 manager manager1 members 9 gone node4
 //! 2025-06-01T12:00:12.000Z eventserver es2 127.0.1.2:8000 down idle timeout
 //! 2025-06-01T12:00:12.700Z eventserver es2 127.0.1.2:8000 up
+//! 2025-06-01T12:00:13.000Z crl es1 number 5 revoked 1 next-update 2025-06-08T12:00:13Z
+//! 2025-06-08T12:00:14.000Z cert crl error revocation list #5 is stale: its next update was due ...
 //! ```
+//!
+//! `crl` lines come for each new revocation list an event server delivers. `cert` lines are
+//! the monitor's own checks, by the daemons' rules (`onehop_overlay::certwatch`): its own
+//! certificate and the CA's nearing their end (`cert own`, `cert ca`), the list held past
+//! its next update (`cert crl`), each when it starts and again hourly while it lasts. What
+//! the members say of their own certificates comes as their `log` lines.
 //!
 //! `status` lines come only for a status newer than the last one (`joined`/`gone` list the
 //! differences in member names, comma-separated); `eventserver` lines only when our session
@@ -19,6 +27,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
+use onehop_overlay::certwatch::{CertWarnings, Facts, Reporter};
 use onehop_overlay::client::ClientEvent;
 use onehop_overlay::status::NetworkStatus;
 use onehop_overlay::wire::{Level, Payload};
@@ -26,10 +35,30 @@ use onehop_overlay::wire::{Level, Payload};
 use crate::format::timestamp;
 
 /// Turns client events into `--follow` lines.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Follow {
     held: Option<NetworkStatus>,
     up: HashMap<SocketAddr, bool>,
+    crl: Option<Vec<u8>>,
+    facts: Facts,
+    reporter: Reporter,
+}
+
+impl Default for Follow {
+    fn default() -> Self {
+        Follow {
+            held: None,
+            up: HashMap::new(),
+            crl: None,
+            facts: Facts {
+                name: "monitor".into(),
+                own_not_after: i64::MAX,
+                ca_not_after: i64::MAX,
+                crl: None,
+            },
+            reporter: Reporter::new(CertWarnings::default()),
+        }
+    }
 }
 
 fn level_word(l: Level) -> &'static str {
@@ -44,6 +73,62 @@ impl Follow {
     /// A formatter that has seen nothing yet.
     pub fn new() -> Follow {
         Follow::default()
+    }
+
+    /// A formatter that also checks the monitor's own certificate and the CA's.
+    pub fn with_certs(certs: &crate::state::OwnCerts, warnings: CertWarnings) -> Follow {
+        Follow {
+            facts: Facts {
+                name: certs.name.clone(),
+                own_not_after: certs.own_not_after,
+                ca_not_after: certs.ca_not_after,
+                crl: None,
+            },
+            reporter: Reporter::new(warnings),
+            ..Follow::default()
+        }
+    }
+
+    /// The `cert` lines due at `now_ms` (call it after every event and once a second).
+    pub fn certs(&mut self, now_ms: u64) -> Vec<String> {
+        let ts = timestamp(now_ms);
+        self.reporter
+            .tick((now_ms / 1000) as i64, &self.facts)
+            .into_iter()
+            .map(|n| {
+                format!(
+                    "{ts} cert {} {} {}",
+                    n.subject.label(),
+                    level_word(n.level),
+                    n.text
+                )
+            })
+            .collect()
+    }
+
+    fn crl_line(&mut self, ts: &str, origin: &str, der: &[u8]) -> Vec<String> {
+        if self.crl.as_deref() == Some(der) {
+            return vec![];
+        }
+        self.crl = Some(der.to_vec());
+        match x509_parser::parse_x509_crl(der) {
+            Ok((_, crl)) => {
+                let number = crl
+                    .crl_number()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0);
+                let next = crl.next_update().map(|t| t.timestamp());
+                self.facts.crl = Some((number, next));
+                let next = next
+                    .map(onehop_overlay::certwatch::rfc3339)
+                    .unwrap_or_else(|| "none".into());
+                vec![format!(
+                    "{ts} crl {origin} number {number} revoked {} next-update {next}",
+                    crl.iter_revoked_certificates().count()
+                )]
+            }
+            Err(e) => vec![format!("{ts} crl {origin} unreadable {e}")],
+        }
     }
 
     /// The lines (without newline) for `ev`, seen at `now_ms`; often none.
@@ -93,6 +178,7 @@ impl Follow {
                     self.held = Some(s.clone());
                     vec![line]
                 }
+                Payload::Crl(der) => self.crl_line(&ts, &e.origin, der),
                 Payload::Log(l) => {
                     let text = l.text.replace(['\r', '\n'], " ");
                     vec![format!(

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use onehop_overlay::certwatch::{CertWarnings, Facts, Health, Reporter, Subject};
 use onehop_overlay::client::ClientEvent;
 use onehop_overlay::ring::{lookup_key, position, RingMember, Rings, DEFAULT_POINTS};
 use onehop_overlay::status::{Kind, Member, NetworkStatus};
@@ -28,6 +29,22 @@ pub struct Options {
     pub log_capacity: usize,
     /// After how long without new figures a member's load is shown as stale.
     pub stale_stats_ms: u64,
+    /// The monitor's own certificate and the CA's ends, to report them nearing; `None`
+    /// reports only the revocation list.
+    pub certs: Option<OwnCerts>,
+    /// When certificates are reported (as the daemons do).
+    pub cert_warnings: CertWarnings,
+}
+
+/// The monitor's own certificate and the CA's ends (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnCerts {
+    /// The monitor certificate's name.
+    pub name: String,
+    /// Its `notAfter`.
+    pub own_not_after: i64,
+    /// The CA certificate's `notAfter`.
+    pub ca_not_after: i64,
 }
 
 impl Default for Options {
@@ -37,6 +54,8 @@ impl Default for Options {
             copies: 2,
             log_capacity: 1000,
             stale_stats_ms: 15_000,
+            certs: None,
+            cert_warnings: CertWarnings::default(),
         }
     }
 }
@@ -231,6 +250,10 @@ pub struct App {
     departures: HashMap<String, u64>,
     /// The revocation list last seen (DER), to log only changes.
     crl: Option<Vec<u8>>,
+    /// Its number and next update (unix seconds), for its staleness.
+    crl_facts: Option<(u64, Option<i64>)>,
+    /// When to report the certificates and the list (the daemons' rules).
+    reporter: Reporter,
 }
 
 /// Event servers report the same departure within this window; one line is logged.
@@ -266,7 +289,6 @@ impl App {
     /// A UI for a session with these event servers.
     pub fn new(eventservers: &[SocketAddr], opts: Options) -> App {
         App {
-            opts,
             now_ms: 0,
             size: (80, 24),
             status: None,
@@ -291,6 +313,69 @@ impl App {
             quit: false,
             departures: HashMap::new(),
             crl: None,
+            crl_facts: None,
+            reporter: Reporter::new(opts.cert_warnings),
+            opts,
+        }
+    }
+
+    /// What the certificate checks know now: the monitor's own certificate and the CA's
+    /// (never ending when unknown) and the revocation list last seen.
+    pub fn cert_facts(&self) -> Facts {
+        let (name, own, ca) = match &self.opts.certs {
+            Some(c) => (c.name.clone(), c.own_not_after, c.ca_not_after),
+            None => ("monitor".to_string(), i64::MAX, i64::MAX),
+        };
+        Facts {
+            name,
+            own_not_after: own,
+            ca_not_after: ca,
+            crl: self.crl_facts,
+        }
+    }
+
+    /// What is wrong with the certificates or the list now, in a few words each, for the
+    /// header: `(level, text)`, e.g. `(Error, "CRL #4 stale 2h05m")`.
+    pub fn cert_alerts(&self) -> Vec<(Level, String)> {
+        let facts = self.cert_facts();
+        let now = (self.now_ms / 1000) as i64;
+        let mut out = Vec::new();
+        for subject in [Subject::Ca, Subject::Own, Subject::Crl] {
+            let Some((health, left)) = self.reporter.assess(subject, now, &facts) else {
+                continue;
+            };
+            let what = match subject {
+                Subject::Ca => "CA".to_string(),
+                Subject::Own => format!("cert of {}", facts.name),
+                Subject::Crl => format!("CRL #{}", facts.crl.map(|c| c.0).unwrap_or(0)),
+            };
+            let ms = |s: i64| s.unsigned_abs().saturating_mul(1000);
+            match (subject, health) {
+                (_, Health::Fine) => {}
+                (Subject::Crl, _) => out.push((
+                    Level::Error,
+                    format!("{what} stale {}", crate::format::duration(ms(left))),
+                )),
+                (_, Health::Soon) => out.push((
+                    Level::Warn,
+                    format!("{what} ends in {}", crate::format::duration(ms(left))),
+                )),
+                (_, Health::Over) => out.push((
+                    Level::Error,
+                    format!("{what} expired {} ago", crate::format::duration(ms(left))),
+                )),
+            }
+        }
+        out
+    }
+
+    /// Logs what the certificate checks have to say now (at most one line per subject per
+    /// repeat interval, as the daemons do).
+    fn check_certs(&mut self) {
+        let facts = self.cert_facts();
+        let now = self.now_ms;
+        for n in self.reporter.tick((now / 1000) as i64, &facts) {
+            self.push_log(n.level, now, format!("monitor: {}", n.text));
         }
     }
 
@@ -317,6 +402,7 @@ impl App {
             }
             Input::Tick => {}
         }
+        self.check_certs();
     }
 
     /// Live members in display order: nodes, DNS servers, managers, event servers, each by
@@ -505,6 +591,14 @@ impl App {
         }
         let first = self.crl.is_none();
         self.crl = Some(der.to_vec());
+        self.crl_facts = x509_parser::parse_x509_crl(der).ok().map(|(_, crl)| {
+            (
+                crl.crl_number()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
+                crl.next_update().map(|t| t.timestamp()),
+            )
+        });
         let now = self.now_ms;
         let (level, text) = match x509_parser::parse_x509_crl(der) {
             Ok((_, crl)) => {

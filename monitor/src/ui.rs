@@ -205,6 +205,14 @@ fn header_line(app: &App) -> Line<'static> {
             ));
         }
     }
+    for (level, text) in app.cert_alerts() {
+        let color = match level {
+            Level::Error => Color::Red,
+            _ => Color::Yellow,
+        };
+        spans.push(Span::raw("  "));
+        spans.push(Span::styled(text, bold().fg(color)));
+    }
     Line::from(spans)
 }
 

@@ -156,6 +156,9 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
     }
     .with_limits(cfg.eventclient);
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
+    let cert_watch =
+        onehop_overlay::certwatch::CertWatch::new(&creds, crl.clone(), cfg.cert_warnings, &metrics)
+            .spawn(Some(onehop_overlay::certwatch::to_events(client.clone())));
     spawn_stats(
         client.clone(),
         services.store.clone(),
@@ -230,6 +233,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
         relay.drain();
     }
     cancel.cancel();
+    cert_watch.abort();
     client.leave(Duration::from_secs(1)).await;
     for t in role_tasks {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;

@@ -30,6 +30,8 @@
 //!
 //! - Incoming connections: at most [`PeerConfig::max_connections`] at once; past that a new
 //!   connection is refused before its handshake (`incoming.refuse()`).
+//! - Handshakes: each passes the server's [`HandshakeGate`] first (handshakes in progress,
+//!   per source address, stateless retry under load; [`PeerNet::with_gate`]).
 //! - Concurrent streams per connection: the endpoint's `max_bidi` (set by whoever built the
 //!   endpoint with [`onehop_overlay::net::endpoint`]); QUIC makes the caller wait.
 //! - Concurrent calls being handled over all connections: [`PeerConfig::max_streams`]; the
@@ -64,6 +66,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
+use onehop_overlay::admission::{Admission, HandshakeGate};
 use onehop_overlay::budget::ByteBudget;
 use onehop_overlay::identity::Identity;
 use onehop_overlay::logging::peer_label;
@@ -305,6 +308,7 @@ pub struct PeerNet {
     config: PeerConfig,
     handlers: Handlers,
     conns: Mutex<HashMap<String, Slot>>,
+    gate: HandshakeGate,
     counters: std::sync::OnceLock<Counters>,
 }
 
@@ -330,12 +334,25 @@ impl PeerNet {
     /// [`onehop_overlay::net::endpoint`] with `Some(max_streams)` so that it also serves).
     /// Connections both ways are recorded in `table` so that revoked peers are cut off.
     pub fn new(endpoint: quinn::Endpoint, table: ConnTable, config: PeerConfig) -> Arc<PeerNet> {
+        let gate = HandshakeGate::new(Admission::default(), &Metrics::default());
+        PeerNet::with_gate(endpoint, table, config, gate)
+    }
+
+    /// [`PeerNet::new`] with the gate its server's handshakes pass (see
+    /// [`onehop_overlay::admission`]).
+    pub fn with_gate(
+        endpoint: quinn::Endpoint,
+        table: ConnTable,
+        config: PeerConfig,
+        gate: HandshakeGate,
+    ) -> Arc<PeerNet> {
         Arc::new(PeerNet {
             endpoint,
             table,
             config,
             handlers: Handlers::default(),
             conns: Mutex::new(HashMap::new()),
+            gate,
             counters: std::sync::OnceLock::new(),
         })
     }
@@ -389,6 +406,7 @@ impl PeerNet {
             self.config,
             self.table.clone(),
             shutdown,
+            self.gate.clone(),
             inflight,
         ))
     }
@@ -675,12 +693,17 @@ pub async fn serve(
     table: ConnTable,
     shutdown: CancellationToken,
 ) {
+    let gate = HandshakeGate::new(Admission::default(), &Metrics::default());
     let inflight = Inflight {
         bytes: ByteBudget::new(config.max_inflight_bytes),
         counters: None,
     };
-    serve_bounded(endpoint, handlers, config, table, shutdown, inflight).await
+    serve_bounded(endpoint, handlers, config, table, shutdown, gate, inflight).await
 }
+
+/// Handshake refusals logged at WARN: at most 20 per 10 s, whatever a storm sends.
+static REFUSALS: std::sync::LazyLock<onehop_overlay::admission::LogBudget> =
+    std::sync::LazyLock::new(onehop_overlay::admission::handshake_log_budget);
 
 async fn serve_bounded(
     endpoint: quinn::Endpoint,
@@ -688,6 +711,7 @@ async fn serve_bounded(
     config: PeerConfig,
     table: ConnTable,
     shutdown: CancellationToken,
+    gate: HandshakeGate,
     inflight: Inflight,
 ) {
     let connections = Arc::new(Semaphore::new(config.max_connections));
@@ -705,6 +729,9 @@ async fn serve_bounded(
             incoming.refuse();
             continue;
         };
+        let Some((incoming, handshake)) = gate.screen(incoming) else {
+            continue;
+        };
         let handlers = handlers.clone();
         let table = table.clone();
         let streams = streams.clone();
@@ -713,14 +740,24 @@ async fn serve_bounded(
         tokio::spawn(async move {
             let _permit = permit;
             let remote = incoming.remote_address();
-            let conn = match tokio::time::timeout(config.connect_timeout, incoming).await {
+            let handshake = tokio::time::timeout(
+                config.connect_timeout,
+                HandshakeGate::handshake(incoming, handshake),
+            );
+            let conn = match handshake.await {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    warn!(peer = %remote, "refused peer connection: {}", describe_handshake_error(&e));
-                    return;
-                }
-                Err(_) => {
-                    warn!(peer = %remote, "refused peer connection: handshake timed out");
+                failed => {
+                    let why = match failed {
+                        Ok(Err(why)) => why,
+                        _ => "handshake timed out".to_string(),
+                    };
+                    match REFUSALS.allow(std::time::Instant::now()) {
+                        Some(0) => warn!(peer = %remote, "refused peer connection: {why}"),
+                        Some(n) => {
+                            warn!(peer = %remote, suppressed = n, "refused peer connection: {why} ({n} more refusals not logged)")
+                        }
+                        None => debug!(peer = %remote, "refused peer connection: {why}"),
+                    }
                     return;
                 }
             };

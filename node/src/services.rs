@@ -89,7 +89,8 @@ pub async fn start(
         metrics,
         cancel.clone(),
     );
-    let peer = PeerNet::new(peer_ep, peer_conns, peer_cfg);
+    let gate = onehop_overlay::admission::HandshakeGate::new(cfg.quic_admission, metrics);
+    let peer = PeerNet::with_gate(peer_ep, peer_conns, peer_cfg, gate);
     peer.count_in(metrics);
     peer.spawn_server(cancel.clone());
     endpoints.push(Endpoint {

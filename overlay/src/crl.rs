@@ -52,6 +52,9 @@ pub struct CrlState {
     pub serials: HashSet<Serial>,
     /// `(crl number, this update in unix seconds)`: the order in which CRLs are taken.
     pub order: (u64, i64),
+    /// When the issuer promised the next list (`nextUpdate`, unix seconds), if it said.
+    /// Past it the list is stale: still enforced, and reported (see [`crate::certwatch`]).
+    pub next_update: Option<i64>,
 }
 
 impl CrlState {
@@ -134,10 +137,12 @@ impl CrlStore {
             revoked = serials.len(),
             "revocation list taken"
         );
+        let next_update = next_update(&der);
         self.state.store(Arc::new(CrlState {
             der: Some(der),
             serials,
             order,
+            next_update,
         }));
         self.changed.send_modify(|v| *v += 1);
         Ok(true)
@@ -202,6 +207,12 @@ pub fn write_crl_file(p: &Path, der: &[u8]) -> Result<(), CrlError> {
     };
     std::fs::write(&tmp, pem).map_err(io)?;
     std::fs::rename(&tmp, p).map_err(io)
+}
+
+/// The `nextUpdate` of a DER CRL in unix seconds: `None` when it has none or does not parse.
+pub fn next_update(crl_der: &[u8]) -> Option<i64> {
+    let (_, crl) = CertificateRevocationList::from_der(crl_der).ok()?;
+    crl.next_update().map(|t| t.timestamp())
 }
 
 /// Checks that `crl_der` is a CRL signed by the CA; returns its order key.

@@ -7,10 +7,12 @@
 //!   from a certificate.
 //! - [`wire`]: the messages and the length-prefixed codec with a size cap.
 //! - [`tls`]: rustls configurations from the CA, a certificate, a key and the CRL.
-//! - [`net`]: quinn endpoints, the only module here that touches sockets.
+//! - [`net`]: quinn endpoints, the only module here that touches sockets;
+//!   [`admission`]: the bounds on QUIC handshakes every server applies.
 //! - [`bootstrap`]: finding the event servers through DNS from the domain alone.
 //! - [`client`]: a member's (or monitor's) sessions with every event server.
-//! - [`crl`]: the revocation list in force, verified, persisted and hot-swapped.
+//! - [`crl`]: the revocation list in force, verified, persisted and hot-swapped;
+//!   [`certwatch`]: the certificates and the list over time, reported before they bite.
 //! - [`provision`]: what managers push to nodes and what members read from managers;
 //!   [`farm_client`]: the members' client of the managers' farm-read service.
 //! - [`budget`]: byte bounds shared by the producers and the consumer of a queue.
@@ -20,8 +22,10 @@
 
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod bootstrap;
 pub mod budget;
+pub mod certwatch;
 pub mod client;
 pub mod crl;
 pub mod daemon;

@@ -133,6 +133,7 @@ pub fn quinn_server_config(
         .map_err(|e| NetError::Tls(TlsError::Verifier(e.to_string())))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(transport(timing, max_bidi));
+    crate::admission::limit_incoming(&mut cfg);
     Ok(cfg)
 }
 

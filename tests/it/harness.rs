@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use onehop_overlay::farmfile::FarmFile;
@@ -86,11 +86,28 @@ impl Farm {
         Farm::start(base_ip, args, None)
     }
 
+    /// [`Farm::up`] in a directory that `prepare` fills first (a CA of its own, say: `up`
+    /// keeps what it finds).
+    pub fn up_prepared(base_ip: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Farm {
+        let lock = FARM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        Farm::start_with(base_ip, args, Some(lock), prepare)
+    }
+
     fn start(base_ip: &str, args: &[&str], lock: Option<MutexGuard<'static, ()>>) -> Farm {
+        Farm::start_with(base_ip, args, lock, |_| {})
+    }
+
+    fn start_with(
+        base_ip: &str,
+        args: &[&str],
+        lock: Option<MutexGuard<'static, ()>>,
+        prepare: impl FnOnce(&Path),
+    ) -> Farm {
         let dir = tempfile::Builder::new()
             .prefix("onehop-it-")
             .tempdir()
             .expect("tempdir");
+        prepare(dir.path());
         let started = Instant::now();
         let out = Command::new(farm_bin())
             .args([
@@ -251,7 +268,22 @@ impl Farm {
     /// Starts an extra node `name` on `ip` with a fresh certificate for `roles`; returns when
     /// the process is spawned (not when it has joined).
     pub fn add_node(&mut self, name: &str, ip: &str, roles: &str) -> Instant {
-        self.issue(name, "node", &["--roles", roles, "--ip", ip]);
+        self.add_node_with(name, ip, roles, &[], false)
+    }
+
+    /// [`Farm::add_node`], with extra `onehop-certs issue` arguments for its certificate
+    /// (`--not-after`, say), and its metrics served on `ip` when `metrics` is set.
+    pub fn add_node_with(
+        &mut self,
+        name: &str,
+        ip: &str,
+        roles: &str,
+        issue: &[&str],
+        metrics: bool,
+    ) -> Instant {
+        let mut args = vec!["--roles", roles, "--ip", ip];
+        args.extend_from_slice(issue);
+        self.issue(name, "node", &args);
         let template = self
             .file
             .members
@@ -263,6 +295,9 @@ impl Farm {
         let mut cfg: toml::Table = toml::from_str(&text).expect("toml");
         cfg.insert("ip".into(), toml::Value::String(ip.into()));
         cfg.remove("metrics");
+        if metrics {
+            cfg.insert("metrics".into(), toml::Value::String(format!("{ip}:9100")));
+        }
         let tls = cfg
             .get_mut("tls")
             .and_then(|t| t.as_table_mut())
@@ -694,5 +729,57 @@ pub fn alive(pid: u32) -> bool {
         Ok(s) => s
             .rsplit_once(')')
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// `onehop-monitor --follow`, its lines gathered as they come.
+pub struct Follower {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Follower {
+    /// Starts it on `farm`, for at most `secs` seconds.
+    pub fn start(farm: &Farm, secs: u64) -> Follower {
+        let mut child = Command::new(farm.path().join("bin").join("onehop-monitor"))
+            .args(["--farm", farm.path().to_str().unwrap(), "--follow"])
+            .args(["--timeout", &secs.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("monitor");
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `wait`) for a line containing every one of `words`.
+    pub fn saw(&self, words: &[&str], wait: Duration) -> Option<String> {
+        wait_for(wait, || {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| words.iter().all(|w| l.contains(w)))
+                .cloned()
+        })
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

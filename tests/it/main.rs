@@ -7,11 +7,13 @@
 mod harness;
 
 mod auth;
+mod certs_time;
 mod deploy;
 mod dns;
 mod eventserver_loss;
 mod failover;
 mod farm;
+mod floods;
 mod frames;
 mod interdomain;
 mod metrics;

@@ -71,11 +71,11 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         }
         if req.method == Method::Register && to_us {
             let Some(to) = req.headers.to().and_then(|t| aor_of(&t)) else {
-                self.respond_status(key, 400, "Bad To");
+                self.respond_status_forget(key, 400, "Bad To");
                 return Gate::Done;
             };
             if !self.local.domains.contains(&to.1) {
-                self.respond_status(key, 403, "Not Our Domain");
+                self.respond_status_forget(key, 403, "Not Our Domain");
                 return Gate::Done;
             }
             return match self.credentials(key, req, &to, 401, ip) {
@@ -106,7 +106,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             }
             _ if to_us => Gate::Pass,
             _ => {
-                self.respond_status(key, 403, "Relaying Denied");
+                self.respond_status_forget(key, 403, "Relaying Denied");
                 Gate::Done
             }
         }
@@ -126,7 +126,8 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         let (user, realm, _) = aor;
         if self.keys.is_none() {
             // The farm's nonce key has not reached this node yet.
-            self.respond_unavailable(key);
+            let resp = self.unavailable(req);
+            self.respond_forget(key, resp);
             return None;
         }
         let header = if status == 401 {
@@ -143,28 +144,28 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         }
         let creds: Credentials = match credentials_in_headers(&req.headers, header, realm) {
             None => {
-                self.challenge(key, false);
+                self.challenge(key, false, true);
                 return None;
             }
             Some(Err(_)) => {
-                self.respond_status(key, 400, "Malformed Credentials");
+                self.respond_status_forget(key, 400, "Malformed Credentials");
                 return None;
             }
             Some(Ok(c)) => c,
         };
         if let Some(ip) = ip {
             if !self.env.admit(ip).allowed() {
-                self.respond_status(key, 403, "Too Many Failed Attempts");
+                self.respond_status_forget(key, 403, "Too Many Failed Attempts");
                 return None;
             }
         }
         if !self.cfg.algorithms.contains(&creds.algorithm) {
             // An algorithm this farm does not offer: the challenge lists those it does.
-            self.challenge(key, false);
+            self.challenge(key, false, true);
             return None;
         }
         if creds.username != *user {
-            self.respond_status(key, 403, "Authentication ID Does Not Match");
+            self.respond_status_forget(key, 403, "Authentication ID Does Not Match");
             return None;
         }
         let now_ms = self.wall_ms();
@@ -178,7 +179,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             Some(Err(NonceError::Expired)) => None,
             // Not a nonce of ours (or of a key since replaced): a fresh challenge.
             _ => {
-                self.challenge(key, false);
+                self.challenge(key, false, true);
                 return None;
             }
         };
@@ -190,8 +191,9 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         }))
     }
 
-    /// Answers the request waiting in `key` with a fresh challenge (401 or 407).
-    fn challenge(&mut self, key: &TransactionKey, stale: bool) {
+    /// Answers the request waiting in `key` with a fresh challenge (401 or 407); with
+    /// `forget`, statelessly ([`Self::respond_forget`]).
+    fn challenge(&mut self, key: &TransactionKey, stale: bool, forget: bool) {
         let Some((req, wait)) = self
             .servers
             .get(key)
@@ -223,7 +225,11 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             };
             resp = resp.with_header(header, &value.to_string());
         }
-        self.respond(key, resp);
+        if forget {
+            self.respond_forget(key, resp);
+        } else {
+            self.respond(key, resp);
+        }
     }
 
     /// The registrar refused the credentials: count the failure (unless only the nonce was
@@ -237,7 +243,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         if let (false, Some(ip)) = (stale, source) {
             self.env.auth_failed(ip);
         }
-        self.challenge(key, stale);
+        self.challenge(key, stale, false);
     }
 
     /// The registrar answered [`Output::Authenticate`].

@@ -39,6 +39,14 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             if let Some(entry) = self.servers.get_mut(&key) {
                 let actions = entry.txn.on_ack(now);
                 self.server_actions(&key, actions);
+            } else if req
+                .headers
+                .to()
+                .and_then(|t| t.tag().map(|tag| tag == self.cfg.tag))
+                .unwrap_or(false)
+            {
+                // The ACK of a final response we sent statelessly (a challenge, a refusal):
+                // nothing waits for it.
             } else {
                 // The ACK of a 2xx: end to end, forwarded without a transaction.
                 self.forward_stateless(req, deliver);
@@ -140,10 +148,11 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             match req.method {
                 Method::Register => self.start_register(key, req, &from, source, check),
                 Method::Options if req.uri.user().is_none() => {
+                    // A keep-alive ping: answered statelessly, so pings hold no state.
                     let resp = reply(&req, 200, None, Some(&self.cfg.tag))
                         .with_header("Allow", ALLOW)
                         .with_header("Accept", ACCEPT);
-                    self.respond(&key, resp);
+                    self.respond_forget(&key, resp);
                 }
                 _ if req.uri.user().is_none() || self.local.is_local_uri(&req.uri) => {
                     self.respond_status(&key, 404, "Not Found");

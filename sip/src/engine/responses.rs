@@ -159,6 +159,42 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         self.respond(key, resp);
     }
 
+    /// Answers the request of `key` and forgets it at once, as a stateless UAS does (RFC 3261
+    /// section 8.2.7): no transaction keeps a slot, a timer or the response, and a
+    /// retransmitted request is answered again the same way (its ACK, for an INVITE, is
+    /// absorbed by our To tag). For what a flood of unauthenticated requests would otherwise
+    /// fill the tables with: challenges, refusals of the checks, the 200 to a keep-alive
+    /// OPTIONS.
+    pub(super) fn respond_forget(&mut self, key: &TransactionKey, resp: Response) {
+        if let (true, Some(gate)) = (resp.status >= 200, self.media.as_mut()) {
+            gate.final_response(key, resp.status);
+        }
+        if self.servers.get(key).is_none_or(|e| e.done) {
+            // Nothing waits, or the request was answered already and its transaction
+            // absorbs the retransmissions.
+            return;
+        }
+        let Some(entry) = self.servers.remove(key) else {
+            return;
+        };
+        self.counts.code(resp.status);
+        self.send_bytes(entry.reply_to, resp.to_bytes(), None);
+    }
+
+    /// [`Self::respond_forget`] with a status and reason.
+    pub(super) fn respond_status_forget(
+        &mut self,
+        key: &TransactionKey,
+        status: u16,
+        reason: &str,
+    ) {
+        let Some(req) = self.servers.get(key).map(|e| e.txn.request().clone()) else {
+            return;
+        };
+        let resp = reply(&req, status, Some(reason), Some(self.cfg.tag.as_str()));
+        self.respond_forget(key, resp);
+    }
+
     /// 503 with Retry-After: overload, or the next hop (the registrar ring, another node)
     /// cannot be reached now.
     pub(super) fn respond_unavailable(&mut self, key: &TransactionKey) {
@@ -169,7 +205,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         self.respond(key, resp);
     }
 
-    fn unavailable(&self, req: &Request) -> Response {
+    pub(super) fn unavailable(&self, req: &Request) -> Response {
         reply(req, 503, Some("Service Unavailable"), Some(&self.cfg.tag))
             .with_header("Retry-After", &self.cfg.retry_after.to_string())
     }

@@ -559,3 +559,56 @@ fn with_authentication_off_nothing_is_challenged() {
     );
     assert!(outs.iter().any(|o| matches!(o, Output::Resolve { .. })));
 }
+
+/// Challenges, refusals and the 200 to a keep-alive OPTIONS are answered statelessly (RFC
+/// 3261 section 8.2.7): a flood of unauthenticated requests holds no transaction, no timer
+/// and no response, and a retransmission is answered again (with a fresh nonce).
+#[test]
+fn unauthenticated_requests_leave_no_state() {
+    let mut h = authed();
+    let mut nonces = Vec::new();
+    for i in 0..1000 {
+        let reg = register().branch(&format!("z9hG4bKflood{i}"));
+        let r = one(h.udp(uac(), &reg.call(&format!("c{i}@x")).text()));
+        assert_eq!(r.status(), 401);
+        nonces.push(challenges(&r, "WWW-Authenticate")[0].nonce.clone());
+        let invite = req("INVITE", "sip:bob@example.test")
+            .branch(&format!("z9hG4bKinv{i}"))
+            .call(&format!("i{i}@x"));
+        let outs = h.udp(uac(), &invite.text());
+        assert!(
+            responses(&outs).iter().any(|s| s.status() == 407),
+            "{outs:#?}"
+        );
+        let relay = req("MESSAGE", "sip:someone@elsewhere.test")
+            .from("<sip:mallory@elsewhere.test>;tag=m")
+            .branch(&format!("z9hG4bKrel{i}"))
+            .call(&format!("r{i}@x"));
+        assert_eq!(one(h.udp(uac(), &relay.text())).status(), 403);
+        let ping = req("OPTIONS", "sip:example.test")
+            .branch(&format!("z9hG4bKping{i}"))
+            .call(&format!("p{i}@x"));
+        assert_eq!(one(h.udp(uac(), &ping.text())).status(), 200);
+    }
+    assert_eq!(h.engine.transactions(), 0, "no transaction holds a slot");
+    assert_eq!(h.engine.lingering(), 0);
+    assert!(
+        h.engine.poll_timeout().is_none(),
+        "no timer waits for any of them"
+    );
+    // A retransmitted REGISTER is challenged again, with a new nonce.
+    let again = one(h.udp(
+        uac(),
+        &register().branch("z9hG4bKflood0").call("c0@x").text(),
+    ));
+    assert_eq!(again.status(), 401);
+    assert_ne!(challenges(&again, "WWW-Authenticate")[0].nonce, nonces[0]);
+    // The ACK of a stateless 407 is absorbed, not routed to the callee.
+    let ack = format!(
+        "ACK sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKinv0;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=a1\r\nTo: <sip:bob@example.test>;tag={}\r\nCall-ID: i0@x\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        uac(),
+        h.engine.config().tag
+    );
+    let outs = h.udp(uac(), &ack);
+    assert!(outs.is_empty(), "the ACK went somewhere: {outs:#?}");
+}
