@@ -15,6 +15,11 @@
 //!    (`incoming.retry()`), so spoofed sources cost no handshake at all.
 //! 3. **Globally**, at most [`Admission::max_handshakes`] handshakes in progress at once; past
 //!    it, refused. A refused member retries with its back-off (50 ms doubling to 1 s).
+//! 4. **Failures, globally**: a source whose last handshake failed may start another only
+//!    while the farm-wide budget of [`Admission::failures_per_sec`] failed handshakes a second
+//!    has room, so many sources with bad certificates together cost at most that much crypto a
+//!    second, and a member whose handshakes succeed is never held back by them. A source's
+//!    mark is cleared by a handshake that succeeds.
 //!
 //! The per-source table is bounded ([`MAX_SOURCES`] entries). When it is full, entries whose
 //! bucket is full again (they hold no debt) are dropped; if every entry still holds debt, a
@@ -57,6 +62,9 @@ pub struct Admission {
     pub per_source_per_sec: f64,
     /// Handshakes one source address may start at once after a quiet spell.
     pub per_source_burst: f64,
+    /// Failed handshakes a second, across every source, that sources whose last handshake
+    /// failed may cost; past it such a source is refused (`rate`) until the budget refills.
+    pub failures_per_sec: f64,
 }
 
 impl Default for Admission {
@@ -66,6 +74,7 @@ impl Default for Admission {
             retry_above: 32,
             per_source_per_sec: 20.0,
             per_source_burst: 40.0,
+            failures_per_sec: 50.0,
         }
     }
 }
@@ -82,6 +91,9 @@ impl Admission {
         }
         if !(self.per_source_burst.is_finite() && self.per_source_burst >= 1.0) {
             return Err((key("per_source_burst"), "must be at least 1".into()));
+        }
+        if !(self.failures_per_sec.is_finite() && self.failures_per_sec >= 1.0) {
+            return Err((key("failures_per_sec"), "must be at least 1".into()));
         }
         Ok(())
     }
@@ -104,6 +116,8 @@ pub enum Verdict {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// The source's last handshake failed.
+    failing: bool,
 }
 
 /// The per-source token buckets: pure, with the time as an argument.
@@ -113,6 +127,10 @@ pub struct Sources {
     burst: f64,
     cap: usize,
     table: HashMap<IpAddr, Bucket>,
+    /// Failed handshakes a second allowed to failing sources together, and their bucket
+    /// (its burst is one second's worth).
+    failure_rate: f64,
+    failures: Bucket,
 }
 
 impl Sources {
@@ -123,7 +141,25 @@ impl Sources {
             burst,
             cap: cap.max(1),
             table: HashMap::new(),
+            failure_rate: f64::INFINITY,
+            failures: Bucket {
+                tokens: f64::INFINITY,
+                at: Instant::now(),
+                failing: false,
+            },
         }
+    }
+
+    /// The same, with failing sources held to `per_sec` failed handshakes a second together
+    /// (see the module documentation).
+    pub fn with_failure_budget(mut self, per_sec: f64, now: Instant) -> Sources {
+        self.failure_rate = per_sec;
+        self.failures = Bucket {
+            tokens: per_sec,
+            at: now,
+            failing: false,
+        };
+        self
     }
 
     fn refill(&self, b: &mut Bucket, now: Instant) {
@@ -146,25 +182,64 @@ impl Sources {
         let mut b = *self.table.entry(ip).or_insert(Bucket {
             tokens: burst,
             at: now,
+            failing: false,
         });
         self.refill(&mut b, now);
-        let ok = b.tokens >= 1.0;
+        let ok = b.tokens >= 1.0 && (!b.failing || self.failure_room(now));
         if ok {
             b.tokens -= 1.0;
+            if b.failing {
+                // Paid for now: a failing source's handshake is likely to fail again.
+                self.spend_failure(now);
+            }
         }
         self.table.insert(ip, b);
         ok
     }
 
-    /// Charges `ip` `cost` more tokens (it may go into debt, down to minus one burst).
+    /// Charges `ip` `cost` more tokens (it may go into debt, down to minus one burst) for a
+    /// failed handshake: the source is marked failing, and the failure budget shared by
+    /// failing sources pays one.
     pub fn charge(&mut self, ip: IpAddr, cost: f64, now: Instant) {
         let floor = -self.burst;
         let mut bucket = self.table.get(&ip).copied();
+        let was_failing = bucket.is_some_and(|b| b.failing);
         if let Some(b) = bucket.as_mut() {
             self.refill(b, now);
             b.tokens = (b.tokens - cost).max(floor);
+            b.failing = true;
             self.table.insert(ip, *b);
         }
+        if !was_failing {
+            // A failing source paid when it was let in (see `take`).
+            self.spend_failure(now);
+        }
+    }
+
+    /// Takes one from the failure budget (into debt down to minus one second's worth).
+    fn spend_failure(&mut self, now: Instant) {
+        if !self.failure_rate.is_finite() {
+            return;
+        }
+        let f = &mut self.failures;
+        let dt = now.saturating_duration_since(f.at).as_secs_f64();
+        f.tokens = ((f.tokens + dt * self.failure_rate).min(self.failure_rate) - 1.0)
+            .max(-self.failure_rate);
+        f.at = now;
+    }
+
+    /// A handshake from `ip` succeeded: it is no longer a failing source.
+    pub fn succeeded(&mut self, ip: IpAddr) {
+        if let Some(b) = self.table.get_mut(&ip) {
+            b.failing = false;
+        }
+    }
+
+    /// Whether the failure budget has room for one more failing source's handshake.
+    fn failure_room(&self, now: Instant) -> bool {
+        let f = &self.failures;
+        let dt = now.saturating_duration_since(f.at).as_secs_f64();
+        (f.tokens + dt * self.failure_rate).min(self.failure_rate) >= 1.0
     }
 
     /// Drops the entries whose bucket is full again.
@@ -231,9 +306,11 @@ impl HandshakePermit {
             .charge(self.ip, FAILURE_COST, Instant::now());
     }
 
-    /// The handshake succeeded.
+    /// The handshake succeeded: the source is no longer a failing one.
     pub fn succeeded(self) {
-        self.gate.inner.counters.ok.inc();
+        let g = &self.gate.inner;
+        g.counters.ok.inc();
+        g.sources.lock().expect("sources").succeeded(self.ip);
     }
 }
 
@@ -252,11 +329,10 @@ impl HandshakeGate {
             inner: Arc::new(Inner {
                 cfg,
                 slots: Arc::new(Semaphore::new(cfg.max_handshakes.max(1))),
-                sources: Mutex::new(Sources::new(
-                    cfg.per_source_per_sec,
-                    cfg.per_source_burst,
-                    MAX_SOURCES,
-                )),
+                sources: Mutex::new(
+                    Sources::new(cfg.per_source_per_sec, cfg.per_source_burst, MAX_SOURCES)
+                        .with_failure_budget(cfg.failures_per_sec, Instant::now()),
+                ),
                 counters: Counters {
                     ok: metrics.counter("quic_handshakes_total{outcome=\"ok\"}", done),
                     failed: metrics.counter("quic_handshakes_total{outcome=\"failed\"}", done),
@@ -456,6 +532,31 @@ mod tests {
     }
 
     #[test]
+    fn failing_sources_share_one_failure_budget_and_others_are_not_held_back() {
+        let t0 = Instant::now();
+        // Generous per-source buckets: only the shared failure budget (10 a second) binds.
+        let mut s = Sources::new(1000.0, 1000.0, 1000).with_failure_budget(10.0, t0);
+        // 100 sources each fail once: the first failure of a source is not held back.
+        for i in 0..100u8 {
+            assert!(s.take(ip(i), t0), "a first handshake from {i}");
+            s.charge(ip(i), FAILURE_COST, t0);
+        }
+        // The budget is spent: none of them may try again at once...
+        let again = (0..100u8).filter(|&i| s.take(ip(i), t0)).count();
+        assert_eq!(again, 0);
+        // ...while a source that never failed goes ahead.
+        assert!(s.take(ip(200), t0));
+        // The budget is in debt by one second's worth at most: after two seconds about ten
+        // failing sources a second are let through again.
+        let later = t0 + Duration::from_secs(2);
+        let through = (0..100u8).filter(|&i| s.take(ip(i), later)).count();
+        assert_eq!(through, 10);
+        // A success clears the mark: that source is no longer held to the budget.
+        s.succeeded(ip(50));
+        assert!(s.take(ip(50), later));
+    }
+
+    #[test]
     fn the_table_is_bounded_and_keeps_only_debtors() {
         let t0 = Instant::now();
         let mut s = Sources::new(10.0, 2.0, 4);
@@ -480,6 +581,7 @@ mod tests {
                 retry_above: 2,
                 per_source_per_sec: 1000.0,
                 per_source_burst: 1000.0,
+                ..Admission::default()
             },
             &metrics,
         );
@@ -518,6 +620,7 @@ mod tests {
                 retry_above: 100,
                 per_source_per_sec: 1.0,
                 per_source_burst: 2.0,
+                ..Admission::default()
             },
             &metrics,
         );

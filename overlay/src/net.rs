@@ -151,6 +151,10 @@ pub fn quinn_client_config(
     Ok(cfg)
 }
 
+/// Receive and send buffer asked for every QUIC endpoint's UDP socket (the kernel caps it
+/// at `net.core.rmem_max`/`wmem_max`).
+pub const QUIC_UDP_BUFFER_BYTES: usize = 4 << 20;
+
 /// An endpoint bound to `addr`; a server too when `serve` is set (accepting up to `max_bidi`
 /// streams per connection). Its default client configuration presents our certificate.
 pub fn endpoint(
@@ -166,6 +170,11 @@ pub fn endpoint(
     };
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+    // The socket's receive buffer is the queue in front of the endpoint: in a handshake storm
+    // the default (about 200 KiB) overflows within milliseconds of the endpoint falling
+    // behind, and a good member's handshake packet dropped there waits for QUIC's first probe
+    // timeout (about 1 s).
+    size_udp_buffers(&socket, QUIC_UDP_BUFFER_BYTES);
     let runtime = quinn::default_runtime()
         .ok_or_else(|| NetError::PeerIdentity("no async runtime".into()))?;
     let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
