@@ -7,6 +7,7 @@
 mod harness;
 
 mod auth;
+mod chaos;
 mod deploy;
 mod dns;
 mod eventserver_loss;
