@@ -8,6 +8,7 @@ mod harness;
 
 mod auth;
 mod certs_time;
+mod chaos;
 mod deploy;
 mod dns;
 mod eventserver_loss;
