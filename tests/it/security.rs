@@ -134,10 +134,25 @@ fn foreign_expired_and_revoked_certificates_are_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let refused = wait_for(Duration::from_secs(3), || {
-        try_session(&rt, &farm, &ca, certs(&farm, "gone")).err()
-    });
+    // One session every 100 ms until the list is in force: polled faster, the sessions
+    // themselves would exhaust the gate's per-source allowance (20 a second) and be refused
+    // by rate before the revocation was ever checked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        if let Err(e) = try_session(&rt, &farm, &ca, certs(&farm, "gone")) {
+            break Some(e);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("revoked certificate refused: {refused:?}");
     assert!(refused.is_some(), "revoked certificate still accepted");
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains("Revoked")),
+        "refused, but not for the revocation: {refused:?}"
+    );
     assert!(farm.log_shows(
         "es1",
         "refused connection: certificate revoked",
