@@ -9,7 +9,7 @@ use crate::{
     IssueRequest, PublishOptions,
 };
 use anyhow::anyhow;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// The onehop certificate authority.
 ///
@@ -21,6 +21,44 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// The options of `revoke` and `crl` that publish the new list.
+#[derive(Args, Debug)]
+struct PublishArgs {
+    /// Also publish the new revocation list through the event servers.
+    #[arg(long)]
+    publish: bool,
+    /// With --publish: a farm directory to take the admin certificate and the event
+    /// server addresses from.
+    #[arg(long, value_name = "DIR", requires = "publish")]
+    farm: Option<PathBuf>,
+    /// With --publish: the admin certificate to connect with.
+    #[arg(long, value_name = "FILE", requires = "publish")]
+    cert: Option<PathBuf>,
+    /// With --publish: the admin certificate's key.
+    #[arg(long, value_name = "FILE", requires = "publish")]
+    key: Option<PathBuf>,
+    /// With --publish: an event server address, HOST:PORT (repeatable).
+    #[arg(long = "eventserver", value_name = "ADDR", requires = "publish")]
+    eventservers: Vec<String>,
+}
+
+impl PublishArgs {
+    /// Publishes `crl_der` of the CA in `ca_dir` when --publish was given.
+    fn run(self, ca_dir: PathBuf, crl_der: Vec<u8>) -> anyhow::Result<()> {
+        if !self.publish {
+            return Ok(());
+        }
+        publish_crl(PublishOptions {
+            ca_dir,
+            crl_der,
+            farm: self.farm,
+            cert: self.cert,
+            key: self.key,
+            eventservers: self.eventservers,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,22 +131,8 @@ enum Command {
         /// The member name whose certificate to revoke.
         #[arg(long, value_name = "NAME")]
         name: String,
-        /// Also publish the new revocation list through the event servers.
-        #[arg(long)]
-        publish: bool,
-        /// With --publish: a farm directory to take the admin certificate and the event
-        /// server addresses from.
-        #[arg(long, value_name = "DIR", requires = "publish")]
-        farm: Option<PathBuf>,
-        /// With --publish: the admin certificate to connect with.
-        #[arg(long, value_name = "FILE", requires = "publish")]
-        cert: Option<PathBuf>,
-        /// With --publish: the admin certificate's key.
-        #[arg(long, value_name = "FILE", requires = "publish")]
-        key: Option<PathBuf>,
-        /// With --publish: an event server address, HOST:PORT (repeatable).
-        #[arg(long = "eventserver", value_name = "ADDR", requires = "publish")]
-        eventservers: Vec<String>,
+        #[command(flatten)]
+        publish: PublishArgs,
     },
     /// Sign the revocation list again, revoking nothing new.
     ///
@@ -128,22 +152,8 @@ enum Command {
         /// (its this-update is then one day before).
         #[arg(long, value_name = "RFC3339")]
         next_update: Option<String>,
-        /// Also publish the new revocation list through the event servers.
-        #[arg(long)]
-        publish: bool,
-        /// With --publish: a farm directory to take the admin certificate and the event
-        /// server addresses from.
-        #[arg(long, value_name = "DIR", requires = "publish")]
-        farm: Option<PathBuf>,
-        /// With --publish: the admin certificate to connect with.
-        #[arg(long, value_name = "FILE", requires = "publish")]
-        cert: Option<PathBuf>,
-        /// With --publish: the admin certificate's key.
-        #[arg(long, value_name = "FILE", requires = "publish")]
-        key: Option<PathBuf>,
-        /// With --publish: an event server address, HOST:PORT (repeatable).
-        #[arg(long = "eventserver", value_name = "ADDR", requires = "publish")]
-        eventservers: Vec<String>,
+        #[command(flatten)]
+        publish: PublishArgs,
     },
     /// List every certificate the CA issued.
     ///
@@ -245,15 +255,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 issued.key_path.display()
             );
         }
-        Command::Revoke {
-            dir,
-            name,
-            publish,
-            farm,
-            cert,
-            key,
-            eventservers,
-        } => {
+        Command::Revoke { dir, name, publish } => {
             let mut ca = Ca::open(&dir)?;
             let serial = ca.revoke(&name)?;
             println!(
@@ -261,26 +263,13 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ca.crl_path().display(),
                 ca.crl_number()
             );
-            if publish {
-                publish_crl(PublishOptions {
-                    ca_dir: dir,
-                    crl_der: ca.crl_der(),
-                    farm,
-                    cert,
-                    key,
-                    eventservers,
-                })?;
-            }
+            publish.run(dir, ca.crl_der())?;
         }
         Command::Crl {
             dir,
             days,
             next_update,
             publish,
-            farm,
-            cert,
-            key,
-            eventservers,
         } => {
             let mut ca = Ca::open(&dir)?;
             let next = match (days, next_update) {
@@ -302,16 +291,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .map(format_time)
                     .unwrap_or_else(|| "none".into())
             );
-            if publish {
-                publish_crl(PublishOptions {
-                    ca_dir: dir,
-                    crl_der: ca.crl_der(),
-                    farm,
-                    cert,
-                    key,
-                    eventservers,
-                })?;
-            }
+            publish.run(dir, ca.crl_der())?;
         }
         Command::List { dir, json } => {
             let ca = Ca::open(&dir)?;

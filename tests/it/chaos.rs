@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::harness::vm_hwm_kib;
 use crate::netns::{contacts, serial, status_code, NsFarm, Spec, DOMAIN};
 use crate::sipp::{require_sipp, Outcome, Sipp, Workdir};
 
@@ -272,17 +273,6 @@ fn fetch_many(
         pending = next;
     }
     found
-}
-
-/// Peak resident memory (VmHWM) of a process, in KiB.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// The highest VmHWM seen per daemon kind, with the member.

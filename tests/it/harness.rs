@@ -377,20 +377,26 @@ impl Drop for Farm {
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .status();
-        if std::thread::panicking() {
-            // Keep the logs of a failed test where a person can read them.
-            let keep = std::env::temp_dir().join(format!(
-                "onehop-failed-{}",
-                self.dir.path().file_name().unwrap().to_string_lossy()
-            ));
-            let _ = Command::new("cp")
-                .arg("-r")
-                .arg(self.dir.path().join("logs"))
-                .arg(&keep)
-                .status();
-            eprintln!("logs of the failed farm kept in {}", keep.display());
-        }
+        keep_logs_if_failing(self.dir.path());
     }
+}
+
+/// In a test that is failing (panicking), copies `dir/logs` of its farm to
+/// `onehop-failed-NAME` in the temporary directory, where a person can read them.
+pub fn keep_logs_if_failing(dir: &Path) {
+    if !std::thread::panicking() {
+        return;
+    }
+    let keep = std::env::temp_dir().join(format!(
+        "onehop-failed-{}",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = Command::new("cp")
+        .arg("-r")
+        .arg(dir.join("logs"))
+        .arg(&keep)
+        .status();
+    eprintln!("logs of the failed farm kept in {}", keep.display());
 }
 
 /// A pipelining client of the lookup interface.
@@ -690,17 +696,11 @@ pub fn client_ip(farm: &Farm, last: u8) -> IpAddr {
     }
 }
 
-/// Resident memory of a process in KiB.
-pub fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+pub use onehop_farm::flood::vm_rss_kib;
+
+/// Peak resident memory (VmHWM) of a process in KiB; `None` when it cannot be read.
+pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    onehop_farm::flood::proc_status_kib(pid, "VmHWM")
 }
 
 /// Every `onehop_*` figure a daemon serves on `addr`.

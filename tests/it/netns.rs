@@ -1110,18 +1110,7 @@ impl Drop for NsFarm {
             }
         }
         self.children.stop_all(Duration::from_secs(3));
-        if std::thread::panicking() {
-            let keep = std::env::temp_dir().join(format!(
-                "onehop-failed-{}",
-                self.dir.path().file_name().unwrap().to_string_lossy()
-            ));
-            let _ = Command::new("cp")
-                .arg("-r")
-                .arg(self.dir.path().join("logs"))
-                .arg(&keep)
-                .status();
-            eprintln!("logs of the failed farm kept in {}", keep.display());
-        }
+        crate::harness::keep_logs_if_failing(self.dir.path());
     }
 }
 

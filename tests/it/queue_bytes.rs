@@ -9,7 +9,7 @@ use onehop_overlay::net::{self, ConnTable, Timing};
 use onehop_overlay::tls::{Credentials, TlsFiles};
 use onehop_overlay::wire::{encode_frame, ClientMsg, Level, LogEvent, Payload, Topic};
 
-use crate::harness::{raw_connect, scrape, vm_rss_kib, Farm};
+use crate::harness::{raw_connect, scrape, vm_hwm_kib, vm_rss_kib, Farm};
 
 /// Events published: 1 MiB each, 300 MiB in all, far past the 16 MiB byte bound (and far
 /// under the 4,096 events of the entry bound, which alone would let the stalled subscriber
@@ -22,19 +22,6 @@ const TEXT: usize = (1 << 20) - 1024;
 /// subscriber's stream window lets through, 1.25 MB), the frames in flight to the reading
 /// subscriber and from the publisher, and the allocator's slack.
 const GROWTH_KIB: u64 = 64 << 10;
-
-/// The VmHWM (peak resident size) of a process in KiB.
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 async fn client(
     tls: TlsFiles,
@@ -164,7 +151,7 @@ fn a_stalled_subscriber_costs_the_event_server_its_byte_bound() {
             }
         }
         let took = started.elapsed();
-        let hwm_kib = vm_hwm_kib(pid);
+        let hwm_kib = vm_hwm_kib(pid).unwrap_or(0);
         println!(
             "{EVENTS} events of {TEXT} bytes in {took:?}; event server RSS {before_kib} KiB before, \
              peak {peak_kib} KiB sampled, VmHWM {hwm_kib} KiB; stalled subscriber cut after \

@@ -193,17 +193,21 @@ pub async fn run(flood: &Flood) -> Result<Tally, String> {
     Ok(counters.tally())
 }
 
+/// A figure in KiB of a process's `/proc/PID/status` (`field` is `VmRSS`, `VmHWM`, ...);
+/// `None` when it cannot be read.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Resident memory of a process in KiB (0 when it cannot be read).
 pub fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// The largest resident memory of `pid` seen while `f` runs (sampled every 50 ms), and `f`'s

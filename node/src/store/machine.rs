@@ -676,23 +676,6 @@ impl Machine {
             .count()
     }
 
-    /// Entries of `role` with a live value here (as owner or replica).
-    pub fn local_len_role(&self, role: &str, now: u64) -> usize {
-        self.data.get(role).map_or(0, |m| {
-            m.values().filter(|e| e.live_value(now).is_some()).count()
-        })
-    }
-
-    /// Entries of `role` with a live value here for which `pred` holds on the value.
-    pub fn local_count_role(&self, role: &str, now: u64, pred: impl Fn(&[u8]) -> bool) -> usize {
-        self.data.get(role).map_or(0, |m| {
-            m.values()
-                .filter_map(|e| e.live_value(now))
-                .filter(|v| pred(v))
-                .count()
-        })
-    }
-
     /// Keys of `role` with a live entry here, sorted.
     pub fn local_keys(&self, role: &str, now: u64) -> Vec<String> {
         self.data
@@ -799,8 +782,9 @@ impl Machine {
         let me = me.as_str();
         let from = scan.after.take();
         let mut walk = entries_after(data, from.as_ref());
+        let mut last = None;
         for (role, key, entry) in walk.by_ref().take(cfg.scan_chunk.max(1)) {
-            scan.after = Some(StoreKey::new(role, key));
+            last = Some((role, key));
             let Some(ring) = rings.get(role).filter(|r| r.points() > 0) else {
                 continue;
             };
@@ -847,6 +831,7 @@ impl Machine {
         if walk.next().is_none() {
             plan.peers.retain(|_, p| !p.idle());
         } else {
+            scan.after = last.map(|(role, key)| StoreKey::new(role, key));
             plan.scan = Some(scan);
         }
     }

@@ -454,22 +454,6 @@ impl Store {
         self.inner.lock().machine.local_len(driver::now_ms())
     }
 
-    /// Entries of `role` with a live value on this node (as owner or replica).
-    pub fn local_len_role(&self, role: &str) -> usize {
-        self.inner
-            .lock()
-            .machine
-            .local_len_role(role, driver::now_ms())
-    }
-
-    /// Entries of `role` with a live value on this node for which `pred` holds on the value.
-    pub fn local_count_role(&self, role: &str, pred: impl Fn(&[u8]) -> bool) -> usize {
-        self.inner
-            .lock()
-            .machine
-            .local_count_role(role, driver::now_ms(), pred)
-    }
-
     /// Live entries held by this node, and those of `role` for which `pred` holds on the
     /// value: counted a chunk of entries at a time, the store's lock given back and the
     /// runtime's other tasks run between chunks (a periodic count of millions of entries
