@@ -509,6 +509,7 @@ fn wire_frame() -> Vec<(String, Vec<u8>)> {
                         version: 9,
                         domains: vec!["example.test".into(), "other.test".into()],
                         nonce_key: None,
+                        dial_plans: Vec::new(),
                     })),
                     encode_frame(&FarmReply::Account {
                         version: 9,

@@ -68,6 +68,7 @@ pub fn answer(db: &ProvisionDb, kind: Kind, req: &FarmRequest) -> FarmReply {
                 } else {
                     None
                 },
+                dial_plans: Vec::new(),
             }),
             Err(e) => FarmReply::Error(format!("cannot read the farm settings: {e}")),
         },
@@ -84,6 +85,9 @@ pub fn answer(db: &ProvisionDb, kind: Kind, req: &FarmRequest) -> FarmReply {
             },
             Err(e) => FarmReply::Error(format!("cannot read the account: {e}")),
         },
+        FarmRequest::Number { .. } | FarmRequest::Enum { .. } => {
+            FarmReply::Error("number reads are not served yet".into())
+        }
     }
 }
 

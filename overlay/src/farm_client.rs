@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::net::{peer_identity, ConnTable};
-use crate::provision::{AccountRecord, FarmInfo, FarmReply, FarmRequest};
+use crate::provision::{AccountRecord, EnumUpdate, FarmInfo, FarmReply, FarmRequest, NumberRoute};
 use crate::status::{Kind, NetworkStatus};
 use crate::wire::{decode_body, encode_frame, read_frame, CloseCode};
 
@@ -155,6 +155,43 @@ impl FarmClient {
         };
         match self.call(&req).await? {
             FarmReply::Account { version, account } => Ok((version, account)),
+            FarmReply::Error(e) => Err(format!("the manager refused: {e}")),
+            other => Err(format!("unexpected reply {}", reply_kind(&other))),
+        }
+    }
+
+    /// The routing of the E.164 number `number` (`+15550100`) and the change version it was
+    /// read at; `None` when the number is not routed. Nodes only.
+    ///
+    /// Cancel safety: cancel-safe.
+    pub async fn number(&self, number: &str) -> Result<(u64, Option<NumberRoute>), String> {
+        let req = FarmRequest::Number {
+            number: number.to_string(),
+        };
+        match self.call(&req).await? {
+            FarmReply::Number { version, route } => Ok((version, route)),
+            FarmReply::Error(e) => Err(format!("the manager refused: {e}")),
+            other => Err(format!("unexpected reply {}", reply_kind(&other))),
+        }
+    }
+
+    /// One read of the ENUM data: see [`FarmRequest::Enum`] and [`EnumUpdate`] for how a
+    /// client follows it. `wait_ms` is capped at [`crate::provision::MAX_ENUM_WAIT_MS`].
+    ///
+    /// Cancel safety: cancel-safe.
+    pub async fn enum_update(
+        &self,
+        since: u64,
+        after: Option<String>,
+        wait_ms: u32,
+    ) -> Result<EnumUpdate, String> {
+        let req = FarmRequest::Enum {
+            since,
+            after,
+            wait_ms: wait_ms.min(crate::provision::MAX_ENUM_WAIT_MS),
+        };
+        match self.call(&req).await? {
+            FarmReply::Enum(update) => Ok(update),
             FarmReply::Error(e) => Err(format!("the manager refused: {e}")),
             other => Err(format!("unexpected reply {}", reply_kind(&other))),
         }
@@ -292,6 +329,8 @@ fn reply_kind(r: &FarmReply) -> &'static str {
         FarmReply::Farm(_) => "farm",
         FarmReply::Account { .. } => "account",
         FarmReply::Error(_) => "error",
+        FarmReply::Number { .. } => "number",
+        FarmReply::Enum(_) => "enum",
     }
 }
 

@@ -331,6 +331,8 @@ impl Updater for RegistrarUpdater {
                             PushOp::Remove { .. } => entry.account = None,
                             PushOp::Alias { target, .. } => entry.alias_of = Some(target),
                             PushOp::AliasRemove { .. } => entry.alias_of = None,
+                            // Number routing is not held by this version yet.
+                            PushOp::Number { .. } => {}
                         }
                     }
                     let (value, until) = entry.stored(now_ms);
