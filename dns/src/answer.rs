@@ -10,6 +10,10 @@
 //! - inside the zone: AA set; a missing name is NXDOMAIN and a name without the type is NODATA,
 //!   both with the SOA of the name's apex (the longest one it is under) in the authority
 //!   section;
+//! - under an ENUM suffix (see `crate::enum_data`): a routed number's name answers its NAPTR
+//!   `E2U+sip` record (NAPTR and ANY), NODATA for other types; an ancestor of a routed
+//!   number's name (an empty non-terminal) is NODATA; any other name is NXDOMAIN; each with
+//!   the suffix's SOA when negative. SERVFAIL until the ENUM data was listed once;
 //! - SRV RRsets of proxies are answered as a random slice of at most K records, in random
 //!   order; the additional section carries the addresses of the SRV/NS targets (and, for
 //!   NAPTR, the SRV slices it points to with their addresses);
@@ -21,10 +25,12 @@
 //!   is dropped in this order: additional section, authority section (positive answers only),
 //!   then answer records from the end, and only that last step sets TC.
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
+use hickory_proto::rr::rdata::NAPTR;
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_proto::ProtoError;
 use hickory_server::net::xfer::Protocol;
@@ -33,7 +39,8 @@ use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::zone::{RrSet, Zone};
+use crate::enum_data::{EnumLookup, E2U_SIP, MAX_DIGITS, NAPTR_ORDER, NAPTR_PREFERENCE};
+use crate::zone::{Apex, RrSet, Zone};
 
 /// How the request arrived: bounds the size of the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,17 +77,54 @@ pub struct Outcome {
     pub rcode: ResponseCode,
     /// Whether TC was set.
     pub truncated: bool,
+    /// For a name under an ENUM suffix (not the suffix itself): what was answered.
+    pub enum_result: Option<EnumResult>,
 }
 
-/// What [`resolve`] decided, before encoding: records borrowed from the zone.
+/// What a query for a name under an ENUM suffix was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnumResult {
+    /// The number's NAPTR record.
+    Record,
+    /// NOERROR with no answer: a number asked for another type, or an empty non-terminal.
+    NoData,
+    /// NXDOMAIN: no routed number there or below.
+    NxDomain,
+    /// SERVFAIL: no complete listing of the numbers held yet.
+    NotListed,
+}
+
+impl EnumResult {
+    /// Every result, in a fixed order (for metrics).
+    pub const ALL: [EnumResult; 4] = [
+        EnumResult::Record,
+        EnumResult::NoData,
+        EnumResult::NxDomain,
+        EnumResult::NotListed,
+    ];
+
+    /// A short lowercase label.
+    pub fn label(self) -> &'static str {
+        match self {
+            EnumResult::Record => "record",
+            EnumResult::NoData => "nodata",
+            EnumResult::NxDomain => "nxdomain",
+            EnumResult::NotListed => "not_listed",
+        }
+    }
+}
+
+/// What [`resolve`] decided, before encoding: records borrowed from the zone (answers may
+/// also be made for the query: ENUM records).
 #[derive(Debug)]
 pub(crate) struct Reply<'z> {
     pub(crate) metadata: Metadata,
-    pub(crate) answers: Vec<&'z Record>,
+    pub(crate) answers: Vec<Cow<'z, Record>>,
     pub(crate) authorities: Vec<&'z Record>,
     pub(crate) additionals: Vec<&'z Record>,
     pub(crate) edns: Option<Edns>,
     pub(crate) qtype: Option<RecordType>,
+    pub(crate) enum_result: Option<EnumResult>,
 }
 
 impl<'z> Reply<'z> {
@@ -98,6 +142,7 @@ impl<'z> Reply<'z> {
             additionals: Vec::new(),
             edns,
             qtype: None,
+            enum_result: None,
         }
     }
 
@@ -166,7 +211,7 @@ fn set_records<'z, R: Rng + ?Sized>(
 /// NAPTR with flag "s" the SRV slice it points to with its addresses.
 fn additionals<'z, R: Rng + ?Sized>(
     zone: &'z Zone,
-    answers: &[&'z Record],
+    answers: &[Cow<'z, Record>],
     rng: &mut R,
 ) -> Vec<&'z Record> {
     let mut out = Vec::new();
@@ -226,6 +271,9 @@ pub(crate) fn resolve<'z, R: Rng + ?Sized>(
     // The apex is the longest one the name is under: a name the zone holds knows it; for
     // any other, the apexes are looked up (REFUSED when the name is under none).
     let Some(node) = zone.node(q.name()) else {
+        if let Some(apex) = zone.enum_apex_of(q.name()) {
+            return enum_reply(reply, zone, apex, q.name(), qtype);
+        }
         let Some(apex) = zone.apex_of(q.name()) else {
             return reply.rcode(ResponseCode::Refused);
         };
@@ -236,7 +284,9 @@ pub(crate) fn resolve<'z, R: Rng + ?Sized>(
     reply.metadata.authoritative = true;
     for set in &node.sets {
         if qtype == RecordType::ANY || set.rtype == qtype {
-            reply.answers.extend(set_records(zone, set, rng));
+            reply
+                .answers
+                .extend(set_records(zone, set, rng).into_iter().map(Cow::Borrowed));
         }
     }
     if reply.answers.is_empty() {
@@ -247,12 +297,74 @@ pub(crate) fn resolve<'z, R: Rng + ?Sized>(
     reply.rcode(ResponseCode::NoError)
 }
 
+/// The digits (in number order) of a name `labels` labels below its ENUM suffix, when every
+/// one of those labels is a single digit and there are at most 15.
+fn enum_digits(name: &Name, labels: usize) -> Option<Vec<u8>> {
+    if labels == 0 || labels > MAX_DIGITS {
+        return None;
+    }
+    let mut digits = Vec::with_capacity(labels);
+    for label in name.iter().take(labels) {
+        match label {
+            [d] if d.is_ascii_digit() => digits.push(*d),
+            _ => return None,
+        }
+    }
+    // The first label is the last digit.
+    digits.reverse();
+    Some(digits)
+}
+
+/// The answer for a name under the ENUM suffix `apex` (see the module documentation).
+fn enum_reply<'z>(
+    mut reply: Reply<'z>,
+    zone: &'z Zone,
+    apex: &'z Apex,
+    name: &LowerName,
+    qtype: RecordType,
+) -> Reply<'z> {
+    let labels = usize::from(name.num_labels().saturating_sub(apex.name.num_labels()));
+    let found = match enum_digits(name, labels) {
+        Some(digits) => zone.numbers.lookup(&digits),
+        None if zone.numbers.is_listed() => EnumLookup::Absent,
+        None => EnumLookup::NotListed,
+    };
+    let (result, rcode) = match found {
+        EnumLookup::NotListed => {
+            reply.enum_result = Some(EnumResult::NotListed);
+            return reply.rcode(ResponseCode::ServFail);
+        }
+        EnumLookup::Absent => (EnumResult::NxDomain, ResponseCode::NXDomain),
+        EnumLookup::NonTerminal => (EnumResult::NoData, ResponseCode::NoError),
+        EnumLookup::Routed(regexp) if matches!(qtype, RecordType::NAPTR | RecordType::ANY) => {
+            let naptr = NAPTR::new(
+                NAPTR_ORDER,
+                NAPTR_PREFERENCE,
+                b"u".to_vec().into_boxed_slice(),
+                E2U_SIP.to_vec().into_boxed_slice(),
+                regexp,
+                Name::root(),
+            );
+            let record = Record::from_rdata((**name).clone(), zone.ttl(), RData::NAPTR(naptr));
+            reply.answers.push(Cow::Owned(record));
+            (EnumResult::Record, ResponseCode::NoError)
+        }
+        EnumLookup::Routed(_) => (EnumResult::NoData, ResponseCode::NoError),
+    };
+    reply.metadata.authoritative = true;
+    if reply.answers.is_empty() {
+        reply.authorities.push(&apex.soa);
+    }
+    reply.enum_result = Some(result);
+    reply.rcode(rcode)
+}
+
 fn emit(req: &MessageRequest, reply: &Reply<'_>, n_answers: usize) -> Result<Vec<u8>, ProtoError> {
     let mut buf = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut buf);
     let response = MessageResponseBuilder::new(&req.queries, reply.edns.as_ref()).build(
         reply.metadata,
-        reply.answers[..n_answers].iter().copied(),
+        reply.answers[..n_answers].iter().map(|r| &**r),
         reply.authorities.iter().copied(),
         std::iter::empty(),
         reply.additionals.iter().copied(),
@@ -339,12 +451,14 @@ pub fn answer<R: Rng + ?Sized>(
             qtype: reply.qtype,
             rcode: reply.metadata.response_code,
             truncated: reply.metadata.truncation,
+            enum_result: reply.enum_result,
         },
         Err(_) => Outcome {
             bytes: servfail_bytes(&req.metadata),
             qtype: reply.qtype,
             rcode: ResponseCode::ServFail,
             truncated: false,
+            enum_result: reply.enum_result,
         },
     }
 }
@@ -374,6 +488,7 @@ pub fn answer_bytes<R: Rng + ?Sized>(
             qtype: None,
             rcode: ResponseCode::FormErr,
             truncated: false,
+            enum_result: None,
         }),
     }
 }

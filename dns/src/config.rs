@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 /// The well-known DNS port.
 pub const DNS_PORT: u16 = 53;
+/// The ENUM suffix of the public E.164 tree (RFC 6116), served unless configured otherwise.
+pub const DEFAULT_ENUM_SUFFIX: &str = "e164.arpa";
+/// Most ENUM suffixes one server answers for.
+pub const MAX_ENUM_SUFFIXES: usize = 16;
 
 /// `onehop-dns` configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,13 @@ pub struct Config {
     /// A DNS-over-TCP connection idle for this long (milliseconds) is closed.
     #[serde(default = "default_tcp_idle_timeout_ms")]
     pub tcp_idle_timeout_ms: u64,
+    /// ENUM (RFC 6116): the suffixes under which every routed E.164 number of the farm is
+    /// answered as a NAPTR `E2U+sip` record naming its SIP URI (`+15550100` ->
+    /// `0.0.1.0.5.5.5.1.e164.arpa`). Several may be given (a private tree beside the public
+    /// one, say); an empty list turns ENUM off. At most 16, none at or under another, none
+    /// the domain or above it.
+    #[serde(default = "default_enum_suffixes")]
+    pub enum_suffixes: Vec<String>,
     /// Where to serve Prometheus metrics over HTTP (optional).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -92,6 +103,9 @@ impl Default for Transports {
     }
 }
 
+fn default_enum_suffixes() -> Vec<String> {
+    vec![DEFAULT_ENUM_SUFFIX.to_string()]
+}
 fn default_port() -> u16 {
     DNS_PORT
 }
@@ -119,6 +133,51 @@ fn default_tcp_idle_timeout_ms() -> u64 {
 
 /// Parses a domain as an absolute DNS name (a trailing dot is optional).
 pub use onehop_overlay::bootstrap::parse_domain;
+
+/// Checks the ENUM suffixes of a server whose domain is `domain`: each a domain name (a
+/// trailing dot optional), at most [`MAX_ENUM_SUFFIXES`], no two the same or one under the
+/// other (a name under both would be two numbers at once), none the domain or above it (the
+/// domain's names would be read as numbers). Returns them parsed, lowercase, in order; or
+/// what is wrong.
+pub fn parse_enum_suffixes(
+    domain: &hickory_proto::rr::Name,
+    suffixes: &[String],
+) -> Result<Vec<hickory_proto::rr::Name>, String> {
+    if suffixes.len() > MAX_ENUM_SUFFIXES {
+        return Err(format!(
+            "{} suffixes given, at most {MAX_ENUM_SUFFIXES} are allowed",
+            suffixes.len()
+        ));
+    }
+    let mut out: Vec<hickory_proto::rr::Name> = Vec::with_capacity(suffixes.len());
+    for (i, s) in suffixes.iter().enumerate() {
+        let name = parse_domain(s).map_err(|p| format!("{s:?}: {p}"))?;
+        if name.zone_of(domain) {
+            return Err(format!(
+                "{s:?}: the domain {domain} is at or under it; an ENUM suffix needs a tree of its own"
+            ));
+        }
+        if let Some((j, other)) = out
+            .iter()
+            .enumerate()
+            .find(|(_, o)| o.zone_of(&name) || name.zone_of(o))
+        {
+            let how = if *other == name {
+                "is listed twice"
+            } else {
+                "and another suffix are one under the other"
+            };
+            return Err(format!(
+                "{s:?} (entry {}) {how} ({:?}, entry {}): the names under both would be two numbers at once",
+                i + 1,
+                suffixes[j],
+                j + 1
+            ));
+        }
+        out.push(name);
+    }
+    Ok(out)
+}
 
 /// The named flags of `onehop-dns`, each a shorthand for `--set KEY=VALUE`.
 pub const FLAGS: &[ConfigFlag] = &[
@@ -166,7 +225,8 @@ impl Config {
         if self.port == 0 {
             return Err(bad("port", "must be a fixed port (53 unless testing)"));
         }
-        parse_domain(&self.domain).map_err(|p| bad("domain", &p))?;
+        let domain = parse_domain(&self.domain).map_err(|p| bad("domain", &p))?;
+        parse_enum_suffixes(&domain, &self.enum_suffixes).map_err(|p| bad("enum_suffixes", &p))?;
         if self.eventservers.is_empty() {
             return Err(bad(
                 "eventservers",

@@ -3,7 +3,11 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration.
-//! - [`zone`]: [`Zone::from_status`], every record answered, a pure function of the status.
+//! - [`zone`]: [`Zone::from_status`], every record answered, a pure function of the status
+//!   (the ENUM numbers apart: the zone shares an [`EnumTable`]).
+//! - [`enum_data`]: [`EnumTable`], the routed E.164 numbers answered under the ENUM
+//!   suffixes, updated in place, and [`EnumFollower`], the state machine that follows the
+//!   managers' ENUM feed into it.
 //! - [`answer`](mod@answer): [`answer_bytes`]/[`answer()`], the DNS behaviour, a pure function of a zone
 //!   and a request.
 //! - [`server`]: [`DnsHandler`] (the zone snapshot in an `ArcSwap`, metrics, hickory's
@@ -11,7 +15,8 @@
 //! - [`resolve_eventservers`] (from `onehop_overlay::bootstrap`, re-exported): finding the
 //!   event servers from the domain alone.
 //! - this file: joining as a `dns` member, applying statuses, following the provisioned
-//!   domains from the managers (`onehop_overlay::farm_client`), staleness, leaving.
+//!   domains and the ENUM numbers from the managers (`onehop_overlay::farm_client`),
+//!   staleness, leaving.
 //!
 //! The server answers SERVFAIL until the first network status arrives. When every event
 //! server is unreachable it keeps answering from the last status it applied, logs that once,
@@ -20,6 +25,7 @@
 
 pub mod answer;
 pub mod config;
+pub mod enum_data;
 pub mod server;
 pub mod zone;
 
@@ -42,10 +48,11 @@ use onehop_overlay::tls::Credentials;
 use onehop_overlay::wire::{Announce, Payload, Topic};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-pub use answer::{answer, answer_bytes, AnswerOptions, Outcome, Transport};
+pub use answer::{answer, answer_bytes, AnswerOptions, EnumResult, Outcome, Transport};
 pub use config::{Config, Transports};
+pub use enum_data::{enum_name, EnumFollower, EnumLookup, EnumTable};
 pub use onehop_overlay::bootstrap::resolve_eventservers;
 pub use server::{DnsHandler, DnsMetrics, DnsServer, Limits};
 pub use zone::{serial_of, Zone, ZoneConfig};
@@ -129,11 +136,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let (status_tx, status_rx) = watch::channel(None);
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    follow_domains(
-        FarmClient::with_status(endpoint.clone(), status_rx, conns.clone()),
-        handler.clone(),
-        cancel.clone(),
-    );
+    let farm = FarmClient::with_status(endpoint.clone(), status_rx, conns.clone());
+    follow_domains(farm.clone(), handler.clone(), cancel.clone());
+    if !cfg.enum_suffixes.is_empty() {
+        tokio::spawn(follow_enum(farm, handler.clone(), cancel.clone()));
+    }
     let (client, mut events) = EventClient::start(endpoint.clone(), opts, conns, Some(crl.clone()));
     let cert_watch =
         onehop_overlay::certwatch::CertWatch::new(&creds, crl.clone(), cfg.cert_warnings, &metrics)
@@ -221,6 +228,106 @@ fn follow_domains(client: FarmClient, handler: Arc<DnsHandler>, cancel: Cancella
             }
         }
     });
+}
+
+/// Pause after a failed read of the ENUM feed.
+pub const ENUM_RETRY: Duration = Duration::from_millis(250);
+/// Least time between two answers that held no change (a manager waits for changes, so
+/// such answers come [`MAX_ENUM_WAIT_MS`](onehop_overlay::provision::MAX_ENUM_WAIT_MS)
+/// apart; this only keeps a manager that does not wait from being asked in a tight loop).
+pub const ENUM_IDLE_PACE: Duration = Duration::from_millis(100);
+
+/// Follows the managers' ENUM feed into the handler's [`EnumTable`] until `cancel`: a full
+/// listing, then the changes, long-polled, as `EnumUpdate`'s documentation says (see
+/// [`EnumFollower`]). A failed read is retried after [`ENUM_RETRY`] with the same request,
+/// logged once per streak of failures. Changes are applied in place, so they are answered
+/// as soon as they are read.
+pub async fn follow_enum(client: FarmClient, handler: Arc<DnsHandler>, cancel: CancellationToken) {
+    let table = handler.numbers().clone();
+    let mut follower = EnumFollower::new();
+    let mut reads = Reads::Never;
+    loop {
+        let ask = follower.ask();
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = client.enum_update(ask.since, ask.after.clone(), ask.wait_ms) => r,
+            _ = cancel.cancelled() => return,
+        };
+        let pause = match result.and_then(|update| follower.apply(update, &table)) {
+            Ok(applied) => {
+                if reads == Reads::Failing {
+                    info!(version = follower.since(), "ENUM reads answered again");
+                }
+                reads = Reads::Answering;
+                if let Some(first) = applied.skipped.first() {
+                    warn!(
+                        skipped = applied.skipped.len(),
+                        number = %first.number,
+                        problem = %first.problem,
+                        "ENUM entries from the managers not answered"
+                    );
+                }
+                if applied.listed {
+                    info!(
+                        numbers = table.len(),
+                        version = table.version(),
+                        "ENUM numbers listed; answering from them"
+                    );
+                } else if applied.changes > 0 {
+                    debug!(
+                        changes = applied.changes,
+                        version = table.version(),
+                        numbers = table.len(),
+                        "ENUM changes applied"
+                    );
+                }
+                handler.enum_changed();
+                applied
+                    .idle
+                    .then(|| ENUM_IDLE_PACE.saturating_sub(started.elapsed()))
+                    .filter(|p| !p.is_zero())
+            }
+            Err(e) => {
+                reads = match reads {
+                    // Before the first answer (no manager is known before the first status):
+                    // not worth a warning.
+                    Reads::Never => {
+                        debug!(cause = %e, "ENUM reads not answered yet");
+                        Reads::NeverFailing
+                    }
+                    Reads::Answering => {
+                        warn!(
+                            cause = %e,
+                            version = follower.since(),
+                            "ENUM reads failing; answering from the numbers held"
+                        );
+                        Reads::Failing
+                    }
+                    same => same,
+                };
+                Some(ENUM_RETRY)
+            }
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Where [`follow_enum`] stands, for logging once per streak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// No answer and no failure yet.
+    Never,
+    /// Failing, and never answered yet.
+    NeverFailing,
+    /// The last read was answered.
+    Answering,
+    /// Failing since the last answer.
+    Failing,
 }
 
 /// The `onehop-dns` program.

@@ -2,7 +2,9 @@
 //!
 //! [`DnsHandler`] holds the current [`Zone`] in an `ArcSwapOption`: answering loads it without
 //! blocking, a newer network status or a change of the provisioned domains
-//! ([`DnsHandler::set_domains`]) swaps a whole new zone in. It implements hickory-server's
+//! ([`DnsHandler::set_domains`]) swaps a whole new zone in. Every zone it builds shares the
+//! handler's [`EnumTable`] ([`DnsHandler::numbers`]), which the ENUM follower changes in
+//! place. It implements hickory-server's
 //! [`RequestHandler`], so it can be hosted by `hickory_server::Server` (for DoT or DoH later),
 //! and offers [`DnsHandler::respond`] for raw datagrams.
 //!
@@ -35,8 +37,11 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, warn, Instrument};
 
-use crate::answer::{answer_bytes, fit, resolve, size_limit, AnswerOptions, Outcome, Transport};
+use crate::answer::{
+    answer_bytes, fit, resolve, size_limit, AnswerOptions, EnumResult, Outcome, Transport,
+};
 use crate::config::parse_domain;
+use crate::enum_data::EnumTable;
 use crate::zone::{Zone, ZoneConfig};
 
 /// Query types counted under their own label; the rest count as `OTHER`.
@@ -85,6 +90,11 @@ pub struct DnsMetrics {
     stale: Metric,
     members: Metric,
     domains: Metric,
+    /// `dns_enum_queries_total{result=..}`, in [`EnumResult::ALL`] order.
+    enum_queries: Vec<Metric>,
+    enum_numbers: Metric,
+    enum_version: Metric,
+    enum_listed: Metric,
 }
 
 impl DnsMetrics {
@@ -131,6 +141,35 @@ impl DnsMetrics {
                 "dns_zone_domains",
                 "Domains answered for: the configured one and the provisioned ones.",
             ),
+            enum_queries: EnumResult::ALL
+                .iter()
+                .map(|r| {
+                    m.counter(
+                        &format!("dns_enum_queries_total{{result=\"{}\"}}", r.label()),
+                        "Queries for names under an ENUM suffix, by what was answered: the number's record, NODATA, NXDOMAIN, or SERVFAIL before the numbers were first listed.",
+                    )
+                })
+                .collect(),
+            enum_numbers: m.gauge(
+                "dns_enum_numbers",
+                "Routed E.164 numbers held for ENUM answers.",
+            ),
+            enum_version: m.gauge(
+                "dns_enum_version",
+                "The provisioning change version the ENUM numbers are complete up to.",
+            ),
+            enum_listed: m.gauge(
+                "dns_enum_listed",
+                "1 once a complete listing of the numbers is held (ENUM names answer SERVFAIL before).",
+            ),
+        }
+    }
+
+    fn record_enum(&self, result: Option<EnumResult>) {
+        if let Some(r) = result {
+            if let Some(i) = EnumResult::ALL.iter().position(|x| *x == r) {
+                self.enum_queries[i].inc();
+            }
         }
     }
 
@@ -161,6 +200,8 @@ pub struct DnsHandler {
     zone_config: ZoneConfig,
     opts: AnswerOptions,
     metrics: DnsMetrics,
+    /// The routed numbers, shared by every zone built here.
+    numbers: Arc<EnumTable>,
     /// What the zone is built from; held under the lock while a zone is built and swapped,
     /// so a status and a domain change never undo each other. Never taken when answering.
     inputs: Mutex<Inputs>,
@@ -182,8 +223,30 @@ impl DnsHandler {
             zone_config,
             opts,
             metrics: DnsMetrics::new(metrics),
+            numbers: Arc::new(EnumTable::new()),
             inputs: Mutex::new(Inputs::default()),
         }
+    }
+
+    /// The routed numbers answered under the ENUM suffixes: every zone this handler builds
+    /// answers from this table, and changes to it are answered at once (no new zone).
+    pub fn numbers(&self) -> &Arc<EnumTable> {
+        &self.numbers
+    }
+
+    /// Updates the ENUM figures (numbers held, version, listed) from the table.
+    pub fn enum_changed(&self) {
+        self.metrics.enum_numbers.set(self.numbers.len() as i64);
+        self.metrics
+            .enum_version
+            .set(i64::try_from(self.numbers.version()).unwrap_or(i64::MAX));
+        self.metrics
+            .enum_listed
+            .set(i64::from(self.numbers.is_listed()));
+    }
+
+    fn build(&self, status: &NetworkStatus, domains: &[Name]) -> Zone {
+        Zone::build(status, &self.zone_config, domains).with_numbers(self.numbers.clone())
     }
 
     /// The zone served now, if any.
@@ -214,7 +277,7 @@ impl DnsHandler {
             }
         }
         inputs.status = Some(status.clone());
-        self.set_zone(Zone::build(status, &self.zone_config, &inputs.domains));
+        self.set_zone(self.build(status, &inputs.domains));
         true
     }
 
@@ -242,7 +305,7 @@ impl DnsHandler {
         }
         inputs.domains = parsed;
         if let Some(status) = &inputs.status {
-            self.set_zone(Zone::build(status, &self.zone_config, &inputs.domains));
+            self.set_zone(self.build(status, &inputs.domains));
         }
         true
     }
@@ -276,8 +339,10 @@ impl DnsHandler {
                 qtype,
                 rcode,
                 truncated,
+                enum_result,
             }) => {
                 self.metrics.record(qtype, rcode, truncated);
+                self.metrics.record_enum(enum_result);
                 Some(bytes)
             }
             None => {
@@ -316,9 +381,10 @@ impl RequestHandler for DnsHandler {
             reply.metadata.response_code,
             reply.metadata.truncation,
         );
+        self.metrics.record_enum(reply.enum_result);
         let response = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref()).build(
             reply.metadata,
-            reply.answers.iter().copied(),
+            reply.answers.iter().map(|r| &**r),
             reply.authorities.iter().copied(),
             std::iter::empty(),
             reply.additionals.iter().copied(),

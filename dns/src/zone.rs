@@ -14,6 +14,8 @@
 //! | `_sip._udp`, `_sip._tcp`, `_sips._tcp` .DOMAIN | SRV | every live `sip_proxy` member (answers carry a random slice of at most K) |
 //! | `_eventserver._udp.DOMAIN` | SRV | every live event server, for bootstrap |
 //! | `NAME.DOMAIN` | A / AAAA | every live member, its address |
+//! | each ENUM suffix (`e164.arpa`) | SOA, NS | as DOMAIN's, mailbox `hostmaster.DOMAIN` |
+//! | `0.0.1.0.5.5.5.1.e164.arpa` | NAPTR | `100 10 "u" "E2U+sip" "!^.*$!URI!" .` for each routed number (from the [`EnumTable`], not the status) |
 //!
 //! The SRV names of the transports offered always exist (NODATA, not NXDOMAIN, while no proxy
 //! is live), and so do the empty non-terminals `_udp.DOMAIN` and `_tcp.DOMAIN`.
@@ -29,22 +31,27 @@
 //! apex (the longest apex it is under), so answering a name costs one lookup whatever the
 //! number of domains, and a name under no apex costs one lookup per label.
 //!
-//! # ENUM (extension point)
+//! # ENUM
 //!
-//! ENUM (NAPTR `E2U+sip` under an ENUM suffix) is not built yet. It will be one more apex
-//! with its own SOA (as the provisioned domains are), its names built by a sibling of
-//! [`Zone::build`] from the provisioned numbers; the answering code already picks the
-//! longest apex of the query name (see `crate::answer::resolve`), and everything else
-//! (NODATA/NXDOMAIN, slicing, sizes) is shared.
+//! For each ENUM suffix configured (`e164.arpa` by default) the zone holds one more apex,
+//! with its SOA (the same serial, `hostmaster.DOMAIN` as its mailbox) and NS (the live DNS
+//! members), built like the provisioned domains' apexes. The names under it are not in the
+//! name table: they are answered from the [`EnumTable`] the zone shares with the ENUM follower
+//! ([`Zone::with_numbers`]), which changes in place between two zones (see
+//! `crate::enum_data`). A provisioned domain at or under an ENUM suffix is not served (the
+//! ENUM tree is the suffix's alone), nor is a suffix that is the configured domain or holds
+//! it, or a suffix at or under another one.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, NAPTR, NS, SOA, SRV};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};
 
-use crate::config::{parse_domain, Config, Transports};
+use crate::config::{parse_domain, parse_enum_suffixes, Config, Transports};
+use crate::enum_data::EnumTable;
 
 /// Port of the event servers' QUIC endpoint when a member announces none.
 pub const EVENTSERVER_PORT: u16 = 8000;
@@ -69,6 +76,9 @@ pub struct ZoneConfig {
     pub sip_port: u16,
     /// SRV port for `_sips._tcp` when a proxy announces no `sips` endpoint.
     pub sips_port: u16,
+    /// The ENUM suffixes (absolute, lowercase): an apex each, whose names are the routed
+    /// numbers'. Empty: no ENUM.
+    pub enum_suffixes: Vec<Name>,
 }
 
 impl ZoneConfig {
@@ -81,13 +91,16 @@ impl ZoneConfig {
             transports: Transports::default(),
             sip_port: 5060,
             sips_port: 5061,
+            enum_suffixes: vec![parse_domain(crate::config::DEFAULT_ENUM_SUFFIX)?],
         })
     }
 
     /// The zone configuration of a (validated) daemon configuration.
     pub fn from_config(cfg: &Config) -> Result<ZoneConfig, String> {
+        let domain = parse_domain(&cfg.domain)?;
         Ok(ZoneConfig {
-            domain: parse_domain(&cfg.domain)?,
+            enum_suffixes: parse_enum_suffixes(&domain, &cfg.enum_suffixes)?,
+            domain,
             ttl: cfg.ttl,
             srv_slice: cfg.srv_slice.max(1),
             transports: cfg.transports,
@@ -126,11 +139,13 @@ pub(crate) struct Node {
     pub(crate) apex: usize,
 }
 
-/// One apex served: the configured domain or a provisioned one.
+/// One apex served: the configured domain, a provisioned one, or an ENUM suffix.
 #[derive(Debug, Clone)]
 pub(crate) struct Apex {
     pub(crate) name: LowerName,
     pub(crate) soa: Record,
+    /// An ENUM suffix: the names under it are the numbers'.
+    pub(crate) enum_suffix: bool,
 }
 
 impl Node {
@@ -162,6 +177,11 @@ pub struct Zone {
     apex_index: HashMap<LowerName, usize>,
     pub(crate) nodes: HashMap<LowerName, Node>,
     pub(crate) srv_slice: usize,
+    ttl: u32,
+    /// Indexes in `apexes` of the ENUM suffixes.
+    enum_apexes: Vec<usize>,
+    /// The routed numbers, answered under the ENUM suffixes.
+    pub(crate) numbers: Arc<EnumTable>,
     term: u64,
     version: u64,
     members: usize,
@@ -312,6 +332,37 @@ impl Builder<'_> {
     }
 }
 
+impl Builder<'_> {
+    /// SOA and NS at the ENUM suffix `apex`; returns the SOA.
+    fn enum_apex(&mut self, apex: &Name, dns: &[&Name], serial: u32) -> Record {
+        let cfg = self.cfg;
+        let mname = dns
+            .first()
+            .map(|h| (*h).clone())
+            .unwrap_or_else(|| cfg.domain.clone());
+        let rname = under(&["hostmaster"], &cfg.domain);
+        let soa = Record::from_rdata(
+            apex.clone(),
+            cfg.ttl,
+            RData::SOA(SOA::new(mname, rname, serial, 60, 10, 3600, cfg.ttl)),
+        );
+        self.touch(apex, apex);
+        self.nodes
+            .entry(LowerName::new(apex))
+            .or_default()
+            .push(soa.clone(), false);
+        for h in dns {
+            self.add(apex, apex.clone(), RData::NS(NS((*h).clone())), false);
+        }
+        soa
+    }
+}
+
+/// Whether `name` is `zone` or under it.
+fn at_or_under(zone: &Name, name: &Name) -> bool {
+    zone.zone_of(name)
+}
+
 /// The index of the longest apex `name` is at or under.
 fn apex_under(index: &HashMap<LowerName, usize>, name: &LowerName) -> Option<usize> {
     let mut n = name.clone();
@@ -335,8 +386,8 @@ fn port_of(member: &Member, service: &str, default: u16) -> u16 {
 }
 
 impl Zone {
-    /// Builds the zone for `status` (the configured domain only). Pure: the same status and
-    /// configuration give the same zone. Members whose name cannot be a DNS label are left
+    /// Builds the zone for `status` (the configured domain and the ENUM suffixes' apexes).
+    /// Pure: the same status and configuration give the same zone. Members whose name cannot be a DNS label are left
     /// out.
     pub fn from_status(status: &NetworkStatus, cfg: &ZoneConfig) -> Zone {
         Zone::build(status, cfg, &[])
@@ -371,13 +422,41 @@ impl Zone {
         let mut apexes = vec![Apex {
             name: LowerName::new(domain),
             soa: b.sip_apex(domain, &dns, &proxies, serial),
+            enum_suffix: false,
         }];
         let mut apex_index = HashMap::from([(LowerName::new(domain), 0)]);
+        // ENUM suffixes, as `parse_enum_suffixes` accepts them.
+        let mut suffixes: Vec<Name> = Vec::new();
+        let mut enum_apexes = Vec::new();
+        for s in &cfg.enum_suffixes {
+            let mut s = s.to_lowercase();
+            s.set_fqdn(true);
+            if s.is_root()
+                || s.len() > 255 - 64
+                || at_or_under(&s, domain)
+                || suffixes
+                    .iter()
+                    .any(|o| at_or_under(o, &s) || at_or_under(&s, o))
+            {
+                continue;
+            }
+            let soa = b.enum_apex(&s, &dns, serial);
+            let name = LowerName::new(&s);
+            apex_index.insert(name.clone(), apexes.len());
+            enum_apexes.push(apexes.len());
+            apexes.push(Apex {
+                name,
+                soa,
+                enum_suffix: true,
+            });
+            suffixes.push(s);
+        }
         for d in domains {
             let mut d = d.to_lowercase();
             d.set_fqdn(true);
-            // Room for the SRV names under it (as `parse_domain` checks).
-            if d.is_root() || d.len() > 255 - 64 {
+            // Room for the SRV names under it (as `parse_domain` checks); the ENUM trees are
+            // the suffixes' alone.
+            if d.is_root() || d.len() > 255 - 64 || suffixes.iter().any(|s| at_or_under(s, &d)) {
                 continue;
             }
             let name = LowerName::new(&d);
@@ -386,7 +465,11 @@ impl Zone {
             }
             let soa = b.sip_apex(&d, &dns, &proxies, serial);
             apex_index.insert(name.clone(), apexes.len());
-            apexes.push(Apex { name, soa });
+            apexes.push(Apex {
+                name,
+                soa,
+                enum_suffix: false,
+            });
         }
 
         // Event servers, for bootstrap.
@@ -416,6 +499,9 @@ impl Zone {
             apex_index,
             nodes,
             srv_slice: cfg.srv_slice.max(1),
+            ttl: cfg.ttl,
+            enum_apexes,
+            numbers: Arc::new(EnumTable::new()),
             term: status.term,
             version: status.version,
             members: members.len(),
@@ -433,6 +519,11 @@ impl Zone {
             RData::SOA(soa) => soa.serial,
             _ => 0,
         }
+    }
+
+    /// The TTL of every record (and the negative-caching TTL).
+    pub fn ttl(&self) -> u32 {
+        self.ttl
     }
 
     /// The SOA record.
@@ -481,9 +572,41 @@ impl Zone {
         apex_under(&self.apex_index, name).map(|i| &self.apexes[i])
     }
 
-    /// Every apex served: the configured domain first, then the provisioned domains.
+    /// Every SIP domain served: the configured domain first, then the provisioned domains
+    /// (the ENUM suffixes are in [`Zone::enum_suffixes`]).
     pub fn apexes(&self) -> impl Iterator<Item = Name> + '_ {
-        self.apexes.iter().map(|a| (*a.name).clone())
+        self.apexes
+            .iter()
+            .filter(|a| !a.enum_suffix)
+            .map(|a| (*a.name).clone())
+    }
+
+    /// The ENUM suffixes served, in the configured order.
+    pub fn enum_suffixes(&self) -> impl Iterator<Item = Name> + '_ {
+        self.enum_apexes
+            .iter()
+            .map(|i| (*self.apexes[*i].name).clone())
+    }
+
+    /// The zone answering the names under its ENUM suffixes from `numbers` (shared with
+    /// whoever updates it; a zone built alone holds an empty table with no listing, and
+    /// answers SERVFAIL under the suffixes).
+    pub fn with_numbers(mut self, numbers: Arc<EnumTable>) -> Zone {
+        self.numbers = numbers;
+        self
+    }
+
+    /// The routed numbers this zone answers from.
+    pub fn numbers(&self) -> &Arc<EnumTable> {
+        &self.numbers
+    }
+
+    /// The ENUM suffix `name` is under (not at: the suffix itself is in the name table).
+    pub(crate) fn enum_apex_of(&self, name: &LowerName) -> Option<&Apex> {
+        self.enum_apexes
+            .iter()
+            .map(|i| &self.apexes[*i])
+            .find(|a| a.name.zone_of(name))
     }
 
     /// The SOA record of the apex `name`, if this zone serves it.

@@ -144,3 +144,56 @@ fn an_unknown_key_from_set_is_refused_with_its_name() {
         "{err}"
     );
 }
+
+#[test]
+fn enum_suffixes_default_to_e164_arpa_and_are_checked() {
+    assert_eq!(with(MINIMAL).unwrap().enum_suffixes, ["e164.arpa"]);
+    let c = Config::load(&example()).unwrap();
+    assert_eq!(c.enum_suffixes, ["e164.arpa"]);
+    // Several, or none (ENUM off).
+    let several = with(&format!(
+        "enum_suffixes = [\"e164.arpa\", \"e164.example.test.\", \"NRENUM.net\"]\n{MINIMAL}"
+    ))
+    .unwrap();
+    let cfg = onehop_dns::ZoneConfig::from_config(&several).unwrap();
+    let parsed: Vec<String> = cfg.enum_suffixes.iter().map(|n| n.to_string()).collect();
+    assert_eq!(parsed, ["e164.arpa.", "e164.example.test.", "nrenum.net."]);
+    let off = with(&format!("enum_suffixes = []\n{MINIMAL}")).unwrap();
+    assert!(onehop_dns::ZoneConfig::from_config(&off)
+        .unwrap()
+        .enum_suffixes
+        .is_empty());
+
+    let many: Vec<String> = (0..17).map(|i| format!("\"e{i}.arpa\"")).collect();
+    let many = format!("enum_suffixes = [{}]\n", many.join(", "));
+    for (line, says) in [
+        ("enum_suffixes = [\"bad..name\"]\n", "\"bad..name\": not a domain name"),
+        ("enum_suffixes = [\"\"]\n", "not empty or the root"),
+        ("enum_suffixes = [\".\"]\n", "not empty or the root"),
+        (
+            "enum_suffixes = [\"e164.arpa\", \"E164.ARPA.\"]\n",
+            "\"E164.ARPA.\" (entry 2) is listed twice (\"e164.arpa\", entry 1)",
+        ),
+        (
+            "enum_suffixes = [\"e164.arpa\", \"1.e164.arpa\"]\n",
+            "\"1.e164.arpa\" (entry 2) and another suffix are one under the other (\"e164.arpa\", entry 1)",
+        ),
+        (
+            "enum_suffixes = [\"1.e164.arpa\", \"e164.arpa\"]\n",
+            "one under the other",
+        ),
+        (
+            "enum_suffixes = [\"test\"]\n",
+            "\"test\": the domain example.test. is at or under it",
+        ),
+        (
+            "enum_suffixes = [\"example.test\"]\n",
+            "the domain example.test. is at or under it",
+        ),
+        (many.as_str(), "17 suffixes given, at most 16"),
+    ] {
+        let err = with(&format!("{line}{MINIMAL}")).unwrap_err().to_string();
+        assert!(err.contains("enum_suffixes"), "{line}: {err}");
+        assert!(err.contains(says), "{line}: {err}");
+    }
+}

@@ -112,3 +112,73 @@ async fn dig_sees_naptr_srv_and_a() {
     );
     assert!(refused.contains("status: REFUSED"), "{refused}");
 }
+
+/// `dig NAPTR` of a number's ENUM name, as an operator would check it: the E2U+sip record in
+/// presentation form (a URI with `!` and `\` escaped in the regexp, and dig's own escaping of
+/// the backslash on top), NODATA for a block's prefix, NXDOMAIN for an unrouted number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_sees_enum_records() {
+    use onehop_dns::EnumFollower;
+    use onehop_overlay::provision::{EnumEntry, EnumUpdate};
+
+    let numbers = std::sync::Arc::new(onehop_dns::EnumTable::new());
+    EnumFollower::new()
+        .apply(
+            EnumUpdate {
+                version: 1,
+                reset: true,
+                entries: vec![
+                    EnumEntry {
+                        number: "+15550100".into(),
+                        uri: Some("sip:alice@example.test".into()),
+                    },
+                    EnumEntry {
+                        number: "+15550101".into(),
+                        uri: Some(r"sip:a!b\c@example.test".into()),
+                    },
+                ],
+                next: None,
+            },
+            &numbers,
+        )
+        .unwrap();
+    let zone = Zone::from_status(&status(2, 5, 2, false), &ZoneConfig::new(DOMAIN).unwrap())
+        .with_numbers(numbers);
+    let server = DnsServer::with_zone("127.0.0.1:0".parse().unwrap(), zone)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (plain, escaped, block, unrouted) = tokio::task::spawn_blocking(move || {
+        (
+            dig(addr, &["0.0.1.0.5.5.5.1.e164.arpa", "NAPTR"]),
+            dig(addr, &["1.0.1.0.5.5.5.1.e164.arpa", "NAPTR"]),
+            dig(addr, &["5.5.5.1.e164.arpa", "NAPTR"]),
+            dig(addr, &["2.0.1.0.5.5.5.1.e164.arpa", "NAPTR"]),
+        )
+    })
+    .await
+    .unwrap();
+    println!("{plain}\n{escaped}");
+    assert!(
+        plain.contains("status: NOERROR") && plain.contains("flags: qr aa;"),
+        "{plain}"
+    );
+    assert_eq!(
+        answer_section(&plain),
+        ["0.0.1.0.5.5.5.1.e164.arpa. 5 IN NAPTR 100 10 \"u\" \"E2U+sip\" \"!^.*$!sip:alice@example.test!\" ."]
+    );
+    assert_eq!(
+        answer_section(&escaped),
+        [
+            r#"1.0.1.0.5.5.5.1.e164.arpa. 5 IN NAPTR 100 10 "u" "E2U+sip" "!^.*$!sip:a\\!b\\\\c@example.test!" ."#
+        ]
+    );
+    assert!(block.contains("status: NOERROR"), "{block}");
+    assert!(answer_section(&block).is_empty(), "{block}");
+    assert!(
+        block.contains("e164.arpa.\t\t5\tIN\tSOA") || block.contains("SOA"),
+        "{block}"
+    );
+    assert!(unrouted.contains("status: NXDOMAIN"), "{unrouted}");
+    assert!(unrouted.contains(";; AUTHORITY SECTION"), "{unrouted}");
+}

@@ -1,11 +1,14 @@
 //! The DNS server's answer path: one raw request, as it came off the wire, answered from a
-//! zone built from a network status.
+//! zone built from a network status, with routed numbers under the ENUM suffix.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use hickory_proto::op::{Message, MessageType};
-use onehop_dns::{answer_bytes, AnswerOptions, Transport, Zone, ZoneConfig};
+use onehop_dns::{
+    answer_bytes, AnswerOptions, EnumFollower, EnumTable, Transport, Zone, ZoneConfig,
+};
+use onehop_overlay::provision::{EnumEntry, EnumUpdate};
 use onehop_overlay::status::{Endpoint, Kind, Member, NetworkStatus, Role};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -34,8 +37,40 @@ fn member(name: &str, kind: Kind, roles: &[&str], ip: &str, endpoints: &[(&str, 
     }
 }
 
+/// Routed numbers: a block's worth, one with a URI that needs escaping, a short one that is
+/// also the prefix of others.
+fn numbers() -> Arc<EnumTable> {
+    let mut entries: Vec<EnumEntry> = (0..20)
+        .map(|i| EnumEntry {
+            number: format!("+121255512{i:02}"),
+            uri: Some(format!("sip:+121255512{i:02}@carrier.example")),
+        })
+        .collect();
+    entries.push(EnumEntry {
+        number: "+4930123456".into(),
+        uri: Some(r"sip:odd!user\x@example.test".into()),
+    });
+    entries.push(EnumEntry {
+        number: "+1212".into(),
+        uri: Some("sip:short@example.test".into()),
+    });
+    let table = Arc::new(EnumTable::new());
+    EnumFollower::new()
+        .apply(
+            EnumUpdate {
+                version: 9,
+                reset: true,
+                entries,
+                next: None,
+            },
+            &table,
+        )
+        .expect("a listing");
+    table
+}
+
 /// A farm: a DNS server, two event servers, a manager, twelve proxies (one on IPv6), a
-/// registrar-only node; and a provisioned domain.
+/// registrar-only node; a provisioned domain; routed numbers under `e164.arpa`.
 fn zone() -> &'static Zone {
     static ZONE: OnceLock<Zone> = OnceLock::new();
     ZONE.get_or_init(|| {
@@ -89,7 +124,7 @@ fn zone() -> &'static Zone {
         };
         let cfg = ZoneConfig::new(DOMAIN).expect("a domain");
         let other = hickory_proto::rr::Name::from_ascii("other.test.").expect("a name");
-        Zone::build(&status, &cfg, &[other])
+        Zone::build(&status, &cfg, &[other]).with_numbers(numbers())
     })
 }
 

@@ -576,6 +576,28 @@ fn dns_answer() -> Vec<(String, Vec<u8>)> {
             None,
             0,
         ),
+        (
+            "enum-routed",
+            "5.0.2.1.5.5.5.2.1.2.1.e164.arpa.",
+            RecordType::NAPTR,
+            Some(1232),
+            0,
+        ),
+        (
+            "enum-escaped-over-tcp",
+            "6.5.4.3.2.1.0.3.9.4.e164.arpa.",
+            RecordType::ANY,
+            None,
+            1,
+        ),
+        (
+            "enum-block-prefix",
+            "2.1.5.5.5.2.1.2.1.e164.arpa.",
+            RecordType::NAPTR,
+            None,
+            0,
+        ),
+        ("enum-apex", "e164.arpa.", RecordType::NS, None, 0),
         ("before-status", "example.test.", RecordType::NAPTR, None, 2),
     ];
     asks.iter()
