@@ -16,7 +16,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use crate::harness::{until_all_nodes, wait_for, within_budget, Farm, Lookup};
 
 /// Port of the farm's DNS servers in these tests (53 needs privileges).
-const DNS_PORT: &str = "5353";
+pub(crate) const DNS_PORT: &str = "5353";
 const DOMAIN: &str = "example.test";
 
 // ---------------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ fn ask_on(
 }
 
 /// One query over UDP from a fresh socket.
-fn ask(server: SocketAddr, name: &str, rtype: RecordType) -> Option<Message> {
+pub(crate) fn ask(server: SocketAddr, name: &str, rtype: RecordType) -> Option<Message> {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     ask_on(
         &socket,
@@ -154,7 +154,7 @@ fn dns_addr(farm: &Farm, name: &str) -> SocketAddr {
     farm.file.member(name).unwrap().addr("dns").unwrap()
 }
 
-fn dns_members(farm: &Farm) -> Vec<(String, SocketAddr)> {
+pub(crate) fn dns_members(farm: &Farm) -> Vec<(String, SocketAddr)> {
     farm.names("dns")
         .into_iter()
         .map(|n| {
@@ -192,7 +192,7 @@ fn until_srv_is(farm: &Farm, hosts: &[String], timeout: Duration) -> Option<Dura
     })
 }
 
-fn require_dig() {
+pub(crate) fn require_dig() {
     let have = Command::new("sh")
         .args(["-c", "command -v dig"])
         .output()
@@ -205,7 +205,7 @@ fn require_dig() {
 }
 
 /// Runs `dig @server -p PORT +norecurse ARGS`; returns its full output.
-fn dig(server: SocketAddr, args: &[&str]) -> String {
+pub(crate) fn dig(server: SocketAddr, args: &[&str]) -> String {
     let out = Command::new("dig")
         .arg(format!("@{}", server.ip()))
         .args(["-p", &server.port().to_string()])
@@ -224,7 +224,7 @@ fn dig(server: SocketAddr, args: &[&str]) -> String {
 
 /// The records of a section of dig's output, each as its whitespace-separated fields joined by
 /// one space.
-fn section(text: &str, which: &str) -> Vec<String> {
+pub(crate) fn section(text: &str, which: &str) -> Vec<String> {
     let head = format!(";; {which} SECTION:");
     text.lines()
         .skip_while(|l| !l.starts_with(&head))
@@ -235,7 +235,7 @@ fn section(text: &str, which: &str) -> Vec<String> {
 }
 
 /// dig's status (NOERROR, NXDOMAIN, ...) and whether the aa flag was set.
-fn status_and_aa(text: &str) -> (String, bool) {
+pub(crate) fn status_and_aa(text: &str) -> (String, bool) {
     let status = text
         .lines()
         .find_map(|l| l.split("status: ").nth(1))
@@ -258,7 +258,7 @@ fn status_and_aa(text: &str) -> (String, bool) {
 }
 
 /// The `onehop_*` figures served on a daemon's metrics address.
-fn metrics(addr: SocketAddr) -> Option<BTreeMap<String, i64>> {
+pub(crate) fn metrics(addr: SocketAddr) -> Option<BTreeMap<String, i64>> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;

@@ -11,6 +11,7 @@ mod certs_time;
 mod chaos;
 mod deploy;
 mod dns;
+mod enum_dns;
 mod eventserver_loss;
 mod failover;
 mod farm;
