@@ -1,5 +1,5 @@
-//! ENUM (issue 12) seen from outside: numbers provisioned through the API and `onehop-admin`
-//! are answered by `dig NAPTR` of their ENUM names at every DNS member of the farm, under each
+//! ENUM (issue 12) seen from outside: numbers provisioned through the provisioning API are
+//! answered by `dig NAPTR` of their ENUM names at every DNS member of the farm, under each
 //! configured suffix; unrouted and unallocated numbers are NXDOMAIN, a block's prefix and
 //! other types NODATA; and a route change (an update, a port with the right PIN) is answered
 //! by every DNS member within 1 s of the API's acknowledgement (asserted with 1.5x slack for a
@@ -118,20 +118,6 @@ fn follows(members: &[(String, SocketAddr)], what: &str, number: &str, want: See
     );
 }
 
-fn admin_ok(farm: &Farm, args: &[&str]) -> String {
-    let dir = farm.path().to_str().unwrap().to_string();
-    let mut all = vec!["--farm", dir.as_str()];
-    all.extend_from_slice(args);
-    let out = farm.tool("onehop-admin", &all);
-    assert!(
-        out.status.success(),
-        "onehop-admin {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// One API write that must succeed (2xx); returns when the manager acknowledged it.
 fn write(c: &Client, method: Method, path: &str, body: serde_json::Value) -> Instant {
     let (status, v) = call(c, method, path, Some(body.clone()));
@@ -183,9 +169,11 @@ fn enum_answers_follow_provisioning_on_every_dns_member() {
         "/v1/carriers",
         json!({"ocn": "ACME", "name": "Acme Telecom"}),
     );
-    admin_ok(
-        &farm,
-        &["carrier", "add", "OTHER", "--name", "Other Telecom"],
+    write(
+        &c,
+        Method::POST,
+        "/v1/carriers",
+        json!({"ocn": "OTHER", "name": "Other Telecom"}),
     );
     write(
         &c,
@@ -194,8 +182,8 @@ fn enum_answers_follow_provisioning_on_every_dns_member() {
         json!({"first": "+15550100", "last": "+15550199", "carrier": "ACME"}),
     );
 
-    // Numbers routed to an account and to a URI through the API, one to a URI through the
-    // admin tool, one allocated with no route.
+    // Numbers routed to an account and to a URI, one taken as the next free number of the
+    // block, one allocated with no route.
     let at = write(
         &c,
         Method::POST,
@@ -222,25 +210,31 @@ fn enum_answers_follow_provisioning_on_every_dns_member() {
         uri("sip:+15550101@carrier.example"),
         at,
     );
-    admin_ok(
-        &farm,
-        &[
-            "number",
-            "allocate",
-            "+15550102",
-            "--route-uri",
-            "sip:bob@example.test",
-        ],
+    let (status, v) = call(
+        &c,
+        Method::POST,
+        "/v1/numbers",
+        Some(json!({"block": "+15550100", "route": {"uri": "sip:bob@example.test"}})),
     );
     let at = Instant::now();
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        v["number"], "+15550102",
+        "the next free number of the block: {v}"
+    );
     follows(
         &members,
-        "allocation (onehop-admin)",
+        "allocation (the next free number of a block)",
         "+15550102",
         uri("sip:bob@example.test"),
         at,
     );
-    admin_ok(&farm, &["number", "allocate", "+15550103"]);
+    write(
+        &c,
+        Method::POST,
+        "/v1/numbers",
+        json!({"number": "+15550103"}),
+    );
 
     // What dig sees at every DNS member.
     for (name, addr) in &members {
@@ -301,22 +295,18 @@ fn enum_answers_follow_provisioning_on_every_dns_member() {
         uri("sip:moved@carrier.example"),
         at,
     );
-    admin_ok(
-        &farm,
-        &[
-            "number",
-            "update",
-            "+15550102",
-            "--route-account",
-            "alice@example.test",
-        ],
+    let at = write(
+        &c,
+        Method::PATCH,
+        "/v1/numbers/+15550102",
+        json!({"route": {"account": "alice@example.test"}}),
     );
     follows(
         &members,
-        "route update (onehop-admin)",
+        "route update to an account",
         "+15550102",
         uri("sip:alice@example.test"),
-        Instant::now(),
+        at,
     );
 
     let (status, v) = call(
