@@ -29,7 +29,7 @@
 //! A number's digits d1..dn (n <= 15) are packed as `d_i + 1` in the i-th nibble from the top
 //! of a `u64`, the remaining nibbles 0. Keys then sort like the digit strings, and every
 //! number whose digits start with a prefix P lies in one contiguous key range that starts at
-//! P's own key ([`prefix_range`]), so whether a name is a number, an empty non-terminal or
+//! P's own key (`prefix_range`), so whether a name is a number, an empty non-terminal or
 //! nothing is one range lookup, with no index of prefixes to keep.
 
 use std::collections::BTreeMap;
