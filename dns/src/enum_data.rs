@@ -317,8 +317,10 @@ pub struct Applied {
     pub changes: usize,
     /// Entries that were not taken, and why.
     pub skipped: Vec<Skipped>,
-    /// The answer held no change and left nothing more to read at once: the manager's wait
-    /// ran out (the caller may pace itself if such answers come back faster than a wait).
+    /// The answer held no change, nothing more to read at once, and no newer version: the
+    /// manager's wait ran out (the caller may pace itself if such answers come back faster
+    /// than a wait). An answer woken by a change of something else (an account) is not idle:
+    /// its version is newer.
     pub idle: bool,
 }
 
@@ -426,13 +428,14 @@ impl EnumFollower {
             return Err("the manager answered changes where a listing page was asked for".into());
         }
         let changes = update.entries.len();
+        let newer = update.version > self.since;
         skipped.extend(table.apply(&update.entries, update.version));
         self.since = self.since.max(update.version);
         Ok(Applied {
             listed: false,
             changes,
             skipped,
-            idle: changes == 0 && update.next.is_none(),
+            idle: changes == 0 && update.next.is_none() && !newer,
         })
     }
 }
@@ -637,9 +640,13 @@ mod tests {
         // An answer whose wait ran out.
         let a = f.apply(update(12, false, vec![], None), &t).unwrap();
         assert!(a.idle);
+        // One woken by a change of something else: newer, so not idle (asked again at once).
+        let a = f.apply(update(13, false, vec![], None), &t).unwrap();
+        assert!(!a.idle);
+        assert_eq!((t.version(), f.since()), (13, 13));
         // A manager behind never takes the version back.
         f.apply(update(11, false, vec![], None), &t).unwrap();
-        assert_eq!((t.version(), f.since()), (12, 12));
+        assert_eq!((t.version(), f.since()), (13, 13));
     }
 
     #[test]

@@ -232,9 +232,10 @@ fn follow_domains(client: FarmClient, handler: Arc<DnsHandler>, cancel: Cancella
 
 /// Pause after a failed read of the ENUM feed.
 pub const ENUM_RETRY: Duration = Duration::from_millis(250);
-/// Least time between two answers that held no change (a manager waits for changes, so
-/// such answers come [`MAX_ENUM_WAIT_MS`](onehop_overlay::provision::MAX_ENUM_WAIT_MS)
-/// apart; this only keeps a manager that does not wait from being asked in a tight loop).
+/// Least time between two answers that held nothing new, not even a newer version (a manager
+/// waits for changes, so such answers come
+/// [`MAX_ENUM_WAIT_MS`](onehop_overlay::provision::MAX_ENUM_WAIT_MS) apart; this only keeps
+/// a manager that does not wait from being asked in a tight loop).
 pub const ENUM_IDLE_PACE: Duration = Duration::from_millis(100);
 
 /// Follows the managers' ENUM feed into the handler's [`EnumTable`] until `cancel`: a full
