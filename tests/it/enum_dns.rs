@@ -1,5 +1,5 @@
-//! ENUM (issue 12) seen from outside: numbers provisioned through the provisioning API are
-//! answered by `dig NAPTR` of their ENUM names at every DNS member of the farm, under each
+//! ENUM (issue 12) seen from outside: numbers provisioned through the provisioning API and
+//! `onehop-admin` are answered by `dig NAPTR` of their ENUM names at every DNS member of the farm, under each
 //! configured suffix; unrouted and unallocated numbers are NXDOMAIN, a block's prefix and
 //! other types NODATA; and a route change (an update, a port with the right PIN) is answered
 //! by every DNS member within 1 s of the API's acknowledgement (asserted with 1.5x slack for a
@@ -118,6 +118,23 @@ fn follows(members: &[(String, SocketAddr)], what: &str, number: &str, want: See
     );
 }
 
+/// Runs `onehop-admin --farm DIR ARGS`, which must succeed; returns when it has exited (the
+/// API acknowledged its request).
+fn admin_ok(farm: &Farm, args: &[&str]) -> Instant {
+    let dir = farm.path().to_str().unwrap().to_string();
+    let mut all = vec!["--farm", dir.as_str()];
+    all.extend_from_slice(args);
+    let out = farm.tool("onehop-admin", &all);
+    let at = Instant::now();
+    assert!(
+        out.status.success(),
+        "onehop-admin {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    at
+}
+
 /// One API write that must succeed (2xx); returns when the manager acknowledged it.
 fn write(c: &Client, method: Method, path: &str, body: serde_json::Value) -> Instant {
     let (status, v) = call(c, method, path, Some(body.clone()));
@@ -169,11 +186,9 @@ fn enum_answers_follow_provisioning_on_every_dns_member() {
         "/v1/carriers",
         json!({"ocn": "ACME", "name": "Acme Telecom"}),
     );
-    write(
-        &c,
-        Method::POST,
-        "/v1/carriers",
-        json!({"ocn": "OTHER", "name": "Other Telecom"}),
+    admin_ok(
+        &farm,
+        &["carriers", "add", "OTHER", "--name", "Other Telecom"],
     );
     write(
         &c,
@@ -182,8 +197,8 @@ fn enum_answers_follow_provisioning_on_every_dns_member() {
         json!({"first": "+15550100", "last": "+15550199", "carrier": "ACME"}),
     );
 
-    // Numbers routed to an account and to a URI, one taken as the next free number of the
-    // block, one allocated with no route.
+    // Numbers routed to an account and to a URI through the API, one taken as the next free
+    // number of the block, one routed through onehop-admin, one allocated with no route.
     let at = write(
         &c,
         Method::POST,
@@ -229,12 +244,24 @@ fn enum_answers_follow_provisioning_on_every_dns_member() {
         uri("sip:bob@example.test"),
         at,
     );
-    write(
-        &c,
-        Method::POST,
-        "/v1/numbers",
-        json!({"number": "+15550103"}),
+    let at = admin_ok(
+        &farm,
+        &[
+            "numbers",
+            "allocate",
+            "+15550104",
+            "--route-uri",
+            "sip:carol@carrier.example",
+        ],
     );
+    follows(
+        &members,
+        "allocation (onehop-admin)",
+        "+15550104",
+        uri("sip:carol@carrier.example"),
+        at,
+    );
+    admin_ok(&farm, &["numbers", "allocate", "+15550103"]);
 
     // What dig sees at every DNS member.
     for (name, addr) in &members {
@@ -295,15 +322,19 @@ fn enum_answers_follow_provisioning_on_every_dns_member() {
         uri("sip:moved@carrier.example"),
         at,
     );
-    let at = write(
-        &c,
-        Method::PATCH,
-        "/v1/numbers/+15550102",
-        json!({"route": {"account": "alice@example.test"}}),
+    let at = admin_ok(
+        &farm,
+        &[
+            "numbers",
+            "update",
+            "+15550102",
+            "--route-account",
+            "alice@example.test",
+        ],
     );
     follows(
         &members,
-        "route update to an account",
+        "route update to an account (onehop-admin)",
         "+15550102",
         uri("sip:alice@example.test"),
         at,
@@ -355,6 +386,15 @@ fn enum_answers_follow_provisioning_on_every_dns_member() {
         &members,
         "release",
         "+15550102",
+        Seen::Empty(ResponseCode::NXDomain),
+        at,
+    );
+
+    let at = admin_ok(&farm, &["numbers", "release", "+15550104"]);
+    follows(
+        &members,
+        "release (onehop-admin)",
+        "+15550104",
         Seen::Empty(ResponseCode::NXDomain),
         at,
     );
