@@ -18,8 +18,8 @@ use super::model::ProvError;
 pub const MAX_OCN: usize = 16;
 /// Most characters of a carrier's name, an assignee, a caller name or a location.
 pub const MAX_TEXT: usize = 128;
-/// Most characters of a routing URI.
-pub const MAX_URI: usize = 256;
+/// Most characters of a routing URI (what an ENUM NAPTR regexp of at most 255 bytes holds).
+pub const MAX_URI: usize = 248;
 /// Most numbers in one block.
 pub const MAX_BLOCK_SIZE: u64 = 100_000_000;
 /// Wrong PINs in a row before porting the number is refused for [`PIN_LOCK_MS`].
