@@ -101,6 +101,11 @@ enum Command {
         /// without --roles bears no role.
         #[arg(long, value_name = "ROLES")]
         roles: Option<String>,
+        /// Comma-separated carriers (OCNs), only for kind admin: the holder administers the
+        /// numbers of these carriers only. An admin certificate without --carriers is a
+        /// farm-wide administrator (domains, accounts, carriers, blocks, every number).
+        #[arg(long, value_name = "OCNS")]
+        carriers: Option<String>,
         /// An IP address to add as a subject alternative name (repeatable).
         #[arg(long = "ip", value_name = "ADDR")]
         ips: Vec<String>,
@@ -225,6 +230,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             name,
             kind,
             roles,
+            carriers,
             ips,
             out,
             days,
@@ -237,6 +243,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Some(r) => parse_roles(&r)?,
                 None => Vec::new(),
             };
+            req.carriers = carriers.map(|c| {
+                c.split(',')
+                    .map(|s| s.trim().to_ascii_uppercase())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            });
             req.ips = ips
                 .iter()
                 .map(|ip| parse_ip(ip))

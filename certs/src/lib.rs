@@ -28,8 +28,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use onehop_overlay::identity::{
-    crl_serials, encode_extension, identity_from_der, with_extension_oid, Identity, IdentityError,
-    Serial, PLACEHOLDER_OID,
+    crl_serials, encode_extension_with_carriers, identity_from_der, with_extension_oid, Identity,
+    IdentityError, Serial, PLACEHOLDER_OID,
 };
 use onehop_overlay::status::{check_member_name, Kind, NameError, Role};
 use rcgen::{
@@ -107,6 +107,9 @@ pub enum CertsError {
     /// Roles requested for a kind other than `node`.
     #[error("only node certificates carry roles")]
     RolesOnlyForNodes,
+    /// Carriers requested for a kind other than `admin`, or not valid OCNs.
+    #[error("{0}")]
+    BadCarriers(String),
     /// Not a DNS domain.
     #[error("invalid domain {0:?}: expected a dns name such as example.net")]
     BadDomain(String),
@@ -423,6 +426,8 @@ pub struct IssueRequest {
     pub kind: Kind,
     /// The roles; only for [`Kind::Node`].
     pub roles: Vec<Role>,
+    /// The carriers (OCNs) an [`Kind::Admin`] certificate administers; `None`: farm-wide.
+    pub carriers: Option<Vec<String>>,
     /// IP addresses added as subject alternative names.
     pub ips: Vec<IpAddr>,
     /// Validity in days ([`DEFAULT_DAYS`] if `None`); not together with `not_after`.
@@ -441,6 +446,7 @@ impl IssueRequest {
             name: name.into(),
             kind,
             roles: Vec::new(),
+            carriers: None,
             ips: Vec::new(),
             days: None,
             not_before: None,
@@ -736,6 +742,22 @@ impl Ca {
         if !req.roles.is_empty() && req.kind != Kind::Node {
             return Err(CertsError::RolesOnlyForNodes);
         }
+        if let Some(carriers) = &req.carriers {
+            if req.kind != Kind::Admin {
+                return Err(CertsError::BadCarriers(
+                    "only admin certificates name carriers (--carriers)".into(),
+                ));
+            }
+            if carriers.is_empty() || carriers.len() > onehop_overlay::identity::MAX_CARRIERS {
+                return Err(CertsError::BadCarriers(format!(
+                    "--carriers takes 1 to {} OCNs",
+                    onehop_overlay::identity::MAX_CARRIERS
+                )));
+            }
+            for c in carriers {
+                onehop_overlay::identity::check_carrier(c).map_err(CertsError::BadCarriers)?;
+            }
+        }
         if let Some(live) = self.live(&req.name) {
             return Err(CertsError::AlreadyIssued {
                 name: req.name.clone(),
@@ -770,7 +792,7 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         params.custom_extensions = vec![CustomExtension::from_oid_content(
             PLACEHOLDER_OID,
-            encode_extension(req.kind, &roles),
+            encode_extension_with_carriers(req.kind, &roles, req.carriers.as_deref()),
         )];
 
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, OidSwappingKey(&self.key))

@@ -617,6 +617,7 @@ mod tests {
             name: name.into(),
             kind,
             roles: roles.iter().map(|r| Role::new(r).unwrap()).collect(),
+            carriers: None,
             serial: Serial(vec![1]),
             not_before: 0,
             not_after: i64::MAX,

@@ -8,11 +8,15 @@
 //! machine ([`ProvisionDb`]), read off the runtime's threads.
 //!
 //! # Who reads what
-//! | certificate | [`FarmRequest::Farm`] | [`FarmRequest::Account`] |
-//! |---|---|---|
-//! | `node` | version, domains and the SIP nonce key | answered |
-//! | `dns` | version and domains (`nonce_key: None`) | [`FarmReply::Error`] |
-//! | any other | (the connection is refused) | (refused) |
+//! | certificate | [`FarmRequest::Farm`] | [`FarmRequest::Account`], [`FarmRequest::Number`] | [`FarmRequest::Enum`] |
+//! |---|---|---|---|
+//! | `node` | version, domains, dial plans and the SIP nonce key | answered | answered |
+//! | `dns` | version, domains and dial plans (`nonce_key: None`) | [`FarmReply::Error`] | answered |
+//! | any other | (the connection is refused) | (refused) | (refused) |
+//!
+//! An ENUM read that finds no change after its `since` waits for one (at most its `wait_ms`,
+//! capped at 1 s) before answering, so DNS servers follow the registry within milliseconds
+//! with one outstanding request each.
 //!
 //! # The nonce key
 //! The farm's SIP digest nonces are MACed with one key shared by every node. The active
@@ -28,7 +32,7 @@ use std::time::Duration;
 use onehop_overlay::farm_client::{MAX_REPLY, MAX_REQUEST};
 use onehop_overlay::identity::Identity;
 use onehop_overlay::metrics::{Metric, Metrics};
-use onehop_overlay::provision::{FarmInfo, FarmReply, FarmRequest, NonceSecret};
+use onehop_overlay::provision::{FarmInfo, FarmReply, FarmRequest, NonceSecret, MAX_ENUM_WAIT_MS};
 use onehop_overlay::status::Kind;
 use onehop_overlay::wire::{decode_body, encode_frame, read_frame, CloseCode};
 use tokio::sync::Semaphore;
@@ -68,7 +72,7 @@ pub fn answer(db: &ProvisionDb, kind: Kind, req: &FarmRequest) -> FarmReply {
                 } else {
                     None
                 },
-                dial_plans: Vec::new(),
+                dial_plans: v.dial_plans,
             }),
             Err(e) => FarmReply::Error(format!("cannot read the farm settings: {e}")),
         },
@@ -85,9 +89,26 @@ pub fn answer(db: &ProvisionDb, kind: Kind, req: &FarmRequest) -> FarmReply {
             },
             Err(e) => FarmReply::Error(format!("cannot read the account: {e}")),
         },
-        FarmRequest::Number { .. } | FarmRequest::Enum { .. } => {
-            FarmReply::Error("number reads are not served yet".into())
+        FarmRequest::Number { .. } if kind != Kind::Node => {
+            FarmReply::Error("number reads are for nodes only".into())
         }
+        FarmRequest::Number { number } => match onehop_overlay::provision::parse_e164(number) {
+            Err(e) => FarmReply::Error(e),
+            Ok(n) => match db.number_at(&n) {
+                Ok((version, held)) => FarmReply::Number {
+                    version,
+                    route: held.and_then(|n| n.route),
+                },
+                Err(e) => FarmReply::Error(format!("cannot read the number: {e}")),
+            },
+        },
+        FarmRequest::Enum { after, .. } if after.as_ref().is_some_and(|a| a.len() > 16) => {
+            FarmReply::Error("`after` is not a number".into())
+        }
+        FarmRequest::Enum { since, after, .. } => match db.enum_update(*since, after.as_deref()) {
+            Ok(u) => FarmReply::Enum(u),
+            Err(e) => FarmReply::Error(format!("cannot read the ENUM data: {e}")),
+        },
     }
 }
 
@@ -171,18 +192,27 @@ impl FarmReads {
                 return;
             }
         };
-        let reply = match self.reads.clone().acquire_owned().await {
-            Ok(permit) => {
-                let db = self.db.clone();
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    answer(&db, kind, &req)
-                })
-                .await
-                .unwrap_or_else(|_| FarmReply::Error("the read failed".into()))
+        let mut versions = self.db.watch_version();
+        let mut reply = self.read_once(kind, &req).await;
+        // An ENUM read with nothing new waits (without a read slot) for the next change.
+        let wait = match (&req, &reply) {
+            (FarmRequest::Enum { since, wait_ms, .. }, FarmReply::Enum(u))
+                if *since > 0 && !u.reset && u.entries.is_empty() && u.next.is_none() =>
+            {
+                Some((*since, u64::from((*wait_ms).min(MAX_ENUM_WAIT_MS))))
             }
-            Err(_) => FarmReply::Error("the manager is shutting down".into()),
+            _ => None,
         };
+        if let Some((since, wait_ms)) = wait {
+            let changed = tokio::time::timeout(Duration::from_millis(wait_ms), async {
+                versions.wait_for(|v| *v > since).await.is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if changed {
+                reply = self.read_once(kind, &req).await;
+            }
+        }
         self.count(kind, &reply);
         let mut frame = encode_frame(&reply);
         if frame.len() - 4 > MAX_REPLY {
@@ -196,6 +226,23 @@ impl FarmReads {
         }
         let _ = send.write_all(&frame).await;
         let _ = send.finish();
+    }
+
+    /// One blocking read of `req`'s answer, within the bound of concurrent reads.
+    async fn read_once(&self, kind: Kind, req: &FarmRequest) -> FarmReply {
+        match self.reads.clone().acquire_owned().await {
+            Ok(permit) => {
+                let db = self.db.clone();
+                let req = req.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    answer(&db, kind, &req)
+                })
+                .await
+                .unwrap_or_else(|_| FarmReply::Error("the read failed".into()))
+            }
+            Err(_) => FarmReply::Error("the manager is shutting down".into()),
+        }
     }
 
     fn count(&self, kind: Kind, reply: &FarmReply) {

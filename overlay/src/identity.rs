@@ -70,6 +70,25 @@ pub const PLACEHOLDER_OID: &[u64] = &[2, 25, 0xfeed_face_cafe_beef, 0x01de_adbe_
 /// The DER value of our extension: `SEQUENCE { kind UTF8String, roles SEQUENCE OF UTF8String }`,
 /// with the roles sorted and deduplicated.
 pub fn encode_extension(kind: Kind, roles: &[Role]) -> Vec<u8> {
+    encode_extension_with_carriers(kind, roles, None)
+}
+
+/// DER tag of the optional carriers field: `[0] IMPLICIT SEQUENCE OF UTF8String`.
+const TAG_CARRIERS: u8 = 0xA0;
+
+/// Most carriers one `admin` certificate names, and most characters of one.
+pub const MAX_CARRIERS: usize = 64;
+/// Most characters of one carrier's OCN.
+pub const MAX_CARRIER_LEN: usize = 16;
+
+/// [`encode_extension`] with, for an `admin` certificate, the carriers (OCNs) it administers:
+/// `SEQUENCE { kind, roles, carriers [0] IMPLICIT SEQUENCE OF UTF8String OPTIONAL }`. `None`
+/// leaves the field out (a farm-wide administrator, and every other kind).
+pub fn encode_extension_with_carriers(
+    kind: Kind,
+    roles: &[Role],
+    carriers: Option<&[String]>,
+) -> Vec<u8> {
     let mut sorted: Vec<&Role> = roles.iter().collect();
     sorted.sort();
     sorted.dedup();
@@ -79,7 +98,34 @@ pub fn encode_extension(kind: Kind, roles: &[Role]) -> Vec<u8> {
     }
     let mut body = der_tlv(TAG_UTF8_STRING, kind.as_str().as_bytes());
     body.extend(der_tlv(TAG_SEQUENCE, &role_seq));
+    if let Some(carriers) = carriers {
+        let mut sorted: Vec<&String> = carriers.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let mut seq = Vec::new();
+        for c in sorted {
+            seq.extend(der_tlv(TAG_UTF8_STRING, c.as_bytes()));
+        }
+        body.extend(der_tlv(TAG_CARRIERS, &seq));
+    }
     der_tlv(TAG_SEQUENCE, &body)
+}
+
+/// Checks a carrier's OCN as certificates carry it: 1 to [`MAX_CARRIER_LEN`] upper-case
+/// letters, digits, `-` or `_`.
+pub fn check_carrier(ocn: &str) -> Result<(), String> {
+    let ok = !ocn.is_empty()
+        && ocn.len() <= MAX_CARRIER_LEN
+        && ocn
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{ocn:?} is not a carrier OCN: 1 to {MAX_CARRIER_LEN} upper-case letters, digits, '-' or '_'"
+        ))
+    }
 }
 
 /// Parses the DER value of our extension into its kind and its roles (sorted, deduplicated).
@@ -87,6 +133,15 @@ pub fn encode_extension(kind: Kind, roles: &[Role]) -> Vec<u8> {
 /// Strict DER: definite minimal lengths, nothing after the value. Roles are only accepted on a
 /// `node` certificate.
 pub fn decode_extension(value: &[u8]) -> Result<(Kind, Vec<Role>), IdentityError> {
+    decode_extension_with_carriers(value).map(|(k, r, _)| (k, r))
+}
+
+/// What [`decode_extension_with_carriers`] reads: the kind, the roles and the carriers.
+pub type ExtensionFields = (Kind, Vec<Role>, Option<Vec<String>>);
+
+/// [`decode_extension`] with the optional carriers field (`admin` certificates only; sorted,
+/// deduplicated, at least one, at most [`MAX_CARRIERS`]).
+pub fn decode_extension_with_carriers(value: &[u8]) -> Result<ExtensionFields, IdentityError> {
     let malformed = |what: &str| IdentityError::MalformedExtension(what.to_string());
     let (body, rest) = der_expect(value, TAG_SEQUENCE).map_err(|e| malformed(&e))?;
     if !rest.is_empty() {
@@ -94,9 +149,31 @@ pub fn decode_extension(value: &[u8]) -> Result<(Kind, Vec<Role>), IdentityError
     }
     let (kind_bytes, rest) = der_expect(body, TAG_UTF8_STRING).map_err(|e| malformed(&e))?;
     let (mut role_seq, rest) = der_expect(rest, TAG_SEQUENCE).map_err(|e| malformed(&e))?;
-    if !rest.is_empty() {
-        return Err(malformed("trailing bytes after the roles"));
-    }
+    let carriers = if rest.is_empty() {
+        None
+    } else {
+        let (mut seq, rest) = der_expect(rest, TAG_CARRIERS).map_err(|e| malformed(&e))?;
+        if !rest.is_empty() {
+            return Err(malformed("trailing bytes after the carriers"));
+        }
+        let mut carriers = Vec::new();
+        while !seq.is_empty() {
+            let (c, rest) = der_expect(seq, TAG_UTF8_STRING).map_err(|e| malformed(&e))?;
+            seq = rest;
+            let c = std::str::from_utf8(c).map_err(|_| malformed("a carrier is not utf-8"))?;
+            check_carrier(c).map_err(|e| malformed(&e))?;
+            carriers.push(c.to_string());
+            if carriers.len() > MAX_CARRIERS {
+                return Err(malformed("more than 64 carriers"));
+            }
+        }
+        if carriers.is_empty() {
+            return Err(malformed("an empty carrier list"));
+        }
+        carriers.sort();
+        carriers.dedup();
+        Some(carriers)
+    };
     let kind_str =
         std::str::from_utf8(kind_bytes).map_err(|_| malformed("the kind is not valid utf-8"))?;
     let kind = kind_str
@@ -116,7 +193,10 @@ pub fn decode_extension(value: &[u8]) -> Result<(Kind, Vec<Role>), IdentityError
     if !roles.is_empty() && kind != Kind::Node {
         return Err(IdentityError::RolesOnNonNode(kind));
     }
-    Ok((kind, roles))
+    if carriers.is_some() && kind != Kind::Admin {
+        return Err(malformed("only admin certificates name carriers"));
+    }
+    Ok((kind, roles, carriers))
 }
 
 /// Replaces the one occurrence of the encoded [`PLACEHOLDER_OID`] (tag, length and content) in
@@ -228,6 +308,9 @@ pub struct Identity {
     pub kind: Kind,
     /// The roles, from our extension; sorted, deduplicated, empty unless `kind` is `node`.
     pub roles: Vec<Role>,
+    /// For an `admin` certificate: the carriers (OCNs) it administers, sorted; `None` for a
+    /// farm-wide administrator and every other kind.
+    pub carriers: Option<Vec<String>>,
     /// The certificate serial.
     pub serial: Serial,
     /// Start of validity, in seconds since the Unix epoch.
@@ -308,13 +391,14 @@ pub fn identity_from_x509(cert: &X509Certificate<'_>) -> Result<Identity, Identi
     if ours.next().is_some() {
         return Err(IdentityError::DuplicateExtension);
     }
-    let (kind, roles) = decode_extension(ext.value)?;
+    let (kind, roles, carriers) = decode_extension_with_carriers(ext.value)?;
 
     let validity = cert.validity();
     Ok(Identity {
         name: name.to_string(),
         kind,
         roles,
+        carriers,
         serial: Serial::from_be_bytes(cert.raw_serial()),
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
@@ -556,6 +640,30 @@ mod tests {
 
         let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.clone()));
         assert_eq!(identity_from_pem(&pem).unwrap(), id);
+    }
+
+    #[test]
+    fn admin_extensions_carry_carriers() {
+        let carriers = vec!["BETA".to_string(), "ACME".to_string(), "ACME".to_string()];
+        let v = encode_extension_with_carriers(Kind::Admin, &[], Some(&carriers));
+        let (kind, roles, got) = decode_extension_with_carriers(&v).unwrap();
+        assert_eq!((kind, roles.len()), (Kind::Admin, 0));
+        assert_eq!(got, Some(vec!["ACME".to_string(), "BETA".to_string()]));
+        // The earlier decoder's view: kind and roles.
+        assert_eq!(decode_extension(&v).unwrap().0, Kind::Admin);
+        // No field: a farm-wide administrator.
+        let v = encode_extension(Kind::Admin, &[]);
+        assert_eq!(decode_extension_with_carriers(&v).unwrap().2, None);
+        // Carriers only on admin certificates, never empty, valid OCNs only.
+        let v = encode_extension_with_carriers(Kind::Node, &[], Some(&carriers));
+        assert!(decode_extension_with_carriers(&v).is_err());
+        let v = encode_extension_with_carriers(Kind::Admin, &[], Some(&[]));
+        assert!(decode_extension_with_carriers(&v).is_err());
+        let v = encode_extension_with_carriers(Kind::Admin, &[], Some(&["a b".to_string()]));
+        assert!(decode_extension_with_carriers(&v).is_err());
+        let mut v = encode_extension_with_carriers(Kind::Admin, &[], Some(&carriers));
+        v.push(0);
+        assert!(decode_extension_with_carriers(&v).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! TLS handshake must finish within 10 s and a request's headers within 10 s, bodies at most
 //! 16 MiB (an import is sent in chunks).
 
+mod numbers;
 mod routes;
 mod views;
 

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::numbers;
 use super::views::*;
 use super::{ApiState, Caller};
 use crate::provision::db::MAX_PAGE;
@@ -48,7 +49,17 @@ impl ApiError {
         }
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    /// 413: the body is too big.
+    pub(super) fn too_large(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            Some("body"),
+            message,
+        )
+    }
+
+    pub(super) fn internal(e: impl std::fmt::Display) -> Self {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -103,7 +114,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -113,7 +124,7 @@ fn now_ms() -> u64 {
 }
 
 /// Parses a JSON body; a 422 names the field serde complains about.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| {
         let text = e.to_string();
         let field = text
@@ -130,7 +141,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     })
 }
 
-async fn propose(s: &ApiState, op: ProvisionOp) -> ApiResult<ProvisionResult> {
+pub(super) async fn propose(s: &ApiState, op: ProvisionOp) -> ApiResult<ProvisionResult> {
     let req = Request::Provision(Box::new(ProvisionCommand {
         at_ms: now_ms(),
         op,
@@ -145,7 +156,7 @@ fn io<T>(r: std::io::Result<T>) -> ApiResult<T> {
 }
 
 /// Runs a blocking read of the database off the runtime's threads.
-async fn read<T: Send + 'static>(
+pub(super) async fn read<T: Send + 'static>(
     s: &ApiState,
     f: impl FnOnce(&crate::provision::db::ProvisionDb) -> std::io::Result<T> + Send + 'static,
 ) -> ApiResult<T> {
@@ -163,7 +174,9 @@ fn aor_param(field: &str, raw: &str) -> ApiResult<String> {
 }
 
 /// A query string, or 422 naming it.
-fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> ApiResult<T> {
+pub(super) fn query<T>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<T> {
     q.map(|Query(q)| q).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -181,7 +194,21 @@ async fn admins_only(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let resp = if id.kind != Kind::Admin {
+    let scoped_out =
+        id.carriers.is_some() && !super::numbers::carrier_admin_may(req.method(), req.uri().path());
+    let resp = if scoped_out {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            None,
+            format!(
+                "{} administers carriers {} only: it may use the number registry, not the farm's domains and accounts",
+                id.name,
+                id.carriers.as_deref().unwrap_or_default().join(",")
+            ),
+        )
+        .into_response()
+    } else if id.kind != Kind::Admin {
         ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -221,6 +248,42 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/aliases/{alias}", get(get_alias).delete(remove_alias))
         .route("/v1/import", post(import))
         .route("/v1/changes", get(changes))
+        .route(
+            "/v1/carriers",
+            get(numbers::list_carriers).post(numbers::add_carrier),
+        )
+        .route(
+            "/v1/carriers/{ocn}",
+            get(numbers::get_carrier).delete(numbers::remove_carrier),
+        )
+        .route(
+            "/v1/blocks",
+            get(numbers::list_blocks).post(numbers::add_block),
+        )
+        .route(
+            "/v1/blocks/{first}",
+            get(numbers::get_block).delete(numbers::remove_block),
+        )
+        .route(
+            "/v1/numbers",
+            get(numbers::list_numbers).post(numbers::allocate),
+        )
+        .route("/v1/numbers/changes", get(numbers::number_changes))
+        .route(
+            "/v1/numbers/{number}",
+            get(numbers::get_number)
+                .patch(numbers::update_number)
+                .delete(numbers::release_number),
+        )
+        .route("/v1/numbers/{number}/whois", get(numbers::whois))
+        .route("/v1/numbers/{number}/history", get(numbers::history))
+        .route("/v1/numbers/{number}/port", post(numbers::port_number))
+        .route(
+            "/v1/domains/{name}/dial-plan",
+            get(numbers::get_dial_plan)
+                .put(numbers::set_dial_plan)
+                .delete(numbers::clear_dial_plan),
+        )
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

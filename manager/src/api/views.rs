@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use onehop_overlay::provision::{DialPlan, NumberRoute};
+
 use crate::provision::model::{Account, Change, ChangeKind, Domain, ProvError};
+use crate::provision::numbers::{Block, Carrier, Number, NumberEvent};
 
 /// An error answer: `{"code": ..., "message": ..., "field": ...}`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -89,12 +92,51 @@ pub struct ChangeView {
 #[derive(Serialize, Debug)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ChangeWhat {
-    DomainAdded { name: String },
-    DomainRemoved { name: String },
-    AccountPut { account: AccountView },
-    AccountRemoved { aor: String, aliases: Vec<String> },
-    AliasAdded { alias: String, aor: String },
-    AliasRemoved { alias: String, aor: String },
+    DomainAdded {
+        name: String,
+    },
+    DomainRemoved {
+        name: String,
+    },
+    AccountPut {
+        account: AccountView,
+    },
+    AccountRemoved {
+        aor: String,
+        aliases: Vec<String>,
+    },
+    AliasAdded {
+        alias: String,
+        aor: String,
+    },
+    AliasRemoved {
+        alias: String,
+        aor: String,
+    },
+    CarrierAdded {
+        carrier: Carrier,
+    },
+    CarrierRemoved {
+        ocn: String,
+    },
+    BlockAdded {
+        block: BlockView,
+    },
+    BlockRemoved {
+        first: String,
+        carrier: String,
+    },
+    NumberPut {
+        number: NumberView,
+    },
+    NumberReleased {
+        number: String,
+        carrier: String,
+    },
+    DialPlanSet {
+        domain: String,
+        dial_plan: Option<DialPlanView>,
+    },
 }
 
 impl From<&Change> for ChangeView {
@@ -116,6 +158,28 @@ impl From<&Change> for ChangeView {
             ChangeKind::AliasRemoved { alias, aor } => ChangeWhat::AliasRemoved {
                 alias: alias.clone(),
                 aor: aor.clone(),
+            },
+            ChangeKind::CarrierAdded { carrier } => ChangeWhat::CarrierAdded {
+                carrier: carrier.clone(),
+            },
+            ChangeKind::CarrierRemoved { ocn } => ChangeWhat::CarrierRemoved { ocn: ocn.clone() },
+            ChangeKind::BlockAdded { block } => ChangeWhat::BlockAdded {
+                block: BlockView::from(block),
+            },
+            ChangeKind::BlockRemoved { first, carrier } => ChangeWhat::BlockRemoved {
+                first: first.clone(),
+                carrier: carrier.clone(),
+            },
+            ChangeKind::NumberPut { number } => ChangeWhat::NumberPut {
+                number: NumberView::from(&**number),
+            },
+            ChangeKind::NumberReleased { number, carrier } => ChangeWhat::NumberReleased {
+                number: number.clone(),
+                carrier: carrier.clone(),
+            },
+            ChangeKind::DialPlanSet { domain, plan } => ChangeWhat::DialPlanSet {
+                domain: domain.clone(),
+                dial_plan: plan.as_ref().map(DialPlanView::from),
             },
         };
         ChangeView {
@@ -210,4 +274,214 @@ pub struct ImportReport {
     pub replayed_batches: u64,
     /// One entry per refused row.
     pub errors: Vec<RowError>,
+}
+
+/// Where calls to a number go: `{"account": "alice@example.test"}` or `{"uri": "sip:..."}`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RouteView {
+    /// One of the farm's accounts.
+    Account(String),
+    /// A SIP URI of any network.
+    Uri(String),
+}
+
+impl From<&NumberRoute> for RouteView {
+    fn from(r: &NumberRoute) -> Self {
+        match r {
+            NumberRoute::Account(a) => RouteView::Account(a.clone()),
+            NumberRoute::Uri(u) => RouteView::Uri(u.clone()),
+        }
+    }
+}
+
+/// A block, with its size.
+#[derive(Serialize, Debug)]
+pub struct BlockView {
+    pub first: String,
+    pub last: String,
+    pub carrier: String,
+    pub size: u64,
+    pub allocated: u64,
+    pub version: u64,
+    pub created_ms: u64,
+}
+
+impl From<&Block> for BlockView {
+    fn from(b: &Block) -> Self {
+        BlockView {
+            first: b.first.clone(),
+            last: b.last.clone(),
+            carrier: b.carrier.clone(),
+            size: b.size(),
+            allocated: b.allocated,
+            version: b.version,
+            created_ms: b.at_ms,
+        }
+    }
+}
+
+/// A number as its carrier's administrators see it (never the PIN hash).
+#[derive(Serialize, Debug)]
+pub struct NumberView {
+    pub number: String,
+    pub block: String,
+    pub carrier: String,
+    pub assignee: Option<String>,
+    pub route: Option<RouteView>,
+    /// The SIP URI that ENUM and the proxies send calls to.
+    pub sip_uri: Option<String>,
+    pub caller_name: Option<String>,
+    pub location: Option<String>,
+    pub service_type: Option<String>,
+    pub has_pin: bool,
+    pub created_version: u64,
+    pub updated_version: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl From<&Number> for NumberView {
+    fn from(n: &Number) -> Self {
+        NumberView {
+            number: n.number.clone(),
+            block: n.block.clone(),
+            carrier: n.carrier.clone(),
+            assignee: n.assignee.clone(),
+            route: n.route.as_ref().map(RouteView::from),
+            sip_uri: n.route.as_ref().map(NumberRoute::sip_uri),
+            caller_name: n.props.caller_name.clone(),
+            location: n.props.location.clone(),
+            service_type: n.props.service_type.clone(),
+            has_pin: n.pin.is_some(),
+            created_version: n.created_version,
+            updated_version: n.updated_version,
+            created_ms: n.created_ms,
+            updated_ms: n.updated_ms,
+        }
+    }
+}
+
+/// What anyone may read of a number ("whois").
+#[derive(Serialize, Debug)]
+pub struct WhoisView {
+    pub number: String,
+    pub carrier: String,
+    pub carrier_name: Option<String>,
+    pub caller_name: Option<String>,
+    pub location: Option<String>,
+    pub service_type: Option<String>,
+    pub routed: bool,
+}
+
+/// One entry of a number's history.
+#[derive(Serialize, Debug)]
+pub struct EventView {
+    pub version: u64,
+    pub at_ms: u64,
+    pub by: String,
+    pub action: String,
+    pub detail: String,
+    pub carrier: String,
+    pub route: Option<RouteView>,
+}
+
+impl From<&NumberEvent> for EventView {
+    fn from(e: &NumberEvent) -> Self {
+        EventView {
+            version: e.version,
+            at_ms: e.at_ms,
+            by: e.by.clone(),
+            action: e.action.clone(),
+            detail: e.detail.clone(),
+            carrier: e.carrier.clone(),
+            route: e.route.as_ref().map(RouteView::from),
+        }
+    }
+}
+
+/// A domain's dial plan.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DialPlanView {
+    pub country_code: String,
+    #[serde(default)]
+    pub national_prefix: String,
+    #[serde(default)]
+    pub international_prefix: String,
+}
+
+impl From<&DialPlan> for DialPlanView {
+    fn from(p: &DialPlan) -> Self {
+        DialPlanView {
+            country_code: p.country_code.clone(),
+            national_prefix: p.national_prefix.clone(),
+            international_prefix: p.international_prefix.clone(),
+        }
+    }
+}
+
+/// `POST /v1/carriers`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarrierBody {
+    pub ocn: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `POST /v1/blocks`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockBody {
+    pub first: String,
+    pub last: String,
+    pub carrier: String,
+}
+
+/// Present-but-null is `Some(None)`, absent is `None` (any type).
+fn double_of<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The fields of a number that `POST /v1/numbers`, `PATCH /v1/numbers/{n}` and a port set.
+/// No `Debug`: it may hold a PIN.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NumberFields {
+    #[serde(default, deserialize_with = "double_of")]
+    pub assignee: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_of")]
+    pub route: Option<Option<RouteView>>,
+    #[serde(default, deserialize_with = "double_of")]
+    pub caller_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_of")]
+    pub location: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_of")]
+    pub service_type: Option<Option<String>>,
+    /// A new porting PIN; `null` removes it.
+    #[serde(default, deserialize_with = "double_of")]
+    pub pin: Option<Option<String>>,
+}
+
+/// `POST /v1/numbers`: a number or a block to take the next free one from, and its fields.
+#[derive(Deserialize)]
+pub struct AllocateBody {
+    #[serde(default)]
+    pub number: Option<String>,
+    #[serde(default)]
+    pub block: Option<String>,
+    #[serde(flatten)]
+    pub fields: NumberFields,
+}
+
+/// `POST /v1/numbers/{n}/port`. No `Debug`: it holds a PIN.
+#[derive(Deserialize)]
+pub struct PortBody {
+    pub carrier: String,
+    pub pin: String,
+    #[serde(flatten)]
+    pub fields: NumberFields,
 }

@@ -41,6 +41,7 @@ use super::model::{
     Account, Applied, Change, ChangeKind, Domain, ProvError, ProvisionCommand, ProvisionOp,
     ProvisionResult, RowOutcome, MAX_IMPORT_BATCH,
 };
+use super::number_store::{self as ns, NumberTables};
 use crate::raft::disk::{self, crc32, FRAME_HEADER, MAX_RECORD};
 use crate::raft::types::{LogId, StoredMembership};
 
@@ -67,7 +68,7 @@ pub const DEFAULT_CACHE: usize = 256 << 20;
 /// The format of the snapshot file.
 const SNAPSHOT_FORMAT: u32 = 1;
 
-fn io_err(e: impl std::fmt::Display) -> io::Error {
+pub(super) fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("provisioning database: {e}"))
 }
 
@@ -118,6 +119,8 @@ pub struct FarmView {
     pub domains: Vec<String>,
     /// The farm's SIP nonce key, if made.
     pub nonce_key: Option<NonceSecret>,
+    /// Every domain's dial plan, by domain.
+    pub dial_plans: Vec<(String, onehop_overlay::provision::DialPlan)>,
 }
 
 /// Counts of what the store holds.
@@ -153,6 +156,33 @@ enum SnapRecord {
     },
     /// The farm's SIP nonce key (`meta` `nonce_key`), when one was made.
     NonceKey(NonceSecret),
+    /// A row of a number-registry table ([`NumberTable`]), as stored.
+    NumberRow {
+        table: NumberTable,
+        key: String,
+        value: Vec<u8>,
+    },
+    /// The number-history sequence (`meta` `history_seq`).
+    HistorySeq(u64),
+}
+
+/// The number-registry tables in a snapshot (variants only appended).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+enum NumberTable {
+    Carriers,
+    Blocks,
+    Numbers,
+    History,
+    AccountNumbers,
+    Requests,
+    RequestOrder,
+    DialPlans,
+}
+
+/// The change version as `tx` reads it.
+pub(super) fn version_in(tx: &ReadTransaction) -> io::Result<u64> {
+    let meta = tx.open_table(META).map_err(io_err)?;
+    Ok(get_meta(&meta, "version")?.unwrap_or(0))
 }
 
 /// The Raft state machine's pointers as stored.
@@ -168,6 +198,8 @@ pub struct Pointers {
 #[derive(Clone)]
 pub struct ProvisionDb {
     db: Arc<Database>,
+    /// The change version after each committed write (for readers that wait for a change).
+    versions: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for ProvisionDb {
@@ -220,13 +252,25 @@ impl ProvisionDb {
             tx.open_table(CHANGES).map_err(io_err)?;
             tx.open_table(BATCHES).map_err(io_err)?;
             tx.open_table(BATCH_ORDER).map_err(io_err)?;
+            NumberTables::create(&tx)?;
         }
         tx.commit().map_err(io_err)?;
-        Ok(ProvisionDb { db: Arc::new(db) })
+        let db = ProvisionDb {
+            db: Arc::new(db),
+            versions: Arc::new(tokio::sync::watch::channel(0).0),
+        };
+        let v = db.version()?;
+        db.versions.send_replace(v);
+        Ok(db)
     }
 
     fn read(&self) -> io::Result<ReadTransaction> {
         self.db.begin_read().map_err(io_err)
+    }
+
+    /// A read transaction (for the number registry's reads).
+    pub(super) fn read_tx(&self) -> io::Result<ReadTransaction> {
+        self.read()
     }
 
     /// The applied pointers.
@@ -248,9 +292,11 @@ impl ProvisionDb {
     ) -> io::Result<T> {
         let mut tx = self.db.begin_write().map_err(io_err)?;
         tx.set_durability(Durability::Immediate);
+        let version;
         let out = {
             let mut w = Writer::new(&tx)?;
             let out = f(&mut w)?;
+            version = w.version;
             w.finish()?;
             let mut meta = tx.open_table(META).map_err(io_err)?;
             meta.insert(
@@ -263,7 +309,14 @@ impl ProvisionDb {
             out
         };
         tx.commit().map_err(io_err)?;
+        self.versions
+            .send_if_modified(|v| std::mem::replace(v, version) != version);
         Ok(out)
+    }
+
+    /// A receiver of the change version, updated after every committed write and restore.
+    pub fn watch_version(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.versions.subscribe()
     }
 
     /// The value of `key` in the generic map.
@@ -316,6 +369,15 @@ impl ProvisionDb {
             version: get_meta(&meta, "version")?.unwrap_or(0),
             domains,
             nonce_key: get_meta(&meta, NONCE_KEY)?,
+            dial_plans: {
+                let t = tx.open_table(ns::DIAL_PLANS).map_err(io_err)?;
+                let mut out = Vec::new();
+                for r in t.iter().map_err(io_err)? {
+                    let (k, v) = r.map_err(io_err)?;
+                    out.push((k.value().to_string(), disk::decode(v.value())?));
+                }
+                out
+            },
         })
     }
 
@@ -531,6 +593,39 @@ impl ProvisionDb {
         dump_table(&tx, BATCH_ORDER, &mut w, |k, v| {
             Ok(SnapRecord::BatchOrder(k, v.into()))
         })?;
+        if let Some(seq) = get_meta::<u64>(&meta, "history_seq")? {
+            w.put(&SnapRecord::HistorySeq(seq))?;
+        }
+        for (table, def) in [
+            (NumberTable::Carriers, ns::CARRIERS),
+            (NumberTable::Blocks, ns::BLOCKS),
+            (NumberTable::Numbers, ns::NUMBERS),
+            (NumberTable::History, ns::HISTORY),
+            (NumberTable::Requests, ns::REQUESTS),
+            (NumberTable::DialPlans, ns::DIAL_PLANS),
+        ] {
+            dump_table(&tx, def, &mut w, |k, v| {
+                Ok(SnapRecord::NumberRow {
+                    table,
+                    key: k.into(),
+                    value: v.to_vec(),
+                })
+            })?;
+        }
+        dump_table(&tx, ns::ACCOUNT_NUMBERS, &mut w, |k, _| {
+            Ok(SnapRecord::NumberRow {
+                table: NumberTable::AccountNumbers,
+                key: k.into(),
+                value: Vec::new(),
+            })
+        })?;
+        dump_table(&tx, ns::REQUEST_ORDER, &mut w, |k, v| {
+            Ok(SnapRecord::NumberRow {
+                table: NumberTable::RequestOrder,
+                key: k.to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+        })?;
         let records = w.records;
         w.put(&SnapRecord::End { records })?;
         let bytes = w.bytes;
@@ -552,6 +647,7 @@ impl ProvisionDb {
         tx.delete_table(ALIASES).map_err(io_err)?;
         tx.delete_table(CHANGES).map_err(io_err)?;
         tx.delete_table(BATCH_ORDER).map_err(io_err)?;
+        NumberTables::delete(&tx)?;
         let mut records = 0u64;
         {
             let mut meta = tx.open_table(META).map_err(io_err)?;
@@ -562,6 +658,19 @@ impl ProvisionDb {
             let mut changes = tx.open_table(CHANGES).map_err(io_err)?;
             let mut batches = tx.open_table(BATCHES).map_err(io_err)?;
             let mut order = tx.open_table(BATCH_ORDER).map_err(io_err)?;
+            let mut number_rows: Vec<redb::Table<'_, &str, &[u8]>> = [
+                ns::CARRIERS,
+                ns::BLOCKS,
+                ns::NUMBERS,
+                ns::HISTORY,
+                ns::REQUESTS,
+                ns::DIAL_PLANS,
+            ]
+            .into_iter()
+            .map(|d| tx.open_table(d).map_err(io_err))
+            .collect::<io::Result<_>>()?;
+            let mut account_numbers = tx.open_table(ns::ACCOUNT_NUMBERS).map_err(io_err)?;
+            let mut request_order = tx.open_table(ns::REQUEST_ORDER).map_err(io_err)?;
             let bad =
                 |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {m}"));
             match read_record(&mut r)? {
@@ -620,6 +729,38 @@ impl ProvisionDb {
                         meta.insert(NONCE_KEY, disk::encode(&key)?.as_slice())
                             .map_err(io_err)?;
                     }
+                    SnapRecord::HistorySeq(seq) => {
+                        meta.insert("history_seq", disk::encode(&seq)?.as_slice())
+                            .map_err(io_err)?;
+                    }
+                    SnapRecord::NumberRow { table, key, value } => {
+                        let i = match table {
+                            NumberTable::Carriers => 0,
+                            NumberTable::Blocks => 1,
+                            NumberTable::Numbers => 2,
+                            NumberTable::History => 3,
+                            NumberTable::Requests => 4,
+                            NumberTable::DialPlans => 5,
+                            NumberTable::AccountNumbers => {
+                                account_numbers.insert(key.as_str(), "").map_err(io_err)?;
+                                records += 1;
+                                continue;
+                            }
+                            NumberTable::RequestOrder => {
+                                let seq: u64 = key
+                                    .parse()
+                                    .map_err(|_| bad("a request order key is not a number"))?;
+                                let id = String::from_utf8(value)
+                                    .map_err(|_| bad("a request id is not UTF-8"))?;
+                                request_order.insert(seq, id.as_str()).map_err(io_err)?;
+                                records += 1;
+                                continue;
+                            }
+                        };
+                        number_rows[i]
+                            .insert(key.as_str(), value.as_slice())
+                            .map_err(io_err)?;
+                    }
                     SnapRecord::End { records: n } => {
                         if n != records + 1 {
                             return Err(bad(&format!(
@@ -641,6 +782,8 @@ impl ProvisionDb {
                 .map_err(io_err)?;
         }
         tx.commit().map_err(io_err)?;
+        let v = self.version()?;
+        self.versions.send_replace(v);
         Ok(records)
     }
 }
@@ -733,6 +876,7 @@ pub struct Writer<'t> {
     changes: redb::Table<'t, u64, &'static [u8]>,
     batches: redb::Table<'t, &'static str, &'static [u8]>,
     batch_order: redb::Table<'t, u64, &'static str>,
+    pub(super) nt: NumberTables<'t>,
     version: u64,
     first_change: u64,
 }
@@ -751,6 +895,7 @@ impl<'t> Writer<'t> {
             changes: tx.open_table(CHANGES).map_err(io_err)?,
             batches: tx.open_table(BATCHES).map_err(io_err)?,
             batch_order: tx.open_table(BATCH_ORDER).map_err(io_err)?,
+            nt: NumberTables::open(tx)?,
             version,
             first_change,
         })
@@ -807,7 +952,34 @@ impl<'t> Writer<'t> {
         Ok(true)
     }
 
-    fn log(&mut self, at_ms: u64, what: ChangeKind) -> io::Result<u64> {
+    /// The change version now.
+    pub(super) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The next number-history sequence (kept in `meta`).
+    pub(super) fn next_history_seq(&mut self) -> io::Result<u64> {
+        let seq: u64 = get_meta(&self.meta, "history_seq")?.unwrap_or(0) + 1;
+        self.meta
+            .insert("history_seq", disk::encode(&seq)?.as_slice())
+            .map_err(io_err)?;
+        Ok(seq)
+    }
+
+    /// Whether account `aor` exists.
+    pub(super) fn account_exists(&self, aor: &str) -> io::Result<bool> {
+        match key_of_aor(aor) {
+            Some(k) => Ok(self.accounts.get(k.as_str()).map_err(io_err)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether domain `name` is provisioned.
+    pub(super) fn domain_exists(&self, name: &str) -> io::Result<bool> {
+        self.has_domain(name)
+    }
+
+    pub(super) fn log(&mut self, at_ms: u64, what: ChangeKind) -> io::Result<u64> {
         self.version += 1;
         if self.first_change == 0 {
             self.first_change = self.version;
@@ -854,6 +1026,49 @@ impl<'t> Writer<'t> {
             ProvisionOp::AddAlias { alias, aor } => self.add_alias(at, &alias, &aor)?,
             ProvisionOp::RemoveAlias { alias } => self.remove_alias(at, &alias)?,
             ProvisionOp::Import { batch, rows } => self.import(at, batch, rows)?,
+            ProvisionOp::AddCarrier { ocn, name, actor } => {
+                self.add_carrier(at, ocn, name, &actor)?
+            }
+            ProvisionOp::RemoveCarrier { ocn, actor } => self.remove_carrier(at, ocn, &actor)?,
+            ProvisionOp::AddBlock {
+                first,
+                last,
+                carrier,
+                actor,
+            } => self.add_block(at, first, last, carrier, &actor)?,
+            ProvisionOp::RemoveBlock { first, actor } => self.remove_block(at, first, &actor)?,
+            ProvisionOp::Allocate {
+                want,
+                patch,
+                actor,
+                request,
+            } => self.idempotent(&request, |w| w.allocate(at, want, patch, &actor))?,
+            ProvisionOp::UpdateNumber {
+                number,
+                patch,
+                actor,
+                request,
+            } => self.idempotent(&request, |w| w.update_number(at, number, patch, &actor))?,
+            ProvisionOp::ReleaseNumber {
+                number,
+                actor,
+                request,
+            } => self.idempotent(&request, |w| w.release_number(at, number, &actor))?,
+            ProvisionOp::PortNumber {
+                number,
+                carrier,
+                proof,
+                patch,
+                actor,
+                request,
+            } => self.idempotent(&request, |w| {
+                w.port_number(at, number, carrier, proof, patch, &actor)
+            })?,
+            ProvisionOp::SetDialPlan {
+                domain,
+                plan,
+                actor,
+            } => self.set_dial_plan(at, domain, plan, &actor)?,
         };
         Ok(ProvisionResult {
             outcome,
@@ -908,6 +1123,7 @@ impl<'t> Writer<'t> {
             )));
         }
         self.domains.remove(name.as_str()).map_err(io_err)?;
+        self.drop_dial_plan(&name)?;
         self.log(at, ChangeKind::DomainRemoved { name })?;
         Ok(Ok(Applied::Removed))
     }
@@ -1019,6 +1235,7 @@ impl<'t> Writer<'t> {
             }
         }
         self.accounts.remove(key.as_str()).map_err(io_err)?;
+        self.unroute_account(at, &a.aor())?;
         self.log(
             at,
             ChangeKind::AccountRemoved {

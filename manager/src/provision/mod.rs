@@ -5,11 +5,17 @@
 //! - [`model`]: the records and the commands (replicated in the Raft log).
 //! - [`db`]: the redb database the state machine applies them to, with dumps and restores
 //!   for snapshots.
+//! - [`numbers`]: the number registry's records (carriers, blocks, numbers) and their rules;
+//!   [`number_store`]: their tables and commands.
 //! - [`push`]: the active manager pushing account changes to the nodes that own them.
 
 pub mod db;
 pub mod model;
+pub mod number_store;
+pub mod numbers;
 pub mod push;
 
+#[cfg(test)]
+mod number_tests;
 #[cfg(test)]
 mod tests;

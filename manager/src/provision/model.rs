@@ -8,7 +8,10 @@
 
 use std::fmt;
 
+use onehop_overlay::provision::DialPlan;
 use serde::{Deserialize, Serialize};
+
+use super::numbers::{Actor, Block, Carrier, Number, NumberPatch, PinProof, Want};
 
 /// Most characters of a user part.
 pub const MAX_USER: usize = 64;
@@ -174,6 +177,60 @@ pub enum ProvisionOp {
         batch: String,
         rows: Vec<(u64, NewAccount)>,
     },
+    /// Add a carrier (farm-wide administrators; 409 if its OCN exists).
+    AddCarrier {
+        ocn: String,
+        name: String,
+        actor: Actor,
+    },
+    /// Remove a carrier (farm-wide; 409 while it holds blocks or numbers).
+    RemoveCarrier { ocn: String, actor: Actor },
+    /// Add a block of numbers for a carrier (farm-wide; 409 if it overlaps another block).
+    AddBlock {
+        first: String,
+        last: String,
+        carrier: String,
+        actor: Actor,
+    },
+    /// Remove a block (farm-wide; 409 while numbers are allocated from it).
+    RemoveBlock { first: String, actor: Actor },
+    /// Allocate a number (the block's carrier's administrators). `request` makes it
+    /// idempotent: proposing it again returns the first outcome.
+    Allocate {
+        want: Want,
+        patch: NumberPatch,
+        actor: Actor,
+        request: Option<String>,
+    },
+    /// Change a number's assignee, routing, properties or PIN (its carrier's administrators).
+    UpdateNumber {
+        number: String,
+        patch: NumberPatch,
+        actor: Actor,
+        request: Option<String>,
+    },
+    /// Release a number back to its block (its carrier's administrators).
+    ReleaseNumber {
+        number: String,
+        actor: Actor,
+        request: Option<String>,
+    },
+    /// Port a number to `carrier` (that carrier's administrators), proven with the
+    /// subscriber's PIN; `patch` sets its routing and assignee at the new carrier.
+    PortNumber {
+        number: String,
+        carrier: String,
+        proof: PinProof,
+        patch: NumberPatch,
+        actor: Actor,
+        request: Option<String>,
+    },
+    /// Set (or with `None` clear) how a domain's subscribers write local numbers (farm-wide).
+    SetDialPlan {
+        domain: String,
+        plan: Option<DialPlan>,
+        actor: Actor,
+    },
 }
 
 /// A command with the time it was proposed at (the proposer's clock, so that every manager
@@ -275,6 +332,14 @@ pub enum Applied {
     /// An import batch: one outcome per row, and whether this is the first application (false:
     /// the batch had been applied before and these are the outcomes recorded then).
     Import { rows: Vec<RowOutcome>, first: bool },
+    /// A carrier was added.
+    Carrier(Carrier),
+    /// A block was added.
+    Block(Block),
+    /// A number was allocated, changed or ported; its state now (PIN hash removed).
+    Number(Box<Number>),
+    /// A domain's dial plan was set.
+    DialPlan(Option<DialPlan>),
 }
 
 /// The answer to a [`ProvisionCommand`]: what it did and the change version after it.
@@ -313,6 +378,23 @@ pub enum ChangeKind {
     AliasAdded { alias: String, aor: String },
     /// An alias was removed.
     AliasRemoved { alias: String, aor: String },
+    /// A carrier was added.
+    CarrierAdded { carrier: Carrier },
+    /// A carrier was removed.
+    CarrierRemoved { ocn: String },
+    /// A block was added (as it was then).
+    BlockAdded { block: Block },
+    /// A block was removed.
+    BlockRemoved { first: String, carrier: String },
+    /// A number was allocated, changed or ported: its state now, without its PIN hash.
+    NumberPut { number: Box<Number> },
+    /// A number was released.
+    NumberReleased { number: String, carrier: String },
+    /// A domain's dial plan was set or cleared.
+    DialPlanSet {
+        domain: String,
+        plan: Option<DialPlan>,
+    },
 }
 
 /// Lower-cases and checks a domain name (RFC 1035 host name: letters, digits, hyphens, dots).

@@ -1,5 +1,5 @@
 //! The active manager pushes every account change to the node that owns the account's AOR on
-//! the `registrar` ring (the `provision` service of the nodes' peer port), so that the node a
+//! the `registrar` ring (and every number's routing to the owner of the number, `+15550100`) (the `provision` service of the nodes' peer port), so that the node a
 //! REGISTER reaches already holds what verifying it needs.
 //!
 //! The pusher follows the change log from the version pushed last. It sends each node its
@@ -77,7 +77,23 @@ fn ops_of(kind: &ChangeKind, version: u64) -> Vec<PushOp> {
             alias: alias.clone(),
             version,
         }],
-        ChangeKind::DomainAdded { .. } | ChangeKind::DomainRemoved { .. } => Vec::new(),
+        ChangeKind::NumberPut { number } => vec![PushOp::Number {
+            number: number.number.clone(),
+            route: number.route.clone(),
+            version,
+        }],
+        ChangeKind::NumberReleased { number, .. } => vec![PushOp::Number {
+            number: number.clone(),
+            route: None,
+            version,
+        }],
+        ChangeKind::DomainAdded { .. }
+        | ChangeKind::DomainRemoved { .. }
+        | ChangeKind::CarrierAdded { .. }
+        | ChangeKind::CarrierRemoved { .. }
+        | ChangeKind::BlockAdded { .. }
+        | ChangeKind::BlockRemoved { .. }
+        | ChangeKind::DialPlanSet { .. } => Vec::new(),
     }
 }
 
@@ -234,6 +250,19 @@ impl Pusher {
                         version: a.updated_version,
                     }));
                 }
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            let mut after: Option<String> = None;
+            loop {
+                let page = db.numbers(None, after.as_deref(), super::db::MAX_PAGE)?;
+                out.extend(page.numbers.iter().map(|n| PushOp::Number {
+                    number: n.number.clone(),
+                    route: n.route.clone(),
+                    version: n.updated_version,
+                }));
                 match page.next {
                     Some(n) => after = Some(n),
                     None => return Ok::<_, std::io::Error>(out),
