@@ -158,7 +158,9 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 ..
             } => {
                 if !routed_to(&route, &account) {
-                    self.respond_status(&key, 403, NOT_YOURS);
+                    // Refused before the password was checked: no state kept (as the
+                    // other refusals of the checks before authentication).
+                    self.respond_status_forget(&key, 403, NOT_YOURS);
                     return;
                 }
                 let from = self.servers.get(&key).map(|e| e.reply_to.clone());
@@ -170,7 +172,9 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             }
             NumberWait::From { account, check, .. } => {
                 if !routed_to(&route, &account) {
-                    self.respond_status(&key, 403, NOT_YOURS);
+                    // Refused before the password was checked: no state kept (as the
+                    // other refusals of the checks before authentication).
+                    self.respond_status_forget(&key, 403, NOT_YOURS);
                     return;
                 }
                 self.start_authenticate(&key, req, account, check);

@@ -415,6 +415,7 @@ fn another_accounts_number_is_not_yours_to_register() {
             (403, "Authentication ID Does Not Match"),
             "{route:?}"
         );
+        assert_eq!(h.engine.transactions(), 0, "refused with no state kept");
     }
     // An account whose user part is the number itself registers as before, with no lookup.
     let mut h = authed();
@@ -517,4 +518,5 @@ fn another_accounts_number_is_not_yours_to_call_from() {
         (r.status(), r.resp().reason.as_str()),
         (403, "Authentication ID Does Not Match")
     );
+    assert_eq!(h.engine.transactions(), 0, "refused with no state kept");
 }
