@@ -130,6 +130,7 @@ impl Client {
         path: &str,
         content_type: &str,
         body: &Bytes,
+        key: Option<&str>,
     ) -> Result<(StatusCode, Bytes), Failure> {
         let before = |e: String| Failure {
             sent: false,
@@ -151,11 +152,15 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(method.clone())
             .uri(path)
             .header(hyper::header::HOST, addr.to_string())
-            .header(hyper::header::CONTENT_TYPE, content_type)
+            .header(hyper::header::CONTENT_TYPE, content_type);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let req = req
             .body(Full::new(body.clone()))
             .map_err(|e| before(e.to_string()))?;
         let after = |e: String| Failure { sent: true, why: e };
@@ -189,6 +194,41 @@ impl Client {
         body: Bytes,
         retry_safe: bool,
     ) -> Result<(u16, Bytes), ApiError> {
+        self.raw_keyed(method, path, content_type, body, retry_safe, None)
+            .await
+    }
+
+    /// A JSON request with an `Idempotency-Key` (the API applies a request with the same key
+    /// once and answers a retry with the first outcome), so it is retried like a read: on
+    /// another manager, after a failover, until it has an answer.
+    pub async fn call_idempotent<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        key: &str,
+    ) -> Result<T, ApiError> {
+        let bytes = match body {
+            Some(v) => {
+                Bytes::from(serde_json::to_vec(v).map_err(|e| ApiError::Protocol(e.to_string()))?)
+            }
+            None => Bytes::new(),
+        };
+        let (status, bytes) = self
+            .raw_keyed(method, path, "application/json", bytes, true, Some(key))
+            .await?;
+        decode(status, &bytes)
+    }
+
+    async fn raw_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+        retry_safe: bool,
+        key: Option<&str>,
+    ) -> Result<(u16, Bytes), ApiError> {
         use std::sync::atomic::Ordering;
         let retry_safe = retry_safe || method == Method::GET;
         let start = Instant::now();
@@ -200,7 +240,7 @@ impl Client {
             for k in 0..n {
                 let i = (first + k) % n;
                 match self
-                    .once(self.managers[i], &method, path, content_type, &body)
+                    .once(self.managers[i], &method, path, content_type, &body, key)
                     .await
                 {
                     Ok((status, bytes)) => {

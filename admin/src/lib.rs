@@ -4,6 +4,7 @@
 //! - this file: the commands.
 
 pub mod client;
+pub mod numbers;
 
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
@@ -24,9 +25,9 @@ pub use client::{ApiError, Client};
 #[command(
     name = "onehop-admin",
     version,
-    about = "Provision a onehop farm: domains, subscriber accounts, aliases, bulk imports",
+    about = "Provision a onehop farm: domains, subscriber accounts, aliases, bulk imports, carriers and E.164 numbers",
     long_about = "The operators' client of the provisioning API that every manager serves (HTTPS on TCP 8443, mutual TLS with an admin certificate of the farm's CA; docs/provisioning.md).\n\nPoint it at a farm started with onehop-farm (--farm DIR: the managers, the CA and the admin certificate are read from DIR/farm.json), or at managers with --api and the certificate files. Managers are tried in turn; writes are applied once committed by the managers' Raft.\n\nPasswords are read from standard input or a file, or generated, never taken on the command line; they are turned into digests by the manager and never stored.",
-    after_help = "Examples:\n  onehop-admin --farm demo domains add example.test\n  onehop-admin --farm demo accounts add alice@example.test --generate-password\n  printf 'secret-pass\\n' | onehop-admin --farm demo accounts update alice@example.test --password-stdin\n  onehop-admin --farm demo accounts list --domain example.test\n  onehop-admin --farm demo import subscribers.csv --dry-run\n  onehop-admin --farm demo changes --since 0"
+    after_help = "Examples:\n  onehop-admin --farm demo domains add example.test\n  onehop-admin --farm demo accounts add alice@example.test --generate-password\n  printf 'secret-pass\\n' | onehop-admin --farm demo accounts update alice@example.test --password-stdin\n  onehop-admin --farm demo accounts list --domain example.test\n  onehop-admin --farm demo import subscribers.csv --dry-run\n  onehop-admin --farm demo changes --since 0\n  onehop-admin --farm demo carriers add ACME --name 'Acme Telecom'\n  onehop-admin --farm demo blocks add +15550100 +15550199 --carrier ACME\n  onehop-admin --farm demo numbers allocate +15550100 --route-account alice@example.test --generate-pin\n  printf '123456\\n' | onehop-admin --farm demo numbers port +15550100 --carrier BETA --pin-stdin --route-uri sip:+15550100@beta.example"
 )]
 struct Cli {
     /// A farm's directory (onehop-farm up --dir DIR): managers and certificates from farm.json.
@@ -59,7 +60,7 @@ enum Command {
     /// Who leads, the store's version and counts.
     Status,
     /// Provisioned domains.
-    #[command(subcommand)]
+    #[command(subcommand, visible_alias = "domain")]
     Domains(DomainCmd),
     /// Subscriber accounts.
     #[command(subcommand)]
@@ -70,6 +71,15 @@ enum Command {
     /// Add accounts from a CSV file (header row: user,domain,password[,display_name][,enabled],
     /// or ha1_md5,ha1_sha256 instead of password).
     Import(ImportArgs),
+    /// Carriers of the number registry (by their OCN).
+    #[command(subcommand, visible_alias = "carrier")]
+    Carriers(numbers::CarrierCmd),
+    /// Blocks of E.164 numbers held by carriers.
+    #[command(subcommand, visible_alias = "block")]
+    Blocks(numbers::BlockCmd),
+    /// E.164 numbers: allocate, route, port, release, whois.
+    #[command(subcommand, visible_alias = "number")]
+    Numbers(numbers::NumberCmd),
     /// Changes after a version (the change log).
     Changes {
         /// Changes after this version.
@@ -89,6 +99,22 @@ enum DomainCmd {
     Add { name: String },
     /// Remove one (refused while it has accounts or aliases).
     Remove { name: String },
+    /// Set how the domain's subscribers dial local numbers (or --clear it).
+    DialPlan {
+        name: String,
+        /// The country calling code (1, 49).
+        #[arg(long, required_unless_present = "clear")]
+        country_code: Option<String>,
+        /// The trunk prefix of national numbers (0; empty: none).
+        #[arg(long, default_value = "")]
+        national_prefix: String,
+        /// The prefix of international numbers (00, 011; empty: none).
+        #[arg(long, default_value = "")]
+        international_prefix: String,
+        /// Remove the dial plan.
+        #[arg(long, conflicts_with = "country_code")]
+        clear: bool,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -360,6 +386,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     v["aliases"]
                 )
             });
+        }
+        Command::Carriers(cmd) => numbers::carriers(&c, cmd, j).await?,
+        Command::Blocks(cmd) => numbers::blocks(&c, cmd, j).await?,
+        Command::Numbers(cmd) => numbers::numbers(&c, cmd, j).await?,
+        Command::Domains(DomainCmd::DialPlan {
+            name,
+            country_code,
+            national_prefix,
+            international_prefix,
+            clear,
+        }) => {
+            let plan = match (clear, country_code) {
+                (false, Some(cc)) => Some((
+                    cc.as_str(),
+                    national_prefix.as_str(),
+                    international_prefix.as_str(),
+                )),
+                _ => None,
+            };
+            numbers::dial_plan(&c, name, plan, j).await?
         }
         Command::Domains(DomainCmd::List) => {
             let v: Value = c.call(Method::GET, "/v1/domains", None).await?;

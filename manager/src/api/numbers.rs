@@ -76,6 +76,38 @@ fn request_id(h: &HeaderMap) -> ApiResult<Option<String>> {
     Ok(v.to_str().ok().map(str::to_string))
 }
 
+/// The fields a number's body may have (besides `number`/`block`, or `carrier`/`pin`).
+const NUMBER_FIELDS: &[&str] = &[
+    "assignee",
+    "route",
+    "caller_name",
+    "location",
+    "service_type",
+    "pin",
+];
+
+/// 422 naming the first field of `body` that is not one of `extra` or [`NUMBER_FIELDS`]
+/// (serde cannot refuse unknown fields of a flattened struct).
+fn known_fields(body: &Bytes, extra: &[&str]) -> ApiResult<()> {
+    let v: serde_json::Value = parse(body)?;
+    let Some(map) = v.as_object() else {
+        return Err(ProvError::invalid("body", "a JSON object is expected").into());
+    };
+    for k in map.keys() {
+        if !extra.contains(&k.as_str()) && !NUMBER_FIELDS.contains(&k.as_str()) {
+            return Err(ProvError::invalid(
+                k,
+                format!(
+                    "unknown field `{k}`: a number takes {}",
+                    NUMBER_FIELDS.join(", ")
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn opt_text(field: &str, v: &Option<Option<String>>) -> Result<(), ProvError> {
     if let Some(Some(t)) = v {
         check_text(field, t)?;
@@ -275,6 +307,7 @@ pub async fn allocate(
 ) -> ApiResult<Response> {
     small(&body)?;
     let request = request_id(&headers)?;
+    known_fields(&body, &["number", "block"])?;
     let b: AllocateBody = parse(&body)?;
     let want =
         match (b.number, b.block) {
@@ -479,6 +512,7 @@ pub async fn port_number(
 ) -> ApiResult<Response> {
     small(&body)?;
     let request = request_id(&headers)?;
+    known_fields(&body, &["carrier", "pin"])?;
     let b: PortBody = parse(&body)?;
     let carrier = check_ocn("carrier", &b.carrier)?;
     check_pin("pin", &b.pin)?;

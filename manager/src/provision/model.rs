@@ -336,7 +336,8 @@ pub enum Applied {
     Carrier(Carrier),
     /// A block was added.
     Block(Block),
-    /// A number was allocated, changed or ported; its state now (PIN hash removed).
+    /// A number was allocated, changed or ported; its state now (the API shows whether a PIN
+    /// is set, never its hash).
     Number(Box<Number>),
     /// A domain's dial plan was set.
     DialPlan(Option<DialPlan>),

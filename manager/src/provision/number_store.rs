@@ -544,7 +544,7 @@ impl Writer<'_> {
             "allocated",
             format!("from block {}", block.first),
         )?;
-        Ok(Ok(Applied::Number(Box::new(n.public()))))
+        Ok(Ok(Applied::Number(Box::new(n.clone()))))
     }
 
     fn held_number(&self, number: &str, actor: &Actor) -> io::Result<Result<Number, ProvError>> {
@@ -594,7 +594,7 @@ impl Writer<'_> {
         patch.apply(&mut n);
         self.put_changed(at, &before, &mut n)?;
         self.event(&n, &actor.name, "updated", what)?;
-        Ok(Ok(Applied::Number(Box::new(n.public()))))
+        Ok(Ok(Applied::Number(Box::new(n.clone()))))
     }
 
     pub(super) fn release_number(&mut self, at: u64, number: String, actor: &Actor) -> Outcome {
@@ -735,7 +735,7 @@ impl Writer<'_> {
             "ported",
             format!("from {from} to {carrier}"),
         )?;
-        Ok(Ok(Applied::Number(Box::new(n.public()))))
+        Ok(Ok(Applied::Number(Box::new(n.clone()))))
     }
 
     pub(super) fn set_dial_plan(
