@@ -3,7 +3,8 @@
 //! farms that authenticate (digest), on 127.0.52.0/24 and 127.0.53.0/24.
 //!
 //! - A number routed to an account reaches the phone registered for it, called as
-//!   `sip:+NUMBER@example.test` or `tel:+NUMBER`; the account registers under its number.
+//!   `sip:+NUMBER@example.test`, `tel:+NUMBER` or in the domain's local form once it has a
+//!   dial plan; the account registers under its number.
 //! - A number routed to another network's URI is proxied there (a SIPp UAS on loopback stands
 //!   in for it); after a route change the next calls follow within 1 s.
 //! - A number that is not routed (or not allocated) gets 404 `Number Not Routed`.
@@ -147,7 +148,8 @@ fn from_outside(probe: &mut Phone, proxy: SocketAddr, method: &str, uri: &str) -
 }
 
 /// Numbers called with SIPp on a farm that authenticates: alice's UAS registers under her
-/// number and is reached by the number in both forms (and by her name); a number routed to a
+/// number and is reached by the number in both forms (and by her name), and in example.test's
+/// local form once the domain has a dial plan; a number routed to a
 /// carrier's URI reaches a SIPp UAS standing in for the carrier; a route change is followed
 /// by the next calls within 1 s; unrouted and unallocated numbers get 404.
 #[test]
@@ -253,6 +255,46 @@ fn sipp_calls_by_number_reach_the_account_and_a_carrier_and_follow_a_route_chang
         uac.response_time_ms()
     );
 
+    // example.test's local form (NANP: 5550100 is +15550100), once the nodes hold the plan:
+    // a number of seven digits that is not routed gets Number Not Routed instead of Not Found.
+    api(
+        &c,
+        Method::PUT,
+        "/v1/domains/example.test/dial-plan",
+        Some(json!({"country_code": "1", "national_prefix": "", "international_prefix": "011"})),
+        200,
+    );
+    let mut probe = Phone::new(client_ip(&farm, 220), "probe");
+    wait_for(Duration::from_secs(10), || {
+        let r = from_outside(&mut probe, n1, "INVITE", "sip:5550102@example.test");
+        (r.reason == "Number Not Routed").then_some(())
+    })
+    .expect("node1 reads example.test's local form");
+    let uas = Sipp::new(&dir, "alice_uas_local", "uas_call.xml")
+        .service("alice")
+        .local(alice.ip(), alice.port())
+        .calls(1)
+        .trace_msg()
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    let row = format!(
+        "bob;example.test;{};sip:555-0100@example.test",
+        creds("bob", BOB_PW)
+    );
+    let inf = dir.csv("bob_local.csv", [row.as_str()].into_iter());
+    Sipp::new(&dir, "bob_calls_alice_local", "uac_auth_call_uri.xml")
+        .inf(&inf)
+        .local(client_ip(&farm, 201), 5060)
+        .remote(n1)
+        .calls(1)
+        .timeout(Duration::from_secs(40))
+        .run()
+        .assert_all(1);
+    let uas = uas.wait();
+    uas.assert_all(1);
+    assert!(uas.received().any(|m| m.method() == Some("INVITE")
+        && m.header("To", Some("t")) == ["<sip:555-0100@example.test>"]));
+
     // A number routed to another network: proxied to its URI.
     let carrier = Sipp::new(&dir, "carrier_a", "uas_call.xml")
         .service("carrier")
@@ -285,14 +327,13 @@ fn sipp_calls_by_number_reach_the_account_and_a_carrier_and_follow_a_route_chang
         "the Request-URI is the number's route"
     );
 
-    // Not routed, not allocated, not a number we hold: 404 Number Not Routed, also to an
-    // authenticated caller's kind of URI.
-    let mut probe = Phone::new(client_ip(&farm, 220), "probe");
+    // Not routed, not allocated, not a number we hold: 404 Number Not Routed, in every form.
     for uri in [
         "tel:+15550102",
         "tel:+15550199",
         "tel:+4930123456",
         "sip:+15550103@example.test",
+        "sip:5550104@example.test",
     ] {
         let r = from_outside(&mut probe, n1, "INVITE", uri);
         assert_eq!(
