@@ -344,9 +344,34 @@ fn sip_engine() -> Vec<(String, Vec<u8>)> {
     );
     record(&mut bye, 0, &rfc_messages()[0].1);
     record(&mut bye, 5 << 2, &rfc_messages()[4].1);
+    // Calls by number: alice registered under her number, a call to it (sip: form, and a
+    // local form by example.test's dial plan), a call from a number (caller ID).
+    let mut numbers = Vec::new();
+    record(&mut numbers, ANSWER, &register("+15550101", "reg5", 1, 600));
+    record(
+        &mut numbers,
+        ANSWER | AUTH,
+        &register("+15550101", "reg6", 2, 600),
+    );
+    record(
+        &mut numbers,
+        ANSWER | AUTH,
+        &invite("bob", "+15550101", "inv4", &[]),
+    );
+    record(
+        &mut numbers,
+        ANSWER | AUTH | 1 << 2,
+        &invite("bob", "5550102", "inv5", &[]),
+    );
+    record(
+        &mut numbers,
+        ANSWER | AUTH,
+        &invite("+15550101", "bob", "inv6", &[]),
+    );
     vec![
         ("register-call".into(), call),
         ("register-bye-failures".into(), bye),
+        ("call-by-number".into(), numbers),
     ]
 }
 

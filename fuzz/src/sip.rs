@@ -10,7 +10,9 @@ use onehop_sip::digest::{
     credentials_in_headers, verify_at_owner, Challenge, Credentials, Ha1, NonceKey, NonceKeys,
     RecentNonces,
 };
-use onehop_sip::engine::{AuthCheck, AuthMode, Engine, EngineConfig, Env, Hop, Input, Output};
+use onehop_sip::engine::{
+    AuthCheck, AuthMode, DialPlan, Engine, EngineConfig, Env, Hop, Input, NumberRoute, Output,
+};
 use onehop_sip::proxy::{validate_request, LocalAddrs};
 use onehop_sip::registrar::{Bindings, Transport};
 use onehop_sip::{
@@ -340,6 +342,15 @@ impl Harness {
         ));
         engine.set_wall_clock(t0, T0_MS);
         engine.set_domains(&["other.test".to_string()]);
+        // Local forms of numbers in example.test's user parts (other.test has none).
+        engine.set_dial_plans(&[(
+            DOMAIN.to_string(),
+            DialPlan {
+                country_code: "1".into(),
+                national_prefix: String::new(),
+                international_prefix: "011".into(),
+            },
+        )]);
         Harness {
             engine,
             t0,
@@ -463,6 +474,22 @@ impl Harness {
                         Err("fuzz".into())
                     } else {
                         Ok(vec![(Transport::Udp, sa("198.51.100.99:5060"))])
+                    },
+                },
+                Output::RouteNumber { key, number } => Input::NumberRouted {
+                    key,
+                    result: if fail {
+                        Err(LocateError::Unavailable("fuzz".into()))
+                    } else {
+                        // The last digit decides, so inputs reach every kind of routing.
+                        Ok(match number.bytes().last().map(|d| d % 4) {
+                            Some(0) | None => None,
+                            Some(1) => Some(NumberRoute::Account(format!("alice@{DOMAIN}"))),
+                            Some(2) => Some(NumberRoute::Uri(format!(
+                                "sip:{number}@198.51.100.98:5060"
+                            ))),
+                            Some(_) => Some(NumberRoute::Uri(format!("sip:{number}@carrier.test"))),
+                        })
                     },
                 },
                 Output::Send { .. } => unreachable!("sends are not kept"),

@@ -1,8 +1,11 @@
-//! Accounts pushed by the active manager (the `provision` service of the peer port).
+//! Accounts, aliases and number routing pushed by the active manager (the `provision` service
+//! of the peer port).
 //!
 //! The manager sends each account change to the owner of the account's AOR on the
-//! `registrar` ring. The node applies it to the AOR's entry in the replicated store, beside the
-//! AOR's bindings (a read-modify-write at the owner, replicated like a REGISTER). The store's
+//! `registrar` ring, and each change of a number's routing to the owner of the number's E.164
+//! form (`+15550100`) on the same ring. The node applies it to the key's entry in the
+//! replicated store, beside the AOR's bindings (a read-modify-write at the owner, replicated
+//! like a REGISTER). The store's
 //! hand-off then moves it with its key when membership changes. A change is applied only if
 //! it is newer than what the entry has seen, so a manager that pushes a range again after a
 //! failover changes nothing. Only `manager` certificates may push.
@@ -45,11 +48,11 @@ impl ProvisionHandler {
             ),
             applied: metrics.counter(
                 "provision_changes_applied_total",
-                "Account changes pushed by the active manager and held by their AOR's replica set.",
+                "Account, alias and number changes pushed by the active manager and held by their key's replica set.",
             ),
             failed: metrics.counter(
                 "provision_changes_failed_total",
-                "Account changes pushed by the active manager that could not be held (the manager retries).",
+                "Account, alias and number changes pushed by the active manager that could not be held (the manager retries).",
             ),
         }
     }

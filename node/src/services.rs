@@ -13,7 +13,7 @@ use onehop_overlay::farm_client::{self, managers_of, FarmClient};
 use onehop_overlay::identity::Identity;
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable};
-use onehop_overlay::provision::{AccountRecord, FarmInfo};
+use onehop_overlay::provision::{AccountRecord, FarmInfo, NumberRoute};
 use onehop_overlay::status::{Endpoint, Role};
 use onehop_overlay::tls::Credentials;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::peer::{PeerConfig, PeerNet, Service};
-use crate::proxy::glue::AccountSource;
+use crate::proxy::glue::{AccountSource, NumberSource};
 use crate::proxy::glue::{
     PeerSip, PeerSipSettings, RegistrarUpdater, SipHandler, StoreLocator, REGISTRAR,
 };
@@ -208,19 +208,31 @@ pub async fn start(
             allocate: cfg.relay_media,
         });
         pcfg.farm = Some(proxy_settings(farm_info.clone(), cancel.clone()));
-        let locator = Arc::new(StoreLocator::new(store.clone()).with_accounts(Arc::new(
-            ManagerAccounts {
-                client: farm.clone(),
-                asked: metrics.counter(
-                    "provision_reloads_total",
-                    "Accounts a registrar lacked and asked the managers for (a cold cache).",
-                ),
-                found: metrics.counter(
-                    "provision_reloads_found_total",
-                    "Accounts the managers had when a registrar lacked them.",
-                ),
-            },
-        )));
+        let locator = Arc::new(
+            StoreLocator::new(store.clone())
+                .with_accounts(Arc::new(ManagerAccounts {
+                    client: farm.clone(),
+                    asked: metrics.counter(
+                        "provision_reloads_total",
+                        "Accounts a registrar lacked and asked the managers for (a cold cache).",
+                    ),
+                    found: metrics.counter(
+                        "provision_reloads_found_total",
+                        "Accounts the managers had when a registrar lacked them.",
+                    ),
+                }))
+                .with_numbers(Arc::new(ManagerNumbers {
+                    client: farm.clone(),
+                    asked: metrics.counter(
+                        "provision_number_reloads_total",
+                        "Numbers whose routing a registrar lacked and asked the managers for.",
+                    ),
+                    routed: metrics.counter(
+                        "provision_number_reloads_routed_total",
+                        "Numbers the managers had a routing for when a registrar lacked it.",
+                    ),
+                })),
+        );
         let peer_timeout = Duration::from_millis(cfg.sip_peer_timeout_ms);
         let link = Arc::new(
             PeerSip::new(
@@ -324,8 +336,8 @@ fn follow_farm(
     (client, info)
 }
 
-/// The proxy's view of the farm's settings: the nonce keys and the provisioned domains,
-/// changed only when they change.
+/// The proxy's view of the farm's settings: the nonce keys, the provisioned domains and their
+/// dial plans, changed only when they change.
 fn proxy_settings(
     mut info: watch::Receiver<Arc<FarmInfo>>,
     cancel: CancellationToken,
@@ -337,6 +349,7 @@ fn proxy_settings(
                 .as_ref()
                 .and_then(|k| NonceKeys::new(NonceKey::new(k.id, k.secret), None).ok()),
             domains: i.domains.clone(),
+            dial_plans: i.dial_plans.clone(),
         }
     }
     let first = settings(&info.borrow_and_update());
@@ -350,14 +363,39 @@ fn proxy_settings(
             }
             let now = info.borrow_and_update().as_ref().clone();
             // The version moves with every provisioning change; the proxy cares only for the
-            // key and the domains.
-            if now.nonce_key != last.nonce_key || now.domains != last.domains {
+            // key, the domains and their dial plans.
+            if now.nonce_key != last.nonce_key
+                || now.domains != last.domains
+                || now.dial_plans != last.dial_plans
+            {
                 let _ = tx.send(Arc::new(settings(&now)));
             }
             last = now;
         }
     });
     rx
+}
+
+/// Number routing reloaded from the managers when a registrar's cache lacks it.
+struct ManagerNumbers {
+    client: FarmClient,
+    asked: onehop_overlay::metrics::Metric,
+    routed: onehop_overlay::metrics::Metric,
+}
+
+impl NumberSource for ManagerNumbers {
+    fn fetch(&self, number: String) -> BoxFut<Result<(u64, Option<NumberRoute>), String>> {
+        let client = self.client.clone();
+        let routed = self.routed.clone();
+        self.asked.inc();
+        Box::pin(async move {
+            let (version, route) = client.number(&number).await?;
+            if route.is_some() {
+                routed.inc();
+            }
+            Ok((version, route))
+        })
+    }
 }
 
 /// Accounts reloaded from the managers when a registrar's cache lacks one.

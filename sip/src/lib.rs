@@ -24,6 +24,8 @@
 //!   verification, farm-wide stateless nonces and nonce-count replay protection.
 //! - [`proxy`]: section 16 helpers: validation, forwarding, branch computation, response
 //!   selection.
+//! - [`numbers`]: telephone numbers in Request-URIs and user parts (`tel:`, `sip:+1555...@`,
+//!   a domain's local forms) read into their E.164 form.
 //!
 //! # Parser choice
 //!
@@ -51,6 +53,7 @@ pub mod engine;
 pub mod framer;
 pub mod headers;
 pub mod message;
+pub mod numbers;
 pub mod params;
 pub mod parse;
 pub mod proxy;

@@ -211,7 +211,9 @@ pub fn answered_here(req: &Request, local: &LocalAddrs) -> bool {
 /// Request validation (RFC 3261 section 16.3, and 8.2.2.3 for what the node answers
 /// itself). Syntax was checked by the parser. In the order of section 16.3:
 ///
-/// - a Request-URI that is not `sip:` or `sips:` (`tel:` is not routed by this node): 416;
+/// - a Request-URI that is not `sip:`, `sips:` or `tel:` (which the node routes by the number
+///   registry, see [`crate::numbers`]), or a REGISTER whose Request-URI is not `sip:` or
+///   `sips:`: 416;
 /// - `Max-Forwards: 0`: 483 Too Many Hops, except for an OPTIONS, which the node answers
 ///   itself: a [`Rejection`] with status 200 whose response carries `Allow` and `Accept`;
 /// - a Via of ours whose loop hash matches the request as received: 482;
@@ -221,7 +223,8 @@ pub fn answered_here(req: &Request, local: &LocalAddrs) -> bool {
 ///   Max-Forwards 0) with unknown tags in `Require`: 420 with `Unsupported`. Never for ACK
 ///   or CANCEL (section 8.2.2.3), which the caller handles before this anyway.
 pub fn validate_request(req: &Request, local: &LocalAddrs) -> Result<(), Rejection> {
-    if !req.uri.is_sip() {
+    let tel = crate::numbers::is_tel(&req.uri) && req.method != Method::Register;
+    if !req.uri.is_sip() && !tel {
         return Err(Rejection::new(416, "Unsupported URI Scheme"));
     }
     let no_hops_left = req.headers.max_forwards() == Some(0);

@@ -18,7 +18,7 @@ const DOMAIN: &str = "example.test";
 
 /// A phone on its own loopback address: sends a request, waits for the final response
 /// (retransmitting over UDP as a phone would).
-struct Phone {
+pub(crate) struct Phone {
     sock: UdpSocket,
     me: SocketAddr,
     user: String,
@@ -26,7 +26,7 @@ struct Phone {
 }
 
 impl Phone {
-    fn new(ip: IpAddr, user: &str) -> Phone {
+    pub(crate) fn new(ip: IpAddr, user: &str) -> Phone {
         let sock = UdpSocket::bind((ip, 0)).expect("bind");
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
@@ -40,7 +40,7 @@ impl Phone {
     }
 
     /// Sends `method` to `to` with `extra` header lines; the final response.
-    fn request(
+    pub(crate) fn request(
         &mut self,
         to: SocketAddr,
         method: &str,
@@ -122,7 +122,7 @@ impl Phone {
 
     /// Waits (at most 5 s) for a request sent to this phone, answers it `status` and returns
     /// its text.
-    fn answer_request(&self, status: u16) -> String {
+    pub(crate) fn answer_request(&self, status: u16) -> String {
         let mut buf = vec![0u8; 65_535];
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -210,7 +210,7 @@ fn answer(
     Credentials::answer(ch, user, password, method, uri, "c0ffee", nc).to_string()
 }
 
-fn metric(farm: &Farm, node: &str, name: &str) -> i64 {
+pub(crate) fn metric(farm: &Farm, node: &str, name: &str) -> i64 {
     let m = farm.file.member(node).unwrap();
     scrape(m.addr("metrics").unwrap())
         .and_then(|m| m.get(name).copied())
@@ -220,7 +220,11 @@ fn metric(farm: &Farm, node: &str, name: &str) -> i64 {
 /// A farm whose nodes authenticate, with `args` for `up` after `--no-demo-accounts` and
 /// `sip_auth="digest"`, the domain example.test provisioned and `accounts` (user, password,
 /// enabled) in it; waits until every node holds every registrar and proxy in its rings.
-fn digest_farm(base_ip: &str, args: &[&str], accounts: &[(&str, &str, bool)]) -> (Farm, Client) {
+pub(crate) fn digest_farm(
+    base_ip: &str,
+    args: &[&str],
+    accounts: &[(&str, &str, bool)],
+) -> (Farm, Client) {
     let mut all = vec!["--no-demo-accounts", "--node-set", "sip_auth=\"digest\""];
     all.extend_from_slice(args);
     let farm = Farm::up_with_rings(base_ip, &all, &["registrar", "sip_proxy"]);
@@ -754,7 +758,7 @@ fn an_authenticated_call_crosses_two_nodes() {
 }
 
 /// Whether Debian's baresip is installed (`tests/run` installs `baresip-core`).
-fn have_baresip() -> bool {
+pub(crate) fn have_baresip() -> bool {
     std::process::Command::new("baresip")
         .arg("-h")
         .output()
@@ -763,7 +767,7 @@ fn have_baresip() -> bool {
 
 /// A baresip configuration directory for `user` at `addr`, finding the farm through the DNS
 /// server `dns` alone (RFC 3263: NAPTR, SRV, A), with no sound device.
-fn baresip_dir(
+pub(crate) fn baresip_dir(
     root: &std::path::Path,
     user: &str,
     password: &str,
@@ -807,13 +811,13 @@ fn baresip_dir(
 }
 
 /// A baresip process, killed on drop; its output in `log`.
-struct Baresip {
+pub(crate) struct Baresip {
     child: std::process::Child,
     log: std::path::PathBuf,
 }
 
 impl Baresip {
-    fn start(dir: &std::path::Path, secs: u32, command: Option<&str>) -> Baresip {
+    pub(crate) fn start(dir: &std::path::Path, secs: u32, command: Option<&str>) -> Baresip {
         let log = dir.join("out.log");
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = std::process::Command::new("baresip");
@@ -830,12 +834,12 @@ impl Baresip {
         Baresip { child, log }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits (at most `within`) for a line containing `what`.
-    fn wait_for(&self, what: &str, within: Duration) {
+    pub(crate) fn wait_for(&self, what: &str, within: Duration) {
         if wait_for(within, || self.text().contains(what).then_some(())).is_none() {
             panic!("baresip never logged `{what}`:\n{}", self.text());
         }

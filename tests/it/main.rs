@@ -25,6 +25,7 @@ mod netns_badlinks;
 mod netns_partition;
 mod netns_pause;
 mod numbers;
+mod numbers_sip;
 mod provisioning;
 mod queue_bytes;
 mod registrar_crash;

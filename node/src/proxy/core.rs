@@ -14,7 +14,7 @@
 //! bounded in messages, `sip_inbound_queue`, and in bytes, `sip_inbound_queue_bytes`, so a
 //! busy worker pushes back on its senders; a datagram that finds either bound full is
 //! dropped and counted in `sip_inbound_dropped_total{bound=...}`) and `answers` (the results of work
-//! the worker itself started: registrar writes, lookups, resolutions, relay sessions,
+//! the worker itself started: registrar writes, lookups, number routes, resolutions, relay sessions,
 //! failed sends; bounded by what it started, since `max_pending` and the peer queues bound
 //! that).
 
@@ -499,6 +499,7 @@ pub fn run(
             let f = farm.borrow().clone();
             engine.set_keys(f.keys.clone());
             engine.set_domains(&f.domains);
+            engine.set_dial_plans(&f.dial_plans);
         }
         let worker = Worker {
             id,
@@ -579,6 +580,7 @@ impl Worker {
                             let f = rx.borrow().clone();
                             self.engine.set_keys(f.keys.clone());
                             self.engine.set_domains(&f.domains);
+                            self.engine.set_dial_plans(&f.dial_plans);
                         }
                         _ => farm = None,
                     }
@@ -679,6 +681,14 @@ impl Worker {
                     tokio::spawn(async move {
                         let result = fut.await;
                         let _ = tx.send(Event::Answer(Input::Located { key, result }));
+                    });
+                }
+                Output::RouteNumber { key, number } => {
+                    let fut = self.locator.number(number);
+                    let tx = self.answers.clone();
+                    tokio::spawn(async move {
+                        let result = fut.await;
+                        let _ = tx.send(Event::Answer(Input::NumberRouted { key, result }));
                     });
                 }
                 Output::Resolve {

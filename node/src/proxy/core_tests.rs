@@ -216,3 +216,72 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
     );
     cancel.cancel();
 }
+
+/// A call to a `tel:` number: the worker asks the locator where the number is routed (an
+/// account, whose one contact is the UAS), then for the account's bindings, and forwards the
+/// INVITE there; a `tel:` URI that names no global number is answered 404 without a lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_tel_number_goes_through_the_number_registry() {
+    let cancel = CancellationToken::new();
+    let listen: SocketAddr = "127.0.50.1:15060".parse().unwrap();
+    let (transports, inbound) = Transports::bind(
+        TransportConfig::new(listen),
+        &Metrics::default(),
+        cancel.clone(),
+    )
+    .await
+    .expect("bind the proxy's SIP sockets");
+    let uac = UdpSocket::bind("127.0.50.2:0").await.unwrap();
+    let uas = UdpSocket::bind("127.0.50.3:0").await.unwrap();
+    let (uac_addr, uas_addr) = (uac.local_addr().unwrap(), uas.local_addr().unwrap());
+    let mut cfg = ProxyConfig::new("example.test", listen);
+    cfg.auth = crate::proxy::AuthMode::Off;
+    let (_view_tx, view) = watch::channel(Arc::new(View::default()));
+    let _core = core::start(
+        cfg,
+        "node1".into(),
+        transports,
+        inbound,
+        Arc::new(OneCallee(uas_addr)),
+        Arc::new(NoPeers),
+        view,
+        &Metrics::default(),
+        cancel.clone(),
+    );
+    let invite = request(
+        "INVITE",
+        "tel:+1-555-0100",
+        None,
+        uac_addr,
+        "tel1",
+        "tel-call-1",
+        None,
+        1,
+    );
+    uac.send_to(invite.as_bytes(), listen).await.unwrap();
+    let got = recv_sip(&uas, |m| m.starts_with("INVITE ")).await;
+    assert!(
+        got.starts_with(&format!("INVITE sip:uas@{uas_addr} SIP/2.0")),
+        "the number's account's contact is the Request-URI: {got}"
+    );
+    uas.send_to(answer(&got, 486, "Busy Here", uas_addr).as_bytes(), listen)
+        .await
+        .unwrap();
+    let busy = recv_sip(&uac, |m| m.starts_with("SIP/2.0 ") && status(m) >= 200).await;
+    assert_eq!(status(&busy), 486, "{busy}");
+    // A local number with no context: not a number this farm can place.
+    let invite = request(
+        "INVITE",
+        "tel:5550100",
+        None,
+        uac_addr,
+        "tel2",
+        "tel-call-2",
+        None,
+        1,
+    );
+    uac.send_to(invite.as_bytes(), listen).await.unwrap();
+    let r = recv_sip(&uac, |m| m.starts_with("SIP/2.0 ") && status(m) >= 200).await;
+    assert!(r.starts_with("SIP/2.0 404 Number Not Routed"), "{r}");
+    cancel.cancel();
+}

@@ -1,5 +1,5 @@
-//! The proxy's links to the rest of the node: bindings in the replicated store (the
-//! `registrar` ring), and SIP between nodes over the peer transport.
+//! The proxy's links to the rest of the node: bindings, accounts and number routing in the
+//! replicated store (the `registrar` ring), and SIP between nodes over the peer transport.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use super::core::CoreHandle;
 use super::{BoxFut, LocateError, Locator, PeerLink, Receipt, SipEnvelope};
 use crate::peer::{PeerAddr, PeerHandler, PeerNet, Service};
 use onehop_overlay::metrics::{Metric, Metrics};
-use onehop_overlay::provision::{AccountRecord, PushOp};
+use onehop_overlay::provision::{AccountRecord, NumberRoute, PushOp};
 
 use crate::sip::digest::{verify_at_owner, Algorithm, Ha1, RecentNonces};
 use crate::sip::engine::AuthCheck;
@@ -161,23 +161,50 @@ impl RegisterOp {
 }
 
 /// What the registrar keeps under an AOR: its bindings and, once the active manager pushed it,
-/// its account, with the nonce counts of the requests authenticated as it. Encoded as the
-/// bindings followed by the rest, each version appending its fields, so a node of an earlier
-/// version (which decodes what it knows and ignores what follows) still reads the bindings.
+/// its account, with the nonce counts of the requests authenticated as it. Under an E.164
+/// number (`+15550100`, a key of its own on the same ring) it keeps the number's routing.
+/// Encoded as the bindings followed by the rest, each version appending its fields, so a node
+/// of an earlier version (which decodes what it knows and ignores what follows) still reads
+/// the bindings, the account and the alias.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct AorEntry {
     bindings: Bindings,
     account: Option<AccountRecord>,
-    /// The highest account change version applied (a put or a removal): older changes are
-    /// ignored.
+    /// The highest provisioning change version applied (an account put or removal, an alias
+    /// change, a number's routing): older changes are ignored.
     seen: u64,
     /// The nonce counts used by this subscriber: a replay is refused at this one place.
     nonces: RecentNonces,
     /// When this AOR is an alias: the account's AOR, whose bindings requests reach.
     alias_of: Option<String>,
+    /// For a number's key: its routing as of change `seen` (held, even when it is not
+    /// routed, so that an older change or reload cannot bring an earlier routing back).
+    number: Option<NumberState>,
 }
 
-/// [`AorEntry`] as the previous version wrote it (no nonce counts).
+/// The routing of a number, as the registrar holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NumberState {
+    /// Where calls go; `None`: not routed (released, or allocated with no routing).
+    route: Option<NumberRoute>,
+}
+
+/// How long a number that is not routed is remembered as such (a pushed unrouting, or a
+/// reload that found no routing): long enough that a reload in flight cannot bring an older
+/// routing back, and that calls to an unknown number do not each ask the managers.
+const UNROUTED_TTL_MS: u64 = 60_000;
+
+/// [`AorEntry`] as the previous version wrote it (no number routing).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AorEntryV2 {
+    bindings: Bindings,
+    account: Option<AccountRecord>,
+    seen: u64,
+    nonces: RecentNonces,
+    alias_of: Option<String>,
+}
+
+/// [`AorEntry`] as the version before that wrote it (no nonce counts).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct AorEntryV1 {
     bindings: Bindings,
@@ -187,6 +214,16 @@ struct AorEntryV1 {
 
 fn decode_entry(b: &[u8]) -> Result<AorEntry, String> {
     decode::<AorEntry>(b)
+        .or_else(|_| {
+            decode::<AorEntryV2>(b).map(|v2| AorEntry {
+                bindings: v2.bindings,
+                account: v2.account,
+                seen: v2.seen,
+                nonces: v2.nonces,
+                alias_of: v2.alias_of,
+                number: None,
+            })
+        })
         .or_else(|_| {
             decode::<AorEntryV1>(b).map(|v1| AorEntry {
                 bindings: v1.bindings,
@@ -266,7 +303,7 @@ fn tagged(op: &RegistrarOp) -> Bytes {
     Bytes::from(out)
 }
 
-/// The store op applying `op` to its AOR's entry.
+/// The store op applying `op` (an account, alias or number change) to its key's entry.
 pub fn account_op(op: &PushOp) -> Bytes {
     tagged(&RegistrarOp::Account(op.clone()))
 }
@@ -284,25 +321,37 @@ fn expiry(b: &Bindings) -> u64 {
 }
 
 impl AorEntry {
+    /// Whether the entry is kept until a change removes it: an account, an alias, a routed
+    /// number.
+    fn permanent(&self) -> bool {
+        self.account.is_some()
+            || self.alias_of.is_some()
+            || self.number.as_ref().is_some_and(|n| n.route.is_some())
+    }
+
     /// The expiry of the entry as held.
     fn until(&self, now_ms: u64) -> u64 {
-        if self.account.is_some() || self.alias_of.is_some() {
-            NEVER
+        if self.permanent() {
+            return NEVER;
+        }
+        let bound = expiry(&self.bindings).max(now_ms + 1);
+        if self.number.is_some() {
+            bound.max(now_ms + UNROUTED_TTL_MS)
         } else {
-            expiry(&self.bindings).max(now_ms + 1)
+            bound
         }
     }
 
     /// The value to store and its expiry; `None` when nothing is left.
     fn stored(&self, now_ms: u64) -> (Option<Bytes>, u64) {
-        if self.account.is_some() || self.alias_of.is_some() {
+        if self.permanent() {
             return (Some(encode(self)), NEVER);
         }
         let live = self.bindings.current(now_ms);
-        if live.is_empty() && self.bindings.is_empty() {
+        if live.is_empty() && self.bindings.is_empty() && self.number.is_none() {
             (None, now_ms)
         } else {
-            (Some(encode(self)), expiry(&self.bindings).max(now_ms + 1))
+            (Some(encode(self)), self.until(now_ms))
         }
     }
 }
@@ -331,8 +380,9 @@ impl Updater for RegistrarUpdater {
                             PushOp::Remove { .. } => entry.account = None,
                             PushOp::Alias { target, .. } => entry.alias_of = Some(target),
                             PushOp::AliasRemove { .. } => entry.alias_of = None,
-                            // Number routing is not held by this version yet.
-                            PushOp::Number { .. } => {}
+                            PushOp::Number { route, .. } => {
+                                entry.number = Some(NumberState { route })
+                            }
                         }
                     }
                     let (value, until) = entry.stored(now_ms);
@@ -391,6 +441,13 @@ pub trait AccountSource: Send + Sync + 'static {
     fn fetch(&self, aor: String) -> BoxFut<Result<Option<AccountRecord>, String>>;
 }
 
+/// Where a node reloads a number's routing its registrar cache lacks: the managers.
+pub trait NumberSource: Send + Sync + 'static {
+    /// The routing of the E.164 number `number` as the managers hold it now, and the
+    /// provisioning change version it was read at (`None`: not routed, or not allocated).
+    fn fetch(&self, number: String) -> BoxFut<Result<(u64, Option<NumberRoute>), String>>;
+}
+
 /// How long an AOR the managers said was not provisioned is not asked for again (a
 /// provisioned account is pushed to its registrar anyway; this only bounds the questions an
 /// unprovisioned AOR's REGISTERs cause).
@@ -402,6 +459,7 @@ const NEGATIVE_MAX: usize = 100_000;
 pub struct StoreLocator {
     store: Store,
     accounts: Option<Arc<dyn AccountSource>>,
+    numbers: Option<Arc<dyn NumberSource>>,
     /// AORs recently found not provisioned, and when.
     unknown: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
 }
@@ -413,6 +471,7 @@ impl StoreLocator {
         StoreLocator {
             store,
             accounts: None,
+            numbers: None,
             unknown: Arc::default(),
         }
     }
@@ -420,6 +479,13 @@ impl StoreLocator {
     /// Reload accounts missing at their registrar from `source` before refusing.
     pub fn with_accounts(mut self, source: Arc<dyn AccountSource>) -> StoreLocator {
         self.accounts = Some(source);
+        self
+    }
+
+    /// Reload the routing of numbers missing at their registrar from `source` before
+    /// answering (without one, a number the store lacks is not routed).
+    pub fn with_numbers(mut self, source: Arc<dyn NumberSource>) -> StoreLocator {
+        self.numbers = Some(source);
         self
     }
 
@@ -553,6 +619,57 @@ impl Locator for StoreLocator {
                 _ => Ok(live),
             }
         })
+    }
+
+    /// The routing of `number` held at its owner on the `registrar` ring; when the owner
+    /// holds none (a cold cache: the node restarted, the push has not arrived), reloaded
+    /// from the managers and put in the store (applied only if no newer change arrived
+    /// meanwhile) before answering.
+    fn number(&self, number: String) -> BoxFut<Result<Option<NumberRoute>, LocateError>> {
+        let store = self.store.clone();
+        let source = self.numbers.clone();
+        Box::pin(async move {
+            if let Some(held) = held_number(&store, &number).await? {
+                return Ok(held.route);
+            }
+            let Some(source) = source else {
+                return Ok(None);
+            };
+            let (version, route) = source.fetch(number.clone()).await.map_err(|e| {
+                LocateError::Unavailable(format!(
+                    "number not cached and the managers did not answer: {e}"
+                ))
+            })?;
+            debug!(%number, version, routed = route.is_some(), "number reloaded from the managers");
+            let put = account_op(&PushOp::Number {
+                number: number.clone(),
+                route: route.clone(),
+                version,
+            });
+            match store.update(REGISTRAR, &number, put).await {
+                // Not newer: a push overtook the reload; the store holds the later routing.
+                Ok((newer, _)) if !decode::<bool>(&newer).unwrap_or(true) => {
+                    Ok(held_number(&store, &number).await?.and_then(|n| n.route))
+                }
+                Ok(_) => Ok(route),
+                // The managers' answer stands; the next call reloads again.
+                Err(e) => {
+                    debug!(%number, cause = %e, "a reloaded number could not be stored");
+                    Ok(route)
+                }
+            }
+        })
+    }
+}
+
+/// The routing of `number` the store holds, if it holds one.
+async fn held_number(store: &Store, number: &str) -> Result<Option<NumberState>, LocateError> {
+    match store.get(REGISTRAR, number).await {
+        Ok(Some(bytes)) => Ok(decode_entry(&bytes)
+            .map_err(LocateError::Unavailable)?
+            .number),
+        Ok(None) => Ok(None),
+        Err(e) => Err(LocateError::Unavailable(e.to_string())),
     }
 }
 
@@ -1132,5 +1249,115 @@ mod account_tests {
         assert!(RegistrarUpdater
             .apply("alice@example.test", None, &[OP_TAG, 0xFF, 0xFF], 1)
             .is_err());
+    }
+}
+
+#[cfg(test)]
+mod number_tests {
+    use super::*;
+
+    const NOW: u64 = 1_000_000;
+
+    fn push(version: u64, route: Option<NumberRoute>) -> Bytes {
+        account_op(&PushOp::Number {
+            number: "+15550100".into(),
+            route,
+            version,
+        })
+    }
+
+    fn apply(current: Option<&Bytes>, op: &[u8], now: u64) -> (Option<Bytes>, u64, bool) {
+        let (v, until, reply) = RegistrarUpdater
+            .apply("+15550100", current, op, now)
+            .unwrap();
+        (v, until, decode::<bool>(&reply).unwrap())
+    }
+
+    fn route_of(v: &Option<Bytes>) -> Option<NumberRoute> {
+        decode_entry(v.as_ref().expect("an entry"))
+            .unwrap()
+            .number
+            .expect("a number held")
+            .route
+    }
+
+    fn alice() -> Option<NumberRoute> {
+        Some(NumberRoute::Account("alice@example.test".into()))
+    }
+
+    fn carrier() -> Option<NumberRoute> {
+        Some(NumberRoute::Uri("sip:+15550100@carrier.test".into()))
+    }
+
+    #[test]
+    fn a_number_is_held_under_its_key_and_only_newer_routings_apply() {
+        let (v, until, newer) = apply(None, &push(5, alice()), NOW);
+        assert!(newer);
+        assert_eq!(until, NEVER, "a routed number does not expire");
+        assert_eq!(route_of(&v), alice());
+        assert!(!has_bindings(v.as_ref().unwrap()));
+        // An older change (a push sent again after a failover, a reload read earlier)
+        // changes nothing.
+        let (v2, until, newer) = apply(v.as_ref(), &push(4, carrier()), NOW);
+        assert!(!newer);
+        assert_eq!((route_of(&v2), until), (alice(), NEVER));
+        // A newer one moves it to another network.
+        let (v, _, newer) = apply(v.as_ref(), &push(7, carrier()), NOW);
+        assert!(newer);
+        assert_eq!(route_of(&v), carrier());
+        // Unrouted: held as such for a while, so that an older routing cannot come back.
+        let (v, until, _) = apply(v.as_ref(), &push(8, None), NOW);
+        assert_eq!(route_of(&v), None);
+        assert_eq!(until, NOW + UNROUTED_TTL_MS);
+        let (v2, _, newer) = apply(v.as_ref(), &push(7, carrier()), NOW + 1_000);
+        assert!(!newer, "a reload read before the unrouting is refused");
+        assert_eq!(route_of(&v2), None);
+        // Routed again later: kept for good once more.
+        let (v, until, _) = apply(v.as_ref(), &push(9, alice()), NOW + 2_000);
+        assert_eq!((route_of(&v), until), (alice(), NEVER));
+    }
+
+    #[test]
+    fn an_unrouted_number_is_a_fresh_entry_when_nothing_was_held() {
+        // A reload that found the number unrouted: held for the same while (a negative
+        // cache shared by every node that asks).
+        let (v, until, newer) = apply(None, &push(3, None), NOW);
+        assert!(newer);
+        assert_eq!(route_of(&v), None);
+        assert_eq!(until, NOW + UNROUTED_TTL_MS);
+        // Version 0 (nothing ever changed) is not newer than an empty entry: nothing held.
+        let (v, _, newer) = apply(None, &push(0, None), NOW);
+        assert!(!newer);
+        assert!(v.is_none());
+    }
+
+    #[test]
+    fn a_number_entry_keeps_the_format_earlier_versions_read() {
+        let (v, _, _) = apply(None, &push(5, alice()), NOW);
+        let v = v.unwrap();
+        // The previous version's decoder reads its fields and ignores the number after them.
+        let v2 = decode::<AorEntryV2>(&v).unwrap();
+        assert_eq!(v2.seen, 5);
+        assert!(v2.account.is_none() && v2.alias_of.is_none());
+        assert!(decode::<Bindings>(&v).unwrap().is_empty());
+        // An entry the previous version wrote is read with no number.
+        let old = encode(&AorEntryV2 {
+            bindings: Bindings::new(),
+            account: Some(AccountRecord {
+                version: 2,
+                enabled: true,
+                ha1_md5: [1; 16],
+                ha1_sha256: [1; 32],
+                display_name: None,
+            }),
+            seen: 2,
+            nonces: RecentNonces::default(),
+            alias_of: Some("alice@example.test".into()),
+        });
+        let e = decode_entry(&old).unwrap();
+        assert_eq!(e.seen, 2);
+        assert!(e.account.is_some());
+        assert_eq!(e.alias_of.as_deref(), Some("alice@example.test"));
+        assert!(e.number.is_none());
     }
 }

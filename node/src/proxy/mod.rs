@@ -17,6 +17,11 @@
 //! *flow*) is reached through that node, over the overlay's QUIC connection, so a call's
 //! messages cross at most two nodes: the caller's and the callee's. Both record-route, so
 //! in-dialog requests follow the same path.
+//!
+//! A request for a telephone number (`tel:+15550100`, `sip:+15550100@D`, or D's local form)
+//! first asks the number's owner on the same ring where the number is routed
+//! ([`Locator::number`]): to an account (then to that account's contacts) or to a SIP URI
+//! (then onward, as for any other domain).
 
 pub mod core;
 pub mod glue;
@@ -36,6 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::sip::registrar::{Binding, Flow, RegisterInfo, RegistrarPolicy};
+use onehop_overlay::provision::{DialPlan, NumberRoute};
 
 /// A boxed future, for the object-safe traits below.
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -60,6 +66,9 @@ pub trait Locator: Send + Sync + 'static {
     fn authenticate(&self, aor: String, auth: Box<AuthCheck>) -> BoxFut<Result<(), LocateError>>;
     /// The live contacts of an AOR (empty when unregistered).
     fn lookup(&self, aor: String) -> BoxFut<Result<Vec<Binding>, LocateError>>;
+    /// Where calls to the E.164 number `number` (`+15550100`) go, from the number registry
+    /// (`None`: not routed).
+    fn number(&self, number: String) -> BoxFut<Result<Option<NumberRoute>, LocateError>>;
 }
 
 /// A SIP message carried between nodes.
@@ -154,6 +163,8 @@ pub struct FarmSettings {
     pub keys: Option<NonceKeys>,
     /// The provisioned domains (besides the configured one).
     pub domains: Vec<String>,
+    /// How the domains that configure one read the local forms of numbers in user parts.
+    pub dial_plans: Vec<(String, DialPlan)>,
 }
 
 impl ProxyConfig {

@@ -29,6 +29,18 @@ impl Locator for OneCallee {
         Box::pin(async { Err(LocateError::Unavailable("not in this test".into())) })
     }
 
+    /// Every number is routed to an account (whose one contact is the UAS).
+    fn number(
+        &self,
+        number: String,
+    ) -> BoxFut<Result<Option<onehop_overlay::provision::NumberRoute>, LocateError>> {
+        Box::pin(async move {
+            Ok(Some(onehop_overlay::provision::NumberRoute::Account(
+                format!("{number}-owner@example.test"),
+            )))
+        })
+    }
+
     fn lookup(&self, _aor: String) -> BoxFut<Result<Vec<Binding>, LocateError>> {
         let uas = self.0;
         Box::pin(async move {

@@ -2,11 +2,14 @@
 //! passes before it is routed.
 //!
 //! - A REGISTER for one of our domains is challenged with 401 (`WWW-Authenticate`); the
-//!   authenticated user must be the To's AOR.
+//!   authenticated user must be the To's AOR, or the account the To's number is routed to
+//!   (an account's own number is its alias: the REGISTER binds the account).
 //! - Any other request whose From is in one of our domains is challenged with 407
-//!   (`Proxy-Authenticate`); the authenticated user must be the From's AOR. Once
-//!   authenticated it may go anywhere: to our users, other domains, IP addresses.
-//! - A request from elsewhere reaches only our users (our domains, this node); anything
+//!   (`Proxy-Authenticate`); the authenticated user must be the From's AOR, or the account
+//!   the From's number is routed to (caller ID). Once authenticated it may go anywhere: to
+//!   our users, other domains, IP addresses, numbers.
+//! - A request from elsewhere reaches only our users (our domains, this node) and numbers
+//!   (`tel:` URIs, routed by the number registry to where their routing says); anything
 //!   else gets 403: the farm is not an open relay.
 //! - A request inside a dialog that we record-routed passes when its Route carries our
 //!   signature for its Call-ID ([`crate::digest::NonceKeys::route_tag`]), which an outsider
@@ -78,30 +81,53 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 self.respond_status_forget(key, 403, "Not Our Domain");
                 return Gate::Done;
             }
-            return match self.credentials(key, req, &to, 401, ip) {
-                Some(check) => Gate::Register(check),
-                None => Gate::Done,
+            let number = self.plans.user_number(&to.0, &to.1);
+            let Some(check) = self.credentials(key, req, &to, 401, ip, number.is_some()) else {
+                return Gate::Done;
             };
+            if let Some(number) = number.filter(|_| check.credentials.username != to.0) {
+                // The To is a number and the credentials an account's: the account
+                // registering its own number, once the number is shown to be routed to it.
+                let account = format!("{}@{}", check.credentials.username, to.1);
+                self.start_number_check(
+                    key,
+                    req.clone(),
+                    super::numbers::NumberWait::Register {
+                        number,
+                        account,
+                        check,
+                        source,
+                    },
+                );
+                return Gate::Done;
+            }
+            return Gate::Register(check);
         }
         let from = req.headers.from().and_then(|f| aor_of(&f));
         match from {
             Some(from) if self.local.domains.contains(&from.1) => {
-                let Some(check) = self.credentials(key, req, &from, 407, ip) else {
+                let number = self.plans.user_number(&from.0, &from.1);
+                let Some(check) = self.credentials(key, req, &from, 407, ip, number.is_some())
+                else {
                     return Gate::Done;
                 };
                 self.strip_credentials(req, &from.1);
-                if !self.may_wait(key) {
+                if let Some(number) = number.filter(|_| check.credentials.username != from.0) {
+                    // From the account's own number (caller ID): the credentials are checked
+                    // at the account once the number is shown to be routed to it.
+                    let account = format!("{}@{}", check.credentials.username, from.1);
+                    self.start_number_check(
+                        key,
+                        req.clone(),
+                        super::numbers::NumberWait::From {
+                            number,
+                            account,
+                            check,
+                        },
+                    );
                     return Gate::Done;
                 }
-                if let Some(entry) = self.servers.get_mut(key) {
-                    entry.request = Some(req.clone());
-                }
-                self.pending += 1;
-                self.out.push_back(Output::Authenticate {
-                    key: key.clone(),
-                    aor: from.2.clone(),
-                    auth: check,
-                });
+                self.start_authenticate(key, req.clone(), from.2.clone(), check);
                 Gate::Done
             }
             _ if to_us => Gate::Pass,
@@ -112,9 +138,33 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         }
     }
 
+    /// Has the registrar of `aor` check the credentials of `req` (waiting in `key`), which is
+    /// routed once they pass ([`Self::on_authenticated`]).
+    pub(super) fn start_authenticate(
+        &mut self,
+        key: &TransactionKey,
+        req: Request,
+        aor: String,
+        check: Box<AuthCheck>,
+    ) {
+        if !self.may_wait(key) {
+            return;
+        }
+        if let Some(entry) = self.servers.get_mut(key) {
+            entry.request = Some(req);
+        }
+        self.pending += 1;
+        self.out.push_back(Output::Authenticate {
+            key: key.clone(),
+            aor,
+            auth: check,
+        });
+    }
+
     /// The credentials for `aor`'s realm, checked as far as this node can: `Some` to have
     /// the registrar finish the check; `None` when the request was answered (challenged,
-    /// refused).
+    /// refused). The authenticated user must be `aor`'s, unless `number` (the AOR's user
+    /// part is a number, which an account may use as its own: the caller checks whose it is).
     fn credentials(
         &mut self,
         key: &TransactionKey,
@@ -122,6 +172,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         aor: &(String, String, String),
         status: u16,
         ip: Option<IpAddr>,
+        number: bool,
     ) -> Option<Box<AuthCheck>> {
         let (user, realm, _) = aor;
         if self.keys.is_none() {
@@ -164,8 +215,8 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             self.challenge(key, false, true);
             return None;
         }
-        if creds.username != *user {
-            self.respond_status_forget(key, 403, "Authentication ID Does Not Match");
+        if creds.username != *user && !number {
+            self.respond_status_forget(key, 403, super::numbers::NOT_YOURS);
             return None;
         }
         let now_ms = self.wall_ms();
@@ -275,14 +326,18 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
     }
 
     /// Whether the request is for us: no Route left once ours are taken off, and a
-    /// Request-URI in one of our domains or naming this node.
+    /// Request-URI in one of our domains, naming this node, or a `tel:` number (routed by
+    /// the number registry, never to a place the caller chooses).
     fn targets_us(&self, req: &Request) -> bool {
         let foreign_route = req
             .headers
             .routes()
             .filter_map(|r| Uri::parse(r.uri_str()).ok())
             .any(|u| !self.local.is_local_uri(&u));
-        !foreign_route && (self.local.is_our_domain(&req.uri) || self.local.is_local_uri(&req.uri))
+        !foreign_route
+            && (self.local.is_our_domain(&req.uri)
+                || self.local.is_local_uri(&req.uri)
+                || crate::numbers::is_tel(&req.uri))
     }
 
     /// Whether the top Route is ours and carries our signature of the request's Call-ID.

@@ -6,8 +6,9 @@
 //! 1. calls [`Engine::handle`] with an [`Input`] and the current time, or
 //!    [`Engine::handle_timeout`] when the deadline from [`Engine::poll_timeout`] has passed;
 //! 2. drains [`Engine::poll_output`] and carries out every [`Output`]: send bytes to a
-//!    [`Hop`], ask the registrar to apply a REGISTER or look up an AOR, resolve another
-//!    domain by RFC 3263. Each answer comes back later as an [`Input`] with the same
+//!    [`Hop`], ask the registrar to apply a REGISTER or look up an AOR, look up where a
+//!    telephone number is routed, resolve another domain by RFC 3263. Each answer comes back
+//!    later as an [`Input`] with the same
 //!    transaction key; a message that could not be sent comes back as
 //!    [`Input::SendFailed`], which the client transaction takes as a transport error
 //!    (RFC 3261 8.1.3.1: the proxy answers 503 upstream at once);
@@ -32,10 +33,13 @@
 //! - `auth.rs`: who may use the farm: digest challenges (401, 407), the check of
 //!   credentials split with the subscriber's registrar, and the relaying rules (403).
 //! - `requests.rs`: requests (routing, REGISTER, lookups, targets, CANCEL).
+//! - `numbers.rs`: requests routed by a telephone number, and an account's own number as its
+//!   alias (registration, caller ID).
 //! - `responses.rs`: responses, transaction actions, timers and sending.
 //! - `tests*.rs`: a test per proxy behaviour, with no sockets (harness in `tests.rs`).
 
 mod auth;
+mod numbers;
 mod requests;
 mod responses;
 
@@ -48,6 +52,8 @@ mod tests_calls;
 #[cfg(test)]
 mod tests_media;
 #[cfg(test)]
+mod tests_numbers;
+#[cfg(test)]
 mod tests_routing;
 
 use std::cmp::Reverse;
@@ -57,10 +63,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::numbers::DialPlans;
 use crate::proxy::LocalAddrs;
 use crate::registrar::{Binding, Flow, RegisterError, RegisterInfo, RegistrarPolicy, Transport};
 use crate::transaction::{ClientTransaction, ServerTransaction, TransactionKey};
 use crate::{parse_with, Limits, Message, Method, Request, Response, Uri};
+
+pub use onehop_overlay::provision::{DialPlan, NumberRoute};
 
 /// The engine's tables: keyed by what arrives from the network (Via branches), so with a
 /// per-process random seed (foldhash), which is several times cheaper than std's SipHash.
@@ -205,6 +214,14 @@ pub enum Input<D> {
         /// The servers to try, in order.
         result: Result<Vec<(Transport, SocketAddr)>, String>,
     },
+    /// A number's routing was looked up ([`Output::RouteNumber`]).
+    NumberRouted {
+        /// The request's server transaction.
+        key: TransactionKey,
+        /// Where calls to the number go (`None`: it is not routed), or why it could not be
+        /// learnt.
+        result: Result<Option<NumberRoute>, LocateError>,
+    },
     /// A request sent by this client transaction could not be delivered to its next hop
     /// (a full queue, an unknown or unreachable node, a refused connection).
     SendFailed {
@@ -256,6 +273,14 @@ pub enum Output {
         key: TransactionKey,
         /// The canonical AOR.
         aor: String,
+    },
+    /// Look up where the E.164 number `number` (`+15550100`) is routed, in the farm's number
+    /// registry; answer with [`Input::NumberRouted`].
+    RouteNumber {
+        /// The request's server transaction.
+        key: TransactionKey,
+        /// `+` and the digits.
+        number: String,
     },
     /// Locate the SIP servers of another domain (RFC 3263); answer with
     /// [`Input::Resolved`].
@@ -487,6 +512,10 @@ struct ServerEntry {
     timer_c: Option<Instant>,
     /// Waiting for the subscriber's registrar to check credentials.
     auth: Option<auth::AuthWait>,
+    /// Waiting for a number's routing, and what for.
+    number: Option<numbers::NumberWait>,
+    /// How a lookup that finds no binding is answered (`None`: 404 Not Found).
+    empty_lookup: Option<(u16, &'static str)>,
 }
 
 struct ClientEntry {
@@ -576,6 +605,8 @@ pub struct Engine<E: Env, M: MediaHook = NoMedia> {
     wall: (Instant, u64),
     /// Nonces issued, for their uniqueness.
     nonce_seq: u64,
+    /// How the domains' subscribers write numbers in user parts.
+    plans: DialPlans,
 }
 
 impl<E: Env, M: MediaHook> Engine<E, M> {
@@ -607,6 +638,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             keys: None,
             wall: (now, 0),
             nonce_seq: 0,
+            plans: DialPlans::default(),
         }
     }
 
@@ -637,6 +669,12 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
     /// The domains served.
     pub fn domains(&self) -> &[String] {
         &self.local.domains
+    }
+
+    /// How each domain that has one reads the local forms of numbers in user parts
+    /// (`(domain, plan)`; see [`crate::numbers`]). Numbers in the E.164 form need none.
+    pub fn set_dial_plans(&mut self, plans: &[(String, DialPlan)]) {
+        self.plans = DialPlans::new(plans);
     }
 
     /// Tells the engine the wall-clock time (`unix_ms`, milliseconds since the Unix epoch)
@@ -696,6 +734,10 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             Input::Resolved { key, result } => {
                 self.pending = self.pending.saturating_sub(1);
                 self.on_resolved(key, result);
+            }
+            Input::NumberRouted { key, result } => {
+                self.pending = self.pending.saturating_sub(1);
+                self.on_number_routed(key, result);
             }
             Input::SendFailed { client } => self.on_send_failed(&client),
             Input::Media(done) => self.on_media(done),

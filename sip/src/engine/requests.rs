@@ -107,6 +107,8 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 done: false,
                 timer_c: None,
                 auth: None,
+                number: None,
+                empty_lookup: None,
             },
         );
         self.server_actions(&key, first);
@@ -124,7 +126,8 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
     }
 
     /// Routes a request that passed the checks: to a flow another node asked for, to the
-    /// registrar, to the bindings of an AOR of ours, or onward.
+    /// registrar, by the number its Request-URI names, to the bindings of an AOR of ours, or
+    /// onward.
     pub(super) fn route(
         &mut self,
         key: TransactionKey,
@@ -143,10 +146,22 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             return;
         }
         let routed = req.headers.routes().next().is_some();
+        if !routed && req.method != Method::Register {
+            // A telephone number (tel:, or a number of one of our domains): routed by the
+            // number registry.
+            if let Some(number) = self.plans.uri_number(&req.uri, &self.local.domains) {
+                self.start_number_route(key, req, number);
+                return;
+            }
+            if crate::numbers::is_tel(&req.uri) {
+                self.respond_status(&key, 404, super::numbers::NOT_ROUTED);
+                return;
+            }
+        }
         let ours = self.local.is_our_domain(&req.uri) || self.local.is_local_uri(&req.uri);
         if !routed && ours {
             match req.method {
-                Method::Register => self.start_register(key, req, &from, source, check),
+                Method::Register => self.start_register(key, req, &from, source, check, None),
                 Method::Options if req.uri.user().is_none() => {
                     // A keep-alive ping: answered statelessly, so pings hold no state.
                     let resp = reply(&req, 200, None, Some(&self.cfg.tag))
@@ -161,7 +176,12 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             }
             return;
         }
-        // Routed onward: the top Route, or the Request-URI of another domain or host.
+        self.route_onward(key, req);
+    }
+
+    /// Routes a request onward: to the top Route, or to the Request-URI of another domain or
+    /// host.
+    pub(super) fn route_onward(&mut self, key: TransactionKey, req: Request) {
         let next = next_hop(&req);
         match self.hop_for_uri(&next) {
             Some(hop) => {
@@ -250,13 +270,16 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             .and_then(|e| e.request.clone())
     }
 
-    fn start_register(
+    /// Sends a REGISTER to the registrar: the binding of its To's AOR, or of `aor` when
+    /// given (an account registering its own number binds the account).
+    pub(super) fn start_register(
         &mut self,
         key: TransactionKey,
         req: Request,
         from: &Hop,
         source: Option<SocketAddr>,
         auth: Option<Box<AuthCheck>>,
+        aor: Option<String>,
     ) {
         if !self.may_wait(&key) {
             return;
@@ -275,7 +298,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             }),
             Hop::Peer { .. } => None,
         };
-        let info = match RegisterInfo::from_request(&req, flow, source) {
+        let mut info = match RegisterInfo::from_request(&req, flow, source) {
             Ok(i) => i,
             Err(e) => {
                 let resp = e.response(&req);
@@ -283,6 +306,9 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 return;
             }
         };
+        if let Some(aor) = aor {
+            info.aor = aor;
+        }
         if let Some(entry) = self.servers.get_mut(&key) {
             entry.request = Some(req);
         }
@@ -320,7 +346,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         }
     }
 
-    fn respond_error(&mut self, key: &TransactionKey, req: &Request, e: LocateError) {
+    pub(super) fn respond_error(&mut self, key: &TransactionKey, req: &Request, e: LocateError) {
         match e {
             LocateError::Rejected {
                 status,
@@ -338,14 +364,20 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         }
     }
 
-    fn start_lookup(&mut self, key: TransactionKey, req: Request) {
-        if !self.may_wait(&key) {
-            return;
-        }
+    /// Looks up the bindings of the Request-URI's AOR.
+    pub(super) fn start_lookup(&mut self, key: TransactionKey, req: Request) {
         let Some(aor) = req.uri.canonical_aor() else {
             self.respond_status(&key, 404, "Not Found");
             return;
         };
+        self.lookup_aor(key, req, aor);
+    }
+
+    /// Looks up the bindings of `aor` for `req`, which goes to them.
+    pub(super) fn lookup_aor(&mut self, key: TransactionKey, req: Request, aor: String) {
+        if !self.may_wait(&key) {
+            return;
+        }
         if let Some(entry) = self.servers.get_mut(&key) {
             entry.request = Some(req);
         }
@@ -379,7 +411,14 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                     self.start_targets(&key, req, targets);
                 }
             }
-            Ok(_) => self.respond_status(&key, 404, "Not Found"),
+            Ok(_) => {
+                let (status, reason) = self
+                    .servers
+                    .get(&key)
+                    .and_then(|e| e.empty_lookup)
+                    .unwrap_or((404, "Not Found"));
+                self.respond_status(&key, status, reason);
+            }
             Err(e) => self.respond_error(&key, &req, e),
         }
     }

@@ -7,14 +7,14 @@ use crate::digest::{
     verify_at_owner, Admit, Challenge, Credentials, Ha1, NonceKey, NonceKeys, RecentNonces,
 };
 
-const PASSWORD: &str = "correct horse";
+pub(super) const PASSWORD: &str = "correct horse";
 
 fn keys() -> NonceKeys {
     NonceKeys::new(NonceKey::new(1, [7; 32]), None).unwrap()
 }
 
 /// An engine that authenticates, holding the farm's keys, its wall clock at `NOW_MS`.
-fn authed() -> H {
+pub(super) fn authed() -> H {
     authed_with(|_| {})
 }
 
@@ -30,14 +30,14 @@ fn authed_with(f: impl FnOnce(&mut EngineConfig)) -> H {
     h
 }
 
-fn register() -> Req {
+pub(super) fn register() -> Req {
     req("REGISTER", "sip:example.test")
         .to("<sip:alice@example.test>")
         .branch("z9hG4bKreg1")
 }
 
 /// The challenges of a 401/407, parsed; checks they come SHA-256 first, then MD5.
-fn challenges(sent: &Sent, header: &str) -> Vec<Challenge> {
+pub(super) fn challenges(sent: &Sent, header: &str) -> Vec<Challenge> {
     let all: Vec<Challenge> = sent
         .msg
         .headers()
@@ -51,12 +51,18 @@ fn challenges(sent: &Sent, header: &str) -> Vec<Challenge> {
     all
 }
 
-fn answer_with(c: &Challenge, user: &str, password: &str, method: &str, uri: &str) -> String {
+pub(super) fn answer_with(
+    c: &Challenge,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+) -> String {
     Credentials::answer(c, user, password, method, uri, "cn1", 1).to_string()
 }
 
 /// What the registrar does with an [`AuthCheck`] for alice (password [`PASSWORD`]).
-fn owner_check(check: &AuthCheck, counts: &mut RecentNonces) -> Result<(), LocateError> {
+pub(super) fn owner_check(check: &AuthCheck, counts: &mut RecentNonces) -> Result<(), LocateError> {
     verify_at_owner(
         &check.credentials,
         &check.method,
