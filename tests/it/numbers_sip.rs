@@ -174,6 +174,21 @@ fn sipp_calls_by_number_reach_the_account_and_a_carrier_and_follow_a_route_chang
         "+15550101",
         Some(json!({"uri": format!("sip:+15550101@{carrier_a}")})),
     );
+    // Its subscriber's porting PIN, and the carrier it will be ported to.
+    api(
+        &c,
+        Method::PATCH,
+        "/v1/numbers/+15550101",
+        Some(json!({"pin": "2468"})),
+        200,
+    );
+    api(
+        &c,
+        Method::POST,
+        "/v1/carriers",
+        Some(json!({"ocn": "BETA", "name": "Beta Networks"})),
+        201,
+    );
     allocate(&c, "+15550102", None);
     let dir = Workdir::new("onehop-sipp-numbers-");
 
@@ -343,7 +358,8 @@ fn sipp_calls_by_number_reach_the_account_and_a_carrier_and_follow_a_route_chang
         );
     }
 
-    // A route change: carrier A, then B. Probes (OPTIONS from outside, one at a time) until
+    // A port: the number moves from ACME (routed to carrier A) to BETA (routed to B) with the
+    // subscriber's PIN; a wrong PIN changes nothing. Probes (OPTIONS from outside, one at a time) until
     // one reaches B; every later one must too.
     let a = StandIn::start(carrier_a);
     let b = StandIn::start(carrier_b);
@@ -354,12 +370,23 @@ fn sipp_calls_by_number_reach_the_account_and_a_carrier_and_follow_a_route_chang
         (1, 0),
         "carrier A before the change"
     );
+    let port = |pin: &str, want: u16| {
+        api(
+            &c,
+            Method::POST,
+            "/v1/numbers/+15550101/port",
+            Some(json!({"carrier": "BETA", "pin": pin,
+                "route": {"uri": format!("sip:+15550101@{carrier_b}")}})),
+            want,
+        )
+    };
+    port("1357", 403);
+    let r = from_outside(&mut probe, n1, "OPTIONS", "tel:+15550101");
+    assert_eq!(r.status, 200);
+    assert_eq!((a.count(), b.count()), (2, 0), "a wrong PIN ports nothing");
     let changed = Instant::now();
-    set_route(
-        &c,
-        "+15550101",
-        json!({"uri": format!("sip:+15550101@{carrier_b}")}),
-    );
+    let v = port("2468", 200);
+    assert_eq!(v["carrier"], "BETA", "{v}");
     let committed = changed.elapsed();
     let followed = wait_for(Duration::from_secs(10), || {
         let before = b.count();
@@ -368,12 +395,12 @@ fn sipp_calls_by_number_reach_the_account_and_a_carrier_and_follow_a_route_chang
         (b.count() > before).then(|| changed.elapsed())
     });
     println!(
-        "NUMBERS route change: the API answered in {:.1} ms, calls followed after {:.1} ms",
+        "NUMBERS port to another carrier (route changed with it): the API answered in {:.1} ms, calls followed after {:.1} ms",
         committed.as_secs_f64() * 1e3,
         followed.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     );
     within_budget(
-        "a number's route change, to the next calls following it",
+        "a number's port (its route changed), to the next calls following it",
         followed,
         Duration::from_secs(1),
         1.5,
