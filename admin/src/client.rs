@@ -208,12 +208,7 @@ impl Client {
         body: Option<&serde_json::Value>,
         key: &str,
     ) -> Result<T, ApiError> {
-        let bytes = match body {
-            Some(v) => {
-                Bytes::from(serde_json::to_vec(v).map_err(|e| ApiError::Protocol(e.to_string()))?)
-            }
-            None => Bytes::new(),
-        };
+        let bytes = json_body(body)?;
         let (status, bytes) = self
             .raw_keyed(method, path, "application/json", bytes, true, Some(key))
             .await?;
@@ -289,16 +284,21 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<T, ApiError> {
-        let bytes = match body {
-            Some(v) => {
-                Bytes::from(serde_json::to_vec(v).map_err(|e| ApiError::Protocol(e.to_string()))?)
-            }
-            None => Bytes::new(),
-        };
+        let bytes = json_body(body)?;
         let (status, bytes) = self
             .raw(method, path, "application/json", bytes, false)
             .await?;
         decode(status, &bytes)
+    }
+}
+
+/// The bytes of a JSON body (none for `None`).
+fn json_body(body: Option<&serde_json::Value>) -> Result<Bytes, ApiError> {
+    match body {
+        Some(v) => serde_json::to_vec(v)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::Protocol(e.to_string())),
+        None => Ok(Bytes::new()),
     }
 }
 

@@ -19,7 +19,7 @@ use onehop_overlay::provision::{DialPlan, NumberRoute};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::routes::{parse, propose, query, read, ApiError, ApiResult};
+use super::routes::{parse, propose, query, read, read_changes, ApiError, ApiResult};
 use super::views::*;
 use super::{ApiState, Caller};
 use crate::provision::db::MAX_PAGE;
@@ -579,10 +579,7 @@ pub async fn number_changes(
 ) -> ApiResult<Json<serde_json::Value>> {
     let q = query(q)?;
     let limit = q.limit.unwrap_or(1000);
-    if limit == 0 || limit > 10 * MAX_PAGE {
-        return Err(ProvError::invalid("limit", format!("must be 1 to {}", 10 * MAX_PAGE)).into());
-    }
-    let page = read(&s, move |db| db.changes(q.since, limit)).await?;
+    let page = read_changes(&s, q.since, Some(limit)).await?;
     let mut out = Vec::new();
     let mut upto = q.since;
     for c in &page.changes {

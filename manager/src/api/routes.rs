@@ -582,16 +582,26 @@ struct ChangesQuery {
     limit: Option<usize>,
 }
 
+/// A page of the change log after `since`, at most `limit` (default 1,000; 422 outside 1 to
+/// 10,000).
+pub(super) async fn read_changes(
+    s: &ApiState,
+    since: u64,
+    limit: Option<usize>,
+) -> ApiResult<crate::provision::db::ChangePage> {
+    let limit = limit.unwrap_or(1000);
+    if limit == 0 || limit > 10 * MAX_PAGE {
+        return Err(ProvError::invalid("limit", format!("must be 1 to {}", 10 * MAX_PAGE)).into());
+    }
+    read(s, move |db| db.changes(since, limit)).await
+}
+
 async fn changes(
     State(s): State<ApiState>,
     q: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(1000);
-    if limit == 0 || limit > 10 * MAX_PAGE {
-        return Err(ProvError::invalid("limit", format!("must be 1 to {}", 10 * MAX_PAGE)).into());
-    }
-    let page = read(&s, move |db| db.changes(q.since, limit)).await?;
+    let page = read_changes(&s, q.since, q.limit).await?;
     let views: Vec<ChangeView> = page.changes.iter().map(ChangeView::from).collect();
     Ok(Json(json!({
         "version": page.version,
