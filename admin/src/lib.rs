@@ -283,36 +283,100 @@ fn parse_addr(a: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--api {a:?}: give an IP address or IP:PORT"))
 }
 
-fn read_first_line(r: &mut dyn BufRead, what: &str) -> anyhow::Result<String> {
+/// The first line of `r` (`from` names it), which must hold `what` (a password, a PIN).
+fn read_first_line(r: &mut dyn BufRead, from: &str, what: &str) -> anyhow::Result<String> {
     let mut line = String::new();
     r.read_line(&mut line)
-        .with_context(|| format!("reading the password from {what}"))?;
+        .with_context(|| format!("reading the {what} from {from}"))?;
     let p = line.trim_end_matches(['\r', '\n']).to_string();
-    anyhow::ensure!(!p.is_empty(), "no password on the first line of {what}");
+    anyhow::ensure!(!p.is_empty(), "no {what} on the first line of {from}");
     Ok(p)
+}
+
+/// A secret (`what`: a password, a PIN) from the first line of standard input or of `file`,
+/// or made up by `generate`, never from the command line; `None` when none was asked for.
+/// The flag says it was made up.
+pub(crate) fn secret(
+    stdin: bool,
+    file: Option<&Path>,
+    generate: Option<fn() -> String>,
+    what: &str,
+) -> anyhow::Result<Option<(String, bool)>> {
+    if stdin {
+        let stdin = std::io::stdin();
+        return Ok(Some((
+            read_first_line(&mut stdin.lock(), "standard input", what)?,
+            false,
+        )));
+    }
+    if let Some(f) = file {
+        let file = std::fs::File::open(f).with_context(|| format!("{}", f.display()))?;
+        let mut r = std::io::BufReader::new(file);
+        return Ok(Some((
+            read_first_line(&mut r, &f.display().to_string(), what)?,
+            false,
+        )));
+    }
+    Ok(generate.map(|g| (g(), true)))
 }
 
 /// A password from the arguments (`None`: none asked for); `generated` says it was made up.
 fn password(p: &PasswordArgs) -> anyhow::Result<Option<(String, bool)>> {
-    if p.password_stdin {
-        let stdin = std::io::stdin();
-        return Ok(Some((
-            read_first_line(&mut stdin.lock(), "standard input")?,
-            false,
-        )));
+    secret(
+        p.password_stdin,
+        p.password_file.as_deref(),
+        p.generate_password
+            .then_some(generate_password as fn() -> String),
+        "password",
+    )
+}
+
+/// Lists a paged collection: `query` (path and filters, with `?`), a page at a time from
+/// `after`, the items of `field` one `line` each (every page with `all`). With `json`, one
+/// page is printed as the API answered it, or with `all` every item in one `{field: [...]}`.
+pub(crate) async fn list_pages(
+    c: &Client,
+    query: &str,
+    field: &str,
+    mut after: Option<String>,
+    all: bool,
+    json_out: bool,
+    line: impl Fn(&Value) -> String,
+) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    loop {
+        let mut q = query.to_string();
+        if let Some(a) = &after {
+            q.push_str(&format!("&after={}", client::segment(a)));
+        }
+        let v: Value = c.call(Method::GET, &q, None).await?;
+        let next = v["next"].as_str().map(str::to_string);
+        if json_out && !all {
+            print(true, &v, |_| String::new());
+            break;
+        }
+        for item in v[field].as_array().into_iter().flatten() {
+            if json_out {
+                out.push(item.clone());
+            } else {
+                println!("{}", line(item));
+            }
+        }
+        match next {
+            Some(n) if all => after = Some(n),
+            Some(n) => {
+                if !json_out {
+                    eprintln!("(more: --after {n}, or --all)");
+                }
+                break;
+            }
+            None => break,
+        }
     }
-    if let Some(f) = &p.password_file {
-        let file = std::fs::File::open(f).with_context(|| format!("{}", f.display()))?;
-        let mut r = std::io::BufReader::new(file);
-        return Ok(Some((
-            read_first_line(&mut r, &f.display().to_string())?,
-            false,
-        )));
+    if json_out && all {
+        print(true, &json!({ field: out }), |_| String::new());
     }
-    if p.generate_password {
-        return Ok(Some((generate_password(), true)));
-    }
-    Ok(None)
+    Ok(())
 }
 
 /// 20 random letters and digits (about 119 bits).
@@ -332,7 +396,7 @@ fn split_aor(aor: &str) -> anyhow::Result<(&str, &str)> {
         .ok_or_else(|| anyhow::anyhow!("{aor:?} is not user@domain"))
 }
 
-fn print(json_out: bool, v: &Value, text: impl FnOnce(&Value) -> String) {
+pub(crate) fn print(json_out: bool, v: &Value, text: impl FnOnce(&Value) -> String) {
     if json_out {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {
@@ -530,46 +594,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             all,
         }) => {
-            let mut after = after.clone();
-            let mut out = Vec::new();
-            loop {
-                let mut q = format!(
-                    "/v1/accounts?limit={limit}&prefix={}",
-                    client::segment(prefix)
-                );
-                if let Some(d) = domain {
-                    q.push_str(&format!("&domain={}", client::segment(d)));
-                }
-                if let Some(a) = &after {
-                    q.push_str(&format!("&after={}", client::segment(a)));
-                }
-                let v: Value = c.call(Method::GET, &q, None).await?;
-                let next = v["next"].as_str().map(str::to_string);
-                if j && !*all {
-                    print(true, &v, |_| String::new());
-                    break;
-                }
-                for a in v["accounts"].as_array().into_iter().flatten() {
-                    if j {
-                        out.push(a.clone());
-                    } else {
-                        println!("{}", account_line(a));
-                    }
-                }
-                match next {
-                    Some(n) if *all => after = Some(n),
-                    Some(n) => {
-                        if !j {
-                            eprintln!("(more: --after {n}, or --all)");
-                        }
-                        break;
-                    }
-                    None => break,
-                }
+            let mut q = format!(
+                "/v1/accounts?limit={limit}&prefix={}",
+                client::segment(prefix)
+            );
+            if let Some(d) = domain {
+                q.push_str(&format!("&domain={}", client::segment(d)));
             }
-            if j && *all {
-                print(true, &json!({ "accounts": out }), |_| String::new());
-            }
+            list_pages(&c, &q, "accounts", after.clone(), *all, j, account_line).await?;
         }
         Command::Aliases(AliasCmd::Add { alias, aor }) => {
             let v: Value = c

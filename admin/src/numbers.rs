@@ -1,7 +1,6 @@
 //! The number registry's commands: carriers, blocks, numbers (allocate, get, whois, history,
 //! update, release, port, list, changes) and domain dial plans.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -9,6 +8,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 
 use crate::client::{self, Client};
+use crate::print;
 
 /// `carriers ...`
 #[derive(Subcommand, Debug)]
@@ -175,37 +175,23 @@ fn fields_json(f: &NumberArgs, body: &mut Value) {
     }
 }
 
+/// A random 6-digit PIN.
+fn generate_pin() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..6)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect()
+}
+
 /// The PIN asked for (`None`: none), and whether it was made up.
 fn pin(p: &PinArgs) -> anyhow::Result<Option<(String, bool)>> {
-    let first_line = |r: &mut dyn BufRead, what: &str| -> anyhow::Result<String> {
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        let p = line.trim_end_matches(['\r', '\n']).to_string();
-        anyhow::ensure!(!p.is_empty(), "no PIN on the first line of {what}");
-        Ok(p)
-    };
-    if p.pin_stdin {
-        return Ok(Some((
-            first_line(&mut std::io::stdin().lock(), "standard input")?,
-            false,
-        )));
-    }
-    if let Some(f) = &p.pin_file {
-        let file = std::fs::File::open(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        return Ok(Some((
-            first_line(&mut std::io::BufReader::new(file), &f.display().to_string())?,
-            false,
-        )));
-    }
-    if p.generate_pin {
-        use rand::Rng;
-        let mut rng = rand::thread_rng();
-        let pin: String = (0..6)
-            .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
-            .collect();
-        return Ok(Some((pin, true)));
-    }
-    Ok(None)
+    crate::secret(
+        p.pin_stdin,
+        p.pin_file.as_deref(),
+        p.generate_pin.then_some(generate_pin as fn() -> String),
+        "PIN",
+    )
 }
 
 /// A random idempotency key for one command (its retries reuse it).
@@ -247,14 +233,6 @@ fn block_line(b: &Value) -> String {
         b["allocated"],
         b["size"]
     )
-}
-
-fn print(j: bool, v: &Value, text: impl FnOnce(&Value) -> String) {
-    if j {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    } else {
-        println!("{}", text(v));
-    }
 }
 
 /// Runs a `carriers` command.
@@ -498,38 +476,11 @@ pub async fn numbers(c: &Client, cmd: &NumberCmd, j: bool) -> anyhow::Result<()>
             limit,
             all,
         } => {
-            let mut after = after.clone();
-            let mut out = Vec::new();
-            loop {
-                let mut q = format!("/v1/numbers?limit={limit}");
-                if let Some(b) = block {
-                    q.push_str(&format!("&block={}", client::segment(b)));
-                }
-                if let Some(a) = &after {
-                    q.push_str(&format!("&after={}", client::segment(a)));
-                }
-                let v: Value = c.call(Method::GET, &q, None).await?;
-                for n in v["numbers"].as_array().into_iter().flatten() {
-                    if j {
-                        out.push(n.clone());
-                    } else {
-                        println!("{}", number_line(n));
-                    }
-                }
-                match v["next"].as_str() {
-                    Some(n) if *all => after = Some(n.to_string()),
-                    Some(n) => {
-                        if !j {
-                            eprintln!("(more: --after {n}, or --all)");
-                        }
-                        break;
-                    }
-                    None => break,
-                }
+            let mut q = format!("/v1/numbers?limit={limit}");
+            if let Some(b) = block {
+                q.push_str(&format!("&block={}", client::segment(b)));
             }
-            if j {
-                print(true, &json!({ "numbers": out }), |_| String::new());
-            }
+            crate::list_pages(c, &q, "numbers", after.clone(), *all, j, number_line).await?;
         }
         NumberCmd::Changes { since, limit } => {
             let v: Value = c

@@ -195,14 +195,23 @@ impl<'t> NumberTables<'t> {
 type Outcome = io::Result<Result<Applied, ProvError>>;
 
 impl Writer<'_> {
+    /// Records in `n`'s history the change just logged.
     fn event(&mut self, n: &Number, by: &str, action: &str, detail: String) -> io::Result<()> {
+        self.event_at(self.version(), n, by, action, detail)
+    }
+
+    /// Records an event of `n` at change `version` (0: a refusal, which changes no version).
+    fn event_at(
+        &mut self,
+        version: u64,
+        n: &Number,
+        by: &str,
+        action: &str,
+        detail: String,
+    ) -> io::Result<()> {
         let seq = self.next_history_seq()?;
         let ev = NumberEvent {
-            version: if action == "port refused" {
-                0
-            } else {
-                self.version()
-            },
+            version,
             at_ms: n.updated_ms,
             by: by.to_string(),
             action: action.to_string(),
@@ -694,7 +703,8 @@ impl Writer<'_> {
             } else {
                 "wrong PIN".into()
             };
-            self.event(
+            self.event_at(
+                0,
                 &n,
                 &actor.name,
                 "port refused",
