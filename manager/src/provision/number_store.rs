@@ -615,7 +615,8 @@ impl Writer<'_> {
         self.nt.numbers.remove(number.as_str()).map_err(io_err)?;
         if let Some(mut b) = self.nt.block(&n.block)? {
             b.allocated = b.allocated.saturating_sub(1);
-            if number < b.next_free {
+            // By value: past the block's end the hint may have one digit more.
+            if digits_value(&number) < digits_value(&b.next_free) {
                 b.next_free = number.clone();
             }
             self.nt.put_block(&b)?;

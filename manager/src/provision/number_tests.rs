@@ -230,6 +230,39 @@ fn a_number_is_allocated_once_and_the_next_free_skips_taken_ones() {
 }
 
 #[test]
+fn a_number_released_from_a_full_block_ending_in_nines_is_free_again() {
+    let (_d, db) = registry();
+    let r = run(
+        &db,
+        ProvisionOp::AddBlock {
+            first: "+9990".into(),
+            last: "+9999".into(),
+            carrier: "ACME".into(),
+            actor: farm(),
+        },
+    );
+    assert_eq!(status(&r), 200);
+    let next = || Want::NextFree("+9990".into());
+    for _ in 0..10 {
+        assert_eq!(status(&allocate(&db, next(), farm(), None)), 200);
+    }
+    assert_eq!(status(&allocate(&db, next(), farm(), None)), 409, "full");
+    let r = run(
+        &db,
+        ProvisionOp::ReleaseNumber {
+            number: "+9995".into(),
+            actor: farm(),
+            request: None,
+        },
+    );
+    assert_eq!(status(&r), 200);
+    assert_eq!(
+        number_of_result(&allocate(&db, next(), farm(), None)),
+        "+9995"
+    );
+}
+
+#[test]
 fn a_retried_request_is_applied_once() {
     let (_d, db) = registry();
     let next = || Want::NextFree("+15550100".into());
