@@ -405,6 +405,7 @@ impl Zone {
         let members: Vec<(&Member, Name)> = status
             .members
             .iter()
+            .map(|m| &**m)
             .filter(|m| m.kind.is_member())
             .filter_map(|m| host_name(&m.name, domain).map(|h| (m, h)))
             .collect();

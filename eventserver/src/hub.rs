@@ -26,7 +26,7 @@ use onehop_overlay::client::seq_base;
 use onehop_overlay::crl::CrlStore;
 use onehop_overlay::identity::Identity;
 use onehop_overlay::metrics::{Metric, Metrics};
-use onehop_overlay::status::Kind;
+use onehop_overlay::status::{Kind, NetworkStatus};
 use onehop_overlay::wire::{
     encode_frame, Announce, CloseCode, Event, MemberEvent, Payload, ServerMsg, SessionMember, Topic,
 };
@@ -114,8 +114,44 @@ impl Session {
 struct State {
     sessions: HashMap<u64, Session>,
     by_name: HashMap<String, u64>,
-    network: Option<(Bytes, (u64, u64))>,
+    network: Option<Retained>,
     crl: Option<Bytes>,
+}
+
+/// The network status in force, kept whole: taken from the active manager's whole statuses
+/// and brought forward by its deltas, so that a subscriber gets all of it at once.
+struct Retained {
+    status: NetworkStatus,
+    /// [`NetworkStatus::digest`] of `status`.
+    digest: u64,
+    /// The publication it was last brought to, for the event handed out.
+    origin: String,
+    seq: u64,
+    /// `ServerMsg::Event` with the status, encoded when first needed after a change.
+    frame: Option<Bytes>,
+}
+
+impl Retained {
+    fn key(&self) -> (u64, u64) {
+        (self.status.term, self.status.version)
+    }
+
+    fn event(&self) -> Event {
+        Event {
+            origin: self.origin.clone(),
+            origin_kind: Kind::Manager,
+            seq: self.seq,
+            payload: Payload::Network(self.status.clone()),
+        }
+    }
+
+    /// The frame given to a new subscriber.
+    fn frame(&mut self) -> Bytes {
+        if self.frame.is_none() {
+            self.frame = Some(encode_frame(&ServerMsg::Event(self.event())));
+        }
+        self.frame.clone().unwrap_or_default()
+    }
 }
 
 struct Counters {
@@ -366,7 +402,10 @@ impl Hub {
             .values()
             .filter_map(|s| s.member.clone())
             .collect();
-        let net = st.network.as_ref().map(|(b, _)| b.clone());
+        let net = match topics.contains(&Topic::Network) {
+            true => st.network.as_mut().map(Retained::frame),
+            false => None,
+        };
         let crl = st.crl.clone();
         let Some(s) = st.sessions.get_mut(&sid) else {
             return;
@@ -396,6 +435,26 @@ impl Hub {
             if let Err(why) = s.offer(&f) {
                 self.counters.dropped.inc();
                 warn!(peer = %s.id.name, bound = why.label(), "subscriber queue full at subscription");
+            }
+        }
+        self.sample_queues_locked(&st);
+    }
+
+    /// The session asks for the retained values of `topics` again (it missed a change): the
+    /// whole network status is queued as [`ServerMsg::Retained`], which receivers take
+    /// whether or not they saw its publication. Only topics the session subscribed to count.
+    pub fn fetch(&self, sid: u64, topics: &[Topic]) {
+        let st = self.state.lock().expect("hub");
+        let subscribed = st.sessions.get(&sid).map_or(0, |s| s.topics);
+        if subscribed & Topic::Network.bit() == 0 || !topics.contains(&Topic::Network) {
+            return;
+        }
+        let Some(net) = &st.network else { return };
+        let frame = encode_frame(&ServerMsg::Retained(net.event()));
+        if let Some(s) = st.sessions.get(&sid) {
+            if let Err(why) = s.offer(&frame) {
+                self.counters.dropped.inc();
+                warn!(peer = %s.id.name, bound = why.label(), "subscriber queue full: retained status not sent");
             }
         }
         self.sample_queues_locked(&st);
@@ -463,19 +522,52 @@ impl Hub {
         match &ev.payload {
             Payload::Network(status) => {
                 let key = (status.term, status.version);
-                if let Some((_, held)) = &st.network {
-                    if key < *held {
+                match &st.network {
+                    Some(held) if key < held.key() => {
                         warn!(%origin, term = key.0, version = key.1, "stale network status dropped");
                         return Ok(());
                     }
-                    if key == *held {
-                        // A periodic republication: deliver (late joiners), keep retained.
+                    Some(held) if key == held.key() => {
+                        // Sent again (to an event server whose session with the manager has
+                        // just started): the subscribers have it already.
+                        self.counters.published.inc();
+                        return Ok(());
                     }
+                    _ => {}
                 }
-                let frame = encode_frame(&ServerMsg::Event(ev.clone()));
-                st.network = Some((frame, key));
+                st.network = Some(Retained {
+                    digest: status.digest(),
+                    status: status.clone(),
+                    origin: origin.clone(),
+                    seq,
+                    frame: None,
+                });
                 self.counters.term.set(key.0 as i64);
                 self.counters.version.set(key.1 as i64);
+            }
+            Payload::NetworkDelta(delta) => {
+                let key = (delta.term, delta.version);
+                if let Some(held) = &mut st.network {
+                    if key <= held.key() {
+                        warn!(%origin, term = key.0, version = key.1, "stale network delta dropped");
+                        return Ok(());
+                    }
+                    match held.status.apply_delta(delta, &mut held.digest) {
+                        Ok(()) => {
+                            held.origin = origin.clone();
+                            held.seq = seq;
+                            held.frame = None;
+                            self.counters.term.set(key.0 as i64);
+                            self.counters.version.set(key.1 as i64);
+                        }
+                        // Delivered all the same: receivers that follow it apply it. The
+                        // manager sends this event server the whole status when their session
+                        // starts again, which is how a change is missed here.
+                        Err(e) => {
+                            warn!(%origin, cause = %e, "network delta does not follow the retained status")
+                        }
+                    }
+                }
             }
             // Retained only while it is the list in force: of two lists published at once,
             // the older must not be the one handed to new subscribers.

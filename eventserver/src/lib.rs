@@ -211,6 +211,10 @@ async fn session(conn: quinn::Connection, id: Identity, hub: Arc<Hub>, queue: Qu
                 Ok(())
             }
             Ok(Some(ClientMsg::Publish { seq, payload })) => hub.publish(sid, seq, payload),
+            Ok(Some(ClientMsg::Fetch(topics))) => {
+                hub.fetch(sid, &topics);
+                Ok(())
+            }
             Ok(Some(ClientMsg::Leave)) => {
                 hub.leave(sid);
                 break "left".to_string();

@@ -120,7 +120,7 @@ fn zone() -> &'static Zone {
             term: 3,
             version: 7,
             manager: "mgr1".into(),
-            members,
+            members: members.into_iter().map(std::sync::Arc::new).collect(),
         };
         let cfg = ZoneConfig::new(DOMAIN).expect("a domain");
         let other = hickory_proto::rr::Name::from_ascii("other.test.").expect("a name");

@@ -394,7 +394,7 @@ fn status() -> NetworkStatus {
         term: 4,
         version: 12,
         manager: "manager1".into(),
-        members: vec![
+        members: [
             member(
                 "node1",
                 Kind::Node,
@@ -403,7 +403,10 @@ fn status() -> NetworkStatus {
             ),
             member("node2", Kind::Node, &["media_relay"], "fd00::2"),
             member("es1", Kind::Eventserver, &[], "127.0.1.1"),
-        ],
+        ]
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect(),
     }
 }
 

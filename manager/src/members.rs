@@ -128,9 +128,15 @@ impl MemberView {
 }
 
 /// What changed between two member lists, as log lines for the `events` topic.
-pub fn describe_changes(before: &[Member], after: &[Member]) -> Vec<String> {
-    let old: BTreeMap<&str, &Member> = before.iter().map(|m| (m.name.as_str(), m)).collect();
-    let new: BTreeMap<&str, &Member> = after.iter().map(|m| (m.name.as_str(), m)).collect();
+pub fn describe_changes<M: std::borrow::Borrow<Member>>(before: &[M], after: &[M]) -> Vec<String> {
+    let old: BTreeMap<&str, &Member> = before
+        .iter()
+        .map(|m| (m.borrow().name.as_str(), m.borrow()))
+        .collect();
+    let new: BTreeMap<&str, &Member> = after
+        .iter()
+        .map(|m| (m.borrow().name.as_str(), m.borrow()))
+        .collect();
     let mut lines = Vec::new();
     for (name, m) in &new {
         if !old.contains_key(name) {

@@ -4,13 +4,21 @@
 //! that starts at 1 in each term and grows with every change. A manager that is not the leader
 //! keeps its member picture current (it follows the `members` topic all along) so it can take
 //! over at once.
+//!
+//! What goes out: the whole status when this manager takes office (and to an event server
+//! whose session with it starts, [`Publisher::server_up`]), then each change as a delta from
+//! the version before ([`StatusDelta`]), and every republication interval a heartbeat
+//! ([`StatusBeat`]: term, version and digest) instead of the whole status again. Receivers
+//! that see a gap ask the event servers for the whole status ([`onehop_overlay::follow`]).
 
 use onehop_overlay::client::EventClient;
 use onehop_overlay::daemon::now_ms;
 use onehop_overlay::metrics::{Metric, Metrics};
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use onehop_overlay::status::{Member, NetworkStatus};
+use onehop_overlay::status::{Member, NetworkStatus, StatusBeat, StatusDelta};
 use onehop_overlay::wire::{Event, Level, LogEvent, Payload};
 use tracing::{info, warn};
 
@@ -25,6 +33,8 @@ pub struct Publisher {
     term: u64,
     version: u64,
     last: Option<NetworkStatus>,
+    /// [`NetworkStatus::digest`] of `last`.
+    last_digest: u64,
     /// The greatest `(term, version)` of any status seen on `network`, ours included.
     seen: Option<(u64, u64)>,
     m_active: Metric,
@@ -32,6 +42,9 @@ pub struct Publisher {
     m_version: Metric,
     m_members: Metric,
     m_published: Metric,
+    m_deltas: Metric,
+    m_beats: Metric,
+    m_bytes: Metric,
     metrics: Metrics,
 }
 
@@ -45,6 +58,7 @@ impl Publisher {
             term: 0,
             version: 0,
             last: None,
+            last_digest: 0,
             seen: None,
             m_active: metrics.gauge("manager_active", "1 while this manager is the active one."),
             m_term: metrics.gauge("status_term", "Term of the last status published or seen."),
@@ -54,6 +68,18 @@ impl Publisher {
             ),
             m_members: metrics.gauge("members", "Live members in the last status."),
             m_published: metrics.counter("status_published_total", "Statuses published."),
+            m_deltas: metrics.counter(
+                "status_deltas_published_total",
+                "Statuses published as a delta from the version before.",
+            ),
+            m_beats: metrics.counter(
+                "status_beats_published_total",
+                "Heartbeats published (term, version and digest of the status in force).",
+            ),
+            m_bytes: metrics.counter(
+                "status_bytes_published_total",
+                "Bytes of network-status publications (whole, deltas and heartbeats) handed to each event server.",
+            ),
             metrics: metrics.clone(),
         }
     }
@@ -82,46 +108,70 @@ impl Publisher {
     }
 
     /// Takes an event from the event servers; returns whether the member picture changed.
+    /// A whole status is taken as [`Publisher::on_status`] takes it; deltas reach this
+    /// manager as the status they make (the caller follows them, [`onehop_overlay::follow`]).
     pub fn on_event(&mut self, ev: &Event) -> bool {
-        if let Payload::Network(s) = &ev.payload {
-            if self.seen.is_none_or(|seen| (s.term, s.version) > seen) {
-                self.seen = Some((s.term, s.version));
-            }
-        }
         match &ev.payload {
             Payload::Member(m) => {
                 self.view.apply(&ev.origin, m);
                 true
             }
-            Payload::Network(s)
-                if s.term == self.term
-                    && s.version >= self.version
-                    && self.last.as_ref() != Some(s) =>
-            {
-                // A status of our term newer than ours can only be ours from before a restart:
-                // openraft may give a restarted leader its term back without an election. Go
-                // on above it, or every receiver would ignore our statuses as old ones.
-                warn!(
-                    term = s.term,
-                    version = s.version,
-                    ours = self.version,
-                    "a newer status of this term is out (published before a restart): continuing above it"
-                );
-                self.version = s.version;
-                self.last = None;
-                self.view.adopt_since(s);
-                self.m_term.set(s.term as i64);
-                self.m_version.set(s.version as i64);
-                self.active
-            }
-            Payload::Network(s) if s.manager != self.name => {
-                self.view.adopt_since(s);
-                self.m_term.set(s.term as i64);
-                self.m_version.set(s.version as i64);
-                false
-            }
+            Payload::Network(s) => self.on_status(s),
             _ => false,
         }
+    }
+
+    /// Takes the network status in force (ours echoed back, or another manager's); returns
+    /// whether this manager must publish (it is active and a newer status of its own term
+    /// is out).
+    pub fn on_status(&mut self, s: &NetworkStatus) -> bool {
+        if self.seen.is_none_or(|seen| (s.term, s.version) > seen) {
+            self.seen = Some((s.term, s.version));
+        }
+        if s.term == self.term && s.version >= self.version && self.last.as_ref() != Some(s) {
+            // A status of our term newer than ours can only be ours from before a restart:
+            // openraft may give a restarted leader its term back without an election. Go
+            // on above it, or every receiver would ignore our statuses as old ones.
+            warn!(
+                term = s.term,
+                version = s.version,
+                ours = self.version,
+                "a newer status of this term is out (published before a restart): continuing above it"
+            );
+            self.version = s.version;
+            self.last = None;
+            self.view.adopt_since(s);
+            self.m_term.set(s.term as i64);
+            self.m_version.set(s.version as i64);
+            self.active
+        } else if s.manager != self.name {
+            self.view.adopt_since(s);
+            self.m_term.set(s.term as i64);
+            self.m_version.set(s.version as i64);
+            false
+        } else {
+            false
+        }
+    }
+
+    /// An event server's session with this manager has started: if active, it is sent the
+    /// whole status in force (it may have missed changes while the session was down; its
+    /// subscribers get it only if it is news there).
+    pub fn server_up(&mut self, client: &EventClient, addr: SocketAddr) {
+        if !self.active {
+            return;
+        }
+        if let Some(s) = self.last.as_ref().filter(|s| s.term == self.term) {
+            let payload = Payload::Network(s.clone());
+            self.count_bytes(&payload, 1);
+            client.publish_to(addr, payload);
+        }
+    }
+
+    fn count_bytes(&self, payload: &Payload, servers: usize) {
+        let len = bincode::serde::encode_to_vec(payload, bincode::config::standard())
+            .map_or(0, |b| b.len());
+        self.m_bytes.add((len * servers) as i64);
     }
 
     /// Publishes the current picture if this manager is active and it changed (or `force`).
@@ -154,21 +204,39 @@ impl Publisher {
             return;
         }
         if let Some(last) = &self.last {
-            if !force && last.term == self.term && last.members == members {
+            if !force
+                && last.term == self.term
+                && last.members.len() == members.len()
+                && last.members.iter().zip(&members).all(|(a, b)| **a == *b)
+            {
                 return;
             }
         }
         self.emit(client, members, force);
     }
 
-    /// Publishes `members` as the next version.
-    fn emit(&mut self, client: &EventClient, members: Vec<Member>, force: bool) {
+    /// Publishes `members` as the next version: whole when it is the first of this term
+    /// here (or `whole`), else as a delta from the last one.
+    fn emit(&mut self, client: &EventClient, members: Vec<Member>, whole: bool) {
         self.version += 1;
+        // Members that did not change keep the record the last status shares.
+        let mut shared: Vec<Arc<Member>> = Vec::with_capacity(members.len());
+        let last = self.last.as_ref().filter(|l| l.term == self.term);
+        for m in members {
+            let kept = last.and_then(|l| {
+                l.members
+                    .binary_search_by(|x| x.name.cmp(&m.name))
+                    .ok()
+                    .map(|i| &l.members[i])
+                    .filter(|x| ***x == m)
+            });
+            shared.push(kept.cloned().unwrap_or_else(|| Arc::new(m)));
+        }
         let status = NetworkStatus {
             term: self.term,
             version: self.version,
             manager: self.name.clone(),
-            members,
+            members: shared,
         };
         let before = self
             .last
@@ -176,19 +244,36 @@ impl Publisher {
             .map(|s| s.members.as_slice())
             .unwrap_or(&[]);
         let mut lines = describe_changes(before, &status.members);
-        if force {
+        if whole {
             lines.insert(
                 0,
                 format!("{} is the active manager (term {})", self.name, self.term),
             );
         }
+        let delta: Option<StatusDelta> = match (&self.last, whole) {
+            (Some(last), false) => last.delta_to(&status),
+            _ => None,
+        };
         info!(
             term = status.term,
             version = status.version,
             members = status.members.len(),
+            delta = delta.is_some(),
             "publishing network status"
         );
-        client.publish(Payload::Network(status.clone()));
+        let payload = match delta {
+            Some(d) => {
+                self.last_digest = d.digest;
+                self.m_deltas.inc();
+                Payload::NetworkDelta(d)
+            }
+            None => {
+                self.last_digest = status.digest();
+                Payload::Network(status.clone())
+            }
+        };
+        let servers = client.publish(payload.clone());
+        self.count_bytes(&payload, servers);
         for text in lines {
             client.publish(Payload::Log(LogEvent {
                 time_ms: now_ms(),
@@ -204,15 +289,24 @@ impl Publisher {
         self.last = Some(status);
     }
 
-    /// The periodic publication: the last status again, unchanged (receivers that hold it
-    /// ignore it; one that missed it catches up).
+    /// The periodic publication: a heartbeat naming the status in force (receivers that hold
+    /// it ignore it; one that missed a change asks for the whole status).
     pub fn republish(&mut self, client: &EventClient) {
         if !self.active {
             return;
         }
         match &self.last {
             Some(s) if s.term == self.term => {
-                client.publish(Payload::Network(s.clone()));
+                let payload = Payload::NetworkBeat(StatusBeat {
+                    term: s.term,
+                    version: s.version,
+                    manager: s.manager.clone(),
+                    members: s.members.len() as u32,
+                    digest: self.last_digest,
+                });
+                let servers = client.publish(payload.clone());
+                self.count_bytes(&payload, servers);
+                self.m_beats.inc();
             }
             _ => self.publish(client, true),
         }
@@ -299,14 +393,14 @@ mod tests {
         // One of the same version but not ours (published before the restart): above it.
         let mut other = status_event("manager1", 7, 58);
         if let Payload::Network(s) = &mut other.payload {
-            s.members.push(onehop_overlay::status::Member {
+            s.members.push(Arc::new(onehop_overlay::status::Member {
                 name: "node9".into(),
                 kind: onehop_overlay::status::Kind::Node,
                 roles: Vec::new(),
                 endpoints: Vec::new(),
                 since: 1,
                 ip: "127.0.0.1".parse().unwrap(),
-            });
+            }));
         }
         assert!(p.on_event(&other));
         assert!(p.last.is_none());

@@ -220,7 +220,7 @@ mod tests {
                 term: 2,
                 version,
                 manager: "manager1".into(),
-                members: names.iter().map(|n| member(n)).collect(),
+                members: names.iter().map(|n| Arc::new(member(n))).collect(),
             }),
         }))
     }

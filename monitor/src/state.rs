@@ -418,7 +418,7 @@ impl App {
         let mut v: Vec<&Member> = self
             .status
             .as_ref()
-            .map(|s| s.members.iter().collect())
+            .map(|s| s.members.iter().map(|m| &**m).collect())
             .unwrap_or_default();
         v.sort_by(|a, b| (rank(a.kind), &a.name).cmp(&(rank(b.kind), &b.name)));
         v
@@ -551,7 +551,8 @@ impl App {
             }
             Payload::Member(m) => self.member_event(&ev.origin, m),
             Payload::Crl(der) => self.revocation_list(&ev.origin, der),
-            Payload::Manager(_) => {}
+            // The client follows deltas and heartbeats and hands over whole statuses.
+            Payload::Manager(_) | Payload::NetworkDelta(_) | Payload::NetworkBeat(_) => {}
         }
     }
 

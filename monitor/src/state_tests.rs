@@ -50,7 +50,7 @@ fn farm_status(version: u64, nodes: &[&str]) -> NetworkStatus {
         term: 2,
         version,
         manager: "manager1".into(),
-        members,
+        members: members.into_iter().map(Arc::new).collect(),
     }
 }
 

@@ -65,7 +65,7 @@ fn status(version: u64, nodes: &[&str]) -> NetworkStatus {
         term: 3,
         version,
         manager: "manager2".into(),
-        members,
+        members: members.into_iter().map(Arc::new).collect(),
     }
 }
 

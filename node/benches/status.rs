@@ -1,5 +1,7 @@
 //! The network status at 1,000 members: its size on the wire, decoding it, and applying it
-//! (rebuilding every role's ring, 1,000 points per member).
+//! (rebuilding every role's ring, 1,000 points per member); and a one-member change as the
+//! active manager publishes it (a delta): its size, following it, and changing the rings in
+//! place.
 //!
 //! `cargo bench -p onehop-node --bench status`
 
@@ -41,6 +43,7 @@ fn status(n: usize, version: u64) -> NetworkStatus {
                 ip,
             }
         })
+        .map(std::sync::Arc::new)
         .collect();
     NetworkStatus {
         term: 7,
@@ -78,6 +81,72 @@ fn bench(c: &mut Criterion) {
     g.bench_function(
         "apply a newer version with the same members (no rebuild)",
         |b| b.iter(|| black_box(held.apply(black_box(same_members.clone()), 1000).unwrap())),
+    );
+
+    // One member joins: node1000 is not in `base` (999 members) and is in `after`.
+    let after = status(1000, 3);
+    let mut base = status(1000, 2);
+    base.members.retain(|m| m.name != "node1000");
+    let delta = base.delta_to(&after).unwrap();
+    let delta_frame = encode_frame(&ServerMsg::Event(Event {
+        origin: "manager1".into(),
+        origin_kind: Kind::Manager,
+        seq: 2,
+        payload: Payload::NetworkDelta(delta.clone()),
+    }));
+    let beat_frame = encode_frame(&ServerMsg::Event(Event {
+        origin: "manager1".into(),
+        origin_kind: Kind::Manager,
+        seq: 3,
+        payload: Payload::NetworkBeat(onehop_overlay::status::StatusBeat {
+            term: after.term,
+            version: after.version,
+            manager: after.manager.clone(),
+            members: after.members.len() as u32,
+            digest: after.digest(),
+        }),
+    }));
+    println!(
+        "one member joining at 1,000 members: the delta is {} bytes on the wire, a heartbeat {} bytes",
+        delta_frame.len(),
+        beat_frame.len()
+    );
+    g.bench_function("decode a one-member delta frame", |b| {
+        b.iter(|| black_box(decode_body::<ServerMsg>(black_box(&delta_frame[4..])).unwrap()))
+    });
+    let base_digest = base.digest();
+    g.bench_function(
+        "follow a one-member delta (apply it to the status, check the digest)",
+        |b| {
+            b.iter(|| {
+                let mut s = base.clone();
+                let mut d = base_digest;
+                s.apply_delta(black_box(&delta), &mut d).unwrap();
+                black_box(s)
+            })
+        },
+    );
+    let held = empty.apply(base.clone(), 1000).unwrap();
+    let shared = std::sync::Arc::new(after.clone());
+    g.bench_function(
+        "apply a one-member change: 3 rings of 1000x1000 points changed in place",
+        |b| b.iter(|| black_box(held.apply_shared(black_box(shared.clone()), 1000).unwrap())),
+    );
+    let mut followed = base.clone();
+    let mut digest = base_digest;
+    g.bench_function(
+        "a one-member change whole: follow the delta, then change the rings in place",
+        |b| {
+            b.iter(|| {
+                followed.clone_from(&base);
+                digest = base_digest;
+                followed
+                    .apply_delta(black_box(&delta), &mut digest)
+                    .unwrap();
+                let s = std::sync::Arc::new(followed.clone());
+                black_box(held.apply_shared(s, 1000).unwrap())
+            })
+        },
     );
     g.finish();
 }

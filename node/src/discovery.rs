@@ -155,7 +155,10 @@ mod tests {
             term: 1,
             version: 1,
             manager: "manager1".into(),
-            members: vec![es("es1", "127.0.0.11"), es("es2", "127.0.0.12")],
+            members: vec![
+                es("es1", "127.0.0.11").into(),
+                es("es2", "127.0.0.12").into(),
+            ],
         };
         let zone = onehop_dns::Zone::from_status(
             &status,

@@ -34,6 +34,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient};
 use onehop_overlay::crl::CrlStore;
+use onehop_overlay::follow::Followed;
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable};
 use onehop_overlay::status::Endpoint;
@@ -184,30 +185,38 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let members = metrics.gauge("members", "Live members in the status held.");
     let points = cfg.points;
     let apply = async {
+        let mut follower = onehop_overlay::follow::Follower::new();
         while let Some(ev) = events.recv().await {
             match ev {
                 ClientEvent::Event(ev) => {
-                    if let Payload::Network(status) = &ev.payload {
-                        let current = view.load_full();
-                        if !status.supersedes(current.status.as_ref()) {
+                    let status = match follower.take(&ev.payload) {
+                        Followed::Changed { .. } => match follower.status() {
+                            Some(s) => s.clone(),
+                            None => continue,
+                        },
+                        Followed::Missed => {
+                            info!("a change of the network status was missed: asking for the whole status");
+                            client.fetch(&[Topic::Network]);
                             continue;
                         }
-                        // Rebuilding the rings of a large farm takes tens of milliseconds:
-                        // keep it off the threads that answer lookups.
-                        let s = status.clone();
-                        let next = tokio::task::spawn_blocking(move || current.apply(s, points))
-                            .await
-                            .ok()
-                            .flatten();
-                        if let Some(next) = next {
-                            info!(term = status.term, version = status.version, members = status.members.len(), manager = %status.manager, "network status applied");
-                            term.set(status.term as i64);
-                            version.set(status.version as i64);
-                            members.set(status.members.len() as i64);
-                            metrics.set_membership(status);
-                            view.store(next.clone());
-                            let _ = view_tx.send(next);
-                        }
+                        Followed::Same => continue,
+                    };
+                    let current = view.load_full();
+                    // Changing the rings of a large farm takes a while: keep it off the
+                    // threads that answer lookups.
+                    let s = status.clone();
+                    let next = tokio::task::spawn_blocking(move || current.apply_shared(s, points))
+                        .await
+                        .ok()
+                        .flatten();
+                    if let Some(next) = next {
+                        info!(term = status.term, version = status.version, members = status.members.len(), manager = %status.manager, "network status applied");
+                        term.set(status.term as i64);
+                        version.set(status.version as i64);
+                        members.set(status.members.len() as i64);
+                        metrics.set_membership(&status);
+                        view.store(next.clone());
+                        let _ = view_tx.send(next);
                     }
                 }
                 ClientEvent::Up { server, addr } => {
@@ -273,6 +282,10 @@ fn spawn_stats(
         "store_full_refusals_total",
         "Writes and replication or transfer batches refused because the store held store_max_entries or store_max_bytes.",
     );
+    let walked = metrics.counter(
+        "store_walked_entries_total",
+        "Entries looked at by the walks that re-plan the store after ring changes and by the repair passes after them (only the ranges a change moved are walked).",
+    );
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         // Relayed packets counted at the last tick, for packets_per_s.
@@ -288,6 +301,7 @@ fn spawn_stats(
             stored.set(live as i64);
             bytes.set(store.held_bytes() as i64);
             full.set(store.full_refusals() as i64);
+            walked.set(store.walked() as i64);
             aors.set(registered as i64);
             let mut figures = vec![
                 ("store_entries".to_string(), live as f64),

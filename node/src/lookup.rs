@@ -491,6 +491,7 @@ mod tests {
                 since: 0,
                 ip: format!("127.0.1.{i}").parse().unwrap(),
             })
+            .map(Arc::new)
             .collect();
         let status = NetworkStatus {
             term: 3,

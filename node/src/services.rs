@@ -305,7 +305,7 @@ fn follow_farm(
         Arc::new(move || {
             view.borrow()
                 .status
-                .as_ref()
+                .as_deref()
                 .map(managers_of)
                 .unwrap_or_default()
         }),

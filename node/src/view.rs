@@ -9,7 +9,7 @@ use onehop_overlay::status::NetworkStatus;
 #[derive(Debug, Default)]
 pub struct View {
     /// The status held, if any has arrived.
-    pub status: Option<NetworkStatus>,
+    pub status: Option<Arc<NetworkStatus>>,
     /// One ring per role, built from `status`.
     pub rings: Rings,
 }
@@ -18,12 +18,20 @@ impl View {
     /// The view after `status`, if it supersedes `self`'s; rings are rebuilt only when the
     /// member list changed.
     pub fn apply(&self, status: NetworkStatus, points: u32) -> Option<Arc<View>> {
-        if !status.supersedes(self.status.as_ref()) {
+        self.apply_shared(Arc::new(status), points)
+    }
+
+    /// [`View::apply`] for a status shared with its follower: the rings change in place for
+    /// the members that changed ([`Rings::update`]), and are kept as they are when no
+    /// member did.
+    pub fn apply_shared(&self, status: Arc<NetworkStatus>, points: u32) -> Option<Arc<View>> {
+        if !status.supersedes(self.status.as_deref()) {
             return None;
         }
         let rings = match &self.status {
             Some(old) if old.members == status.members => self.rings.clone(),
-            _ => Rings::from_status(&status, points),
+            Some(old) => self.rings.update(old, &status, points),
+            None => Rings::from_status(&status, points),
         };
         Some(Arc::new(View {
             status: Some(status),

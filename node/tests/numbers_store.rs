@@ -99,11 +99,11 @@ fn set_view(nodes: &[&Node], members: &[&Node], version: u64) {
         term: 1,
         version,
         manager: "m1".into(),
-        members: list,
+        members: list.into_iter().map(Arc::new).collect(),
     };
     let rings = Rings::from_status(&status, DEFAULT_POINTS);
     let view = Arc::new(View {
-        status: Some(status),
+        status: Some(Arc::new(status)),
         rings,
     });
     for n in nodes {

@@ -103,11 +103,11 @@ fn view_of(members: &[(&str, IpAddr)], version: u64) -> Arc<View> {
         term: 1,
         version,
         manager: "m1".into(),
-        members,
+        members: members.into_iter().map(Arc::new).collect(),
     };
     let rings = Rings::from_status(&status, onehop_overlay::ring::DEFAULT_POINTS);
     Arc::new(View {
-        status: Some(status),
+        status: Some(Arc::new(status)),
         rings,
     })
 }

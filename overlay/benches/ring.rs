@@ -54,6 +54,7 @@ fn status(n: usize) -> NetworkStatus {
                 since: 0,
                 ip: ip(i),
             })
+            .map(std::sync::Arc::new)
             .collect(),
     }
 }

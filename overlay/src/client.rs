@@ -31,10 +31,11 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::budget::{ByteBudget, Charge};
 use crate::crl::CrlStore;
+use crate::follow::{Followed, Follower};
 use crate::logging::peer_label;
 use crate::metrics::{Metric, Metrics};
 use crate::net::{peer_identity, ConnTable};
-use crate::status::Kind;
+use crate::status::{Kind, NetworkStatus};
 use crate::wire::{
     decode_body, encode_frame, read_frame, read_msg, Announce, ClientMsg, CloseCode, Event,
     Payload, ServerMsg, Topic, MAX_FRAME,
@@ -119,6 +120,12 @@ pub struct ClientOptions {
     pub out_queue_bytes: usize,
     /// Where to count dropped publications and waits for room (none: not counted).
     pub metrics: Option<Metrics>,
+    /// Deliver the network status whole (the default): the client follows the active
+    /// manager's deltas and heartbeats itself ([`crate::follow::Follower`]), asks the event
+    /// servers for the whole status when it missed a change, and delivers each newer status
+    /// as a [`Payload::Network`] (members shared with the one before, so a copy is cheap).
+    /// Off, the `network` topic's payloads are delivered as they come.
+    pub whole_status: bool,
 }
 
 impl Default for ClientOptions {
@@ -133,6 +140,7 @@ impl Default for ClientOptions {
             queue_bytes: limits.events_bytes,
             out_queue_bytes: limits.publish_bytes,
             metrics: None,
+            whole_status: true,
         }
     }
 }
@@ -233,6 +241,8 @@ impl Counters {
 
 struct Inner {
     seq: AtomicU64,
+    /// The network status followed for [`ClientOptions::whole_status`].
+    follower: Mutex<Follower>,
     links: Mutex<HashMap<SocketAddr, Link>>,
     seen: Mutex<HashMap<String, u64>>,
     stopping: AtomicBool,
@@ -273,6 +283,7 @@ impl EventClient {
         let inbound = ByteBudget::new(opts.queue_bytes);
         let inner = Arc::new(Inner {
             seq: AtomicU64::new(seq_base()),
+            follower: Mutex::new(Follower::new()),
             links: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
@@ -301,34 +312,63 @@ impl EventClient {
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(&ClientMsg::Publish { seq, payload });
         let links = self.inner.links.lock().expect("links");
-        let mut n = 0;
-        for (addr, link) in links.iter() {
-            let Some(charge) = link.bytes.try_take(frame.len()) else {
-                if let Some(m) = &self.inner.counters.dropped_bytes {
+        links
+            .iter()
+            .filter(|(addr, link)| self.queue(**addr, link, &frame, "publication"))
+            .count()
+    }
+
+    /// Publishes to the event server at `addr` only (for example the whole network status to
+    /// an event server whose session has just come up); false when it has no session or its
+    /// queue is full.
+    pub fn publish_to(&self, addr: SocketAddr, payload: Payload) -> bool {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(&ClientMsg::Publish { seq, payload });
+        let links = self.inner.links.lock().expect("links");
+        links
+            .get(&addr)
+            .is_some_and(|link| self.queue(addr, link, &frame, "publication"))
+    }
+
+    /// Asks every connected event server for the retained values of `topics` again (see
+    /// [`ClientMsg::Fetch`]); they arrive as ordinary events. Returns how many were asked.
+    pub fn fetch(&self, topics: &[Topic]) -> usize {
+        let frame = encode_frame(&ClientMsg::Fetch(topics.to_vec()));
+        let links = self.inner.links.lock().expect("links");
+        links
+            .iter()
+            .filter(|(addr, link)| self.queue(**addr, link, &frame, "request"))
+            .count()
+    }
+
+    /// Queues `frame` for one event server, within its bounds; false (logged and counted)
+    /// when they are reached.
+    fn queue(&self, addr: SocketAddr, link: &Link, frame: &Bytes, what: &str) -> bool {
+        let Some(charge) = link.bytes.try_take(frame.len()) else {
+            if let Some(m) = &self.inner.counters.dropped_bytes {
+                m.inc();
+            }
+            warn!(
+                peer = %peer_label(Some(&link.server), addr),
+                queued_bytes = link.bytes.used(),
+                max_bytes = link.bytes.cap(),
+                "outgoing queue full in bytes: {what} dropped"
+            );
+            return false;
+        };
+        match link.tx.try_send(Outgoing::Frame(frame.clone(), charge)) {
+            Ok(()) => true,
+            Err(_) => {
+                if let Some(m) = &self.inner.counters.dropped_entries {
                     m.inc();
                 }
                 warn!(
-                    peer = %peer_label(Some(&link.server), *addr),
-                    queued_bytes = link.bytes.used(),
-                    max_bytes = link.bytes.cap(),
-                    "outgoing queue full in bytes: publication dropped"
+                    peer = %peer_label(Some(&link.server), addr),
+                    "outgoing queue full: {what} dropped"
                 );
-                continue;
-            };
-            match link.tx.try_send(Outgoing::Frame(frame.clone(), charge)) {
-                Ok(()) => n += 1,
-                Err(_) => {
-                    if let Some(m) = &self.inner.counters.dropped_entries {
-                        m.inc();
-                    }
-                    warn!(
-                        peer = %peer_label(Some(&link.server), *addr),
-                        "outgoing queue full: publication dropped"
-                    )
-                }
+                false
             }
         }
-        n
     }
 
     /// Names of the event servers with an established session.
@@ -388,6 +428,29 @@ impl EventClient {
                 seen.insert(ev.origin.clone(), ev.seq);
                 true
             }
+        }
+    }
+
+    /// A `network` publication as the whole status it makes, if that is news; a missed
+    /// change is asked for.
+    fn whole(&self, ev: Event) -> Option<Event> {
+        let mut follower = self.inner.follower.lock().expect("follower");
+        match follower.take(&ev.payload) {
+            Followed::Changed { .. } => {
+                let status = NetworkStatus::clone(follower.status()?);
+                drop(follower);
+                Some(Event {
+                    payload: Payload::Network(status),
+                    ..ev
+                })
+            }
+            Followed::Missed => {
+                drop(follower);
+                info!("a change of the network status was missed: asking the event servers for the whole status");
+                self.fetch(&[Topic::Network]);
+                None
+            }
+            Followed::Same => None,
         }
     }
 
@@ -570,49 +633,54 @@ impl EventClient {
                     Ok(None) => (Ok(None), 0),
                     Err(e) => (Err(e), 0),
                 };
-                match msg {
-                    Ok(Some(ServerMsg::Event(ev))) => {
-                        if !self.first_time(&ev) {
-                            continue;
-                        }
-                        if let (Payload::Crl(der), Some(store)) = (&ev.payload, &self.inner.crl) {
-                            // Signature checks and a file write: off the runtime's threads.
-                            let (store, der) = (store.clone(), der.clone());
-                            let taken =
-                                tokio::task::spawn_blocking(move || store.apply_der(&der)).await;
-                            match taken {
-                                Ok(Ok(_)) => {}
-                                Ok(Err(e)) => {
-                                    warn!(origin = %ev.origin, cause = %e, "published CRL refused")
-                                }
-                                Err(e) => warn!(cause = %e, "revocation list check failed"),
-                            }
-                        }
-                        let charge = match tx.bytes.try_take(len) {
-                            Some(c) => c,
-                            None => {
-                                if let Some(m) = &self.inner.counters.waits {
-                                    m.inc();
-                                }
-                                tx.bytes.take(len).await
-                            }
-                        };
-                        if tx
-                            .tx
-                            .send((ClientEvent::Event(Arc::new(ev)), Some(charge)))
-                            .await
-                            .is_err()
-                        {
-                            return "client dropped".to_string();
-                        }
-                    }
+                let ev = match msg {
+                    Ok(Some(ServerMsg::Event(ev))) if !self.first_time(&ev) => continue,
+                    // A retained value sent again (on request or on subscribing) is not a
+                    // publication to dedupe: the receiver decides whether it is news.
+                    Ok(Some(ServerMsg::Event(ev) | ServerMsg::Retained(ev))) => ev,
                     Ok(Some(ServerMsg::Refused { reason })) => {
                         warn!(%server, %reason, "event server refused");
                         return format!("refused: {reason}");
                     }
-                    Ok(Some(ServerMsg::Welcome { .. })) => {}
+                    Ok(Some(ServerMsg::Welcome { .. })) => continue,
                     Ok(None) => return format!("stream ended ({})", close_reason(conn)),
                     Err(e) => return format!("{e} ({})", close_reason(conn)),
+                };
+                let ev = match ev.payload.topic() {
+                    Topic::Network if opts.whole_status => match self.whole(ev) {
+                        Some(ev) => ev,
+                        None => continue,
+                    },
+                    _ => ev,
+                };
+                if let (Payload::Crl(der), Some(store)) = (&ev.payload, &self.inner.crl) {
+                    // Signature checks and a file write: off the runtime's threads.
+                    let (store, der) = (store.clone(), der.clone());
+                    let taken = tokio::task::spawn_blocking(move || store.apply_der(&der)).await;
+                    match taken {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            warn!(origin = %ev.origin, cause = %e, "published CRL refused")
+                        }
+                        Err(e) => warn!(cause = %e, "revocation list check failed"),
+                    }
+                }
+                let charge = match tx.bytes.try_take(len) {
+                    Some(c) => c,
+                    None => {
+                        if let Some(m) = &self.inner.counters.waits {
+                            m.inc();
+                        }
+                        tx.bytes.take(len).await
+                    }
+                };
+                if tx
+                    .tx
+                    .send((ClientEvent::Event(Arc::new(ev)), Some(charge)))
+                    .await
+                    .is_err()
+                {
+                    return "client dropped".to_string();
                 }
             }
         };

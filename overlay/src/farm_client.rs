@@ -420,8 +420,8 @@ mod tests {
     use crate::provision::NonceSecret;
     use crate::status::{Endpoint, Member};
 
-    fn member(name: &str, kind: Kind, raft: Option<&str>) -> Member {
-        Member {
+    fn member(name: &str, kind: Kind, raft: Option<&str>) -> std::sync::Arc<Member> {
+        std::sync::Arc::new(Member {
             name: name.into(),
             kind,
             roles: Vec::new(),
@@ -435,7 +435,7 @@ mod tests {
                 .unwrap_or_default(),
             since: 0,
             ip: "127.0.0.1".parse().unwrap(),
-        }
+        })
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! onehop-overlay: what every onehop daemon shares.
 //!
 //! # Layout
-//! - [`status`]: the shared model: kinds, roles, members, the network status.
+//! - [`status`]: the shared model: kinds, roles, members, the network status, and its deltas;
+//!   [`follow`]: how a receiver keeps the status from wholes, deltas and heartbeats.
 //! - [`ring`]: the hash circle, one ring per role; a pure function of the status.
 //! - [`identity`]: our certificate extension (kind and roles) and the peer identity read back
 //!   from a certificate.
@@ -31,6 +32,7 @@ pub mod crl;
 pub mod daemon;
 pub mod farm_client;
 pub mod farmfile;
+pub mod follow;
 pub mod identity;
 pub mod logging;
 pub mod metrics;

@@ -192,13 +192,15 @@ mod tests {
     #[test]
     fn membership_gauges_by_role_and_kind_drop_to_zero_when_gone() {
         use crate::status::{Kind, Member, NetworkStatus, Role};
-        let member = |name: &str, kind: Kind, roles: &[&str]| Member {
-            name: name.into(),
-            kind,
-            roles: roles.iter().map(|r| Role::new(r).unwrap()).collect(),
-            endpoints: Vec::new(),
-            since: 0,
-            ip: "127.0.0.1".parse().unwrap(),
+        let member = |name: &str, kind: Kind, roles: &[&str]| {
+            std::sync::Arc::new(Member {
+                name: name.into(),
+                kind,
+                roles: roles.iter().map(|r| Role::new(r).unwrap()).collect(),
+                endpoints: Vec::new(),
+                since: 0,
+                ip: "127.0.0.1".parse().unwrap(),
+            })
         };
         let mut status = NetworkStatus {
             members: vec![

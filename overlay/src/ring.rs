@@ -48,10 +48,11 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::status::NetworkStatus;
+use crate::status::{Member, NetworkStatus};
 
 /// The number of points each member places on each ring of its roles, unless configured
 /// otherwise.
@@ -216,34 +217,300 @@ pub struct RingMember {
     pub ip: IpAddr,
 }
 
-/// The ring of one role: every member bearing the role, each with the same number of points.
-///
-/// Immutable once built; cheap to share behind an `Arc`.
-#[derive(Clone)]
-pub struct Ring {
-    role: String,
-    /// Sorted by name, unique names; a point's owner is an index into this.
+/// The average number of points a chunk holds, aimed at when the ring is laid out.
+const CHUNK_POINTS: usize = 64;
+
+/// The largest number of bits used to pick a chunk (2^20 chunks).
+const MAX_CHUNK_BITS: u32 = 20;
+
+/// A slot that no member holds.
+const FREE: u32 = u32::MAX;
+
+/// The points whose positions share a prefix: sorted by position, then by member name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Chunk {
+    positions: Vec<u64>,
+    /// The slot of the member that placed each point.
+    slots: Vec<u32>,
+}
+
+/// What a ring holds; shared by the rings of roles borne by exactly the same members.
+#[derive(Debug, Clone)]
+struct Core {
+    /// Sorted by name, unique names.
     members: Vec<RingMember>,
     /// The members' addresses, sorted, for [`Ring::contains_ip`].
     ips: Vec<IpAddr>,
-    /// Point positions, ascending; equal positions ordered by member index (= by name).
-    positions: Vec<u64>,
-    /// `owners[i]` is the index in `members` of the member that placed point `i`.
-    owners: Vec<u32>,
-    /// `index[p]` is the first point whose top `bits` bits are `>= p`; `2^bits + 1` entries.
-    index: Vec<u32>,
-    /// `64 - bits`: shifting a position right by this gives its prefix.
+    /// `slots[i]` is the slot of `members[i]`: points name their member by slot, which stays
+    /// the same while the member is on the ring, so that a change of members touches only
+    /// the points of the members that changed.
+    slots: Vec<u32>,
+    /// The index in `members` of each slot's member ([`FREE`] for a slot nobody holds).
+    by_slot: Vec<u32>,
+    /// Slots nobody holds, for the next members to come.
+    free: Vec<u32>,
+    /// The points in `2^bits` chunks by the top bits of their positions. Unchanged chunks
+    /// are shared with the ring this one was made from.
+    chunks: Vec<Arc<Chunk>>,
+    /// `64 - bits`: shifting a position right by this gives its chunk.
     shift: u32,
+    /// Points on the ring.
+    points: usize,
+    /// Points each member places.
+    per_member: u32,
+}
+
+/// The ring of one role: every member bearing the role, each with the same number of points.
+///
+/// Immutable once built; cheap to clone and share. A new ring for a changed membership is
+/// made with [`Rings::update`], which touches the points of the members that changed only.
+#[derive(Clone)]
+pub struct Ring {
+    role: String,
+    core: Arc<Core>,
 }
 
 impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
             .field("role", &self.role)
-            .field("members", &self.members.len())
-            .field("points", &self.positions.len())
+            .field("members", &self.core.members.len())
+            .field("points", &self.core.points)
             .finish_non_exhaustive()
     }
+}
+
+/// The number of bits that pick a chunk for `points` points: about [`CHUNK_POINTS`] points a
+/// chunk, between 1 and [`MAX_CHUNK_BITS`].
+fn chunk_bits(points: usize) -> u32 {
+    let chunks = points.div_ceil(CHUNK_POINTS).max(1);
+    let ceil_log2 = usize::BITS - (chunks - 1).leading_zeros();
+    ceil_log2.clamp(1, MAX_CHUNK_BITS)
+}
+
+/// The positions of the `v` points of member `name`, point after point.
+fn member_points(name: &str, v: u32) -> impl Iterator<Item = u64> + '_ {
+    let mut buf = Vec::with_capacity(name.len() + 11);
+    buf.extend_from_slice(name.as_bytes());
+    buf.push(b'#');
+    let base = buf.len();
+    (0..v).map(move |i| {
+        buf.truncate(base);
+        push_decimal(&mut buf, i);
+        xxh3_64(&buf)
+    })
+}
+
+impl Core {
+    /// Lays out `points` (sorted by position, then name) in chunks; slot `i` is member `i`.
+    fn from_points(members: Vec<RingMember>, points: PointSet, per_member: u32) -> Core {
+        let n = members.len();
+        let chunks = chunked(&points.positions, &points.owners);
+        let mut ips: Vec<IpAddr> = members.iter().map(|m| m.ip).collect();
+        ips.sort_unstable();
+        ips.dedup();
+        Core {
+            members,
+            ips,
+            slots: (0..n as u32).collect(),
+            by_slot: (0..n as u32).collect(),
+            free: Vec::new(),
+            shift: 64 - chunks.1,
+            chunks: chunks.0,
+            points: points.positions.len(),
+            per_member,
+        }
+    }
+
+    fn member_of(&self, slot: u32) -> &RingMember {
+        &self.members[self.by_slot[slot as usize] as usize]
+    }
+
+    /// Every point in ring order, as (position, slot).
+    fn walk(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.positions.iter().copied().zip(c.slots.iter().copied()))
+    }
+
+    /// The core with the members `removed` gone, `added` placed and the addresses of
+    /// `moved` changed; `None` when rebuilding it whole is cheaper.
+    fn update(
+        &self,
+        removed: &[&str],
+        added: &[(&str, IpAddr)],
+        moved: &[(&str, IpAddr)],
+    ) -> Option<Core> {
+        if removed.len() + added.len() > (self.members.len() / 8).max(8) {
+            return None;
+        }
+        let mut members: Vec<RingMember> = Vec::with_capacity(self.members.len() + added.len());
+        let mut slots: Vec<u32> = Vec::with_capacity(members.capacity());
+        let mut gone: Vec<u32> = Vec::with_capacity(removed.len());
+        for (m, &slot) in self.members.iter().zip(&self.slots) {
+            if removed.contains(&m.name.as_str()) {
+                gone.push(slot);
+                continue;
+            }
+            let ip = moved
+                .iter()
+                .find(|(n, _)| *n == m.name)
+                .map_or(m.ip, |(_, ip)| *ip);
+            members.push(RingMember {
+                name: m.name.clone(),
+                ip,
+            });
+            slots.push(slot);
+        }
+        if gone.len() != removed.len() {
+            return None;
+        }
+        // Slots freed by this change are not handed out in it: a chunk tells the points of a
+        // member that left from those of one that came by slot.
+        let mut free = self.free.clone();
+        let mut next = self.by_slot.len() as u32;
+        let mut fresh: Vec<(u32, &str)> = Vec::with_capacity(added.len());
+        for (name, ip) in added {
+            let slot = free.pop().unwrap_or_else(|| {
+                next += 1;
+                next - 1
+            });
+            fresh.push((slot, name));
+            let at = members.partition_point(|m| m.name.as_str() < *name);
+            if members.get(at).is_some_and(|m| m.name == *name) {
+                return None;
+            }
+            members.insert(
+                at,
+                RingMember {
+                    name: name.to_string(),
+                    ip: *ip,
+                },
+            );
+            slots.insert(at, slot);
+        }
+        free.extend_from_slice(&gone);
+        let mut by_slot = vec![FREE; next as usize];
+        for (i, &slot) in slots.iter().enumerate() {
+            by_slot[slot as usize] = i as u32;
+        }
+        let mut ips: Vec<IpAddr> = members.iter().map(|m| m.ip).collect();
+        ips.sort_unstable();
+        ips.dedup();
+
+        // The points that change, by chunk.
+        let v = self.per_member;
+        let mut changes: Vec<(usize, u64, u32, bool)> =
+            Vec::with_capacity((gone.len() + fresh.len()) * v as usize);
+        for (name, &slot) in removed.iter().zip(&gone) {
+            for pos in member_points(name, v) {
+                changes.push(((pos >> self.shift) as usize, pos, slot, false));
+            }
+        }
+        for &(slot, name) in &fresh {
+            for pos in member_points(name, v) {
+                changes.push(((pos >> self.shift) as usize, pos, slot, true));
+            }
+        }
+        changes.sort_unstable_by_key(|c| c.0);
+        let mut chunks = self.chunks.clone();
+        let name_of = |slot: u32| members[by_slot[slot as usize] as usize].name.as_str();
+        for group in changes.chunk_by(|a, b| a.0 == b.0) {
+            let ci = group[0].0;
+            let old = &chunks[ci];
+            let mut c = Chunk {
+                positions: Vec::with_capacity(old.positions.len() + group.len()),
+                slots: Vec::with_capacity(old.positions.len() + group.len()),
+            };
+            for (&p, &s) in old.positions.iter().zip(&old.slots) {
+                if !gone.contains(&s) {
+                    c.positions.push(p);
+                    c.slots.push(s);
+                }
+            }
+            for &(_, pos, slot, add) in group {
+                if !add {
+                    continue;
+                }
+                let name = name_of(slot);
+                let at = c
+                    .positions
+                    .iter()
+                    .zip(&c.slots)
+                    .position(|(&p, &s)| p > pos || (p == pos && name_of(s) > name))
+                    .unwrap_or(c.positions.len());
+                c.positions.insert(at, pos);
+                c.slots.insert(at, slot);
+            }
+            chunks[ci] = Arc::new(c);
+        }
+        let points = members.len() * v as usize;
+        let mut core = Core {
+            members,
+            ips,
+            slots,
+            by_slot,
+            free,
+            chunks,
+            shift: self.shift,
+            points,
+            per_member: v,
+        };
+        // Grown or shrunk a lot since it was laid out: lay it out again.
+        let per_chunk = points / core.chunks.len();
+        if chunk_bits(points) != 64 - core.shift
+            && !(CHUNK_POINTS / 4..=4 * CHUNK_POINTS).contains(&per_chunk)
+        {
+            let (positions, owners): (Vec<u64>, Vec<u32>) = core.walk().unzip();
+            let (chunks, bits) = chunked(&positions, &owners);
+            core.chunks = chunks;
+            core.shift = 64 - bits;
+        }
+        Some(core)
+    }
+}
+
+/// Splits sorted points into chunks by the top bits of their positions; returns the chunks
+/// and the number of bits.
+fn chunked(positions: &[u64], slots: &[u32]) -> (Vec<Arc<Chunk>>, u32) {
+    let bits = chunk_bits(positions.len());
+    let shift = 64 - bits;
+    let empty = Arc::new(Chunk::default());
+    let mut chunks = Vec::with_capacity(1 << bits);
+    let mut at = 0;
+    for c in 0..(1u64 << bits) {
+        let end = at + positions[at..].partition_point(|&p| p >> shift == c);
+        if end == at {
+            chunks.push(empty.clone());
+        } else {
+            chunks.push(Arc::new(Chunk {
+                positions: positions[at..end].to_vec(),
+                slots: slots[at..end].to_vec(),
+            }));
+        }
+        at = end;
+    }
+    (chunks, bits)
+}
+
+/// Inclusive position ranges sorted, with those that overlap or touch merged into one.
+pub fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
+
+/// A point of a ring: its chunk and its place in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At {
+    chunk: usize,
+    i: usize,
 }
 
 impl Ring {
@@ -271,21 +538,13 @@ impl Ring {
         members.dedup_by(|later, first| later.name == first.name);
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         let points = PointSet::build(&names, points_per_member);
-        Ring::from_parts(role.to_string(), members, points)
+        Ring::from_parts(role.to_string(), members, points, points_per_member)
     }
 
-    fn from_parts(role: String, members: Vec<RingMember>, points: PointSet) -> Ring {
-        let mut ips: Vec<IpAddr> = members.iter().map(|m| m.ip).collect();
-        ips.sort_unstable();
-        ips.dedup();
+    fn from_parts(role: String, members: Vec<RingMember>, points: PointSet, v: u32) -> Ring {
         Ring {
             role,
-            members,
-            ips,
-            positions: points.positions,
-            owners: points.owners,
-            index: points.index,
-            shift: 64 - points.bits,
+            core: Arc::new(Core::from_points(members, points, v)),
         }
     }
 
@@ -296,43 +555,111 @@ impl Ring {
 
     /// The number of members on the ring.
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.core.members.len()
     }
 
     /// Whether the ring has no member.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.core.members.is_empty()
     }
 
     /// The number of points on the ring (members times points per member).
     pub fn points(&self) -> usize {
-        self.positions.len()
+        self.core.points
     }
 
     /// The members, sorted by name.
     pub fn members(&self) -> &[RingMember] {
-        &self.members
+        &self.core.members
     }
 
     /// Whether a member of this ring has address `ip`.
     pub fn contains_ip(&self, ip: IpAddr) -> bool {
-        self.ips.binary_search(&ip).is_ok()
+        self.core.ips.binary_search(&ip).is_ok()
     }
 
-    /// The index of the first point at or after `pos`, wrapping to the first point; `None` when
-    /// the ring has no point.
+    /// Whether `other` holds the very same points and members (shares them with this ring).
+    pub fn shares_points_with(&self, other: &Ring) -> bool {
+        Arc::ptr_eq(&self.core, &other.core)
+    }
+
+    /// The first point at or after `pos`, wrapping to the first point; `None` when the ring
+    /// has no point.
     #[inline]
-    fn point_at(&self, pos: u64) -> Option<usize> {
-        if self.positions.is_empty() {
+    fn point_at(&self, pos: u64) -> Option<At> {
+        let core = &*self.core;
+        if core.points == 0 {
             return None;
         }
-        let bucket = (pos >> self.shift) as usize;
-        let lo = self.index[bucket] as usize;
-        let hi = self.index[bucket + 1] as usize;
-        // Every point before `lo` has a smaller prefix, every point from `hi` on a larger one,
-        // so the answer is in `lo..=hi`.
-        let i = lo + self.positions[lo..hi].partition_point(|&p| p < pos);
-        Some(if i == self.positions.len() { 0 } else { i })
+        let chunk = (pos >> core.shift) as usize;
+        let c = &core.chunks[chunk];
+        let i = c.positions.partition_point(|&p| p < pos);
+        if i < c.positions.len() {
+            return Some(At { chunk, i });
+        }
+        Some(self.first_from(chunk + 1))
+    }
+
+    /// The first point of the first chunk from `chunk` on that has one, wrapping.
+    fn first_from(&self, mut chunk: usize) -> At {
+        let chunks = &self.core.chunks;
+        for _ in 0..=chunks.len() {
+            if chunk >= chunks.len() {
+                chunk = 0;
+            }
+            if !chunks[chunk].positions.is_empty() {
+                break;
+            }
+            chunk += 1;
+        }
+        At { chunk, i: 0 }
+    }
+
+    /// The point after `at`, wrapping.
+    #[inline]
+    fn next(&self, at: At) -> At {
+        if at.i + 1 < self.core.chunks[at.chunk].positions.len() {
+            At {
+                chunk: at.chunk,
+                i: at.i + 1,
+            }
+        } else {
+            self.first_from(at.chunk + 1)
+        }
+    }
+
+    /// The point before `at`, wrapping.
+    fn prev(&self, at: At) -> At {
+        if at.i > 0 {
+            return At {
+                chunk: at.chunk,
+                i: at.i - 1,
+            };
+        }
+        let chunks = &self.core.chunks;
+        let mut chunk = at.chunk;
+        for _ in 0..=chunks.len() {
+            chunk = if chunk == 0 {
+                chunks.len() - 1
+            } else {
+                chunk - 1
+            };
+            let n = chunks[chunk].positions.len();
+            if n > 0 {
+                return At { chunk, i: n - 1 };
+            }
+        }
+        at
+    }
+
+    #[inline]
+    fn slot(&self, at: At) -> u32 {
+        self.core.chunks[at.chunk].slots[at.i]
+    }
+
+    #[inline]
+    fn pos(&self, at: At) -> u64 {
+        self.core.chunks[at.chunk].positions[at.i]
     }
 
     /// The owner of the key at position `pos`: the member of the first point at or after
@@ -340,7 +667,7 @@ impl Ring {
     #[inline]
     pub fn owner_at(&self, pos: u64) -> Option<&RingMember> {
         self.point_at(pos)
-            .map(|i| &self.members[self.owners[i] as usize])
+            .map(|at| self.core.member_of(self.slot(at)))
     }
 
     /// The owner of a canonical key (see [`lookup_key`] and [`canonical_aor`]); the same as
@@ -356,17 +683,17 @@ impl Ring {
     ///
     /// Does not allocate for `n <= 8`.
     pub fn replicas_at(&self, pos: u64, n: usize) -> impl Iterator<Item = &RingMember> + '_ {
-        let wanted = n.min(self.members.len());
+        let wanted = n.min(self.core.members.len());
         let (next, steps) = match self.point_at(pos) {
-            Some(i) if wanted > 0 => (i, self.positions.len()),
-            _ => (0, 0),
+            Some(at) if wanted > 0 => (at, self.core.points),
+            _ => (At { chunk: 0, i: 0 }, 0),
         };
         Replicas {
             ring: self,
             next,
             steps,
             wanted,
-            seen: Seen::new(wanted, self.members.len()),
+            seen: Seen::new(wanted, self.core.by_slot.len()),
         }
     }
 
@@ -374,19 +701,124 @@ impl Ring {
     /// owns. The shares sum to 1.0 (up to rounding) unless the ring has no point, in which case
     /// every share is 0.0.
     pub fn shares(&self) -> Vec<(String, f64)> {
-        let mut owned = vec![0u128; self.members.len()];
-        if let (Some(&first), Some(&last)) = (self.positions.first(), self.positions.last()) {
-            // The first point owns the wrap-around arc (last, 2^64) + [0, first].
-            owned[self.owners[0] as usize] += (1u128 << 64) - u128::from(last) + u128::from(first);
-            for (w, &owner) in self.positions.windows(2).zip(&self.owners[1..]) {
-                owned[owner as usize] += u128::from(w[1] - w[0]);
+        let core = &*self.core;
+        let mut owned = vec![0u128; core.members.len()];
+        let mut walk = core.walk();
+        if let Some((first, first_slot)) = walk.next() {
+            let mut prev = first;
+            for (pos, slot) in walk {
+                owned[core.by_slot[slot as usize] as usize] += u128::from(pos - prev);
+                prev = pos;
             }
+            // The first point owns the wrap-around arc (last, 2^64) + [0, first].
+            owned[core.by_slot[first_slot as usize] as usize] +=
+                (1u128 << 64) - u128::from(prev) + u128::from(first);
         }
         const SPACE: f64 = 18_446_744_073_709_551_616.0; // 2^64
-        self.members
+        core.members
             .iter()
             .zip(owned)
             .map(|(m, o)| (m.name.clone(), o as f64 / SPACE))
+            .collect()
+    }
+
+    /// The positions whose owner or replicas (the first `replicas` distinct members) may
+    /// differ between `old` and `new`, as sorted, disjoint, inclusive `[first, last]`
+    /// ranges; `None` when that is everything (or more than a few members changed).
+    ///
+    /// A key whose position is outside every range has the same replica set under both
+    /// rings: for such a key, the points scanned until `replicas` distinct members are found
+    /// are the same points of the same members in both. A range runs from a point of a member
+    /// that came or went back to where `replicas` distinct members that stayed are found.
+    pub fn changed_ranges(old: &Ring, new: &Ring, replicas: usize) -> Option<Vec<(u64, u64)>> {
+        if Arc::ptr_eq(&old.core, &new.core) {
+            return Some(Vec::new());
+        }
+        if old.core.per_member != new.core.per_member || replicas == 0 {
+            return None;
+        }
+        let (a, b) = (old.members(), new.members());
+        let (mut removed, mut added): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x.name == y.name => {
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x.name < y.name => {
+                    removed.push(&x.name);
+                    i += 1;
+                }
+                (Some(x), None) => {
+                    removed.push(&x.name);
+                    i += 1;
+                }
+                (_, Some(y)) => {
+                    added.push(&y.name);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        if removed.is_empty() && added.is_empty() {
+            return Some(Vec::new());
+        }
+        let staying = b.len() - added.len();
+        if staying < replicas || removed.len() + added.len() > (b.len() / 8).max(8) {
+            return None;
+        }
+        let core = &*new.core;
+        let mut newcomer = vec![false; core.by_slot.len()];
+        for name in &added {
+            if let Ok(i) = b.binary_search_by(|m| m.name.as_str().cmp(name)) {
+                newcomer[core.slots[i] as usize] = true;
+            }
+        }
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut seen: Vec<u32> = Vec::with_capacity(replicas);
+        for name in removed.iter().chain(&added) {
+            for p in member_points(name, core.per_member) {
+                // Back from the first point at or after p, over the points of members that
+                // stayed, until `replicas` distinct ones are found.
+                let start = new.point_at(p)?;
+                let mut at = start;
+                seen.clear();
+                let mut steps = 0;
+                let lo = loop {
+                    at = new.prev(at);
+                    steps += 1;
+                    if steps > core.points {
+                        return None;
+                    }
+                    let slot = new.slot(at);
+                    if newcomer[slot as usize] || seen.contains(&slot) {
+                        continue;
+                    }
+                    seen.push(slot);
+                    if seen.len() == replicas {
+                        break new.pos(at);
+                    }
+                };
+                // Positions in (lo, p].
+                if lo < p {
+                    ranges.push((lo + 1, p));
+                } else {
+                    if lo < u64::MAX {
+                        ranges.push((lo + 1, u64::MAX));
+                    }
+                    ranges.push((0, p));
+                }
+            }
+        }
+        Some(merge_ranges(ranges))
+    }
+
+    /// The points in ring order as (position, index of the member in [`Ring::members`]).
+    pub fn point_list(&self) -> Vec<(u64, u32)> {
+        self.core
+            .walk()
+            .map(|(p, s)| (p, self.core.by_slot[s as usize]))
             .collect()
     }
 }
@@ -395,7 +827,7 @@ impl Ring {
 struct Replicas<'a> {
     ring: &'a Ring,
     /// The next point to look at.
-    next: usize,
+    next: At,
     /// How many points may still be looked at (one full turn at most).
     steps: usize,
     /// How many members may still be yielded.
@@ -411,15 +843,12 @@ impl<'a> Iterator for Replicas<'a> {
             return None;
         }
         while self.steps > 0 {
-            let owner = self.ring.owners[self.next];
-            self.next += 1;
-            if self.next == self.ring.positions.len() {
-                self.next = 0;
-            }
+            let slot = self.ring.slot(self.next);
+            self.next = self.ring.next(self.next);
             self.steps -= 1;
-            if self.seen.insert(owner) {
+            if self.seen.insert(slot) {
                 self.wanted -= 1;
-                return Some(&self.ring.members[owner as usize]);
+                return Some(self.ring.core.member_of(slot));
             }
         }
         self.wanted = 0;
@@ -644,7 +1073,46 @@ impl PointSet {
 /// Every role's ring, built from a network status. Cloning shares the rings.
 #[derive(Debug, Clone, Default)]
 pub struct Rings {
-    rings: BTreeMap<String, std::sync::Arc<Ring>>,
+    rings: BTreeMap<String, Arc<Ring>>,
+}
+
+/// How one role's ring changes between two statuses.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Change<'a> {
+    removed: Vec<&'a str>,
+    added: Vec<(&'a str, IpAddr)>,
+    moved: Vec<(&'a str, IpAddr)>,
+}
+
+/// Records in `changes` what member `x` becoming `y` (either absent) does to each ring.
+fn note<'a>(
+    changes: &mut BTreeMap<&'a str, Change<'a>>,
+    x: Option<&'a Member>,
+    y: Option<&'a Member>,
+) {
+    let mut roles: Vec<&str> = x
+        .iter()
+        .chain(y.iter())
+        .flat_map(|m| m.roles.iter().map(|r| r.as_str()))
+        .collect();
+    roles.sort_unstable();
+    roles.dedup();
+    for role in roles {
+        let was = x.is_some_and(|m| m.has_role(role));
+        let is = y.is_some_and(|m| m.has_role(role));
+        let c = changes.entry(role).or_default();
+        match (x, y) {
+            (Some(x), _) if was && !is => c.removed.push(&x.name),
+            (_, Some(y)) if is && !was => c.added.push((&y.name, y.ip)),
+            (Some(x), Some(y)) if was && is && x.ip != y.ip => c.moved.push((&y.name, y.ip)),
+            _ => {}
+        }
+    }
+}
+
+/// Whether the members are sorted by name with no name twice (as every published status is).
+fn sorted_unique(members: &[Arc<Member>]) -> bool {
+    members.windows(2).all(|w| w[0].name < w[1].name)
 }
 
 impl Rings {
@@ -652,15 +1120,17 @@ impl Rings {
     /// `points_per_member` points on the ring of each of its roles.
     ///
     /// Members of every kind are placed if they bear roles. A name that appears twice keeps
-    /// its first entry. Each member's points are hashed and sorted once for all its roles.
+    /// its first entry. Each member's points are hashed and sorted once for all its roles,
+    /// and roles borne by exactly the same members share one ring's points.
     ///
     /// # Panics
     ///
     /// When the members bearing roles would place more than `u32::MAX` points.
     pub fn from_status(status: &NetworkStatus, points_per_member: u32) -> Rings {
-        let mut bearers: Vec<_> = status
+        let mut bearers: Vec<&Member> = status
             .members
             .iter()
+            .map(|m| &**m)
             .filter(|m| !m.roles.is_empty())
             .collect();
         bearers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -681,22 +1151,132 @@ impl Rings {
         let all = PointSet::build(&names, points_per_member);
 
         let mut rings = BTreeMap::new();
+        let mut everyone: Option<Arc<Core>> = None;
         let mut local = vec![u32::MAX; bearers.len()];
         for (role, idxs) in by_role {
-            local.fill(u32::MAX);
-            let mut members = Vec::with_capacity(idxs.len());
-            for (l, &g) in idxs.iter().enumerate() {
-                local[g] = l as u32;
-                members.push(RingMember {
+            let members: Vec<RingMember> = idxs
+                .iter()
+                .map(|&g| RingMember {
                     name: bearers[g].name.clone(),
                     ip: bearers[g].ip,
-                });
-            }
-            let points = all.filter(&local, idxs.len());
+                })
+                .collect();
+            let core = if idxs.len() == bearers.len() {
+                everyone
+                    .get_or_insert_with(|| {
+                        Arc::new(Core::from_points(
+                            members,
+                            all.filter(&local, bearers.len()),
+                            points_per_member,
+                        ))
+                    })
+                    .clone()
+            } else {
+                local.fill(u32::MAX);
+                for (l, &g) in idxs.iter().enumerate() {
+                    local[g] = l as u32;
+                }
+                let points = all.filter(&local, idxs.len());
+                Arc::new(Core::from_points(members, points, points_per_member))
+            };
             rings.insert(
                 role.to_string(),
-                std::sync::Arc::new(Ring::from_parts(role.to_string(), members, points)),
+                Arc::new(Ring {
+                    role: role.to_string(),
+                    core,
+                }),
             );
+        }
+        Rings { rings }
+    }
+
+    /// The rings of `new`, made from these rings of `old` by touching only the points of the
+    /// members that came, went or changed roles (a member whose address changed keeps its
+    /// points); rings of roles nobody's change concerns are shared as they are. The result
+    /// answers exactly as [`Rings::from_status`] of `new` would (it is rebuilt that way when
+    /// many members changed, or when a list is not sorted by name).
+    ///
+    /// `self` must be the rings of `old` with the same `points_per_member`.
+    pub fn update(
+        &self,
+        old: &NetworkStatus,
+        new: &NetworkStatus,
+        points_per_member: u32,
+    ) -> Rings {
+        if !sorted_unique(&old.members) || !sorted_unique(&new.members) {
+            return Rings::from_status(new, points_per_member);
+        }
+        if self
+            .rings
+            .values()
+            .any(|r| r.core.per_member != points_per_member)
+        {
+            return Rings::from_status(new, points_per_member);
+        }
+        let mut changes: BTreeMap<&str, Change> = BTreeMap::new();
+        let (a, b) = (&old.members, &new.members);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x.name == y.name => {
+                    if !Arc::ptr_eq(x, y) && x != y {
+                        note(&mut changes, Some(x), Some(y));
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x.name < y.name => {
+                    note(&mut changes, Some(x), None);
+                    i += 1;
+                }
+                (Some(x), None) => {
+                    note(&mut changes, Some(x), None);
+                    i += 1;
+                }
+                (_, Some(y)) => {
+                    note(&mut changes, None, Some(y));
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        let mut rings = self.rings.clone();
+        // Roles borne by the same members change the same way: one new core for all of them.
+        let mut made: Vec<(*const Core, &Change, Arc<Core>)> = Vec::new();
+        for (role, change) in &changes {
+            if *change == Change::default() {
+                continue;
+            }
+            let old_ring = self.rings.get(*role);
+            let core = old_ring.and_then(|r| {
+                let key = Arc::as_ptr(&r.core);
+                if let Some((_, _, c)) = made.iter().find(|(k, ch, _)| *k == key && *ch == change) {
+                    return Some(c.clone());
+                }
+                let core = Arc::new(r.core.update(
+                    &change.removed,
+                    &change.added,
+                    &change.moved,
+                )?);
+                made.push((key, change, core.clone()));
+                Some(core)
+            });
+            let ring = match core {
+                Some(core) => Ring {
+                    role: role.to_string(),
+                    core,
+                },
+                None => Ring::new(
+                    role,
+                    new.with_role(role).map(|m| (m.name.clone(), m.ip)),
+                    points_per_member,
+                ),
+            };
+            if ring.is_empty() {
+                rings.remove(*role);
+            } else {
+                rings.insert(role.to_string(), Arc::new(ring));
+            }
         }
         Rings { rings }
     }
@@ -711,7 +1291,6 @@ impl Rings {
         self.rings.keys().map(String::as_str)
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -850,10 +1429,11 @@ mod tests {
         }
         // Ordered: each replica is the member of the next point of a not yet seen member.
         let pos = 777;
-        let start = ring.point_at(pos).unwrap();
+        let points = ring.point_list();
+        let start = points.partition_point(|p| p.0 < pos) % points.len();
         let mut expect = Vec::new();
         for k in 0..ring.points() {
-            let m = &ring.members()[ring.owners[(start + k) % ring.points()] as usize];
+            let m = &ring.members()[points[(start + k) % ring.points()].1 as usize];
             if !expect.contains(&m) {
                 expect.push(m);
             }
@@ -901,6 +1481,7 @@ mod tests {
                 index,
                 bits,
             },
+            2,
         );
         assert_eq!(ring.owner_at(100).unwrap().name, "alpha");
         assert_eq!(ring.owner_at(50).unwrap().name, "alpha");
@@ -934,8 +1515,7 @@ mod tests {
         );
         let b = Ring::new("r", vec![("a".into(), ip(1)), ("b".into(), ip(2))], 20);
         assert_eq!(a.members(), b.members());
-        assert_eq!(a.positions, b.positions);
-        assert_eq!(a.owners, b.owners);
+        assert_eq!(a.point_list(), b.point_list());
         assert!(a.contains_ip(ip(2)));
         assert!(!a.contains_ip(ip(9)));
     }
@@ -1060,15 +1640,15 @@ mod tests {
         }
     }
 
-    fn member(name: &str, kind: Kind, roles: &[&str], n: u8) -> Member {
-        Member {
+    fn member(name: &str, kind: Kind, roles: &[&str], n: u8) -> Arc<Member> {
+        Arc::new(Member {
             name: name.into(),
             kind,
             roles: roles.iter().map(|r| Role::new(r).unwrap()).collect(),
             endpoints: Vec::new(),
             since: 0,
             ip: ip(n),
-        }
+        })
     }
 
     #[test]
@@ -1104,10 +1684,9 @@ mod tests {
                     64,
                 );
                 assert_eq!(ring.members(), direct.members());
-                assert_eq!(ring.positions, direct.positions);
-                assert_eq!(ring.owners, direct.owners);
-                assert_eq!(ring.index, direct.index);
-                assert_eq!(ring.shift, direct.shift);
+                assert_eq!(ring.point_list(), direct.point_list());
+                assert_eq!(ring.core.shift, direct.core.shift);
+                assert_eq!(ring.core.chunks, direct.core.chunks);
             }
         };
         let rings = Rings::from_status(&status, 64);
@@ -1210,6 +1789,219 @@ mod tests {
             prop_assert_eq!(again.as_deref(), Some(canon.as_str()));
             prop_assert_eq!(lookup_key(&uri), canon);
         }
+    }
+
+    // ---- Rings changed in place -------------------------------------------------------------
+
+    const ROLES: [&str; 3] = ["media_relay", "registrar", "sip_proxy"];
+
+    /// A status of the members `(name, role bits, ip)`, sorted by name.
+    fn status_of(
+        members: &std::collections::BTreeMap<String, (u8, u8)>,
+        version: u64,
+    ) -> NetworkStatus {
+        NetworkStatus {
+            term: 1,
+            version,
+            manager: "m1".into(),
+            members: members
+                .iter()
+                .map(|(name, &(bits, n))| {
+                    let roles: Vec<&str> = ROLES
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| bits & (1 << i) != 0)
+                        .map(|(_, r)| *r)
+                        .collect();
+                    member(name, Kind::Node, &roles, n)
+                })
+                .collect(),
+        }
+    }
+
+    /// The rings answer exactly as rings built from scratch from the same status.
+    fn assert_same_rings(a: &Rings, b: &Rings) -> Result<(), TestCaseError> {
+        prop_assert_eq!(a.roles().collect::<Vec<_>>(), b.roles().collect::<Vec<_>>());
+        for role in a.roles() {
+            let (x, y) = (a.get(role).unwrap(), b.get(role).unwrap());
+            prop_assert_eq!(x.members(), y.members());
+            prop_assert_eq!(x.points(), y.points());
+            prop_assert_eq!(x.point_list(), y.point_list());
+            prop_assert_eq!(x.core.ips.clone(), y.core.ips.clone());
+            for pos in [0, 1, u64::MAX, u64::MAX / 3, 12345678901234567] {
+                prop_assert_eq!(
+                    x.replicas_at(pos, 3).collect::<Vec<_>>(),
+                    y.replicas_at(pos, 3).collect::<Vec<_>>()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Join(String, u8, u8),
+        Leave(usize),
+        Roles(usize, u8),
+        Move(usize, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            ("[a-z]{1,5}", 0u8..8, 1u8..250).prop_map(|(n, r, i)| Op::Join(n, r, i)),
+            any::<usize>().prop_map(Op::Leave),
+            (any::<usize>(), 0u8..8).prop_map(|(i, r)| Op::Roles(i, r)),
+            (any::<usize>(), 1u8..250).prop_map(|(i, n)| Op::Move(i, n)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Any sequence of joins, leaves, role and address changes, one or a few at a time:
+        /// the rings changed in place are the rings built from scratch, every step.
+        #[test]
+        fn prop_rings_updated_in_place_are_the_rings_rebuilt(
+            start in prop::collection::btree_map("[a-z]{1,5}", (0u8..8, 1u8..250), 0..30),
+            steps in prop::collection::vec(prop::collection::vec(op(), 1..4), 1..12),
+            v in 1u32..40,
+        ) {
+            let mut members = start;
+            let mut version = 1;
+            let mut held = status_of(&members, version);
+            let mut rings = Rings::from_status(&held, v);
+            assert_same_rings(&rings, &Rings::from_status(&held, v))?;
+            for ops in steps {
+                for op in ops {
+                    let names: Vec<String> = members.keys().cloned().collect();
+                    match op {
+                        Op::Join(n, r, i) => {
+                            members.insert(n, (r, i));
+                        }
+                        Op::Leave(i) if !names.is_empty() => {
+                            members.remove(&names[i % names.len()]);
+                        }
+                        Op::Roles(i, r) if !names.is_empty() => {
+                            members.get_mut(&names[i % names.len()]).unwrap().0 = r;
+                        }
+                        Op::Move(i, n) if !names.is_empty() => {
+                            members.get_mut(&names[i % names.len()]).unwrap().1 = n;
+                        }
+                        _ => {}
+                    }
+                }
+                version += 1;
+                let next = status_of(&members, version);
+                rings = rings.update(&held, &next, v);
+                assert_same_rings(&rings, &Rings::from_status(&next, v))?;
+                held = next;
+            }
+        }
+
+        /// Every position whose replica set differs between the rings before and after a
+        /// change lies in a range that `changed_ranges` gives.
+        #[test]
+        fn prop_changed_ranges_hold_every_key_whose_replicas_changed(
+            names in prop::collection::btree_set("[a-z]{1,5}", 4..30),
+            gone in prop::collection::vec(any::<usize>(), 0..3),
+            come in prop::collection::btree_set("[A-Z]{1,5}", 0..3),
+            replicas in 1usize..4,
+            v in 1u32..30,
+            positions in prop::collection::vec(any::<u64>(), 300),
+        ) {
+            let before: Vec<String> = names.iter().cloned().collect();
+            let mut after = before.clone();
+            for g in gone {
+                if after.len() > 1 {
+                    let i = g % after.len();
+                    after.remove(i);
+                }
+            }
+            after.extend(come.iter().cloned());
+            let before_refs: Vec<&str> = before.iter().map(String::as_str).collect();
+            let old = ring_of(&before_refs, v);
+            // Made from the old one in place, as a node does.
+            let mk = |names: &[String]| NetworkStatus {
+                members: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| member(n, Kind::Node, &["registrar"], i as u8 + 1))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .collect(),
+                ..NetworkStatus::default()
+            };
+            let (mut s0, mut s1) = (mk(&before), mk(&after));
+            s0.members.sort_by(|a, b| a.name.cmp(&b.name));
+            s1.members.sort_by(|a, b| a.name.cmp(&b.name));
+            let r0 = Rings::from_status(&s0, v);
+            let r1 = r0.update(&s0, &s1, v);
+            let (old, new) = (r0.get("registrar").unwrap_or(&old), r1.get("registrar").unwrap());
+            let Some(ranges) = Ring::changed_ranges(old, new, replicas) else {
+                return Ok(());
+            };
+            let inside = |p: u64| ranges.iter().any(|&(a, b)| a <= p && p <= b);
+            let mut probes = positions;
+            for (p, _) in old.point_list().into_iter().chain(new.point_list()) {
+                probes.extend([p.wrapping_sub(1), p, p.wrapping_add(1)]);
+            }
+            for pos in probes {
+                let a: Vec<&str> = old.replicas_at(pos, replicas).map(|m| m.name.as_str()).collect();
+                let b: Vec<&str> = new.replicas_at(pos, replicas).map(|m| m.name.as_str()).collect();
+                if a != b {
+                    prop_assert!(inside(pos), "{pos} moved from {a:?} to {b:?} outside {ranges:?}");
+                }
+            }
+            for w in ranges.windows(2) {
+                prop_assert!(w[0].1 < w[1].0, "sorted and disjoint: {ranges:?}");
+            }
+        }
+    }
+
+    /// At 1,000 members x 100 points, one member joining replaces only the chunks its points
+    /// fall in; every other chunk is shared with the ring before, and the roles borne by the
+    /// same members share one set of points.
+    #[test]
+    fn a_one_member_change_touches_only_that_members_chunks() {
+        let mut members: std::collections::BTreeMap<String, (u8, u8)> = (0..1000)
+            .map(|i| (format!("node{i:04}"), (7u8, (i % 250) as u8 + 1)))
+            .collect();
+        let before = status_of(&members, 1);
+        let r0 = Rings::from_status(&before, 100);
+        let reg0 = r0.get("registrar").unwrap();
+        assert!(reg0.shares_points_with(r0.get("sip_proxy").unwrap()));
+        members.insert("node0500a".into(), (7, 9));
+        let after = status_of(&members, 2);
+        let r1 = r0.update(&before, &after, 100);
+        let reg1 = r1.get("registrar").unwrap();
+        assert!(reg1.shares_points_with(r1.get("media_relay").unwrap()));
+        let replaced = reg0
+            .core
+            .chunks
+            .iter()
+            .zip(&reg1.core.chunks)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .count();
+        assert!(
+            replaced > 0 && replaced <= 100,
+            "{replaced} chunks replaced"
+        );
+        assert_eq!(reg0.core.chunks.len(), reg1.core.chunks.len());
+        assert_eq!(
+            reg1.point_list(),
+            Rings::from_status(&after, 100)
+                .get("registrar")
+                .unwrap()
+                .point_list()
+        );
+        // And the store re-plans a small part of the circle: about 2 arcs in 1,001 per point.
+        let ranges = Ring::changed_ranges(reg0, reg1, 2).unwrap();
+        let covered: f64 = ranges
+            .iter()
+            .map(|(a, b)| (b - a) as f64 + 1.0)
+            .sum::<f64>()
+            / 2f64.powi(64);
+        assert!(covered > 0.0 && covered < 0.02, "{covered}");
     }
 
     // ---- Golden vectors -------------------------------------------------------------------

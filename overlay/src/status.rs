@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -221,8 +222,9 @@ pub struct NetworkStatus {
     pub version: u64,
     /// The name of the manager that published this status (the active manager).
     pub manager: String,
-    /// Every live member, sorted by name.
-    pub members: Vec<Member>,
+    /// Every live member, sorted by name. Shared: a copy of the status costs a reference count
+    /// per member, not a copy of each (on the wire a member is encoded as itself).
+    pub members: Vec<Arc<Member>>,
 }
 
 impl NetworkStatus {
@@ -236,18 +238,207 @@ impl NetworkStatus {
 
     /// The member with this name.
     pub fn member(&self, name: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.name == name)
+        self.members.iter().map(|m| &**m).find(|m| m.name == name)
     }
 
     /// Live members bearing `role`.
     pub fn with_role<'a>(&'a self, role: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
-        self.members.iter().filter(move |m| m.has_role(role))
+        self.members
+            .iter()
+            .map(|m| &**m)
+            .filter(move |m| m.has_role(role))
     }
 
     /// Live members of `kind`.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Member> + '_ {
-        self.members.iter().filter(move |m| m.kind == kind)
+        self.members
+            .iter()
+            .map(|m| &**m)
+            .filter(move |m| m.kind == kind)
     }
+
+    /// A digest of the membership ([`member_digest`] of every member, added up): equal member
+    /// lists have equal digests whatever their order, and one member's change moves it by that
+    /// member's share alone, so a receiver keeps it up to date at the cost of the change.
+    pub fn digest(&self) -> u64 {
+        self.members
+            .iter()
+            .fold(0u64, |d, m| d.wrapping_add(member_digest(m)))
+    }
+
+    /// The delta that turns `self` into `next` (members joined or changed, members gone),
+    /// for `next`'s term and version; `None` when `next` is not of the same term and manager
+    /// (a receiver must then be given `next` whole).
+    pub fn delta_to(&self, next: &NetworkStatus) -> Option<StatusDelta> {
+        if next.term != self.term || next.manager != self.manager || next.version <= self.version {
+            return None;
+        }
+        let mut upserts = Vec::new();
+        let mut removed = Vec::new();
+        let (a, b) = (&self.members, &next.members);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x.name == y.name => {
+                    if x != y {
+                        upserts.push(y.clone());
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x.name < y.name => {
+                    removed.push(x.name.clone());
+                    i += 1;
+                }
+                (Some(x), None) => {
+                    removed.push(x.name.clone());
+                    i += 1;
+                }
+                (_, Some(y)) => {
+                    upserts.push(y.clone());
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        Some(StatusDelta {
+            term: next.term,
+            version: next.version,
+            base: self.version,
+            manager: next.manager.clone(),
+            upserts,
+            removed,
+            digest: next.digest(),
+        })
+    }
+
+    /// Applies `delta` in place when it follows this status (same term and manager, `base`
+    /// equal to this version) and the result has the delta's digest. `digest` is this
+    /// status's [`NetworkStatus::digest`] and is brought up to date, at the cost of the
+    /// change (not of the membership).
+    ///
+    /// On an error the status and `digest` are unchanged. The member list must be sorted by
+    /// name (as every published status is); it stays sorted.
+    pub fn apply_delta(&mut self, delta: &StatusDelta, digest: &mut u64) -> Result<(), DeltaError> {
+        if delta.term != self.term || delta.base != self.version || delta.manager != self.manager {
+            return Err(DeltaError::Gap {
+                held: (self.term, self.version),
+                base: (delta.term, delta.base),
+            });
+        }
+        if delta.version <= delta.base {
+            return Err(DeltaError::Malformed("version not above its base"));
+        }
+        let mut members = self.members.clone();
+        let mut d = *digest;
+        for name in &delta.removed {
+            match members.binary_search_by(|m| m.name.as_str().cmp(name)) {
+                Ok(i) => {
+                    d = d.wrapping_sub(member_digest(&members.remove(i)));
+                }
+                Err(_) => return Err(DeltaError::Malformed("a removed member is not held")),
+            }
+        }
+        for m in &delta.upserts {
+            match members.binary_search_by(|x| x.name.cmp(&m.name)) {
+                Ok(i) => {
+                    d = d.wrapping_sub(member_digest(&members[i]));
+                    members[i] = m.clone();
+                }
+                Err(i) => members.insert(i, m.clone()),
+            }
+            d = d.wrapping_add(member_digest(m));
+        }
+        if d != delta.digest {
+            return Err(DeltaError::Digest);
+        }
+        self.term = delta.term;
+        self.version = delta.version;
+        self.members = members;
+        *digest = d;
+        Ok(())
+    }
+}
+
+/// Feeds what bincode writes into a hash.
+struct HashWriter(xxhash_rust::xxh3::Xxh3);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One member's share of a membership digest ([`NetworkStatus::digest`]): a hash of its
+/// encoding on the wire.
+pub fn member_digest(m: &Member) -> u64 {
+    let mut w = HashWriter(xxhash_rust::xxh3::Xxh3::new());
+    // Writing into a hash cannot fail, and every field of a member encodes.
+    let _ = bincode::serde::encode_into_std_write(m, &mut w, bincode::config::standard());
+    w.0.digest()
+}
+
+/// A change of the network status, published by the active manager in place of the whole
+/// status: the members that joined or changed (each whole) and the names of those gone.
+///
+/// A receiver applies it only to the status of the same term and manager whose version is
+/// `base`; holding anything older, it has missed a change and asks for the whole status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDelta {
+    /// The Raft term of the publishing manager.
+    pub term: u64,
+    /// The version this delta makes.
+    pub version: u64,
+    /// The version it applies to (same term).
+    pub base: u64,
+    /// The publishing manager.
+    pub manager: String,
+    /// Members that joined, or whose record changed, whole.
+    pub upserts: Vec<Arc<Member>>,
+    /// Names of members that are gone.
+    pub removed: Vec<String>,
+    /// [`NetworkStatus::digest`] of the status after the delta.
+    pub digest: u64,
+}
+
+/// The periodic heartbeat of the active manager: which status is current, in a few bytes.
+/// A receiver holding an older one (or the same version with another digest) has missed a
+/// change and asks for the whole status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusBeat {
+    /// The Raft term of the publishing manager.
+    pub term: u64,
+    /// The current version.
+    pub version: u64,
+    /// The publishing manager.
+    pub manager: String,
+    /// How many members the status lists.
+    pub members: u32,
+    /// [`NetworkStatus::digest`] of the current status.
+    pub digest: u64,
+}
+
+/// Why a delta was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    /// It does not follow the status held: a change was missed (or it is old).
+    #[error("delta for {base:?} does not follow the status held {held:?}")]
+    Gap {
+        /// `(term, version)` held.
+        held: (u64, u64),
+        /// `(term, base)` of the delta.
+        base: (u64, u64),
+    },
+    /// It cannot be right (a removed member not held, versions out of order).
+    #[error("malformed delta: {0}")]
+    Malformed(&'static str),
+    /// The result's digest differs from the delta's: the status held was not the manager's.
+    #[error("the status after the delta does not match the manager's digest")]
+    Digest,
 }
 
 #[cfg(test)]
@@ -284,5 +475,88 @@ mod tests {
         assert!(s(2, 1).supersedes(Some(&s(1, 9))));
         assert!(!s(1, 1).supersedes(Some(&s(1, 1))));
         assert!(!s(1, 9).supersedes(Some(&s(2, 1))));
+    }
+
+    fn node(name: &str, n: u8) -> Arc<Member> {
+        Arc::new(Member {
+            name: name.into(),
+            kind: Kind::Node,
+            roles: vec![Role::new("registrar").unwrap()],
+            endpoints: Vec::new(),
+            since: n as u64,
+            ip: IpAddr::from([127, 0, 1, n]),
+        })
+    }
+
+    fn with(version: u64, names: &[(&str, u8)]) -> NetworkStatus {
+        NetworkStatus {
+            term: 3,
+            version,
+            manager: "manager1".into(),
+            members: names.iter().map(|(n, i)| node(n, *i)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_delta_turns_a_status_into_the_next_one() {
+        let a = with(1, &[("a", 1), ("b", 2), ("c", 3)]);
+        let b = with(2, &[("a", 1), ("b", 9), ("d", 4)]);
+        let d = a.delta_to(&b).unwrap();
+        assert_eq!(d.removed, ["c"]);
+        assert_eq!(
+            d.upserts
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "d"]
+        );
+        let mut held = a.clone();
+        let mut digest = a.digest();
+        held.apply_delta(&d, &mut digest).unwrap();
+        assert_eq!(held, b);
+        assert_eq!(digest, b.digest());
+        // Applied once only: the next one must follow version 2.
+        assert!(matches!(
+            held.apply_delta(&d, &mut digest),
+            Err(DeltaError::Gap { .. })
+        ));
+        // Another term or manager has no delta.
+        let mut other = b.clone();
+        other.term = 4;
+        assert!(a.delta_to(&other).is_none());
+    }
+
+    #[test]
+    fn a_delta_onto_another_status_is_refused_by_its_digest() {
+        let a = with(1, &[("a", 1), ("b", 2)]);
+        let b = with(2, &[("a", 1), ("b", 2), ("c", 3)]);
+        let d = a.delta_to(&b).unwrap();
+        // Same term and version, but the receiver's copy differs (b's address).
+        let mut wrong = with(1, &[("a", 1), ("b", 7)]);
+        let mut digest = wrong.digest();
+        let before = wrong.clone();
+        assert_eq!(wrong.apply_delta(&d, &mut digest), Err(DeltaError::Digest));
+        assert_eq!(wrong, before, "unchanged on an error");
+        assert_eq!(digest, before.digest());
+        // Removing a member not held.
+        let mut bad = d.clone();
+        bad.removed.push("zz".into());
+        let mut held = a.clone();
+        let mut digest = a.digest();
+        assert!(matches!(
+            held.apply_delta(&bad, &mut digest),
+            Err(DeltaError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_digest_does_not_depend_on_order_and_sees_every_field() {
+        let a = with(1, &[("a", 1), ("b", 2)]);
+        let mut r = a.clone();
+        r.members.reverse();
+        assert_eq!(a.digest(), r.digest());
+        let mut since = a.clone();
+        Arc::make_mut(&mut since.members[0]).since += 1;
+        assert_ne!(a.digest(), since.digest());
     }
 }

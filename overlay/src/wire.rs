@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::status::{Endpoint, Kind, NetworkStatus, Role};
+use crate::status::{Endpoint, Kind, NetworkStatus, Role, StatusBeat, StatusDelta};
 
 /// The ALPN protocol of every onehop QUIC connection.
 pub const ALPN: &[u8] = b"onehop/1";
@@ -154,6 +154,10 @@ pub enum Payload {
     Crl(Vec<u8>),
     /// On [`Topic::Manager`]: opaque to everyone but managers.
     Manager(Vec<u8>),
+    /// On [`Topic::Network`]: a change of the status, from the one before it.
+    NetworkDelta(StatusDelta),
+    /// On [`Topic::Network`]: the active manager's periodic heartbeat.
+    NetworkBeat(StatusBeat),
 }
 
 impl Payload {
@@ -166,6 +170,7 @@ impl Payload {
             Payload::Log(_) => Topic::Events,
             Payload::Crl(_) => Topic::Crl,
             Payload::Manager(_) => Topic::Manager,
+            Payload::NetworkDelta(_) | Payload::NetworkBeat(_) => Topic::Network,
         }
     }
 }
@@ -200,6 +205,10 @@ pub enum ClientMsg {
     },
     /// A graceful goodbye: the member's departure is published as a leave, not a loss.
     Leave,
+    /// Send the retained values of these subscribed topics again (as
+    /// [`ServerMsg::Retained`]): a receiver that missed a change of the network status asks
+    /// for the whole of it.
+    Fetch(Vec<Topic>),
 }
 
 /// Event server -> client.
@@ -217,6 +226,10 @@ pub enum ServerMsg {
         /// Why, for the client's log.
         reason: String,
     },
+    /// A retained value (the whole network status), sent on subscribing and on
+    /// [`ClientMsg::Fetch`]. Not a new publication: receivers take it whether or not they
+    /// saw its `(origin, seq)` before.
+    Retained(Event),
 }
 
 /// Application error codes used when closing a stream or a connection.

@@ -1079,7 +1079,7 @@ impl NsFarm {
                                 version: s.version,
                                 manager: s.manager.clone(),
                                 members: s.members.iter().map(|m| m.name.clone()).collect(),
-                                full: s.members.clone(),
+                                full: s.members.iter().map(|m| (**m).clone()).collect(),
                             });
                         }
                     }

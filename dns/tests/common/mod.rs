@@ -90,7 +90,7 @@ pub fn status(term: u64, version: u64, proxies: usize, v6: bool) -> NetworkStatu
         term,
         version,
         manager: "mgr1".into(),
-        members,
+        members: members.into_iter().map(std::sync::Arc::new).collect(),
     }
 }
 

@@ -79,7 +79,7 @@ impl State {
         let newer = self.view.as_ref().is_none_or(|held| {
             view.status
                 .as_ref()
-                .is_some_and(|s| s.supersedes(held.status.as_ref()))
+                .is_some_and(|s| s.supersedes(held.status.as_deref()))
         });
         if !newer {
             return None;
@@ -130,11 +130,16 @@ pub(super) fn replicate_sender(inner: Weak<Inner>) -> SendFn<Result<Response, Pe
 /// The rings of `new` without the members that restarted since `old` (in both statuses with a
 /// different `since`), or `None` when none did.
 fn without_restarted(old: Option<&View>, new: &View) -> Option<onehop_overlay::ring::Rings> {
-    let (old, status) = (old?.status.as_ref()?, new.status.as_ref()?);
+    let (old, status) = (old?.status.as_deref()?, new.status.as_deref()?);
+    let since: HashMap<&str, u64> = old
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.since))
+        .collect();
     let restarted: HashSet<&str> = status
         .members
         .iter()
-        .filter(|m| old.member(&m.name).is_some_and(|o| o.since != m.since))
+        .filter(|m| since.get(m.name.as_str()).is_some_and(|&s| s != m.since))
         .map(|m| m.name.as_str())
         .collect();
     if restarted.is_empty() {
@@ -147,14 +152,12 @@ fn without_restarted(old: Option<&View>, new: &View) -> Option<onehop_overlay::r
         .filter_map(|r| new.rings.get(r))
         .find(|r| !r.is_empty())
         .map(|r| (r.points() / r.len()) as u32)?;
-    let mut interim = status.clone();
+    let mut interim = onehop_overlay::status::NetworkStatus::clone(status);
     interim
         .members
         .retain(|m| !restarted.contains(m.name.as_str()));
     info!(members = ?restarted, "members restarted: their keys are handed back to them");
-    Some(onehop_overlay::ring::Rings::from_status(
-        &interim, per_member,
-    ))
+    Some(new.rings.update(status, &interim, per_member))
 }
 
 /// The [`PeerHandler`] of [`Service::Store`].
@@ -241,14 +244,24 @@ impl Inner {
         let mut last_purge = Instant::now();
         let mut view_open = true;
         loop {
-            // The walk that plans a hand-off or a repair pass goes a chunk per turn, with the
-            // lock given back and the runtime's other tasks run in between.
+            // The walk that plans a hand-off or a repair pass goes a chunk per turn, off the
+            // runtime's threads, with the lock given back and whatever else is due handled in
+            // between.
             let scanning = self.lock().machine.scanning();
+            if scanning {
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || me.handle(Input::Scan)).await;
+            }
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => break,
-                _ = tokio::task::yield_now(), if scanning => self.handle(Input::Scan),
                 r = view.changed(), if view_open => match r {
-                    Ok(()) => self.sync(),
+                    // A new view re-plans the store (the ranges its ring change moved): off
+                    // the runtime's threads too.
+                    Ok(()) => {
+                        let me = self.clone();
+                        let _ = tokio::task::spawn_blocking(move || me.sync()).await;
+                    }
                     Err(_) => view_open = false,
                 },
                 _ = tick.tick() => {
@@ -258,6 +271,7 @@ impl Inner {
                         self.handle(Input::Purge);
                     }
                 }
+                _ = std::future::ready(()), if scanning => {}
             }
         }
         debug!("store stopped");
@@ -735,6 +749,7 @@ mod tests {
                 since: since(n),
                 ip: IpAddr::from([127, 0, 0, i as u8 + 1]),
             })
+            .map(Arc::new)
             .collect();
         let status = NetworkStatus {
             term: 1,
@@ -744,7 +759,7 @@ mod tests {
         };
         let rings = Rings::from_status(&status, 100);
         Arc::new(View {
-            status: Some(status),
+            status: Some(Arc::new(status)),
             rings,
         })
     }

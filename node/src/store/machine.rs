@@ -41,11 +41,22 @@
 //!
 //! An entry received for a key whose new replica set does not include this node (sent by a
 //! node with an older or newer view) is handed on the same way.
+//!
+//! # Only what moved
+//!
+//! Entries are kept per role in ring order (by position, then key). A ring change names the
+//! ranges of positions whose replica sets may differ ([`Ring::changed_ranges`]: the arcs
+//! next to the points of the members that came or went), and the walk visits the entries in
+//! those ranges only; a key outside them has the same replica set before and after, so
+//! nothing is owed for it but what a cancelled plan still owed (kept per key and planned at
+//! the end of the walk). The repair pass after a hand-off walks the same ranges. With many
+//! members changing at once the ranges are "everything", as before.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use onehop_overlay::ring::{position, Ring, Rings};
+use std::ops::Bound;
 
 use super::entry::{Entry, Item, StoreKey, Version};
 use super::messages::{Failure, Outcome, Push};
@@ -298,6 +309,9 @@ struct Plan {
     waiting: HashMap<StoreKey, BTreeSet<String>>,
     /// Work was added since the last [`Action::Settled`].
     busy: bool,
+    /// What the hand-offs settled since the last repair pass covered: what the next one
+    /// walks.
+    settled: Cover,
     /// This plan is a repair pass, not a hand-off.
     verifying: bool,
     /// The walk over what is held that builds this plan, while it is under way.
@@ -319,6 +333,77 @@ struct Scan {
     owed: HashMap<StoreKey, Vec<String>>,
     /// The last entry looked at (`None` before the first).
     after: Option<StoreKey>,
+    /// What the walk visits: per role, the ranges of positions whose replica sets changed
+    /// since `before` (`None`: every entry of the role; roles not named: none).
+    cover: Cover,
+}
+
+/// Per role, the ranges of positions a walk visits (sorted, disjoint, inclusive); `None`:
+/// every position.
+type Cover = BTreeMap<String, Option<Vec<(u64, u64)>>>;
+
+/// `a` and `b` together, sorted and merged.
+fn union(a: Option<Vec<(u64, u64)>>, b: Option<Vec<(u64, u64)>>) -> Option<Vec<(u64, u64)>> {
+    let mut all = a?;
+    all.extend(b?);
+    Some(onehop_overlay::ring::merge_ranges(all))
+}
+
+/// Adds `more` to `cover`.
+fn widen(cover: &mut Cover, more: Cover) {
+    for (role, ranges) in more {
+        let merged = match cover.remove(&role) {
+            Some(held) => union(held, ranges),
+            None => ranges,
+        };
+        cover.insert(role, merged);
+    }
+}
+
+/// One role's entries in ring order: by position, then key.
+#[derive(Debug, Default)]
+pub(crate) struct RoleData(BTreeMap<(u64, String), Entry>);
+
+impl RoleData {
+    fn get(&self, key: &str) -> Option<&Entry> {
+        let pos = position(key);
+        self.0
+            .range((pos, String::new())..)
+            .take_while(|((p, _), _)| *p == pos)
+            .find(|((_, k), _)| k == key)
+            .map(|(_, e)| e)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        self.0.remove(&(position(key), key.to_string()))
+    }
+
+    fn insert(&mut self, key: String, entry: Entry) -> Option<Entry> {
+        self.0.insert((position(&key), key), entry)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> + '_ {
+        self.0.iter().map(|((_, k), e)| (k.as_str(), e))
+    }
+
+    /// The entries from `lower` (bounded) up to position `last` inclusive.
+    fn span(
+        &self,
+        lower: Bound<(u64, String)>,
+        last: u64,
+    ) -> impl Iterator<Item = (&str, &Entry)> + '_ {
+        let upper = match last.checked_add(1) {
+            Some(next) => Bound::Excluded((next, String::new())),
+            None => Bound::Unbounded,
+        };
+        self.0
+            .range((lower, upper))
+            .map(|((_, k), e)| (k.as_str(), e))
+    }
 }
 
 impl Plan {
@@ -336,7 +421,7 @@ pub(crate) struct Machine {
     me: String,
     origin: u64,
     cfg: MachineConfig,
-    data: BTreeMap<String, BTreeMap<String, Entry>>,
+    data: BTreeMap<String, RoleData>,
     expiry: BTreeSet<(u64, StoreKey)>,
     rings: Rings,
     /// Per role: the rings before its last change, and when it changed.
@@ -349,6 +434,8 @@ pub(crate) struct Machine {
     bytes: usize,
     /// When the repair pass after the last hand-off is due.
     verify_at: Option<u64>,
+    /// Entries looked at by the walks of hand-offs and repair passes, all told.
+    walked: u64,
 }
 
 fn names(ring: Option<&Ring>, pos: u64, n: usize) -> Vec<&str> {
@@ -358,22 +445,97 @@ fn names(ring: Option<&Ring>, pos: u64, n: usize) -> Vec<&str> {
     }
 }
 
-/// Every entry held after `from` (all of them when `None`), in key order.
+/// Every entry held after `from` (all of them when `None`) in `cover` (everything when
+/// `None`), role after role, in ring order.
 fn entries_after<'a>(
-    data: &'a BTreeMap<String, BTreeMap<String, Entry>>,
+    data: &'a BTreeMap<String, RoleData>,
+    cover: Option<&'a Cover>,
     from: Option<&'a StoreKey>,
 ) -> impl Iterator<Item = (&'a str, &'a str, &'a Entry)> + 'a {
-    use std::ops::Bound;
     let first = from.map_or(Bound::Unbounded, |k| Bound::Included(k.role.as_str()));
+    let start = from.map(|k| (k.position(), k.key.as_str()));
     data.range::<str, _>((first, Bound::Unbounded))
-        .flat_map(move |(role, keys)| {
-            let lower = match from {
-                Some(k) if k.role == *role => Bound::Excluded(k.key.as_str()),
-                _ => Bound::Unbounded,
-            };
-            keys.range::<str, _>((lower, Bound::Unbounded))
-                .map(move |(key, e)| (role.as_str(), key.as_str(), e))
+        .filter_map(move |(role, keys)| match cover {
+            None => Some((role, keys, None)),
+            Some(c) => c.get(role).map(|r| (role, keys, r.as_deref())),
         })
+        .flat_map(move |(role, keys, ranges)| {
+            // Resume after `from` within its own role.
+            let cursor = match from {
+                Some(k) if k.role == *role => start,
+                _ => None,
+            };
+            let whole = [(0u64, u64::MAX)];
+            let ranges: Vec<(u64, u64)> = ranges.unwrap_or(&whole).to_vec();
+            ranges.into_iter().flat_map(move |(a, b)| {
+                let lower = match cursor {
+                    Some((pos, _)) if pos > b => None,
+                    Some((pos, key)) if pos >= a => Some(Bound::Excluded((pos, key.to_string()))),
+                    _ => Some(Bound::Included((a, String::new()))),
+                };
+                lower
+                    .into_iter()
+                    .flat_map(move |lower| keys.span(lower, b))
+                    .map(move |(k, e)| (role.as_str(), k, e))
+            })
+        })
+}
+
+/// Plans what one key held needs after a ring change (or in a repair pass); see the module
+/// documentation. `owed` names the members a cancelled plan still owed it to.
+#[allow(clippy::too_many_arguments)]
+fn plan_key(
+    me: &str,
+    cfg: &MachineConfig,
+    rings: &Rings,
+    plan: &mut Plan,
+    scan: &Scan,
+    k: StoreKey,
+    entry: &Entry,
+    owed: Option<&[String]>,
+    now: u64,
+) {
+    let Some(ring) = rings.get(&k.role).filter(|r| r.points() > 0) else {
+        return;
+    };
+    if entry.is_expired(now) {
+        return;
+    }
+    let pos = k.position();
+    let new = names(Some(ring), pos, cfg.replicas);
+    if plan.verifying {
+        if new.contains(&me) {
+            for p in new.iter().filter(|p| **p != me) {
+                plan.peer(p).enqueue(k.clone(), Mode::Check);
+            }
+        }
+        return;
+    }
+    let before = match scan.before.get(&k.role) {
+        Some(old) => old.get(&k.role),
+        None => Some(ring),
+    };
+    let old = names(before, pos, cfg.replicas);
+    let owed_to = |p: &str| owed.is_some_and(|o| o.iter().any(|n| n == p));
+    if new.contains(&me) {
+        for p in new.iter().filter(|p| **p != me) {
+            if !old.contains(p) || owed_to(p) {
+                plan.peer(p).enqueue(k.clone(), Mode::Full);
+            }
+        }
+    } else {
+        let mut waiting = BTreeSet::new();
+        for p in &new {
+            let mode = if old.contains(p) && !owed_to(p) {
+                Mode::Check
+            } else {
+                Mode::Full
+            };
+            plan.peer(p).enqueue(k.clone(), mode);
+            waiting.insert(p.to_string());
+        }
+        plan.waiting.insert(k, waiting);
+    }
 }
 
 fn same_members(a: Option<&Ring>, b: Option<&Ring>) -> bool {
@@ -402,7 +564,14 @@ impl Machine {
             entries: 0,
             bytes: 0,
             verify_at: None,
+            walked: 0,
         }
+    }
+
+    /// Entries looked at by the walks that plan hand-offs and repair passes, all told (a
+    /// walk visits only the ranges a ring change moved).
+    pub fn walked(&self) -> u64 {
+        self.walked
     }
 
     /// Bytes held, as [`cost`] counts them.
@@ -671,8 +840,8 @@ impl Machine {
     pub fn local_len(&self, now: u64) -> usize {
         self.data
             .values()
-            .flat_map(|m| m.values())
-            .filter(|e| e.live_value(now).is_some())
+            .flat_map(|m| m.iter())
+            .filter(|(_, e)| e.live_value(now).is_some())
             .count()
     }
 
@@ -681,17 +850,20 @@ impl Machine {
         self.data
             .get(role)
             .map(|m| {
-                m.iter()
+                let mut keys: Vec<String> = m
+                    .iter()
                     .filter(|(_, e)| e.live_value(now).is_some())
-                    .map(|(k, _)| k.clone())
-                    .collect()
+                    .map(|(k, _)| k.to_string())
+                    .collect();
+                keys.sort_unstable();
+                keys
             })
             .unwrap_or_default()
     }
 
     /// Entries held, tombstones and expired entries included.
     pub fn stored(&self) -> usize {
-        self.data.values().map(BTreeMap::len).sum()
+        self.data.values().map(RoleData::len).sum()
     }
 
     fn ring(&self, role: &str) -> Option<&Ring> {
@@ -719,18 +891,38 @@ impl Machine {
         for role in &changed {
             self.prev.insert(role.clone(), (old.clone(), now));
         }
-        self.replan(&changed, &old);
+        // The positions whose replica sets this change may move, per role.
+        let cover: Cover = changed
+            .iter()
+            .map(|role| {
+                let ranges = match (old.get(role), self.rings.get(role)) {
+                    (Some(a), Some(b)) => Ring::changed_ranges(a, b, self.cfg.replicas),
+                    _ => None,
+                };
+                (role.clone(), ranges)
+            })
+            .collect();
+        self.replan(&changed, &old, cover);
     }
 
     /// Starts a new transfer plan after a ring change (a new epoch): what a cancelled plan
     /// still owed is kept, and the walk over every key held starts (or starts again, see
     /// [`Scan::before`]).
-    fn replan(&mut self, changed: &BTreeSet<String>, old: &Rings) {
+    fn replan(&mut self, changed: &BTreeSet<String>, old: &Rings, cover: Cover) {
         let plan = &mut self.plan;
         plan.epoch += 1;
         plan.busy = true;
+        let mut scan = match plan.scan.take() {
+            // A repair pass is cut short: what it was to cover is covered by the next.
+            Some(cut) if plan.verifying => {
+                widen(&mut plan.settled, cut.cover);
+                Scan::default()
+            }
+            cut => cut.unwrap_or_default(),
+        };
         plan.verifying = false;
-        let mut scan = plan.scan.take().unwrap_or_default();
+        // Changes whose walks have not ended add up: the walk covers all of them.
+        widen(&mut scan.cover, cover);
         for role in changed {
             scan.before
                 .entry(role.clone())
@@ -774,6 +966,7 @@ impl Machine {
             data,
             rings,
             plan,
+            walked,
             ..
         } = self;
         let Some(mut scan) = plan.scan.take() else {
@@ -781,59 +974,36 @@ impl Machine {
         };
         let me = me.as_str();
         let from = scan.after.take();
-        let mut walk = entries_after(data, from.as_ref());
+        let mut walk = entries_after(data, Some(&scan.cover), from.as_ref());
         let mut last = None;
+        let mut looked = Vec::with_capacity(cfg.scan_chunk.max(1));
         for (role, key, entry) in walk.by_ref().take(cfg.scan_chunk.max(1)) {
             last = Some((role, key));
-            let Some(ring) = rings.get(role).filter(|r| r.points() > 0) else {
-                continue;
-            };
-            if entry.is_expired(now) {
-                continue;
-            }
-            let pos = position(key);
-            let new = names(Some(ring), pos, cfg.replicas);
-            let k = StoreKey::new(role, key);
-            if plan.verifying {
-                if new.contains(&me) {
-                    for p in new.iter().filter(|p| **p != me) {
-                        plan.peer(p).enqueue(k.clone(), Mode::Check);
-                    }
-                }
-                continue;
-            }
-            let before = match scan.before.get(role) {
-                Some(old) => old.get(role),
-                None => Some(ring),
-            };
-            let old = names(before, pos, cfg.replicas);
-            let owed_to = |p: &str| scan.owed.get(&k).is_some_and(|o| o.iter().any(|n| n == p));
-            if new.contains(&me) {
-                for p in new.iter().filter(|p| **p != me) {
-                    if !old.contains(p) || owed_to(p) {
-                        plan.peer(p).enqueue(k.clone(), Mode::Full);
-                    }
-                }
-            } else {
-                let mut waiting = BTreeSet::new();
-                for p in &new {
-                    let mode = if old.contains(p) && !owed_to(p) {
-                        Mode::Check
-                    } else {
-                        Mode::Full
-                    };
-                    plan.peer(p).enqueue(k.clone(), mode);
-                    waiting.insert(p.to_string());
-                }
-                plan.waiting.insert(k, waiting);
-            }
+            looked.push((role, key, entry));
         }
-        if walk.next().is_none() {
-            plan.peers.retain(|_, p| !p.idle());
-        } else {
+        let more = walk.next().is_some();
+        drop(walk);
+        *walked += looked.len() as u64;
+        for (role, key, entry) in looked {
+            let k = StoreKey::new(role, key);
+            let owed = scan.owed.remove(&k);
+            plan_key(me, cfg, rings, plan, &scan, k, entry, owed.as_deref(), now);
+        }
+        if more {
             scan.after = last.map(|(role, key)| StoreKey::new(role, key));
             plan.scan = Some(scan);
+            return;
         }
+        // The walk is over. What cancelled plans owed for keys outside it is planned now.
+        for (k, owed) in std::mem::take(&mut scan.owed) {
+            if let Some(entry) = data.get(&k.role).and_then(|m| m.get(&k.key)) {
+                plan_key(me, cfg, rings, plan, &scan, k, entry, Some(&owed), now);
+            }
+        }
+        if !plan.verifying {
+            widen(&mut plan.settled, std::mem::take(&mut scan.cover));
+        }
+        plan.peers.retain(|_, p| !p.idle());
     }
 
     /// Calls `f` with the role and value of each live entry, at most `budget` entries from
@@ -847,7 +1017,7 @@ impl Machine {
         now: u64,
         mut f: impl FnMut(&str, &[u8]),
     ) -> Option<StoreKey> {
-        let mut walk = entries_after(&self.data, after);
+        let mut walk = entries_after(&self.data, None, after);
         let mut last = None;
         for (role, key, entry) in walk.by_ref().take(budget.max(1)) {
             if let Some(v) = entry.live_value(now) {
@@ -878,7 +1048,10 @@ impl Machine {
         plan.epoch += 1;
         plan.busy = true;
         plan.verifying = true;
-        plan.scan = Some(Scan::default());
+        plan.scan = Some(Scan {
+            cover: std::mem::take(&mut plan.settled),
+            ..Scan::default()
+        });
     }
 
     /// An entry for a key whose replica set does not include this node is handed on to that

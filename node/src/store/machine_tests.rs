@@ -24,6 +24,7 @@ fn rings(names: &[&str]) -> Rings {
             since: 0,
             ip: IpAddr::from([127, 0, 0, i as u8 + 1]),
         })
+        .map(std::sync::Arc::new)
         .collect();
     let status = NetworkStatus {
         term: 1,
@@ -1298,8 +1299,40 @@ fn a_walk_over_a_large_store_holds_it_a_chunk_at_a_time() {
         ms(whole)
     );
     assert!(held > 150_000, "{held}");
+    // The walk visits the ranges the change moved (one member of three replaced: most of
+    // the circle), a chunk per call.
+    let walked = m.walked() as usize;
+    assert!(walked > 100_000, "{walked}");
     assert!(
-        calls >= held.div_ceil(4_096),
-        "{calls} calls for {held} entries"
+        calls >= walked.div_ceil(4_096),
+        "{calls} calls for {walked} entries walked"
+    );
+}
+
+#[test]
+fn a_one_member_change_walks_only_the_ranges_it_moved() {
+    // 40 members, 20,000 keys: one member leaves, another joins. Every key ends up with its
+    // replica set, and the walks together look at a small part of what is held.
+    let names: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let r1 = rings(&refs);
+    let n = 20_000;
+    let mut sim = Sim::new(&refs, &r1, n);
+    let held: usize = sim.nodes.values().map(Machine::stored).sum();
+    let mut after = refs.clone();
+    after.retain(|m| *m != "n17");
+    after.push("zz");
+    let r2 = rings(&after);
+    sim.nodes.remove("n17");
+    sim.nodes.insert("zz".into(), Machine::new("zz", cfg()));
+    sim.rings(&r2);
+    sim.run();
+    sim.assert_placed(&r2, n);
+    let walked: u64 = sim.nodes.values().map(Machine::walked).sum();
+    println!("one member left and one joined: {walked} of {held} entries walked");
+    assert!(walked > 0);
+    assert!(
+        (walked as usize) < held / 5,
+        "{walked} of {held} entries walked"
     );
 }

@@ -486,6 +486,12 @@ impl Store {
         self.inner.lock().machine.bytes()
     }
 
+    /// Entries looked at so far by the walks that re-plan the store after ring changes (and
+    /// the repair passes after them): each walks only the ranges its change moved.
+    pub fn walked(&self) -> u64 {
+        self.inner.lock().machine.walked()
+    }
+
     /// Writes and batches refused so far because this node's store was full.
     pub fn full_refusals(&self) -> u64 {
         self.inner.full.load(std::sync::atomic::Ordering::Relaxed)
