@@ -22,8 +22,11 @@
 //! stays the reference for every behaviour: ANY, zone transfers, other classes and opcodes,
 //! EDNS versions above 0, requests with several questions or other records, options hickory
 //! parses (NSID, DAU, client subnet), and every response that would not fit the client's size
-//! (the slow path trims it and sets TC). Names under the ENUM suffixes are answered here too,
-//! from the [`EnumTable`](crate::enum_data::EnumTable) the zone shares.
+//! (the slow path trims it and sets TC), but one: when not even the tightest encoding of the
+//! whole response could fit (every compressible name a 2-byte pointer), the slow path would
+//! drop the additional section, and so does the fast path (a NAPTR answer with its SRV slices
+//! over UDP without EDNS). Names under the ENUM suffixes are answered here too, from the
+//! [`EnumTable`](crate::enum_data::EnumTable) the zone shares.
 //!
 //! # Same answers as the slow path
 //! The fast path answers only when its response fits the size limit, and hickory's encoding
@@ -96,6 +99,10 @@ pub(crate) struct Block {
     /// Bytes that name compression saved: `bytes.len() + saved` is the length with every
     /// name in full (the bound for mixed-case questions).
     saved: usize,
+    /// Bytes more that a compressor finding every name earlier in the message could save
+    /// (each compressible name down to a pointer): `bytes.len() - squeezable` bounds from
+    /// below what hickory's encoder can make of the block.
+    squeezable: usize,
     records: u16,
 }
 
@@ -124,7 +131,11 @@ impl<'q> Writer<'q> {
     fn name(&self, b: &mut Block, name: &[u8], compress: bool) {
         let before = b.bytes.len();
         self.write_name(b, name, compress);
-        b.saved += name.len() - (b.bytes.len() - before);
+        let written = b.bytes.len() - before;
+        b.saved += name.len() - written;
+        if compress {
+            b.squeezable += written.saturating_sub(2);
+        }
     }
 
     fn write_name(&self, b: &mut Block, name: &[u8], compress: bool) {
@@ -596,12 +607,20 @@ struct Out<'o> {
     buf: &'o mut Vec<u8>,
     /// Length with every name in full (`full` of the blocks).
     full: usize,
+    /// The least length any encoder could give the records (see [`Block::squeezable`]).
+    min: usize,
     counts: [u16; 3],
+    /// Length and `full` length once the answer section is written.
+    answer_end: Option<(usize, usize)>,
     /// The delta added to the blocks' pointers.
     delta: u16,
 }
 
 impl Out<'_> {
+    fn end_answers(&mut self) {
+        self.answer_end = Some((self.buf.len(), self.full));
+    }
+
     fn push(&mut self, section: usize, b: &Block) {
         let at = self.buf.len();
         self.buf.extend_from_slice(&b.bytes);
@@ -613,6 +632,7 @@ impl Out<'_> {
             }
         }
         self.full += b.bytes.len() + b.saved;
+        self.min += b.bytes.len() - b.squeezable;
         self.counts[section] += b.records;
     }
 
@@ -671,7 +691,9 @@ pub(crate) fn answer<R: Rng + ?Sized>(
     let mut o = Out {
         buf: out,
         full: HEADER + q.key_len + 4,
+        min: HEADER + q.key_len + 4,
         counts: [0; 3],
+        answer_end: None,
         delta: 0,
     };
     let mut aa = true;
@@ -714,7 +736,20 @@ pub(crate) fn answer<R: Rng + ?Sized>(
     };
     let records = o.counts.iter().map(|c| *c as usize).sum::<usize>();
     let opt = if q.edns.is_some() { 11 } else { 0 };
-    let size = if q.mixed_case { o.full } else { o.buf.len() };
+    let mut size = if q.mixed_case { o.full } else { o.buf.len() };
+    if size + opt > limit {
+        // The slow path drops the additional section first. When not even the tightest
+        // encoding of the whole response fits, hickory's does not either: drop it here.
+        match o.answer_end {
+            Some((len, full)) if o.counts[1] == 0 && o.min + opt > limit => {
+                o.buf.truncate(len);
+                o.full = full;
+                o.counts[2] = 0;
+                size = if q.mixed_case { o.full } else { o.buf.len() };
+            }
+            _ => return None,
+        }
+    }
     if records > MAX_RECORDS || size + opt > limit {
         return None;
     }
@@ -763,17 +798,20 @@ fn answer_with<R: Rng + ?Sized>(o: &mut Out<'_>, answer: &Answer, k: usize, rng:
     match answer {
         Answer::Fixed(f) => {
             o.push(0, &f.an);
+            o.end_answers();
             o.push(2, &f.ar);
         }
         Answer::Srv { set, hosts } => {
             let mut seen = Vec::new();
             o.slices(set, k, rng, hosts, &mut seen, false);
+            o.end_answers();
             for h in seen {
                 o.push(2, &hosts[h]);
             }
         }
         Answer::Naptr { an, targets, hosts } => {
             o.push(0, an);
+            o.end_answers();
             let mut seen = Vec::new();
             for t in targets {
                 o.slices(t, k, rng, hosts, &mut seen, true);

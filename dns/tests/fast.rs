@@ -377,6 +377,50 @@ fn answers_too_large_for_udp_are_truncated_by_the_slow_path() {
     assert_eq!(m.additionals.len(), 40);
 }
 
+/// The fast path's answer over UDP (it must give one).
+fn fast_udp(z: &Zone, raw: &[u8], seed: u64) -> Outcome {
+    let opts = AnswerOptions::default();
+    answer_fast(
+        Some(z),
+        raw,
+        Transport::Udp,
+        &opts,
+        &mut StdRng::seed_from_u64(seed),
+    )
+    .expect("answered by the fast path")
+}
+
+#[test]
+fn a_naptr_answer_too_large_for_512_bytes_drops_its_additional_section_fast() {
+    let z = zone(6, true);
+    for case in [Case::Lower, Case::Mixed] {
+        let raw = request(&cased(DOMAIN, case), RecordType::NAPTR, None, &[]);
+        let what = format!("NAPTR without EDNS, {case:?}");
+        assert!(
+            same(Some(&z), &raw, Transport::Udp, 2, &what),
+            "{what}: fast"
+        );
+        let out = fast_udp(&z, &raw, 2);
+        let m = decode(&out.bytes);
+        let naptrs = z.records(&name("example.test."), RecordType::NAPTR).len();
+        assert!(naptrs >= 2);
+        assert_eq!(m.answers.len(), naptrs, "{what}");
+        assert!(m.additionals.is_empty() && !m.metadata.truncation, "{what}");
+        // With room, the slices and addresses come along.
+        let raw = request(
+            &cased(DOMAIN, case),
+            RecordType::NAPTR,
+            Some((1232, false)),
+            &[],
+        );
+        let out = fast_udp(&z, &raw, 2);
+        let m = decode(&out.bytes);
+        let srv = of_type(&m.additionals, RecordType::SRV).len();
+        assert_eq!(srv, naptrs * 4, "{what}, EDNS 1232");
+        assert!(m.additionals.len() >= srv + 4, "{what}, EDNS 1232");
+    }
+}
+
 #[test]
 fn the_zone_holds_every_name_pre_encoded() {
     let z = zone(6, true);
@@ -385,17 +429,7 @@ fn the_zone_holds_every_name_pre_encoded() {
     assert!(z.fast().bytes() > 0);
     // Names with different case in the question share one entry.
     let q = request("NODE001.Example.TEST", RecordType::A, None, &[]);
-    let m = decode(
-        &answer_fast(
-            Some(&z),
-            &q,
-            Transport::Udp,
-            &AnswerOptions::default(),
-            &mut StdRng::seed_from_u64(1),
-        )
-        .unwrap()
-        .bytes,
-    );
+    let m = decode(&fast_udp(&z, &q, 1).bytes);
     assert_eq!(m.queries[0].name().to_string(), "NODE001.Example.TEST.");
     assert_eq!(
         m.answers[0].name,
