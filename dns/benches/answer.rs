@@ -3,6 +3,8 @@
 //! pre-encoded fast path, by the handler the sockets call (fast path and metrics), and by the
 //! slow path (hickory's parser and encoder) for comparison.
 //!
+//! Also the time to build a zone, pre-encoded answers included, at 5 and 1,000 proxies.
+//!
 //! `cargo bench -p onehop-dns --bench answer`
 
 #[path = "../tests/common/mod.rs"]
@@ -71,5 +73,25 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Building a zone (with its pre-encoded answers) from a status of `proxies` proxies.
+fn build(c: &mut Criterion) {
+    let cfg = ZoneConfig::new("example.test").unwrap();
+    let mut g = c.benchmark_group("zone_build");
+    g.sample_size(20);
+    for proxies in [5, 1000] {
+        let status = common::status(1, 1, proxies, false);
+        let z = Zone::from_status(&status, &cfg);
+        eprintln!(
+            "{proxies} proxies: {} names pre-encoded in about {} bytes",
+            z.fast().names(),
+            z.fast().bytes()
+        );
+        g.bench_with_input(BenchmarkId::new("proxies", proxies), &status, |b, s| {
+            b.iter(|| Zone::from_status(s, &cfg))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, build);
 criterion_main!(benches);
