@@ -6,7 +6,8 @@
 //! - for every name of the zone and every type it holds: the answer, authority and
 //!   additional sections (A, AAAA, SOA, NS with the addresses of its targets);
 //! - for every apex: its SOA record as the authority section of a negative answer (NXDOMAIN
-//!   and NODATA), relocatable under any question name (see [`Block::ptrs`]);
+//!   and NODATA), relocatable under any question name below the apex (its pointers move by
+//!   the question's extra length);
 //! - for every SRV RRset answered as a random slice (the proxies', the event servers'): each
 //!   SRV record and the address records of each target, encoded once; an answer is a random
 //!   slice of them assembled by concatenation. The same is done for the SRV records that a
@@ -34,7 +35,7 @@
 //! against the question), so both answer whole, untruncated responses. When the question has
 //! upper-case letters, hickory cannot compress against it (its name compression compares bytes):
 //! the limit is then checked against the uncompressed size. SRV slices use the same random
-//! draws in the same order as the slow path ([`slice_order`]), so with the same random source
+//! draws in the same order as the slow path (`slice_order`), so with the same random source
 //! both give the same records; `dns/tests/fast.rs` checks every query shape against the slow path.
 
 use std::collections::HashMap;
