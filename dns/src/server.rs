@@ -526,7 +526,10 @@ async fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, TcpList
         let bound = udp.local_addr()?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => return Ok((udp, tcp)),
-            // With port 0 the UDP port may be taken on TCP: try another.
+            // With port 0 the UDP port may be taken on TCP: try another. This also keeps us
+            // off a port another server of ours holds: with `SO_REUSEPORT` the kernel may
+            // hand out a UDP port that another such socket of the same user is bound to, but
+            // that server holds the TCP port too.
             Err(e) if addr.port() == 0 && attempts < 20 => {
                 attempts += 1;
                 debug!(cause = %e, port = bound.port(), "TCP port taken, trying another");
