@@ -11,14 +11,14 @@
 #
 # What it does: installs dnsperf, nsd and dig if missing (apt-get, idempotent); builds
 # onehop-farm in release mode; starts a farm (3 event servers, 3 managers, 1 DNS, 5 nodes
-# with sip_proxy, so K=4 SRV slicing happens) on 127.0.60.1.. with DNS on port 5300; writes
+# with sip_proxy, so K=4 SRV slicing happens) on 127.0.64.1.. with DNS on port 5300; writes
 # an NSD zone file from what the farm's DNS answers (bench/dns/zone_from_dns.sh: same names,
-# same records, same TTLs); starts NSD (1 server process, RRL off) on 127.0.0.1:5301; runs
+# same records, same TTLs); starts NSD (1 server process, RRL off) on 127.0.65.1:5301; runs
 # dnsperf with bench/dns/queries.txt (NAPTR, SRV, A, SOA, NS, NXDOMAIN for the farm's names)
 # and the same client settings against each, alternating; prints one table; stops the farm
 # and the nsd it started (nothing else).
 # env: CLIENTS=4 THREADS=1 OUTSTANDING=200 (dnsperf -c/-T/-q), QUERIES=bench/dns/queries.txt,
-#      BASE_IP=127.0.60.1 DNS_PORT=5300 NSD_ADDR=127.0.0.1 NSD_PORT=5301,
+#      BASE_IP=127.0.64.1 DNS_PORT=5300 NSD_ADDR=127.0.65.1 NSD_PORT=5301,
 #      WORK=/tmp/onehop-bench-dns (farm, zone, raw dnsperf output), SKIP_BUILD=1, SKIP_INSTALL=1,
 #      FARM_BIN (an onehop-farm built elsewhere; implies nothing about SKIP_BUILD)
 set -euo pipefail
@@ -43,9 +43,9 @@ CLIENTS=${CLIENTS:-4}
 THREADS=${THREADS:-1}
 OUTSTANDING=${OUTSTANDING:-200}
 QUERIES=${QUERIES:-$HERE/queries.txt}
-BASE_IP=${BASE_IP:-127.0.60.1}
+BASE_IP=${BASE_IP:-127.0.64.1}
 DNS_PORT=${DNS_PORT:-5300}
-NSD_ADDR=${NSD_ADDR:-127.0.0.1}
+NSD_ADDR=${NSD_ADDR:-127.0.65.1}
 NSD_PORT=${NSD_PORT:-5301}
 WORK=${WORK:-/tmp/onehop-bench-dns}
 for a in "$BASE_IP" "$NSD_ADDR"; do

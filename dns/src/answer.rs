@@ -36,10 +36,10 @@ use hickory_proto::ProtoError;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
-use rand::seq::SliceRandom;
 use rand::Rng;
 
 use crate::enum_data::{EnumLookup, E2U_SIP, MAX_DIGITS, NAPTR_ORDER, NAPTR_PREFERENCE};
+use crate::fast::{self, slice_order};
 use crate::zone::{Apex, RrSet, Zone};
 
 /// How the request arrived: bounds the size of the response.
@@ -165,16 +165,10 @@ pub fn size_limit(req: &MessageRequest, transport: Transport, opts: &AnswerOptio
 
 /// A random slice of at most `k` records, in random order.
 fn slice<'z, R: Rng + ?Sized>(records: &'z [Record], k: usize, rng: &mut R) -> Vec<&'z Record> {
-    let mut out: Vec<&Record> = if records.len() <= k {
-        records.iter().collect()
-    } else {
-        rand::seq::index::sample(rng, records.len(), k)
-            .into_iter()
-            .map(|i| &records[i])
-            .collect()
-    };
-    out.shuffle(rng);
-    out
+    slice_order(records.len(), k, rng)
+        .into_iter()
+        .map(|i| &records[i])
+        .collect()
 }
 
 fn push_unique<'z>(list: &mut Vec<&'z Record>, r: &'z Record) {
@@ -463,9 +457,45 @@ pub fn answer<R: Rng + ?Sized>(
     }
 }
 
-/// Answers a request as it came off the wire. `None` when no response may be sent: fewer
-/// bytes than a header, or a message that is itself a response.
+/// Answers a request as it came off the wire: from the zone's pre-encoded answers when it
+/// can ([`answer_fast`]), else by the slow path ([`answer_bytes_slow`]); both answer alike.
+/// `None` when no response may be sent: fewer bytes than a header, or a message that is
+/// itself a response.
 pub fn answer_bytes<R: Rng + ?Sized>(
+    zone: Option<&Zone>,
+    raw: &[u8],
+    transport: Transport,
+    opts: &AnswerOptions,
+    rng: &mut R,
+) -> Option<Outcome> {
+    answer_fast(zone, raw, transport, opts, rng)
+        .or_else(|| answer_bytes_slow(zone, raw, transport, opts, rng))
+}
+
+/// Answers a request from the zone's pre-encoded answers (see [`crate::fast`]); `None` when
+/// the slow path must answer it.
+pub fn answer_fast<R: Rng + ?Sized>(
+    zone: Option<&Zone>,
+    raw: &[u8],
+    transport: Transport,
+    opts: &AnswerOptions,
+    rng: &mut R,
+) -> Option<Outcome> {
+    let mut bytes = Vec::with_capacity(512);
+    let out = fast::answer(zone?, raw, transport, opts, rng, &mut bytes)?;
+    Some(Outcome {
+        bytes,
+        qtype: Some(out.qtype),
+        rcode: out.rcode,
+        truncated: false,
+        enum_result: out.enum_result,
+    })
+}
+
+/// Answers a request as it came off the wire with hickory's parser and encoder, the
+/// reference behaviour (see the module documentation). `None` when no response may be
+/// sent: fewer bytes than a header, or a message that is itself a response.
+pub fn answer_bytes_slow<R: Rng + ?Sized>(
     zone: Option<&Zone>,
     raw: &[u8],
     transport: Transport,

@@ -10,8 +10,11 @@
 //!   managers' ENUM feed into it.
 //! - [`answer`](mod@answer): [`answer_bytes`]/[`answer()`], the DNS behaviour, a pure function of a zone
 //!   and a request.
+//! - [`fast`]: the answers pre-encoded with each zone snapshot, which [`answer_bytes`] tries
+//!   first ([`answer_fast`]); the slow path ([`answer_bytes_slow`]) answers the rest.
 //! - [`server`]: [`DnsHandler`] (the zone snapshot in an `ArcSwap`, metrics, hickory's
-//!   `RequestHandler`) and [`DnsServer`] (the UDP and TCP sockets, bounded).
+//!   `RequestHandler`) and [`DnsServer`] (the UDP and TCP sockets, bounded); `udp`: one
+//!   `SO_REUSEPORT` socket per core, read and answered in batches (`recvmmsg`/`sendmmsg`).
 //! - [`resolve_eventservers`] (from `onehop_overlay::bootstrap`, re-exported): finding the
 //!   event servers from the domain alone.
 //! - this file: joining as a `dns` member, applying statuses, following the provisioned
@@ -26,7 +29,9 @@
 pub mod answer;
 pub mod config;
 pub mod enum_data;
+pub mod fast;
 pub mod server;
+mod udp;
 pub mod zone;
 
 use std::collections::HashSet;
@@ -50,9 +55,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use answer::{answer, answer_bytes, AnswerOptions, EnumResult, Outcome, Transport};
+pub use answer::{
+    answer, answer_bytes, answer_bytes_slow, answer_fast, AnswerOptions, EnumResult, Outcome,
+    Transport,
+};
 pub use config::{Config, Transports};
 pub use enum_data::{enum_name, EnumFollower, EnumLookup, EnumTable};
+pub use fast::FastZone;
 pub use onehop_overlay::bootstrap::resolve_eventservers;
 pub use server::{DnsHandler, DnsMetrics, DnsServer, Limits};
 pub use zone::{serial_of, Zone, ZoneConfig};

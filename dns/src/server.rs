@@ -38,10 +38,12 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, warn, Instrument};
 
 use crate::answer::{
-    answer_bytes, fit, resolve, size_limit, AnswerOptions, EnumResult, Outcome, Transport,
+    answer_bytes_slow, fit, resolve, size_limit, AnswerOptions, EnumResult, Transport,
 };
 use crate::config::parse_domain;
 use crate::enum_data::EnumTable;
+use crate::fast;
+use crate::udp;
 use crate::zone::{Zone, ZoneConfig};
 
 /// Query types counted under their own label; the rest count as `OTHER`.
@@ -317,37 +319,42 @@ impl DnsHandler {
 
     /// Answers one raw request; `None` when no response may be sent.
     pub fn respond(&self, raw: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.respond_into(raw, transport, &mut out).then_some(out)
+    }
+
+    /// Answers one raw request into `out` (whatever it held is replaced): from the zone's
+    /// pre-encoded answers when it can, else by the slow path. Returns false when no response
+    /// may be sent.
+    pub fn respond_into(&self, raw: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
         let zone = self.zone.load();
         // Belt and braces: a panic deep in parsing or encoding must cost one answer, not a
         // worker.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            answer_bytes(
-                zone.as_deref(),
-                raw,
-                transport,
-                &self.opts,
-                &mut rand::thread_rng(),
-            )
+            let mut rng = rand::thread_rng();
+            if let Some(z) = zone.as_deref() {
+                if let Some(f) = fast::answer(z, raw, transport, &self.opts, &mut rng, out) {
+                    return Some((Some(f.qtype), f.rcode, false, f.enum_result));
+                }
+            }
+            answer_bytes_slow(zone.as_deref(), raw, transport, &self.opts, &mut rng).map(|o| {
+                *out = o.bytes;
+                (o.qtype, o.rcode, o.truncated, o.enum_result)
+            })
         }))
         .unwrap_or_else(|_| {
             error!(len = raw.len(), "answering panicked: request dropped");
             None
         });
         match outcome {
-            Some(Outcome {
-                bytes,
-                qtype,
-                rcode,
-                truncated,
-                enum_result,
-            }) => {
+            Some((qtype, rcode, truncated, enum_result)) => {
                 self.metrics.record(qtype, rcode, truncated);
                 self.metrics.record_enum(enum_result);
-                Some(bytes)
+                true
             }
             None => {
                 self.metrics.dropped.inc();
-                None
+                false
             }
         }
     }
@@ -407,7 +414,8 @@ impl RequestHandler for DnsHandler {
 /// Bounds on the work the sockets take on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Tasks answering UDP, each one datagram at a time.
+    /// UDP sockets bound to the address with `SO_REUSEPORT` (the kernel spreads the
+    /// clients over them), each served by its own task in batches; one per core by default.
     pub udp_workers: usize,
     /// Most TCP connections served at once.
     pub tcp_connections: usize,
@@ -426,7 +434,7 @@ impl Default for Limits {
             .map(|n| n.get())
             .unwrap_or(2);
         Limits {
-            udp_workers: cores.clamp(2, 8),
+            udp_workers: cores.clamp(1, 64),
             tcp_connections: 256,
             tcp_idle_timeout: Duration::from_secs(5),
             udp_buffer_bytes: 4 << 20,
@@ -451,13 +459,17 @@ impl DnsServer {
     ) -> io::Result<DnsServer> {
         let (udp, tcp) = bind_pair(addr).await?;
         let addr = udp.local_addr()?;
-        if limits.udp_buffer_bytes > 0 {
-            onehop_overlay::net::size_udp_buffers(&udp, limits.udp_buffer_bytes);
+        let mut sockets = vec![udp];
+        for _ in 1..limits.udp_workers.max(1) {
+            sockets.push(udp::bind_reuseport(addr)?);
         }
-        let udp = Arc::new(udp);
         let mut tasks = Vec::new();
-        for _ in 0..limits.udp_workers.max(1) {
-            tasks.push(tokio::spawn(udp_worker(udp.clone(), handler.clone())));
+        for socket in sockets {
+            let socket = UdpSocket::from_std(socket)?;
+            if limits.udp_buffer_bytes > 0 {
+                onehop_overlay::net::size_udp_buffers(&socket, limits.udp_buffer_bytes);
+            }
+            tasks.push(tokio::spawn(udp::serve(socket, handler.clone())));
         }
         tasks.push(tokio::spawn(tcp_accept(tcp, handler.clone(), limits)));
         Ok(DnsServer {
@@ -505,41 +517,24 @@ impl Drop for DnsServer {
     }
 }
 
-async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+/// The first UDP socket (with `SO_REUSEPORT`, so the others can join it) and the TCP
+/// listener, on one port.
+async fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, TcpListener)> {
     let mut attempts = 0;
     loop {
-        let udp = UdpSocket::bind(addr).await?;
+        let udp = udp::bind_reuseport(addr)?;
         let bound = udp.local_addr()?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => return Ok((udp, tcp)),
-            // With port 0 the UDP port may be taken on TCP: try another.
+            // With port 0 the UDP port may be taken on TCP: try another. This also keeps us
+            // off a port another server of ours holds: with `SO_REUSEPORT` the kernel may
+            // hand out a UDP port that another such socket of the same user is bound to, but
+            // that server holds the TCP port too.
             Err(e) if addr.port() == 0 && attempts < 20 => {
                 attempts += 1;
                 debug!(cause = %e, port = bound.port(), "TCP port taken, trying another");
             }
             Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn udp_worker(socket: Arc<UdpSocket>, handler: Arc<DnsHandler>) {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let (n, src) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                debug!(cause = %e, "UDP receive failed");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-        };
-        if src.port() == 0 {
-            continue;
-        }
-        if let Some(response) = handler.respond(&buf[..n], Transport::Udp) {
-            if let Err(e) = socket.send_to(&response, src).await {
-                debug!(cause = %e, peer = %src, "UDP send failed");
-            }
         }
     }
 }

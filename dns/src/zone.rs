@@ -52,6 +52,7 @@ use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};
 
 use crate::config::{parse_domain, parse_enum_suffixes, Config, Transports};
 use crate::enum_data::EnumTable;
+use crate::fast::FastZone;
 
 /// Port of the event servers' QUIC endpoint when a member announces none.
 pub const EVENTSERVER_PORT: u16 = 8000;
@@ -185,6 +186,8 @@ pub struct Zone {
     term: u64,
     version: u64,
     members: usize,
+    /// The answers pre-encoded from this snapshot (see `crate::fast`).
+    pub(crate) fast: FastZone,
 }
 
 /// The host name of a member: `NAME.DOMAIN`, lowercase.
@@ -493,7 +496,7 @@ impl Zone {
                 node.apex = apex_under(&apex_index, name).unwrap_or(0);
             }
         }
-        Zone {
+        let mut zone = Zone {
             origin: LowerName::new(domain),
             soa: apexes[0].soa.clone(),
             apexes,
@@ -506,7 +509,10 @@ impl Zone {
             term: status.term,
             version: status.version,
             members: members.len(),
-        }
+            fast: FastZone::default(),
+        };
+        zone.fast = FastZone::build(&zone);
+        zone
     }
 
     /// The apex.
@@ -595,6 +601,11 @@ impl Zone {
     pub fn with_numbers(mut self, numbers: Arc<EnumTable>) -> Zone {
         self.numbers = numbers;
         self
+    }
+
+    /// The answers pre-encoded from this zone.
+    pub fn fast(&self) -> &FastZone {
+        &self.fast
     }
 
     /// The routed numbers this zone answers from.
