@@ -141,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     let (relay, relay_ip) = rt.block_on(relay_of(&cli))?;
     let socks = Sockets::bind(cli.sockets, cli.caller_ip, cli.callee_ip)?;
-    let epoch = Instant::now();
+    let clock = traffic::Clock::new();
     let name = match cli.relay {
         Which::Onehop => "onehop",
         Which::Rtpengine => "rtpengine",
@@ -165,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &legs,
             step as u32,
             pace,
-            epoch,
+            clock,
             |from, to| {
                 cpu = sample_cpu(cli.pid, from, to);
             },

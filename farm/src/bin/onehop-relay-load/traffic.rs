@@ -3,15 +3,23 @@
 //!
 //! Every packet is a valid RTP packet (version 2, PCMU, 160 bytes of payload) whose payload
 //! starts with a magic, the step, the call, the direction, a sequence number and the send time
-//! (nanoseconds on this process's monotonic clock), so the receiver knows the latency of each
-//! packet and whether it reached the right party.
+//! (nanoseconds of the real-time clock, read just before `sendto`), so the receiver knows the
+//! latency of each packet and whether it reached the right party. The receive time is the
+//! kernel's (`SO_TIMESTAMPNS`, the same clock, stamped when the datagram reached the
+//! generator's socket): the latency is the relay's work and loopback, without the time a
+//! datagram then waits for the generator's receiving thread.
 //!
 //! One sending thread paces all flows round-robin at the step's total rate (each flow gets
 //! rate / flows); one receiving thread (a current-thread Tokio runtime, one task per socket)
 //! drains the generator's sockets.
 
+use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+use tokio::io::Interest;
 
 use super::control::Legs;
 
@@ -43,6 +51,7 @@ impl Sockets {
                 .map(|_| {
                     let s = UdpSocket::bind(SocketAddr::new(ip, 0))?;
                     onehop_overlay::net::size_udp_buffers(&s, 8 << 20);
+                    setsockopt(&s, sockopt::ReceiveTimestampns, &true)?;
                     Ok(s)
                 })
                 .collect()
@@ -112,14 +121,14 @@ struct Flow {
 }
 
 /// Runs one step: the calls `legs` (call `i` between the parties of [`Sockets::parties`]),
-/// step number `step`; `epoch` is the clock the packets carry.
+/// step number `step`; `clock` maps the step's instants to the time packets carry.
 pub fn run(
     socks: &Sockets,
     relay_ip: IpAddr,
     legs: &[Legs],
     step: u32,
     pace: Pace,
-    epoch: Instant,
+    clock: Clock,
     during: impl FnOnce(Instant, Instant),
 ) -> anyhow::Result<Outcome> {
     let n = socks.caller.len();
@@ -147,8 +156,7 @@ pub fn run(
     let start = Instant::now() + Duration::from_millis(20);
     let from = start + pace.warmup;
     let to = from + pace.measure;
-    let ns = |t: Instant| t.duration_since(epoch).as_nanos() as u64;
-    let (from_ns, to_ns) = (ns(from), ns(to));
+    let (from_ns, to_ns) = (clock.ns(from), clock.ns(to));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let receivers: Vec<(UdpSocket, bool, usize)> = socks
@@ -170,7 +178,7 @@ pub fn run(
         socks.callee[0].local_addr()?.ip(),
     ];
     let drops_before = (udp_drops(&ips), udp_drops(&[relay_ip]));
-    let rx = std::thread::spawn(move || receive(receivers, window, epoch, stop_rx));
+    let rx = std::thread::spawn(move || receive(receivers, window, stop_rx));
 
     let senders: Vec<UdpSocket> = socks
         .caller
@@ -178,8 +186,7 @@ pub fn run(
         .chain(socks.callee.iter())
         .map(UdpSocket::try_clone)
         .collect::<Result<_, _>>()?;
-    let tx =
-        std::thread::spawn(move || send(&senders, n, &flows, rate, step, (start, from, to), epoch));
+    let tx = std::thread::spawn(move || send(&senders, n, &flows, rate, step, (start, to), window));
     during(from, to);
     let (sent, send_errors, secs) = tx
         .join()
@@ -206,8 +213,8 @@ pub fn run(
 }
 
 /// Sends every flow round-robin at `rate` packets/s in all from `start` to `end`; returns the
-/// packets sent in the measured window `from..end` (the receiver tests the same times on the
-/// same clock), the sends that failed in it, and the window's length as sent (seconds).
+/// packets sent in the measured window `w` (the receiver tests the same send times), the sends
+/// that failed in it, and the window's length as sent (seconds).
 #[allow(clippy::too_many_arguments)]
 fn send(
     socks: &[UdpSocket],
@@ -215,15 +222,15 @@ fn send(
     flows: &[Flow],
     rate: f64,
     step: u32,
-    (start, from, end): (Instant, Instant, Instant),
-    epoch: Instant,
+    (start, end): (Instant, Instant),
+    w: Window,
 ) -> (u64, u64, f64) {
     let mut pkt = [0u8; PACKET];
     pkt[0] = 0x80; // RTP version 2, PT 0 (PCMU)
     pkt[12..16].copy_from_slice(MAGIC);
     pkt[16..20].copy_from_slice(&step.to_be_bytes());
     let (mut done, mut sent, mut errors) = (0u64, 0u64, 0u64);
-    let (mut first, mut last) = (None, from);
+    let (mut first, mut last) = (None, 0);
     while Instant::now() < start {
         std::thread::sleep(Duration::from_micros(200));
     }
@@ -243,12 +250,12 @@ fn send(
             pkt[20..24].copy_from_slice(&f.call.to_be_bytes());
             pkt[24] = u8::from(!f.caller);
             pkt[25..29].copy_from_slice(&seq.to_be_bytes());
-            let t = Instant::now();
-            pkt[29..37].copy_from_slice(&(t.duration_since(epoch).as_nanos() as u64).to_be_bytes());
+            let t = real_ns();
+            pkt[29..37].copy_from_slice(&t.to_be_bytes());
             let sock = &socks[if f.caller { f.sock } else { per_side + f.sock }];
             let ok = sock.send_to(&pkt, f.to).is_ok();
             done += 1;
-            if t >= from && t < end {
+            if t >= w.from_ns && t < w.to_ns {
                 first.get_or_insert(t);
                 last = t;
                 if ok {
@@ -260,8 +267,60 @@ fn send(
         }
         std::thread::sleep(Duration::from_micros(100));
     }
-    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    let secs = first.map_or(0.0, |f| last.saturating_sub(f) as f64 / 1e9);
     (sent, errors, secs)
+}
+
+/// The time packets carry: nanoseconds of the real-time clock (the one the kernel stamps
+/// received datagrams with), and the step's instants mapped onto it.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    at: Instant,
+    real: u64,
+}
+
+impl Clock {
+    /// The mapping as of now.
+    pub fn new() -> Clock {
+        Clock {
+            at: Instant::now(),
+            real: real_ns(),
+        }
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        self.real + t.saturating_duration_since(self.at).as_nanos() as u64
+    }
+}
+
+/// Nanoseconds of the real-time clock.
+fn real_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One datagram and the time the kernel received it (`SO_TIMESTAMPNS`; now, when it gave
+/// none).
+fn recv_stamped(s: &tokio::net::UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, u64)> {
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut at = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                at = Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
+            }
+        }
+    }
+    Ok((msg.bytes, at.unwrap_or_else(real_ns)))
 }
 
 #[derive(Clone, Copy)]
@@ -334,7 +393,6 @@ impl Got {
 fn receive(
     socks: Vec<(UdpSocket, bool, usize)>,
     w: Window,
-    epoch: Instant,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Got> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -354,9 +412,10 @@ fn receive(
                         _ = stop.changed() => break,
                         r = s.readable() => if r.is_err() { break },
                     }
-                    while let Ok(n) = s.try_recv(&mut buf) {
-                        let now = epoch.elapsed().as_nanos() as u64;
-                        on_packet(&buf[..n], now, caller, i, w, &mut got);
+                    while let Ok((n, at)) =
+                        s.try_io(Interest::READABLE, || recv_stamped(&s, &mut buf))
+                    {
+                        on_packet(&buf[..n], at, caller, i, w, &mut got);
                     }
                 }
                 got
