@@ -479,3 +479,72 @@ fn udp_drops(ips: &[IpAddr]) -> u64 {
         })
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_the_latency_histogram() {
+        let mut g = Got::default();
+        assert_eq!(g.percentile(0.99), 0.0, "no packet, no latency");
+        // 98 packets at 10 us, one at 900 us, one at 5 ms (coarse buckets above 4096 us).
+        for _ in 0..98 {
+            g.record(10_400);
+        }
+        g.record(900_000);
+        g.record(5_000_000);
+        assert_eq!(g.percentile(0.50), 10.0);
+        assert_eq!(g.percentile(0.98), 10.0);
+        assert_eq!(g.percentile(0.99), 900.0);
+        assert_eq!(g.percentile(1.0), 4864.0, "the lower edge of 5 ms's bucket");
+        assert_eq!(g.max_ns, 5_000_000);
+        let mut other = Got::default();
+        other.record(2_000_000_000); // past the last bucket: counted in it
+        g.merge(other);
+        assert_eq!(g.hist.iter().sum::<u64>(), 101);
+        assert_eq!(g.max_ns, 2_000_000_000);
+    }
+
+    #[test]
+    fn packets_count_only_in_their_step_window_and_at_the_right_party() {
+        let w = Window {
+            step: 3,
+            from_ns: 1_000,
+            to_ns: 2_000,
+            sockets: 4,
+        };
+        let packet = |step: u32, call: u32, from_callee: bool, sent: u64| {
+            let mut p = [0u8; PACKET];
+            p[12..16].copy_from_slice(MAGIC);
+            p[16..20].copy_from_slice(&step.to_be_bytes());
+            p[20..24].copy_from_slice(&call.to_be_bytes());
+            p[24] = u8::from(from_callee);
+            p[29..37].copy_from_slice(&sent.to_be_bytes());
+            p
+        };
+        let mut g = Got::default();
+        // Call 5 is on socket 1 of each side; the caller's packet arrives at the callee's.
+        on_packet(&packet(3, 5, false, 1_500), 1_600, false, 1, w, &mut g);
+        on_packet(&packet(3, 5, true, 1_500), 1_700, true, 1, w, &mut g);
+        assert_eq!((g.received, g.misrouted), (2, 0));
+        // At the wrong side, or the wrong socket: misrouted.
+        on_packet(&packet(3, 5, false, 1_500), 1_600, true, 1, w, &mut g);
+        on_packet(&packet(3, 5, false, 1_500), 1_600, false, 2, w, &mut g);
+        assert_eq!((g.received, g.misrouted), (2, 2));
+        // Another step, outside the window, truncated or not ours: not counted at all.
+        on_packet(&packet(2, 5, false, 1_500), 1_600, false, 1, w, &mut g);
+        on_packet(&packet(3, 5, false, 999), 1_600, false, 1, w, &mut g);
+        on_packet(&packet(3, 5, false, 2_000), 2_100, false, 1, w, &mut g);
+        on_packet(
+            &packet(3, 5, false, 1_500)[..30],
+            1_600,
+            false,
+            1,
+            w,
+            &mut g,
+        );
+        on_packet(&[0u8; PACKET], 1_600, false, 1, w, &mut g);
+        assert_eq!((g.received, g.misrouted), (2, 2));
+    }
+}
