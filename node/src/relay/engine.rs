@@ -32,9 +32,10 @@
 //! for the stream's life, so a packet is received, checked and sent with no lock, no
 //! allocation and no hand-over between threads. Streams are dealt to the threads in turn.
 //! A task drains each ready socket until it would block, then updates the shared counters
-//! and the session's activity once for the packets it relayed (not once per packet). A session ends on
-//! [`RelayEngine::delete`], when idle for the idle timeout (no packet and no update), or when
-//! the engine stops. A session whose callee has not answered yet waits at least
+//! and the session's activity once for the packets it relayed (not once per packet).
+//!
+//! A session ends on [`RelayEngine::delete`], when idle for the idle timeout (no packet and
+//! no update), or when the engine stops. A session whose callee has not answered yet waits at least
 //! [`SETUP_IDLE`] (a phone may ring that long with no media at all).
 
 use std::collections::{HashMap, VecDeque};
