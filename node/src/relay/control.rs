@@ -98,11 +98,13 @@ where
     Ok(Option::<T>::deserialize(d).unwrap_or(None))
 }
 
-fn encode<T: Serialize>(v: &T) -> Bytes {
+/// Encodes a [`RelayRequest`] or [`RelayReply`] as it travels on the peer port.
+pub fn encode<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encode"))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+/// Decodes a [`RelayRequest`] or [`RelayReply`] from the peer port (at most 64 KiB read).
+pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<{ 1 << 16 }>())
         .map(|(v, _)| v)
         .map_err(|e| e.to_string())

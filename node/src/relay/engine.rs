@@ -26,12 +26,20 @@
 //! one's, and a pair just freed is not reused at once (late packets of an old call).
 //!
 //! Forwarding: one task per socket pair (RTP, RTCP), reading both sockets; sends never wait
-//! (a full socket buffer drops the packet, counted `send`). A session ends on
-//! [`RelayEngine::delete`], when idle for the idle timeout (no packet and no update), or when
-//! the engine stops. A session whose callee has not answered yet waits at least
+//! (a full socket buffer drops the packet, counted `send`). The tasks run on the engine's own
+//! forwarding threads, one per CPU, each a current-thread Tokio runtime with its own epoll
+//! (a shard, as in Seastar or Kamailio's workers): a stream's two tasks stay on one thread
+//! for the stream's life, so a packet is received, checked and sent with no lock, no
+//! allocation and no hand-over between threads. Streams are dealt to the threads in turn.
+//! A task drains each ready socket until it would block, then updates the shared counters
+//! and the session's activity once for the packets it relayed (not once per packet).
+//!
+//! A session ends on [`RelayEngine::delete`], when idle for the idle timeout (no packet and
+//! no update), or when the engine stops. A session whose callee has not answered yet waits at least
 //! [`SETUP_IDLE`] (a phone may ring that long with no media at all).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +49,7 @@ use onehop_overlay::metrics::{Metric, Metrics};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -265,7 +274,7 @@ impl PortPool {
     /// pairs (the half freed longest ago: a pair just freed is not reused at once). A pair
     /// that will not bind (another program holds a port) goes to the back of the list; at
     /// most [`BIND_TRIES`] pairs are tried.
-    fn take(&mut self, ip: IpAddr) -> Option<(u16, UdpSocket, UdpSocket)> {
+    fn take(&mut self, ip: IpAddr) -> Option<(u16, std::net::UdpSocket, std::net::UdpSocket)> {
         let mut rng = rand::thread_rng();
         for _ in 0..BIND_TRIES.min(self.free.len()) {
             let older = self.free.len().div_ceil(2);
@@ -283,10 +292,64 @@ impl PortPool {
     }
 }
 
-fn bind(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+/// A non-blocking socket on `ip:port`, registered with no runtime yet: its forwarding task
+/// registers it with the runtime of the thread it runs on.
+fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
     let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
     s.set_nonblocking(true)?;
-    UdpSocket::from_std(s)
+    Ok(s)
+}
+
+/// The forwarding threads: one current-thread Tokio runtime each, running until the engine
+/// stops (dropping a runtime ends the tasks still on it).
+struct Workers {
+    handles: Vec<Handle>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Workers {
+    /// One thread per CPU (at most 64). Threads that cannot be started are done without:
+    /// with none, forwarding runs on the caller's runtime.
+    fn start(stop: &CancellationToken) -> Workers {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(64);
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            match Workers::spawn(i, stop.clone()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    tracing::warn!(cause = %e, "media relay: cannot start a forwarding thread");
+                    break;
+                }
+            }
+        }
+        Workers {
+            handles,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn spawn(i: usize, stop: CancellationToken) -> std::io::Result<Handle> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name(format!("relay-fwd-{i}"))
+            .spawn(move || rt.block_on(stop.cancelled()))?;
+        Ok(handle)
+    }
+
+    /// The runtime of the next stream: the threads in turn.
+    fn pick(&self) -> Handle {
+        if self.handles.is_empty() {
+            return Handle::current();
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles[i].clone()
+    }
 }
 
 struct State {
@@ -300,6 +363,7 @@ struct Inner {
     draining: AtomicBool,
     epoch: Instant,
     m: Arc<Counters>,
+    workers: Workers,
     stop: CancellationToken,
 }
 
@@ -333,6 +397,7 @@ impl RelayEngine {
                 draining: AtomicBool::new(false),
                 epoch: Instant::now(),
                 m: Arc::new(Counters::new(metrics)),
+                workers: Workers::start(&stop),
                 stop,
             }),
         };
@@ -548,8 +613,9 @@ impl RelayEngine {
         known.caller.signalling = session.signalling[Side::Caller.index()];
         known.callee.signalling = session.signalling[Side::Callee.index()];
         let (hints, rx) = watch::channel(known);
+        let worker = self.inner.workers.pick();
         for (rtcp, a, b) in [(false, a_rtp, b_rtp), (true, a_rtcp, b_rtcp)] {
-            tokio::spawn(pump(
+            worker.spawn(pump(
                 a,
                 b,
                 rx.clone(),
@@ -636,11 +702,90 @@ fn wanted_streams(media: &[Option<Endpoint>]) -> usize {
         .unwrap_or(0)
 }
 
-/// Forwards between the caller-facing socket `a` and the callee-facing socket `b`.
+/// What one forwarding task knows of its stream: the sides' latched addresses and what the
+/// signalling says of them.
+struct Latch {
+    hints: watch::Receiver<Hints>,
+    cur: Hints,
+    latched: [Option<SocketAddr>; 2],
+    rtcp: bool,
+}
+
+impl Latch {
+    /// Where a packet from `src`, received on the socket facing the caller (`from_caller`) or
+    /// the callee, goes; `Err(true)` when it is dropped as a stranger's, `Err(false)` when the
+    /// other side has no address yet.
+    fn route(&mut self, from_caller: bool, src: SocketAddr) -> Result<SocketAddr, bool> {
+        if self.hints.has_changed().unwrap_or(false) {
+            let new = *self.hints.borrow_and_update();
+            // A side whose SDP names another address than before (not a first one), or whose
+            // latched address is no longer allowed, latches again.
+            for side in [Side::Caller, Side::Callee] {
+                let (was, now) = (self.cur.party(side).target(self.rtcp), new.party(side));
+                let moved = was.is_some() && now.target(self.rtcp) != was;
+                let l = &mut self.latched[side.index()];
+                if moved || l.is_some_and(|a| !now.allows(a.ip())) {
+                    *l = None;
+                }
+            }
+            self.cur = new;
+        }
+        let (me, other) = if from_caller {
+            (Side::Caller, Side::Callee)
+        } else {
+            (Side::Callee, Side::Caller)
+        };
+        match self.latched[me.index()] {
+            Some(l) if l == src => {}
+            None if self.cur.party(me).allows(src.ip()) => self.latched[me.index()] = Some(src),
+            // Another address than the one latched, or one the signalling does not name for
+            // this side: never forwarded.
+            _ => return Err(true),
+        }
+        self.latched[other.index()]
+            .or(self.cur.party(other).target(self.rtcp))
+            .ok_or(false)
+    }
+}
+
+/// Counts of one drain of a socket, added to the shared counters at once.
+#[derive(Default)]
+struct Tally {
+    packets: i64,
+    bytes: i64,
+    stranger: i64,
+    no_destination: i64,
+    send_failed: i64,
+}
+
+impl Tally {
+    fn flush(&mut self, m: &Counters, from_caller: bool) {
+        let (packets, bytes) = if from_caller {
+            (&m.packets_fwd, &m.bytes_fwd)
+        } else {
+            (&m.packets_back, &m.bytes_back)
+        };
+        for (metric, n) in [
+            (packets, self.packets),
+            (bytes, self.bytes),
+            (&m.stranger, self.stranger),
+            (&m.no_destination, self.no_destination),
+            (&m.send_failed, self.send_failed),
+        ] {
+            if n != 0 {
+                metric.add(n);
+            }
+        }
+        *self = Tally::default();
+    }
+}
+
+/// Forwards between the caller-facing socket `a` and the callee-facing socket `b` (registered
+/// here, with the runtime this task runs on), until `stop`.
 #[allow(clippy::too_many_arguments)]
 async fn pump(
-    a: UdpSocket,
-    b: UdpSocket,
+    a: std::net::UdpSocket,
+    b: std::net::UdpSocket,
     mut hints: watch::Receiver<Hints>,
     rtcp: bool,
     activity: Arc<AtomicU64>,
@@ -648,72 +793,68 @@ async fn pump(
     m: Arc<Counters>,
     stop: CancellationToken,
 ) {
-    let mut buf_a = vec![0u8; MAX_PACKET];
-    let mut buf_b = vec![0u8; MAX_PACKET];
-    let mut latched: [Option<SocketAddr>; 2] = [None, None];
-    let mut cur = *hints.borrow_and_update();
-    loop {
-        let (from_caller, n, src) = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            r = a.recv_from(&mut buf_a) => match r {
-                Ok((n, src)) => (true, n, src),
-                Err(_) => continue,
-            },
-            r = b.recv_from(&mut buf_b) => match r {
-                Ok((n, src)) => (false, n, src),
-                Err(_) => continue,
-            },
-        };
-        if hints.has_changed().unwrap_or(false) {
-            let new = *hints.borrow_and_update();
-            // A side whose SDP names another address than before (not a first one), or whose
-            // latched address is no longer allowed, latches again.
-            for side in [Side::Caller, Side::Callee] {
-                let (was, now) = (cur.party(side).target(rtcp), new.party(side));
-                let moved = was.is_some() && now.target(rtcp) != was;
-                let l = &mut latched[side.index()];
-                if moved || l.is_some_and(|a| !now.allows(a.ip())) {
-                    *l = None;
-                }
-            }
-            cur = new;
+    let (a, b) = match (UdpSocket::from_std(a), UdpSocket::from_std(b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(cause = %e, "media relay: cannot register a stream's sockets");
+            return;
         }
-        let (me, other) = if from_caller {
-            (Side::Caller, Side::Callee)
-        } else {
-            (Side::Callee, Side::Caller)
-        };
-        match latched[me.index()] {
-            Some(l) if l == src => {}
-            None if cur.party(me).allows(src.ip()) => latched[me.index()] = Some(src),
-            // Another address than the one latched, or one the signalling does not name for
-            // this side: never forwarded.
-            _ => {
-                m.stranger.inc();
+    };
+    let cur = *hints.borrow_and_update();
+    let mut latch = Latch {
+        hints,
+        cur,
+        latched: [None, None],
+        rtcp,
+    };
+    let mut buf = vec![0u8; MAX_PACKET];
+    let mut tally = Tally::default();
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    loop {
+        // Which sockets have datagrams (or the stop); each keeps its one reader waker.
+        let ready = std::future::poll_fn(|cx| {
+            if stopped.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+            let ra = a.poll_recv_ready(cx).is_ready();
+            let rb = b.poll_recv_ready(cx).is_ready();
+            if ra || rb {
+                std::task::Poll::Ready(Some((ra, rb)))
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        let Some((ra, rb)) = ready else { return };
+        for (from_caller, ready, sock, out) in [(true, ra, &a, &b), (false, rb, &b, &a)] {
+            if !ready {
                 continue;
             }
-        }
-        activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let Some(dst) = latched[other.index()].or(cur.party(other).target(rtcp)) else {
-            m.no_destination.inc();
-            continue;
-        };
-        let (out, data) = if from_caller {
-            (&b, &buf_a[..n])
-        } else {
-            (&a, &buf_b[..n])
-        };
-        match out.try_send_to(data, dst) {
-            Ok(_) if from_caller => {
-                m.packets_fwd.inc();
-                m.bytes_fwd.add(n as i64);
+            // Drain: every datagram queued, until the socket would block (which re-arms its
+            // readiness). Other errors (an ICMP error reported on the socket) are skipped.
+            loop {
+                let (n, src) = match sock.try_recv_from(&mut buf) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => continue,
+                };
+                match latch.route(from_caller, src) {
+                    Ok(dst) => match out.try_send_to(&buf[..n], dst) {
+                        Ok(_) => {
+                            tally.packets += 1;
+                            tally.bytes += n as i64;
+                        }
+                        Err(_) => tally.send_failed += 1,
+                    },
+                    Err(true) => tally.stranger += 1,
+                    Err(false) => tally.no_destination += 1,
+                }
             }
-            Ok(_) => {
-                m.packets_back.inc();
-                m.bytes_back.add(n as i64);
+            if tally.packets + tally.no_destination + tally.send_failed > 0 {
+                activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             }
-            Err(_) => m.send_failed.inc(),
+            tally.flush(&m, from_caller);
         }
     }
 }
