@@ -159,6 +159,7 @@ struct Counters {
     members: Metric,
     published: Metric,
     delivered: Metric,
+    delivered_bytes: Metric,
     slow: Metric,
     refused: Metric,
     slow_entries: Metric,
@@ -222,6 +223,10 @@ impl Hub {
                 delivered: metrics.counter(
                     "eventserver_delivered_total",
                     "Events queued to subscribers.",
+                ),
+                delivered_bytes: metrics.counter(
+                    "eventserver_delivered_bytes_total",
+                    "Bytes of events queued to subscribers (frames, as sent), retained values handed to new subscribers and on request included.",
                 ),
                 slow: metrics.counter(
                     "eventserver_slow_subscribers_total",
@@ -432,9 +437,12 @@ impl Hub {
             }
         }
         for f in first {
-            if let Err(why) = s.offer(&f) {
-                self.counters.dropped.inc();
-                warn!(peer = %s.id.name, bound = why.label(), "subscriber queue full at subscription");
+            match s.offer(&f) {
+                Ok(()) => self.counters.delivered_bytes.add(f.len() as i64),
+                Err(why) => {
+                    self.counters.dropped.inc();
+                    warn!(peer = %s.id.name, bound = why.label(), "subscriber queue full at subscription");
+                }
             }
         }
         self.sample_queues_locked(&st);
@@ -452,9 +460,12 @@ impl Hub {
         let Some(net) = &st.network else { return };
         let frame = encode_frame(&ServerMsg::Retained(net.event()));
         if let Some(s) = st.sessions.get(&sid) {
-            if let Err(why) = s.offer(&frame) {
-                self.counters.dropped.inc();
-                warn!(peer = %s.id.name, bound = why.label(), "subscriber queue full: retained status not sent");
+            match s.offer(&frame) {
+                Ok(()) => self.counters.delivered_bytes.add(frame.len() as i64),
+                Err(why) => {
+                    self.counters.dropped.inc();
+                    warn!(peer = %s.id.name, bound = why.label(), "subscriber queue full: retained status not sent");
+                }
             }
         }
         self.sample_queues_locked(&st);
@@ -656,7 +667,10 @@ impl Hub {
                 continue;
             }
             match s.offer(&frame) {
-                Ok(()) => self.counters.delivered.inc(),
+                Ok(()) => {
+                    self.counters.delivered.inc();
+                    self.counters.delivered_bytes.add(frame.len() as i64);
+                }
                 Err(Overflow::Closed) => {}
                 Err(why) => {
                     self.counters.dropped.inc();
