@@ -19,6 +19,14 @@ fn metrics_of(farm: &Farm, name: &str) -> BTreeMap<String, i64> {
         .unwrap_or_else(|| panic!("{name}: no metrics at {addr}"))
 }
 
+/// The SIP address of member `name`.
+fn sip_of(farm: &Farm, name: &str) -> SocketAddr {
+    farm.file
+        .member(name)
+        .and_then(|m| m.addr("sip"))
+        .unwrap_or_else(|| panic!("{name} has no SIP address"))
+}
+
 /// A REGISTER of `user` from `from`, and whether it got 200.
 pub(crate) fn register(sock: &UdpSocket, proxy: SocketAddr, user: &str, n: u32) -> bool {
     register_answer(sock, proxy, user, n).starts_with("SIP/2.0 200")
@@ -67,11 +75,7 @@ fn every_daemon_serves_the_operators_figures() {
     let nodes = farm.names("node");
 
     // 30 AORs registered through node1, and a lookup answered by node2.
-    let node1 = farm
-        .file
-        .member("node1")
-        .and_then(|m| m.addr("sip"))
-        .unwrap();
+    let node1 = sip_of(&farm, "node1");
     let sock = UdpSocket::bind("127.0.150.200:0").expect("client socket");
     let aors = 30;
     for i in 0..aors {
@@ -212,11 +216,7 @@ fn latency_histograms_grow_and_give_percentiles() {
     );
     let lookups_before = count(&before, "onehop_lookup_answer_seconds_count");
 
-    let node1 = farm
-        .file
-        .member("node1")
-        .and_then(|m| m.addr("sip"))
-        .unwrap();
+    let node1 = sip_of(&farm, "node1");
     let sock = UdpSocket::bind("127.0.66.200:0").expect("client socket");
     let registers = 20;
     for i in 0..registers {
