@@ -168,6 +168,8 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<DnsHandler>) {
                 continue;
             }
         }
+        // One clock read per batch of datagrams (recvmmsg), its time counted for each answer.
+        let arrived = std::time::Instant::now();
         batch.to.clear();
         batch.dest.clear();
         for i in 0..batch.received.len() {
@@ -185,6 +187,9 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<DnsHandler>) {
         if batched_send {
             batched_send = send_batched(&socket, &batch).await;
             if batched_send {
+                handler
+                    .answer_time()
+                    .observe_n(arrived.elapsed(), batch.to.len() as u64);
                 continue;
             }
             debug!("sendmmsg refused: sending one datagram at a time");
@@ -194,6 +199,9 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<DnsHandler>) {
                 debug!(cause = %e, peer = %to, "UDP send failed");
             }
         }
+        handler
+            .answer_time()
+            .observe_n(arrived.elapsed(), batch.dest.len() as u64);
     }
 }
 

@@ -85,7 +85,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let view = Arc::new(ArcSwap::from_pointee(View::default()));
     let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
     let listener_view = view.clone();
-    let served = metrics.counter("lookups_total", "Lookup-interface requests answered.");
+    let served = lookup::Served::new(&metrics);
     let max = cfg.lookup_connections;
     // The store starts after the lookup interface (which must bind first); `holds` sees it once
     // it is there.

@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use onehop_overlay::metrics::Metric;
+use onehop_overlay::metrics::{Histogram, Metric, Metrics, FAST_BUCKETS};
 use onehop_overlay::ring::{lookup_key, position};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -196,12 +196,37 @@ pub struct Timeouts {
     pub write: std::time::Duration,
 }
 
+/// The lookup interface's figures.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// `lookups_total`: request lines answered.
+    pub count: Metric,
+    /// `lookup_answer_seconds`: from the read that brought a request line to its answer
+    /// written; the lines of one read (pipelined) share its time.
+    pub time: Histogram,
+}
+
+impl Served {
+    /// Registers the figures in `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        Served {
+            count: metrics.counter("lookups_total", "Lookup-interface requests answered."),
+            time: metrics.histogram(
+                "lookup_answer_seconds",
+                "Lookup-interface answer time, from the read that brought a request line to \
+                 its answer written (the lines of one read share its time).",
+                FAST_BUCKETS,
+            ),
+        }
+    }
+}
+
 /// Serves the lookup interface on `addr` until the task is dropped.
 pub async fn serve(
     addr: SocketAddr,
     view: Arc<ArcSwap<View>>,
     max_connections: usize,
-    served: Metric,
+    served: Served,
     holds: Option<Holds>,
 ) -> std::io::Result<()> {
     serve_with(addr, view, max_connections, served, holds, DEFAULT_TIMEOUTS).await
@@ -212,7 +237,7 @@ pub async fn serve_with(
     addr: SocketAddr,
     view: Arc<ArcSwap<View>>,
     max_connections: usize,
-    served: Metric,
+    served: Served,
     holds: Option<Holds>,
     timeouts: Timeouts,
 ) -> std::io::Result<()> {
@@ -250,7 +275,7 @@ pub async fn serve_with(
 async fn connection(
     mut sock: TcpStream,
     view: Arc<ArcSwap<View>>,
-    served: Metric,
+    served: Served,
     holds: Option<Holds>,
     timeouts: Timeouts,
 ) -> std::io::Result<()> {
@@ -281,6 +306,7 @@ async fn connection(
             return Ok(());
         }
         filled += n;
+        let arrived = std::time::Instant::now();
         let snapshot = view.load();
         let mut start = 0;
         loop {
@@ -293,7 +319,8 @@ async fn connection(
             if !out.is_empty() {
                 write_all!(out.as_bytes());
                 out.clear();
-                served.add(answered as i64);
+                served.count.add(answered as i64);
+                served.time.observe_n(arrived.elapsed(), answered as u64);
             }
             if !more {
                 break;
@@ -364,7 +391,7 @@ mod tests {
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let metrics = onehop_overlay::metrics::Metrics::default();
-        let served = metrics.counter("lookups_total", "answered");
+        let served = Served::new(&metrics);
         let timeouts = Timeouts {
             idle: std::time::Duration::from_millis(200),
             ..DEFAULT_TIMEOUTS
@@ -420,7 +447,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let metrics = onehop_overlay::metrics::Metrics::default();
-        let served = metrics.counter("lookups_total", "answered");
+        let served = Served::new(&metrics);
         tokio::spawn(serve_with(
             addr,
             Arc::new(ArcSwap::from_pointee(view(250))),
@@ -473,7 +500,8 @@ mod tests {
             "every answer whole and in order"
         );
         assert!(last.starts_with("term 3 version 7"), "{last}");
-        assert_eq!(served.get(), n as i64 + 1);
+        assert_eq!(served.count.get(), n as i64 + 1);
+        assert_eq!(served.time.count(), n as u64 + 1, "every line timed");
     }
 
     use onehop_overlay::status::{Kind, Member, NetworkStatus, Role};

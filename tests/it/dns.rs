@@ -101,7 +101,7 @@ pub(crate) fn ask(server: SocketAddr, name: &str, rtype: RecordType) -> Option<M
 }
 
 /// One query over TCP.
-fn ask_tcp(server: SocketAddr, name: &str, rtype: RecordType) -> Option<Message> {
+pub(crate) fn ask_tcp(server: SocketAddr, name: &str, rtype: RecordType) -> Option<Message> {
     let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     let q = query_bytes(4242, name, rtype);

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use onehop_overlay::budget::{ByteBudget, Charge};
-use onehop_overlay::metrics::{Metric, Metrics};
+use onehop_overlay::metrics::{Histogram, Metric, Metrics, SIP_BUCKETS};
 use onehop_overlay::status::Role;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -284,6 +284,9 @@ struct Counters {
     /// Per-code and per-method counters, found once and kept (no lock per message).
     by_code: Vec<(u16, Metric)>,
     by_method: Vec<(&'static str, Metric)>,
+    /// `sip_response_seconds{method=..}`, made as methods are first seen (a bounded set:
+    /// the engine names methods outside RFC 3261 and its extensions `other`).
+    response_time: Vec<(&'static str, Histogram)>,
 }
 
 impl Counters {
@@ -308,6 +311,7 @@ impl Counters {
             ),
             by_code: Vec::new(),
             by_method: Vec::new(),
+            response_time: Vec::new(),
         }
     }
 
@@ -350,6 +354,22 @@ impl Counters {
                 }
             };
             m.add(n as i64);
+        }
+        for (name, took) in c.response_times {
+            let h = match self.response_time.iter().find(|(k, _)| *k == name) {
+                Some((_, h)) => h,
+                None => {
+                    let h = self.metrics.histogram(
+                        &format!("sip_response_seconds{{method=\"{name}\"}}"),
+                        "SIP response time by method: from a request's arrival at its worker to \
+                         its final response sent or forwarded.",
+                        SIP_BUCKETS,
+                    );
+                    self.response_time.push((name, h));
+                    &self.response_time[self.response_time.len() - 1].1
+                }
+            };
+            h.observe(took);
         }
     }
 }

@@ -222,6 +222,15 @@ async fn latches_forwards_both_ways_and_drops_strangers() {
         Some(15)
     );
     assert_eq!(c.value(STRANGER), 2);
+    // One packet in 64 per forwarding task is timed, the first among them: the RTP task's
+    // first packet (and the RTCP task's, when its ports could be bound); of the RTP task's
+    // five datagrams no other.
+    let timed = c
+        .metrics
+        .histogram_of("relay_forward_seconds")
+        .expect("relay_forward_seconds registered")
+        .count();
+    assert!((1..=2).contains(&timed), "timed packets: {timed}");
     assert_eq!(c.metrics.value("relay_sessions"), Some(1));
     assert!(c.e.delete("call"));
     assert!(!c.e.delete("call"));

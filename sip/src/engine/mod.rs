@@ -477,7 +477,15 @@ pub struct Counts {
     pub malformed: u64,
     /// Requests answered 503 because their next hop could not be reached.
     pub unreachable: u64,
+    /// Response times: per request given a final response (sent by this node or forwarded),
+    /// its method (`other` as in `by_method`) and the time from its arrival at the engine to
+    /// that response; at most [`MAX_RESPONSE_TIMES`] between two [`Engine::take_counts`].
+    pub response_times: Vec<(&'static str, Duration)>,
 }
+
+/// Most response times [`Counts`] keeps between two [`Engine::take_counts`] (the node takes
+/// them after every batch of events); later ones are not kept.
+pub const MAX_RESPONSE_TIMES: usize = 4096;
 
 impl Counts {
     fn method(&mut self, m: &Method) {
@@ -485,6 +493,13 @@ impl Counts {
         match self.by_method.iter_mut().find(|(n, _)| *n == name) {
             Some((_, c)) => *c += 1,
             None => self.by_method.push((name, 1)),
+        }
+    }
+
+    fn response_time(&mut self, m: &Method, took: Duration) {
+        if self.response_times.len() < MAX_RESPONSE_TIMES {
+            self.response_times
+                .push((m.name().unwrap_or("other"), took));
         }
     }
 
@@ -516,6 +531,8 @@ struct ServerEntry {
     number: Option<numbers::NumberWait>,
     /// How a lookup that finds no binding is answered (`None`: 404 Not Found).
     empty_lookup: Option<(u16, &'static str)>,
+    /// When the request reached the engine, for its response time.
+    arrived: Instant,
 }
 
 struct ClientEntry {

@@ -109,6 +109,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 auth: None,
                 number: None,
                 empty_lookup: None,
+                arrived: now,
             },
         );
         self.server_actions(&key, first);

@@ -177,6 +177,10 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         let Some(entry) = self.servers.remove(key) else {
             return;
         };
+        if resp.status >= 200 {
+            let took = self.now.saturating_duration_since(entry.arrived);
+            self.counts.response_time(&entry.txn.request().method, took);
+        }
         self.counts.code(resp.status);
         self.send_bytes(entry.reply_to, resp.to_bytes(), None);
     }
@@ -223,6 +227,8 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             return;
         }
         if code >= 200 {
+            let took = self.now.saturating_duration_since(entry.arrived);
+            self.counts.response_time(&entry.txn.request().method, took);
             entry.done = true;
             entry.request = None;
             entry.targets.clear();

@@ -40,6 +40,8 @@ fn register_over_udp_asks_the_registrar_with_the_flow_then_answers_200_with_expi
     assert_eq!(policy, &RegistrarPolicy::default());
     assert_eq!(h.engine.pending(), 1);
 
+    // The registrar's answer comes 3 ms after the REGISTER (engine time).
+    h.now += std::time::Duration::from_millis(3);
     // The registrar answers 1.5 s into the binding's hour: 3598.5 s left, rounded up.
     let b = binding(
         &format!("sip:alice@{}", uac()),
@@ -62,6 +64,12 @@ fn register_over_udp_asks_the_registrar_with_the_flow_then_answers_200_with_expi
     assert_eq!(counts.registered, 1);
     assert_eq!(counts.by_code, [(200, 1)]);
     assert_eq!(counts.by_method, [("REGISTER", 1)]);
+    // Its response time: from the REGISTER's arrival to the 200 sent.
+    assert_eq!(
+        counts.response_times,
+        [("REGISTER", std::time::Duration::from_millis(3))]
+    );
+    assert!(h.engine.take_counts().response_times.is_empty());
 }
 
 #[test]
