@@ -44,7 +44,10 @@ fn status(n: usize, version: u64) -> NetworkStatus {
             }
         })
         .map(std::sync::Arc::new)
-        .collect();
+        .collect::<Vec<_>>();
+    // Sorted by name, as the active manager publishes them.
+    let mut members = members;
+    members.sort_by(|a, b| a.name.cmp(&b.name));
     NetworkStatus {
         term: 7,
         version,
