@@ -147,10 +147,14 @@ impl Retained {
 
     /// The frame given to a new subscriber.
     fn frame(&mut self) -> Bytes {
-        if self.frame.is_none() {
-            self.frame = Some(encode_frame(&ServerMsg::Event(self.event())));
+        match &self.frame {
+            Some(f) => f.clone(),
+            None => {
+                let f = encode_frame(&ServerMsg::Event(self.event()));
+                self.frame = Some(f.clone());
+                f
+            }
         }
-        self.frame.clone().unwrap_or_default()
     }
 }
 

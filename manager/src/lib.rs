@@ -36,7 +36,7 @@ use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient};
 use onehop_overlay::crl::CrlStore;
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable};
-use onehop_overlay::status::{Endpoint, NetworkStatus};
+use onehop_overlay::status::Endpoint;
 use onehop_overlay::tls::Credentials;
 use onehop_overlay::wire::{Announce, Topic};
 use tracing::{info, warn};
@@ -166,7 +166,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     info!(%name, id = cfg.id, raft = %raft_addr, "manager started");
 
     let mut publisher = Publisher::new(name.clone(), &metrics);
-    let mut follower = onehop_overlay::follow::Follower::new();
     let mut leadership = raft.leadership();
     let batch = Duration::from_millis(cfg.batch_ms);
     let mut republish = tokio::time::interval(Duration::from_millis(cfg.republish_ms));
@@ -196,25 +195,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                         true
                     }
                     ClientEvent::Down { .. } => false,
-                    ClientEvent::Event(ev) => match follower.take(&ev.payload) {
-                        onehop_overlay::follow::Followed::Changed { .. } => {
-                            let Some(s) = follower.status().cloned() else { continue };
+                    ClientEvent::Event(ev) => {
+                        // The client follows the deltas and hands over each newer status whole.
+                        if let onehop_overlay::wire::Payload::Network(s) = &ev.payload {
                             status_tx.send_if_modified(|held| {
                                 let newer = s.supersedes(held.as_ref());
                                 if newer {
-                                    *held = Some(NetworkStatus::clone(&s));
+                                    *held = Some(s.clone());
                                 }
                                 newer
                             });
-                            publisher.on_status(&s)
                         }
-                        onehop_overlay::follow::Followed::Missed => {
-                            info!("a change of the network status was missed: asking for the whole status");
-                            client.fetch(&[Topic::Network]);
-                            false
-                        }
-                        onehop_overlay::follow::Followed::Same => publisher.on_event(&ev),
-                    },
+                        publisher.on_event(&ev)
+                    }
                 };
                 if changed && publisher.is_active() && due.is_none() {
                     due = Some(tokio::time::Instant::now() + batch);

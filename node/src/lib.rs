@@ -34,7 +34,6 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use onehop_overlay::client::{ClientEvent, ClientOptions, EventClient};
 use onehop_overlay::crl::CrlStore;
-use onehop_overlay::follow::Followed;
 use onehop_overlay::metrics::Metrics;
 use onehop_overlay::net::{self, ConnTable};
 use onehop_overlay::status::Endpoint;
@@ -185,23 +184,18 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let members = metrics.gauge("members", "Live members in the status held.");
     let points = cfg.points;
     let apply = async {
-        let mut follower = onehop_overlay::follow::Follower::new();
         while let Some(ev) = events.recv().await {
             match ev {
                 ClientEvent::Event(ev) => {
-                    let status = match follower.take(&ev.payload) {
-                        Followed::Changed { .. } => match follower.status() {
-                            Some(s) => s.clone(),
-                            None => continue,
-                        },
-                        Followed::Missed => {
-                            info!("a change of the network status was missed: asking for the whole status");
-                            client.fetch(&[Topic::Network]);
-                            continue;
-                        }
-                        Followed::Same => continue,
+                    // The client follows the deltas and hands over each newer status whole.
+                    let Payload::Network(status) = &ev.payload else {
+                        continue;
                     };
                     let current = view.load_full();
+                    if !status.supersedes(current.status.as_deref()) {
+                        continue;
+                    }
+                    let status = Arc::new(status.clone());
                     // Changing the rings of a large farm takes a while: keep it off the
                     // threads that answer lookups.
                     let s = status.clone();

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::status::{DeltaError, NetworkStatus};
+use crate::status::NetworkStatus;
 use crate::wire::Payload;
 
 /// What a publication did to the status held.
@@ -109,11 +109,9 @@ impl Follower {
                             by_delta: true,
                         }
                     }
-                    Err(DeltaError::Gap { .. }) | Err(DeltaError::Digest) => {
-                        self.gaps += 1;
-                        self.missed(now)
-                    }
-                    Err(DeltaError::Malformed(_)) => {
+                    // Not the status it was made from (a gap, another copy) or one that
+                    // cannot be right: ask for the whole status either way.
+                    Err(_) => {
                         self.gaps += 1;
                         self.missed(now)
                     }
