@@ -124,6 +124,9 @@ pub struct Figures {
     pub at_ms: u64,
     /// Name/value pairs as published.
     pub figures: Vec<(String, f64)>,
+    /// The publication's sequence number: a late copy of an older one (through a slower event
+    /// server) does not replace them.
+    pub seq: u64,
 }
 
 /// One line of the log panel.
@@ -527,6 +530,13 @@ impl App {
                 }
             }
             Payload::Stats(st) => {
+                if self
+                    .stats
+                    .get(&ev.origin)
+                    .is_some_and(|held| held.seq > ev.seq)
+                {
+                    return;
+                }
                 self.stats.insert(
                     ev.origin.clone(),
                     Figures {
@@ -538,6 +548,7 @@ impl App {
                             .take(MAX_FIGURES)
                             .cloned()
                             .collect(),
+                        seq: ev.seq,
                     },
                 );
             }

@@ -146,9 +146,23 @@ fn stats_are_kept_per_member_while_it_is_live() {
         a.stats.get("node2"),
         Some(&Figures {
             at_ms: T0 + 5,
-            figures
+            figures: figures.clone(),
+            seq: 1,
         })
     );
+    // A late copy of an older publication (through a slower event server) changes nothing.
+    a.apply(
+        T0 + 6,
+        publication(
+            "node2",
+            Kind::Node,
+            0,
+            Payload::Stats(Stats {
+                figures: vec![("sip_requests".into(), 1.0)],
+            }),
+        ),
+    );
+    assert_eq!(a.stats.get("node2").map(|f| &f.figures), Some(&figures));
     a.apply(T0 + 6, status_input(farm_status(2, &["node1"])));
     assert!(a.stats.is_empty(), "figures of a member gone are dropped");
 }

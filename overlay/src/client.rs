@@ -3,7 +3,8 @@
 //! [`EventClient::start`] keeps one session per configured event server: it connects, checks
 //! that the peer's certificate is an `eventserver` one, announces (members only), subscribes,
 //! and reconnects with a capped back-off when the session ends. Publications go to every
-//! connected event server; received events are deduplicated by `(origin, seq)` and delivered on
+//! connected event server; received events are deduplicated by `(origin, seq)` (a copy that
+//! comes late through a slower server is still taken the first time) and delivered on
 //! one bounded channel, together with [`ClientEvent::Up`]/[`ClientEvent::Down`] notices. A CRL
 //! received on the `crl` topic is handed to the CRL store (which verifies it) when one is given.
 //!
@@ -244,7 +245,11 @@ struct Inner {
     /// The network status followed for [`ClientOptions::whole_status`].
     follower: Mutex<Follower>,
     links: Mutex<HashMap<SocketAddr, Link>>,
-    seen: Mutex<HashMap<String, u64>>,
+    seen: Mutex<HashMap<String, Seen>>,
+    /// A task is waiting to call [`Follower::check`].
+    checking: AtomicBool,
+    /// Which event server [`EventClient::fetch_one`] asks next.
+    next_fetch: AtomicU64,
     stopping: AtomicBool,
     stop: Notify,
     conns: ConnTable,
@@ -252,6 +257,49 @@ struct Inner {
     live_sessions: AtomicU64,
     closed: Notify,
     counters: Counters,
+}
+
+/// The sequence numbers seen from one origin: the highest, and which of the 64 before it.
+/// Every publication reaches a subscriber once through each of its event servers, and the
+/// servers do not keep each other's pace, so a copy of an older publication can come after
+/// a newer one through another server; the window lets it through the first time.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    last: u64,
+    /// Bit i: `last - 1 - i` was seen.
+    below: u64,
+}
+
+impl Seen {
+    fn new(seq: u64) -> Seen {
+        Seen {
+            last: seq,
+            below: 0,
+        }
+    }
+
+    /// Records `seq`; true when it was not seen before. Publications more than 64 behind the
+    /// newest are taken as seen.
+    fn first_time(&mut self, seq: u64) -> bool {
+        if seq > self.last {
+            let shift = seq - self.last;
+            self.below = match shift {
+                1..=63 => (self.below << shift) | (1 << (shift - 1)),
+                64 => 1 << 63,
+                _ => 0,
+            };
+            self.last = seq;
+            return true;
+        }
+        let back = self.last - seq;
+        if back == 0 || back > 64 {
+            return false;
+        }
+        let bit = 1u64 << (back - 1);
+        let first = self.below & bit == 0;
+        self.below |= bit;
+        first
+    }
 }
 
 /// Handle to the sessions; cheap to clone.
@@ -286,6 +334,8 @@ impl EventClient {
             follower: Mutex::new(Follower::new()),
             links: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            checking: AtomicBool::new(false),
+            next_fetch: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             conns,
@@ -339,6 +389,24 @@ impl EventClient {
             .iter()
             .filter(|(addr, link)| self.queue(**addr, link, &frame, "request"))
             .count()
+    }
+
+    /// Asks one connected event server (each in turn, call after call) for the retained
+    /// values of `topics` again; false when none could be asked. A follower that is still
+    /// behind asks again after a while, so a server that does not answer is passed over.
+    pub fn fetch_one(&self, topics: &[Topic]) -> bool {
+        let frame = encode_frame(&ClientMsg::Fetch(topics.to_vec()));
+        let links = self.inner.links.lock().expect("links");
+        if links.is_empty() {
+            return false;
+        }
+        let mut addrs: Vec<&SocketAddr> = links.keys().collect();
+        addrs.sort();
+        let first = self.inner.next_fetch.fetch_add(1, Ordering::Relaxed) as usize;
+        (0..addrs.len()).any(|i| {
+            let addr = addrs[(first + i) % addrs.len()];
+            self.queue(*addr, &links[addr], &frame, "request")
+        })
     }
 
     /// Queues `frame` for one event server, within its bounds; false (logged and counted)
@@ -416,16 +484,12 @@ impl EventClient {
     fn first_time(&self, ev: &Event) -> bool {
         let mut seen = self.inner.seen.lock().expect("seen");
         match seen.get_mut(&ev.origin) {
-            Some(last) if *last >= ev.seq => false,
-            Some(last) => {
-                *last = ev.seq;
-                true
-            }
+            Some(window) => window.first_time(ev.seq),
             None => {
                 if seen.len() >= 100_000 {
                     seen.clear();
                 }
-                seen.insert(ev.origin.clone(), ev.seq);
+                seen.insert(ev.origin.clone(), Seen::new(ev.seq));
                 true
             }
         }
@@ -435,10 +499,11 @@ impl EventClient {
     /// change is asked for.
     fn whole(&self, ev: Event) -> Option<Event> {
         let mut follower = self.inner.follower.lock().expect("follower");
-        match follower.take(&ev.payload) {
+        let followed = follower.take(&ev.payload);
+        let due = follower.due();
+        let out = match followed {
             Followed::Changed { .. } => {
                 let status = NetworkStatus::clone(follower.status()?);
-                drop(follower);
                 Some(Event {
                     payload: Payload::Network(status),
                     ..ev
@@ -446,12 +511,52 @@ impl EventClient {
             }
             Followed::Missed => {
                 drop(follower);
-                info!("a change of the network status was missed: asking the event servers for the whole status");
-                self.fetch(&[Topic::Network]);
+                info!("a change of the network status was missed: asking an event server for the whole status");
+                self.fetch_one(&[Topic::Network]);
                 None
             }
             Followed::Same => None,
+        };
+        if due.is_some() {
+            self.watch_follower();
         }
+        out
+    }
+
+    /// While the follower waits for a missing change, calls [`Follower::check`] when due and
+    /// asks for the whole status when it says so (one such task at a time).
+    fn watch_follower(&self) {
+        if self.inner.checking.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let due = client.inner.follower.lock().expect("follower").due();
+                let Some(at) = due else { break };
+                if client.inner.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                let followed = client.inner.follower.lock().expect("follower").check();
+                if followed == Followed::Missed {
+                    info!("a change of the network status did not come through any event server: asking one for the whole status");
+                    client.fetch_one(&[Topic::Network]);
+                }
+            }
+            client.inner.checking.store(false, Ordering::SeqCst);
+            // A change may have been missed between the last look and the flag's reset.
+            if client
+                .inner
+                .follower
+                .lock()
+                .expect("follower")
+                .due()
+                .is_some()
+            {
+                client.watch_follower();
+            }
+        });
     }
 
     async fn session_loop(self, addr: SocketAddr, opts: ClientOptions, tx: Delivery) {
@@ -725,5 +830,29 @@ pub fn close_reason_of(err: &quinn::ConnectionError) -> String {
         }
         quinn::ConnectionError::TimedOut => "idle timeout".to_string(),
         e => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn a_copy_that_comes_late_through_another_server_is_taken_once() {
+        let mut s = Seen::new(100);
+        assert!(!s.first_time(100), "the first one again");
+        assert!(s.first_time(102), "ahead through a fast server");
+        assert!(s.first_time(101), "the one before, through a slower server");
+        assert!(!s.first_time(101));
+        assert!(!s.first_time(102));
+        assert!(s.first_time(170));
+        assert!(s.first_time(106), "64 behind the newest: still known");
+        assert!(!s.first_time(106));
+        assert!(!s.first_time(105), "more than 64 behind: taken as seen");
+        assert!(s.first_time(234), "a jump of exactly 64");
+        assert!(!s.first_time(170), "the old newest, now in the window");
+        assert!(s.first_time(1_000), "a jump past the window");
+        assert!(!s.first_time(234));
+        assert!(s.first_time(999));
     }
 }

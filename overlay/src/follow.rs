@@ -9,30 +9,36 @@
 //! - a whole status is taken when its `(term, version)` is greater than the one held;
 //! - a delta is applied when it follows the status held (same term and manager, its base is
 //!   the version held) and the result has the manager's digest;
-//! - anything newer that cannot be applied (a delta past a gap, a heartbeat ahead of the
-//!   status held, or one of the same version with another digest) means a change was missed:
-//!   [`Followed::Missed`] tells the caller to ask the event servers for the whole status
-//!   ([`crate::client::EventClient::fetch`]), at most once per [`Follower::FETCH_EVERY`].
+//! - a delta that does not follow yet (its base is ahead of the status held) is kept for
+//!   [`Follower::GAP_GRACE`]: the deltas between are usually on their way through another
+//!   event server (every publication reaches a member through each of its event servers, and
+//!   the servers do not keep each other's pace), and it is applied as soon as they arrive;
+//! - a change that is missed for good (a kept delta whose predecessors did not come within
+//!   the grace, a heartbeat ahead of the status held, one of the same version with another
+//!   digest, a delta of another term) makes the follower ask for the whole status:
+//!   [`Followed::Missed`] from [`Follower::take`] or [`Follower::check`] tells the caller to
+//!   fetch it ([`crate::client::EventClient::fetch_one`]), at most once per
+//!   [`Follower::FETCH_EVERY`], and again until the status is caught up. A caller calls
+//!   [`Follower::check`] at [`Follower::due`] while that is set.
 //!
 //! A receiver thus never applies an older status than the one it holds, and converges on
 //! the manager's status after missing any number of deltas.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::status::NetworkStatus;
+use crate::status::{NetworkStatus, StatusDelta};
 use crate::wire::Payload;
 
 /// What a publication did to the status held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Followed {
-    /// Nothing new (not a network payload, an old or repeated one, or a heartbeat that
-    /// agrees).
+    /// Nothing new (not a network payload, an old or repeated one, a heartbeat that agrees,
+    /// or a delta kept until the ones before it arrive).
     Same,
-    /// A newer status is held now; `before` is the one it replaced.
+    /// A newer status is held now ([`Follower::status`]).
     Changed {
-        /// The status held before, if any.
-        before: Option<Arc<NetworkStatus>>,
         /// Whether it came as a delta (else whole).
         by_delta: bool,
     },
@@ -47,13 +53,25 @@ pub struct Follower {
     /// [`NetworkStatus::digest`] of `status`.
     digest: u64,
     last_fetch: Option<Instant>,
-    /// Deltas that did not follow the status held.
+    /// Deltas ahead of the status held, by their base version (same term and manager).
+    pending: BTreeMap<u64, StatusDelta>,
+    /// When the whole status is to be asked for, unless caught up before.
+    fetch_at: Option<Instant>,
+    /// Deltas that did not follow the status held when they came (kept or not).
     pub gaps: u64,
+    /// Kept deltas that were applied once the ones before them came.
+    pub reordered: u64,
+    /// Times the whole status was asked for.
+    pub fetches: u64,
 }
 
 impl Follower {
     /// The shortest time between two requests for the whole status.
     pub const FETCH_EVERY: Duration = Duration::from_millis(250);
+    /// How long a delta ahead of the status held waits for the ones before it.
+    pub const GAP_GRACE: Duration = Duration::from_millis(100);
+    /// Most deltas kept waiting; beyond, the newest are dropped (the whole status covers them).
+    pub const MAX_PENDING: usize = 64;
 
     /// A follower holding nothing.
     pub fn new() -> Follower {
@@ -70,9 +88,39 @@ impl Follower {
         self.digest
     }
 
+    /// When [`Follower::check`] is to be called next (`None`: the status held is current as
+    /// far as this follower knows).
+    pub fn due(&self) -> Option<Instant> {
+        let at = self.fetch_at?;
+        Some(match self.last_fetch {
+            Some(t) => at.max(t + Self::FETCH_EVERY),
+            None => at,
+        })
+    }
+
     /// Takes a publication (anything but the `network` topic's payloads is [`Followed::Same`]).
     pub fn take(&mut self, payload: &Payload) -> Followed {
         self.take_at(payload, Instant::now())
+    }
+
+    /// [`Follower::check`] at a given time (tests).
+    pub fn check_at(&mut self, now: Instant) -> Followed {
+        match self.due() {
+            Some(t) if t <= now => {
+                self.last_fetch = Some(now);
+                self.fetches += 1;
+                // Asked again after FETCH_EVERY if the answer does not catch us up.
+                self.fetch_at = Some(now);
+                Followed::Missed
+            }
+            _ => Followed::Same,
+        }
+    }
+
+    /// [`Followed::Missed`] when the whole status is to be asked for now (see
+    /// [`Follower::due`]).
+    pub fn check(&mut self) -> Followed {
+        self.check_at(Instant::now())
     }
 
     /// [`Follower::take`] at a given time (tests).
@@ -84,37 +132,36 @@ impl Follower {
                 }
                 let next = Arc::new(s.clone());
                 self.digest = next.digest();
-                let before = self.status.replace(next);
-                Followed::Changed {
-                    before,
-                    by_delta: false,
-                }
+                self.status = Some(next);
+                self.caught_up(now);
+                Followed::Changed { by_delta: false }
             }
             Payload::NetworkDelta(d) => {
-                let held = self.status.as_ref().map(|s| (s.term, s.version));
-                if held.is_some_and(|h| (d.term, d.version) <= h) {
+                let Some(current) = &self.status else {
+                    return self.behind(now, now);
+                };
+                if (d.term, d.version) <= (current.term, current.version) {
                     return Followed::Same;
                 }
-                let Some(current) = &self.status else {
-                    return self.missed(now);
-                };
-                let mut next = NetworkStatus::clone(current);
-                let mut digest = self.digest;
-                match next.apply_delta(d, &mut digest) {
-                    Ok(()) => {
-                        self.digest = digest;
-                        let before = self.status.replace(Arc::new(next));
-                        Followed::Changed {
-                            before,
-                            by_delta: true,
-                        }
+                if d.term == current.term
+                    && d.manager == current.manager
+                    && d.base > current.version
+                {
+                    self.gaps += 1;
+                    if self.pending.len() < Self::MAX_PENDING {
+                        self.pending.entry(d.base).or_insert_with(|| d.clone());
                     }
-                    // Not the status it was made from (a gap, another copy) or one that
-                    // cannot be right: ask for the whole status either way.
-                    Err(_) => {
-                        self.gaps += 1;
-                        self.missed(now)
-                    }
+                    let grace = now + Self::GAP_GRACE;
+                    return self.behind(self.fetch_at.map_or(grace, |t| t.min(grace)), now);
+                }
+                if self.apply(d) {
+                    self.caught_up(now);
+                    Followed::Changed { by_delta: true }
+                } else {
+                    // Not the status it was made from (another term, another copy) or one
+                    // that cannot be right: ask for the whole status either way.
+                    self.gaps += 1;
+                    self.behind(now, now)
                 }
             }
             Payload::NetworkBeat(b) => {
@@ -124,21 +171,58 @@ impl Follower {
                     Some(h) if (b.term, b.version) == h && b.digest == self.digest => {
                         Followed::Same
                     }
-                    _ => self.missed(now),
+                    _ => self.behind(now, now),
                 }
             }
             _ => Followed::Same,
         }
     }
 
-    fn missed(&mut self, now: Instant) -> Followed {
-        match self.last_fetch {
-            Some(t) if now.saturating_duration_since(t) < Self::FETCH_EVERY => Followed::Same,
-            _ => {
-                self.last_fetch = Some(now);
-                Followed::Missed
+    /// Applies `d` to the status held; false when it does not follow it or is wrong. In
+    /// place when no one else holds the status (nothing but the changed members is touched),
+    /// else on a copy.
+    fn apply(&mut self, d: &StatusDelta) -> bool {
+        let Some(current) = &mut self.status else {
+            return false;
+        };
+        if current.digest_after(d, self.digest).is_err() {
+            return false;
+        }
+        Arc::make_mut(current)
+            .apply_delta(d, &mut self.digest)
+            .is_ok()
+    }
+
+    /// After a newer status is held: applies the kept deltas that follow it, drops those it
+    /// covers, and stops asking for the whole status if nothing is missing any more.
+    fn caught_up(&mut self, now: Instant) {
+        loop {
+            let Some(version) = self.status.as_ref().map(|s| s.version) else {
+                return;
+            };
+            // Deltas whose base is older than the status held are covered by it.
+            self.pending = self.pending.split_off(&version);
+            let Some(d) = self.pending.remove(&version) else {
+                break;
+            };
+            if self.apply(&d) {
+                self.reordered += 1;
+            } else {
+                // It claimed to follow and does not: the whole status will tell.
+                self.pending.clear();
+                self.fetch_at = Some(now);
+                return;
             }
         }
+        if self.pending.is_empty() {
+            self.fetch_at = None;
+        }
+    }
+
+    /// Something is missing: ask for the whole status at `at` (now or after the grace).
+    fn behind(&mut self, at: Instant, now: Instant) -> Followed {
+        self.fetch_at = Some(self.fetch_at.map_or(at, |t| t.min(at)));
+        self.check_at(now)
     }
 }
 
@@ -212,29 +296,103 @@ mod tests {
             f.take_at(&Payload::NetworkDelta(s1.delta_to(&s2).unwrap()), t0),
             Followed::Same
         );
-        // 2 -> 3 is missed; 3 -> 4 does not follow.
+        // 2 -> 3 is missed; 3 -> 4 does not follow: it waits for the grace, then the
+        // whole status is asked for.
         let later = t0 + Follower::FETCH_EVERY;
         assert_eq!(
             f.take_at(&Payload::NetworkDelta(s3.delta_to(&s4).unwrap()), later),
-            Followed::Missed
+            Followed::Same,
+            "kept while 2 -> 3 may still come through another event server"
         );
         assert_eq!(f.gaps, 1);
-        // Asked once per interval, not once per delta.
-        assert_eq!(f.take_at(&beat(&s4), later), Followed::Same);
+        assert_eq!(f.due(), Some(later + Follower::GAP_GRACE));
+        assert_eq!(f.check_at(later + Follower::GAP_GRACE / 2), Followed::Same);
+        let asked = later + Follower::GAP_GRACE;
+        assert_eq!(f.check_at(asked), Followed::Missed);
+        assert_eq!(f.fetches, 2, "with the first, when nothing was held");
+        // Asked once per interval, not once per delta or heartbeat; again if not caught up.
+        assert_eq!(f.take_at(&beat(&s4), asked), Followed::Same);
+        assert_eq!(f.check_at(asked), Followed::Same);
+        assert_eq!(f.due(), Some(asked + Follower::FETCH_EVERY));
         assert_eq!(
-            f.take_at(&beat(&s4), later + Follower::FETCH_EVERY),
+            f.check_at(asked + Follower::FETCH_EVERY),
             Followed::Missed,
-            "a heartbeat ahead of the status held"
+            "not caught up: asked again"
         );
         // The whole status (as an event server sends it on request) brings it up to date.
         assert!(matches!(
-            f.take_at(&Payload::Network(s4.clone()), later),
+            f.take_at(&Payload::Network(s4.clone()), asked),
             Followed::Changed { .. }
         ));
         assert_eq!(**f.status().unwrap(), s4);
-        assert_eq!(f.take_at(&beat(&s4), later), Followed::Same);
+        assert_eq!(f.due(), None, "nothing missing any more");
+        assert_eq!(f.take_at(&beat(&s4), asked), Followed::Same);
         // An older whole status never replaces it.
-        assert_eq!(f.take_at(&Payload::Network(s2), later), Followed::Same);
+        assert_eq!(f.take_at(&Payload::Network(s2), asked), Followed::Same);
+        assert_eq!(f.fetches, 3);
+    }
+
+    #[test]
+    fn deltas_out_of_order_through_several_event_servers_need_no_fetch() {
+        let t0 = Instant::now();
+        let s: Vec<NetworkStatus> = (1..=5)
+            .map(|v| {
+                let names: Vec<String> = (0..v).map(|i| format!("m{i}")).collect();
+                let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+                status(v as u64, &names)
+            })
+            .collect();
+        let delta = |i: usize| Payload::NetworkDelta(s[i].delta_to(&s[i + 1]).unwrap());
+        let mut f = Follower::new();
+        f.take_at(&Payload::Network(s[0].clone()), t0);
+        // One server is ahead: 3 -> 4 and 4 -> 5 come before 1 -> 2 and 2 -> 3.
+        assert_eq!(f.take_at(&delta(2), t0), Followed::Same);
+        assert_eq!(f.take_at(&delta(3), t0), Followed::Same);
+        assert_eq!(f.status().unwrap().version, 1);
+        assert!(f.due().is_some());
+        assert!(matches!(f.take_at(&delta(0), t0), Followed::Changed { .. }));
+        assert_eq!(f.status().unwrap().version, 2);
+        assert!(matches!(
+            f.take_at(&delta(1), t0),
+            Followed::Changed { by_delta: true, .. }
+        ));
+        assert_eq!(
+            **f.status().unwrap(),
+            s[4],
+            "the kept deltas applied in order"
+        );
+        assert_eq!((f.gaps, f.reordered, f.fetches), (2, 2, 0));
+        assert_eq!(f.due(), None);
+        // The slower server's copies are nothing new.
+        for i in 0..4 {
+            assert_eq!(f.take_at(&delta(i), t0), Followed::Same);
+        }
+        assert_eq!(
+            f.check_at(t0 + Follower::GAP_GRACE + Follower::FETCH_EVERY),
+            Followed::Same
+        );
+    }
+
+    #[test]
+    fn a_kept_delta_that_turns_out_wrong_asks_for_the_whole_status() {
+        let t0 = Instant::now();
+        let (s1, s2, s3) = (
+            status(1, &["a"]),
+            status(2, &["a", "b"]),
+            status(3, &["a", "b", "c"]),
+        );
+        let mut f = Follower::new();
+        f.take_at(&Payload::Network(s1.clone()), t0);
+        let mut bad = s2.delta_to(&s3).unwrap();
+        bad.digest ^= 1;
+        assert_eq!(f.take_at(&Payload::NetworkDelta(bad), t0), Followed::Same);
+        assert_eq!(
+            f.take_at(&Payload::NetworkDelta(s1.delta_to(&s2).unwrap()), t0),
+            Followed::Changed { by_delta: true }
+        );
+        assert_eq!(f.status().unwrap().version, 2);
+        assert_eq!(f.due(), Some(t0), "asked for at once");
+        assert_eq!(f.check_at(t0), Followed::Missed);
     }
 
     #[test]

@@ -315,11 +315,47 @@ impl NetworkStatus {
     /// Applies `delta` in place when it follows this status (same term and manager, `base`
     /// equal to this version) and the result has the delta's digest. `digest` is this
     /// status's [`NetworkStatus::digest`] and is brought up to date, at the cost of the
-    /// change (not of the membership).
+    /// change (not of the membership): nothing but the changed members is touched.
     ///
     /// On an error the status and `digest` are unchanged. The member list must be sorted by
     /// name (as every published status is); it stays sorted.
     pub fn apply_delta(&mut self, delta: &StatusDelta, digest: &mut u64) -> Result<(), DeltaError> {
+        let d = self.digest_after(delta, *digest)?;
+        for name in &delta.removed {
+            if let Ok(i) = self.members.binary_search_by(|m| m.name.as_str().cmp(name)) {
+                self.members.remove(i);
+            }
+        }
+        for m in &delta.upserts {
+            match self.members.binary_search_by(|x| x.name.cmp(&m.name)) {
+                Ok(i) => self.members[i] = m.clone(),
+                Err(i) => self.members.insert(i, m.clone()),
+            }
+        }
+        self.term = delta.term;
+        self.version = delta.version;
+        *digest = d;
+        Ok(())
+    }
+
+    /// The status `delta` makes of this one, as [`NetworkStatus::apply_delta`] would leave it;
+    /// this one is not changed. Costs a copy of the member list (a reference count per
+    /// member) when the delta is good, nothing more than the checks when it is not.
+    pub fn with_delta(
+        &self,
+        delta: &StatusDelta,
+        digest: &mut u64,
+    ) -> Result<NetworkStatus, DeltaError> {
+        self.digest_after(delta, *digest)?;
+        let mut next = self.clone();
+        next.apply_delta(delta, digest)?;
+        Ok(next)
+    }
+
+    /// Checks that `delta` follows this status and is well formed (the names it removes are
+    /// held, and no name is removed or upserted twice), and returns the digest of the status
+    /// it makes, given `digest`, this one's.
+    pub fn digest_after(&self, delta: &StatusDelta, digest: u64) -> Result<u64, DeltaError> {
         if delta.term != self.term || delta.base != self.version || delta.manager != self.manager {
             return Err(DeltaError::Gap {
                 held: (self.term, self.version),
@@ -329,34 +365,39 @@ impl NetworkStatus {
         if delta.version <= delta.base {
             return Err(DeltaError::Malformed("version not above its base"));
         }
-        let mut members = self.members.clone();
-        let mut d = *digest;
+        let mut names: Vec<&str> = delta
+            .removed
+            .iter()
+            .map(String::as_str)
+            .chain(delta.upserts.iter().map(|m| m.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(DeltaError::Malformed("a member is named twice"));
+        }
+        let held = |name: &str| {
+            self.members
+                .binary_search_by(|m| m.name.as_str().cmp(name))
+                .ok()
+                .map(|i| &self.members[i])
+        };
+        let mut d = digest;
         for name in &delta.removed {
-            match members.binary_search_by(|m| m.name.as_str().cmp(name)) {
-                Ok(i) => {
-                    d = d.wrapping_sub(member_digest(&members.remove(i)));
-                }
-                Err(_) => return Err(DeltaError::Malformed("a removed member is not held")),
+            match held(name) {
+                Some(m) => d = d.wrapping_sub(member_digest(m)),
+                None => return Err(DeltaError::Malformed("a removed member is not held")),
             }
         }
         for m in &delta.upserts {
-            match members.binary_search_by(|x| x.name.cmp(&m.name)) {
-                Ok(i) => {
-                    d = d.wrapping_sub(member_digest(&members[i]));
-                    members[i] = m.clone();
-                }
-                Err(i) => members.insert(i, m.clone()),
+            if let Some(old) = held(&m.name) {
+                d = d.wrapping_sub(member_digest(old));
             }
             d = d.wrapping_add(member_digest(m));
         }
         if d != delta.digest {
             return Err(DeltaError::Digest);
         }
-        self.term = delta.term;
-        self.version = delta.version;
-        self.members = members;
-        *digest = d;
-        Ok(())
+        Ok(d)
     }
 }
 
@@ -547,6 +588,33 @@ mod tests {
             held.apply_delta(&bad, &mut digest),
             Err(DeltaError::Malformed(_))
         ));
+        assert_eq!(held, a, "unchanged on an error");
+        // A name both removed and upserted, or upserted twice.
+        let mut twice = d.clone();
+        twice.removed.push("c".into());
+        assert_eq!(
+            held.apply_delta(&twice, &mut digest),
+            Err(DeltaError::Malformed("a member is named twice"))
+        );
+        let mut twice = d.clone();
+        twice.upserts.push(twice.upserts[0].clone());
+        assert_eq!(
+            held.with_delta(&twice, &mut digest),
+            Err(DeltaError::Malformed("a member is named twice"))
+        );
+        assert_eq!(
+            (held, digest),
+            (a.clone(), a.digest()),
+            "unchanged on an error"
+        );
+        // Applied in place and on a copy: the same status and digest.
+        let mut in_place = a.clone();
+        let mut d1 = a.digest();
+        in_place.apply_delta(&d, &mut d1).unwrap();
+        let mut d2 = a.digest();
+        assert_eq!(a.with_delta(&d, &mut d2).unwrap(), in_place);
+        assert_eq!((d1, d2), (b.digest(), b.digest()));
+        assert_eq!(in_place, b);
     }
 
     #[test]

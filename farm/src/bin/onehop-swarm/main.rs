@@ -144,7 +144,11 @@ struct Shared {
     follows: AtomicU64,
     /// Time spent changing rings (ring members), and changes.
     ring_ns: Mutex<Vec<u64>>,
+    /// Deltas that did not follow the status held when they came; those applied once the
+    /// ones before them came (through another event server); whole statuses asked for.
     gaps: AtomicU64,
+    reordered: AtomicU64,
+    fetches: AtomicU64,
 }
 
 struct Member {
@@ -238,18 +242,46 @@ fn spawn_member(
         let mut held_rings: Option<(Arc<NetworkStatus>, Rings)> = None;
         let mut done_probe = 0u64;
         let mut was_complete = false;
-        while let Some(ev) = events.recv().await {
+        let (mut gaps, mut reordered) = (0, 0);
+        loop {
+            // A missing change is asked for when the follower says it is due.
+            let due = follower.due();
+            let ev = tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => ev,
+                    None => break,
+                },
+                _ = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if follower.check() == Followed::Missed {
+                        shared.fetches.fetch_add(1, Ordering::Relaxed);
+                        fetcher.fetch_one(&[Topic::Network]);
+                    }
+                    continue;
+                }
+            };
             let ClientEvent::Event(ev) = ev else { continue };
             let t = Instant::now();
             let followed = follower.take(&ev.payload);
+            shared
+                .gaps
+                .fetch_add(follower.gaps - gaps, Ordering::Relaxed);
+            shared
+                .reordered
+                .fetch_add(follower.reordered - reordered, Ordering::Relaxed);
+            (gaps, reordered) = (follower.gaps, follower.reordered);
             let status = match followed {
                 Followed::Changed { .. } => match follower.status() {
                     Some(s) => s.clone(),
                     None => continue,
                 },
                 Followed::Missed => {
-                    shared.gaps.fetch_add(1, Ordering::Relaxed);
-                    fetcher.fetch(&[Topic::Network]);
+                    shared.fetches.fetch_add(1, Ordering::Relaxed);
+                    fetcher.fetch_one(&[Topic::Network]);
                     continue;
                 }
                 Followed::Same => continue,
@@ -634,7 +666,12 @@ fn swarm(cli: &Cli, exe: &Path) -> anyhow::Result<()> {
             let q = |p: f64| ring[((ring.len() - 1) as f64 * p).round() as usize] as f64 / 1e3;
             println!("a member changing its 3 rings in place ({} members x 1,000 points): p50 {:.0} us, p99 {:.0} us, max {:.0} us over {} changes", total, q(0.5), q(0.99), q(1.0), ring.len());
         }
-        println!("gaps (deltas that did not follow, whole status asked for): {}", shared.gaps.load(Ordering::Relaxed));
+        println!(
+            "deltas that did not follow when they came: {}, of which applied once the ones before came through another event server: {}; whole statuses asked for: {}",
+            shared.gaps.load(Ordering::Relaxed),
+            shared.reordered.load(Ordering::Relaxed),
+            shared.fetches.load(Ordering::Relaxed)
+        );
         if let (Some(load), Some(node)) = (&cli.lookup_load, farm.member("node1")) {
             let addr = node.addr("lookup").context("node1 has no lookup port")?;
             println!("\nlookups at node1 ({addr}) with {total} members on its rings:");
