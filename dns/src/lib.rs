@@ -163,7 +163,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             match ev {
                 ClientEvent::Event(ev) => {
                     if let Payload::Network(status) = &ev.payload {
-                        if handler.apply_status(status) {
+                        // Building the zone takes milliseconds at a thousand members: off the
+                        // runtime's threads, one status at a time.
+                        let (h, e) = (handler.clone(), ev.clone());
+                        let applied = tokio::task::spawn_blocking(move || match &e.payload {
+                            Payload::Network(status) => h.apply_status(status),
+                            _ => false,
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            warn!(cause = %e, "building the zone failed");
+                            false
+                        });
+                        if applied {
                             status_tx.send_replace(Some(status.clone()));
                             let zone = handler.zone();
                             info!(
@@ -229,7 +241,11 @@ fn follow_domains(client: FarmClient, handler: Arc<DnsHandler>, cancel: Cancella
     tokio::spawn(async move {
         loop {
             let domains = farm.borrow_and_update().domains.clone();
-            if handler.set_domains(&domains) {
+            let (h, d) = (handler.clone(), domains.clone());
+            let changed = tokio::task::spawn_blocking(move || h.set_domains(&d))
+                .await
+                .unwrap_or(false);
+            if changed {
                 info!(domains = domains.len(), "provisioned domains served");
             }
             if farm.changed().await.is_err() {
