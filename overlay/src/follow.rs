@@ -2,7 +2,7 @@
 //! and heartbeats (DESIGN.md section 5).
 //!
 //! The active manager publishes the whole status when it takes office (and to an event
-//! server whose session with it starts), then each change as a [`StatusDelta`](crate::status::StatusDelta) from the
+//! server whose session with it starts), then each change as a [`StatusDelta`] from the
 //! version before, and every few seconds a [`StatusBeat`](crate::status::StatusBeat) naming the current version and
 //! its digest. A [`Follower`] takes all three from the `network` topic and keeps the status:
 //!
