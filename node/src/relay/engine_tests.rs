@@ -275,6 +275,9 @@ async fn a_stranger_is_never_forwarded_not_even_before_latching() {
         stranger.try_recv_from(&mut buf).is_err(),
         "nothing was sent to the stranger"
     );
+    // The counters are added after the packets went: waited for.
+    until_metric(&c.metrics, FWD, 1).await;
+    until_metric(&c.metrics, BACK, 2).await;
     assert_eq!((c.value(FWD), c.value(BACK)), (1, 2));
 }
 
@@ -683,4 +686,35 @@ async fn packets_keep_a_session_alive() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(start.elapsed() >= Duration::from_millis(3500));
+}
+
+#[tokio::test]
+async fn a_burst_longer_than_one_read_is_relayed_whole_and_in_order() {
+    let c = Call::new(42300).await;
+    // Latch both sides first.
+    c.relayed(&c.caller, c.to_caller, &c.callee, c.to_callee, b"hello")
+        .await;
+    c.relayed(&c.callee, c.to_callee, &c.caller, c.to_caller, b"back")
+        .await;
+    // Many more datagrams than one read takes (RECV_BATCH), sent back to back: the relay
+    // finds several queued at once, and reads them in batches until the socket is empty.
+    let burst = 50 * RECV_BATCH;
+    for i in 0..burst {
+        c.caller
+            .send_to(format!("p{i}").as_bytes(), c.to_caller)
+            .await
+            .unwrap();
+    }
+    for i in 0..burst {
+        let (got, src) = recv(&c.callee).await;
+        assert_eq!(
+            (String::from_utf8_lossy(&got).to_string(), src),
+            (format!("p{i}"), c.to_callee),
+            "datagram {i} of the burst"
+        );
+    }
+    until_metric(&c.metrics, FWD, 1 + burst as i64).await;
+    // The relay still waits for the next one after draining.
+    c.relayed(&c.caller, c.to_caller, &c.callee, c.to_callee, b"after")
+        .await;
 }
