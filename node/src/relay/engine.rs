@@ -31,7 +31,7 @@
 //! (a shard, as in Seastar or Kamailio's workers): a stream's two tasks stay on one thread
 //! for the stream's life, so a packet is received, checked and sent with no lock, no
 //! allocation and no hand-over between threads. Streams are dealt to the threads in turn.
-//! A task drains each ready socket, up to [`RECV_BATCH`] datagrams a system call
+//! A task drains each ready socket, up to 4 datagrams a system call
 //! (`recvmmsg`); a read that finds fewer than that has emptied the socket, so the task waits
 //! for the next datagram without a last read that would only say so (at about one packet a
 //! wake-up, one system call in three). It then updates the shared counters and the
