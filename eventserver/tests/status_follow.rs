@@ -142,8 +142,14 @@ async fn stand_in(endpoint: quinn::Endpoint, script: Script) {
 
 fn server(creds: &Credentials, host: u8, script: Script) -> SocketAddr {
     let addr = SocketAddr::new(ip(host), 8000);
-    let endpoint = net::endpoint(addr, creds, &CrlState::default(), Timing::default(), Some(4))
-        .unwrap();
+    let endpoint = net::endpoint(
+        addr,
+        creds,
+        &CrlState::default(),
+        Timing::default(),
+        Some(4),
+    )
+    .unwrap();
     tokio::spawn(stand_in(endpoint, script));
     addr
 }
@@ -186,7 +192,10 @@ async fn delivered_until(events: &mut EventReceiver, want: u64) -> Vec<NetworkSt
     })
     .await;
     let versions: Vec<u64> = seen.iter().map(|s| s.version).collect();
-    assert!(got.is_ok(), "no status {want} within 10 s; delivered {versions:?}");
+    assert!(
+        got.is_ok(),
+        "no status {want} within 10 s; delivered {versions:?}"
+    );
     assert!(
         versions.windows(2).all(|w| w[0] < w[1]),
         "an older status delivered after a newer one: {versions:?}"
@@ -202,7 +211,12 @@ async fn deltas_out_of_order_and_missed_ones_converge_on_the_managers_status() {
         pki.issue(&format!("es{n}"), Kind::Eventserver, ip(n), &[])
             .unwrap()
     };
-    let (es1, es2, es3, es4) = (es(&mut pki, 1), es(&mut pki, 2), es(&mut pki, 3), es(&mut pki, 4));
+    let (es1, es2, es3, es4) = (
+        es(&mut pki, 1),
+        es(&mut pki, 2),
+        es(&mut pki, 3),
+        es(&mut pki, 4),
+    );
     let node = pki.issue("node1", Kind::Node, ip(10), &[]).unwrap();
     let send = |seq: u64, payload: Payload| Step::Send(published(seq, payload));
 
@@ -240,9 +254,17 @@ async fn deltas_out_of_order_and_missed_ones_converge_on_the_managers_status() {
     );
     let (c, mut events) = client(&node, 10, vec![fast, slow]);
     let seen = delivered_until(&mut events, 4).await;
-    assert_eq!(seen.last().unwrap(), &status(4), "the manager's status 4, member for member");
+    assert_eq!(
+        seen.last().unwrap(),
+        &status(4),
+        "the manager's status 4, member for member"
+    );
     // The whole status 4 came by deltas: nothing was asked for.
-    assert_eq!(fetched.load(Ordering::SeqCst), 0, "the whole status was asked for");
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
+        0,
+        "the whole status was asked for"
+    );
     println!(
         "reordered: delivered {:?}, whole statuses asked for: 0",
         seen.iter().map(|s| s.version).collect::<Vec<_>>()
@@ -272,7 +294,11 @@ async fn deltas_out_of_order_and_missed_ones_converge_on_the_managers_status() {
     );
     let (c, mut events) = client(&node, 11, vec![a, b]);
     let seen = delivered_until(&mut events, 5).await;
-    assert_eq!(seen.last().unwrap(), &status(5), "the manager's status 5, member for member");
+    assert_eq!(
+        seen.last().unwrap(),
+        &status(5),
+        "the manager's status 5, member for member"
+    );
     let asked = fetched.load(Ordering::SeqCst);
     println!(
         "missed: delivered {:?}, whole statuses asked for: {asked}",
