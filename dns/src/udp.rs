@@ -8,13 +8,13 @@
 //! at a time without waiting until a read finds it empty. The sockets' receive buffers are
 //! the queues (bounded by `SO_RCVBUF`); a worker holds at most one batch.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use onehop_overlay::udp::{recv_many, unsupported};
 use rustix::net::{
     addr::SocketAddrArg, sendmmsg, AddressFamily, MMsgHdr, SendAncillaryBuffer, SendFlags,
     SocketFlags, SocketType,
@@ -49,22 +49,6 @@ pub(crate) fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket
     Ok(std::net::UdpSocket::from(fd))
 }
 
-fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = s.as_sockaddr_in() {
-        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
-    }
-    s.as_sockaddr_in6()
-        .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
-}
-
-/// Whether an error says the kernel does not offer the call at all.
-fn unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(code) if code == nix::libc::ENOSYS || code == nix::libc::EOPNOTSUPP || code == nix::libc::EINVAL
-    )
-}
-
 /// What one worker holds: the request buffers, their sources, the responses.
 struct Batch {
     requests: Vec<Vec<u8>>,
@@ -89,28 +73,7 @@ impl Batch {
 
     /// Reads up to [`BATCH`] datagrams without waiting.
     fn recv_many(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
-            .requests
-            .iter_mut()
-            .map(|b| [IoSliceMut::new(&mut b[..])])
-            .collect();
-        // The headers hold raw pointers (not `Send`): made for each call, never held across
-        // an await.
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-        let results = recvmmsg(
-            socket.as_raw_fd(),
-            &mut headers,
-            iovs.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )
-        .map_err(io::Error::from)?;
-        self.received.clear();
-        for r in results {
-            self.received
-                .push((r.bytes, r.address.as_ref().and_then(socket_addr)));
-        }
-        Ok(self.received.len())
+        recv_many(socket.as_raw_fd(), &mut self.requests, &mut self.received)
     }
 
     /// Sends `self.responses[..n]` to `self.to[..n]` without waiting; returns how many went.
@@ -227,18 +190,4 @@ async fn send_batched(socket: &UdpSocket, batch: &Batch) -> bool {
         }
     }
     true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_convert_both_ways() {
-        let a: SocketAddr = "127.0.64.9:5300".parse().unwrap();
-        let s = SockaddrStorage::from(a);
-        assert_eq!(socket_addr(&s), Some(a));
-        let b: SocketAddr = "[::1]:53".parse().unwrap();
-        assert_eq!(socket_addr(&SockaddrStorage::from(b)), Some(b));
-    }
 }

@@ -42,4 +42,5 @@ pub mod provision;
 pub mod ring;
 pub mod status;
 pub mod tls;
+pub mod udp;
 pub mod wire;

@@ -87,50 +87,13 @@ impl RecvBatch {
 
     /// Reads up to [`RECV_BATCH`] datagrams without waiting (`WouldBlock` when there is none).
     fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
-        use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
-        use std::io::IoSliceMut;
         use std::os::fd::AsRawFd;
-        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
-            .bufs
-            .iter_mut()
-            .map(|b| [IoSliceMut::new(&mut b[..])])
-            .collect();
-        // The headers hold raw pointers (not `Send`): made for each call, never kept.
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
-        let results = recvmmsg(
-            sock.as_raw_fd(),
-            &mut headers,
-            iovs.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )
-        .map_err(std::io::Error::from)?;
-        self.got.clear();
-        for r in results {
-            let src = r.address.as_ref().and_then(|a| {
-                a.as_sockaddr_in()
-                    .map(|v4| SocketAddr::from((v4.ip(), v4.port())))
-                    .or_else(|| {
-                        a.as_sockaddr_in6()
-                            .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
-                    })
-            });
-            self.got.push((r.bytes, src));
-        }
-        Ok(self.got.len())
+        onehop_overlay::udp::recv_many(sock.as_raw_fd(), &mut self.bufs, &mut self.got)
     }
 }
 
 thread_local! {
     static RECV: std::cell::RefCell<RecvBatch> = std::cell::RefCell::new(RecvBatch::new());
-}
-
-/// Whether a `recvmmsg` error means the system cannot do it (read one at a time instead).
-fn unsupported(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(nix::libc::ENOSYS | nix::libc::EOPNOTSUPP | nix::libc::EINVAL)
-    )
 }
 
 /// Port pairs tried per socket pair before giving up (ports taken by other programs are
@@ -970,7 +933,7 @@ async fn pump(
                     match read {
                         Ok(()) => None,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(true),
-                        Err(e) if unsupported(&e) => {
+                        Err(e) if onehop_overlay::udp::unsupported(&e) => {
                             debug!(cause = %e, "media relay: recvmmsg refused: reading one datagram at a time");
                             Some(false)
                         }
