@@ -151,8 +151,7 @@ impl Follower {
                     if self.pending.len() < Self::MAX_PENDING {
                         self.pending.entry(d.base).or_insert_with(|| d.clone());
                     }
-                    let grace = now + Self::GAP_GRACE;
-                    return self.behind(self.fetch_at.map_or(grace, |t| t.min(grace)), now);
+                    return self.behind(now + Self::GAP_GRACE, now);
                 }
                 if self.apply(d) {
                     self.caught_up(now);
@@ -185,12 +184,13 @@ impl Follower {
         let Some(current) = &mut self.status else {
             return false;
         };
-        if current.digest_after(d, self.digest).is_err() {
+        // Checked before anything changes, so a wrong delta costs no copy.
+        let Ok(digest) = current.digest_after(d, self.digest) else {
             return false;
-        }
-        Arc::make_mut(current)
-            .apply_delta(d, &mut self.digest)
-            .is_ok()
+        };
+        Arc::make_mut(current).put_delta(d);
+        self.digest = digest;
+        true
     }
 
     /// After a newer status is held: applies the kept deltas that follow it, drops those it

@@ -75,6 +75,8 @@ struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     /// Length and source of each datagram of the last read.
     got: Vec<(usize, Option<SocketAddr>)>,
+    /// The system refused `recvmmsg`: one datagram a read.
+    one_at_a_time: bool,
 }
 
 impl RecvBatch {
@@ -82,13 +84,29 @@ impl RecvBatch {
         RecvBatch {
             bufs: (0..RECV_BATCH).map(|_| vec![0u8; MAX_PACKET]).collect(),
             got: Vec::with_capacity(RECV_BATCH),
+            one_at_a_time: false,
         }
     }
 
-    /// Reads up to [`RECV_BATCH`] datagrams without waiting (`WouldBlock` when there is none).
-    fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
+    /// Reads what is queued, up to [`RECV_BATCH`] datagrams, without waiting (`WouldBlock`
+    /// when there is none); returns how many, and whether the read emptied the socket (a
+    /// batch shorter than [`RECV_BATCH`]; never known when reading one at a time).
+    fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<(usize, bool)> {
         use std::os::fd::AsRawFd;
-        onehop_overlay::udp::recv_many(sock.as_raw_fd(), &mut self.bufs, &mut self.got)
+        if !self.one_at_a_time {
+            match onehop_overlay::udp::recv_many(sock.as_raw_fd(), &mut self.bufs, &mut self.got) {
+                Ok(n) => return Ok((n, n < RECV_BATCH)),
+                Err(e) if onehop_overlay::udp::unsupported(&e) => {
+                    debug!(cause = %e, "media relay: recvmmsg refused: reading one datagram at a time");
+                    self.one_at_a_time = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (n, src) = sock.try_recv_from(&mut self.bufs[0])?;
+        self.got.clear();
+        self.got.push((n, Some(src)));
+        Ok((1, false))
     }
 }
 
@@ -852,11 +870,9 @@ async fn pump(
         latched: [None, None],
         rtcp,
     };
-    let mut buf = vec![0u8; MAX_PACKET];
     let mut tally = Tally::default();
     // Packets received by this task, to time one in SAMPLE_EVERY.
     let mut seq: u32 = 0;
-    let mut batched = true;
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
@@ -901,23 +917,15 @@ async fn pump(
             // re-arms its readiness). Other errors (an ICMP error reported on the socket)
             // are skipped.
             loop {
-                if !batched {
-                    let (n, src) = match sock.try_recv_from(&mut buf) {
-                        Ok(r) => r,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(_) => continue,
-                    };
-                    relay(n, src, &buf, &mut tally);
-                    continue;
-                }
-                let drained = RECV.with(|r| {
+                let read = RECV.with(|r| {
                     let mut r = r.borrow_mut();
                     let mut taken = 0;
                     let read = sock.try_io(tokio::io::Interest::READABLE, || {
-                        taken = r.recv(sock)?;
-                        if taken < RECV_BATCH {
-                            // A short read emptied the socket: say so, and Tokio clears its
-                            // readiness (a datagram that comes after raises a new event).
+                        let (n, emptied) = r.recv(sock)?;
+                        taken = n;
+                        if emptied {
+                            // Say so, and Tokio clears the socket's readiness (a datagram that
+                            // comes after raises a new event).
                             Err(std::io::ErrorKind::WouldBlock.into())
                         } else {
                             Ok(())
@@ -930,20 +938,10 @@ async fn pump(
                             None => tally.stranger += 1,
                         }
                     }
-                    match read {
-                        Ok(()) => None,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(true),
-                        Err(e) if onehop_overlay::udp::unsupported(&e) => {
-                            debug!(cause = %e, "media relay: recvmmsg refused: reading one datagram at a time");
-                            Some(false)
-                        }
-                        Err(_) => None,
-                    }
+                    read
                 });
-                match drained {
-                    None => {}
-                    Some(true) => break,
-                    Some(false) => batched = false,
+                if read.is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock) {
+                    break;
                 }
             }
             if tally.packets + tally.no_destination + tally.send_failed > 0 {
