@@ -308,15 +308,17 @@ farm_metrics() {  # farm_metrics FILE: the sip_/store_ lines of every node's met
         timeout 5 curl -s "http://$ip:$port/metrics" | grep -v '^#' || true
     done >"$1"
 }
-farm_cpu() {  # farm_cpu: "name=utime+stime seconds" of each member process
+farm_cpu() {  # farm_cpu: "name=utime+stime seconds/resident MiB" of each member process
     python3 - "$FARM/farm.json" <<'PY'
 import json, os, sys
 hz = os.sysconf("SC_CLK_TCK")
+page = os.sysconf("SC_PAGE_SIZE")
 out = []
 for m in json.load(open(sys.argv[1]))["members"]:
     try:
         f = open("/proc/%d/stat" % m["pid"]).read().rsplit(")", 1)[1].split()
-        out.append("%s=%.1f" % (m["name"], (int(f[11]) + int(f[12])) / hz))
+        rss = int(f[21]) * page / 2**20
+        out.append("%s=%.1f/%.0fM" % (m["name"], (int(f[11]) + int(f[12])) / hz, rss))
     except Exception:
         out.append("%s=?" % m["name"])
 print(" ".join(out))
@@ -457,7 +459,7 @@ run_one() {
         farm_metrics "$d.metrics"
         udp_sockets "$d.metrics" "${BASE_IP%.*}."
         grep -E "drops=[1-9]" "$d.metrics" | sed 's/^/  /' | head
-        echo "  farm CPU seconds so far: $(farm_cpu)" | tee -a "$d.metrics"
+        echo "  farm CPU seconds / resident memory so far: $(farm_cpu)" | tee -a "$d.metrics"
         grep -hE '^onehop_sip_[a-z_]*(malformed|overload|fail|timeout|drop|reject|error)|code="[3-6]' "$d.metrics" 2>/dev/null |
             awk '$NF != 0' | sed 's/^/  /' | head -20
     fi

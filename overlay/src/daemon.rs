@@ -256,6 +256,17 @@ fn member_of(tls: &TlsFiles) -> Result<(String, String), String> {
     Ok((id.name, id.kind.to_string()))
 }
 
+/// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), before
+/// its work starts ([`daemon_main`] does, for every daemon). A daemon's heap churns in small blocks: its allocator (mimalloc)
+/// returns freed runs to the kernel after a second, and with huge pages every fresh touch of
+/// such a run in a region the kernel had emptied faulted in and zeroed a whole 2 MiB page. That
+/// zeroing was a tenth of the entry node's CPU under REGISTER load (docs/benchmarks.md).
+/// Failure (an old kernel) is ignored: the process runs as before.
+pub fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
+}
+
 /// A daemon's `main`: parses [`DaemonCli`] and the configuration's named flags from `args`
 /// (with the program's name and about text), loads the config file with the command-line
 /// overrides applied, names the member (from its certificate) on every log line, and runs
@@ -273,6 +284,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     use std::process::ExitCode;
+    no_transparent_huge_pages();
     let (cli, overrides) = match parse_cli(program, about, C::flags(), args) {
         Ok(c) => c,
         Err(CliError::Clap(e)) => {
@@ -336,6 +348,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn huge_pages_are_turned_off_for_the_process() {
+        no_transparent_huge_pages();
+        assert!(nix::sys::prctl::get_thp_disable().unwrap());
+    }
 
     const FLAGS: &[ConfigFlag] = &[
         ConfigFlag::IP,

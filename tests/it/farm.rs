@@ -154,6 +154,21 @@ fn farm_json_keeps_its_contract() {
         assert!(body.contains("# TYPE onehop_"), "{}: no metrics", m.name);
     }
 
+    // Every daemon runs with transparent huge pages off (its allocator's freed runs would
+    // otherwise come back as whole zeroed 2 MiB pages; docs/decisions.md).
+    for m in members {
+        let pid = m["pid"].as_u64().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+            assert_eq!(
+                line.split_whitespace().nth(1),
+                Some("0"),
+                "{}: {line}",
+                m["name"]
+            );
+        }
+    }
+
     // A second `up` on a running farm refuses.
     let out = std::process::Command::new(crate::harness::farm_bin())
         .args(["up", "--detach", "--base-ip", "127.0.3.1", "--dir"])
