@@ -16,8 +16,8 @@
 #               (default 60 s): longer than the 32 s completed transactions are kept
 #   --only      a subset of: reg calls calls2 (default all three)
 #   --workers "1 2"  scaling: the onehop benchmarks once per number of SIP worker shards, each
-#               with a fresh farm whose nodes get `--set sip_workers=W` (onehop-farm up
-#               --node-set); prints a scaling table (REGISTER/s, calls/s, server CPU per
+#               with a fresh farm whose nodes get `--set sip_workers=W --set threads=W`
+#               (onehop-farm up --node-set); prints a scaling table (REGISTER/s, calls/s, server CPU per
 #               operation by worker count). Only onehop runs, unless SERVERS names others.
 #
 # Servers (SERVERS, default "onehop kamailio kamailio-dmq"):
@@ -66,7 +66,8 @@
 #      busy), DMQ_CATCHUP=60,
 #      WORK=/tmp/onehop-bench-sip (farm, Kamailio state, raw SIPp output), SKIP_BUILD=1,
 #      SKIP_INSTALL=1, SERVERS="onehop kamailio kamailio-dmq" (any subset),
-#      SIP_WORKERS (node setting sip_workers for every onehop run; 0 = one per core),
+#      SIP_WORKERS (node settings sip_workers and threads for every onehop run),
+#      NODE_SET="KEY=VALUE ..." (more node settings, each passed as --node-set),
 #      WORKERS_KEY=sip_workers (the node key that SIP_WORKERS and --workers set; another
 #      integer key, e.g. lookup_connections, only to try the script on a build without it),
 #      FARM_ROLES=sip_proxy,registrar (the nodes' roles: signalling only, like the Kamailio
@@ -271,7 +272,15 @@ farm_start() {
     # Unauthenticated, like the Kamailio it is compared with (bench/auth.sh measures the
     # authenticated rate).
     local log="$1" w="${2:-${SIP_WORKERS:-}}" sets=(--node-set 'sip_auth="off"')
-    [ -n "$w" ] && sets+=(--node-set "$WORKERS_KEY=$w")
+    # The node's runtime gets as many threads as it has SIP workers (onehop-farm up otherwise
+    # gives each of the 3 nodes its share of the CPUs). With another WORKERS_KEY (an older
+    # build), only that key is set.
+    if [ -n "$w" ]; then
+        sets+=(--node-set "$WORKERS_KEY=$w")
+        [ "$WORKERS_KEY" = sip_workers ] && sets+=(--node-set "threads=$w")
+    fi
+    local kv
+    for kv in ${NODE_SET:-}; do sets+=(--node-set "$kv"); done
     timeout 180 "$FARM_BIN" up --detach --dir "$FARM" --base-ip "$BASE_IP" --nodes 3 --dns 0 \
         --roles "${FARM_ROLES:-sip_proxy,registrar}" "${sets[@]}" >"$log" 2>&1 ||
         { node_start_failed "$log" "$w"; return 3; }

@@ -255,6 +255,18 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// The CPUs this process may use (the farm's members inherit its affinity).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runtime threads for each of `nodes` nodes sharing `cpus` CPUs: an equal share, at least 1.
+/// Twice as many runnable threads as CPUs cost a context switch at every hand-over between
+/// them (docs/decisions.md).
+pub fn node_threads(cpus: usize, nodes: usize) -> usize {
+    (cpus / nodes.max(1)).max(1)
+}
+
 /// Writes the member's configuration file; returns its path.
 pub fn write_config(
     dir: &Path,
@@ -315,10 +327,16 @@ pub fn write_config(
             let _ = writeln!(t, "metrics = {metrics}");
         }
         Kind::Node => {
+            let nodes = all.iter().filter(|p| p.kind == Kind::Node).count();
             let _ = writeln!(t, "ip = {}", toml_str(&m.ip.to_string()));
             let _ = writeln!(t, "domain = {}", toml_str(&args.domain));
             let _ = writeln!(t, "eventservers = {es}");
             let _ = writeln!(t, "metrics = {metrics}");
+            let _ = writeln!(
+                t,
+                "# The farm's {nodes} node(s) share this machine's CPUs: each runs this many threads."
+            );
+            let _ = writeln!(t, "threads = {}", node_threads(cpus(), nodes));
         }
         Kind::Monitor | Kind::Admin => bail!("{} is not a member kind", m.kind),
     }
@@ -333,4 +351,17 @@ pub fn write_config(
     let path = cfg_dir.join(format!("{}.toml", m.name));
     std::fs::write(&path, t).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_threads;
+
+    #[test]
+    fn nodes_share_the_cpus() {
+        assert_eq!(node_threads(2, 3), 1);
+        assert_eq!(node_threads(2, 1), 2);
+        assert_eq!(node_threads(16, 5), 3);
+        assert_eq!(node_threads(1, 0), 1);
+    }
 }

@@ -84,9 +84,17 @@ pub struct Config {
     #[serde(default = "default_sip_pending")]
     pub sip_pending: usize,
     /// SIP workers: the node's transactions are sharded over this many tasks by Call-ID, so
-    /// SIP uses that many cores. 0 (the default): one per core of the machine.
+    /// SIP uses that many cores. 0 (the default): as many as the node's runtime has threads
+    /// (`threads`).
     #[serde(default)]
     pub sip_workers: usize,
+    /// Worker threads of the node's runtime (SIP workers, QUIC, the store, lookups). 0 (the
+    /// default): one per CPU the process may use. Several nodes sharing one machine each set
+    /// their share of its CPUs (`onehop-farm up` does): more runnable threads than CPUs cost
+    /// a context switch for every hand-over between them. The media relay's forwarding
+    /// threads are apart (one per CPU).
+    #[serde(default)]
+    pub threads: usize,
     /// How long a batch of SIP messages to another node may wait to be accepted there
     /// (milliseconds). Past it, its requests are answered 503 (with Retry-After) at once.
     #[serde(default = "default_sip_peer_timeout_ms")]
@@ -409,6 +417,10 @@ impl DaemonConfig for Config {
     fn tls(&self) -> &TlsFiles {
         &self.tls
     }
+
+    fn threads(&self) -> usize {
+        self.threads
+    }
 }
 
 impl Config {
@@ -452,6 +464,15 @@ impl Config {
         }
         if self.points == 0 || self.points > 10_000 {
             return Err(bad("points", "must be between 1 and 10000"));
+        }
+        if self.threads > 1024 {
+            return Err(bad("threads", "must be at most 1024 (0: one per CPU)"));
+        }
+        if self.sip_workers > 1024 {
+            return Err(bad(
+                "sip_workers",
+                "must be at most 1024 (0: one per thread)",
+            ));
         }
         if self.sip_tls_cert.is_some() != self.sip_tls_key.is_some() {
             return Err(bad(
@@ -658,6 +679,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sip_peer_queue"), "{err}");
+    }
+    #[test]
+    fn threads_key() {
+        let p = Path::new("node.toml");
+        let es = "eventservers = [\"127.0.0.1:8000\"]\n";
+        let c = parse(es);
+        assert_eq!((c.threads, c.sip_workers, c.threads()), (0, 0, 0));
+        let c = parse(&format!("{es}threads = 2"));
+        c.validate(p).unwrap();
+        assert_eq!(c.threads(), 2);
+        for bad in ["threads = 5000", "sip_workers = 5000"] {
+            let key = bad.split(' ').next().unwrap();
+            let err = parse(&format!("{es}{bad}"))
+                .validate(p)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
     #[test]
     fn relay_keys() {

@@ -169,9 +169,10 @@ pub async fn start(
             ..RegistrarPolicy::default()
         };
         pcfg.max_pending = cfg.sip_pending;
-        pcfg.workers = match cfg.sip_workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
+        pcfg.workers = match (cfg.sip_workers, cfg.threads) {
+            (0, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            (0, t) => t,
+            (n, _) => n,
         };
         pcfg.max_message = cfg.sip_max_message;
         pcfg.auth = match cfg.sip_auth {

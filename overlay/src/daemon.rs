@@ -121,6 +121,11 @@ pub trait DaemonConfig: Sized + serde::Serialize + DeserializeOwned {
     }
     /// The certificate files; the certificate names the member on every log line.
     fn tls(&self) -> &TlsFiles;
+    /// Worker threads of the daemon's runtime; 0 (the default): one per CPU the process may
+    /// use.
+    fn threads(&self) -> usize {
+        0
+    }
 }
 
 /// The command line every daemon takes (besides its named configuration flags).
@@ -329,7 +334,12 @@ where
         Err(_) => logging::set_member(program, program.strip_prefix("onehop-").unwrap_or("")),
     };
     logging::init_tracing(cli.format());
-    let rt = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if cfg.threads() > 0 {
+        builder.worker_threads(cfg.threads());
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{program}: error: cannot start runtime: {e}");
