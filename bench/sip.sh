@@ -17,8 +17,8 @@
 #   --only      a subset of: reg calls calls2 (default all three)
 #   --workers "1 2"  scaling: the onehop benchmarks once per number of SIP worker shards, each
 #               with a fresh farm whose nodes get `--set sip_workers=W --set threads=W`
-#               (onehop-farm up --node-set); prints a scaling table (REGISTER/s, calls/s, server CPU per
-#               operation by worker count). Only onehop runs, unless SERVERS names others.
+#               (onehop-farm up --node-set); prints a scaling table (REGISTER/s, calls/s,
+#               server CPU per operation by worker count). Only onehop runs, unless SERVERS names others.
 #
 # Servers (SERVERS, default "onehop kamailio kamailio-dmq"):
 #   onehop        onehop-farm up --nodes 3 --dns 0 (3 event servers, 3 managers, 3 nodes,

@@ -169,10 +169,10 @@ pub async fn start(
             ..RegistrarPolicy::default()
         };
         pcfg.max_pending = cfg.sip_pending;
-        pcfg.workers = match (cfg.sip_workers, cfg.threads) {
-            (0, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            (0, t) => t,
-            (n, _) => n,
+        pcfg.workers = match cfg.sip_workers {
+            // One per thread of the runtime the node runs on (`threads`).
+            0 => tokio::runtime::Handle::current().metrics().num_workers(),
+            n => n,
         };
         pcfg.max_message = cfg.sip_max_message;
         pcfg.auth = match cfg.sip_auth {

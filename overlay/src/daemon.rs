@@ -262,10 +262,11 @@ fn member_of(tls: &TlsFiles) -> Result<(String, String), String> {
 }
 
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), before
-/// its work starts ([`daemon_main`] does, for every daemon). A daemon's heap churns in small blocks: its allocator (mimalloc)
-/// returns freed runs to the kernel after a second, and with huge pages every fresh touch of
-/// such a run in a region the kernel had emptied faulted in and zeroed a whole 2 MiB page. That
-/// zeroing was a tenth of the entry node's CPU under REGISTER load (docs/benchmarks.md).
+/// its work starts ([`daemon_main`] does, for every daemon). A daemon's heap churns in small
+/// blocks: its allocator (mimalloc) returns freed runs to the kernel after a second, and with
+/// huge pages every fresh touch of such a run in a region the kernel had emptied faulted in
+/// and zeroed a whole 2 MiB page. That zeroing was a tenth of the entry node's CPU under
+/// REGISTER load (docs/benchmarks.md).
 /// Failure (an old kernel) is ignored: the process runs as before.
 pub fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
