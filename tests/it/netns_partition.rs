@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::{within_budget, Lookup};
+use crate::harness::{wait_for, within_budget, Lookup};
 use crate::netns::{
     contacts, names_in, rings, serial, status_code, until, NsFarm, SipClient, Spec,
 };
@@ -39,6 +39,13 @@ fn all_hold(farm: &NsFarm, names: &[String], want: (u64, u64)) -> bool {
         };
         farm.held(n) == Some(expect)
     })
+}
+
+/// The status `(term, version, manager)` every node's lookup interface reports, once they all
+/// report the same (a status published a moment ago may not have reached every node yet), or
+/// `None` after five seconds.
+fn agreed_status(lookups: &mut [(String, Lookup)]) -> Option<(u64, u64, String)> {
+    wait_for(Duration::from_secs(5), || common_status(lookups))
 }
 
 /// The status `(term, version, manager)` every node's lookup interface reports, if they all
@@ -90,7 +97,7 @@ fn netns_isolated_active_manager_is_replaced_and_the_farm_follows_the_higher_ter
     let nodes = farm.names("node");
     let mut lookups = farm.lookups(&nodes);
     let (term0, version0, active) =
-        common_status(&mut lookups).expect("every node holds the same status");
+        agreed_status(&mut lookups).expect("every node holds the same status");
     assert_eq!(
         farm.metrics(&active).get("onehop_manager_active"),
         Some(&1),
@@ -128,7 +135,7 @@ fn netns_isolated_active_manager_is_replaced_and_the_farm_follows_the_higher_ter
         stepped.as_secs_f64() * 1e3
     );
     let published = farm.metrics(&active)["onehop_status_published_total"];
-    let (term1, _, new_active) = common_status(&mut lookups).expect("one status");
+    let (term1, _, new_active) = agreed_status(&mut lookups).expect("one status");
     // The isolated manager's sessions idle out: it leaves the status (9 of 10 members).
     let others: Vec<String> = all.iter().filter(|n| **n != active).cloned().collect();
     let out = until(cut, Duration::from_secs(10), || {
@@ -342,7 +349,7 @@ fn netns_split_event_servers_then_heal_converges() {
     let all = everyone(&farm);
     let nodes = farm.names("node");
     let mut lookups = farm.lookups(&nodes);
-    let (term0, version0, active) = common_status(&mut lookups).expect("one status");
+    let (term0, version0, active) = agreed_status(&mut lookups).expect("one status");
     // Left: one event server, one manager, one node; right: the rest (the managers' majority).
     let left = ["es1", "manager1", "node1"];
     let right: Vec<&str> = all
@@ -373,7 +380,7 @@ fn netns_split_event_servers_then_heal_converges() {
         CRASH_BUDGET,
         SLACK,
     );
-    let right_status = common_status(&mut right_nodes).expect("the right side agrees");
+    let right_status = agreed_status(&mut right_nodes).expect("the right side agrees");
     // The left side keeps what it held: never a status older than before the split.
     let left_status = farm.lookup("node1").status().expect("node1 status");
     println!(
