@@ -122,7 +122,7 @@ pub trait DaemonConfig: Sized + serde::Serialize + DeserializeOwned {
     /// The certificate files; the certificate names the member on every log line.
     fn tls(&self) -> &TlsFiles;
     /// Worker threads of the daemon's runtime; 0 (the default): one per CPU the process may
-    /// use.
+    /// use. One runs Tokio's current-thread scheduler ([`runtime_builder`]).
     fn threads(&self) -> usize {
         0
     }
@@ -273,6 +273,28 @@ pub fn no_transparent_huge_pages() {
     let _ = nix::sys::prctl::set_thp_disable(true);
 }
 
+/// The runtime a daemon runs on, for `threads` worker threads (0: one per CPU).
+///
+/// One thread gets Tokio's current-thread scheduler rather than a multi-thread one with one
+/// worker: a task woken by the running task then waits its turn behind the tasks already
+/// queued, where the multi-thread scheduler runs it next (its LIFO slot). That matters for
+/// QUIC: a call written to a stream wakes the connection's driver, and run next, the driver
+/// sent each call in a packet of its own (a `sendmsg` per SIP request on every node under
+/// REGISTER load); behind the other ready tasks, it sends what they wrote as well, together.
+pub fn runtime_builder(threads: usize) -> tokio::runtime::Builder {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    builder.enable_all();
+    builder
+}
+
 /// A daemon's `main`: parses [`DaemonCli`] and the configuration's named flags from `args`
 /// (with the program's name and about text), loads the config file with the command-line
 /// overrides applied, names the member (from its certificate) on every log line, and runs
@@ -335,11 +357,8 @@ where
         Err(_) => logging::set_member(program, program.strip_prefix("onehop-").unwrap_or("")),
     };
     logging::init_tracing(cli.format());
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if cfg.threads() > 0 {
-        builder.worker_threads(cfg.threads());
-    }
+    // One thread: Tokio's current-thread scheduler (see `runtime_builder`).
+    let mut builder = runtime_builder(cfg.threads());
     let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -365,6 +384,21 @@ mod tests {
     fn huge_pages_are_turned_off_for_the_process() {
         no_transparent_huge_pages();
         assert!(nix::sys::prctl::get_thp_disable().unwrap());
+    }
+
+    #[test]
+    fn one_thread_runs_the_current_thread_scheduler() {
+        use tokio::runtime::RuntimeFlavor;
+        let one = runtime_builder(1).build().unwrap();
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(one.metrics().num_workers(), 1);
+        // Timers and IO are enabled on it.
+        one.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(1)).await });
+        let two = runtime_builder(2).build().unwrap();
+        assert_eq!(two.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(two.metrics().num_workers(), 2);
+        let any = runtime_builder(0).build().unwrap();
+        assert_eq!(any.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
     }
 
     const FLAGS: &[ConfigFlag] = &[
