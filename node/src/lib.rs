@@ -284,14 +284,31 @@ fn spawn_stats(
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         // Relayed packets counted at the last tick, for packets_per_s.
         let mut relayed: Option<(i64, tokio::time::Instant)> = None;
+        // The store's entries are counted in passes of at most COUNT_PER_TICK entries a
+        // tick (a chunk at a time, other tasks run between chunks): the gauges follow the
+        // last whole pass, every tick for a store of up to that many entries, every few
+        // ticks for a larger one, at a bounded cost per tick whatever the store holds.
+        const COUNT_CHUNK: usize = 4_096;
+        const COUNT_PER_TICK: usize = 8 * COUNT_CHUNK;
+        let mut count = crate::store::LiveCount::default();
+        let (mut live, mut registered) = (0, 0);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let (live, registered) = store
-                .live_counts("registrar", crate::proxy::glue::has_bindings)
-                .await;
+            for _ in 0..COUNT_PER_TICK / COUNT_CHUNK {
+                if let Some(done) = store.count_step(
+                    &mut count,
+                    "registrar",
+                    crate::proxy::glue::has_bindings,
+                    COUNT_CHUNK,
+                ) {
+                    (live, registered) = done;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
             stored.set(live as i64);
             bytes.set(store.held_bytes() as i64);
             full.set(store.full_refusals() as i64);

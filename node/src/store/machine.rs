@@ -360,6 +360,17 @@ fn widen(cover: &mut Cover, more: Cover) {
     }
 }
 
+/// Where a count of the live entries in passes ([`Machine::count_live`]) has got to.
+#[derive(Debug, Default)]
+pub struct LiveCount {
+    /// The last entry looked at in this pass (`None`: the pass starts from the first).
+    after: Option<StoreKey>,
+    /// Live entries counted so far in this pass.
+    all: usize,
+    /// Of those, the ones the predicate held for.
+    matching: usize,
+}
+
 /// One role's entries in ring order: by position, then key.
 #[derive(Debug, Default)]
 pub(crate) struct RoleData(BTreeMap<(u64, String), Entry>);
@@ -671,11 +682,9 @@ impl Machine {
     /// lacks it and became one of its holders in a ring change less than `handoff_ms` ago
     /// (its transfer may still be on its way). `None` when no fetch is needed.
     pub fn handoff_sources(&self, key: &StoreKey, now: u64) -> Option<Vec<String>> {
-        if self.entry(key).is_some() {
-            return None;
-        }
+        // The cheap test first: outside a hand-off (nearly always) no entry is looked up.
         let (prev, at) = self.prev.get(&key.role)?;
-        if now >= at.saturating_add(self.cfg.handoff_ms) {
+        if now >= at.saturating_add(self.cfg.handoff_ms) || self.entry(key).is_some() {
             return None;
         }
         let pos = key.position();
@@ -1027,6 +1036,40 @@ impl Machine {
         }
         walk.next()?;
         last.map(|(role, key)| StoreKey::new(role, key))
+    }
+
+    /// Goes on with `count` over at most `budget` entries (see [`Machine::walk_live`]);
+    /// when that finishes a pass over every entry held, returns the live entries it counted
+    /// and those of `role` for which `pred` holds on the value, and starts the next pass.
+    pub fn count_live(
+        &self,
+        count: &mut LiveCount,
+        role: &str,
+        pred: impl Fn(&[u8]) -> bool,
+        budget: usize,
+        now: u64,
+    ) -> Option<(usize, usize)> {
+        let (mut all, mut matching) = (count.all, count.matching);
+        let after = self.walk_live(count.after.as_ref(), budget, now, |r, v| {
+            all += 1;
+            if r == role && pred(v) {
+                matching += 1;
+            }
+        });
+        match after {
+            Some(after) => {
+                *count = LiveCount {
+                    after: Some(after),
+                    all,
+                    matching,
+                };
+                None
+            }
+            None => {
+                *count = LiveCount::default();
+                Some((all, matching))
+            }
+        }
     }
 
     /// Nothing is left to send, hand over or wait for (the plan may still have to report

@@ -1336,3 +1336,42 @@ fn a_one_member_change_walks_only_the_ranges_it_moved() {
         "{walked} of {held} entries walked"
     );
 }
+
+#[test]
+fn live_entries_are_counted_in_bounded_passes() {
+    let r = rings(&["a"]);
+    let mut m = loaded("a", &r, 0, cfg());
+    for i in 0..25 {
+        m.merge(
+            key(i),
+            Entry {
+                value: Some(Bytes::from(if i % 5 == 0 { "x" } else { "v" })),
+                expires_at_ms: NOW + 100,
+                version: Version {
+                    stamp: 1,
+                    origin: 0,
+                },
+            },
+        );
+    }
+    m.merge(key(99), value(1, "x stays"));
+    let starts_x = |v: &[u8]| v.first() == Some(&b'x');
+    let role = key(0).role;
+    // 26 entries, 10 a step: two steps go on, the third ends the pass with its counts.
+    let mut count = LiveCount::default();
+    assert_eq!(m.count_live(&mut count, &role, starts_x, 10, NOW), None);
+    assert_eq!(m.count_live(&mut count, &role, starts_x, 10, NOW), None);
+    assert_eq!(
+        m.count_live(&mut count, &role, starts_x, 10, NOW),
+        Some((26, 6))
+    );
+    // The next pass starts over; expired entries are not counted.
+    assert_eq!(
+        m.count_live(&mut count, &role, starts_x, 100, NOW + 100),
+        Some((1, 1))
+    );
+    assert_eq!(
+        m.count_live(&mut count, &role, |_| false, 26, NOW),
+        Some((26, 0))
+    );
+}

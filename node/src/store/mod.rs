@@ -104,6 +104,7 @@ use crate::view::View;
 use coalesce::Coalescer;
 
 pub use entry::{Entry, Item, StoreKey, Version};
+pub use machine::LiveCount;
 
 use driver::{Inner, State, StoreHandler};
 use machine::{Machine, MachineConfig};
@@ -459,26 +460,30 @@ impl Store {
     /// runtime's other tasks run between chunks (a periodic count of millions of entries
     /// never holds up requests).
     pub async fn live_counts(&self, role: &str, pred: impl Fn(&[u8]) -> bool) -> (usize, usize) {
-        const CHUNK: usize = 4_096;
-        let (mut all, mut matching) = (0, 0);
-        let mut after = None;
+        let mut count = LiveCount::default();
         loop {
-            after = self.inner.lock().machine.walk_live(
-                after.as_ref(),
-                CHUNK,
-                driver::now_ms(),
-                |r, v| {
-                    all += 1;
-                    if r == role && pred(v) {
-                        matching += 1;
-                    }
-                },
-            );
-            if after.is_none() {
-                return (all, matching);
+            if let Some(counts) = self.count_step(&mut count, role, &pred, 4_096) {
+                return counts;
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Goes on with `count` over at most `budget` entries; when that finishes a pass over
+    /// every entry held, returns its counts (as [`Store::live_counts`]) and starts the next
+    /// pass. A periodic gauge walks a bounded number of entries a tick this way, whatever the
+    /// store holds, and reports each time a pass completes.
+    pub fn count_step(
+        &self,
+        count: &mut LiveCount,
+        role: &str,
+        pred: impl Fn(&[u8]) -> bool,
+        budget: usize,
+    ) -> Option<(usize, usize)> {
+        self.inner
+            .lock()
+            .machine
+            .count_live(count, role, pred, budget, driver::now_ms())
     }
 
     /// Bytes this node's store holds, as [`StoreConfig::max_bytes`] counts them.
