@@ -1375,3 +1375,113 @@ fn live_entries_are_counted_in_bounded_passes() {
         Some((26, 0))
     );
 }
+
+/// A role's entries by position: lookups, replacement, removal and spans give what a map
+/// keyed by (position, key) gives.
+#[test]
+fn role_data_matches_a_map_by_position_and_key() {
+    let mut data = RoleData::default();
+    let mut model: BTreeMap<(u64, String), Entry> = BTreeMap::new();
+    for i in 0..400 {
+        let k = format!("user{i}@example.test");
+        assert!(data.insert(k.clone(), value(1, "a")).is_none());
+        model.insert((position(&k), k), value(1, "a"));
+    }
+    // Replacing keeps the count and returns the old entry.
+    let k7 = "user7@example.test".to_string();
+    assert_eq!(data.insert(k7.clone(), value(2, "b")), Some(value(1, "a")));
+    model.insert((position(&k7), k7.clone()), value(2, "b"));
+    assert_eq!(data.get(&k7), Some(&value(2, "b")));
+    // Removing: present once, then absent.
+    let k9 = "user9@example.test";
+    assert_eq!(data.remove(k9), Some(value(1, "a")));
+    assert_eq!(data.remove(k9), None);
+    assert!(data.get(k9).is_none());
+    model.remove(&(position(k9), k9.to_string()));
+    assert_eq!(data.len(), model.len());
+    let all: Vec<(String, Entry)> = data
+        .iter()
+        .map(|(k, e)| (k.to_string(), e.clone()))
+        .collect();
+    let want: Vec<(String, Entry)> = model
+        .iter()
+        .map(|((_, k), e)| (k.clone(), e.clone()))
+        .collect();
+    assert_eq!(all, want);
+    // Spans from every kind of lower bound, to positions inside and at the ends.
+    let keys: Vec<(u64, String)> = model.keys().cloned().collect();
+    let lasts = [0, keys[10].0, keys[200].0, keys[200].0 - 1, u64::MAX];
+    for (i, (pos, key)) in keys.iter().enumerate().step_by(37) {
+        let lowers = [
+            Bound::Unbounded,
+            Bound::Included((*pos, String::new())),
+            Bound::Included((*pos, key.clone())),
+            Bound::Excluded((*pos, key.clone())),
+            Bound::Included((pos.wrapping_add(1), String::new())),
+        ];
+        for lower in lowers {
+            for last in lasts {
+                let got: Vec<&str> = data.span(lower.clone(), last).map(|(k, _)| k).collect();
+                let upper = match last.checked_add(1) {
+                    Some(n) => Bound::Excluded((n, String::new())),
+                    None => Bound::Unbounded,
+                };
+                let start_after_end = match &lower {
+                    Bound::Included((p, _)) | Bound::Excluded((p, _)) => *p > last,
+                    Bound::Unbounded => false,
+                };
+                let want: Vec<&str> = if start_after_end {
+                    Vec::new()
+                } else {
+                    model
+                        .range((lower.clone(), upper))
+                        .map(|((_, k), _)| k.as_str())
+                        .collect()
+                };
+                assert_eq!(got, want, "key {i}, lower {lower:?}, last {last}");
+            }
+        }
+    }
+}
+
+/// Keys that share a position (a 64-bit hash collision) are kept apart, in key order.
+#[test]
+fn keys_at_one_position_are_kept_apart() {
+    let mut slot = Slot::One(("m".to_string(), value(1, "m")));
+    assert_eq!(slot.insert("z".into(), value(1, "z")), None);
+    assert_eq!(slot.insert("a".into(), value(1, "a")), None);
+    assert_eq!(slot.insert("m".into(), value(2, "m2")), Some(value(1, "m")));
+    let keys: Vec<&str> = slot.as_slice().iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["a", "m", "z"]);
+    assert_eq!(slot.get("m"), Some(&value(2, "m2")));
+    assert_eq!(slot.get("b"), None);
+    // In a role's data: "b" is put at "a"'s position, as a collision would put it.
+    let at = position("a");
+    let mut data = RoleData::default();
+    data.map.insert(
+        at,
+        Slot::Many(vec![
+            ("a".to_string(), value(1, "a")),
+            ("b".to_string(), value(1, "b")),
+        ]),
+    );
+    data.len = 2;
+    let span: Vec<&str> = data
+        .span(Bound::Excluded((at, "a".to_string())), at)
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(span, ["b"]);
+    let span: Vec<&str> = data
+        .span(Bound::Unbounded, u64::MAX)
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(span, ["a", "b"]);
+    // Removing one of the two leaves the other, alone at that position.
+    assert_eq!(data.remove("a"), Some(value(1, "a")));
+    assert_eq!(data.len(), 1);
+    assert!(data.get("a").is_none());
+    assert!(matches!(&data.map[&at], Slot::One((k, _)) if k == "b"));
+    assert_eq!(data.insert("a".into(), value(3, "a")), None);
+    assert_eq!(data.get("a"), Some(&value(3, "a")));
+    assert_eq!(data.len(), 2);
+}
