@@ -360,7 +360,7 @@ fn widen(cover: &mut Cover, more: Cover) {
     }
 }
 
-/// Where a count of the live entries in passes ([`Machine::count_live`]) has got to.
+/// Where a count of the live entries in passes ([`Store::count_step`](super::Store::count_step)) has got to.
 #[derive(Debug, Default)]
 pub struct LiveCount {
     /// The last entry looked at in this pass (`None`: the pass starts from the first).
