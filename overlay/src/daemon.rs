@@ -357,9 +357,7 @@ where
         Err(_) => logging::set_member(program, program.strip_prefix("onehop-").unwrap_or("")),
     };
     logging::init_tracing(cli.format());
-    // One thread: Tokio's current-thread scheduler (see `runtime_builder`).
-    let mut builder = runtime_builder(cfg.threads());
-    let rt = match builder.build() {
+    let rt = match runtime_builder(cfg.threads()).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{program}: error: cannot start runtime: {e}");

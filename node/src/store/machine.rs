@@ -360,7 +360,8 @@ fn widen(cover: &mut Cover, more: Cover) {
     }
 }
 
-/// Where a count of the live entries in passes ([`Store::count_step`](super::Store::count_step)) has got to.
+/// Where a count of the live entries in passes has got to
+/// ([`Store::count_step`](super::Store::count_step)).
 #[derive(Debug, Default)]
 pub struct LiveCount {
     /// The last entry looked at in this pass (`None`: the pass starts from the first).
@@ -410,16 +411,13 @@ impl Slot {
         match self {
             Slot::One((k, e)) if *k == key => Some(std::mem::replace(e, entry)),
             Slot::One(_) => {
-                let Slot::One(first) = std::mem::replace(self, Slot::Many(Vec::with_capacity(2)))
-                else {
+                let Slot::One(first) = std::mem::replace(self, Slot::Many(Vec::new())) else {
                     unreachable!("matched One above")
                 };
-                let Slot::Many(many) = self else {
-                    unreachable!("just made Many")
-                };
-                many.push(first);
+                let mut many = vec![first];
                 let at = many.partition_point(|(k, _)| *k < key);
                 many.insert(at, (key, entry));
+                *self = Slot::Many(many);
                 None
             }
             Slot::Many(many) => match many.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {

@@ -456,23 +456,10 @@ impl Store {
     }
 
     /// Live entries held by this node, and those of `role` for which `pred` holds on the
-    /// value: counted a chunk of entries at a time, the store's lock given back and the
-    /// runtime's other tasks run between chunks (a periodic count of millions of entries
-    /// never holds up requests).
-    pub async fn live_counts(&self, role: &str, pred: impl Fn(&[u8]) -> bool) -> (usize, usize) {
-        let mut count = LiveCount::default();
-        loop {
-            if let Some(counts) = self.count_step(&mut count, role, &pred, 4_096) {
-                return counts;
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// Goes on with `count` over at most `budget` entries; when that finishes a pass over
-    /// every entry held, returns its counts (as [`Store::live_counts`]) and starts the next
-    /// pass. A periodic gauge walks a bounded number of entries a tick this way, whatever the
-    /// store holds, and reports each time a pass completes.
+    /// value, counted in passes: goes on with `count` over at most `budget` entries (the
+    /// store's lock held for those alone) and, when that finishes a pass over every entry
+    /// held, returns the pass's counts and starts the next one. A periodic gauge walks a
+    /// bounded number of entries a tick this way, whatever the store holds.
     pub fn count_step(
         &self,
         count: &mut LiveCount,
