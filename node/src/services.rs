@@ -110,6 +110,7 @@ pub async fn start(
         view.clone(),
         cancel.clone(),
     );
+    store.count_in(metrics);
     if identity.roles.iter().any(|r| r.as_str() == REGISTRAR) {
         store.register_updater(REGISTRAR, Arc::new(RegistrarUpdater));
         crate::provision::serve(&peer, store.clone(), metrics);

@@ -677,3 +677,107 @@ async fn rapid_view_changes_under_requests_never_roll_the_rings_back() {
     .await;
     println!("{N} keys placed {took:?} after 40 view changes under reads");
 }
+
+async fn put_one(store: &Store, k: &str) -> Result<Acks, StoreError> {
+    let value = Bytes::from(format!("binding of {k}"));
+    store.put(ROLE, k, value, Duration::from_secs(3600)).await
+}
+
+/// A write from a member of its key's replica set (not the owner) takes its copy from the
+/// owner's answer: it holds the entry when the write returns, and the owner sends it no
+/// `Replicate` call. A write from the owner, or from outside the set, is replicated as
+/// before. Each kind of writer is checked on keys placed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_in_the_replica_set_takes_its_copy_from_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = TestPki::new(dir.path(), "example.test").unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..3u8 {
+        let name = format!("node{}", i + 1);
+        let c = pki
+            .issue(&name, Kind::Node, ip(57, i + 1), &[ROLE])
+            .unwrap();
+        nodes.push(Node::start(&c, ip(57, i + 1), test_config()).await);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let view = set_view(&all, &all, 1);
+    let ring = view.rings.get(ROLE).unwrap();
+    let writer = &nodes[0];
+    // 60 keys of each kind, seen from node1: owned, replica but not owner, neither.
+    let (mut owned, mut replica, mut neither) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0.. {
+        if owned.len() >= 60 && replica.len() >= 60 && neither.len() >= 60 {
+            break;
+        }
+        let k = format!("user{i}@example.test");
+        let set: Vec<String> = ring
+            .replicas_at(position(&k), 2)
+            .map(|m| m.name.clone())
+            .collect();
+        let list = if set[0] == writer.name {
+            &mut owned
+        } else if set.contains(&writer.name) {
+            &mut replica
+        } else {
+            &mut neither
+        };
+        if list.len() < 60 {
+            list.push(k);
+        }
+    }
+    let others =
+        |nodes: &[Node]| -> u64 { nodes[1..].iter().map(|n| n.store.copies_received().0).sum() };
+
+    for k in &replica {
+        let acks = put_one(&writer.store, k)
+            .await
+            .expect("write from a replica");
+        assert_eq!((acks.held, acks.wanted), (2, 2));
+        assert!(
+            writer.store.holds(ROLE, k),
+            "{k} held by the writer when the write returns"
+        );
+    }
+    assert_eq!(
+        writer.store.copies_received(),
+        (0, 60),
+        "every copy came in an answer, none in a Replicate call"
+    );
+    assert_eq!(others(&nodes), 0, "the owners replicated to nobody else");
+
+    for k in &owned {
+        put_one(&writer.store, k)
+            .await
+            .expect("write from the owner");
+    }
+    assert_eq!(others(&nodes), 60, "the owner replicates its own writes");
+    for k in &neither {
+        put_one(&writer.store, k)
+            .await
+            .expect("write from outside the set");
+        assert!(
+            !writer.store.holds(ROLE, k),
+            "{k} is not the writer's to hold"
+        );
+    }
+    assert_eq!(
+        others(&nodes),
+        120,
+        "an outsider's write is replicated by its owner"
+    );
+    assert_eq!(writer.store.copies_received(), (0, 60));
+    let keys: Vec<String> = owned
+        .iter()
+        .chain(&replica)
+        .chain(&neither)
+        .cloned()
+        .collect();
+    assert!(
+        placed(&all, &view, &keys, 2),
+        "every key held by its replica set alone"
+    );
+    read_all(&all, &keys).await;
+    for n in &nodes {
+        n.shutdown.cancel();
+    }
+}

@@ -4,12 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::{join_all, BoxFuture};
 use onehop_overlay::identity::Identity;
+use onehop_overlay::metrics::{Histogram, Metrics, FAST_BUCKETS};
 use onehop_overlay::wire::{decode_body, encode_frame};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -107,6 +108,46 @@ pub(super) struct Inner {
     /// Writes and batches refused because the store was full, and when that was last logged.
     pub full: AtomicU64,
     pub full_logged: AtomicU64,
+    /// Entries received in other members' `Replicate` calls, and in the answers to this
+    /// node's `WriteCopy` writes.
+    pub copies_replicated: AtomicU64,
+    pub copies_answered: AtomicU64,
+    /// Timing histograms, once the node has given the store its metrics.
+    pub timers: OnceLock<Timers>,
+}
+
+/// How long the store's steps take, as histograms on the node's metrics endpoint.
+pub(super) struct Timers {
+    /// A write of this node's, from the call to the owner's answer: owned here, or elsewhere.
+    pub write_local: Histogram,
+    pub write_remote: Histogram,
+    /// An owner's copy of one written entry to the rest of its replica set.
+    pub replicate: Histogram,
+}
+
+impl Timers {
+    pub fn new(metrics: &Metrics) -> Timers {
+        const WRITE: &str = "Store writes of this node, from the call to the owner's answer \
+                             (the owner's copy to its replicas included), by where the owner was.";
+        Timers {
+            write_local: metrics.histogram(
+                "store_write_seconds{owner=\"self\"}",
+                WRITE,
+                FAST_BUCKETS,
+            ),
+            write_remote: metrics.histogram(
+                "store_write_seconds{owner=\"peer\"}",
+                WRITE,
+                FAST_BUCKETS,
+            ),
+            replicate: metrics.histogram(
+                "store_replicate_seconds",
+                "An owner's copy of a written entry to the rest of its replica set, until all \
+                 of it holds the entry.",
+                FAST_BUCKETS,
+            ),
+        }
+    }
 }
 
 /// The replica coalescer's sender: one `Replicate` call with the batch, to the member named;
@@ -370,8 +411,11 @@ impl Inner {
                 }
                 Response::Value(self.lock().machine.read(&key, now_ms()).cloned())
             }
-            Request::Write { key, op } => self.serve_write(key, op).await,
+            Request::Write { key, op } => self.serve_write(key, op, None).await,
+            Request::WriteCopy { key, op } => self.serve_write(key, op, Some(from)).await,
             Request::Replicate { items } => {
+                self.copies_replicated
+                    .fetch_add(items.len() as u64, Ordering::Relaxed);
                 self.receive(from, items.into_iter().map(Push::Full).collect())
             }
             Request::Transfer {
@@ -445,7 +489,15 @@ impl Inner {
         }
     }
 
-    async fn serve_write(self: &Arc<Self>, key: StoreKey, op: WriteOp) -> Response {
+    /// Applies a write this node owns and replicates it. `copier` is a caller that takes its
+    /// own copy ([`Request::WriteCopy`]): when it is in the replica set it gets the entry in
+    /// the answer instead of a `Replicate` call.
+    async fn serve_write(
+        self: &Arc<Self>,
+        key: StoreKey,
+        op: WriteOp,
+        copier: Option<&str>,
+    ) -> Response {
         let max = self.cfg.max_value;
         if op.len() > max {
             return Response::Failed(Failure::TooLarge { len: op.len(), max });
@@ -503,22 +555,49 @@ impl Inner {
                 acks: Acks { held: 0, wanted: 0 },
             };
         };
-        match self.replicate(item).await {
-            Ok(acks) => Response::Written {
+        let copier = copier.filter(|c| *c != self.me.name && self.lock().machine.in_set(&key, c));
+        let started = Instant::now();
+        let replicated = self.replicate(&item, copier).await;
+        if let Some(t) = self.timers.get() {
+            t.replicate.observe(started.elapsed());
+        }
+        match (replicated, copier) {
+            (Ok(acks), None) => Response::Written {
                 outcome: applied.outcome,
                 acks,
             },
-            Err(f) => Response::Failed(f),
+            (Ok(acks), Some(_)) => Response::WrittenCopy {
+                outcome: applied.outcome,
+                acks,
+                item: Box::new(item),
+            },
+            (Err(f), _) => Response::Failed(f),
+        }
+    }
+
+    /// The caller's side of [`Response::WrittenCopy`]: merges the entry the owner sent, so
+    /// that this node holds it before the write is reported done.
+    pub fn hold_copy(self: &Arc<Self>, item: Item) -> Result<(), Failure> {
+        self.copies_answered.fetch_add(1, Ordering::Relaxed);
+        match self.receive("the owner", vec![Push::Full(item)]) {
+            Response::Failed(f) => Err(f),
+            _ => Ok(()),
         }
     }
 
     /// Sends a written entry to the rest of its replica set until all of it holds the entry
-    /// (following view changes) or the request timeout passes.
-    async fn replicate(self: &Arc<Self>, item: Item) -> Result<Acks, Failure> {
+    /// (following view changes) or the request timeout passes. `copier` takes its copy from
+    /// the answer: it counts as holding the entry.
+    async fn replicate(
+        self: &Arc<Self>,
+        item: &Item,
+        copier: Option<&str>,
+    ) -> Result<Acks, Failure> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let mut view = self.view.clone();
         view.borrow_and_update();
         let mut acked: HashSet<String> = HashSet::from([self.me.name.clone()]);
+        acked.extend(copier.map(str::to_string));
         loop {
             self.sync();
             let set = self.lock().machine.placement(&item.key).set;
@@ -537,7 +616,7 @@ impl Inner {
             }
             let timeout = self.cfg.call_timeout.min(remaining);
             let answers =
-                join_all(pending.iter().map(|p| self.replicate_to(p, &item, timeout))).await;
+                join_all(pending.iter().map(|p| self.replicate_to(p, item, timeout))).await;
             let mut failed = false;
             for (p, answer) in pending.into_iter().zip(answers) {
                 match answer {
@@ -599,7 +678,8 @@ impl Inner {
         req: Request,
         retry: Retry,
     ) -> Result<Response, StoreError> {
-        let deadline = Instant::now() + self.cfg.request_timeout;
+        let started = Instant::now();
+        let deadline = started + self.cfg.request_timeout;
         let mut view = self.view.clone();
         view.borrow_and_update();
         let body = encode(&req);
@@ -644,7 +724,17 @@ impl Inner {
                         }
                     }
                 }
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    if let (Some(t), true) = (self.timers.get(), retry != Retry::Read) {
+                        let h = if target.name == self.me.name {
+                            &t.write_local
+                        } else {
+                            &t.write_remote
+                        };
+                        h.observe(started.elapsed());
+                    }
+                    return Ok(answer);
+                }
                 Err(e) => {
                     if retry == Retry::Read {
                         if let Some(found) = self.read_replicas(key, &set, &target, deadline).await

@@ -50,6 +50,16 @@ pub(crate) enum Request {
         /// The key.
         key: StoreKey,
     },
+    /// A [`Request::Write`] whose caller takes its own copy: when the caller is in the key's
+    /// replica set, the owner counts it as holding the entry, replicates only to the rest of
+    /// the set and answers [`Response::WrittenCopy`]; the caller merges the entry before it
+    /// reports the write done. Saves the owner's `Replicate` to the caller and its answer.
+    WriteCopy {
+        /// The key.
+        key: StoreKey,
+        /// What to do.
+        op: WriteOp,
+    },
 }
 
 /// One element of a transfer batch.
@@ -149,6 +159,16 @@ pub(crate) enum Response {
     Entry(Option<Entry>),
     /// The request failed.
     Failed(Failure),
+    /// The answer to a [`Request::WriteCopy`] whose caller is in the key's replica set: the
+    /// write's outcome, its holders counting the caller, and the entry for the caller to hold.
+    WrittenCopy {
+        /// What the write did.
+        outcome: Outcome,
+        /// Who holds it, the caller included once it has merged `item`.
+        acks: Acks,
+        /// The entry as written.
+        item: Box<Item>,
+    },
 }
 
 /// Why a request failed at the callee.

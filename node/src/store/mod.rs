@@ -90,11 +90,12 @@ pub(crate) mod machine;
 mod messages;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use onehop_overlay::identity::Identity;
+use onehop_overlay::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -351,12 +352,21 @@ impl Store {
             shutdown,
             full: Default::default(),
             full_logged: Default::default(),
+            copies_replicated: Default::default(),
+            copies_answered: Default::default(),
+            timers: OnceLock::new(),
         });
         let handler: Arc<dyn PeerHandler> = Arc::new(StoreHandler::new(&inner));
         peer.register(Service::Store, handler.clone());
         inner.sync();
         tokio::spawn(inner.clone().run(view));
         Store { inner, handler }
+    }
+
+    /// Times the store's writes and replication into histograms on `metrics`
+    /// (`store_write_seconds`, `store_replicate_seconds`); the first call counts.
+    pub fn count_in(&self, metrics: &Metrics) {
+        let _ = self.inner.timers.set(driver::Timers::new(metrics));
     }
 
     /// The handler serving [`Service::Store`] (already registered on the store's
@@ -489,6 +499,17 @@ impl Store {
         self.inner.full.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Entries this node has taken as a replica so far: `(replicated, answered)`, those that
+    /// owners sent in `Replicate` calls and those that came in the answers to this node's own
+    /// writes (a write from a member of the key's replica set carries its copy back).
+    pub fn copies_received(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.copies_replicated.load(Relaxed),
+            self.inner.copies_answered.load(Relaxed),
+        )
+    }
+
     /// Keys of `role` with a live entry on this node, sorted.
     pub fn local_keys(&self, role: &str) -> Vec<String> {
         self.inner.lock().machine.local_keys(role, driver::now_ms())
@@ -521,17 +542,43 @@ impl Store {
             return Err(StoreError::TooLarge { len: op.len(), max });
         }
         let key = StoreKey::new(role, key);
-        let req = Request::Write {
-            key: key.clone(),
-            op,
-        };
         let retry = if idempotent {
             driver::Retry::Idempotent
         } else {
             driver::Retry::Once
         };
-        match self.inner.to_owner(&key, req, retry).await? {
+        let req = Request::WriteCopy {
+            key: key.clone(),
+            op: op.clone(),
+        };
+        let mut answer = self.inner.to_owner(&key, req, retry).await?;
+        if matches!(answer, Response::Failed(Failure::Malformed(_))) {
+            // An owner of an older version, which does not know `WriteCopy` (it decoded
+            // nothing, so nothing was applied): the plain write.
+            let req = Request::Write {
+                key: key.clone(),
+                op,
+            };
+            answer = self.inner.to_owner(&key, req, retry).await?;
+        }
+        match answer {
             Response::Written { outcome, acks } => Ok((outcome, acks)),
+            Response::WrittenCopy {
+                outcome,
+                acks,
+                item,
+            } => {
+                if item.key != key {
+                    return Err(StoreError::Protocol(format!(
+                        "the owner sent {} for a write of {key}",
+                        item.key
+                    )));
+                }
+                match self.inner.hold_copy(*item) {
+                    Ok(()) => Ok((outcome, acks)),
+                    Err(f) => Err(StoreError::from_failure(f, role)),
+                }
+            }
             Response::Failed(f) => Err(StoreError::from_failure(f, role)),
             other => Err(StoreError::Protocol(format!("{other:?} for a write"))),
         }
