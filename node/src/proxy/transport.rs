@@ -58,6 +58,9 @@ pub const MAX_DATAGRAM: usize = 65_535;
 /// connection holds none).
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Datagrams the UDP receiver reads before it lets the runtime's other tasks run.
+const UDP_READS_PER_TURN: u32 = 8;
+
 /// Default [`TransportConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default [`TransportConfig::idle`].
@@ -636,7 +639,15 @@ impl Transports {
 
     async fn udp_loop(self: Arc<Self>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut read = 0;
         loop {
+            // A turn of at most UDP_READS_PER_TURN datagrams, then the other tasks' (the
+            // workers that take them, the node's QUIC connections): see the SIP core's BATCH.
+            if read == UDP_READS_PER_TURN {
+                read = 0;
+                tokio::task::yield_now().await;
+            }
+            read += 1;
             let r = tokio::select! {
                 r = self.udp.recv_from(&mut buf) => r,
                 _ = self.cancel.cancelled() => return,
