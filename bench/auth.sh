@@ -376,6 +376,12 @@ farm_start() {
     else
         echo "  WARNING: after $PUSH_WAIT s the managers had pushed up to version ${have:-?} of ${want:-?}; measuring anyway (a node reloads a missing account from the managers)"
     fi
+    # no hand-off window open on any node (10 s after the farm's last ring change, its start):
+    # the steady state, not a new owner fetching each key it lacks from the previous holders
+    until=$((SECONDS + 30))
+    while [ "$(metrics_max node '^onehop_store_handoff_open$')" != 0 ] && [ $SECONDS -lt $until ]; do
+        sleep 1
+    done
 }
 
 cleanup() {

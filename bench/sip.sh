@@ -45,7 +45,9 @@
 # most DMQ_CATCHUP s) until B holds every contact, before reading the servers' CPU time, so
 # the replication is inside the CPU per REGISTER as it is for onehop (whose 200 waits for it).
 # Every benchmark group (reg; calls + calls2; each ramp) runs against a freshly started server
-# (farm, Kamailio or the Kamailio pair), as the peer harness does; the servers take turns going
+# (farm, Kamailio or the Kamailio pair), as the peer harness does (a fresh farm is measured once
+# every node answers a REGISTER and no node's hand-off window is open, 10 s after its start:
+# the steady state between membership changes); the servers take turns going
 # first (the list is rotated by one each repetition). Before each fresh server the script waits (at most LOAD_WAIT_EACH s) for the
 # 1-minute load average to fall below LOAD_MAX, and it records the load average next to every
 # figure, with the server's CPU time per operation and the UDP receive-buffer drops.
@@ -304,6 +306,28 @@ farm_start() {
         [ $ok = 1 ] || { echo "sip.sh: $n ($ip:$port) does not answer REGISTER with 200" >&2; return 1; }
     done
     rm -rf "$OUT/probe"
+    wait_handoffs
+}
+# wait_handoffs: waits (at most 30 s) until no node has a hand-off window open
+# (onehop_store_handoff_open 0 on every node: the farm's last ring change, its start, is
+# 10 s old), so that the run measures the farm in its steady state, as it is between
+# membership changes, and not a new owner fetching each key it lacks from the previous
+# holders. A build without the gauge is not waited for.
+wait_handoffs() {
+    local n ip port open t0=$SECONDS
+    while :; do
+        open=0
+        for n in node1 node2 node3; do
+            ip=$(farm_field $n ip); port=$(farm_field $n metrics)
+            timeout 5 curl -s "http://$ip:$port/metrics" | grep -q '^onehop_store_handoff_open 1' && open=1
+        done
+        [ $open = 0 ] && return 0
+        if [ $((SECONDS - t0)) -ge 30 ]; then
+            echo "sip.sh: a hand-off window is still open after 30 s; measuring anyway" >&2
+            return 0
+        fi
+        sleep 1
+    done
 }
 pin_farm() {  # pin_farm CPULIST: every thread of every process of the farm
     local p

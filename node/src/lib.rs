@@ -280,6 +280,10 @@ fn spawn_stats(
         "store_walked_entries_total",
         "Entries looked at by the walks that re-plan the store after ring changes and by the repair passes after them (only the ranges a change moved are walked).",
     );
+    let handoff = metrics.gauge(
+        "store_handoff_open",
+        "1 while a hand-off window is open (10 s after a ring change): keys this node lacks and now holds are fetched from their previous holders before it answers for them.",
+    );
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         // Relayed packets counted at the last tick, for packets_per_s.
@@ -313,6 +317,7 @@ fn spawn_stats(
             bytes.set(store.held_bytes() as i64);
             full.set(store.full_refusals() as i64);
             walked.set(store.walked() as i64);
+            handoff.set(store.handoff_open() as i64);
             aors.set(registered as i64);
             let mut figures = vec![
                 ("store_entries".to_string(), live as f64),

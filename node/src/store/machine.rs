@@ -807,6 +807,15 @@ impl Machine {
         (!sources.is_empty()).then_some(sources)
     }
 
+    /// Whether a hand-off window is open: a ring change less than `handoff_ms` ago, during
+    /// which a new holder of a key fetches it from the previous holders before answering for
+    /// it (see [`Machine::handoff_sources`]).
+    pub fn handoff_open(&self, now: u64) -> bool {
+        self.prev
+            .values()
+            .any(|(_, at)| now < at.saturating_add(self.cfg.handoff_ms))
+    }
+
     /// Applies a write as the owner: assigns the next version, stores the entry and returns
     /// what to replicate. Writes to one key are serialised by the caller's lock on the
     /// machine, so none is lost.

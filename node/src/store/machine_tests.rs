@@ -962,7 +962,13 @@ fn a_new_owner_fetches_what_it_lacks_during_the_handoff() {
     let new = rings(&["a", "b", "c", "d"]);
     let mut d = Machine::new("d", cfg());
     d.handle(Input::Rings(old.clone()), NOW);
+    assert!(d.handoff_open(NOW), "the first rings are a change too");
     d.handle(Input::Rings(new.clone()), NOW);
+    assert!(d.handoff_open(NOW + 9_999));
+    assert!(!d.handoff_open(NOW + 10_000), "the window closes");
+    // The same rings again change nothing: the window stays closed.
+    d.handle(Input::Rings(new.clone()), NOW + 20_000);
+    assert!(!d.handoff_open(NOW + 20_000));
     let k = (0..1000).map(key).find(|k| set(&new, k)[0] == "d").unwrap();
     let sources = d
         .handoff_sources(&k, NOW + 10)

@@ -494,6 +494,13 @@ impl Store {
         self.inner.lock().machine.walked()
     }
 
+    /// Whether a hand-off window is open on this node ([`StoreConfig::handoff_window`] after a
+    /// ring change): keys it lacks and now holds are fetched from their previous holders
+    /// before it answers for them.
+    pub fn handoff_open(&self) -> bool {
+        self.inner.lock().machine.handoff_open(driver::now_ms())
+    }
+
     /// Writes and batches refused so far because this node's store was full.
     pub fn full_refusals(&self) -> u64 {
         self.inner.full.load(std::sync::atomic::Ordering::Relaxed)
