@@ -197,9 +197,17 @@ impl Farm {
     }
 
     /// Restarts a member with its exact command line from farm.json; the new process is
-    /// stopped with the farm.
+    /// stopped with the farm. The member's previous process must be ending (killed or
+    /// stopped): its exit is waited for (at most 10 s), since a signal is delivered before the
+    /// process is gone, and until then its sockets are bound (a node started again at once
+    /// could not bind its lookup port on a loaded machine, and died).
     pub fn restart(&mut self, name: &str) {
         let m = self.file.member(name).expect("member").clone();
+        assert!(
+            wait_for(Duration::from_secs(10), || (!alive(m.pid)).then_some(())).is_some(),
+            "restart {name}: its previous process {} still runs",
+            m.pid
+        );
         let log = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
