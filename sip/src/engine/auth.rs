@@ -245,11 +245,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
     /// Answers the request waiting in `key` with a fresh challenge (401 or 407); with
     /// `forget`, statelessly ([`Self::respond_forget`]).
     fn challenge(&mut self, key: &TransactionKey, stale: bool, forget: bool) {
-        let Some((req, wait)) = self
-            .servers
-            .get(key)
-            .and_then(|e| Some((e.txn.request().clone(), e.auth.clone()?)))
-        else {
+        let Some(wait) = self.servers.get(key).and_then(|e| e.auth.clone()) else {
             return;
         };
         let Some(keys) = self.keys.as_ref() else {
@@ -265,7 +261,10 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         } else {
             ("Proxy-Authenticate", "Proxy Authentication Required")
         };
-        let mut resp = reply(&req, wait.status, Some(reason), Some(&self.cfg.tag));
+        let Some(req) = self.servers.get(key).map(|e| e.txn.request()) else {
+            return;
+        };
+        let mut resp = reply(req, wait.status, Some(reason), Some(&self.cfg.tag));
         for &algorithm in &self.cfg.algorithms {
             let value = Challenge {
                 realm: wait.realm.clone(),

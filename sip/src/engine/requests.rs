@@ -15,7 +15,7 @@ use crate::proxy::{
 use crate::registrar::{Binding, Flow, RegisterInfo, Transport};
 use crate::transaction::TransactionKey;
 use crate::transaction::{
-    build_cancel, Actions, ClientState, ClientTransaction, ServerTransaction,
+    build_cancel, Actions, ClientState, ClientTransaction, ServerTransaction, TimerConfig,
 };
 use crate::{reply, Message, Method, Request, Uri};
 
@@ -88,7 +88,13 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             self.reply_stateless_resp(resp, &from);
             return;
         }
-        let mut txn = ServerTransaction::new(req.clone(), from.reliable(), now);
+        let mut txn = ServerTransaction::keyed(
+            key.clone(),
+            req.clone(),
+            from.reliable(),
+            now,
+            TimerConfig::default(),
+        );
         let mut first = Actions::new();
         if req.method == Method::Invite {
             first = txn.trying(now);
@@ -328,7 +334,8 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         result: Result<Vec<Binding>, LocateError>,
         at_ms: u64,
     ) {
-        let Some(req) = self.servers.get(&key).and_then(|e| e.request.clone()) else {
+        // Taken: a final response is all that is left to send for it (and `respond` drops it).
+        let Some(req) = self.servers.get_mut(&key).and_then(|e| e.request.take()) else {
             return;
         };
         match result {

@@ -151,11 +151,11 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
     }
 
     pub(super) fn respond_status(&mut self, key: &TransactionKey, status: u16, reason: &str) {
-        let Some(req) = self.servers.get(key).map(|e| e.txn.request().clone()) else {
+        let Some(e) = self.servers.get(key) else {
             return;
         };
         let tag = (status > 100).then_some(self.cfg.tag.as_str());
-        let resp = reply(&req, status, Some(reason), tag);
+        let resp = reply(e.txn.request(), status, Some(reason), tag);
         self.respond(key, resp);
     }
 
@@ -192,20 +192,25 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
         status: u16,
         reason: &str,
     ) {
-        let Some(req) = self.servers.get(key).map(|e| e.txn.request().clone()) else {
+        let Some(e) = self.servers.get(key) else {
             return;
         };
-        let resp = reply(&req, status, Some(reason), Some(self.cfg.tag.as_str()));
+        let resp = reply(
+            e.txn.request(),
+            status,
+            Some(reason),
+            Some(self.cfg.tag.as_str()),
+        );
         self.respond_forget(key, resp);
     }
 
     /// 503 with Retry-After: overload, or the next hop (the registrar ring, another node)
     /// cannot be reached now.
     pub(super) fn respond_unavailable(&mut self, key: &TransactionKey) {
-        let Some(req) = self.servers.get(key).map(|e| e.txn.request().clone()) else {
+        let Some(e) = self.servers.get(key) else {
             return;
         };
-        let resp = self.unavailable(&req);
+        let resp = self.unavailable(e.txn.request());
         self.respond(key, resp);
     }
 

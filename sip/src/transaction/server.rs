@@ -54,15 +54,29 @@ impl ServerTransaction {
     pub fn with_config(
         request: Request,
         reliable: bool,
-        _now: Instant,
+        now: Instant,
         cfg: TimerConfig,
     ) -> ServerTransaction {
-        let invite = request.method == Method::Invite;
         let key = TransactionKey::server(&request).unwrap_or_else(|| TransactionKey {
             branch: String::new(),
             sent_by: String::new(),
             method: request.method.clone(),
         });
+        ServerTransaction::keyed(key, request, reliable, now, cfg)
+    }
+
+    /// Like [`ServerTransaction::with_config`] for a request whose key the caller has
+    /// computed already ([`TransactionKey::server`] of `request`), so it is not parsed out of
+    /// the request again.
+    pub fn keyed(
+        key: TransactionKey,
+        request: Request,
+        reliable: bool,
+        _now: Instant,
+        cfg: TimerConfig,
+    ) -> ServerTransaction {
+        debug_assert!(TransactionKey::server(&request).is_none_or(|k| k == key));
+        let invite = request.method == Method::Invite;
         ServerTransaction {
             key,
             request,
