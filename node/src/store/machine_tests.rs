@@ -1070,6 +1070,18 @@ fn a_full_store_refuses_new_keys_and_batches_and_frees_room_as_it_drops() {
         "nothing of a refused batch is taken"
     );
     assert_eq!(m.stored(), 3);
+    // A full store still takes a batch of newer versions of keys it holds (its room is
+    // counted exactly when the batch does not fit as if every entry were new).
+    let newer = vec![Push::Full(Item {
+        key: key(2),
+        entry: value(NOW + 1_000, "newer"),
+    })];
+    assert!(m.receive("b", newer, NOW).is_ok());
+    assert_eq!(
+        m.entry(&key(2)).and_then(|e| e.value.clone()),
+        Some(Bytes::from("newer"))
+    );
+    assert_eq!(m.stored(), 3);
 
     // Bytes: one entry's cost more than what is held refuses the next one.
     let mut b = Machine::new(
