@@ -398,7 +398,7 @@ struct Worker {
 /// queued in one turn (a burst of datagrams is hundreds of messages, each parsed, answered or
 /// sent to a registrar) held the other node's answers to its store calls unread for that
 /// long. Measured with 64 and no yield against 8 and a yield (docs/benchmarks.md): node1's
-/// time to answer a REGISTER 2.3-2.5 -> 1.2-1.3 ms under load, REGISTER/s +15%.
+/// time to answer a REGISTER 2.4-2.5 -> 1.2-1.4 ms under load, REGISTER/s +15%.
 const BATCH: usize = 8;
 
 /// The workers' inboxes, made before the transports so that the transports can hand each
