@@ -506,6 +506,7 @@ pub fn run(
         // Each worker holds its share of the node's bounds.
         ecfg.max_pending = cfg.max_pending.div_ceil(n);
         ecfg.max_transactions = cfg.max_transactions.div_ceil(n);
+        ecfg.max_completed_bytes = crate::sip::engine::DEFAULT_MAX_COMPLETED_BYTES.div_ceil(n);
         ecfg.timer_c = cfg.timer_c;
         ecfg.max_message = cfg.max_message;
         ecfg.auth = cfg.auth;

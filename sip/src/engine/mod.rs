@@ -423,6 +423,10 @@ pub struct EngineConfig {
     pub timer_c: Duration,
     /// Largest SIP message accepted (513 beyond).
     pub max_message: usize,
+    /// Most bytes of answers kept for the retransmissions of completed non-INVITE
+    /// transactions over UDP (until Timer J), counted with their keys; beyond (and beyond
+    /// a million of them), a retransmission is processed again.
+    pub max_completed_bytes: usize,
     /// Seconds in the Retry-After of a 503 (overload, an unreachable next hop).
     pub retry_after: u32,
     /// Who is challenged and what is relayed.
@@ -451,6 +455,7 @@ impl EngineConfig {
             max_transactions: 200_000,
             timer_c: Duration::from_secs(180),
             max_message: 65_535,
+            max_completed_bytes: DEFAULT_MAX_COMPLETED_BYTES,
             retry_after: 5,
             auth: AuthMode::Off,
             nonce_lifetime_ms: crate::digest::DEFAULT_NONCE_LIFETIME_MS,
@@ -562,8 +567,20 @@ struct Completed {
     hop: Hop,
 }
 
+impl Completed {
+    /// What `key` and this answer count against [`EngineConfig::max_completed_bytes`]: the
+    /// answer, the key's strings and the table's own share of an entry.
+    fn cost(&self, key: &TransactionKey) -> usize {
+        self.bytes.len() + key.branch.len() + key.sent_by.len() + 160
+    }
+}
+
 /// Most completed transactions remembered; beyond, a retransmission is processed again.
 const MAX_COMPLETED: usize = 1_000_000;
+
+/// Default [`EngineConfig::max_completed_bytes`]: 256 MiB (about 500,000 answers of a
+/// typical REGISTER, 16 s of Timer J at 30,000 a second).
+pub const DEFAULT_MAX_COMPLETED_BYTES: usize = 256 << 20;
 
 /// Timer J for UDP (64*T1); also Timers L and M (RFC 6026), the same 64*T1.
 const TIMER_J: Duration = Duration::from_secs(32);
@@ -606,6 +623,8 @@ pub struct Engine<E: Env, M: MediaHook = NoMedia> {
     servers: Map<TransactionKey, ServerEntry>,
     clients: Map<TransactionKey, ClientEntry>,
     completed: Map<TransactionKey, Completed>,
+    /// What `completed` holds, as [`Completed::cost`] counts it.
+    completed_bytes: usize,
     /// INVITE server transactions after a 2xx (RFC 6026 Accepted): where responses go.
     lingering_servers: Map<TransactionKey, Hop>,
     /// Client transactions after their final response (INVITE after a 2xx, non-INVITE in
@@ -645,6 +664,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             servers: Map::default(),
             clients: Map::default(),
             completed: Map::default(),
+            completed_bytes: 0,
             lingering_servers: Map::default(),
             lingering_clients: Map::default(),
             timers: BinaryHeap::new(),

@@ -243,8 +243,15 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 self.servers.remove(key);
                 self.counts.code(code);
                 self.send_bytes(hop.clone(), bytes.clone(), None);
-                if self.completed.len() < MAX_COMPLETED {
-                    self.completed.insert(key.clone(), Completed { bytes, hop });
+                let done = Completed { bytes, hop };
+                let cost = done.cost(key);
+                if self.completed.len() < MAX_COMPLETED
+                    && self.completed_bytes + cost <= self.cfg.max_completed_bytes
+                {
+                    self.completed_bytes += cost;
+                    if let Some(old) = self.completed.insert(key.clone(), done) {
+                        self.completed_bytes -= old.cost(key);
+                    }
                     let at = self.now + TIMER_J;
                     self.push_timer(at, TimerRef::Completed(Key(key.clone())));
                 }
@@ -412,7 +419,9 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                     }
                 }
                 TimerRef::Completed(Key(k)) => {
-                    self.completed.remove(&k);
+                    if let Some(old) = self.completed.remove(&k) {
+                        self.completed_bytes -= old.cost(&k);
+                    }
                 }
                 TimerRef::LingerServer(Key(k)) => {
                     self.lingering_servers.remove(&k);

@@ -688,3 +688,63 @@ fn a_response_with_our_via_and_no_transaction_goes_by_the_next_via() {
         }
     );
 }
+
+/// A completed REGISTER over UDP, answered: its key and the 200 sent.
+fn registered_over_udp(h: &mut H, text: &str) -> (TransactionKey, Sent) {
+    let key = h
+        .udp(uac(), text)
+        .iter()
+        .find_map(|o| match o {
+            Output::Register { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .expect("the registrar asked");
+    let ok = one(h.input(Input::Registered {
+        key: key.clone(),
+        result: Ok(Vec::new()),
+        at_ms: NOW_MS,
+    }));
+    assert_eq!(ok.status(), 200);
+    (key, ok)
+}
+
+/// Whether a retransmission of `text` is answered from the completed table (not sent to the
+/// registrar again).
+fn answered_from_the_table(h: &mut H, text: &str) -> bool {
+    let outs = h.udp(uac(), text);
+    !outs.iter().any(|o| matches!(o, Output::Register { .. }))
+}
+
+#[test]
+fn completed_answers_are_kept_within_their_byte_bound() {
+    // The bound measured on a first engine: one answer's cost, as the table counts it.
+    let first = req("REGISTER", "sip:example.test")
+        .branch("z9hG4bK-001")
+        .text();
+    let second = req("REGISTER", "sip:example.test")
+        .branch("z9hG4bK-002")
+        .text();
+    let (key, ok) = registered_over_udp(&mut H::new(), &first);
+    let one_answer = ok.bytes.len() + key.branch.len() + key.sent_by.len() + 160;
+
+    // Room for one: the first is kept and absorbs its retransmission; the second is not
+    // kept, and its retransmission goes to the registrar again.
+    let mut h = H::with(|c| c.max_completed_bytes = one_answer);
+    registered_over_udp(&mut h, &first);
+    registered_over_udp(&mut h, &second);
+    assert!(answered_from_the_table(&mut h, &first));
+    assert!(!answered_from_the_table(&mut h, &second), "over the bound");
+
+    // Timer J ends the first: its room is given back, and the next answer is kept.
+    h.run_to(40_000);
+    let third = req("REGISTER", "sip:example.test")
+        .branch("z9hG4bK-003")
+        .text();
+    registered_over_udp(&mut h, &third);
+    assert!(answered_from_the_table(&mut h, &third), "room given back");
+
+    // No room at all: nothing is kept.
+    let mut h = H::with(|c| c.max_completed_bytes = 0);
+    registered_over_udp(&mut h, &first);
+    assert!(!answered_from_the_table(&mut h, &first));
+}
