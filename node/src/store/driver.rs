@@ -555,23 +555,22 @@ impl Inner {
                 acks: Acks { held: 0, wanted: 0 },
             };
         };
-        let copier = copier.filter(|c| *c != self.me.name && self.lock().machine.in_set(&key, c));
         let started = Instant::now();
         let replicated = self.replicate(&item, copier).await;
         if let Some(t) = self.timers.get() {
             t.replicate.observe(started.elapsed());
         }
-        match (replicated, copier) {
-            (Ok(acks), None) => Response::Written {
+        match replicated {
+            Ok((acks, false)) => Response::Written {
                 outcome: applied.outcome,
                 acks,
             },
-            (Ok(acks), Some(_)) => Response::WrittenCopy {
+            Ok((acks, true)) => Response::WrittenCopy {
                 outcome: applied.outcome,
                 acks,
                 item: Box::new(item),
             },
-            (Err(f), _) => Response::Failed(f),
+            Err(f) => Response::Failed(f),
         }
     }
 
@@ -586,28 +585,37 @@ impl Inner {
     }
 
     /// Sends a written entry to the rest of its replica set until all of it holds the entry
-    /// (following view changes) or the request timeout passes. `copier` takes its copy from
-    /// the answer: it counts as holding the entry.
+    /// (following view changes) or the request timeout passes. `copier`, when it is in the
+    /// set the first time it is looked at, takes its copy from the answer and counts as
+    /// holding the entry; the answer says whether it did.
     async fn replicate(
         self: &Arc<Self>,
         item: &Item,
         copier: Option<&str>,
-    ) -> Result<Acks, Failure> {
+    ) -> Result<(Acks, bool), Failure> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let mut view = self.view.clone();
         view.borrow_and_update();
         let mut acked: HashSet<String> = HashSet::from([self.me.name.clone()]);
-        acked.extend(copier.map(str::to_string));
+        let mut copier = copier.filter(|c| *c != self.me.name);
+        let mut copied = false;
         loop {
             self.sync();
             let set = self.lock().machine.placement(&item.key).set;
+            if let Some(c) = copier.take() {
+                if set.iter().any(|m| m == c) {
+                    acked.insert(c.to_string());
+                    copied = true;
+                }
+            }
             let wanted = set.len();
             let pending: Vec<&String> = set.iter().filter(|m| !acked.contains(*m)).collect();
             if pending.is_empty() {
-                return Ok(Acks {
+                let acks = Acks {
                     held: wanted,
                     wanted,
-                });
+                };
+                return Ok((acks, copied));
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {

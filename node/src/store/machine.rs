@@ -1003,8 +1003,7 @@ impl Machine {
         self.rings.get(role).filter(|r| r.points() > 0)
     }
 
-    /// Whether `member` is in `key`'s replica set under the current ring.
-    pub fn in_set(&self, key: &StoreKey, member: &str) -> bool {
+    fn in_set(&self, key: &StoreKey, member: &str) -> bool {
         names(self.ring(&key.role), key.position(), self.cfg.replicas).contains(&member)
     }
 
