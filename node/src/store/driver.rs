@@ -690,7 +690,8 @@ impl Inner {
         let deadline = started + self.cfg.request_timeout;
         let mut view = self.view.clone();
         view.borrow_and_update();
-        let body = encode(&req);
+        // Encoded for the first call to another node (a write this node owns needs none).
+        let mut body: Option<Bytes> = None;
         let mut hint: Option<PeerAddr> = None;
         let mut redirects = 0;
         let mut last;
@@ -717,7 +718,8 @@ impl Inner {
                     // The owner replicates before answering: give it the whole request time.
                     remaining.max(Duration::from_millis(1))
                 };
-                self.call_addr(&target, body.clone(), timeout).await
+                let body = body.get_or_insert_with(|| encode(&req)).clone();
+                self.call_addr(&target, body, timeout).await
             };
             match answer {
                 Ok(Response::NotOwner { owner, addr }) => {

@@ -461,19 +461,29 @@ impl RoleData {
         removed
     }
 
-    fn insert(&mut self, key: String, entry: Entry) -> Option<Entry> {
+    /// Stores `entry` under `key` unless the entry held there is as new or newer; with one
+    /// walk of the map (a write used to walk it twice, to compare and then to insert).
+    /// `Err` gives `entry` back when it was not newer; `Ok` has the entry it replaced.
+    fn merge_newer(&mut self, key: &str, entry: Entry) -> Result<Option<Entry>, Entry> {
         use std::collections::btree_map::Entry as At;
-        let old = match self.map.entry(position(&key)) {
+        let slot = match self.map.entry(position(key)) {
             At::Vacant(v) => {
-                v.insert(Slot::One((key, entry)));
-                None
+                v.insert(Slot::One((key.to_string(), entry)));
+                self.len += 1;
+                return Ok(None);
             }
-            At::Occupied(mut o) => o.get_mut().insert(key, entry),
+            At::Occupied(o) => o.into_mut(),
         };
+        if let Some(held) = slot.get(key) {
+            if held.version >= entry.version {
+                return Err(entry);
+            }
+        }
+        let old = slot.insert(key.to_string(), entry);
         if old.is_none() {
             self.len += 1;
         }
-        old
+        Ok(old)
     }
 
     fn len(&self) -> usize {
@@ -821,6 +831,7 @@ impl Machine {
     /// machine, so none is lost.
     pub fn write(&mut self, key: &StoreKey, op: Write<'_>, now: u64) -> Result<Applied, Failure> {
         let held = self.entry(key);
+        let (added, before) = held.map_or((1, 0), |e| (0, cost(key, e)));
         let version = Version::next(held.map(|e| e.version), now, self.origin);
         let tombstone = |held: Option<&Entry>| Entry {
             value: None,
@@ -878,7 +889,6 @@ impl Machine {
                 max: self.cfg.max_value,
             });
         }
-        let (added, before) = self.entry(key).map_or((1, 0), |e| (0, cost(key, e)));
         self.room(added, cost(key, &entry).saturating_sub(before))?;
         self.merge(key.clone(), entry.clone());
         Ok(Applied {
@@ -892,20 +902,27 @@ impl Machine {
 
     /// Keeps `entry` for `key` if it is newer than what is held; returns whether it was.
     pub fn merge(&mut self, key: StoreKey, entry: Entry) -> bool {
-        let slot = self.data.entry(key.role.clone()).or_default();
-        if let Some(held) = slot.get(&key.key) {
-            if held.version >= entry.version {
-                return false;
-            }
+        if !self.data.contains_key(&key.role) {
+            self.data.insert(key.role.clone(), RoleData::default());
         }
+        let Some(slot) = self.data.get_mut(&key.role) else {
+            return false;
+        };
         let expires = entry.expires_at_ms;
-        self.bytes += cost(&key, &entry);
-        match slot.insert(key.key.clone(), entry) {
-            Some(old) => {
-                self.bytes -= cost(&key, &old);
+        let added = cost(&key, &entry);
+        match slot.merge_newer(&key.key, entry) {
+            Err(_) => return false,
+            Ok(Some(old)) => {
+                self.bytes = self.bytes + added - cost(&key, &old);
+                if old.expires_at_ms == expires {
+                    return true;
+                }
                 self.expiry.remove(&(old.expires_at_ms, key.clone()));
             }
-            None => self.entries += 1,
+            Ok(None) => {
+                self.bytes += added;
+                self.entries += 1;
+            }
         }
         self.expiry.insert((expires, key));
         true

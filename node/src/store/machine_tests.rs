@@ -1402,12 +1402,18 @@ fn role_data_matches_a_map_by_position_and_key() {
     let mut model: BTreeMap<(u64, String), Entry> = BTreeMap::new();
     for i in 0..400 {
         let k = format!("user{i}@example.test");
-        assert!(data.insert(k.clone(), value(1, "a")).is_none());
+        assert_eq!(data.merge_newer(&k, value(1, "a")), Ok(None));
         model.insert((position(&k), k), value(1, "a"));
     }
     // Replacing keeps the count and returns the old entry.
     let k7 = "user7@example.test".to_string();
-    assert_eq!(data.insert(k7.clone(), value(2, "b")), Some(value(1, "a")));
+    assert_eq!(
+        data.merge_newer(&k7, value(2, "b")),
+        Ok(Some(value(1, "a")))
+    );
+    // Not newer: refused and given back, the held entry unchanged.
+    assert_eq!(data.merge_newer(&k7, value(2, "c")), Err(value(2, "c")));
+    assert_eq!(data.merge_newer(&k7, value(1, "d")), Err(value(1, "d")));
     model.insert((position(&k7), k7.clone()), value(2, "b"));
     assert_eq!(data.get(&k7), Some(&value(2, "b")));
     // Removing: present once, then absent.
@@ -1499,7 +1505,7 @@ fn keys_at_one_position_are_kept_apart() {
     assert_eq!(data.len(), 1);
     assert!(data.get("a").is_none());
     assert!(matches!(&data.map[&at], Slot::One((k, _)) if k == "b"));
-    assert_eq!(data.insert("a".into(), value(3, "a")), None);
+    assert_eq!(data.merge_newer("a", value(3, "a")), Ok(None));
     assert_eq!(data.get("a"), Some(&value(3, "a")));
     assert_eq!(data.len(), 2);
 }

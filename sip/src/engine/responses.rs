@@ -240,20 +240,27 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             if entry.txn.request().method != Method::Invite && !entry.reply_to.reliable() {
                 let hop = entry.reply_to.clone();
                 let bytes = resp.to_bytes();
-                self.servers.remove(key);
+                // The transaction's own key moves to the completed table (no copy of its
+                // strings).
+                let Some((key, _)) = self.servers.remove_entry(key) else {
+                    return;
+                };
                 self.counts.code(code);
                 self.send_bytes(hop.clone(), bytes.clone(), None);
                 let done = Completed { bytes, hop };
-                let cost = done.cost(key);
+                let cost = done.cost(&key);
                 if self.completed.len() < MAX_COMPLETED
                     && self.completed_bytes + cost <= self.cfg.max_completed_bytes
                 {
                     self.completed_bytes += cost;
-                    if let Some(old) = self.completed.insert(key.clone(), done) {
-                        self.completed_bytes -= old.cost(key);
-                    }
                     let at = self.now + TIMER_J;
                     self.push_timer(at, TimerRef::Completed(Key(key.clone())));
+                    // An equal key: the old answer's cost differs from this one's by the
+                    // answers' lengths only.
+                    let key_part = cost - done.bytes.len();
+                    if let Some(old) = self.completed.insert(key, done) {
+                        self.completed_bytes -= old.bytes.len() + key_part;
+                    }
                 }
                 return;
             }
