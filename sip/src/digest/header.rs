@@ -469,24 +469,26 @@ pub fn challenge_values(
 /// other control characters as quoted pairs.
 fn write_quoted(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
     f.write_str("\"")?;
-    for c in s.chars() {
+    // Runs of characters written as they are go out in one write (a nonce or a realm is
+    // nearly always one run); only the characters below are written one by one.
+    let special = |c: char| c == '"' || c == '\\' || (c.is_ascii_control() && c != '\t');
+    let mut rest = s;
+    while let Some(at) = rest.find(special) {
+        f.write_str(&rest[..at])?;
+        let c = rest[at..].chars().next().unwrap_or_default();
         match c {
-            '"' | '\\' => {
-                f.write_str("\\")?;
-                fmt::Write::write_char(f, c)?;
-            }
-            // A tab is quoted text as it is; CR and LF cannot be written in a header value
-            // (a parsed value never holds them); other controls go as quoted pairs (RFC 3261
-            // section 25.1), so that a parsed value is written back unchanged.
-            '\t' => f.write_str("\t")?,
+            // CR and LF cannot be written in a header value (a parsed value never holds
+            // them); other controls go as quoted pairs (RFC 3261 section 25.1), so that a
+            // parsed value is written back unchanged. A tab is quoted text as it is.
             '\r' | '\n' => {}
-            c if c.is_ascii_control() => {
+            c => {
                 f.write_str("\\")?;
                 fmt::Write::write_char(f, c)?;
             }
-            c => fmt::Write::write_char(f, c)?,
         }
+        rest = &rest[at + c.len_utf8()..];
     }
+    f.write_str(rest)?;
     f.write_str("\"")
 }
 
