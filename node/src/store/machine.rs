@@ -905,9 +905,7 @@ impl Machine {
         if !self.data.contains_key(&key.role) {
             self.data.insert(key.role.clone(), RoleData::default());
         }
-        let Some(slot) = self.data.get_mut(&key.role) else {
-            return false;
-        };
+        let slot = self.data.get_mut(&key.role).expect("inserted above");
         let expires = entry.expires_at_ms;
         let added = cost(&key, &entry);
         match slot.merge_newer(&key.key, entry) {

@@ -253,14 +253,11 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                     && self.completed_bytes + cost <= self.cfg.max_completed_bytes
                 {
                     self.completed_bytes += cost;
-                    let at = self.now + TIMER_J;
-                    self.push_timer(at, TimerRef::Completed(Key(key.clone())));
-                    // An equal key: the old answer's cost differs from this one's by the
-                    // answers' lengths only.
-                    let key_part = cost - done.bytes.len();
-                    if let Some(old) = self.completed.insert(key, done) {
-                        self.completed_bytes -= old.bytes.len() + key_part;
+                    if let Some(old) = self.completed.insert(key.clone(), done) {
+                        self.completed_bytes -= old.cost(&key);
                     }
+                    let at = self.now + TIMER_J;
+                    self.push_timer(at, TimerRef::Completed(Key(key)));
                 }
                 return;
             }

@@ -337,14 +337,7 @@ fn a_request_from_another_node_retransmitted_gets_the_same_answer() {
         deliver: None,
     };
     let reg = req("REGISTER", "sip:example.test").text();
-    let outs = h.message(node2.clone(), &reg);
-    let key = outs
-        .iter()
-        .find_map(|o| match o {
-            Output::Register { key, .. } => Some(key.clone()),
-            _ => None,
-        })
-        .expect("the registrar asked");
+    let key = asked_registrar(&h.message(node2.clone(), &reg));
     let first = one(h.input(Input::Registered {
         key,
         result: Ok(Vec::new()),
@@ -689,16 +682,19 @@ fn a_response_with_our_via_and_no_transaction_goes_by_the_next_via() {
     );
 }
 
-/// A completed REGISTER over UDP, answered: its key and the 200 sent.
-fn registered_over_udp(h: &mut H, text: &str) -> (TransactionKey, Sent) {
-    let key = h
-        .udp(uac(), text)
-        .iter()
+/// The key of the transaction that asked the registrar among `outs`.
+fn asked_registrar(outs: &[Output]) -> TransactionKey {
+    outs.iter()
         .find_map(|o| match o {
             Output::Register { key, .. } => Some(key.clone()),
             _ => None,
         })
-        .expect("the registrar asked");
+        .expect("the registrar asked")
+}
+
+/// A completed REGISTER over UDP, answered: its key and the 200 sent.
+fn registered_over_udp(h: &mut H, text: &str) -> (TransactionKey, Sent) {
+    let key = asked_registrar(&h.udp(uac(), text));
     let ok = one(h.input(Input::Registered {
         key: key.clone(),
         result: Ok(Vec::new()),
