@@ -27,6 +27,7 @@
 
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::OnceLock;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::NAPTR;
@@ -35,7 +36,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, B
 use hickory_proto::ProtoError;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
-use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
+use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder, Queries};
 use rand::Rng;
 
 use crate::enum_data::{EnumLookup, E2U_SIP, MAX_DIGITS, NAPTR_ORDER, NAPTR_PREFERENCE};
@@ -125,6 +126,8 @@ pub(crate) struct Reply<'z> {
     pub(crate) edns: Option<Edns>,
     pub(crate) qtype: Option<RecordType>,
     pub(crate) enum_result: Option<EnumResult>,
+    /// Whether the response repeats the request's question section (see [`has_pointer`]).
+    pub(crate) echo_questions: bool,
 }
 
 impl<'z> Reply<'z> {
@@ -143,6 +146,16 @@ impl<'z> Reply<'z> {
             edns,
             qtype: None,
             enum_result: None,
+            echo_questions: true,
+        }
+    }
+
+    /// The question section the response carries: `asked`, the request's, or none.
+    pub(crate) fn questions<'q>(&self, asked: &'q Queries) -> &'q Queries {
+        if self.echo_questions {
+            asked
+        } else {
+            no_questions()
         }
     }
 
@@ -230,6 +243,42 @@ fn additionals<'z, R: Rng + ?Sized>(
     out
 }
 
+/// Whether a question section (`count` questions, as the client sent them) holds a
+/// compression pointer (or a label type other than a plain label).
+///
+/// The response repeats the question section byte for byte, as hickory keeps it. A pointer
+/// there can only point back into the request's header (the first question) or to another
+/// question; in the response the header differs, so the copy would point at our flags. Such a
+/// request gets a FORMERR without its questions; no client compresses a question.
+fn has_pointer(section: &[u8], count: usize) -> bool {
+    let mut at = 0;
+    for _ in 0..count {
+        loop {
+            let Some(&len) = section.get(at) else {
+                return true;
+            };
+            if len & 0xc0 != 0 {
+                return true;
+            }
+            at += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
+        }
+        at += 4;
+    }
+    false
+}
+
+/// The question section of a response that does not repeat the request's (see
+/// [`has_pointer`]).
+fn no_questions() -> &'static Queries {
+    static NONE: OnceLock<Queries> = OnceLock::new();
+    NONE.get_or_init(|| {
+        Queries::read(&mut BinDecoder::new(&[]), 0).unwrap_or_else(|_| unreachable!())
+    })
+}
+
 /// Decides the response to `req` (without encoding it).
 pub(crate) fn resolve<'z, R: Rng + ?Sized>(
     zone: Option<&'z Zone>,
@@ -238,6 +287,10 @@ pub(crate) fn resolve<'z, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Reply<'z> {
     let mut reply = Reply::new(req, opts);
+    if has_pointer(req.queries.as_bytes(), req.queries.len()) {
+        reply.echo_questions = false;
+        return reply.rcode(ResponseCode::FormErr);
+    }
     if req.edns.as_ref().is_some_and(|e| e.version() > 0) {
         return reply.rcode(ResponseCode::BADVERS);
     }
@@ -356,13 +409,14 @@ fn enum_reply<'z>(
 fn emit(req: &MessageRequest, reply: &Reply<'_>, n_answers: usize) -> Result<Vec<u8>, ProtoError> {
     let mut buf = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut buf);
-    let response = MessageResponseBuilder::new(&req.queries, reply.edns.as_ref()).build(
-        reply.metadata,
-        reply.answers[..n_answers].iter().map(|r| &**r),
-        reply.authorities.iter().copied(),
-        std::iter::empty(),
-        reply.additionals.iter().copied(),
-    );
+    let response = MessageResponseBuilder::new(reply.questions(&req.queries), reply.edns.as_ref())
+        .build(
+            reply.metadata,
+            reply.answers[..n_answers].iter().map(|r| &**r),
+            reply.authorities.iter().copied(),
+            std::iter::empty(),
+            reply.additionals.iter().copied(),
+        );
     response.destructive_emit(&mut encoder)?;
     Ok(buf)
 }
@@ -406,6 +460,11 @@ pub(crate) fn fit(
         }
     }
     reply.answers.truncate(lo);
+    if best.len() > limit {
+        // The question section alone does not fit (a request may carry many questions):
+        // the header, truncated, tells the client to ask over TCP.
+        return Ok(header_bytes(reply.metadata));
+    }
     Ok(best)
 }
 
@@ -417,6 +476,11 @@ fn servfail_bytes(request: &Metadata) -> Vec<u8> {
 fn header_only(request: &Metadata, rcode: ResponseCode) -> Vec<u8> {
     let mut metadata = Metadata::response_from_request(request);
     metadata.response_code = rcode;
+    header_bytes(metadata)
+}
+
+/// A message of `metadata` and no records.
+fn header_bytes(metadata: Metadata) -> Vec<u8> {
     let header = Header {
         metadata,
         counts: HeaderCounts::default(),

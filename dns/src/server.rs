@@ -404,7 +404,8 @@ impl RequestHandler for DnsHandler {
             reply.metadata.truncation,
         );
         self.metrics.record_enum(reply.enum_result);
-        let response = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref()).build(
+        let queries = reply.questions(&request.queries);
+        let response = MessageResponseBuilder::new(queries, reply.edns.as_ref()).build(
             reply.metadata,
             reply.answers.iter().map(|r| &**r),
             reply.authorities.iter().copied(),

@@ -420,6 +420,66 @@ fn opcodes_and_edns_versions() {
     assert_eq!(m.edns.unwrap().max_payload(), 1232);
 }
 
+/// A question name that ends in a compression pointer (into the header: nothing else comes
+/// before the first question) gets a FORMERR that decodes, without the question: repeating
+/// the question's bytes would point into the response's own header.
+#[test]
+fn a_compressed_question_gets_a_formerr_without_it() {
+    let z = zone(3);
+    let mut raw = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    raw.extend_from_slice(b"\x04e164\x04arpa\xc0\x02");
+    raw.extend_from_slice(&[0x00, 0x23, 0x00, 0x01]); // NAPTR IN
+    for t in [Transport::Udp, Transport::Tcp] {
+        for zone in [Some(&z), None] {
+            let (out, m) = ask_with(zone, &raw, t);
+            assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+            assert_eq!(out.rcode, ResponseCode::FormErr);
+            assert_eq!(m.metadata.id, 0x1234);
+            assert!(m.queries.is_empty());
+        }
+    }
+    // The same question written out in full is answered.
+    let mut plain = raw[..12].to_vec();
+    plain.extend_from_slice(b"\x04e164\x04arpa\x00");
+    plain.extend_from_slice(&[0x00, 0x23, 0x00, 0x01]);
+    let (_, m) = ask_with(Some(&z), &plain, Transport::Udp);
+    assert_ne!(m.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(m.queries.len(), 1);
+}
+
+/// A request whose question section alone is over 512 bytes (many questions, as an UPDATE may
+/// carry; names without a shared suffix, so none is compressed) gets a header-only answer with
+/// TC over UDP, never a datagram over the client's size.
+#[test]
+fn a_question_section_too_large_for_udp_gets_a_truncated_header() {
+    let z = zone(3);
+    for op in [OpCode::Query, OpCode::Update] {
+        let mut m = Message::new(0x4321, MessageType::Query, op);
+        for i in 0..40 {
+            m.add_query(Query::query(
+                name(&format!(
+                    "host-with-a-long-label-{i:02}-of-no-shared-suffix"
+                )),
+                RecordType::A,
+            ));
+        }
+        let raw = m.to_vec().unwrap();
+        assert!(raw.len() > 512, "{} bytes", raw.len());
+        for zone in [Some(&z), None] {
+            let (out, r) = ask_with(zone, &raw, Transport::Udp);
+            assert!(out.bytes.len() <= 512, "{op:?}: {} bytes", out.bytes.len());
+            assert!(out.truncated && r.metadata.truncation, "{op:?}: TC");
+            assert_eq!(r.metadata.id, 0x4321);
+            assert_eq!(r.metadata.message_type, MessageType::Response);
+            assert!(r.queries.is_empty() && r.answers.is_empty());
+            // Over TCP the same request is answered with its questions.
+            let (out, r) = ask_with(zone, &raw, Transport::Tcp);
+            assert!(!out.truncated, "{op:?}: no TC over TCP");
+            assert_eq!(r.queries.len(), 40);
+        }
+    }
+}
+
 #[test]
 fn truncation_on_small_udp_sizes() {
     let mut c = cfg();
