@@ -39,7 +39,6 @@
 //! - `tests*.rs`: a test per proxy behaviour, with no sockets (harness in `tests.rs`).
 
 mod auth;
-mod completed;
 mod numbers;
 mod requests;
 mod responses;
@@ -69,7 +68,6 @@ use crate::proxy::LocalAddrs;
 use crate::registrar::{Binding, Flow, RegisterError, RegisterInfo, RegistrarPolicy, Transport};
 use crate::transaction::{ClientTransaction, ServerTransaction, TransactionKey};
 use crate::{parse_with, Limits, Message, Method, Request, Response, Uri};
-use completed::CompletedTable;
 
 pub use onehop_overlay::provision::{DialPlan, NumberRoute};
 
@@ -556,8 +554,25 @@ enum TimerRef {
     Server(Key),
     Client(Key),
     TimerC(Key),
+    Completed(Key),
     LingerServer(Key),
     LingerClient(Key),
+}
+
+/// A non-INVITE server transaction over UDP after its final response: only the response is
+/// kept, to answer retransmissions until Timer J (64*T1) ends it. At 10,000 REGISTERs a
+/// second that is 320,000 of them, so they are kept lean.
+struct Completed {
+    bytes: Bytes,
+    hop: Hop,
+}
+
+impl Completed {
+    /// What `key` and this answer count against [`EngineConfig::max_completed_bytes`]: the
+    /// answer, the key's strings and the table's own share of an entry.
+    fn cost(&self, key: &TransactionKey) -> usize {
+        self.bytes.len() + key.branch.len() + key.sent_by.len() + 160
+    }
 }
 
 /// Most completed transactions remembered; beyond, a retransmission is processed again.
@@ -607,9 +622,9 @@ pub struct Engine<E: Env, M: MediaHook = NoMedia> {
     now: Instant,
     servers: Map<TransactionKey, ServerEntry>,
     clients: Map<TransactionKey, ClientEntry>,
-    /// A non-INVITE server transaction over UDP after its final response: only the response
-    /// is kept, to answer retransmissions until Timer J (64*T1) ends it.
-    completed: CompletedTable,
+    completed: Map<TransactionKey, Completed>,
+    /// What `completed` holds, as [`Completed::cost`] counts it.
+    completed_bytes: usize,
     /// INVITE server transactions after a 2xx (RFC 6026 Accepted): where responses go.
     lingering_servers: Map<TransactionKey, Hop>,
     /// Client transactions after their final response (INVITE after a 2xx, non-INVITE in
@@ -635,7 +650,6 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
     /// `now` is the time of creation (the engine's clock only moves with its inputs).
     pub fn new(cfg: EngineConfig, env: E, media: Option<M>, now: Instant) -> Self {
         let local = LocalAddrs::new(&[cfg.listen], &[cfg.domain.as_str()]);
-        let completed = CompletedTable::new(MAX_COMPLETED, cfg.max_completed_bytes);
         let limits = Limits {
             max_message: cfg.max_message,
             ..Limits::default()
@@ -649,7 +663,8 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
             now,
             servers: Map::default(),
             clients: Map::default(),
-            completed,
+            completed: Map::default(),
+            completed_bytes: 0,
             lingering_servers: Map::default(),
             lingering_clients: Map::default(),
             timers: BinaryHeap::new(),
@@ -774,11 +789,7 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
 
     /// When [`Engine::handle_timeout`] should be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        match (timer, self.completed.next_expiry()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
     /// The next thing to do, in order.

@@ -4,7 +4,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
-use super::{Engine, Env, Hop, Key, MediaHook, Output, TimerRef, MAX_LINGERING, TIMER_J, TIMER_K};
+use super::{
+    Completed, Engine, Env, Hop, Key, MediaHook, Output, TimerRef, MAX_COMPLETED, MAX_LINGERING,
+    TIMER_J, TIMER_K,
+};
 use crate::proxy::{forward_response, is_our_via, rank};
 use crate::registrar::Transport;
 use crate::transaction::{Action, Actions, ClientState, ServerState, TransactionKey};
@@ -244,7 +247,18 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                 };
                 self.counts.code(code);
                 self.send_bytes(hop.clone(), bytes.clone(), None);
-                self.completed.insert(key, bytes, hop, self.now + TIMER_J);
+                let done = Completed { bytes, hop };
+                let cost = done.cost(&key);
+                if self.completed.len() < MAX_COMPLETED
+                    && self.completed_bytes + cost <= self.cfg.max_completed_bytes
+                {
+                    self.completed_bytes += cost;
+                    if let Some(old) = self.completed.insert(key.clone(), done) {
+                        self.completed_bytes -= old.cost(&key);
+                    }
+                    let at = self.now + TIMER_J;
+                    self.push_timer(at, TimerRef::Completed(Key(key)));
+                }
                 return;
             }
         }
@@ -370,7 +384,6 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
 
     pub(super) fn fire_timers(&mut self) {
         let now = self.now;
-        self.completed.expire(now);
         while let Some(std::cmp::Reverse((at, _, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -407,6 +420,11 @@ impl<E: Env, M: MediaHook> Engine<E, M> {
                             .map(|c| c.txn.on_timer(now))
                             .unwrap_or_default();
                         self.client_actions(&k, actions);
+                    }
+                }
+                TimerRef::Completed(Key(k)) => {
+                    if let Some(old) = self.completed.remove(&k) {
+                        self.completed_bytes -= old.cost(&k);
                     }
                 }
                 TimerRef::LingerServer(Key(k)) => {

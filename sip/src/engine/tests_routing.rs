@@ -721,7 +721,11 @@ fn completed_answers_are_kept_within_their_byte_bound() {
         .branch("z9hG4bK-002")
         .text();
     let (key, ok) = registered_over_udp(&mut H::new(), &first);
-    let one_answer = super::completed::cost(&key, &ok.bytes);
+    let one_answer = Completed {
+        bytes: ok.bytes,
+        hop: udp(uac()),
+    }
+    .cost(&key);
 
     // Room for one: the first is kept and absorbs its retransmission; the second is not
     // kept, and its retransmission goes to the registrar again.
