@@ -23,12 +23,22 @@ pub(crate) fn rt() -> tokio::runtime::Runtime {
 
 /// One HTTPS request; the status and the JSON body (null when empty).
 pub(crate) fn call(c: &Client, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    try_call(c, method.clone(), path, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}"))
+}
+
+/// One HTTPS request; the status and the JSON body (null when empty), or why no manager
+/// answered (the client has already retried a read on every manager for 15 s).
+pub(crate) fn try_call(
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), onehop_admin::ApiError> {
     let bytes = body
         .map(|b| Bytes::from(serde_json::to_vec(&b).unwrap()))
         .unwrap_or_default();
-    let (status, bytes) = rt()
-        .block_on(c.raw(method, path, "application/json", bytes, false))
-        .expect("an answer");
+    let (status, bytes) = rt().block_on(c.raw(method, path, "application/json", bytes, false))?;
     let v = if bytes.is_empty() {
         Value::Null
     } else {
@@ -39,7 +49,7 @@ pub(crate) fn call(c: &Client, method: Method, path: &str, body: Option<Value>) 
             )
         })
     };
-    (status, v)
+    Ok((status, v))
 }
 
 fn admin(farm: &Farm, args: &[&str]) -> std::process::Output {
@@ -671,10 +681,22 @@ fn the_leader_killed_during_an_import_and_every_manager_restarted_lose_no_accoun
             &farm.file.client_tls(farm.file.admin.as_ref().unwrap()),
         )
         .unwrap();
+        // A manager just started may not listen yet: an error here is a "not yet".
+        let mut last = None;
         let n = wait_for(Duration::from_secs(30), || {
-            count(&one).filter(|n| *n == 10_000)
+            match try_call(&one, Method::GET, "/v1/status", None) {
+                Ok((_, v)) => v["accounts"].as_u64().filter(|n| *n == 10_000),
+                Err(e) => {
+                    last = Some(e.to_string());
+                    None
+                }
+            }
         });
-        assert_eq!(n, Some(10_000), "{m} after the restart");
+        assert_eq!(
+            n,
+            Some(10_000),
+            "{m} after the restart (last error: {last:?})"
+        );
         let (s, v) = call(&one, Method::GET, "/v1/accounts/u09999@example.test", None);
         assert_eq!(
             (s, v["display_name"].as_str()),
