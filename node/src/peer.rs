@@ -46,7 +46,10 @@
 //! - Data received and not yet read: QUIC's stream window per stream (`quic.stream_window_bytes`),
 //!   for at most the endpoint's `max_bidi` streams per connection.
 //! - Outgoing: one cached connection per peer name; concurrent calls to a peer share it and
-//!   wait for each other only while it is being (re)established.
+//!   wait for each other only while it is being (re)established. A handshake runs in a task
+//!   of its own (at most [`PeerConfig::connect_timeout`], 2 s by default: one lost handshake
+//!   packet costs quinn's first probe timeout, 1 s), so a call that gives up does not abandon
+//!   it; at most one handshake per peer is under way.
 //!
 //! # Use
 //!
@@ -66,6 +69,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use onehop_overlay::admission::{Admission, HandshakeGate};
 use onehop_overlay::budget::ByteBudget;
 use onehop_overlay::identity::Identity;
@@ -258,7 +262,7 @@ impl Default for PeerConfig {
             max_connections: 1024,
             max_streams: 1024,
             max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
-            connect_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -298,7 +302,34 @@ impl Drop for Held<'_> {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<(SocketAddr, quinn::Connection)>>>;
+/// A handshake under way, shared by every call that waits for it.
+type Handshake = futures::future::Shared<BoxFuture<'static, Result<quinn::Connection, PeerError>>>;
+
+/// The cached connection to one peer, or the handshake that will give it.
+#[derive(Default)]
+enum SlotState {
+    /// Nothing: the next call connects.
+    #[default]
+    Empty,
+    /// A handshake runs in a task of its own (numbered `id`), so that a call that gives up
+    /// waiting (its own timeout) does not abandon it: the next call waits for the same one.
+    Connecting {
+        addr: SocketAddr,
+        id: u64,
+        done: Handshake,
+    },
+    /// A connection, until it closes or is replaced.
+    Ready {
+        addr: SocketAddr,
+        conn: quinn::Connection,
+    },
+}
+
+type Slot = Arc<Mutex<SlotState>>;
+
+/// Numbers handshakes, so that a finished one fills its slot only if the slot still waits
+/// for it.
+static HANDSHAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The peer transport of a node: one quinn endpoint that calls other nodes (one cached
 /// connection per peer) and serves the registered [`Handlers`].
@@ -419,14 +450,14 @@ impl PeerNet {
     }
 
     /// Forgets the cached connection to `name` (closing it), for example when the member left.
+    /// A handshake under way with it is closed when it finishes.
     pub fn forget(&self, name: &str) {
         let slot = self.conns.lock().expect("peer conns").remove(name);
         if let Some(slot) = slot {
-            if let Ok(mut held) = slot.try_lock() {
-                if let Some((_, conn)) = held.take() {
-                    self.table.remove(&conn);
-                    conn.close(CloseCode::Normal.varint(), b"member gone");
-                }
+            let state = std::mem::take(&mut *slot.lock().expect("peer slot"));
+            if let SlotState::Ready { conn, .. } = state {
+                self.table.remove(&conn);
+                conn.close(CloseCode::Normal.varint(), b"member gone");
             }
         }
     }
@@ -494,18 +525,21 @@ impl PeerNet {
         self.table.remove(conn);
         let slot = self.conns.lock().expect("peer conns").get(name).cloned();
         if let Some(slot) = slot {
-            if let Ok(mut held) = slot.try_lock() {
-                if held
-                    .as_ref()
-                    .is_some_and(|(_, c)| c.stable_id() == conn.stable_id())
-                {
-                    *held = None;
-                }
+            let mut state = slot.lock().expect("peer slot");
+            if matches!(&*state, SlotState::Ready { conn: c, .. } if c.stable_id() == conn.stable_id())
+            {
+                *state = SlotState::Empty;
             }
         }
     }
 
     /// The connection to `peer`, and whether it came from the cache.
+    ///
+    /// A handshake runs in a task of its own and fills the slot when it finishes; every call
+    /// meanwhile waits for that one handshake (each bounded by its own timeout). A call that
+    /// gives up does not abandon it: on a lossy link, where a lost handshake packet is sent
+    /// again only after quinn's probe timeout, the handshake still completes (within
+    /// [`PeerConfig::connect_timeout`]) for the calls that follow.
     async fn connection(&self, peer: &PeerAddr) -> Result<(quinn::Connection, bool), PeerError> {
         let slot = self
             .conns
@@ -514,61 +548,46 @@ impl PeerNet {
             .entry(peer.name.clone())
             .or_default()
             .clone();
-        let mut held = slot.lock().await;
-        if let Some((addr, conn)) = held.as_ref() {
-            if *addr == peer.addr && conn.close_reason().is_none() {
-                return Ok((conn.clone(), true));
-            }
-        }
-        if let Some((_, old)) = held.take() {
-            self.table.remove(&old);
-            old.close(CloseCode::Normal.varint(), b"replaced");
-        }
-        let conn = self.connect(peer).await?;
-        *held = Some((peer.addr, conn.clone()));
-        Ok((conn, false))
-    }
-
-    async fn connect(&self, peer: &PeerAddr) -> Result<quinn::Connection, PeerError> {
-        let connecting = self
-            .endpoint
-            .connect(peer.addr, &peer.addr.ip().to_string())
-            .map_err(|e| PeerError::Unreachable(format!("{peer}: {e}")))?;
-        let conn = match tokio::time::timeout(self.config.connect_timeout, connecting).await {
-            Err(_) => {
-                return Err(PeerError::Unreachable(format!(
-                    "{peer} did not answer within {:?}",
-                    self.config.connect_timeout
-                )))
-            }
-            Ok(Err(e)) => {
-                return Err(match e {
-                    ConnectionError::TimedOut
-                    | ConnectionError::Reset
-                    | ConnectionError::LocallyClosed => {
-                        PeerError::Unreachable(format!("{peer}: {e}"))
+        let done = {
+            let mut state = slot.lock().expect("peer slot");
+            match &*state {
+                SlotState::Ready { addr, conn }
+                    if *addr == peer.addr && conn.close_reason().is_none() =>
+                {
+                    return Ok((conn.clone(), true));
+                }
+                SlotState::Connecting { addr, done, .. } if *addr == peer.addr => done.clone(),
+                _ => {
+                    if let SlotState::Ready { conn: old, .. } = std::mem::take(&mut *state) {
+                        self.table.remove(&old);
+                        old.close(CloseCode::Normal.varint(), b"replaced");
                     }
-                    e => PeerError::Refused(format!("{peer}: {}", describe_handshake_error(&e))),
-                })
+                    let id = HANDSHAKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let task = tokio::spawn(handshake(
+                        self.endpoint.clone(),
+                        self.table.clone(),
+                        self.config.connect_timeout,
+                        peer.clone(),
+                        Arc::downgrade(&slot),
+                        id,
+                    ));
+                    let done: Handshake = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(PeerError::Unreachable(format!("handshake task ended: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    *state = SlotState::Connecting {
+                        addr: peer.addr,
+                        id,
+                        done: done.clone(),
+                    };
+                    done
+                }
             }
-            Ok(Ok(c)) => c,
         };
-        let id = match peer_identity(&conn) {
-            Ok(id) => id,
-            Err(e) => {
-                conn.close(CloseCode::Forbidden.varint(), b"unusable certificate");
-                return Err(PeerError::Refused(format!("{peer}: {e}")));
-            }
-        };
-        if id.kind != Kind::Node || id.name != peer.name {
-            conn.close(CloseCode::Forbidden.varint(), b"not the expected node");
-            return Err(PeerError::Refused(format!(
-                "{} presented the {} certificate of {}, expected the node certificate of {}",
-                peer.addr, id.kind, id.name, peer.name
-            )));
-        }
-        self.table.insert(id, conn.clone());
-        Ok(conn)
+        done.await.map(|c| (c, false))
     }
 
     async fn exchange(
@@ -595,6 +614,91 @@ impl PeerNet {
             .map_err(|e| Attempt::Failed(read_error(e)))?;
         parse_response(answer, self.config.max_frame).map_err(Attempt::Failed)
     }
+}
+
+/// One handshake with `peer` (in a task of its own, see [`PeerNet::connection`]): the
+/// connection, checked to carry `peer`'s node certificate, and recorded in `slot` (number
+/// `id`) if the slot still waits for it. A slot forgotten or moved on meanwhile gets nothing:
+/// the connection is closed.
+async fn handshake(
+    endpoint: quinn::Endpoint,
+    table: ConnTable,
+    connect_timeout: Duration,
+    peer: PeerAddr,
+    slot: std::sync::Weak<Mutex<SlotState>>,
+    id: u64,
+) -> Result<quinn::Connection, PeerError> {
+    let result = connect(&endpoint, &table, connect_timeout, &peer).await;
+    let forgotten = || PeerError::Unreachable(format!("{peer}: forgotten while connecting"));
+    let Some(slot) = slot.upgrade() else {
+        if let Ok(conn) = &result {
+            table.remove(conn);
+            conn.close(CloseCode::Normal.varint(), b"member gone");
+        }
+        return Err(forgotten());
+    };
+    let mut state = slot.lock().expect("peer slot");
+    let waited = matches!(&*state, SlotState::Connecting { id: i, .. } if *i == id);
+    match (&result, waited) {
+        (Ok(conn), true) => {
+            *state = SlotState::Ready {
+                addr: peer.addr,
+                conn: conn.clone(),
+            }
+        }
+        (Err(_), true) => *state = SlotState::Empty,
+        (Ok(conn), false) => {
+            table.remove(conn);
+            conn.close(CloseCode::Normal.varint(), b"member gone");
+            return Err(forgotten());
+        }
+        (Err(_), false) => {}
+    }
+    result
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    table: &ConnTable,
+    connect_timeout: Duration,
+    peer: &PeerAddr,
+) -> Result<quinn::Connection, PeerError> {
+    let connecting = endpoint
+        .connect(peer.addr, &peer.addr.ip().to_string())
+        .map_err(|e| PeerError::Unreachable(format!("{peer}: {e}")))?;
+    let conn = match tokio::time::timeout(connect_timeout, connecting).await {
+        Err(_) => {
+            return Err(PeerError::Unreachable(format!(
+                "{peer} did not answer within {:?}",
+                connect_timeout
+            )))
+        }
+        Ok(Err(e)) => {
+            return Err(match e {
+                ConnectionError::TimedOut
+                | ConnectionError::Reset
+                | ConnectionError::LocallyClosed => PeerError::Unreachable(format!("{peer}: {e}")),
+                e => PeerError::Refused(format!("{peer}: {}", describe_handshake_error(&e))),
+            })
+        }
+        Ok(Ok(c)) => c,
+    };
+    let id = match peer_identity(&conn) {
+        Ok(id) => id,
+        Err(e) => {
+            conn.close(CloseCode::Forbidden.varint(), b"unusable certificate");
+            return Err(PeerError::Refused(format!("{peer}: {e}")));
+        }
+    };
+    if id.kind != Kind::Node || id.name != peer.name {
+        conn.close(CloseCode::Forbidden.varint(), b"not the expected node");
+        return Err(PeerError::Refused(format!(
+            "{} presented the {} certificate of {}, expected the node certificate of {}",
+            peer.addr, id.kind, id.name, peer.name
+        )));
+    }
+    table.insert(id, conn.clone());
+    Ok(conn)
 }
 
 fn connection_error(e: &ConnectionError, unsent: bool) -> PeerError {

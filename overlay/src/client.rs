@@ -439,6 +439,11 @@ impl EventClient {
         }
     }
 
+    /// Whether [`EventClient::leave`] or [`EventClient::stop`] has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
+    }
+
     /// Names of the event servers with an established session.
     pub fn connected(&self) -> Vec<String> {
         let links = self.inner.links.lock().expect("links");
@@ -449,10 +454,16 @@ impl EventClient {
 
     /// Says goodbye to every event server (so the departure is a leave, not a loss), waits up
     /// to `wait` for the sessions to close, then stops reconnecting.
+    ///
+    /// A session that has sent its hello (announcing us) but not yet had the server's welcome
+    /// when this is called says goodbye by itself once welcomed, and is waited for too:
+    /// `stopping` is set under the lock of the links, so each session is either among the
+    /// links taken here or sees it when it adds its link. A session not that far never
+    /// announces us.
     pub async fn leave(&self, wait: Duration) {
-        self.inner.stopping.store(true, Ordering::SeqCst);
         let senders: Vec<_> = {
             let links = self.inner.links.lock().expect("links");
+            self.inner.stopping.store(true, Ordering::SeqCst);
             links.values().map(|l| l.tx.clone()).collect()
         };
         for tx in senders {
@@ -657,6 +668,16 @@ impl EventClient {
             Ok(s) => s,
             Err(e) => return format!("open stream: {e}"),
         };
+        // From the hello on, the server may know us: `leave` waits for this session.
+        {
+            let _links = self.inner.links.lock().expect("links");
+            if self.inner.stopping.load(Ordering::SeqCst) {
+                // Leaving: a session that has not announced us yet never will.
+                return "stopping".into();
+            }
+            self.inner.live_sessions.fetch_add(1, Ordering::SeqCst);
+        }
+        let _guard = SessionGuard(&self.inner);
         let mut hello = Vec::new();
         if let Some(a) = &opts.announce {
             hello.extend_from_slice(&encode_frame(&ClientMsg::Announce(a.clone())));
@@ -688,27 +709,37 @@ impl EventClient {
             Err(_) => return "no welcome in time".into(),
         }
         let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(opts.out_queue.max(16));
-        self.inner.links.lock().expect("links").insert(
-            addr,
-            Link {
-                server: server.to_string(),
-                tx: out_tx,
-                bytes: ByteBudget::new(opts.out_queue_bytes),
-            },
-        );
-        self.inner.live_sessions.fetch_add(1, Ordering::SeqCst);
-        let _guard = SessionGuard(&self.inner);
-        if tx
-            .tx
-            .send((
-                ClientEvent::Up {
+        let leaving = {
+            let mut links = self.inner.links.lock().expect("links");
+            links.insert(
+                addr,
+                Link {
                     server: server.to_string(),
-                    addr,
+                    tx: out_tx.clone(),
+                    bytes: ByteBudget::new(opts.out_queue_bytes),
                 },
-                None,
-            ))
-            .await
-            .is_err()
+            );
+            self.inner.stopping.load(Ordering::SeqCst)
+        };
+        if leaving {
+            // `leave` ran while this session was coming up and did not see it: the server has
+            // our announcement, so it gets our goodbye too (and `leave` waits for it).
+            let _ = out_tx.try_send(Outgoing::Leave);
+        }
+        drop(out_tx);
+        // A session welcomed after `leave` is not news to the member: it is going.
+        if !leaving
+            && tx
+                .tx
+                .send((
+                    ClientEvent::Up {
+                        server: server.to_string(),
+                        addr,
+                    },
+                    None,
+                ))
+                .await
+                .is_err()
         {
             return "client dropped".into();
         }
