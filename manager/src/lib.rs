@@ -218,7 +218,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 let l = *leadership.borrow_and_update();
                 if publisher.leadership(l.is_me, l.term) {
                     info!(term = l.term, "this manager is now the active manager");
-                    publisher.publish(&client, true);
+                    publisher.activate(&client);
                     due = None;
                 }
             }

@@ -37,6 +37,9 @@ pub struct Publisher {
     last_digest: u64,
     /// The greatest `(term, version)` of any status seen on `network`, ours included.
     seen: Option<(u64, u64)>,
+    /// Event servers whose session came up while this manager was not active (at most one
+    /// entry per server): each gets the whole status in force when it is active again.
+    missed_up: Vec<SocketAddr>,
     m_active: Metric,
     m_term: Metric,
     m_version: Metric,
@@ -56,6 +59,7 @@ impl Publisher {
             view: MemberView::default(),
             active: false,
             term: 0,
+            missed_up: Vec::new(),
             version: 0,
             last: None,
             last_digest: 0,
@@ -105,6 +109,33 @@ impl Publisher {
         self.active = is_me;
         self.m_active.set(is_me as i64);
         became
+    }
+
+    /// Publishes on becoming active ([`Publisher::leadership`] returned true): the whole
+    /// status in a new term. Active again in the term it already published in (a leader that
+    /// lost its quorum's answers for a while and has them again), no other manager can have
+    /// published in between, so the receivers hold its last status: a new version goes out
+    /// only if the members changed meanwhile, else a heartbeat naming the status in force
+    /// (a receiver that missed it asks for it).
+    pub fn activate(&mut self, client: &EventClient) {
+        if !self.active {
+            return;
+        }
+        let missed = std::mem::take(&mut self.missed_up);
+        if self.last.as_ref().is_some_and(|l| l.term == self.term) {
+            // An event server that came up meanwhile was sent nothing: it gets the status in
+            // force whole first, as `server_up` gives it to an active manager's new session.
+            for addr in missed {
+                self.server_up(client, addr);
+            }
+            let before = self.version;
+            self.publish(client, false);
+            if self.version == before {
+                self.republish(client);
+            }
+        } else {
+            self.publish(client, true);
+        }
     }
 
     /// Takes an event from the event servers; returns whether the member picture changed.
@@ -159,6 +190,9 @@ impl Publisher {
     /// subscribers get it only if it is news there).
     pub fn server_up(&mut self, client: &EventClient, addr: SocketAddr) {
         if !self.active {
+            if !self.missed_up.contains(&addr) {
+                self.missed_up.push(addr);
+            }
             return;
         }
         if let Some(s) = self.last.as_ref().filter(|s| s.term == self.term) {
@@ -333,6 +367,81 @@ mod tests {
         assert_eq!(p.version, 5, "a term's versions keep growing");
         assert!(p.leadership(true, 4));
         assert_eq!(p.version, 0);
+    }
+
+    /// A leader that drops out of being active and back in its own term (its quorum's
+    /// answers late for a while, as on lossy links) publishes no new version unless the
+    /// members changed meanwhile: a heartbeat says the status in force is still it.
+    #[tokio::test]
+    async fn active_again_in_the_same_term_publishes_only_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pki = onehop_certs::testing::TestPki::new(dir.path(), "example.test").unwrap();
+        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+        let creds = pki
+            .issue("manager1", onehop_overlay::status::Kind::Manager, ip, &[])
+            .unwrap();
+        let endpoint = onehop_overlay::net::endpoint(
+            SocketAddr::new(ip, 0),
+            &creds,
+            &onehop_overlay::crl::CrlState::default(),
+            onehop_overlay::net::Timing::default(),
+            None,
+        )
+        .unwrap();
+        let (client, _events) = EventClient::start(
+            endpoint,
+            onehop_overlay::client::ClientOptions::default(),
+            onehop_overlay::net::ConnTable::default(),
+            None,
+        );
+        let m = Metrics::default();
+        let mut p = Publisher::new("manager1".into(), &m);
+        p.view.server_up("es1", SocketAddr::new(ip, 8000));
+        let counts = |p: &Publisher| (p.version, p.m_published.get(), p.m_beats.get());
+
+        assert!(p.leadership(true, 3));
+        p.activate(&client);
+        assert_eq!(counts(&p), (1, 1, 0), "a new term: the whole status");
+
+        assert!(!p.leadership(false, 3));
+        // An event server's session comes up meanwhile (no sessions here: bytes counted only).
+        p.server_up(&client, SocketAddr::new(ip, 8001));
+        let bytes = p.m_bytes.get();
+        assert!(p.leadership(true, 3));
+        p.activate(&client);
+        assert_eq!(counts(&p), (1, 1, 1), "nothing changed: a heartbeat only");
+        assert!(
+            p.m_bytes.get() > bytes,
+            "the server that came up meanwhile was sent the status in force"
+        );
+
+        assert!(!p.leadership(false, 3));
+        p.view.apply(
+            "es1",
+            &onehop_overlay::wire::MemberEvent::Joined(onehop_overlay::wire::SessionMember {
+                name: "node1".into(),
+                kind: onehop_overlay::status::Kind::Node,
+                roles: Vec::new(),
+                endpoints: Vec::new(),
+                ip,
+            }),
+        );
+        assert!(p.leadership(true, 3));
+        p.activate(&client);
+        assert_eq!(
+            counts(&p),
+            (2, 2, 1),
+            "a member joined meanwhile: the next version"
+        );
+        assert!(p
+            .last
+            .as_ref()
+            .is_some_and(|s| s.members.iter().any(|m| m.name == "node1")));
+
+        assert!(p.leadership(true, 4));
+        p.activate(&client);
+        assert_eq!(counts(&p), (1, 3, 1), "a new term: the whole status again");
+        client.stop();
     }
 
     fn status_event(manager: &str, term: u64, version: u64) -> Event {
