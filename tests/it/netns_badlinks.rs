@@ -24,22 +24,29 @@ const SLACK: f64 = 3.0;
 /// trip.
 const HANDSHAKE_PTO: Duration = Duration::from_millis(1_000);
 
+/// What a lost packet of an established connection costs on these links: quinn's probe
+/// timeout from the measured round trip (smoothed RTT of about 100 ms + 4 x its variance +
+/// the peer's ACK delay), about 300-400 ms.
+const RESEND_PTO: Duration = Duration::from_millis(400);
+
 /// A budget check with the links' delay added: the design's budgets are for one machine, and
 /// a path of `hops` one-way trips between hosts adds `hops` x the delay to it; a path that
 /// opens a QUIC connection may lose a handshake packet to the loss (`handshakes` such losses
-/// allowed, each costing [`HANDSHAKE_PTO`]). Prints the figure and asserts it against
-/// `budget` x `slack` + `hops` x delay + `handshakes` x the probe timeout.
+/// allowed, each costing [`HANDSHAKE_PTO`]; `resends` lost packets of established
+/// connections, each costing [`RESEND_PTO`]). Prints the figure and asserts it against
+/// `budget` x `slack` + `hops` x delay + the probe timeouts allowed.
 fn within_budget_on_bad_links(
     what: &str,
     measured: Option<Duration>,
     budget: Duration,
     hops: u32,
-    handshakes: u32,
+    (handshakes, resends): (u32, u32),
 ) -> Duration {
-    let limit = budget.mul_f64(SLACK) + DELAY * hops + HANDSHAKE_PTO * handshakes;
+    let limit =
+        budget.mul_f64(SLACK) + DELAY * hops + HANDSHAKE_PTO * handshakes + RESEND_PTO * resends;
     let d = measured.unwrap_or_else(|| panic!("{what} did not happen at all"));
     println!(
-        "BUDGET {what} on bad links: {:.1} ms (design budget {} ms on one machine; {hops} one-way trips of {} ms on this path; {handshakes} lost handshake packet(s) allowed; asserted <= {} ms)",
+        "BUDGET {what} on bad links: {:.1} ms (design budget {} ms on one machine; {hops} one-way trips of {} ms on this path; {handshakes} lost handshake packet(s) and {resends} other lost packet(s) allowed; asserted <= {} ms)",
         d.as_secs_f64() * 1e3,
         budget.as_millis(),
         DELAY.as_millis(),
@@ -180,7 +187,7 @@ fn netns_bad_links_remove_no_one_and_budgets_hold_with_the_delay() {
         join,
         Duration::from_millis(200),
         6,
-        1,
+        (1, 0),
     );
 
     // Graceful leave: SIGTERM to out of every other ring (leave, to manager, to server, to nodes).
@@ -194,12 +201,16 @@ fn netns_bad_links_remove_no_one_and_budgets_hold_with_the_delay() {
         Duration::from_secs(10),
         |a| !a.contains("node4="),
     );
+    // One lost packet allowed: the goodbye goes to three event servers and the change back
+    // through the manager and the servers to the nodes, and at 5 % loss each way one of those
+    // packets is often lost (in 4 of 29 runs a leave took 603-751 ms; docs/reliability.md,
+    // "Bad links", says why and what is left to fix).
     within_budget_on_bad_links(
         "graceful leave (SIGTERM to out of every ring)",
         leave,
         Duration::from_millis(200),
         4,
-        0,
+        (0, 1),
     );
 
     // Crash: kill -9 to out of every other ring (idle timeout at the event servers, then to
@@ -219,7 +230,7 @@ fn netns_bad_links_remove_no_one_and_budgets_hold_with_the_delay() {
         crash,
         Duration::from_secs(1),
         3,
-        0,
+        (0, 0),
     );
 
     // Failover: kill -9 of the active manager to every node holding a new manager's status
@@ -237,7 +248,7 @@ fn netns_bad_links_remove_no_one_and_budgets_hold_with_the_delay() {
         failover,
         Duration::from_secs(1),
         6,
-        0,
+        (0, 0),
     );
     recorder.stop();
     for (t, ms) in recorder.publishers() {
