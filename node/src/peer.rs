@@ -541,13 +541,14 @@ impl PeerNet {
     /// again only after quinn's probe timeout, the handshake still completes (within
     /// [`PeerConfig::connect_timeout`]) for the calls that follow.
     async fn connection(&self, peer: &PeerAddr) -> Result<(quinn::Connection, bool), PeerError> {
-        let slot = self
-            .conns
-            .lock()
-            .expect("peer conns")
-            .entry(peer.name.clone())
-            .or_default()
-            .clone();
+        let slot = {
+            let mut conns = self.conns.lock().expect("peer conns");
+            // The name is copied only for a peer not seen before, not on every call.
+            match conns.get(&peer.name) {
+                Some(slot) => slot.clone(),
+                None => conns.entry(peer.name.clone()).or_default().clone(),
+            }
+        };
         let done = {
             let mut state = slot.lock().expect("peer slot");
             match &*state {

@@ -711,22 +711,22 @@ impl EventClient {
         let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(opts.out_queue.max(16));
         let leaving = {
             let mut links = self.inner.links.lock().expect("links");
+            let leaving = self.inner.stopping.load(Ordering::SeqCst);
+            if leaving {
+                // `leave` ran while this session was coming up and did not see it: the server
+                // has our announcement, so it gets our goodbye too (and `leave` waits for it).
+                let _ = out_tx.try_send(Outgoing::Leave);
+            }
             links.insert(
                 addr,
                 Link {
                     server: server.to_string(),
-                    tx: out_tx.clone(),
+                    tx: out_tx,
                     bytes: ByteBudget::new(opts.out_queue_bytes),
                 },
             );
-            self.inner.stopping.load(Ordering::SeqCst)
+            leaving
         };
-        if leaving {
-            // `leave` ran while this session was coming up and did not see it: the server has
-            // our announcement, so it gets our goodbye too (and `leave` waits for it).
-            let _ = out_tx.try_send(Outgoing::Leave);
-        }
-        drop(out_tx);
         // A session welcomed after `leave` is not news to the member: it is going.
         if !leaving
             && tx
