@@ -727,13 +727,20 @@ pub fn scrape(addr: SocketAddr) -> Option<BTreeMap<String, i64>> {
     )
 }
 
-/// Whether a process is alive (not gone, not a zombie).
+/// Whether a process is alive: some thread of it not gone and not a zombie.
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    // Every thread, not the main one alone: after a SIGKILL the main thread can be a zombie
+    // while another thread is still exiting and holds the process's sockets (a node
+    // restarted then could not bind its lookup port: "Address already in use").
+    let running = |stat: &str| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    };
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
         Err(_) => false,
-        Ok(s) => s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(tasks) => tasks
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| running(&s))),
     }
 }
 
