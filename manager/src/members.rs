@@ -6,6 +6,15 @@
 //! event server ends, what it said is forgotten (the other event servers still vouch for the
 //! members that are really there). The event servers the manager reaches are members too.
 //!
+//! A member that leaves says goodbye to every event server, and their `Left` events reach the
+//! manager one by one, over links that may lose and resend them. The first `Left` is taken as
+//! the member's departure: its sessions at the other event servers are marked as leaving and
+//! no longer count, so a late goodbye does not make it look present in between (a departure
+//! and a return, which would move its keys twice). A mark ends with what that event server
+//! says next of the member: a `Joined` (a new session: the member is back), or the session's
+//! end. An event server replaces a member's old session by a newer one without reporting the
+//! old one's end, so a `Left` always concerns the session that server holds.
+//!
 //! This is a plain state machine: feed it events, read [`MemberView::members`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -22,6 +31,10 @@ pub struct MemberView {
     since: HashMap<String, u64>,
     /// Members that said goodbye (`Left`) since the last [`MemberView::take_departed`].
     departed: BTreeSet<String>,
+    /// (event server, member): sessions of members that said goodbye at another event server.
+    /// Kept across the manager's sessions with that event server (its next snapshot may still
+    /// hold the session); at most one per member and event server.
+    leaving: BTreeSet<(String, String)>,
 }
 
 impl MemberView {
@@ -50,16 +63,30 @@ impl MemberView {
                 for m in all {
                     sessions.insert(m.name.clone(), m.clone());
                 }
+                // A mark on a session this event server no longer holds is over.
+                self.leaving
+                    .retain(|(server, name)| server != origin || sessions.contains_key(name));
             }
             MemberEvent::Joined(m) => {
                 sessions.insert(m.name.clone(), m.clone());
+                self.leaving.remove(&(origin.to_string(), m.name.clone()));
             }
             MemberEvent::Left { name } => {
                 sessions.remove(name);
+                if self.leaving.remove(&(origin.to_string(), name.clone())) {
+                    // Its departure was taken from another event server's goodbye already.
+                    return;
+                }
                 self.departed.insert(name.clone());
+                for (server, sessions) in &self.per_server {
+                    if server != origin && sessions.contains_key(name) {
+                        self.leaving.insert((server.clone(), name.clone()));
+                    }
+                }
             }
             MemberEvent::Lost { name, .. } => {
                 sessions.remove(name);
+                self.leaving.remove(&(origin.to_string(), name.clone()));
             }
         }
     }
@@ -89,8 +116,13 @@ impl MemberView {
     /// Every live member, sorted by name. `now_ms` stamps members seen for the first time.
     pub fn members(&mut self, now_ms: u64) -> Vec<Member> {
         let mut out: BTreeMap<String, Member> = BTreeMap::new();
-        for sessions in self.per_server.values() {
+        for (server, sessions) in &self.per_server {
             for m in sessions.values() {
+                if !self.leaving.is_empty()
+                    && self.leaving.contains(&(server.clone(), m.name.clone()))
+                {
+                    continue;
+                }
                 out.entry(m.name.clone()).or_insert_with(|| Member {
                     name: m.name.clone(),
                     kind: m.kind,
@@ -268,5 +300,99 @@ mod tests {
             ["node1 (node: registrar) joined from 127.0.1.7"]
         );
         assert_eq!(describe_changes(&after, &before), ["node1 is gone"]);
+    }
+
+    fn left(name: &str) -> MemberEvent {
+        MemberEvent::Left { name: name.into() }
+    }
+
+    fn two_servers_holding(name: &str) -> MemberView {
+        let mut v = MemberView::default();
+        v.server_up("es1", "127.0.1.1:8000".parse().unwrap());
+        v.server_up("es2", "127.0.1.2:8000".parse().unwrap());
+        v.apply("es1", &MemberEvent::Joined(sm(name, "127.0.1.7")));
+        v.apply("es2", &MemberEvent::Joined(sm(name, "127.0.1.7")));
+        v
+    }
+
+    #[test]
+    fn the_first_goodbye_is_the_departure_and_a_late_one_changes_nothing() {
+        let mut v = two_servers_holding("node1");
+        v.apply("es1", &left("node1"));
+        assert_eq!(
+            names(&mut v),
+            ["es1", "es2"],
+            "es2's session is leaving too"
+        );
+        assert_eq!(v.take_departed().len(), 1);
+        v.apply("es2", &left("node1"));
+        assert_eq!(names(&mut v), ["es1", "es2"]);
+        assert!(v.take_departed().is_empty(), "one departure, not two");
+        assert!(v.leaving.is_empty(), "no mark outlives its session");
+    }
+
+    #[test]
+    fn a_member_back_before_the_late_goodbye_stays() {
+        // The member restarts in place: back at es1 while es2 still holds its old session.
+        let mut v = two_servers_holding("node1");
+        v.apply("es1", &left("node1"));
+        v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
+        assert_eq!(names(&mut v), ["es1", "es2", "node1"]);
+        // es2 then reports the old session's goodbye: the new one at es1 still counts.
+        v.apply("es2", &left("node1"));
+        assert_eq!(names(&mut v), ["es1", "es2", "node1"]);
+        assert_eq!(v.take_departed().len(), 1, "the one departure");
+        // Or es2 is given the new session, which replaces the old one there.
+        let mut v = two_servers_holding("node1");
+        v.apply("es1", &left("node1"));
+        v.apply("es2", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
+        assert_eq!(names(&mut v), ["es1", "es2", "node1"]);
+        v.apply("es1", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
+        v.apply(
+            "es1",
+            &MemberEvent::Lost {
+                name: "node1".into(),
+                reason: "idle".into(),
+            },
+        );
+        assert_eq!(
+            names(&mut v),
+            ["es1", "es2", "node1"],
+            "es2 holds the new one"
+        );
+    }
+
+    #[test]
+    fn a_leaving_mark_survives_a_resubscription_until_the_session_ends() {
+        let mut v = two_servers_holding("node1");
+        v.apply("es1", &left("node1"));
+        v.server_down("es2");
+        v.server_up("es2", "127.0.1.2:8000".parse().unwrap());
+        v.apply(
+            "es2",
+            &MemberEvent::Snapshot(vec![sm("node1", "127.0.1.7"), sm("node2", "127.0.1.8")]),
+        );
+        assert_eq!(names(&mut v), ["es1", "es2", "node2"]);
+        v.apply(
+            "es2",
+            &MemberEvent::Snapshot(vec![sm("node2", "127.0.1.8")]),
+        );
+        assert!(v.leaving.is_empty(), "the snapshot no longer holds it");
+        v.apply("es2", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
+        assert_eq!(names(&mut v), ["es1", "es2", "node1", "node2"]);
+    }
+
+    #[test]
+    fn a_loss_marks_nothing() {
+        let mut v = two_servers_holding("node1");
+        v.apply(
+            "es1",
+            &MemberEvent::Lost {
+                name: "node1".into(),
+                reason: "idle".into(),
+            },
+        );
+        assert_eq!(names(&mut v), ["es1", "es2", "node1"]);
+        assert!(v.take_departed().is_empty());
     }
 }
