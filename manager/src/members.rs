@@ -12,7 +12,7 @@
 //! no longer count, so a late goodbye does not make it look present in between (a departure
 //! and a return, which would move its keys twice). A mark ends with what that event server
 //! says next of the member: a `Joined` (a new session: the member is back), or the session's
-//! end. An event server replaces a member's old session by a newer one without reporting the
+//! end, or with the manager's session with that event server. An event server replaces a member's old session by a newer one without reporting the
 //! old one's end, so a `Left` always concerns the session that server holds.
 //!
 //! This is a plain state machine: feed it events, read [`MemberView::members`].
@@ -31,9 +31,8 @@ pub struct MemberView {
     since: HashMap<String, u64>,
     /// Members that said goodbye (`Left`) since the last [`MemberView::take_departed`].
     departed: BTreeSet<String>,
-    /// (event server, member): sessions of members that said goodbye at another event server.
-    /// Kept across the manager's sessions with that event server (its next snapshot may still
-    /// hold the session); at most one per member and event server.
+    /// (event server, member): sessions of members that said goodbye at another event server;
+    /// at most one per member and event server, and none for an event server not reached.
     leaving: BTreeSet<(String, String)>,
 }
 
@@ -48,6 +47,9 @@ impl MemberView {
     pub fn server_down(&mut self, server: &str) {
         self.reached.remove(server);
         self.per_server.remove(server);
+        // The event server may come back as a new process, whose sessions are all new: a
+        // mark kept for it could hide a member that is really there.
+        self.leaving.retain(|(s, _)| s != server);
     }
 
     /// A `members` event published by event server `origin`.
@@ -363,11 +365,10 @@ mod tests {
     }
 
     #[test]
-    fn a_leaving_mark_survives_a_resubscription_until_the_session_ends() {
+    fn a_snapshot_keeps_a_mark_and_a_lost_server_ends_it() {
         let mut v = two_servers_holding("node1");
         v.apply("es1", &left("node1"));
-        v.server_down("es2");
-        v.server_up("es2", "127.0.1.2:8000".parse().unwrap());
+        // es2's snapshot may still hold the old session: it stays leaving.
         v.apply(
             "es2",
             &MemberEvent::Snapshot(vec![sm("node1", "127.0.1.7"), sm("node2", "127.0.1.8")]),
@@ -378,8 +379,18 @@ mod tests {
             &MemberEvent::Snapshot(vec![sm("node2", "127.0.1.8")]),
         );
         assert!(v.leaving.is_empty(), "the snapshot no longer holds it");
-        v.apply("es2", &MemberEvent::Joined(sm("node1", "127.0.1.7")));
-        assert_eq!(names(&mut v), ["es1", "es2", "node1", "node2"]);
+        // The manager's session with es2 ends: es2 may come back as a new process, whose
+        // snapshot holds only new sessions.
+        let mut v = two_servers_holding("node1");
+        v.apply("es1", &left("node1"));
+        v.server_down("es2");
+        assert!(v.leaving.is_empty());
+        v.server_up("es2", "127.0.1.2:8000".parse().unwrap());
+        v.apply(
+            "es2",
+            &MemberEvent::Snapshot(vec![sm("node1", "127.0.1.7")]),
+        );
+        assert_eq!(names(&mut v), ["es1", "es2", "node1"]);
     }
 
     #[test]
