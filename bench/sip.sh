@@ -627,11 +627,14 @@ for r in rows:
         okps=f(r[4]), ok=int(r[5]), failed=int(r[6]), created=int(r[7]), retrans=int(r[8]),
         p50=f(r[9]), p95=f(r[10]), p99=f(r[11]), b50=f(r[12]), b95=f(r[13]), b99=f(r[14]),
         lb=r[15], la=r[16], rcv=int(r[17] or 0), cpu=f(r[18]) if len(r) > 18 else float("nan")))
+# The number of copies: 2 unless NODE_SET says otherwise (replicas=K).
+reps = next((kv.split("=", 1)[1] for kv in os.environ.get("NODE_SET", "").split()
+             if kv.startswith("replicas=")), "2")
 def sname(s):
     if s == "onehop":
-        return "onehop, 3 nodes, R=2, via node1"
+        return f"onehop, 3 nodes, R={reps}, via node1"
     if s.startswith("onehop-w"):
-        return f"onehop, 3 nodes, R=2, {wkey}={s[8:]}"
+        return f"onehop, 3 nodes, R={reps}, {wkey}={s[8:]}"
     if s == "kamailio":
         return f"Kamailio, 1 instance, {kch} workers"
     if s == "kamailio-dmq":
@@ -710,7 +713,7 @@ for mode in ("unpinned", "pinned"):
 ws = [s for s in order if s.startswith("onehop-w")]
 if ws:
     print()
-    print(f"Scaling by SIP worker shards (onehop, 3 nodes, R=2, every node with {wkey}=W; median of the runs):")
+    print(f"Scaling by SIP worker shards (onehop, 3 nodes, R={reps}, every node with {wkey}=W; median of the runs):")
     print()
     print(f"| mode | {wkey} | REGISTER/s | calls/s, one proxy | calls/s, node2 / node1 | CPU µs/REGISTER | CPU µs/call, one proxy | CPU µs/call, two nodes | failures (reg, calls, calls2) |")
     print("|---|---|---|---|---|---|---|---|---|")
