@@ -12,8 +12,9 @@
 //! no longer count, so a late goodbye does not make it look present in between (a departure
 //! and a return, which would move its keys twice). A mark ends with what that event server
 //! says next of the member: a `Joined` (a new session: the member is back), or the session's
-//! end, or with the manager's session with that event server. An event server replaces a member's old session by a newer one without reporting the
-//! old one's end, so a `Left` always concerns the session that server holds.
+//! end; or with the manager's session with that event server. An event server replaces a
+//! member's old session by a newer one without reporting the old one's end, so a `Left`
+//! always concerns the session that server holds.
 //!
 //! This is a plain state machine: feed it events, read [`MemberView::members`].
 
@@ -118,11 +119,14 @@ impl MemberView {
     /// Every live member, sorted by name. `now_ms` stamps members seen for the first time.
     pub fn members(&mut self, now_ms: u64) -> Vec<Member> {
         let mut out: BTreeMap<String, Member> = BTreeMap::new();
+        let leaving: BTreeSet<(&str, &str)> = self
+            .leaving
+            .iter()
+            .map(|(s, n)| (s.as_str(), n.as_str()))
+            .collect();
         for (server, sessions) in &self.per_server {
             for m in sessions.values() {
-                if !self.leaving.is_empty()
-                    && self.leaving.contains(&(server.clone(), m.name.clone()))
-                {
+                if leaving.contains(&(server.as_str(), m.name.as_str())) {
                     continue;
                 }
                 out.entry(m.name.clone()).or_insert_with(|| Member {
