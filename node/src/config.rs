@@ -103,6 +103,14 @@ pub struct Config {
     /// Each open connection also takes a file descriptor: keep RLIMIT_NOFILE above this.
     #[serde(default = "default_sip_max_connections")]
     pub sip_max_connections: usize,
+    /// Most inbound SIP TCP and TLS connections at once from one IP address (an IPv6
+    /// address counts by its /64 prefix); more are refused. 0: no limit per address.
+    #[serde(default = "default_sip_max_connections_per_ip")]
+    pub sip_max_connections_per_ip: usize,
+    /// An inbound SIP TCP or TLS connection that has delivered no SIP message (CRLF
+    /// keep-alives do not count) this long after it was opened is closed, in seconds.
+    #[serde(default = "default_sip_tcp_first_message_secs")]
+    pub sip_tcp_first_message_secs: u64,
     /// A SIP TCP or TLS connection that receives nothing (not even a CRLF keep-alive) for
     /// this long is closed, in seconds.
     #[serde(default = "default_sip_tcp_idle_secs")]
@@ -282,6 +290,12 @@ fn default_sip_pending() -> usize {
 }
 fn default_sip_max_connections() -> usize {
     transport::DEFAULT_MAX_CONNECTIONS
+}
+fn default_sip_max_connections_per_ip() -> usize {
+    transport::DEFAULT_MAX_PER_IP
+}
+fn default_sip_tcp_first_message_secs() -> u64 {
+    transport::DEFAULT_FIRST_MESSAGE.as_secs()
 }
 fn default_sip_tcp_idle_secs() -> u64 {
     transport::DEFAULT_IDLE.as_secs()
@@ -527,6 +541,10 @@ impl Config {
         for (key, value) in [
             ("sip_max_connections", self.sip_max_connections as u64),
             ("sip_tcp_idle_secs", self.sip_tcp_idle_secs),
+            (
+                "sip_tcp_first_message_secs",
+                self.sip_tcp_first_message_secs,
+            ),
             ("sip_tcp_send_queue", self.sip_tcp_send_queue as u64),
             ("sip_inbound_queue", self.sip_inbound_queue as u64),
         ] {
@@ -640,6 +658,10 @@ mod tests {
             (10_000, 3600, 10_000)
         );
         assert_eq!(
+            (c.sip_max_connections_per_ip, c.sip_tcp_first_message_secs),
+            (256, 30)
+        );
+        assert_eq!(
             (
                 c.sip_tcp_send_queue,
                 c.sip_tcp_send_queue_bytes,
@@ -651,12 +673,17 @@ mod tests {
             "{es}sip_tcp_idle_secs = 1\nsip_tcp_write_timeout_ms = 500\nsip_max_connections = 12000"
         ));
         c.validate(p).unwrap();
+        // 0: no limit per address.
+        let c = parse(&format!("{es}sip_max_connections_per_ip = 0"));
+        c.validate(p).unwrap();
+        assert_eq!(c.sip_max_connections_per_ip, 0);
         for bad in [
             "sip_tcp_idle_secs = 0",
             "sip_tcp_write_timeout_ms = 10",
             "sip_max_message = 10",
             "sip_tcp_send_queue_bytes = 1000",
             "sip_max_connections = 0",
+            "sip_tcp_first_message_secs = 0",
         ] {
             assert_refused(es, bad);
         }

@@ -154,6 +154,8 @@ pub async fn start(
             tls,
             listen,
             max_connections: cfg.sip_max_connections,
+            max_per_ip: cfg.sip_max_connections_per_ip,
+            first_message: Duration::from_secs(cfg.sip_tcp_first_message_secs),
             idle: Duration::from_secs(cfg.sip_tcp_idle_secs),
             max_message: cfg.sip_max_message,
             queue: cfg.sip_inbound_queue,

@@ -1,10 +1,11 @@
 //! SIP over TCP that a hostile client cannot wedge (issue #9): a 64 KiB header section
 //! dripped one byte at a time costs the node linear time; clients that send nothing, or stop
-//! reading, are closed after their timeouts while the node serves others; 10,000 TCP
-//! connections, each answered a keep-alive ping, hold with bounded memory. Figures are printed
-//! (`SIP transport ...` lines).
+//! reading, are closed after their timeouts while the node serves others; one address cannot
+//! take more than its share of the connections, and connections that never send a SIP message
+//! are closed soon; 10,000 TCP connections, each answered a keep-alive ping, hold with bounded
+//! memory. Figures are printed (`SIP transport ...` lines).
 //!
-//! Each test runs a one-node farm on its own /24 (127.0.160.0 to 127.0.163.0); clients bind
+//! Each test runs a one-node farm on its own /24 (127.0.160.0 to 127.0.164.0); clients bind
 //! addresses of that /24 from `.200` up. Waits are on conditions with deadlines.
 
 use std::collections::BTreeMap;
@@ -401,6 +402,115 @@ fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     println!("SIP transport: the non-reading client then read to the end: {end}");
 }
 
+/// One client address holds at most `sip_max_connections_per_ip` connections (3 here): the
+/// next is closed at once and counted, while another address is served. Connections that
+/// only ping are closed at `sip_tcp_first_message_secs` (1 s here); one that sent a SIP
+/// message stays open.
+#[test]
+fn one_address_cannot_take_every_connection_and_silent_ones_are_closed() {
+    let farm = one_node(
+        "127.0.164.1",
+        &[
+            ("sip_max_connections_per_ip", toml::Value::Integer(3)),
+            ("sip_tcp_first_message_secs", toml::Value::Integer(1)),
+        ],
+    );
+    let node = sip_addr(&farm);
+    let (greedy, other) = (client_ip(&farm, 200), client_ip(&farm, 201));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let connect = |ip: IpAddr| async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(SocketAddr::new(ip, 0)).unwrap();
+            s.connect(node).await.unwrap()
+        };
+        let ping = |mut c: tokio::net::TcpStream| async move {
+            c.write_all(b"\r\n\r\n").await.ok()?;
+            let mut pong = [0u8; 2];
+            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut pong))
+                .await
+                .ok()?
+                .ok()?;
+            (&pong == b"\r\n").then_some(c)
+        };
+        // Whether the node closed `c` within `wait` (EOF or reset).
+        let closed = |mut c: tokio::net::TcpStream, wait: Duration| async move {
+            let mut b = [0u8; 1];
+            matches!(
+                tokio::time::timeout(wait, c.read(&mut b)).await,
+                Ok(Ok(0) | Err(_))
+            )
+        };
+        let t0 = Instant::now();
+        let mut held = Vec::new();
+        for i in 0..3 {
+            let c = ping(connect(greedy).await).await;
+            held.push(c.unwrap_or_else(|| panic!("connection {i} from {greedy} not served")));
+        }
+        let refused = closed(connect(greedy).await, Duration::from_secs(5)).await;
+        assert!(refused, "a fourth connection from {greedy} was kept");
+        let mut spoke = ping(connect(other).await)
+            .await
+            .expect("another address not served");
+        let me = spoke.local_addr().unwrap();
+        spoke
+            .write_all(options("TCP", me, "spoke", 0, 0).as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), spoke.read(&mut buf))
+                .await
+                .expect("no answer to OPTIONS")
+                .unwrap();
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"SIP/2.0 200 OK"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+        // The three that only pinged are closed at their first-message time.
+        let mut closed_at = Vec::new();
+        for c in held {
+            assert!(
+                closed(c, Duration::from_secs(5)).await,
+                "a silent connection was kept"
+            );
+            closed_at.push(t0.elapsed());
+        }
+        // The one that spoke is still open: a ping is answered after the others closed.
+        assert!(
+            ping(spoke).await.is_some(),
+            "the connection that sent OPTIONS was closed"
+        );
+        let shown: Vec<String> = closed_at
+            .iter()
+            .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+            .collect();
+        println!(
+            "SIP transport: sip_max_connections_per_ip = 3: a 4th connection from one address \
+             refused; connections that only pinged closed after {shown:?} \
+             (sip_tcp_first_message_secs = 1); the one that sent OPTIONS kept"
+        );
+        assert!(
+            closed_at.iter().all(|d| *d >= Duration::from_millis(900)),
+            "closed before their first-message time: {closed_at:?}"
+        );
+    });
+    assert_eq!(figure(&farm, "sip_tcp_refused_per_ip_total"), Some(1));
+    assert_eq!(
+        figure(&farm, "sip_tcp_closed_total{reason=\"silent\"}"),
+        Some(3)
+    );
+}
+
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit when below `want` (the farm's
 /// daemons, started after, inherit it).
 fn raise_nofile(want: u64) -> u64 {
@@ -425,7 +535,13 @@ fn ten_thousand_tcp_connections_hold_with_bounded_memory() {
     );
     let farm = one_node(
         "127.0.163.1",
-        &[("sip_max_connections", toml::Value::Integer(12_000))],
+        &[
+            ("sip_max_connections", toml::Value::Integer(12_000)),
+            // 2,500 from each of the four client addresses: exactly the limit.
+            ("sip_max_connections_per_ip", toml::Value::Integer(2_500)),
+            // They only ping: kept however long opening them all takes.
+            ("sip_tcp_first_message_secs", toml::Value::Integer(600)),
+        ],
     );
     let node = sip_addr(&farm);
     let pid = farm.pid("node1");

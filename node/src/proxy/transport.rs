@@ -28,13 +28,26 @@
 //!   (a peer that stopped reading) closes the connection, and so does a queue found full for
 //!   longer than that by a sender.
 //!
+//! # Who may hold connections
+//!
+//! Anyone may connect (SIP phones are not known by address), so the bounds are what keep one
+//! client from taking the slots of all others:
+//! - at most [`TransportConfig::max_connections`] at once, inbound and outbound;
+//! - at most [`TransportConfig::max_per_ip`] inbound ones from one IP address (an office
+//!   behind one NAT fits under the default; more are refused at accept and counted in
+//!   `sip_tcp_refused_per_ip_total`);
+//! - an inbound connection that has delivered no SIP message (CRLF keep-alives do not count)
+//!   within [`TransportConfig::first_message`] of being accepted (of its TLS handshake, for
+//!   TLS) is closed (`reason="silent"`): a phone sends its request as soon as it connects,
+//!   and the long idle timeout is kept for connections that have spoken SIP.
+//!
 //! An idle connection holds no read buffer (reads go through a buffer on the stack), so
 //! thousands of connections cost a few KiB each. Why a connection closed is counted in
 //! `sip_tcp_closed_total{reason=...}`; open connections in the gauge `sip_tcp_flows`.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +76,12 @@ const UDP_READS_PER_TURN: u32 = 8;
 
 /// Default [`TransportConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default [`TransportConfig::max_per_ip`]: room for an office of phones behind one NAT,
+/// while one address alone cannot take more than a few percent of the default
+/// [`DEFAULT_MAX_CONNECTIONS`].
+pub const DEFAULT_MAX_PER_IP: usize = 256;
+/// Default [`TransportConfig::first_message`] (as Asterisk's `tcpauthtimeout`).
+pub const DEFAULT_FIRST_MESSAGE: Duration = Duration::from_secs(30);
 /// Default [`TransportConfig::idle`].
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 /// Default [`TransportConfig::write_timeout`].
@@ -141,6 +160,12 @@ pub struct TransportConfig {
     pub listen: SocketAddr,
     /// Most TCP and TLS connections at once (inbound and outbound); more are refused.
     pub max_connections: usize,
+    /// Most inbound TCP and TLS connections at once from one IP address; more are refused.
+    /// 0: no limit per address (only `max_connections`).
+    pub max_per_ip: usize,
+    /// An inbound connection that has delivered no SIP message this long after it was
+    /// accepted (after its TLS handshake) is closed.
+    pub first_message: Duration,
     /// A connection that receives nothing for this long is closed.
     pub idle: Duration,
     /// Largest stream message; a larger one is answered 513, a larger header section closes
@@ -169,6 +194,8 @@ impl TransportConfig {
         TransportConfig {
             listen,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_ip: DEFAULT_MAX_PER_IP,
+            first_message: DEFAULT_FIRST_MESSAGE,
             idle: DEFAULT_IDLE,
             max_message: DEFAULT_MAX_MESSAGE,
             queue: DEFAULT_INBOUND_QUEUE,
@@ -206,10 +233,12 @@ enum Close {
     ConnectFailed,
     /// The node is shutting down.
     Shutdown,
+    /// An inbound connection delivered no SIP message within its first-message time.
+    Silent,
 }
 
 impl Close {
-    const ALL: [Close; 10] = [
+    const ALL: [Close; 11] = [
         Close::Eof,
         Close::Idle,
         Close::WriteTimeout,
@@ -220,6 +249,7 @@ impl Close {
         Close::TooLarge,
         Close::ConnectFailed,
         Close::Shutdown,
+        Close::Silent,
     ];
 
     fn label(self) -> &'static str {
@@ -234,6 +264,7 @@ impl Close {
             Close::TooLarge => "too_large",
             Close::ConnectFailed => "connect_failed",
             Close::Shutdown => "shutdown",
+            Close::Silent => "silent",
         }
     }
 
@@ -310,6 +341,7 @@ struct Counters {
     malformed: Metric,
     flows: Metric,
     refused: Metric,
+    refused_per_ip: Metric,
     pings: Metric,
     closed: Vec<Metric>,
     send_failed: Vec<Metric>,
@@ -323,6 +355,10 @@ impl Counters {
             refused: metrics.counter(
                 "sip_tcp_refused_total",
                 "SIP TCP and TLS connections refused at the connection limit.",
+            ),
+            refused_per_ip: metrics.counter(
+                "sip_tcp_refused_per_ip_total",
+                "SIP TCP and TLS connections refused because their IP address held sip_max_connections_per_ip already.",
             ),
             pings: metrics.counter(
                 "sip_tcp_pings_total",
@@ -368,6 +404,68 @@ pub struct Transports {
     cancel: CancellationToken,
     epoch: Instant,
     counters: Counters,
+    per_ip: Arc<PerIp>,
+}
+
+/// Inbound connections held per client address ([`TransportConfig::max_per_ip`]): an IPv4
+/// address, or the /64 prefix of an IPv6 one (what one subscriber line is given).
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One inbound connection's place in its address's count, given back when dropped.
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl PerIp {
+    /// The address `ip` counts under.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(std::net::Ipv6Addr::from(
+                    u128::from(v6) & !((1u128 << 64) - 1),
+                )),
+            },
+        }
+    }
+
+    /// A place for one more connection from `ip`, unless it holds `max` already (0: no
+    /// limit).
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let key = PerIp::key(ip);
+        let mut held = self.0.lock().expect("per-address counts");
+        let n = held.entry(key).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections held from `ip` (its address or prefix).
+    #[cfg(test)]
+    fn held(&self, ip: IpAddr) -> usize {
+        let held = self.0.lock().expect("per-address counts");
+        held.get(&PerIp::key(ip)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut held = self.per_ip.0.lock().expect("per-address counts");
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Transports {
@@ -409,6 +507,7 @@ impl Transports {
             cancel,
             epoch: Instant::now(),
             counters: Counters::new(metrics),
+            per_ip: Arc::default(),
         });
         if let Some((addr, config)) = t.cfg.tls.clone() {
             let listener = TcpListener::bind(addr).await?;
@@ -503,7 +602,7 @@ impl Transports {
             let why = match tokio::time::timeout(me.cfg.connect_timeout, connect).await {
                 Ok(Ok(sock)) => {
                     let local = sock.local_addr().unwrap_or(me.local);
-                    me.flow_io(id, sock, local, remote, Proto::Tcp, rx, &shared)
+                    me.flow_io(id, sock, local, remote, Proto::Tcp, rx, &shared, None)
                         .await
                 }
                 Ok(Err(e)) => {
@@ -627,7 +726,16 @@ impl Transports {
             self.register_flow(&mut table, remote)
         };
         let why = self
-            .flow_io(id, stream, local, remote, proto, rx, &shared)
+            .flow_io(
+                id,
+                stream,
+                local,
+                remote,
+                proto,
+                rx,
+                &shared,
+                Some(self.cfg.first_message),
+            )
             .await;
         self.end_flow(id, why);
     }
@@ -677,6 +785,27 @@ impl Transports {
         }
     }
 
+    /// Room for an inbound connection from `remote`: its place under the address's limit
+    /// and under the node's; `None` (counted and logged) when either is full.
+    fn admit(
+        &self,
+        remote: SocketAddr,
+        proto: Proto,
+    ) -> Option<(tokio::sync::OwnedSemaphorePermit, IpSlot)> {
+        let what = if proto == Proto::Tls { "TLS" } else { "TCP" };
+        let Some(slot) = self.per_ip.take(remote.ip(), self.cfg.max_per_ip) else {
+            self.counters.refused_per_ip.inc();
+            debug!(peer = %remote, max = self.cfg.max_per_ip, "SIP {what} connection refused: its address holds sip_max_connections_per_ip connections already");
+            return None;
+        };
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            self.counters.refused.inc();
+            debug!(peer = %remote, "SIP {what} connection refused: connection limit reached");
+            return None;
+        };
+        Some((permit, slot))
+    }
+
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
         loop {
             let r = tokio::select! {
@@ -685,14 +814,12 @@ impl Transports {
             };
             match r {
                 Ok((sock, remote)) => {
-                    let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                        self.counters.refused.inc();
-                        debug!(peer = %remote, "SIP TCP connection refused: connection limit reached");
+                    let Some((permit, slot)) = self.admit(remote, Proto::Tcp) else {
                         continue;
                     };
                     let me = self.clone();
                     tokio::spawn(async move {
-                        let _permit = permit;
+                        let _held = (permit, slot);
                         let _ = sock.set_nodelay(true);
                         let local = sock.local_addr().unwrap_or(me.local);
                         me.serve_accepted(sock, local, remote, Proto::Tcp).await;
@@ -726,15 +853,13 @@ impl Transports {
                     continue;
                 }
             };
-            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                self.counters.refused.inc();
-                debug!(peer = %remote, "SIP TLS connection refused: connection limit reached");
+            let Some((permit, slot)) = self.admit(remote, Proto::Tls) else {
                 continue;
             };
             let me = self.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _held = (permit, slot);
                 let _ = sock.set_nodelay(true);
                 let handshake = acceptor.accept(sock);
                 let tls = match tokio::time::timeout(me.cfg.handshake_timeout, handshake).await {
@@ -765,6 +890,7 @@ impl Transports {
         proto: Proto,
         mut rx: mpsc::Receiver<Bytes>,
         shared: &FlowShared,
+        first_message: Option<Duration>,
     ) -> Close
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -805,9 +931,17 @@ impl Transports {
             };
             let mut framer = StreamFramer::new(&limits).answer_oversized();
             // The idle timer is re-armed only when it fires (from the last read), not on
-            // every read: a peer that drips bytes costs no timer work per byte.
-            let mut last_read = tokio::time::Instant::now();
-            let mut idle = pin!(tokio::time::sleep(self.cfg.idle));
+            // every read: a peer that drips bytes costs no timer work per byte. Until the
+            // first message of an inbound connection, it also fires at its first-message
+            // deadline.
+            let started = tokio::time::Instant::now();
+            let mut last_read = started;
+            let mut silent_until = first_message.map(|d| later(started, d));
+            let first_deadline = match silent_until {
+                Some(t) => t.min(later(started, self.cfg.idle)),
+                None => later(started, self.cfg.idle),
+            };
+            let mut idle = pin!(tokio::time::sleep_until(first_deadline));
             loop {
                 loop {
                     let bytes = match framer.next_frame() {
@@ -838,16 +972,23 @@ impl Transports {
                     if !self.inbound.deliver(Inbound { bytes, source }).await {
                         return Close::Shutdown;
                     }
+                    silent_until = None;
                     // Time spent waiting for the core (backpressure) is not the peer's idling.
                     last_read = tokio::time::Instant::now();
                 }
                 let read = tokio::select! {
                     r = read_into(&mut rd, &mut framer) => r,
                     _ = &mut idle => {
-                        if last_read.elapsed() >= self.cfg.idle {
+                        let now = tokio::time::Instant::now();
+                        if silent_until.is_some_and(|t| now >= t) {
+                            debug!(peer = %remote, "closing SIP connection: no SIP message since it was opened");
+                            return Close::Silent;
+                        }
+                        if now.duration_since(last_read) >= self.cfg.idle {
                             return Close::Idle;
                         }
-                        idle.as_mut().reset(last_read + self.cfg.idle);
+                        let next = later(last_read, self.cfg.idle);
+                        idle.as_mut().reset(silent_until.map_or(next, |t| t.min(next)));
                         continue;
                     }
                 };
@@ -907,6 +1048,13 @@ impl Transports {
             let _ = self.enqueue(flow, Bytes::from_static(b"\r\n"));
         }
     }
+}
+
+/// `t` + `d`, or a century after `t` where that would overflow (a timeout configured
+/// absurdly long).
+fn later(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// Reads once from `rd` into `framer`, through a buffer on the stack: an idle connection
@@ -1071,6 +1219,133 @@ mod tests {
         assert!(metrics.value("sip_send_failed_total{reason=\"queue_full\"}") > Some(0));
         drop(deaf);
     }
+    /// A TCP connection from `from` to `to` that has had its CRLF keep-alive answered.
+    async fn ponged(from: &str, to: SocketAddr) -> TcpStream {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut c = sock.connect(to).await.unwrap();
+        c.write_all(b"\r\n\r\n").await.unwrap();
+        assert_eq!(read_exact(&mut c, 2).await, b"\r\n");
+        c
+    }
+
+    /// Whether the node closed `c` (EOF or reset) within 5 s.
+    async fn closed_by_node(c: &mut TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    /// One address holds at most `max_per_ip` inbound connections: the next is closed at
+    /// once and counted, other addresses are still served, and a closed connection gives
+    /// its place back.
+    #[tokio::test]
+    async fn connections_per_ip_are_bounded() {
+        let (t, _rx, metrics) = start("127.0.97.7", |c| c.max_per_ip = 2).await;
+        let a1 = ponged("127.0.97.8", t.local()).await;
+        let _a2 = ponged("127.0.97.8", t.local()).await;
+        let ip = "127.0.97.8".parse().unwrap();
+        assert_eq!(t.per_ip.held(ip), 2);
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.97.8:0".parse().unwrap()).unwrap();
+        let mut a3 = sock.connect(t.local()).await.unwrap();
+        assert!(closed_by_node(&mut a3).await, "a third connection was kept");
+        assert_eq!(metrics.value("sip_tcp_refused_per_ip_total"), Some(1));
+        assert_eq!(metrics.value("sip_tcp_refused_total"), Some(0));
+        // Another address is served meanwhile.
+        let _b = ponged("127.0.97.9", t.local()).await;
+        assert_eq!(t.flows(), 3);
+        // A closed connection frees its place.
+        drop(a1);
+        let freed = async {
+            while t.per_ip.held(ip) > 1 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), freed)
+            .await
+            .expect("the closed connection's place was not given back");
+        let _a4 = ponged("127.0.97.8", t.local()).await;
+        assert_eq!(t.per_ip.held(ip), 2);
+        assert_eq!(metrics.value("sip_tcp_refused_per_ip_total"), Some(1));
+    }
+
+    /// IPv4 addresses count alone; IPv6 ones by their /64 prefix; an IPv4-mapped IPv6 address
+    /// as its IPv4 address.
+    #[test]
+    fn per_ip_keys() {
+        let key = |s: &str| PerIp::key(s.parse().unwrap());
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        let per_ip = Arc::new(PerIp::default());
+        let a = per_ip.take("2001:db8::1".parse().unwrap(), 1).unwrap();
+        assert!(per_ip.take("2001:db8::2".parse().unwrap(), 1).is_none());
+        assert!(per_ip.take("2001:db8:0:1::2".parse().unwrap(), 1).is_some());
+        drop(a);
+        assert!(per_ip.take("2001:db8::2".parse().unwrap(), 1).is_some());
+        // 0: no limit, still counted.
+        let held: Vec<_> = (0..1000)
+            .map(|_| per_ip.take("192.0.2.7".parse().unwrap(), 0).unwrap())
+            .collect();
+        assert_eq!(per_ip.held("192.0.2.7".parse().unwrap()), 1000);
+        drop(held);
+        assert_eq!(per_ip.held("192.0.2.7".parse().unwrap()), 0);
+        assert!(per_ip.0.lock().unwrap().get(&key("192.0.2.7")).is_none());
+    }
+
+    /// An inbound connection that sends only keep-alives is closed at its first-message
+    /// time; one that has sent a SIP message is kept (its idle timeout is much longer).
+    #[tokio::test]
+    async fn silent_connections_are_closed() {
+        let (t, mut rx, metrics) = start("127.0.97.10", |c| {
+            c.first_message = Duration::from_millis(300);
+            c.idle = Duration::from_secs(60);
+        })
+        .await;
+        let mut spoke = ponged("127.0.97.11", t.local()).await;
+        spoke.write_all(MSG).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let started = Instant::now();
+        let mut silent = ponged("127.0.97.11", t.local()).await;
+        assert!(
+            closed_by_node(&mut silent).await,
+            "the silent connection was kept"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert_eq!(
+            metrics.value("sip_tcp_closed_total{reason=\"silent\"}"),
+            Some(1)
+        );
+        // The one that spoke is still served, well past its first-message time.
+        let mut b = [0u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), spoke.read(&mut b))
+                .await
+                .is_err(),
+            "the connection that sent a message was closed"
+        );
+        assert!(t.has_flow(m.source.conn));
+        t.send_now(
+            Proto::Tcp,
+            m.source.remote,
+            m.source.conn,
+            Bytes::from_static(b"ok\n"),
+        )
+        .unwrap();
+        assert_eq!(read_exact(&mut spoke, 3).await, b"ok\n");
+        assert_eq!(
+            metrics.value("sip_tcp_closed_total{reason=\"idle\"}"),
+            Some(0)
+        );
+    }
+
     /// A message to an address with no connection opens one (from the node's address) and
     /// the next message reuses it.
     #[tokio::test]
