@@ -188,6 +188,16 @@ async fn finished_calls_do_not_fill_the_transaction_table() {
         let ok = recv_sip(&uac, |m| m.starts_with("SIP/2.0 ") && m.contains("BYE")).await;
         assert_eq!(status(&ok), 200, "call {i}: BYE answered {ok}");
     }
+    // The worker adds its counts to the figures after its turn, which may end after the last
+    // 200 has reached the UAC: wait for that turn's figures (at most 5 s).
+    let settled = async {
+        while metrics.value("sip_requests_total") != Some(180)
+            || metrics.value("sip_responses_total{code=\"200\"}") != Some(120)
+        {
+            tokio::task::yield_now().await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
     assert_eq!(
         metrics.value("sip_overload_total"),
         Some(0),
