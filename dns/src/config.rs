@@ -53,6 +53,10 @@ pub struct Config {
     /// Most DNS-over-TCP connections served at once; more are closed at accept.
     #[serde(default = "default_tcp_connections")]
     pub tcp_connections: usize,
+    /// Most DNS-over-TCP connections at once from one client address (an IPv6 address counts
+    /// by its /64); more are closed at accept. 0: no limit per address.
+    #[serde(default = "default_tcp_connections_per_ip")]
+    pub tcp_connections_per_ip: usize,
     /// A DNS-over-TCP connection idle for this long (milliseconds) is closed.
     #[serde(default = "default_tcp_idle_timeout_ms")]
     pub tcp_idle_timeout_ms: u64,
@@ -126,6 +130,9 @@ fn default_max_udp_payload() -> u16 {
 }
 fn default_tcp_connections() -> usize {
     256
+}
+fn default_tcp_connections_per_ip() -> usize {
+    crate::server::DEFAULT_TCP_PER_ADDRESS
 }
 fn default_tcp_idle_timeout_ms() -> u64 {
     5000

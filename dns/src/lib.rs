@@ -63,7 +63,7 @@ pub use config::{Config, Transports};
 pub use enum_data::{enum_name, EnumFollower, EnumLookup, EnumTable};
 pub use fast::FastZone;
 pub use onehop_overlay::bootstrap::resolve_eventservers;
-pub use server::{DnsHandler, DnsMetrics, DnsServer, Limits};
+pub use server::{DnsHandler, DnsMetrics, DnsServer, Limits, DEFAULT_TCP_PER_ADDRESS};
 pub use zone::{serial_of, Zone, ZoneConfig};
 
 /// Runs the DNS server until `shutdown` resolves, then leaves gracefully.
@@ -90,6 +90,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     handler.set_stale(true);
     let limits = Limits {
         tcp_connections: cfg.tcp_connections,
+        tcp_per_address: cfg.tcp_connections_per_ip,
         tcp_idle_timeout: Duration::from_millis(cfg.tcp_idle_timeout_ms),
         ..Limits::default()
     };

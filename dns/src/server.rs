@@ -30,6 +30,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use onehop_overlay::metrics::{Histogram, Metric, Metrics, FAST_BUCKETS};
+use onehop_overlay::per_address::PerAddress;
 use onehop_overlay::status::NetworkStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -88,6 +89,7 @@ pub struct DnsMetrics {
     truncated: Metric,
     dropped: Metric,
     tcp_refused: Metric,
+    tcp_refused_per_ip: Metric,
     serial: Metric,
     stale: Metric,
     members: Metric,
@@ -128,6 +130,10 @@ impl DnsMetrics {
             tcp_refused: m.counter(
                 "dns_tcp_refused_total",
                 "TCP connections closed at accept because tcp_connections were in use.",
+            ),
+            tcp_refused_per_ip: m.counter(
+                "dns_tcp_refused_per_ip_total",
+                "TCP connections closed at accept because their address held tcp_connections_per_ip already.",
             ),
             serial: m.gauge(
                 "dns_zone_serial",
@@ -427,6 +433,10 @@ impl RequestHandler for DnsHandler {
     }
 }
 
+/// Default [`Limits::tcp_per_address`]: an eighth of the default 256 connections, room for a
+/// resolver farm behind one address falling back to TCP.
+pub const DEFAULT_TCP_PER_ADDRESS: usize = 32;
+
 /// Bounds on the work the sockets take on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -435,6 +445,9 @@ pub struct Limits {
     pub udp_workers: usize,
     /// Most TCP connections served at once.
     pub tcp_connections: usize,
+    /// Most TCP connections served at once from one client address (0: no limit), so that
+    /// one client cannot take them all.
+    pub tcp_per_address: usize,
     /// A TCP connection silent (or stalled mid-message) this long is closed.
     pub tcp_idle_timeout: Duration,
     /// Receive and send buffer asked for the UDP socket (`SO_RCVBUF`/`SO_SNDBUF`; the kernel
@@ -452,6 +465,7 @@ impl Default for Limits {
         Limits {
             udp_workers: cores.clamp(1, 64),
             tcp_connections: 256,
+            tcp_per_address: DEFAULT_TCP_PER_ADDRESS,
             tcp_idle_timeout: Duration::from_secs(5),
             udp_buffer_bytes: 4 << 20,
         }
@@ -557,6 +571,7 @@ async fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, TcpList
 
 async fn tcp_accept(listener: TcpListener, handler: Arc<DnsHandler>, limits: Limits) {
     let permits = Arc::new(Semaphore::new(limits.tcp_connections.max(1)));
+    let per_address = PerAddress::new();
     let mut conns = JoinSet::new();
     let mut warned = false;
     loop {
@@ -569,6 +584,12 @@ async fn tcp_accept(listener: TcpListener, handler: Arc<DnsHandler>, limits: Lim
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Some(slot) = per_address.take(peer.ip(), limits.tcp_per_address) else {
+            handler.metrics.tcp_refused_per_ip.inc();
+            debug!(%peer, limit = limits.tcp_per_address, "DNS TCP connection closed at accept: its address holds tcp_connections_per_ip already");
+            drop(stream);
+            continue;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             handler.metrics.tcp_refused.inc();
@@ -588,7 +609,7 @@ async fn tcp_accept(listener: TcpListener, handler: Arc<DnsHandler>, limits: Lim
         let idle = limits.tcp_idle_timeout;
         conns.spawn(
             async move {
-                let _permit = permit;
+                let _held = (permit, slot);
                 if let Err(e) = tcp_conn(stream, &handler, idle).await {
                     debug!(cause = %e, "DNS TCP connection ended");
                 }

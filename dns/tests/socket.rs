@@ -205,8 +205,9 @@ async fn survives_a_flood_of_garbage() {
     check_answers(addr).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_connections_are_bounded() {
+/// A handler answering from a status (term 1, version 1) with three proxies, and its
+/// figures.
+fn handler_with_zone() -> (Arc<DnsHandler>, Metrics) {
     let zone = Zone::from_status(&status(1, 1, 3, false), &ZoneConfig::new(DOMAIN).unwrap());
     let metrics = Metrics::default();
     let handler = Arc::new(DnsHandler::new(
@@ -215,6 +216,12 @@ async fn tcp_connections_are_bounded() {
         &metrics,
     ));
     handler.set_zone(zone);
+    (handler, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_bounded() {
+    let (handler, metrics) = handler_with_zone();
     let limits = onehop_dns::Limits {
         udp_workers: 1,
         tcp_connections: 4,
@@ -248,6 +255,70 @@ async fn tcp_connections_are_bounded() {
         "onehop_dns_zone_serial {}",
         onehop_dns::serial_of(1, 1)
     )));
+}
+
+/// One client address holds at most `tcp_per_address` connections: the next from it is
+/// closed at accept and counted, while another address is served; a closed connection gives
+/// its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_tcp_connection() {
+    let (handler, metrics) = handler_with_zone();
+    let limits = onehop_dns::Limits {
+        udp_workers: 1,
+        tcp_connections: 8,
+        tcp_per_address: 2,
+        ..onehop_dns::Limits::default()
+    };
+    let server = DnsServer::start(loopback(), handler, limits).await.unwrap();
+    let addr = server.local_addr();
+    let from = |ip: &str| {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        s.connect(addr)
+    };
+    let q = query(DOMAIN, RecordType::NAPTR, None);
+    // Two from one address, each answered.
+    let mut first = from("127.0.0.1").await.unwrap();
+    assert_eq!(tcp_exchange(&mut first, &q).await.answers.len(), 2);
+    let mut second = from("127.0.0.1").await.unwrap();
+    assert_eq!(tcp_exchange(&mut second, &q).await.answers.len(), 2);
+    // A third from it is closed at once.
+    let mut third = from("127.0.0.1").await.unwrap();
+    let mut buf = [0u8; 2];
+    let r = tokio::time::timeout(WAIT, third.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(r, Ok(0) | Err(_)), "closed, got {r:?}");
+    let text = metrics.render();
+    assert!(
+        text.contains("onehop_dns_tcp_refused_per_ip_total 1"),
+        "{text}"
+    );
+    assert!(text.contains("onehop_dns_tcp_refused_total 0"), "{text}");
+    // Another address is served meanwhile.
+    let mut other = from("127.0.0.2").await.unwrap();
+    assert_eq!(tcp_exchange(&mut other, &q).await.answers.len(), 2);
+    // Once one of the two closes, the address may connect again (the server notices the
+    // close when it next reads: a retry until it has).
+    drop(first);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    let again = async {
+        loop {
+            let mut s = from("127.0.0.1").await.unwrap();
+            if s.write_all(&framed).await.is_ok() {
+                let mut len = [0u8; 2];
+                if s.read_exact(&mut len).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, again)
+        .await
+        .expect("the closed connection's place was given back");
+    drop(second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod overrides;
+pub mod per_address;
 pub mod provision;
 pub mod ring;
 pub mod status;

@@ -47,7 +47,7 @@
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use onehop_overlay::metrics::{Metric, Metrics};
+use onehop_overlay::per_address::{AddressSlot, PerAddress};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
@@ -404,68 +405,7 @@ pub struct Transports {
     cancel: CancellationToken,
     epoch: Instant,
     counters: Counters,
-    per_ip: Arc<PerIp>,
-}
-
-/// Inbound connections held per client address ([`TransportConfig::max_per_ip`]): an IPv4
-/// address, or the /64 prefix of an IPv6 one (what one subscriber line is given).
-#[derive(Default)]
-struct PerIp(Mutex<HashMap<IpAddr, usize>>);
-
-/// One inbound connection's place in its address's count, given back when dropped.
-struct IpSlot {
-    per_ip: Arc<PerIp>,
-    key: IpAddr,
-}
-
-impl PerIp {
-    /// The address `ip` counts under.
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(std::net::Ipv6Addr::from(
-                    u128::from(v6) & !((1u128 << 64) - 1),
-                )),
-            },
-        }
-    }
-
-    /// A place for one more connection from `ip`, unless it holds `max` already (0: no
-    /// limit).
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let key = PerIp::key(ip);
-        let mut held = self.0.lock().expect("per-address counts");
-        let n = held.entry(key).or_insert(0);
-        if max > 0 && *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
-            per_ip: self.clone(),
-            key,
-        })
-    }
-
-    /// Connections held from `ip` (its address or prefix).
-    #[cfg(test)]
-    fn held(&self, ip: IpAddr) -> usize {
-        let held = self.0.lock().expect("per-address counts");
-        held.get(&PerIp::key(ip)).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut held = self.per_ip.0.lock().expect("per-address counts");
-        if let Some(n) = held.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.key);
-            }
-        }
-    }
+    per_ip: Arc<PerAddress>,
 }
 
 impl Transports {
@@ -507,7 +447,7 @@ impl Transports {
             cancel,
             epoch: Instant::now(),
             counters: Counters::new(metrics),
-            per_ip: Arc::default(),
+            per_ip: PerAddress::new(),
         });
         if let Some((addr, config)) = t.cfg.tls.clone() {
             let listener = TcpListener::bind(addr).await?;
@@ -791,7 +731,7 @@ impl Transports {
         &self,
         remote: SocketAddr,
         proto: Proto,
-    ) -> Option<(tokio::sync::OwnedSemaphorePermit, IpSlot)> {
+    ) -> Option<(tokio::sync::OwnedSemaphorePermit, AddressSlot)> {
         let what = if proto == Proto::Tls { "TLS" } else { "TCP" };
         let Some(slot) = self.per_ip.take(remote.ip(), self.cfg.max_per_ip) else {
             self.counters.refused_per_ip.inc();
@@ -1270,31 +1210,6 @@ mod tests {
         let _a4 = ponged("127.0.97.8", t.local()).await;
         assert_eq!(t.per_ip.held(ip), 2);
         assert_eq!(metrics.value("sip_tcp_refused_per_ip_total"), Some(1));
-    }
-
-    /// IPv4 addresses count alone; IPv6 ones by their /64 prefix; an IPv4-mapped IPv6 address
-    /// as its IPv4 address.
-    #[test]
-    fn per_ip_keys() {
-        let key = |s: &str| PerIp::key(s.parse().unwrap());
-        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
-        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
-        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
-        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
-        let per_ip = Arc::new(PerIp::default());
-        let a = per_ip.take("2001:db8::1".parse().unwrap(), 1).unwrap();
-        assert!(per_ip.take("2001:db8::2".parse().unwrap(), 1).is_none());
-        assert!(per_ip.take("2001:db8:0:1::2".parse().unwrap(), 1).is_some());
-        drop(a);
-        assert!(per_ip.take("2001:db8::2".parse().unwrap(), 1).is_some());
-        // 0: no limit, still counted.
-        let held: Vec<_> = (0..1000)
-            .map(|_| per_ip.take("192.0.2.7".parse().unwrap(), 0).unwrap())
-            .collect();
-        assert_eq!(per_ip.held("192.0.2.7".parse().unwrap()), 1000);
-        drop(held);
-        assert_eq!(per_ip.held("192.0.2.7".parse().unwrap()), 0);
-        assert!(per_ip.0.lock().unwrap().get(&key("192.0.2.7")).is_none());
     }
 
     /// An inbound connection that sends only keep-alives is closed at its first-message
