@@ -54,7 +54,7 @@ pub struct Config {
     #[serde(default = "default_tcp_connections")]
     pub tcp_connections: usize,
     /// Most DNS-over-TCP connections at once from one client address (an IPv6 address counts
-    /// by its /64); more are closed at accept. 0: no limit per address.
+    /// by its /64); more are closed at accept. 0 (the default): no limit per address.
     #[serde(default = "default_tcp_connections_per_ip")]
     pub tcp_connections_per_ip: usize,
     /// A DNS-over-TCP connection idle for this long (milliseconds) is closed.

@@ -433,9 +433,11 @@ impl RequestHandler for DnsHandler {
     }
 }
 
-/// Default [`Limits::tcp_per_address`]: an eighth of the default 256 connections, room for a
-/// resolver farm behind one address falling back to TCP.
-pub const DEFAULT_TCP_PER_ADDRESS: usize = 32;
+/// Default [`Limits::tcp_per_address`]: no limit per address, as authoritative servers
+/// usually have none (a resolver farm behind one address falling back to TCP after truncated
+/// answers may open many connections at once); an operator sets one where a single client
+/// holding every connection is the greater risk.
+pub const DEFAULT_TCP_PER_ADDRESS: usize = 0;
 
 /// Bounds on the work the sockets take on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -55,10 +55,9 @@ fn defaults() {
     assert!(c.transports.udp && c.transports.tcp && !c.transports.tls);
     assert_eq!(c.max_udp_payload, 1232);
     assert!(c.metrics.is_none());
-    assert_eq!((c.tcp_connections, c.tcp_connections_per_ip), (256, 32));
-    // 0: no limit per address.
-    let c = with(&format!("tcp_connections_per_ip = 0\n{MINIMAL}")).unwrap();
-    assert_eq!(c.tcp_connections_per_ip, 0);
+    assert_eq!((c.tcp_connections, c.tcp_connections_per_ip), (256, 0));
+    let c = with(&format!("tcp_connections_per_ip = 32\n{MINIMAL}")).unwrap();
+    assert_eq!(c.tcp_connections_per_ip, 32);
 }
 
 #[test]
