@@ -49,6 +49,31 @@ async fn tcp_exchange(stream: &mut TcpStream, bytes: &[u8]) -> Message {
     decode(&msg)
 }
 
+/// The answer to `bytes` over TCP from address `from`, connecting again while the server
+/// closes the connection unanswered (at most [`WAIT`]): for a test that has just freed a
+/// connection slot, which the server gives back only once it has seen the close.
+async fn tcp_once_served(from: &str, server: SocketAddr, bytes: &[u8]) -> Message {
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    let served = async {
+        loop {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            let mut s = s.connect(server).await.unwrap();
+            let mut len = [0u8; 2];
+            if s.write_all(&framed).await.is_ok() && s.read_exact(&mut len).await.is_ok() {
+                let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+                s.read_exact(&mut msg).await.unwrap();
+                return decode(&msg);
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, served)
+        .await
+        .expect("a TCP answer once a connection slot was free")
+}
+
 async fn tcp(server: SocketAddr, bytes: &[u8]) -> Message {
     let mut s = TcpStream::connect(server).await.unwrap();
     tcp_exchange(&mut s, bytes).await
@@ -234,8 +259,7 @@ async fn tcp_connections_are_bounded() {
     for _ in 0..4 {
         idle.push(TcpStream::connect(addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // A fifth is closed at once.
+    // A fifth is closed at once (the server accepts in order: the four hold the permits).
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 2];
     let r = tokio::time::timeout(WAIT, s.read(&mut buf))
@@ -243,9 +267,15 @@ async fn tcp_connections_are_bounded() {
         .expect("closed in time");
     assert!(matches!(r, Ok(0) | Err(_)), "closed, got {r:?}");
     assert!(metrics.render().contains("onehop_dns_tcp_refused_total 1"));
-    // The idle ones time out and make room again.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let m = tcp(addr, &query(DOMAIN, RecordType::NAPTR, None)).await;
+    // The idle ones time out: the server closes them, which makes room again (a connection
+    // that comes between a close and its permit's release is closed too: try again).
+    for mut c in idle {
+        let r = tokio::time::timeout(WAIT, c.read(&mut buf))
+            .await
+            .expect("an idle connection closed in time");
+        assert!(matches!(r, Ok(0) | Err(_)), "closed, got {r:?}");
+    }
+    let m = tcp_once_served("127.0.0.1", addr, &query(DOMAIN, RecordType::NAPTR, None)).await;
     assert_eq!(m.answers.len(), 2);
     let text = metrics.render();
     println!("{text}");
@@ -301,23 +331,8 @@ async fn one_address_cannot_take_every_tcp_connection() {
     // Once one of the two closes, the address may connect again (the server notices the
     // close when it next reads: a retry until it has).
     drop(first);
-    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&q);
-    let again = async {
-        loop {
-            let mut s = from("127.0.0.1").await.unwrap();
-            if s.write_all(&framed).await.is_ok() {
-                let mut len = [0u8; 2];
-                if s.read_exact(&mut len).await.is_ok() {
-                    return;
-                }
-            }
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(WAIT, again)
-        .await
-        .expect("the closed connection's place was given back");
+    let m = tcp_once_served("127.0.0.1", addr, &q).await;
+    assert_eq!(m.answers.len(), 2);
     drop(second);
 }
 
