@@ -74,6 +74,15 @@ async fn tcp_once_served(from: &str, server: SocketAddr, bytes: &[u8]) -> Messag
         .expect("a TCP answer once a connection slot was free")
 }
 
+/// Asserts that the server closes `s` (end of stream or reset) within [`WAIT`].
+async fn assert_closed_by_server(s: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 2];
+    let r = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not closed in time"));
+    assert!(matches!(r, Ok(0) | Err(_)), "{what}: closed, got {r:?}");
+}
+
 async fn tcp(server: SocketAddr, bytes: &[u8]) -> Message {
     let mut s = TcpStream::connect(server).await.unwrap();
     tcp_exchange(&mut s, bytes).await
@@ -261,19 +270,12 @@ async fn tcp_connections_are_bounded() {
     }
     // A fifth is closed at once (the server accepts in order: the four hold the permits).
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut buf = [0u8; 2];
-    let r = tokio::time::timeout(WAIT, s.read(&mut buf))
-        .await
-        .expect("closed in time");
-    assert!(matches!(r, Ok(0) | Err(_)), "closed, got {r:?}");
+    assert_closed_by_server(&mut s, "the fifth connection").await;
     assert!(metrics.render().contains("onehop_dns_tcp_refused_total 1"));
     // The idle ones time out: the server closes them, which makes room again (a connection
     // that comes between a close and its permit's release is closed too: try again).
     for mut c in idle {
-        let r = tokio::time::timeout(WAIT, c.read(&mut buf))
-            .await
-            .expect("an idle connection closed in time");
-        assert!(matches!(r, Ok(0) | Err(_)), "closed, got {r:?}");
+        assert_closed_by_server(&mut c, "an idle connection").await;
     }
     let m = tcp_once_served("127.0.0.1", addr, &query(DOMAIN, RecordType::NAPTR, None)).await;
     assert_eq!(m.answers.len(), 2);
@@ -314,11 +316,7 @@ async fn one_address_cannot_take_every_tcp_connection() {
     assert_eq!(tcp_exchange(&mut second, &q).await.answers.len(), 2);
     // A third from it is closed at once.
     let mut third = from("127.0.0.1").await.unwrap();
-    let mut buf = [0u8; 2];
-    let r = tokio::time::timeout(WAIT, third.read(&mut buf))
-        .await
-        .expect("closed in time");
-    assert!(matches!(r, Ok(0) | Err(_)), "closed, got {r:?}");
+    assert_closed_by_server(&mut third, "the third connection from one address").await;
     let text = metrics.render();
     assert!(
         text.contains("onehop_dns_tcp_refused_per_ip_total 1"),

@@ -402,6 +402,19 @@ fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     println!("SIP transport: the non-reading client then read to the end: {end}");
 }
 
+/// `c` after a CRLF CRLF keep-alive on it was answered with a CRLF within `wait`; `None`
+/// otherwise.
+async fn pinged(mut c: tokio::net::TcpStream, wait: Duration) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    c.write_all(b"\r\n\r\n").await.ok()?;
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(wait, c.read_exact(&mut pong))
+        .await
+        .ok()?
+        .ok()?;
+    (&pong == b"\r\n").then_some(c)
+}
+
 /// One client address holds at most `sip_max_connections_per_ip` connections (3 here): the
 /// next is closed at once and counted, while another address is served. Connections that
 /// only ping are closed at `sip_tcp_first_message_secs` (1 s here); one that sent a SIP
@@ -428,15 +441,7 @@ fn one_address_cannot_take_every_connection_and_silent_ones_are_closed() {
             s.bind(SocketAddr::new(ip, 0)).unwrap();
             s.connect(node).await.unwrap()
         };
-        let ping = |mut c: tokio::net::TcpStream| async move {
-            c.write_all(b"\r\n\r\n").await.ok()?;
-            let mut pong = [0u8; 2];
-            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut pong))
-                .await
-                .ok()?
-                .ok()?;
-            (&pong == b"\r\n").then_some(c)
-        };
+        let ping = |c| pinged(c, Duration::from_secs(5));
         // Whether the node closed `c` within `wait` (EOF or reset).
         let closed = |mut c: tokio::net::TcpStream, wait: Duration| async move {
             let mut b = [0u8; 1];
@@ -561,7 +566,6 @@ fn ten_thousand_tcp_connections_hold_with_bounded_memory() {
         .unwrap();
     let t0 = Instant::now();
     let conns = rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut set = tokio::task::JoinSet::new();
         let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
         for i in 0..CONNS {
@@ -571,17 +575,11 @@ fn ten_thousand_tcp_connections_hold_with_bounded_memory() {
                 let _p = gate.acquire().await.ok()?;
                 let s = tokio::net::TcpSocket::new_v4().ok()?;
                 s.bind(SocketAddr::new(ip, 0)).ok()?;
-                let mut c = tokio::time::timeout(Duration::from_secs(10), s.connect(node))
+                let c = tokio::time::timeout(Duration::from_secs(10), s.connect(node))
                     .await
                     .ok()?
                     .ok()?;
-                c.write_all(b"\r\n\r\n").await.ok()?;
-                let mut pong = [0u8; 2];
-                tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut pong))
-                    .await
-                    .ok()?
-                    .ok()?;
-                (&pong == b"\r\n").then_some(c)
+                pinged(c, Duration::from_secs(10)).await
             });
         }
         let mut conns = Vec::with_capacity(CONNS);

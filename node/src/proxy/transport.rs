@@ -877,11 +877,12 @@ impl Transports {
             let started = tokio::time::Instant::now();
             let mut last_read = started;
             let mut silent_until = first_message.map(|d| later(started, d));
-            let first_deadline = match silent_until {
-                Some(t) => t.min(later(started, self.cfg.idle)),
-                None => later(started, self.cfg.idle),
+            // When the timer next fires: the idle deadline, or the first-message one if sooner.
+            let deadline = |last_read, silent_until: Option<tokio::time::Instant>| {
+                let idle_at = later(last_read, self.cfg.idle);
+                silent_until.map_or(idle_at, |t| t.min(idle_at))
             };
-            let mut idle = pin!(tokio::time::sleep_until(first_deadline));
+            let mut idle = pin!(tokio::time::sleep_until(deadline(started, silent_until)));
             loop {
                 loop {
                     let bytes = match framer.next_frame() {
@@ -927,8 +928,7 @@ impl Transports {
                         if now.duration_since(last_read) >= self.cfg.idle {
                             return Close::Idle;
                         }
-                        let next = later(last_read, self.cfg.idle);
-                        idle.as_mut().reset(silent_until.map_or(next, |t| t.min(next)));
+                        idle.as_mut().reset(deadline(last_read, silent_until));
                         continue;
                     }
                 };

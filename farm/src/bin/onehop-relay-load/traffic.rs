@@ -312,21 +312,25 @@ fn recv_stamped(s: &tokio::net::UdpSocket, buf: &mut [u8]) -> std::io::Result<(u
         MsgFlags::MSG_DONTWAIT,
     )
     .map_err(std::io::Error::from)?;
-    let mut at = None;
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                at = Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
-            }
-        }
-    }
+    let at = msg.cmsgs().ok().and_then(kernel_stamp);
     Ok((msg.bytes, at.unwrap_or_else(real_ns)))
 }
 
-/// Datagrams read with one system call: under load the generator's receiving thread reads
-/// many per wake-up, and one system call each cost it as much CPU as the relay spends per
-/// packet, so that at the highest steps it fell behind and its catch-up bursts showed in
-/// the latency of both relays.
+/// The kernel's receive time (`SO_TIMESTAMPNS`) among a datagram's control messages, in
+/// nanoseconds of the real-time clock.
+fn kernel_stamp(cmsgs: impl Iterator<Item = ControlMessageOwned>) -> Option<u64> {
+    cmsgs
+        .filter_map(|c| match c {
+            ControlMessageOwned::ScmTimestampns(ts) => {
+                Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+            }
+            _ => None,
+        })
+        .last()
+}
+
+/// Datagrams read with one system call: under load a socket of the generator can hold several
+/// when its receiving thread wakes, and one system call each was its cost per packet.
 const RECV_BATCH: usize = 32;
 
 /// Buffers for reading up to [`RECV_BATCH`] datagrams at once, with their kernel receive
@@ -372,16 +376,7 @@ impl StampedBatch {
             ) {
                 Ok(results) => {
                     for r in results {
-                        let mut at = None;
-                        if let Ok(cmsgs) = r.cmsgs() {
-                            for c in cmsgs {
-                                if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                                    at = Some(
-                                        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64,
-                                    );
-                                }
-                            }
-                        }
+                        let at = r.cmsgs().ok().and_then(kernel_stamp);
                         self.got.push((r.bytes, at.unwrap_or_else(real_ns)));
                     }
                     return Ok(self.got.len());
